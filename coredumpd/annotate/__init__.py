@@ -1,0 +1,1 @@
+"""Root-cause rules: one module per rule, each reading a clean analysis context."""

@@ -1,0 +1,69 @@
+"""What every root-cause rule reads, and what it returns.
+
+The analysis layer (:mod:`coredumpd.analysis`) builds an
+:class:`AnalysisContext` from the core, the facts recorded at dump time and the
+unwound threads; rules never open files or parse bytes themselves — the
+model did the checking (see docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Protocol
+
+from coredumpd.unwind.types import AddressSpace, Frame, Module, Symbol
+
+if TYPE_CHECKING:
+    from coredumpd.elf.core import Core
+    from coredumpd.elf.notes import SigInfo
+
+
+class Symbolizer(Protocol):
+    def symbolize(self, module: Module | None, lookup_pc: int) -> Symbol: ...
+
+    def address_of(self, name: str, module: Module | None = None) -> int | None:
+        """Runtime address of symbol ``name`` (in ``module``, or in any module)."""
+        ...
+
+
+@dataclasses.dataclass
+class ThreadTrace:
+    """One thread, unwound and symbolized.  ``symbols``/``modules`` parallel ``frames``."""
+
+    tid: int
+    name: str | None
+    crashed: bool
+    registers: dict[str, int]
+    frames: list[Frame]
+    symbols: list[Symbol]
+    modules: list[Module | None]
+    stop_reason: str | None = None  # why unwinding stopped early, if it did
+
+
+@dataclasses.dataclass
+class AnalysisContext:
+    core: Core
+    facts: dict[str, Any]  # docs/ARCHITECTURE.md "Facts"; {} for a bare core
+    space: AddressSpace
+    symbolizer: Symbolizer
+    threads: list[ThreadTrace]
+    siginfo: SigInfo | None
+
+    @property
+    def crashed(self) -> ThreadTrace | None:
+        return next((thread for thread in self.threads if thread.crashed), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotation:
+    """One root cause, as CONTRACT.md's JSON shows it."""
+
+    id: str  # stable kebab-case id (CONTRACT.md "Annotation ids")
+    title: str
+    confidence: str  # high | medium | low
+    evidence: tuple[str, ...]
+    advice: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, "confidence": self.confidence,
+                "evidence": list(self.evidence), "advice": self.advice}

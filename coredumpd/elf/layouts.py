@@ -1,0 +1,272 @@
+"""Binary layouts of ELF64 (little-endian, x86-64) and of Linux core notes.
+
+Declared once with :class:`struct.Struct`, sizes asserted at import.  Names
+follow ``<elf.h>``, ``include/uapi/linux/elfcore.h`` and the kernel's
+``arch/x86/include/asm/user_64.h`` verbatim so the code reads beside them.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+ELFMAG = b"\x7fELF"
+ELFCLASS64 = 2
+ELFDATA2LSB = 1
+EM_X86_64 = 62
+PN_XNUM = 0xFFFF  # e_phnum overflow: the real count is in section header 0's sh_info
+SHN_UNDEF = 0
+
+# Elf64_Ehdr: e_ident[16] e_type e_machine e_version e_entry e_phoff e_shoff
+# e_flags e_ehsize e_phentsize e_phnum e_shentsize e_shnum e_shstrndx
+EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+assert EHDR.size == 64
+# Elf64_Phdr: p_type p_flags p_offset p_vaddr p_paddr p_filesz p_memsz p_align
+PHDR = struct.Struct("<IIQQQQQQ")
+assert PHDR.size == 56
+# Elf64_Shdr: sh_name sh_type sh_flags sh_addr sh_offset sh_size sh_link
+# sh_info sh_addralign sh_entsize
+SHDR = struct.Struct("<IIQQQQIIQQ")
+assert SHDR.size == 64
+# Elf64_Nhdr: n_namesz n_descsz n_type (name and desc padded to 4 bytes)
+NHDR = struct.Struct("<III")
+assert NHDR.size == 12
+# Elf64_Sym: st_name st_info st_other st_shndx st_value st_size
+SYM = struct.Struct("<IBBHQQ")
+assert SYM.size == 24
+# Elf64_Dyn: d_tag d_val
+DYN = struct.Struct("<qQ")
+assert DYN.size == 16
+# Elf64_auxv_t: a_type a_val
+AUXV_ENTRY = struct.Struct("<QQ")
+assert AUXV_ENTRY.size == 16
+# Elf64_Verdef: vd_version vd_flags vd_ndx vd_cnt vd_hash vd_aux vd_next
+VERDEF = struct.Struct("<HHHHIII")
+assert VERDEF.size == 20
+# Elf64_Verdaux: vda_name vda_next
+VERDAUX = struct.Struct("<II")
+assert VERDAUX.size == 8
+# Elf64_Verneed: vn_version vn_cnt vn_file vn_aux vn_next
+VERNEED = struct.Struct("<HHIII")
+assert VERNEED.size == 16
+# Elf64_Vernaux: vna_hash vna_flags vna_other vna_name vna_next
+VERNAUX = struct.Struct("<IHHII")
+assert VERNAUX.size == 16
+
+# struct elf_prstatus (x86-64): pr_info {si_signo si_code si_errno}, pr_cursig,
+# pad, pr_sigpend, pr_sighold, pr_pid pr_ppid pr_pgrp pr_sid, pr_utime pr_stime
+# pr_cutime pr_cstime (struct timeval: tv_sec tv_usec), pr_reg[27], pr_fpvalid.
+PRSTATUS = struct.Struct("<iiih2xQQiiii8q27Qi4x")
+assert PRSTATUS.size == 336
+PRSTATUS_REG_OFFSET = 112
+# Order of pr_reg (struct user_regs_struct, arch/x86/include/asm/user_64.h).
+PR_REG_NAMES = (
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
+    "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags",
+    "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+)
+assert len(PR_REG_NAMES) == 27
+
+# struct elf_prpsinfo (x86-64): pr_state pr_sname pr_zomb pr_nice, pad, pr_flag,
+# pr_uid pr_gid (unsigned int), pr_pid pr_ppid pr_pgrp pr_sid, pr_fname[16],
+# pr_psargs[80].
+PRPSINFO = struct.Struct("<bcbb4xQII4i16s80s")
+assert PRPSINFO.size == 136
+
+# siginfo_t is 128 bytes: si_signo si_errno si_code, then a union aligned to 8.
+SIGINFO_HEAD = struct.Struct("<iii4x")
+assert SIGINFO_HEAD.size == 16
+SIGINFO_SIZE = 128
+SIGINFO_KILL = struct.Struct("<iI")  # _kill / _rt / _sigchld: si_pid si_uid (at 16)
+SIGINFO_FAULT = struct.Struct("<Q")  # _sigfault: si_addr (at 16)
+SIGINFO_SYS = struct.Struct("<QiI")  # _sigsys: _call_addr _syscall _arch (at 16)
+
+# NT_FILE: count, page_size, then count x (start, end, file_ofs in pages),
+# then count NUL-terminated names (fs/binfmt_elf.c: fill_files_note()).
+NT_FILE_HEAD = struct.Struct("<QQ")
+NT_FILE_ENTRY = struct.Struct("<QQQ")
+assert NT_FILE_ENTRY.size == 24
+
+
+class ET(enum.IntEnum):
+    NONE = 0
+    REL = 1
+    EXEC = 2
+    DYN = 3
+    CORE = 4
+
+
+class PT(enum.IntEnum):
+    NULL = 0
+    LOAD = 1
+    DYNAMIC = 2
+    INTERP = 3
+    NOTE = 4
+    PHDR = 6
+    TLS = 7
+    GNU_EH_FRAME = 0x6474E550
+    GNU_STACK = 0x6474E551
+    GNU_RELRO = 0x6474E552
+    GNU_PROPERTY = 0x6474E553
+
+
+class PF(enum.IntFlag):
+    X = 1
+    W = 2
+    R = 4
+
+
+class SHT(enum.IntEnum):
+    NULL = 0
+    PROGBITS = 1
+    SYMTAB = 2
+    STRTAB = 3
+    RELA = 4
+    HASH = 5
+    DYNAMIC = 6
+    NOTE = 7
+    NOBITS = 8
+    DYNSYM = 11
+    GNU_HASH = 0x6FFFFFF6
+    GNU_VERDEF = 0x6FFFFFFD
+    GNU_VERNEED = 0x6FFFFFFE
+    GNU_VERSYM = 0x6FFFFFFF
+
+
+class NT(enum.IntEnum):
+    """Core note types in the "CORE"/"LINUX" namespaces (include/uapi/linux/elf.h)."""
+
+    PRSTATUS = 1
+    PRFPREG = 2
+    PRPSINFO = 3
+    TASKSTRUCT = 4
+    AUXV = 6
+    X86_XSTATE = 0x202
+    SIGINFO = 0x53494749
+    FILE = 0x46494C45
+
+
+class NT_GNU(enum.IntEnum):
+    """Note types in the "GNU" namespace."""
+
+    ABI_TAG = 1
+    HWCAP = 2
+    BUILD_ID = 3
+    GOLD_VERSION = 4
+    PROPERTY_TYPE_0 = 5
+
+
+class AT(enum.IntEnum):
+    """Auxiliary vector types (include/uapi/linux/auxvec.h)."""
+
+    NULL = 0
+    IGNORE = 1
+    EXECFD = 2
+    PHDR = 3
+    PHENT = 4
+    PHNUM = 5
+    PAGESZ = 6
+    BASE = 7
+    FLAGS = 8
+    ENTRY = 9
+    NOTELF = 10
+    UID = 11
+    EUID = 12
+    GID = 13
+    EGID = 14
+    PLATFORM = 15
+    HWCAP = 16
+    CLKTCK = 17
+    SECURE = 23
+    BASE_PLATFORM = 24
+    RANDOM = 25
+    HWCAP2 = 26
+    EXECFN = 31
+    SYSINFO_EHDR = 33
+    MINSIGSTKSZ = 51
+
+
+class DT(enum.IntEnum):
+    NULL = 0
+    NEEDED = 1
+    STRTAB = 5
+    SYMTAB = 6
+    STRSZ = 10
+    SONAME = 14
+    DEBUG = 21
+    GNU_HASH = 0x6FFFFEF5
+    VERSYM = 0x6FFFFFF0
+    VERDEF = 0x6FFFFFFC
+    VERDEFNUM = 0x6FFFFFFD
+    VERNEED = 0x6FFFFFFE
+    VERNEEDNUM = 0x6FFFFFFF
+
+
+class SI(enum.IntEnum):
+    """si_code values (include/uapi/asm-generic/siginfo.h).  <= 0: sent by a process."""
+
+    USER = 0
+    KERNEL = 0x80
+    QUEUE = -1
+    TIMER = -2
+    MESGQ = -3
+    ASYNCIO = -4
+    SIGIO = -5
+    TKILL = -6
+    DETHREAD = -7
+    ASYNCNL = -60
+
+
+# Per-signal si_code meanings for the fault signals (value -> name).
+SEGV_CODES = {1: "SEGV_MAPERR", 2: "SEGV_ACCERR", 3: "SEGV_BNDERR", 4: "SEGV_PKUERR",
+              5: "SEGV_ACCADI", 6: "SEGV_ADIDERR", 7: "SEGV_ADIPERR", 8: "SEGV_MTEAERR",
+              9: "SEGV_MTESERR", 10: "SEGV_CPERR"}
+BUS_CODES = {1: "BUS_ADRALN", 2: "BUS_ADRERR", 3: "BUS_OBJERR", 4: "BUS_MCEERR_AR",
+             5: "BUS_MCEERR_AO"}
+ILL_CODES = {1: "ILL_ILLOPC", 2: "ILL_ILLOPN", 3: "ILL_ILLADR", 4: "ILL_ILLTRP",
+             5: "ILL_PRVOPC", 6: "ILL_PRVREG", 7: "ILL_COPROC", 8: "ILL_BADSTK",
+             9: "ILL_BADIADDR"}
+FPE_CODES = {1: "FPE_INTDIV", 2: "FPE_INTOVF", 3: "FPE_FLTDIV", 4: "FPE_FLTOVF",
+             5: "FPE_FLTUND", 6: "FPE_FLTRES", 7: "FPE_FLTINV", 8: "FPE_FLTSUB",
+             9: "FPE_FLTUNK", 10: "FPE_CONDTRAP"}
+TRAP_CODES = {1: "TRAP_BRKPT", 2: "TRAP_TRACE", 3: "TRAP_BRANCH", 4: "TRAP_HWBKPT",
+              5: "TRAP_UNK", 6: "TRAP_PERF"}
+
+SIGNAL_NAMES = {
+    1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT",
+    7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2",
+    13: "SIGPIPE", 14: "SIGALRM", 15: "SIGTERM", 16: "SIGSTKFLT", 17: "SIGCHLD",
+    18: "SIGCONT", 19: "SIGSTOP", 20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU", 23: "SIGURG",
+    24: "SIGXCPU", 25: "SIGXFSZ", 26: "SIGVTALRM", 27: "SIGPROF", 28: "SIGWINCH",
+    29: "SIGIO", 30: "SIGPWR", 31: "SIGSYS",
+}
+
+
+def signal_name(number: int) -> str:
+    """``SIGSEGV`` for 11; ``SIGRTMIN+3`` for real-time signals; ``SIG<n>`` otherwise."""
+    if number in SIGNAL_NAMES:
+        return SIGNAL_NAMES[number]
+    if 34 <= number <= 64:
+        return f"SIGRTMIN+{number - 34}"
+    return f"SIG{number}"
+
+
+def si_code_name(signo: int, code: int) -> str:
+    """Name of ``si_code`` for signal ``signo`` (``SI_KERNEL``, ``SEGV_MAPERR``...)."""
+    if code <= 0 or code == SI.KERNEL:
+        try:
+            return "SI_" + SI(code).name
+        except ValueError:
+            return str(code)
+    table = {11: SEGV_CODES, 7: BUS_CODES, 4: ILL_CODES, 8: FPE_CODES, 5: TRAP_CODES}.get(signo, {})
+    return table.get(code, str(code))
+
+
+# x86-64 DWARF register numbers (System V psABI, figure 3.36).
+DWARF_REGISTERS = (
+    "rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip",
+)
+DWARF_RA = 16
+DWARF_SP = 7
+DWARF_FP = 6

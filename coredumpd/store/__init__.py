@@ -1,0 +1,1 @@
+"""Storage: the seekable lz4 container, the SQLite index and retention."""

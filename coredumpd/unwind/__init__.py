@@ -1,0 +1,1 @@
+"""Address space of the crashed process, CFI/frame-pointer/scan unwinding, symbols."""

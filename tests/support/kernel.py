@@ -1,0 +1,68 @@
+"""Safe use of kernel.core_pattern by tests, fixture scripts and benchmarks.
+
+core_pattern is one setting for the whole machine, so every user takes an
+exclusive lock first (several test runs may share a machine), saves the old
+values and restores them in ``finally`` — and at interpreter exit as a last
+resort.  Import this module from anywhere with ``tests.support.kernel``; it
+depends on nothing but the standard library.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+
+CORE_PATTERN = "/proc/sys/kernel/core_pattern"
+CORE_PIPE_LIMIT = "/proc/sys/kernel/core_pipe_limit"
+LOCK_PATH = "/run/coredumpd-test-core-pattern.lock"
+PATTERN_MAX = 127  # the kernel's CORENAME_MAX_SIZE is 128 including the NUL
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().rstrip("\n")
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(value)
+
+
+def can_swap_core_pattern() -> bool:
+    """True when this process may rewrite core_pattern (root, /proc writable)."""
+    return os.geteuid() == 0 and os.access(CORE_PATTERN, os.W_OK)
+
+
+@contextlib.contextmanager
+def core_pattern(pattern: str, pipe_limit: int | None = None) -> Iterator[None]:
+    """Set core_pattern (and core_pipe_limit) for the duration of the block.
+
+    Holds an exclusive lock for the whole block, so blocks never interleave
+    across processes; restores the saved values on any exit.
+    """
+    if len(pattern.encode()) > PATTERN_MAX:
+        raise ValueError(f"core_pattern over {PATTERN_MAX} bytes: {pattern!r}")
+    lock = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved_pattern = _read(CORE_PATTERN)
+        saved_limit = _read(CORE_PIPE_LIMIT)
+
+        def restore() -> None:
+            _write(CORE_PATTERN, saved_pattern)
+            _write(CORE_PIPE_LIMIT, saved_limit)
+
+        atexit.register(restore)
+        try:
+            if pipe_limit is not None:
+                _write(CORE_PIPE_LIMIT, str(pipe_limit))
+            _write(CORE_PATTERN, pattern)
+            yield
+        finally:
+            restore()
+            atexit.unregister(restore)
+    finally:
+        os.close(lock)  # releases the flock
