@@ -66,3 +66,15 @@ def core_pattern(pattern: str, pipe_limit: int | None = None) -> Iterator[None]:
             atexit.unregister(restore)
     finally:
         os.close(lock)  # releases the flock
+
+
+def raw_core_pattern(directory: str) -> str:
+    """A pattern that saves raw cores as DIRECTORY/core.<global pid>.
+
+    The kernel splits core_pattern at spaces without any shell quoting, and
+    starts the handler with an empty environment, hence one argument for
+    ``sh -c`` with no spaces and absolute paths.
+    """
+    if " " in directory:
+        raise ValueError("core_pattern arguments cannot contain spaces")
+    return f"|/bin/sh -c /bin/cat>{directory}/core.%P"
