@@ -1,0 +1,175 @@
+"""The corectl command line as data (see :mod:`coredumpd.cli.spec`).
+
+Commands and options follow coredumpctl(1) where they overlap, and
+CONTRACT.md; the man page man/corectl.1 is generated from this table.
+"""
+
+from __future__ import annotations
+
+from coredumpd.cli.spec import Command, Option, Program, Section
+
+_MATCH = Option(
+    ("match",), "an ID, a PID, a COMM, an executable path (contains /) or FIELD=VALUE",
+    metavar="MATCH", nargs="*",
+)
+
+SHARED_OPTIONS = (
+    Option(("--config",), "configuration file (default: $COREDUMPD_CONFIG, then "
+           "/etc/coredumpd/coredumpd.conf)", metavar="FILE"),
+    Option(("--json",), "print JSON (the objects are described in CONTRACT.md and in "
+           "JSON OUTPUT below)", action="store_true"),
+    Option(("--no-pager",), "do not pipe the output into a pager", action="store_true"),
+    Option(("--no-legend",), "do not print the column headers of list", action="store_true"),
+    Option(("--debug",), "print a traceback when an error stops corectl", action="store_true"),
+)
+
+LIST = Command(
+    "list", "one row per crash, newest last",
+    "Lists the crashes recorded in the index, oldest first: time, PID, UID, signal, "
+    "the state of the stored core (present, truncated, missing or none), executable, "
+    "stored size and the id of the root cause found by the analysis.",
+    (
+        _MATCH,
+        Option(("-S", "--since"), "only crashes at or after DATE (ISO 8601 date or time, "
+               "@EPOCH, today, yesterday, or a span ago such as 2h or -30min)", metavar="DATE"),
+        Option(("-U", "--until"), "only crashes at or before DATE", metavar="DATE"),
+        Option(("-r", "--reverse"), "newest first", action="store_true"),
+        Option(("-n", "--lines"), "only the N newest crashes", metavar="N", type=int,
+               dest="lines"),
+        Option(("-1",), "only the newest crash (same as -n 1)", action="store_true",
+               dest="newest_only"),
+    ),
+)
+
+SHOW = Command(
+    "show", "full report of the newest matching crash",
+    "Shows the root cause first (each annotation with its evidence and advice), then "
+    "the metadata (PID and namespace PID, UID and user name, signal with si_code and "
+    "fault address, time, command line, executable, unit, storage and sizes), the "
+    "crashing thread's backtrace (symbol, module+offset, file:line and how each frame "
+    "was found), the disassembly around the crash address with the faulting "
+    "instruction marked, the registers, the other threads and the modules with their "
+    "build-ids, flagged when deleted, replaced or modified in place.",
+    (_MATCH,), aliases=("info",),
+)
+
+DUMP = Command(
+    "dump", "write the raw ELF core of the newest matching crash",
+    "Decompresses the stored core into FILE (or standard output when it is not a "
+    "terminal). A progress bar is shown on a terminal for big cores. corectl refuses "
+    "to write a core to a terminal.",
+    (
+        _MATCH,
+        Option(("-o", "--output"), "write the core to FILE (\"-\": standard output)",
+               metavar="FILE"),
+    ),
+)
+
+DEBUG = Command(
+    "debug", "run a debugger on the executable and the core",
+    "Decompresses the core of the newest matching crash into a private temporary file, "
+    "runs the debugger (gdb, or $COREDUMPD_DEBUGGER) as DEBUGGER EXE CORE, and removes "
+    "the file when the debugger exits. corectl exits with the debugger's status.",
+    (
+        _MATCH,
+        Option(("--debugger",), "the debugger command, split like a shell would "
+               "(default: $COREDUMPD_DEBUGGER, then gdb)", metavar="CMD"),
+    ),
+)
+
+ANALYZE = Command(
+    "analyze", "analyse any core file, no store needed",
+    "Runs the whole analysis (unwinding, symbols, root-cause rules) on CORE, a raw "
+    "ELF core or a core stored by coredumpd (seekable lz4), and prints it like show. "
+    "Useful for cores from other machines.",
+    (
+        Option(("core",), "the core file (raw ELF or coredumpd's .lz4)", metavar="CORE"),
+        Option(("--exe",), "the executable that crashed (default: from the core)",
+               metavar="PATH"),
+    ),
+)
+
+DELETE = Command(
+    "delete", "delete crashes and their cores",
+    "Deletes every matching crash: its index row and its stored core.",
+    (Option(("match",), "what to delete, as for list", metavar="MATCH", nargs="+"),),
+)
+
+VACUUM = Command(
+    "vacuum", "delete old cores to free space",
+    "Deletes stored cores, oldest first, until the store is below the limits, always "
+    "keeping the newest cores of each user first (per-user fairness, as "
+    "systemd-coredump does). Without options the configured MaxUse and KeepFree apply. "
+    "Index rows stay, marked missing.",
+    (
+        Option(("--max-use",), "keep the stored cores under SIZE in total (e.g. 1G)",
+               metavar="SIZE"),
+        Option(("--keep-free",), "keep at least SIZE free on the file system", metavar="SIZE"),
+        Option(("--older-than",), "delete cores older than AGE (e.g. 7d, 12h)",
+               metavar="AGE"),
+    ),
+)
+
+CORECTL = Program(
+    name="corectl", section=1,
+    summary="browse and analyse the crashes stored by coredumpd",
+    synopsis=("[OPTIONS] list [MATCH...]", "[OPTIONS] show|info [MATCH...]",
+              "[OPTIONS] dump [MATCH...] -o FILE", "[OPTIONS] debug [MATCH...]",
+              "[OPTIONS] analyze CORE [--exe PATH]", "[OPTIONS] delete MATCH...",
+              "[OPTIONS] vacuum [--max-use SIZE] [--keep-free SIZE] [--older-than AGE]"),
+    description=(
+        "corectl reads the index of crashes kept by coredumpd(8), like coredumpctl(1) "
+        "reads the journal. It reads the SQLite index in the storage directory, not the "
+        "journal, so foreign or malformed journal entries do not disturb it.",
+        "Users other than root see only their own crashes. On a terminal the output is "
+        "coloured and goes through a pager; piped, it is plain. Every string that came "
+        "from the crashed process (command name, command line, paths, strings from "
+        "memory) has its control characters escaped before it is printed.",
+    ),
+    commands=(LIST, SHOW, DUMP, DEBUG, ANALYZE, DELETE, VACUUM),
+    shared_options=SHARED_OPTIONS,
+    extra_sections=(
+        Section("MATCHES", (
+            "A MATCH selects crashes as coredumpctl(1) does: a crash id, a PID (a "
+            "number), an executable path (contains a slash), FIELD=VALUE for a field of "
+            "the index (e.g. uid=1000, signal_name=SIGSEGV, unit=x.service), or else a "
+            "command name. Several matches of the same field are alternatives; matches "
+            "of different fields must all hold.",)),
+        Section("JSON OUTPUT", (
+            "With --json, list prints an array of objects with id, pid, uid, "
+            "signal_name, timestamp (ISO 8601, UTC), comm, exe, core_state, root_cause "
+            "and more; show and analyze print one object with the metadata, core, "
+            "analysis, annotations, threads (frames with pc, module, build_id, offset, "
+            "symbol, symbol_offset, file, line, trust), modules, disassembly and "
+            "registers. Strings in JSON are escaped by JSON itself.",)),
+        Section("EXIT STATUS", items=(
+            ("0", "Success."),
+            ("1", "No crash matched (\"No coredumps found.\" on standard error)."),
+            ("2", "Usage error (unknown option, missing argument)."),
+            ("3", "Any other error: configuration, store, unreadable core; printed as "
+                  "\"corectl: error: ...\"."),
+            ("4", "The crash matched but its core is not stored (missing or none)."),
+            ("130", "Interrupted (Ctrl-C)."),
+        )),
+        Section("ENVIRONMENT", items=(
+            ("COREDUMPD_CONFIG", "configuration file, as --config."),
+            ("COREDUMPD_DEBUGGER", "debugger command for debug (default gdb)."),
+            ("PAGER", "pager for terminal output (default less with LESS=FRSXMK)."),
+            ("NO_COLOR", "when set, no colours even on a terminal."),
+            ("TMPDIR", "where debug decompresses the core."),
+        )),
+        Section("FILES", items=(
+            ("/etc/coredumpd/coredumpd.conf", "configuration, see coredumpd.conf(5)."),
+            ("/var/lib/coredumpd/index.sqlite", "the index of crashes (Directory= in "
+             "the configuration)."),
+        )),
+        Section("EXAMPLES", items=(
+            ("corectl list -S today", "today's crashes."),
+            ("corectl show node", "the newest crash of a process named node."),
+            ("corectl --json list uid=1000", "crashes of user 1000 as JSON."),
+            ("corectl dump 1234 -o core.1234", "the raw core of PID 1234."),
+            ("corectl analyze ./core --exe ./prog", "analyse a core from elsewhere."),
+        )),
+    ),
+    see_also=("coredumpd(8)", "coredumpd.conf(5)", "coredumpctl(1)", "gdb(1)", "core(5)"),
+)
