@@ -1,0 +1,589 @@
+"""Call-frame information: find the FDE for a pc and evaluate its rules.
+
+Sources: the LSB "Exception Frames" chapter (``.eh_frame``, ``.eh_frame_hdr``,
+the ``z``/``L``/``P``/``R``/``S`` augmentations and the ``DW_EH_PE_*``
+pointer encodings) and DWARF 5 section 6.4 (the CFA instructions).  The
+lookup reads the binary-search table of ``.eh_frame_hdr`` through the crashed
+process's address space (the module's PT_GNU_EH_FRAME) and parses only the
+one FDE and CIE it needs — never a whole ``.eh_frame``.
+
+Every byte comes from a hostile core or file: record lengths are capped,
+tables are checked against the FDE they point to (a table may lie), and
+problems raise :class:`~coredumpd.errors.FormatError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+from collections.abc import Callable
+
+from coredumpd.errors import FormatError
+from coredumpd.unwind.dwarf_expr import MASK, read_sleb128, read_uleb128
+
+MemoryReader = Callable[[int, int], bytes]
+
+MAX_RECORD = 1 << 16  # a CIE or FDE longer than this is garbage, not code
+MAX_STATE_STACK = 64  # nested DW_CFA_remember_state
+HDR_HEAD = struct.Struct("<BBBB")  # version, eh_frame_ptr_enc, fde_count_enc, table_enc
+U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
+
+# DW_EH_PE_* (LSB, "DWARF Exception Header Encoding").
+DW_EH_PE_absptr = 0x00
+DW_EH_PE_omit = 0xFF
+DW_EH_PE_pcrel = 0x10
+DW_EH_PE_textrel = 0x20
+DW_EH_PE_datarel = 0x30
+DW_EH_PE_funcrel = 0x40
+DW_EH_PE_aligned = 0x50
+DW_EH_PE_indirect = 0x80
+_FORMATS = {0x00: struct.Struct("<Q"), 0x02: struct.Struct("<H"), 0x03: struct.Struct("<I"),
+            0x04: struct.Struct("<Q"), 0x0A: struct.Struct("<h"), 0x0B: struct.Struct("<i"),
+            0x0C: struct.Struct("<q")}
+DW_EH_PE_uleb128 = 0x01
+DW_EH_PE_sleb128 = 0x09
+
+
+class Rule(enum.Enum):
+    """How to recover a register of the caller (DWARF 5, 6.4.1)."""
+
+    UNDEFINED = "undefined"
+    SAME_VALUE = "same"
+    OFFSET = "offset"  # saved at CFA + N
+    VAL_OFFSET = "val_offset"  # value is CFA + N
+    REGISTER = "register"  # in register N
+    EXPRESSION = "expression"  # saved at the address the expression computes
+    VAL_EXPRESSION = "val_expression"  # value is what the expression computes
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisterRule:
+    rule: Rule
+    value: int = 0  # offset or register number
+    expression: bytes = b""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cie:
+    address: int
+    version: int
+    augmentation: str
+    code_align: int
+    data_align: int
+    ra_register: int
+    fde_encoding: int
+    lsda_encoding: int
+    signal_frame: bool
+    instructions: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Fde:
+    address: int
+    cie: Cie
+    pc_begin: int
+    pc_end: int
+    instructions: bytes
+
+    def __contains__(self, pc: int) -> bool:
+        return self.pc_begin <= pc < self.pc_end
+
+
+@dataclasses.dataclass
+class RuleRow:
+    """The CFA rule and register rules in effect at one pc."""
+
+    cfa_register: int = 7
+    cfa_offset: int = 0
+    cfa_expression: bytes | None = None
+    registers: dict[int, RegisterRule] = dataclasses.field(default_factory=dict)
+    args_size: int = 0
+
+    def copy(self) -> RuleRow:
+        return dataclasses.replace(self, registers=dict(self.registers))
+
+
+# --- pointers -----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Bases:
+    """Base addresses for the relative pointer encodings."""
+
+    data: int = 0  # DW_EH_PE_datarel: .eh_frame_hdr start (in the hdr), GOT otherwise
+    text: int = 0
+    func: int = 0
+
+
+def read_encoded(data: bytes, position: int, encoding: int, address: int, bases: Bases,
+                 read: MemoryReader | None = None) -> tuple[int, int]:
+    """Decode one ``DW_EH_PE_*`` pointer at ``data[position]``.
+
+    ``address`` is the runtime address of ``data[0]`` (for pcrel).  Returns
+    (value, next position).  ``indirect`` dereferences through ``read``.
+    """
+    if encoding == DW_EH_PE_omit:
+        return 0, position
+    value_format = encoding & 0x0F
+    if value_format == DW_EH_PE_uleb128:
+        value, end = read_uleb128(data, position)
+    elif value_format == DW_EH_PE_sleb128:
+        value, end = read_sleb128(data, position)
+    elif value_format in _FORMATS:
+        layout = _FORMATS[value_format]
+        end = position + layout.size
+        if end > len(data):
+            raise FormatError("encoded pointer runs past its record", address + position)
+        (value,) = layout.unpack_from(data, position)
+    else:
+        raise FormatError(f"unknown pointer encoding {encoding:#x}", address + position)
+    value = (value + _application_base(encoding, address + position, bases)) & MASK
+    if encoding & DW_EH_PE_indirect:
+        if read is None:
+            raise FormatError("indirect pointer without memory", address + position)
+        value = U64.unpack(read(value, 8))[0]
+    return value, end
+
+
+def _application_base(encoding: int, field_address: int, bases: Bases) -> int:
+    application = encoding & 0x70
+    if application == DW_EH_PE_absptr:
+        return 0
+    if application == DW_EH_PE_pcrel:
+        return field_address
+    if application == DW_EH_PE_datarel:
+        return bases.data
+    if application == DW_EH_PE_textrel:
+        return bases.text
+    if application == DW_EH_PE_funcrel:
+        return bases.func
+    raise FormatError(f"unsupported pointer application {encoding:#x}", field_address)
+
+
+def encoded_size(encoding: int) -> int | None:
+    """Byte size of a fixed-size encoding, None for LEB128 or omit."""
+    layout = _FORMATS.get(encoding & 0x0F) if encoding != DW_EH_PE_omit else None
+    return layout.size if layout else None
+
+
+# --- records ------------------------------------------------------------------------------
+
+def read_record(read: MemoryReader, address: int) -> tuple[bytes, int, bool]:
+    """Read a CIE/FDE at ``address``: (body after the length, body address, is_64bit).
+
+    The body is empty for the zero terminator.
+    """
+    (length,) = U32.unpack(read(address, 4))
+    is_64bit = length == 0xFFFFFFFF
+    body_address = address + 4
+    if is_64bit:
+        (length,) = U64.unpack(read(address + 4, 8))
+        body_address += 8
+    if length > MAX_RECORD:
+        raise FormatError(f"CFI record of {length} bytes", address)
+    return (read(body_address, length) if length else b""), body_address, is_64bit
+
+
+def parse_cie(read: MemoryReader, address: int, eh_frame: bool = True) -> Cie:
+    """Parse the CIE at ``address`` (``.eh_frame`` layout, or ``.debug_frame``'s)."""
+    body, base, is_64bit = read_record(read, address)
+    id_size = 8 if is_64bit else 4
+    if len(body) < id_size + 2:
+        raise FormatError("CIE shorter than its header", address)
+    cie_id = int.from_bytes(body[:id_size], "little")
+    expected = 0 if eh_frame else (1 << (8 * id_size)) - 1
+    if cie_id != expected:
+        raise FormatError(f"not a CIE (id {cie_id:#x})", address)
+    version = body[id_size]
+    if version not in (1, 3, 4):
+        raise FormatError(f"CIE version {version}", address)
+    end = body.index(b"\0", id_size + 1) if b"\0" in body[id_size + 1:] else -1
+    if end < 0:
+        raise FormatError("CIE augmentation string is not terminated", address)
+    augmentation = body[id_size + 1:end].decode("latin-1")
+    return _parse_cie_fields(read, body, end + 1, base, address, version, augmentation)
+
+
+def _parse_cie_fields(read: MemoryReader, body: bytes, position: int, base: int, address: int,
+                      version: int, augmentation: str) -> Cie:
+    if "eh" in augmentation:
+        position += 8  # the pre-GCC-3 eh_data pointer
+    if version == 4:
+        position += 2  # address_size, segment_selector_size
+    code_align, position = read_uleb128(body, position)
+    data_align, position = read_sleb128(body, position)
+    if version == 1:
+        if position >= len(body):
+            raise FormatError("CIE truncated before its return register", address)
+        ra_register, position = body[position], position + 1
+    else:
+        ra_register, position = read_uleb128(body, position)
+    fde_encoding, lsda_encoding, signal = DW_EH_PE_absptr, DW_EH_PE_omit, False
+    if augmentation.startswith("z"):
+        length, position = read_uleb128(body, position)
+        data_end = position + length
+        fde_encoding, lsda_encoding, signal = _augmentation_data(
+            read, body, position, base, augmentation[1:], address)
+        position = data_end
+    elif augmentation not in ("", "eh"):
+        raise FormatError(f"CIE augmentation {augmentation!r} without 'z'", address)
+    if position > len(body):
+        raise FormatError("CIE augmentation data runs past its record", address)
+    return Cie(address, version, augmentation, code_align, data_align, ra_register,
+               fde_encoding, lsda_encoding, signal, body[position:])
+
+
+def _augmentation_data(read: MemoryReader, body: bytes, position: int, base: int,
+                       letters: str, address: int) -> tuple[int, int, bool]:
+    fde_encoding, lsda_encoding, signal = DW_EH_PE_absptr, DW_EH_PE_omit, False
+    for letter in letters:
+        if letter in "LPR" and position >= len(body):
+            raise FormatError("CIE augmentation data truncated", address)
+        if letter == "L":
+            lsda_encoding, position = body[position], position + 1
+        elif letter == "R":
+            fde_encoding, position = body[position], position + 1
+        elif letter == "P":
+            encoding = body[position]
+            # The personality pointer is not needed to unwind: skip it without dereferencing.
+            _, position = read_encoded(body, position + 1, encoding & 0x7F, base, Bases())
+        elif letter == "S":
+            signal = True
+        elif letter in "BG":
+            pass  # AArch64 pointer authentication / MTE: no data
+        else:
+            break  # unknown letter: the rest of the data cannot be interpreted (LSB)
+    return fde_encoding, lsda_encoding, signal
+
+
+def parse_fde(read: MemoryReader, address: int, cies: dict[int, Cie],
+              eh_frame: bool = True, debug_frame_base: int = 0) -> Fde:
+    """Parse the FDE at ``address`` and its CIE (cached in ``cies``)."""
+    body, base, is_64bit = read_record(read, address)
+    id_size = 8 if is_64bit else 4
+    if len(body) < id_size:
+        raise FormatError("FDE shorter than its header", address)
+    pointer = int.from_bytes(body[:id_size], "little")
+    if eh_frame:
+        if pointer == 0:
+            raise FormatError("expected an FDE, found a CIE", address)
+        cie_address = base - pointer  # relative to the CIE pointer field itself
+    else:
+        cie_address = debug_frame_base + pointer
+    cie = cies.get(cie_address)
+    if cie is None:
+        cie = cies[cie_address] = parse_cie(read, cie_address, eh_frame)
+    bases = Bases()
+    pc_begin, position = read_encoded(body, id_size, cie.fde_encoding, base, bases, read)
+    pc_range, position = read_encoded(body, position, cie.fde_encoding & 0x0F, base, bases)
+    if cie.augmentation.startswith("z"):
+        length, position = read_uleb128(body, position)
+        position += length
+    if position > len(body):
+        raise FormatError("FDE header runs past its record", address)
+    return Fde(address, cie, pc_begin, (pc_begin + pc_range) & MASK, body[position:])
+
+
+# --- .eh_frame_hdr ------------------------------------------------------------------------
+
+class EhFrameHdr:
+    """The binary-search table of ``.eh_frame_hdr`` at a runtime address."""
+
+    def __init__(self, read: MemoryReader, address: int) -> None:
+        head = read(address, 4 + 16)
+        version, ptr_enc, count_enc, table_enc = HDR_HEAD.unpack_from(head)
+        if version != 1:
+            raise FormatError(f".eh_frame_hdr version {version}", address)
+        bases = Bases(data=address)
+        self.eh_frame, position = read_encoded(head, 4, ptr_enc, address, bases, read)
+        self.count, position = read_encoded(head, position, count_enc, address, bases, read)
+        self.entry_size = encoded_size(table_enc) or 0
+        if count_enc == DW_EH_PE_omit or table_enc == DW_EH_PE_omit or not self.entry_size:
+            self.count = 0  # no usable table (the LSB allows that)
+        self.read = read
+        self.address = address
+        self.table = address + position
+        self.table_enc = table_enc
+        self.bases = bases
+
+    def entry(self, index: int) -> tuple[int, int]:
+        """(initial location, FDE address) of table entry ``index``."""
+        size = self.entry_size
+        start = self.table + 2 * size * index
+        data = self.read(start, 2 * size)
+        location, _ = read_encoded(data, 0, self.table_enc, start, self.bases, self.read)
+        fde, _ = read_encoded(data, size, self.table_enc, start, self.bases, self.read)
+        return location, fde
+
+    def lookup(self, pc: int) -> int | None:
+        """Address of the FDE whose initial location is the greatest <= ``pc``."""
+        low, high = 0, self.count - 1
+        found = None
+        while low <= high:
+            middle = (low + high) // 2
+            location, fde = self.entry(middle)
+            if location <= pc:
+                found, low = fde, middle + 1
+            else:
+                high = middle - 1
+        return found
+
+
+# --- CFA program --------------------------------------------------------------------------
+
+class _Program:
+    """Executes CFA instructions into a :class:`RuleRow` (DWARF 5, 6.4.2)."""
+
+    def __init__(self, cie: Cie, initial: RuleRow | None, target: int, location: int) -> None:
+        self.cie = cie
+        self.row = initial.copy() if initial else RuleRow()
+        self.initial = initial or RuleRow()
+        self.target = target
+        self.location = location
+        self.saved: list[RuleRow] = []
+
+    def run(self, code: bytes, bases: Bases) -> RuleRow:
+        position = 0
+        while position < len(code):
+            op = code[position]
+            position += 1
+            high, low = op & 0xC0, op & 0x3F
+            if high == 0x40:
+                if not self.advance(low * self.cie.code_align):
+                    break
+            elif high == 0x80:
+                offset, position = read_uleb128(code, position)
+                self.set(low, Rule.OFFSET, offset * self.cie.data_align)
+            elif high == 0xC0:
+                self.restore(low)
+            else:
+                position = self.extended(op, code, position, bases)
+                if position < 0:
+                    break
+        return self.row
+
+    def advance(self, delta: int) -> bool:
+        self.location += delta
+        return self.location <= self.target
+
+    def set(self, register: int, rule: Rule, value: int = 0, expression: bytes = b"") -> None:
+        self.row.registers[register] = RegisterRule(rule, value, expression)
+
+    def restore(self, register: int) -> None:
+        if register in self.initial.registers:
+            self.row.registers[register] = self.initial.registers[register]
+        else:
+            self.row.registers.pop(register, None)
+
+    def extended(self, op: int, code: bytes, position: int, bases: Bases) -> int:
+        """One non-primary instruction; returns the next position (-1: target passed)."""
+        handler = _EXTENDED.get(op)
+        if handler is None:
+            raise FormatError(f"unknown DW_CFA instruction {op:#x}")
+        return handler(self, code, position, bases)
+
+
+def _uleb(code: bytes, position: int) -> tuple[int, int]:
+    return read_uleb128(code, position)
+
+
+def _block(code: bytes, position: int) -> tuple[bytes, int]:
+    length, position = read_uleb128(code, position)
+    if position + length > len(code):
+        raise FormatError("DW_CFA expression block runs past its FDE")
+    return code[position:position + length], position + length
+
+
+def _fixed(code: bytes, position: int, layout: struct.Struct) -> tuple[int, int]:
+    if position + layout.size > len(code):
+        raise FormatError("DW_CFA operand runs past its FDE")
+    return int(layout.unpack_from(code, position)[0]), position + layout.size
+
+
+def _op_nop(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    return pos
+
+
+def _op_set_loc(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    location, pos = read_encoded(code, pos, p.cie.fde_encoding & 0x7F, 0, bases)
+    p.location = location
+    return pos if p.location <= p.target else -1
+
+
+def _advance_op(layout: struct.Struct) -> Callable[[_Program, bytes, int, Bases], int]:
+    def handler(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+        delta, pos = _fixed(code, pos, layout)
+        return pos if p.advance(delta * p.cie.code_align) else -1
+    return handler
+
+
+def _op_offset_extended(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    register, pos = _uleb(code, pos)
+    offset, pos = _uleb(code, pos)
+    p.set(register, Rule.OFFSET, offset * p.cie.data_align)
+    return pos
+
+
+def _op_offset_extended_sf(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    register, pos = _uleb(code, pos)
+    offset, pos = read_sleb128(code, pos)
+    p.set(register, Rule.OFFSET, offset * p.cie.data_align)
+    return pos
+
+
+def _op_negative_offset(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    register, pos = _uleb(code, pos)
+    offset, pos = _uleb(code, pos)
+    p.set(register, Rule.OFFSET, -offset * p.cie.data_align)
+    return pos
+
+
+def _op_val_offset(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    register, pos = _uleb(code, pos)
+    offset, pos = _uleb(code, pos)
+    p.set(register, Rule.VAL_OFFSET, offset * p.cie.data_align)
+    return pos
+
+
+def _op_val_offset_sf(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    register, pos = _uleb(code, pos)
+    offset, pos = read_sleb128(code, pos)
+    p.set(register, Rule.VAL_OFFSET, offset * p.cie.data_align)
+    return pos
+
+
+def _op_restore_extended(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    register, pos = _uleb(code, pos)
+    p.restore(register)
+    return pos
+
+
+def _register_rule_op(rule: Rule) -> Callable[[_Program, bytes, int, Bases], int]:
+    def handler(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+        register, pos = _uleb(code, pos)
+        p.set(register, rule)
+        return pos
+    return handler
+
+
+def _op_register(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    register, pos = _uleb(code, pos)
+    other, pos = _uleb(code, pos)
+    p.set(register, Rule.REGISTER, other)
+    return pos
+
+
+def _op_remember_state(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    if len(p.saved) >= MAX_STATE_STACK:
+        raise FormatError("DW_CFA_remember_state nested too deep")
+    p.saved.append(p.row.copy())
+    return pos
+
+
+def _op_restore_state(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    if not p.saved:
+        raise FormatError("DW_CFA_restore_state without remember_state")
+    args_size = p.row.args_size  # GNU_args_size is not part of the saved state (libgcc)
+    p.row = p.saved.pop()
+    p.row.args_size = args_size
+    return pos
+
+
+def _op_def_cfa(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    p.row.cfa_register, pos = _uleb(code, pos)
+    p.row.cfa_offset, pos = _uleb(code, pos)
+    p.row.cfa_expression = None
+    return pos
+
+
+def _op_def_cfa_sf(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    p.row.cfa_register, pos = _uleb(code, pos)
+    offset, pos = read_sleb128(code, pos)
+    p.row.cfa_offset = offset * p.cie.data_align
+    p.row.cfa_expression = None
+    return pos
+
+
+def _op_def_cfa_register(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    p.row.cfa_register, pos = _uleb(code, pos)
+    p.row.cfa_expression = None
+    return pos
+
+
+def _op_def_cfa_offset(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    p.row.cfa_offset, pos = _uleb(code, pos)
+    return pos
+
+
+def _op_def_cfa_offset_sf(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    offset, pos = read_sleb128(code, pos)
+    p.row.cfa_offset = offset * p.cie.data_align
+    return pos
+
+
+def _op_def_cfa_expression(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    p.row.cfa_expression, pos = _block(code, pos)
+    return pos
+
+
+def _expression_op(rule: Rule) -> Callable[[_Program, bytes, int, Bases], int]:
+    def handler(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+        register, pos = _uleb(code, pos)
+        expression, pos = _block(code, pos)
+        p.set(register, rule, 0, expression)
+        return pos
+    return handler
+
+
+def _op_args_size(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    p.row.args_size, pos = _uleb(code, pos)
+    return pos
+
+
+def _op_window_save(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
+    return pos  # SPARC register windows / AArch64 RA signing: nothing on x86-64
+
+
+_EXTENDED: dict[int, Callable[[_Program, bytes, int, Bases], int]] = {
+    0x00: _op_nop,
+    0x01: _op_set_loc,
+    0x02: _advance_op(struct.Struct("<B")),
+    0x03: _advance_op(struct.Struct("<H")),
+    0x04: _advance_op(struct.Struct("<I")),
+    0x05: _op_offset_extended,
+    0x06: _op_restore_extended,
+    0x07: _register_rule_op(Rule.UNDEFINED),
+    0x08: _register_rule_op(Rule.SAME_VALUE),
+    0x09: _op_register,
+    0x0A: _op_remember_state,
+    0x0B: _op_restore_state,
+    0x0C: _op_def_cfa,
+    0x0D: _op_def_cfa_register,
+    0x0E: _op_def_cfa_offset,
+    0x0F: _op_def_cfa_expression,
+    0x10: _expression_op(Rule.EXPRESSION),
+    0x11: _op_offset_extended_sf,
+    0x12: _op_def_cfa_sf,
+    0x13: _op_def_cfa_offset_sf,
+    0x14: _op_val_offset,
+    0x15: _op_val_offset_sf,
+    0x16: _expression_op(Rule.VAL_EXPRESSION),
+    0x1D: _advance_op(struct.Struct("<Q")),  # DW_CFA_MIPS_advance_loc8
+    0x2D: _op_window_save,
+    0x2E: _op_args_size,
+    0x2F: _op_negative_offset,  # DW_CFA_GNU_negative_offset_extended
+}
+
+
+def initial_row(cie: Cie) -> RuleRow:
+    """The rules the CIE's initial instructions establish (DW_CFA_restore's target)."""
+    return _Program(cie, None, MASK, 0).run(cie.instructions, Bases())
+
+
+def rules_at(fde: Fde, pc: int, initial: RuleRow | None = None) -> RuleRow:
+    """The row of the CFI table for ``pc`` inside ``fde``."""
+    if initial is None:
+        initial = initial_row(fde.cie)
+    program = _Program(fde.cie, initial, pc, fde.pc_begin)
+    return program.run(fde.instructions, Bases(func=fde.pc_begin))
