@@ -1,0 +1,254 @@
+"""Read the core once from the kernel's pipe, parse its head on the fly, store it.
+
+The kernel writes a core strictly in order (fs/binfmt_elf.c elf_core_dump()):
+the ELF header, the program headers (the PT_NOTE one first), all notes, then
+the segment data page by page.  So the head — header, program headers, notes —
+is read into memory first (bounded by :data:`MAX_HEAD`) and decoded with
+:mod:`coredumpd.elf.notes` before the bulk arrives; the bulk then goes from the
+pipe straight into the lz4 writer's block buffers
+(:meth:`~coredumpd.store.lz4seek.SeekableLz4Writer.copy_from`), never held whole.
+
+With more than 65534 program headers ``e_phnum`` is PN_XNUM and the real count
+is in section header 0, which the kernel writes *after* the segment data
+(``elf_core_write_extra_data``).  Since the program headers are contiguous from
+``e_phoff`` up to the notes, the count is inferred from the first program
+header (PT_NOTE): ``(p_offset - e_phoff) / e_phentsize``.
+
+Nothing here raises on hostile or short input: problems are collected in
+:attr:`StreamResult.problems` and a short stream sets ``truncated``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+from coredumpd.elf import layouts as L
+from coredumpd.elf import notes as N
+from coredumpd.errors import CoredumpdError
+
+MAX_HEAD = 32 << 20  # header + program headers + notes held in memory, at most
+READ_CHUNK = 1 << 20
+
+
+class CoreWriter(Protocol):
+    """What the stream needs from :class:`~coredumpd.store.lz4seek.SeekableLz4Writer`."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def copy_from(self, fd: int, limit: int | None = None) -> int: ...
+
+
+class StreamResult:
+    """What the head of the core said, and how much of the stream was read."""
+
+    def __init__(self) -> None:
+        self.size = 0  # bytes read from the pipe (and stored, when a writer is given)
+        self.expected_size: int | None = None  # from the program headers
+        self.is_elf = False
+        self.phnum = 0
+        self.segments: list[tuple[int, int, int, int, int, int]] = []  # PHDR fields
+        self.threads: list[dict[str, Any]] = []  # tid, si_signo, registers (first = dumper)
+        self.siginfo: N.SigInfo | None = None
+        self.prpsinfo: N.PrPsInfo | None = None
+        self.auxv: list[tuple[int, int]] = []
+        self.files: list[N.FileMapping] = []
+        self.problems: list[str] = []
+        self.truncated: str | None = None
+        self.eof = False  # the kernel closed its end: we saw the whole stream
+
+    def auxv_value(self, a_type: int) -> int | None:
+        for key, value in self.auxv:
+            if key == a_type:
+                return value
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able digest for the facts (``stream`` key)."""
+        sig = self.siginfo
+        return {
+            "size": self.size, "expected_size": self.expected_size, "is_elf": self.is_elf,
+            "phnum": self.phnum, "threads": [t["tid"] for t in self.threads],
+            "siginfo": None if sig is None else {
+                "si_signo": sig.si_signo, "si_code": sig.si_code, "si_errno": sig.si_errno,
+                "si_addr": sig.si_addr, "si_pid": sig.si_pid, "si_uid": sig.si_uid},
+            "problems": self.problems[:50], "truncated": self.truncated,
+        }
+
+
+class _Head:
+    """Bytes read so far from the start of the stream (only the head is kept)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.data = bytearray()
+        self.eof = False
+
+    def fill(self, wanted: int) -> bool:
+        """Read until ``wanted`` bytes are held; False if the stream ends first."""
+        while len(self.data) < wanted and not self.eof:
+            try:
+                chunk = os.read(self.fd, min(wanted - len(self.data), READ_CHUNK))
+            except InterruptedError:
+                continue
+            except OSError as err:
+                self.eof = True
+                raise _StreamFailed(f"reading the core stream: {err.strerror}") from err
+            if not chunk:
+                self.eof = True
+            self.data += chunk
+        return len(self.data) >= wanted
+
+
+class _StreamFailed(CoredumpdError):
+    pass
+
+
+def read_core(fd: int, writer: CoreWriter | None, limit: int | None = None) -> StreamResult:
+    """Read the core from ``fd`` into ``writer`` (None: parse the head only).
+
+    ``limit`` caps the bytes stored (ExternalSizeMax, RLIMIT_CORE); past it the
+    stream is not read further and ``truncated`` says so — the caller then
+    closes ``fd``, which ends the kernel's dump.
+    """
+    result = StreamResult()
+    head = _Head(fd)
+    try:
+        _parse_head(head, result, limit)
+    except _StreamFailed as err:
+        result.problems.append(str(err))
+    if limit is not None and len(head.data) > limit:
+        del head.data[limit:]
+    result.size = len(head.data)
+    result.eof = head.eof
+    if writer is None:
+        return result
+    writer.write(head.data)
+    if not head.eof:
+        _copy_bulk(fd, writer, result, limit)
+    _check_complete(result, limit)
+    return result
+
+
+def _copy_bulk(fd: int, writer: CoreWriter, result: StreamResult, limit: int | None) -> None:
+    room = None if limit is None else max(0, limit - result.size)
+    try:
+        copied = writer.copy_from(fd, room)
+    except CoredumpdError as err:
+        result.problems.append(str(err))
+        result.truncated = f"read error after {result.size} bytes: {err}"
+        return
+    result.size += copied
+    if room is not None and copied >= room:
+        result.eof = _at_eof(fd)
+    else:
+        result.eof = True
+
+
+def _at_eof(fd: int) -> bool:
+    try:
+        return os.read(fd, 1) == b""
+    except OSError:
+        return True
+
+
+def _check_complete(result: StreamResult, limit: int | None) -> None:
+    if result.truncated:
+        return
+    if not result.eof and limit is not None:
+        result.truncated = f"size limit of {limit} bytes reached"
+    elif not result.is_elf:
+        result.truncated = "not an ELF core" if result.size else "empty stream"
+    elif result.expected_size is not None and result.size < result.expected_size:
+        result.truncated = (f"stream ended after {result.size} of {result.expected_size}"
+                            " bytes")
+
+
+def _parse_head(head: _Head, result: StreamResult, limit: int | None) -> None:
+    if not head.fill(L.EHDR.size):
+        result.problems.append(f"stream ended after {len(head.data)} bytes, in the ELF header")
+        return
+    fields = L.EHDR.unpack_from(head.data)
+    ident, e_type, e_machine = fields[0], fields[1], fields[2]
+    if ident[:4] != L.ELFMAG or ident[4] != L.ELFCLASS64 or ident[5] != L.ELFDATA2LSB:
+        result.problems.append(f"not a little-endian ELF64 file (starts {bytes(ident[:8])!r})")
+        return
+    result.is_elf = True
+    if e_type != L.ET.CORE or e_machine != L.EM_X86_64:
+        result.problems.append(f"e_type {e_type}, e_machine {e_machine}: not an x86-64 core")
+    e_phoff, e_phentsize, e_phnum = fields[5], fields[9], fields[10]
+    if e_phentsize != L.PHDR.size:
+        result.problems.append(f"e_phentsize {e_phentsize} is not {L.PHDR.size}")
+        return
+    phnum = _resolve_phnum(head, result, e_phoff, e_phnum)
+    if phnum and _read_phdrs(head, result, e_phoff, phnum):
+        _read_notes(head, result)
+
+
+def _resolve_phnum(head: _Head, result: StreamResult, e_phoff: int, e_phnum: int) -> int:
+    if e_phnum != L.PN_XNUM:
+        return e_phnum
+    if e_phoff > MAX_HEAD or not head.fill(e_phoff + L.PHDR.size):
+        result.problems.append("PN_XNUM and no first program header")
+        return 0
+    p_type, _flags, p_offset = L.PHDR.unpack_from(head.data, e_phoff)[:3]
+    if p_type != L.PT.NOTE or p_offset < e_phoff:
+        result.problems.append(f"PN_XNUM but the first program header is type {p_type:#x}")
+        return 0
+    return (p_offset - e_phoff) // L.PHDR.size
+
+
+def _read_phdrs(head: _Head, result: StreamResult, e_phoff: int, phnum: int) -> bool:
+    end = e_phoff + phnum * L.PHDR.size
+    if end > MAX_HEAD:
+        result.problems.append(f"{phnum} program headers at {e_phoff:#x} exceed {MAX_HEAD} bytes")
+        return False
+    if not head.fill(end):
+        result.problems.append(f"stream ended at {len(head.data):#x} in the program headers")
+        return False
+    result.phnum = phnum
+    result.segments = [L.PHDR.unpack_from(head.data, e_phoff + i * L.PHDR.size)[:6]
+                       for i in range(phnum)]
+    ends = [offset + filesz for p_type, _f, offset, _v, _p, filesz in result.segments
+            if p_type in (L.PT.LOAD, L.PT.NOTE)]
+    result.expected_size = max(ends, default=end)
+    return True
+
+
+def _read_notes(head: _Head, result: StreamResult) -> None:
+    for p_type, _flags, offset, _vaddr, _paddr, filesz in result.segments:
+        if p_type != L.PT.NOTE:
+            continue
+        if offset + filesz > MAX_HEAD:
+            result.problems.append(f"notes at {offset:#x} ({filesz} bytes) exceed {MAX_HEAD}")
+            continue
+        if not head.fill(offset + filesz):
+            result.problems.append(f"stream ended at {len(head.data):#x} in the notes")
+        data = bytes(head.data[offset:offset + filesz])
+        _decode_notes(data, offset, result)
+
+
+def _decode_notes(data: bytes, base: int, result: StreamResult) -> None:
+    try:
+        for note in N.iter_notes(data, base):
+            _decode_note(note, result)
+    except CoredumpdError as err:
+        result.problems.append(str(err))
+
+
+def _decode_note(note: N.Note, result: StreamResult) -> None:
+    try:
+        if note.type == L.NT.PRSTATUS:
+            status = N.decode_prstatus(note.desc, note.offset)
+            result.threads.append({"tid": status.pr_pid, "si_signo": status.si_signo,
+                                   "registers": status.registers})
+        elif note.type == L.NT.SIGINFO and result.siginfo is None:
+            result.siginfo = N.decode_siginfo(note.desc, note.offset)
+        elif note.type == L.NT.AUXV and not result.auxv:
+            result.auxv = N.decode_auxv(note.desc, note.offset)
+        elif note.type == L.NT.FILE and not result.files:
+            result.files = N.decode_file_note(note.desc, note.offset)
+        elif note.type == L.NT.PRPSINFO and result.prpsinfo is None:
+            result.prpsinfo = N.decode_prpsinfo(note.desc, note.offset)
+    except CoredumpdError as err:
+        result.problems.append(str(err))
