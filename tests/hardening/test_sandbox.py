@@ -1,0 +1,193 @@
+"""The analysis sandbox (coredumpd.pipeline.sandbox), each failure mode for real.
+
+The misbehaviours are produced inside the real child process through the
+documented test hook ``COREDUMPD_SANDBOX_TEST_HOOK``: a real SIGSEGV in the
+interpreter, a real busy loop, a real allocation up to RLIMIT_AS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import time
+
+import pytest
+
+from coredumpd.config import Config
+from coredumpd.pipeline import sandbox
+from tests.support.kernel import core_pattern, raw_core_pattern
+
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="privilege dropping needs root")
+USER_FACTS = {"args": {"uid": 1000, "gid": 1000, "dump_mode": 1}}
+
+
+@pytest.fixture()
+def core(tmp_path: pathlib.Path) -> str:
+    """A root-only (0640) file that starts like an ELF core."""
+    path = tmp_path / "core"
+    path.write_bytes(b"\x7fELF" + bytes(60))
+    path.chmod(0o640)
+    return str(path)
+
+
+def run(monkeypatch: pytest.MonkeyPatch, core: str, hook: str | None, facts=USER_FACTS,
+        **config) -> dict:
+    if hook is None:
+        monkeypatch.delenv(sandbox.TEST_HOOK_ENV, raising=False)
+    else:
+        monkeypatch.setenv(sandbox.TEST_HOOK_ENV, hook)
+    settings = {"analysis_timeout": 20.0, "analysis_memory_max": 768 << 20} | config
+    return sandbox.run_analysis(Config(**settings), core, facts, None)
+
+
+def assert_failed(result: dict, reason: str) -> None:
+    assert result["state"] == "failed", result
+    assert result["error"].startswith("analysis failed: "), result
+    assert reason in result["error"], result
+
+
+def test_child_crash_is_reported(monkeypatch, core):
+    assert_failed(run(monkeypatch, core, "crash"), "killed by SIGSEGV")
+
+
+def test_child_exit_without_result(monkeypatch, core):
+    assert_failed(run(monkeypatch, core, "exit"), "exited with status 3 without a result")
+
+
+def test_busy_loop_is_killed_at_the_wall_clock_timeout(monkeypatch, core):
+    started = time.monotonic()
+    result = run(monkeypatch, core, "hang", analysis_timeout=2.0)
+    assert_failed(result, "timed out after 2 s")
+    assert time.monotonic() - started < 15  # bounded, not a speed claim
+
+
+def test_sleeping_child_is_killed(monkeypatch, core):
+    assert_failed(run(monkeypatch, core, "sleep", analysis_timeout=1.5), "timed out")
+
+
+def test_timeout_kills_the_whole_process_group(monkeypatch, core):
+    marker = str(900000 + os.getpid())  # "sleep <marker>" run by a grandchild
+    assert_failed(run(monkeypatch, core, f"orphan:{marker}", analysis_timeout=2.0),
+                  "timed out")
+    survivors = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline == b"sleep\0" + marker.encode() + b"\0":
+                survivors.append(entry)
+    assert survivors == []
+
+
+def test_memory_cap_gives_out_of_memory(monkeypatch, core):
+    result = run(monkeypatch, core, "oom", analysis_memory_max=400 << 20)
+    assert_failed(result, "out of memory (AnalysisMemoryMax=419430400)")
+
+
+def test_garbage_output_is_rejected(monkeypatch, core):
+    assert_failed(run(monkeypatch, core, "garbage"), "invalid result")
+
+
+def test_oversized_output_is_capped(monkeypatch, core):
+    assert_failed(run(monkeypatch, core, "big-result"),
+                  f"result larger than {sandbox.RESULT_MAX} bytes")
+
+
+def test_symlinked_core_is_not_followed(monkeypatch, core, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(core)
+    assert_failed(run(monkeypatch, str(link), "ids"), "cannot start")
+
+
+def test_missing_core(monkeypatch, tmp_path):
+    assert_failed(run(monkeypatch, str(tmp_path / "absent"), "ids"), "cannot start")
+
+
+@needs_root
+def test_regular_user_runs_as_the_crashing_uid(monkeypatch, core):
+    ids = run(monkeypatch, core, "ids")["ids"]
+    assert ids["resuid"] == [1000, 1000, 1000]
+    assert ids["resgid"] == [1000, 1000, 1000]
+    assert ids["groups"] == []
+    assert "CapEff:\t0000000000000000" in ids["status"]
+    assert ids["no_new_privs"] == 1
+    assert ids["dumpable"] == 0
+    assert ids["rlimit_core"] == [0, 0]
+    assert ids["rlimit_as"] == [768 << 20, 768 << 20]
+    assert ids["rlimit_cpu"][0] >= 20
+    assert ids["pgid_is_pid"] and ids["cwd"] == "/"
+    assert sandbox.TEST_HOOK_ENV not in ids["environ"]
+    # The root-only core is readable through the passed fd, not by reopening it.
+    assert ids["core_magic"] == "7f454c46"
+    assert ids["reopen_core"] == "EACCES"
+    # stdio (/dev/null, stderr pipe), the socket, the core, and listdir's own fd:
+    # nothing else of the handler leaks in.
+    assert ids["fds"][:5] == [0, 1, 2, 3, 4] and len(ids["fds"]) == 6
+
+
+@needs_root
+@pytest.mark.parametrize("args", [
+    {"uid": 0, "gid": 0, "dump_mode": 1},  # root
+    {"uid": 100, "gid": 100, "dump_mode": 1},  # a system uid
+    {"uid": 1000, "gid": 1000, "dump_mode": 2},  # setuid program (suid_dumpable=2)
+    {},  # no facts at all
+])
+def test_root_system_and_setuid_crashes_run_as_the_analysis_user(monkeypatch, core, args):
+    ids = run(monkeypatch, core, "ids", facts={"args": args})["ids"]
+    assert ids["resuid"] == [65534] * 3  # nobody
+    assert ids["groups"] == []
+
+
+@needs_root
+def test_unknown_analysis_user(monkeypatch, core):
+    result = run(monkeypatch, core, "ids", facts={"args": {"uid": 0}},
+                 analysis_user="no-such-user-coredumpd")
+    assert_failed(result, "AnalysisUser=no-such-user-coredumpd does not exist")
+
+
+def test_credentials_rule():
+    config = Config()
+    if not ROOT:
+        assert sandbox.analysis_credentials(config, USER_FACTS) is None
+        return
+    assert sandbox.analysis_credentials(config, USER_FACTS) == (1000, 1000)
+    assert sandbox.analysis_credentials(config, {"args": {"uid": 5000}}) == (5000, 5000)
+    assert sandbox.analysis_credentials(config, {"args": {"uid": 999}}) == (65534, 65534)
+    assert sandbox.analysis_credentials(config, {"args": {"uid": "0"}}) == (65534, 65534)
+    root_user = dataclasses.replace(config, analysis_user="root")
+    with pytest.raises(LookupError):
+        sandbox.analysis_credentials(root_user, {"args": {"uid": 0}})
+
+
+@pytest.mark.kernel
+def test_a_crash_of_the_analysis_never_reaches_a_core_handler(monkeypatch, core, tmp_path):
+    """PR_SET_DUMPABLE 0: the kernel pipes no core of the crashed sandbox anywhere."""
+    cores = tmp_path / "cores"
+    cores.mkdir()
+    with core_pattern(raw_core_pattern(str(cores)), pipe_limit=64):
+        result = run(monkeypatch, core, "crash")
+        time.sleep(0.3)  # a handler, had one started, would have created its file by now
+    assert_failed(result, "killed by SIGSEGV")
+    assert list(cores.iterdir()) == []
+
+
+@pytest.mark.kernel
+def test_control_a_crashing_python_does_dump_under_that_pattern(tmp_path):
+    """The control for the test above: the same pattern does catch a dumpable crash."""
+    import subprocess
+    import sys
+
+    cores = tmp_path / "cores"
+    cores.mkdir()
+    with core_pattern(raw_core_pattern(str(cores)), pipe_limit=64):
+        subprocess.run([sys.executable, "-c", "import ctypes; ctypes.string_at(0)"],
+                       check=False)
+        for _ in range(50):
+            if list(cores.iterdir()):
+                break
+            time.sleep(0.1)
+    assert len(list(cores.iterdir())) == 1
