@@ -16,8 +16,8 @@ _MATCH = Option(
 SHARED_OPTIONS = (
     Option(("--config",), "configuration file (default: $COREDUMPD_CONFIG, then "
            "/etc/coredumpd/coredumpd.conf)", metavar="FILE"),
-    Option(("--json",), "print JSON (the objects are described in CONTRACT.md and in "
-           "JSON OUTPUT below)", action="store_true"),
+    Option(("--json",), "print JSON (the objects are described under JSON OUTPUT in "
+           "corectl(1))", action="store_true"),
     Option(("--no-pager",), "do not pipe the output into a pager", action="store_true"),
     Option(("--no-legend",), "do not print the column headers of list", action="store_true"),
     Option(("--debug",), "print a traceback when an error stops corectl", action="store_true"),
@@ -118,36 +118,36 @@ CORECTL = Program(
               "[OPTIONS] analyze CORE [--exe PATH]", "[OPTIONS] delete MATCH...",
               "[OPTIONS] vacuum [--max-use SIZE] [--keep-free SIZE] [--older-than AGE]"),
     description=(
-        "corectl reads the index of crashes kept by coredumpd(8), like coredumpctl(1) "
+        ("corectl reads the index of crashes kept by coredumpd(8), like coredumpctl(1) "
         "reads the journal. It reads the SQLite index in the storage directory, not the "
-        "journal, so foreign or malformed journal entries do not disturb it.",
-        "Users other than root see only their own crashes. On a terminal the output is "
+        "journal, so foreign or malformed journal entries do not disturb it."),
+        ("Users other than root see only their own crashes. On a terminal the output is "
         "coloured and goes through a pager; piped, it is plain. Every string that came "
         "from the crashed process (command name, command line, paths, strings from "
-        "memory) has its control characters escaped before it is printed.",
+        "memory) has its control characters escaped before it is printed."),
     ),
     commands=(LIST, SHOW, DUMP, DEBUG, ANALYZE, DELETE, VACUUM),
     shared_options=SHARED_OPTIONS,
     extra_sections=(
         Section("MATCHES", (
-            "A MATCH selects crashes as coredumpctl(1) does: a crash id, a PID (a "
+            ("A MATCH selects crashes as coredumpctl(1) does: a crash id, a PID (a "
             "number), an executable path (contains a slash), FIELD=VALUE for a field of "
             "the index (e.g. uid=1000, signal_name=SIGSEGV, unit=x.service), or else a "
             "command name. Several matches of the same field are alternatives; matches "
-            "of different fields must all hold.",)),
+            "of different fields must all hold."),)),
         Section("JSON OUTPUT", (
-            "With --json, list prints an array of objects with id, pid, uid, "
+            ("With --json, list prints an array of objects with id, pid, uid, "
             "signal_name, timestamp (ISO 8601, UTC), comm, exe, core_state, root_cause "
             "and more; show and analyze print one object with the metadata, core, "
             "analysis, annotations, threads (frames with pc, module, build_id, offset, "
             "symbol, symbol_offset, file, line, trust), modules, disassembly and "
-            "registers. Strings in JSON are escaped by JSON itself.",)),
+            "registers. Strings in JSON are escaped by JSON itself."),)),
         Section("EXIT STATUS", items=(
             ("0", "Success."),
             ("1", "No crash matched (\"No coredumps found.\" on standard error)."),
             ("2", "Usage error (unknown option, missing argument)."),
-            ("3", "Any other error: configuration, store, unreadable core; printed as "
-                  "\"corectl: error: ...\"."),
+            ("3", ("Any other error: configuration, store, unreadable core; printed as "
+                  "\"corectl: error: ...\".")),
             ("4", "The crash matched but its core is not stored (missing or none)."),
             ("130", "Interrupted (Ctrl-C)."),
         )),
@@ -160,8 +160,8 @@ CORECTL = Program(
         )),
         Section("FILES", items=(
             ("/etc/coredumpd/coredumpd.conf", "configuration, see coredumpd.conf(5)."),
-            ("/var/lib/coredumpd/index.sqlite", "the index of crashes (Directory= in "
-             "the configuration)."),
+            ("/var/lib/coredumpd/index.sqlite", ("the index of crashes (Directory= in "
+             "the configuration).")),
         )),
         Section("EXAMPLES", items=(
             ("corectl list -S today", "today's crashes."),

@@ -14,8 +14,8 @@ from coredumpd.cli.spec import Command, Option, Program, Section
 # on this machine (shared/FACTS.md).
 SPECIFIERS = (
     ("%P", "PID of the crashed process in the initial PID namespace."),
+    ("%i", "TID of the crashing thread, as seen in its own PID namespace."),
     ("%p", "PID in the crashed process's own PID namespace (1 for a container's init)."),
-    ("%I", "TID of the crashing thread in the initial PID namespace."),
     ("%u", "real UID of the crashed process."),
     ("%g", "real GID of the crashed process."),
     ("%s", "number of the signal that caused the dump."),
@@ -23,25 +23,27 @@ SPECIFIERS = (
     ("%c", "soft RLIMIT_CORE of the crashed process (18446744073709551615: unlimited)."),
     ("%h", "host name (uname nodename)."),
     ("%d", "dump mode, as prctl(PR_GET_DUMPABLE) returns it."),
-    ("%F", "a pidfd of the crashed process (Linux 6.16 and later); used to make sure "
-           "/proc is read for the right process."),
+    ("%F", ("a pidfd of the crashed process (Linux 6.16 and later); used to make sure "
+           "/proc is read for the right process.")),
+    ("--config FILE", "the configuration file given to install."),
 )
 
 COREDUMPD = Program(
     name="coredumpd", section=8,
     summary="store every crash and explain it (kernel.core_pattern handler)",
-    synopsis=("install [--config FILE]", "uninstall", "SPECIFIER-VALUES..."),
+    synopsis=("install [--config FILE]", "uninstall",
+              "%P %i %p %u %g %s %t %c %h %d %F [--config FILE]"),
     description=(
-        "coredumpd is a handler for kernel.core_pattern, a replacement for "
+        ("coredumpd is a handler for kernel.core_pattern, a replacement for "
         "systemd-coredump(8). The kernel starts it for every crash with the core on "
         "standard input. It streams the core once into a seekable lz4 file (which "
         "lz4 -d restores byte for byte), records what is visible only while /proc/PID "
         "exists, lets the kernel reap the crashed process, and then, detached and "
         "resource-limited, unwinds every thread, symbolizes the frames and runs the "
         "root-cause rules. One row per crash goes into the index read by corectl(1), "
-        "and one entry into the journal with systemd-coredump's fields.",
-        "The handler never depends on PID 1 or on the journal daemon: a crash of "
-        "either is still stored and indexed, and a one-line summary goes to /dev/kmsg.",
+        "and one entry into the journal with systemd-coredump's fields."),
+        ("The handler never depends on PID 1 or on the journal daemon: a crash of "
+        "either is still stored and indexed, and a one-line summary goes to /dev/kmsg."),
     ),
     commands=(
         Command("install", "register the handler in kernel.core_pattern",
@@ -57,21 +59,21 @@ COREDUMPD = Program(
     ),
     extra_sections=(
         Section("HANDLER ARGUMENTS", (
-            "Run by the kernel, coredumpd takes the values of these core_pattern "
+            ("Run by the kernel, coredumpd takes the values of these core_pattern "
             "specifiers (see core(5)) as its arguments, in the order install writes "
             "them; it runs with no terminal, an empty environment, cwd / and only "
-            "file descriptor 0 open.",
+            "file descriptor 0 open."),
         ), items=SPECIFIERS),
         Section("FILES", items=(
             ("/etc/coredumpd/coredumpd.conf", "configuration, see coredumpd.conf(5)."),
-            ("/var/lib/coredumpd/", "stored cores (core.COMM.UID.BOOTID.PID.USEC.lz4) and "
-             "index.sqlite, the index of crashes."),
+            ("/var/lib/coredumpd/", ("stored cores (core.COMM.UID.BOOTID.PID.USEC.lz4) and "
+             "index.sqlite, the index of crashes.")),
             ("/proc/sys/kernel/core_pattern", "where install registers the handler."),
         )),
         Section("EXIT STATUS", (
-            "install and uninstall exit with 0 on success and non-zero with a message "
+            ("install and uninstall exit with 0 on success and non-zero with a message "
             "on standard error otherwise. As a handler, coredumpd stores what it "
-            "received whatever happens; its exit status is not seen by anyone.",)),
+            "received whatever happens; its exit status is not seen by anyone."),)),
     ),
     see_also=("corectl(1)", "coredumpd.conf(5)", "core(5)", "systemd-coredump(8)",
               "lz4(1)"),
@@ -80,31 +82,31 @@ COREDUMPD = Program(
 # Documentation of each [Coredump] key; coredumpd.config.config_keys() must
 # list exactly these (tests/cli/test_manpages.py).
 CONFIG_KEYS = (
-    ("Directory=", "Where stored cores and the index (index.sqlite) live. Default "
-                   "/var/lib/coredumpd. Must be an absolute path."),
-    ("Storage=", "external (store the core, compressed) or none (record metadata and "
-                 "the analysis only). Default external."),
-    ("ProcessSizeMax=", "Cores larger than this are stored but not analysed. Sizes take "
-                        "K, M, G, T (base 1024). Default 32G."),
-    ("ExternalSizeMax=", "Cores larger than this are truncated, and flagged so. "
-                         "Default 32G."),
-    ("MaxUse=", "Stored cores may use at most this much disk; older cores are deleted "
+    ("Directory=", ("Where stored cores and the index (index.sqlite) live. Default "
+                   "/var/lib/coredumpd. Must be an absolute path.")),
+    ("Storage=", ("external (store the core, compressed) or none (record metadata and "
+                 "the analysis only). Default external.")),
+    ("ProcessSizeMax=", ("Cores larger than this are stored but not analysed. Sizes take "
+                        "K, M, G, T (base 1024). Default 32G.")),
+    ("ExternalSizeMax=", ("Cores larger than this are truncated, and flagged so. "
+                         "Default 32G.")),
+    ("MaxUse=", ("Stored cores may use at most this much disk; older cores are deleted "
                 "first, keeping the newest of each user. Default 10% of the file "
-                "system, at most 4G."),
-    ("KeepFree=", "Keep at least this much of the file system free. Default 15% of the "
-                  "file system, at most 4G."),
-    ("RateLimitIntervalSec=", "Interval of the per-executable rate limit (s, min, h, d). "
-                              "Default 60s."),
-    ("RateLimitBurst=", "More crashes of one executable than this within the interval "
-                        "keep metadata and backtrace but not the core. Default 10."),
+                "system, at most 4G.")),
+    ("KeepFree=", ("Keep at least this much of the file system free. Default 15% of the "
+                  "file system, at most 4G.")),
+    ("RateLimitIntervalSec=", ("Interval of the per-executable rate limit (s, min, h, d). "
+                              "Default 60s.")),
+    ("RateLimitBurst=", ("More crashes of one executable than this within the interval "
+                        "keep metadata and backtrace but not the core. Default 10.")),
     ("Analysis=", "Whether to analyse cores after storing them (yes or no). Default yes."),
-    ("AnalysisTimeoutSec=", "The detached analysis is stopped after this long. "
-                            "Default 120s."),
+    ("AnalysisTimeoutSec=", ("The detached analysis is stopped after this long. "
+                            "Default 120s.")),
     ("AnalysisMemoryMax=", "Address-space limit of the analysis process. Default 2G."),
     ("AnalysisUser=", "User the analysis runs as. Default nobody."),
     ("Journal=", "Whether to write one journal entry per crash (yes or no). Default yes."),
-    ("JournalTimeoutSec=", "How long a journal write may block before it is given up "
-                           "(the core is stored regardless). Default 0.5s."),
+    ("JournalTimeoutSec=", ("How long a journal write may block before it is given up "
+                           "(the core is stored regardless). Default 0.5s.")),
 )
 
 CONF = Program(
@@ -112,10 +114,10 @@ CONF = Program(
     summary="coredumpd configuration file",
     synopsis=("/etc/coredumpd/coredumpd.conf",),
     description=(
-        "An INI file shaped like coredump.conf(5), read by coredumpd(8) and corectl(1) "
+        ("An INI file shaped like coredump.conf(5), read by coredumpd(8) and corectl(1) "
         "(which also take --config FILE, and COREDUMPD_CONFIG=FILE for corectl). All "
         "keys are in the [Coredump] section. An empty value means the default. Unknown "
-        "keys are ignored with a warning.",
+        "keys are ignored with a warning."),
     ),
     extra_sections=(
         Section("OPTIONS", items=CONFIG_KEYS),

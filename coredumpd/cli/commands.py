@@ -1,0 +1,201 @@
+"""The corectl commands that read the index: list, show, delete, vacuum.
+
+Each takes the parsed arguments and a :class:`Context` and returns an exit
+status; errors are raised as our exceptions and turned into
+``corectl: error: …`` by :func:`coredumpd.cli.corectl.main`.  corectl reads
+the SQLite index (store/index.py), never the journal, so foreign or broken
+journal entries cannot disturb it (systemd 252's coredumpctl aborts on an
+entry without COREDUMP_UID).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import grp
+import os
+import pwd
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from coredumpd.cli.exitcodes import ExitStatus
+from coredumpd.cli.output import Output
+from coredumpd.cli.timespec import parse_time
+from coredumpd.config import Config, parse_size, parse_timespan
+from coredumpd.errors import CoredumpdError, StoreError
+from coredumpd.report import jsonout, text
+
+NO_MATCH_MESSAGE = "No coredumps found."
+
+
+class NoMatch(CoredumpdError):
+    """Nothing matched: "No coredumps found." and exit status 1, like coredumpctl."""
+
+    def __init__(self) -> None:
+        super().__init__(NO_MATCH_MESSAGE)
+
+
+@dataclasses.dataclass
+class Context:
+    """What every command needs: configuration, environment, who is asking."""
+
+    config: Config
+    env: Mapping[str, str]
+    args: argparse.Namespace
+    stdout: TextIO = dataclasses.field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = dataclasses.field(default_factory=lambda: sys.stderr)
+
+    @property
+    def uid_filter(self) -> int | None:
+        """Non-root users see only their own crashes (None: everything)."""
+        return None if os.geteuid() == 0 else os.getuid()
+
+    def output(self) -> Output:
+        return Output(self.env, pager=not self.args.no_pager, stream=self.stdout)
+
+    def warn(self, message: str) -> None:
+        self.stderr.write(f"corectl: warning: {message}\n")
+
+
+def open_index(config: Config) -> Any:
+    """The index, or NoMatch when the store has never held a crash."""
+    if not os.path.exists(config.index_path):
+        raise NoMatch()
+    from coredumpd.store.index import Index
+
+    try:
+        return Index(config.index_path)
+    except OSError as err:
+        raise StoreError(f"cannot open the index {config.index_path}: {err}") from err
+
+
+def _timestamp(record: Any) -> int:
+    value = jsonout.record_fields(record).get("timestamp_us")
+    return value if isinstance(value, int) else 0
+
+
+def find_records(ctx: Context, matches: list[str]) -> list[Any]:
+    """Matching index rows, oldest first; NoMatch when there are none."""
+    args = ctx.args
+    since = parse_time(args.since) if getattr(args, "since", None) else None
+    until = parse_time(args.until) if getattr(args, "until", None) else None
+    index = open_index(ctx.config)
+    try:
+        records = list(index.find(matches, since=since, until=until, uid=ctx.uid_filter))
+    finally:
+        _close(index)
+    if not records:
+        raise NoMatch()
+    return sorted(records, key=_timestamp)
+
+
+def newest_record(ctx: Context, matches: list[str]) -> Any:
+    return find_records(ctx, matches)[-1]
+
+
+def _close(index: Any) -> None:
+    close = getattr(index, "close", None)
+    if close is not None:
+        close()
+
+
+def cmd_list(ctx: Context) -> int:
+    args = ctx.args
+    records = find_records(ctx, args.match)
+    count = 1 if args.newest_only else args.lines
+    if count is not None:
+        if count < 1:
+            raise CoredumpdError(f"-n needs a positive number, not {count}")
+        records = records[-count:]
+    if args.reverse:
+        records.reverse()
+    entries = [jsonout.list_object(record) for record in records]
+    out = ctx.output()
+    if args.json:
+        jsonout.dump(entries, out.stream)
+        return ExitStatus.OK
+    out.emit(text.render_list(entries, legend=not args.no_legend, style=out.style))
+    return ExitStatus.OK
+
+
+def user_name(uid: Any) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name if isinstance(uid, int) else None
+    except KeyError:
+        return None
+
+
+def group_name(gid: Any) -> str | None:
+    try:
+        return grp.getgrgid(gid).gr_name if isinstance(gid, int) else None
+    except KeyError:
+        return None
+
+
+def print_show(ctx: Context, show: dict[str, Any]) -> int:
+    out = ctx.output()
+    if ctx.args.json:
+        jsonout.dump(show, out.stream)
+        return ExitStatus.OK
+    out.emit(text.render_show(show, style=out.style, user=user_name(show.get("uid")),
+                              group=group_name(show.get("gid"))))
+    return ExitStatus.OK
+
+
+def cmd_show(ctx: Context) -> int:
+    record = newest_record(ctx, ctx.args.match)
+    return print_show(ctx, jsonout.show_object(record))
+
+
+def cmd_delete(ctx: Context) -> int:
+    records = find_records(ctx, ctx.args.match)
+    ids = [jsonout.record_fields(r)["id"] for r in records]
+    from coredumpd.store import retention
+    from coredumpd.store.index import Index
+
+    index = Index(ctx.config.index_path)
+    try:
+        retention.delete(index, ids)
+    finally:
+        _close(index)
+    for crash_id in ids:
+        ctx.stdout.write(f"Deleted {crash_id}\n")
+    return ExitStatus.OK
+
+
+def cmd_vacuum(ctx: Context) -> int:
+    if os.geteuid() != 0:
+        raise CoredumpdError("vacuum needs root: it deletes the cores of every user")
+    args = ctx.args
+    from coredumpd.store import retention
+    from coredumpd.store.index import Index
+
+    if not os.path.exists(ctx.config.index_path):
+        ctx.stdout.write("Nothing to vacuum: the store is empty.\n")
+        return ExitStatus.OK
+    index = Index(ctx.config.index_path)
+    try:
+        result = retention.vacuum(
+            ctx.config, index,
+            max_use=parse_size(args.max_use) if args.max_use else None,
+            keep_free=parse_size(args.keep_free) if args.keep_free else None,
+            older_than=parse_timespan(args.older_than) if args.older_than else None)
+    finally:
+        _close(index)
+    ctx.stdout.write(describe_vacuum(result))
+    return ExitStatus.OK
+
+
+def describe_vacuum(result: Any) -> str:
+    """One line per field of the retention result, whatever it holds."""
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    else:
+        fields = {"result": result}
+    lines = []
+    for name, value in fields.items():
+        if isinstance(value, (list, tuple)):
+            value = len(value)
+        lines.append(f"{name.replace('_', ' ')}: {value}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,187 @@
+"""The corectl commands that read core files: dump, debug, analyze.
+
+A stored core is our seekable lz4 (store/lz4seek.py); ``dump`` and ``debug``
+decompress it block by block, never holding it in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from typing import Any, BinaryIO
+
+from coredumpd.cli.commands import Context, newest_record, print_show
+from coredumpd.cli.exitcodes import ExitStatus
+from coredumpd.cli.output import ignoring_sigint
+from coredumpd.errors import CoredumpdError, StoreError
+from coredumpd.report import jsonout
+from coredumpd.report.escape import escape
+from coredumpd.store.source import ByteSource
+
+CHUNK = 1 << 20
+PROGRESS_MIN_SIZE = 32 << 20  # a progress bar only for cores that take a moment
+
+
+class NoCore(CoredumpdError):
+    """The crash is recorded but its core is not stored (exit status 4)."""
+
+
+def stored_core_path(ctx: Context, record: Any) -> str:
+    """The path of the record's core; NoCore when none is stored."""
+    row = jsonout.record_fields(record)
+    state, path = row.get("core_state"), row.get("core_path")
+    if state not in ("present", "truncated") or not path:
+        reason = f": {escape(row.get('core_reason'))}" if row.get("core_reason") else ""
+        raise NoCore(f"crash {escape(row.get('id'))} (PID {escape(row.get('pid'))}) has no "
+                     f"stored core (state {escape(state)}{reason})")
+    if not os.path.isabs(path):
+        path = os.path.join(ctx.config.directory, path)
+    return str(path)
+
+
+def open_source(path: str) -> ByteSource:
+    from coredumpd.store.lz4seek import open_core_source
+
+    return open_core_source(path)
+
+
+def copy_core(source: ByteSource, target: BinaryIO, progress: Any = None) -> int:
+    """Copy every byte of ``source`` to ``target``; returns the count."""
+    offset = 0
+    while offset < source.size:
+        data = source.pread(offset, min(CHUNK, source.size - offset))
+        if not data:
+            raise StoreError(f"the core ends at {offset:#x}, before its size {source.size:#x}")
+        target.write(data)
+        offset += len(data)
+        if progress is not None:
+            progress(offset, source.size)
+    target.flush()
+    return offset
+
+
+def _progress_bar(ctx: Context) -> Any:
+    def show(done: int, total: int) -> None:
+        width = 40
+        filled = width * done // max(total, 1)
+        ctx.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done >> 20}/{total >> 20} MiB")
+        if done >= total:
+            ctx.stderr.write("\n")
+        ctx.stderr.flush()
+    return show
+
+
+def _open_output(ctx: Context, name: str | None) -> BinaryIO:
+    """The file to write a core into; never a terminal."""
+    if name is None or name == "-":
+        if ctx.stdout.isatty():
+            raise CoredumpdError("refusing to write a core to a terminal: use -o FILE or "
+                                 "redirect standard output")
+        ctx.stdout.flush()
+        return os.fdopen(os.dup(ctx.stdout.fileno()), "wb")
+    try:
+        # 0600: a core holds the process's memory, passwords included.
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise CoredumpdError(f"cannot write {name}: {err.strerror}") from err
+    if os.isatty(fd):
+        os.close(fd)
+        raise CoredumpdError(f"refusing to write a core to a terminal ({name})")
+    return os.fdopen(fd, "wb")
+
+
+def cmd_dump(ctx: Context) -> int:
+    record = newest_record(ctx, ctx.args.match)
+    path = stored_core_path(ctx, record)
+    target = _open_output(ctx, ctx.args.output)
+    source = open_source(path)
+    try:
+        truncated = getattr(source, "truncated", None)
+        if truncated:
+            ctx.warn(f"the stored core is truncated: {escape(truncated)}")
+        big = source.size >= PROGRESS_MIN_SIZE and ctx.stderr.isatty()
+        copy_core(source, target, _progress_bar(ctx) if big else None)
+    finally:
+        source.close()
+        target.close()
+    return ExitStatus.OK
+
+
+def debugger_command(ctx: Context) -> list[str]:
+    command = ctx.args.debugger or ctx.env.get("COREDUMPD_DEBUGGER") or "gdb"
+    argv = shlex.split(command)
+    if not argv:
+        raise CoredumpdError("the debugger command is empty")
+    return argv
+
+
+def cmd_debug(ctx: Context) -> int:
+    record = newest_record(ctx, ctx.args.match)
+    path = stored_core_path(ctx, record)
+    exe = jsonout.record_fields(record).get("exe")
+    argv = debugger_command(ctx)
+    # A private directory (mode 0700): the decompressed core is as secret as
+    # the process's memory, and nobody may swap it under the debugger.
+    workdir = tempfile.mkdtemp(prefix="corectl-", dir=ctx.env.get("TMPDIR") or "/var/tmp")
+    try:
+        core_file = os.path.join(workdir, "core")
+        source = open_source(path)
+        try:
+            with open(core_file, "wb") as target:
+                copy_core(source, target)
+        finally:
+            source.close()
+        if isinstance(exe, str) and os.path.isfile(exe):
+            argv += [exe, core_file]
+        else:
+            ctx.warn(f"executable {escape(exe)} not found; debugging the core alone")
+            argv += ["-c", core_file] if os.path.basename(argv[0]) == "gdb" else [core_file]
+        return _run_debugger(argv)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_debugger(argv: list[str]) -> int:
+    try:
+        with ignoring_sigint():  # Ctrl-C interrupts the debuggee, not corectl
+            return subprocess.run(argv, check=False).returncode
+    except OSError as err:
+        raise CoredumpdError(f"cannot run the debugger {argv[0]}: {err.strerror}") from err
+
+
+def _core_facts(source: ByteSource, path: str) -> dict[str, Any]:
+    """Metadata from the core's own notes, for a core without an index row."""
+    from coredumpd.elf.core import Core
+
+    core = Core.open(source)
+    extra: dict[str, Any] = {"core_path": os.path.abspath(path), "core_size": source.size,
+                             "core_state": "truncated" if core.truncated else "present"}
+    if core.prpsinfo is not None:
+        info = core.prpsinfo
+        extra.update(pid=info.pr_pid, uid=info.pr_uid, gid=info.pr_gid, comm=info.pr_fname,
+                     cmdline=info.pr_psargs)
+    if core.files:
+        extra["exe"] = core.files[0].path
+    if core.siginfo is not None:
+        extra.update(signal=core.siginfo.si_signo, si_code=core.siginfo.si_code,
+                     fault_address=core.siginfo.si_addr)
+    return extra
+
+
+def cmd_analyze(ctx: Context) -> int:
+    from coredumpd.analysis import analyze
+
+    path = ctx.args.core
+    source = open_source(path)
+    try:
+        extra = _core_facts(source, path)
+        result = analyze(source, facts=None, exe=ctx.args.exe)
+    finally:
+        source.close()
+    if ctx.args.exe:
+        extra["exe"] = ctx.args.exe
+    return print_show(ctx, jsonout.show_object(None, result, extra=extra))

@@ -1,0 +1,271 @@
+"""Text renderings of ``corectl list`` and ``corectl show`` for people.
+
+Both render the JSON objects of :mod:`coredumpd.report.jsonout`, so text and
+JSON never disagree.  Every string that may come from the crashed process
+goes through :func:`coredumpd.report.escape.escape` here, at the last step
+before output; colours are ANSI SGR sequences only when ``Style.enabled``.
+The layout follows coredumpctl(1)'s ``list`` and ``info`` where they overlap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from coredumpd.report.escape import escape
+
+LIST_COLUMNS = ("TIME", "PID", "UID", "SIG", "COREFILE", "EXE", "SIZE", "ROOT CAUSE")
+_RIGHT_ALIGNED = {"PID", "UID", "SIZE"}
+REGISTER_ORDER = ("rip", "rsp", "rbp", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9",
+                  "r10", "r11", "r12", "r13", "r14", "r15", "eflags", "cs", "ss", "ds", "es",
+                  "fs", "gs", "fs_base", "gs_base", "orig_rax")
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+    """ANSI colours (console_codes(4)) when ``enabled``; plain text otherwise."""
+
+    enabled: bool = False
+
+    def _sgr(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.enabled and text else text
+
+    def bold(self, text: str) -> str:
+        return self._sgr("1", text)
+
+    def red(self, text: str) -> str:
+        return self._sgr("1;31", text)
+
+    def yellow(self, text: str) -> str:
+        return self._sgr("33", text)
+
+    def dim(self, text: str) -> str:
+        return self._sgr("2", text)
+
+
+def format_size(size: Any) -> str:
+    """``16.3K`` like coredumpctl (base 1024); ``-`` when unknown."""
+    if not isinstance(size, int) or size < 0:
+        return "-"
+    value = float(size)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{int(value)}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return "-"  # unreachable
+
+
+def format_time(iso: str | None, *, utc: bool = False) -> str:
+    """``Sun 2026-11-22 08:35:02 CET`` (local time unless ``utc``) from ISO 8601."""
+    if not iso:
+        return "-"
+    moment = datetime.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=datetime.UTC)
+    if not utc:
+        moment = moment.astimezone()
+    return moment.strftime("%a %Y-%m-%d %H:%M:%S %Z")
+
+
+def _signal_short(name: Any) -> str:
+    text = escape(name)
+    return text.removeprefix("SIG")
+
+
+def list_row(entry: dict[str, Any], *, utc: bool = False) -> tuple[str, ...]:
+    root_cause = entry.get("root_cause")
+    if root_cause is None:
+        root_cause = "(pending)" if entry.get("analysis_state") == "pending" else "-"
+    return (format_time(entry.get("timestamp"), utc=utc), escape(entry.get("pid")),
+            escape(entry.get("uid")), _signal_short(entry.get("signal_name")),
+            escape(entry.get("core_state")), escape(entry.get("exe") or entry.get("comm")),
+            format_size(entry.get("stored_size")), escape(root_cause))
+
+
+def render_list(entries: Sequence[dict[str, Any]], *, legend: bool = True,
+                style: Style = Style(), utc: bool = False) -> str:
+    """The ``corectl list`` table; ``entries`` are list objects (jsonout)."""
+    rows = [list_row(entry, utc=utc) for entry in entries]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(LIST_COLUMNS)]
+    widths[-1] = 0  # the last column is not padded
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [cell.rjust(w) if col in _RIGHT_ALIGNED else cell.ljust(w)
+                 for cell, w, col in zip(cells, widths, LIST_COLUMNS)]
+        return " ".join(parts).rstrip()
+
+    out = [style.bold(line(LIST_COLUMNS))] if legend else []
+    for entry, row in zip(entries, rows):
+        text = line(row)
+        out.append(style.red(text) if entry.get("core_state") == "truncated" else text)
+    if legend:
+        out.append("")
+        out.append(f"{len(rows)} crash{'es' if len(rows) != 1 else ''} listed.")
+    return "\n".join(out) + "\n"
+
+
+def _hex(value: Any) -> str:
+    return f"{value:#x}" if isinstance(value, int) and not isinstance(value, bool) else "-"
+
+
+def _field(label: str, value: str) -> str:
+    return f"{label:>14}: {value}"
+
+
+def _annotations(show: dict[str, Any], style: Style) -> list[str]:
+    annotations = show.get("annotations") or []
+    state = (show.get("analysis") or {}).get("state")
+    if not annotations:
+        reason = {"pending": "the analysis has not finished yet",
+                  "failed": "the analysis failed"}.get(str(state), "no rule matched")
+        return [style.bold("Root cause: ") + f"unknown ({reason})", ""]
+    out = []
+    for number, item in enumerate(annotations):
+        heading = "Root cause" if number == 0 else "Also"
+        out.append(style.bold(f"{heading}: ") + style.red(escape(item.get("title")))
+                   + f"  [{escape(item.get('id'))}, {escape(item.get('confidence'))} confidence]")
+        for evidence in item.get("evidence") or []:
+            out.append(f"    - {escape(evidence)}")
+        if item.get("advice"):
+            out.append(f"    Advice: {escape(item.get('advice'))}")
+        out.append("")
+    return out
+
+
+def _metadata(show: dict[str, Any], user: str | None, group: str | None) -> list[str]:
+    pid = escape(show.get("pid"))
+    if show.get("comm") is not None:
+        pid += f" ({escape(show.get('comm'))})"
+    if show.get("namespace_pid") not in (None, show.get("pid")):
+        pid += f", PID {show['namespace_pid']} in its namespace"
+    signal = f"{escape(show.get('signal'))} ({escape(show.get('signal_name'))})"
+    if show.get("si_code") is not None:
+        signal += f", si_code {show['si_code']} ({escape(show.get('si_code_name'))})"
+    if show.get("fault_address") is not None:
+        signal += f", fault address {_hex(show.get('fault_address'))}"
+    core = show.get("core") or {}
+    storage = escape(core.get("state"))
+    if core.get("path"):
+        storage = f"{escape(core.get('path'))} ({storage})"
+    if core.get("reason"):
+        storage += f": {escape(core.get('reason'))}"
+    analysis = show.get("analysis") or {}
+    lines = [
+        ("ID", escape(show.get("id"))), ("PID", pid),
+        ("UID", f"{escape(show.get('uid'))}" + (f" ({escape(user)})" if user else "")),
+        ("GID", f"{escape(show.get('gid'))}" + (f" ({escape(group)})" if group else "")),
+        ("Signal", signal), ("Timestamp", format_time(show.get("timestamp"))),
+        ("Command Line", escape(show.get("cmdline"))), ("Executable", escape(show.get("exe"))),
+        ("Unit", escape(show.get("unit"))), ("Hostname", escape(show.get("hostname"))),
+        ("Storage", storage), ("Core Size", format_size(core.get("size"))),
+        ("Size on Disk", format_size(core.get("stored_size"))),
+        ("Analysis", escape(analysis.get("state"))
+         + (f": {escape(analysis.get('error'))}" if analysis.get("error") else "")),
+    ]
+    sender = show.get("sender")
+    if isinstance(sender, dict):
+        lines.append(("Sent by", (f"PID {escape(sender.get('pid'))} "
+                      f"({escape(sender.get('comm'))}), UID {escape(sender.get('uid'))}")))
+    return [_field(label, value) for label, value in lines if value not in ("-", "- (-)")]
+
+
+def format_frame(frame: dict[str, Any]) -> str:
+    """``#0  0x00007f…  abort+368  (libc.so.6+0x2611f)  stdlib/abort.c:107  [context]``."""
+    symbol = escape(frame.get("symbol")) if frame.get("symbol") else "??"
+    if frame.get("symbol") and frame.get("symbol_offset"):
+        symbol += f"+{frame['symbol_offset']}"
+    module = frame.get("module")
+    where = f"({escape(module.rsplit('/', 1)[-1])}+{_hex(frame.get('offset'))})" \
+        if isinstance(module, str) else "(no module)"
+    text = f"#{escape(frame.get('index')):<3} {_pc(frame.get('pc'))}  {symbol}  {where}"
+    if frame.get("file"):
+        text += f"  {escape(frame.get('file'))}:{escape(frame.get('line'))}"
+    text += f"  [{escape(frame.get('trust'))}]"
+    if isinstance(frame.get("repeat"), int) and frame["repeat"] > 1:
+        text += f"  (x{frame['repeat']})"
+    return text
+
+
+def _pc(value: Any) -> str:
+    return f"0x{value:016x}" if isinstance(value, int) and value >= 0 else "-"
+
+
+def _thread(thread: dict[str, Any], style: Style) -> list[str]:
+    name = f" ({escape(thread.get('name'))})" if thread.get("name") else ""
+    state = ", crashed" if thread.get("crashed") else ""
+    out = [style.bold(f"Thread {escape(thread.get('tid'))}{name}{state}:")]
+    out += ["  " + format_frame(frame) for frame in thread.get("frames") or []]
+    if thread.get("stop_reason"):
+        out.append(style.dim(f"  (unwinding stopped: {escape(thread.get('stop_reason'))})"))
+    return out
+
+
+def _disassembly(show: dict[str, Any], style: Style) -> list[str]:
+    lines = show.get("disassembly") or []
+    if not lines:
+        return []
+    out = [style.bold("Disassembly around the crash address:")]
+    for item in lines:
+        mark = "=> " if item.get("current") else "   "
+        text = f"{mark}{_pc(item.get('address'))}  {escape(item.get('bytes')):<24} " \
+               f"{escape(item.get('text'))}"
+        out.append(style.red(text) if item.get("current") else text)
+    return out + [""]
+
+
+def _registers(thread: dict[str, Any], style: Style) -> list[str]:
+    registers = thread.get("registers")
+    if not isinstance(registers, dict) or not registers:
+        return []
+    names = [n for n in REGISTER_ORDER if n in registers]
+    names += sorted(n for n in registers if n not in REGISTER_ORDER)
+    cells = [f"{escape(n):>8} {_pc(registers[n])}" for n in names]
+    rows = ["  ".join(cells[i:i + 3]) for i in range(0, len(cells), 3)]
+    return [style.bold("Registers:"), *rows, ""]
+
+
+def _module_flags(module: dict[str, Any]) -> str:
+    flags = [flag.replace("_", " ") for flag in ("deleted", "replaced", "modified_in_place")
+             if module.get(flag)]
+    return f"  [{', '.join(flags)}]" if flags else ""
+
+
+def _modules(show: dict[str, Any], style: Style) -> list[str]:
+    modules = show.get("modules") or []
+    if not modules:
+        return []
+    out = [style.bold("Modules:")]
+    for module in modules:
+        build_id = escape(module.get("build_id")) if module.get("build_id") else "no build-id"
+        text = f"  {_pc(module.get('start'))}-{_pc(module.get('end'))}  " \
+               f"{escape(module.get('path'))}  {build_id}{_module_flags(module)}"
+        out.append(style.yellow(text) if _module_flags(module) else text)
+    return out + [""]
+
+
+def render_show(show: dict[str, Any], *, style: Style = Style(), user: str | None = None,
+                group: str | None = None) -> str:
+    """The ``corectl show`` report: root cause, metadata, threads, disassembly…"""
+    out = _annotations(show, style)
+    out += _metadata(show, user, group) + [""]
+    threads = show.get("threads") or []
+    crashed = [t for t in threads if t.get("crashed")] or threads[:1]
+    for thread in crashed:
+        out += _thread(thread, style) + [""]
+    out += _disassembly(show, style)
+    for thread in crashed:
+        out += _registers(thread, style)
+    others = [t for t in threads if t not in crashed]
+    for thread in others:
+        out += _thread(thread, style) + [""]
+    out += _modules(show, style)
+    problems = show.get("problems") or []
+    if problems:
+        out.append(style.bold("Problems met while reading this crash:"))
+        out += [f"  - {escape(p)}" for p in problems]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def render_many(shows: Iterable[dict[str, Any]], **kwargs: Any) -> str:
+    return "\n".join(render_show(show, **kwargs) for show in shows)
