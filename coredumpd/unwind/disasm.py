@@ -1,0 +1,137 @@
+"""x86-64 disassembly of the crashed process's code, with capstone.
+
+Three uses: the instructions around the crash pc for the report, and
+:func:`call_before` for the unwinder's stack scan (a word on the stack is a
+plausible return address only if the bytes just before it are a ``call``,
+the check Breakpad's ``StackwalkerAMD64`` and LLDB make).
+
+x86 instructions have variable length, so "the instructions before pc" are
+ambiguous: :func:`around` decodes from the function start when the
+symbolizer knows it, otherwise it tries back-offsets until a decoding lands
+exactly on pc.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import capstone
+
+from coredumpd.errors import CoredumpdError, MemoryReadError
+from coredumpd.unwind.types import AddressSpace
+
+MAX_INSTRUCTION = 15  # Intel SDM vol. 2, 2.3.11: no instruction is longer
+MAX_BACK_OFFSET = 64  # how far before pc to look for a decoding that lands on pc
+MAX_FUNCTION_PREFIX = 4096  # decode from the symbol start only when it is this close
+
+# Encodings of near calls (Intel SDM vol. 2, CALL): e8 rel32 (5 bytes), ff /2 with every
+# ModRM/SIB/displacement form (2-7 bytes), optionally after a REX prefix (+1),
+# and a notrack (3e) prefix in front of indirect calls under CET (+1).
+_CALL_LENGTHS = (5, 2, 3, 6, 7, 4, 8, 9)
+
+
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+    address: int
+    size: int
+    mnemonic: str
+    op_str: str
+    raw: bytes
+
+    @property
+    def text(self) -> str:
+        return f"{self.mnemonic} {self.op_str}".strip()
+
+    @property
+    def is_call(self) -> bool:
+        return self.mnemonic == "call"
+
+
+_ENGINE = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+
+
+def _decode_bytes(code: bytes, address: int, count: int) -> list[Instruction]:
+    result = []
+    for insn in _ENGINE.disasm_lite(code, address, count):
+        start, size, mnemonic, op_str = insn
+        offset = start - address
+        result.append(Instruction(start, size, mnemonic, op_str, code[offset:offset + size]))
+    return result
+
+
+def _read_available(space: AddressSpace, address: int, size: int) -> bytes:
+    """Up to ``size`` bytes at ``address``, fewer when the end is unreadable."""
+    while size > 0:
+        try:
+            return space.read(address, size)
+        except MemoryReadError:
+            size = size // 2 if size > 16 else size - 1
+    return b""
+
+
+def decode(space: AddressSpace, address: int, count: int) -> list[Instruction]:
+    """Decode up to ``count`` instructions at ``address`` (fewer at unreadable or bad bytes)."""
+    code = _read_available(space, address, count * MAX_INSTRUCTION)
+    return _decode_bytes(code, address, count)
+
+
+def _call_candidates(code: bytes) -> Iterator[int]:
+    """Byte lengths ``n`` for which ``code[-n:]`` may encode a call (quick byte test).
+
+    ``e8`` starts a direct call; an indirect call's ``ff`` opcode comes after at
+    most two prefixes (REX, notrack).
+    """
+    for length in _CALL_LENGTHS:
+        if length > len(code):
+            continue
+        if (length == 5 and code[-5] == 0xE8) or 0xFF in code[-length:len(code) - length + 3]:
+            yield length
+
+
+def call_before(space: AddressSpace, return_address: int) -> Instruction | None:
+    """The call instruction that ends exactly at ``return_address``, if there is one."""
+    start = max(return_address - max(_CALL_LENGTHS), 0)
+    try:
+        code = space.read(start, return_address - start)
+    except (MemoryReadError, CoredumpdError):
+        return None
+    for length in _call_candidates(code):
+        decoded = _decode_bytes(code[-length:], return_address - length, 1)
+        if decoded and decoded[0].is_call and decoded[0].size == length:
+            return decoded[0]
+    return None
+
+
+def _lands_on(space: AddressSpace, start: int, pc: int) -> list[Instruction] | None:
+    code = _read_available(space, start, pc - start + MAX_INSTRUCTION)
+    instructions = _decode_bytes(code, start, 0)
+    ending = [insn for insn in instructions if insn.address < pc]
+    if ending and ending[-1].address + ending[-1].size == pc:
+        return ending
+    return None
+
+
+def instructions_before(space: AddressSpace, pc: int, count: int,
+                        function_start: int | None = None) -> list[Instruction]:
+    """Up to ``count`` instructions that end exactly at ``pc`` (none when ambiguous)."""
+    if function_start is not None and 0 <= pc - function_start <= MAX_FUNCTION_PREFIX:
+        if function_start == pc:
+            return []
+        found = _lands_on(space, function_start, pc)
+        if found:
+            return found[-count:]
+    for back in range(count * 4, MAX_BACK_OFFSET + 1):
+        if back > pc:
+            break
+        found = _lands_on(space, pc - back, pc)
+        if found and len(found) >= count:
+            return found[-count:]
+    return []
+
+
+def around(space: AddressSpace, pc: int, before: int = 8, after: int = 8,
+           function_start: int | None = None) -> list[Instruction]:
+    """Instructions around ``pc``: ``before`` ending at pc, then pc's and ``after`` more."""
+    prefix = instructions_before(space, pc, before, function_start)
+    return prefix + decode(space, pc, after + 1)

@@ -1,0 +1,445 @@
+"""The x86-64 unwinder: CFI first, then frame pointer, then stack scan.
+
+The order and the checks follow what gdb, libunwind and Breakpad's
+``StackwalkerAMD64`` do:
+
+- frame 0 comes from the thread's registers and its pc is exact; every other
+  pc is a return address, looked up and symbolized as ``pc - 1`` — except the
+  frame interrupted by a signal, whose pc the kernel saved exactly (the
+  ``S`` augmentation marks the trampoline, ``__restore_rt``; libgcc's
+  ``uw_frame_state_for`` and gdb's ``get_frame_address_in_block`` do the same);
+- CFI from ``.eh_frame_hdr`` (:mod:`coredumpd.unwind.cfi`);
+- a pc of 0 or in non-executable memory at frame 0 is a call through a bad
+  pointer: the caller's return address is at ``[rsp]``;
+- frame pointer: ``[rbp]`` is the caller's rbp and ``[rbp+8]`` the return
+  address, accepted only when rbp is aligned, above sp, in the stack mapping,
+  and the return address follows a call in executable memory;
+- stack scan: the first word above sp that is the address right after a call
+  instruction in an executable mapping (:func:`coredumpd.unwind.disasm.call_before`).
+
+Bounds (:class:`~coredumpd.unwind.types.Caps`): emitted frames, steps, bytes
+read, expression steps; a (sp, pc) pair seen twice stops a cycle; runs of
+identical recursive frames collapse into one frame with a ``repeat`` count,
+and beyond the frame cap the bottom of the stack is still kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import weakref
+from collections.abc import Callable
+
+from coredumpd.elf import layouts as L
+from coredumpd.errors import CoredumpdError, FormatError, LimitExceeded, MemoryReadError
+from coredumpd.unwind import cfi, disasm
+from coredumpd.unwind.dwarf_expr import MASK, evaluate
+from coredumpd.unwind.types import AddressSpace, Caps, Frame, Module, Trust
+
+RIP, RSP, RBP = L.DWARF_RA, L.DWARF_SP, L.DWARF_FP
+PAGE = 4096
+WORD = struct.Struct("<Q")
+STEPS_PER_FRAME = 2048  # raw unwind steps allowed per emitted frame (collapsed recursion)
+BOTTOM_FRAMES = 16  # frames kept from the bottom of the stack when the frame cap is hit
+
+Registers = dict[int, int]  # DWARF register number -> value
+
+
+@dataclasses.dataclass
+class UnwindResult:
+    frames: list[Frame]
+    stop_reason: str | None  # why unwinding stopped before the end of the stack; None: normal
+    problems: list[str] = dataclasses.field(default_factory=list)  # recovered-from errors
+
+
+class CachedMemory:
+    """Page-cached reads through an AddressSpace, counting bytes against a budget."""
+
+    def __init__(self, space: AddressSpace, budget: int) -> None:
+        self.space = space
+        self.budget = budget
+        self.bytes_read = 0
+        self.pages: dict[int, bytes | None] = {}
+
+    def _page(self, number: int) -> bytes | None:
+        if number in self.pages:
+            return self.pages[number]
+        self._charge(PAGE)
+        try:
+            data: bytes | None = self.space.read(number * PAGE, PAGE)
+        except CoredumpdError:
+            data = None  # partly unreadable page: callers fall back to exact reads
+        self.pages[number] = data
+        return data
+
+    def _charge(self, size: int) -> None:
+        self.bytes_read += size
+        if self.bytes_read > self.budget:
+            raise LimitExceeded(f"unwinding read more than {self.budget} bytes")
+
+    def read(self, address: int, size: int) -> bytes:
+        if address < 0 or size < 0 or address + size > MASK:
+            raise MemoryReadError(address & MASK, size, "outside the address space")
+        first, last = address // PAGE, (address + size - 1) // PAGE
+        if last - first <= 1:
+            pages = [self._page(number) for number in range(first, last + 1)]
+            if all(page is not None for page in pages):
+                joined = b"".join(pages)  # type: ignore[arg-type]
+                offset = address - first * PAGE
+                return joined[offset:offset + size]
+        self._charge(size)
+        return self.space.read(address, size)
+
+    def word(self, address: int) -> int:
+        return int(WORD.unpack(self.read(address, 8))[0])
+
+
+class ModuleCfi:
+    """The CFI state of one module, kept across threads: table, CIEs, FDEs, rows."""
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+        self.hdr: cfi.EhFrameHdr | None = None
+        self.broken: str | None = None
+        self.cies: dict[int, cfi.Cie] = {}
+        self.fdes: dict[int, cfi.Fde] = {}
+        self.initial_rows: dict[int, cfi.RuleRow] = {}
+        self.rows: dict[int, tuple[cfi.Fde, cfi.RuleRow] | None] = {}
+
+    def row_for(self, read: Callable[[int, int], bytes], pc: int) -> \
+            tuple[cfi.Fde, cfi.RuleRow] | None:
+        """The FDE covering ``pc`` and its rule row, or None when the module has none."""
+        if pc in self.rows:
+            return self.rows[pc]
+        fde = self._fde_for(read, pc)
+        result = None
+        if fde is not None:
+            initial = self.initial_rows.get(fde.cie.address)
+            if initial is None:
+                initial = self.initial_rows[fde.cie.address] = cfi.initial_row(fde.cie)
+            result = (fde, cfi.rules_at(fde, pc, initial))
+        self.rows[pc] = result
+        return result
+
+    def _fde_for(self, read: Callable[[int, int], bytes], pc: int) -> cfi.Fde | None:
+        if self.broken or self.module.eh_frame_hdr is None:
+            return None
+        if self.hdr is None:
+            try:
+                self.hdr = cfi.EhFrameHdr(read, self.module.eh_frame_hdr)
+            except (FormatError, MemoryReadError) as err:
+                self.broken = f".eh_frame_hdr of {self.module.path}: {err}"
+                return None
+        address = self.hdr.lookup(pc)
+        if address is None:
+            return None
+        fde = self.fdes.get(address)
+        if fde is None:
+            fde = self.fdes[address] = cfi.parse_fde(read, address, self.cies)
+        return fde if pc in fde else None  # a table that lies, or a gap between FDEs
+
+
+_CFI_CACHES: weakref.WeakKeyDictionary[object, dict[int, ModuleCfi]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _cfi_cache(space: AddressSpace) -> dict[int, ModuleCfi]:
+    """Per-space CFI caches, shared by the threads of one core."""
+    try:
+        return _CFI_CACHES.setdefault(space, {})
+    except TypeError:  # not weak-referenceable: no sharing across calls
+        return {}
+
+
+@dataclasses.dataclass
+class Step:
+    """The caller's registers and how they were found."""
+
+    registers: Registers
+    trust: Trust
+    cfa: int | None = None
+    signal_frame: bool = False  # the callee was a signal trampoline: caller pc is exact
+    end: bool = False  # CFI says the return address is undefined: outermost frame
+
+
+class _Unwinder:
+    """One thread's unwind."""
+
+    def __init__(self, space: AddressSpace, caps: Caps) -> None:
+        self.space = space
+        self.caps = caps
+        self.memory = CachedMemory(space, caps.max_bytes_read)
+        self.cfi = _cfi_cache(space)
+        self.problems: list[str] = []
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def executable(self, address: int) -> bool:
+        mapping = self.space.mapping_at(address)
+        return mapping is not None and mapping.executable
+
+    def plausible_return(self, address: int) -> bool:
+        """A return address: right after a call, or a signal trampoline's entry.
+
+        A signal handler returns to ``__restore_rt`` (SA_RESTORER), which no call
+        precedes; its CFI has the 'S' augmentation (glibc's
+        sysdeps/unix/sysv/linux/x86_64/libc_sigaction.c).
+        """
+        if not self.executable(address):
+            return False
+        return disasm.call_before(self.space, address) is not None or \
+            self.signal_trampoline(address)
+
+    def signal_trampoline(self, address: int) -> bool:
+        state = self.module_cfi(address - 1)
+        if state is None:
+            return False
+        try:
+            found = state.row_for(self.memory.read, address - 1)
+        except (FormatError, MemoryReadError):
+            return False
+        return found is not None and found[0].cie.signal_frame
+
+    def module_cfi(self, pc: int) -> ModuleCfi | None:
+        module = self.space.module_at(pc)
+        if module is None:
+            return None
+        key = id(module)
+        state = self.cfi.get(key)
+        if state is None or state.module is not module:
+            state = self.cfi[key] = ModuleCfi(module)
+        return state
+
+    # -- strategies --------------------------------------------------------------------
+
+    def step_cfi(self, registers: Registers, lookup_pc: int) -> Step | None:
+        state = self.module_cfi(lookup_pc)
+        if state is None:
+            return None
+        found = state.row_for(self.memory.read, lookup_pc)
+        if found is None:
+            return None
+        fde, row = found
+        cfa = self.cfa(row, registers)
+        caller = self.apply(row, registers, cfa)
+        ra = fde.cie.ra_register
+        ra_rule = row.registers.get(ra)
+        if ra_rule is None or ra_rule.rule is cfi.Rule.UNDEFINED or ra not in caller:
+            return Step(caller, Trust.CFI, cfa, fde.cie.signal_frame, end=True)
+        caller[RIP] = caller[ra]
+        return Step(caller, Trust.CFI, cfa, fde.cie.signal_frame)
+
+    def register_reader(self, registers: Registers) -> Callable[[int], int]:
+        def read_register(number: int) -> int:
+            if number not in registers:
+                raise FormatError(f"CFI uses DWARF register {number}, which is not known")
+            return registers[number]
+        return read_register
+
+    def cfa(self, row: cfi.RuleRow, registers: Registers) -> int:
+        if row.cfa_expression is not None:
+            return evaluate(row.cfa_expression, self.register_reader(registers),
+                            self.memory.read, max_steps=self.caps.max_expression_steps)
+        return (self.register_reader(registers)(row.cfa_register) + row.cfa_offset) & MASK
+
+    def apply(self, row: cfi.RuleRow, registers: Registers, cfa: int) -> Registers:
+        """The caller's registers (DWARF 5, 6.4.1); unmentioned registers keep their value."""
+        caller = dict(registers)
+        caller[RSP] = cfa  # x86-64: the CFA is the caller's sp (psABI 3.6.2)
+        for number, rule in row.registers.items():
+            if rule.rule is cfi.Rule.SAME_VALUE:
+                continue
+            value = self.recover(rule, registers, cfa)
+            if value is None:
+                caller.pop(number, None)
+            else:
+                caller[number] = value
+        return caller
+
+    def recover(self, rule: cfi.RegisterRule, registers: Registers, cfa: int) -> int | None:
+        kind = rule.rule
+        if kind is cfi.Rule.OFFSET:
+            return self.memory.word((cfa + rule.value) & MASK)
+        if kind is cfi.Rule.VAL_OFFSET:
+            return (cfa + rule.value) & MASK
+        if kind is cfi.Rule.REGISTER:
+            return registers.get(rule.value)
+        if kind is cfi.Rule.UNDEFINED:
+            return None
+        value = evaluate(rule.expression, self.register_reader(registers), self.memory.read,
+                         (cfa,), self.caps.max_expression_steps)
+        return value if kind is cfi.Rule.VAL_EXPRESSION else self.memory.word(value)
+
+    def step_bad_pc(self, registers: Registers) -> Step | None:
+        """pc 0 or non-executable: a call through a bad pointer left the return at [rsp]."""
+        sp = registers.get(RSP)
+        if sp is None:
+            return None
+        return_address = self.memory.word(sp)
+        if not self.executable(return_address):
+            return None
+        caller = dict(registers)
+        caller[RIP], caller[RSP] = return_address, sp + 8
+        return Step(caller, Trust.SCAN, sp + 8)
+
+    def step_frame_pointer(self, registers: Registers) -> Step | None:
+        rbp, sp = registers.get(RBP), registers.get(RSP)
+        if rbp is None or sp is None or rbp % 8 or rbp < sp:
+            return None
+        stack = self.space.mapping_at(sp)
+        if stack is None or rbp + 16 > stack.end or not stack.writable:
+            return None
+        saved_rbp, return_address = self.memory.word(rbp), self.memory.word(rbp + 8)
+        if not self.plausible_return(return_address):
+            return None
+        caller = dict(registers)
+        caller[RIP], caller[RSP], caller[RBP] = return_address, rbp + 16, saved_rbp
+        return Step(caller, Trust.FRAME_POINTER, rbp + 16)
+
+    def step_scan(self, registers: Registers, first: bool) -> Step | None:
+        sp = registers.get(RSP)
+        if sp is None:
+            return None
+        stack = self.space.mapping_at(sp)
+        end = min(sp + 8 * self.caps.scan_words, stack.end if stack else sp)
+        for address in range(sp, end - 7, 8):
+            candidate = self.memory.word(address)
+            if candidate == registers.get(RIP) and not first:
+                continue
+            if self.plausible_return(candidate):
+                caller = dict(registers)
+                caller[RIP], caller[RSP] = candidate, address + 8
+                return Step(caller, Trust.SCAN, address + 8)
+        return None
+
+    # -- the walk ----------------------------------------------------------------------
+
+    def next_step(self, frame: Frame, registers: Registers) -> tuple[Step | None, str | None]:
+        """The caller of ``frame``: (step, None), (None, None) at the end, (None, why)."""
+        pc = frame.pc
+        try:
+            if frame.exact and not self.executable(pc):
+                return self.step_bad_pc(registers), None if frame.index == 0 else "bad pc"
+            step = self.step_cfi(registers, frame.lookup_pc)
+            if step is not None:
+                return step, None
+        except (FormatError, MemoryReadError) as err:
+            self.problems.append(f"CFI at {pc:#x}: {err}")
+        for strategy in (lambda: self.step_frame_pointer(registers),
+                         lambda: self.step_scan(registers, frame.index == 0)):
+            try:
+                step = strategy()
+            except MemoryReadError:
+                continue
+            if step is not None:
+                return step, None
+        return None, "no CFI, frame pointer or return address found"
+
+    def sane(self, frame: Frame, step: Step) -> str | None:
+        """Why the caller ``step`` found is not acceptable, or None."""
+        caller_sp = step.registers.get(RSP)
+        if caller_sp is None:
+            return "the caller's stack pointer is unknown"
+        if not frame.signal_frame and not step.signal_frame and caller_sp < frame.sp:
+            return f"the caller's sp {caller_sp:#x} is below the callee's {frame.sp:#x}"
+        return None
+
+    def run(self, registers: Registers) -> UnwindResult:
+        frames = _Frames(self.caps)
+        seen: set[tuple[int, int]] = set()
+        current = Frame(0, registers.get(RIP, 0), registers.get(RSP, 0), None, Trust.CONTEXT,
+                        registers=_named(registers))
+        stop: str | None = None
+        for _ in range(self.caps.max_frames * STEPS_PER_FRAME):
+            frames.add(current)
+            if (current.sp, current.pc) in seen:
+                stop = "cycle: the same frame twice"
+                break
+            seen.add((current.sp, current.pc))
+            try:
+                step, stop = self.next_step(current, registers)
+            except LimitExceeded as err:
+                step, stop = None, str(err)
+            if step is None:
+                break
+            current.cfa, current.signal_frame = step.cfa, step.signal_frame
+            stop = None if step.end else self.sane(current, step)
+            if step.end or stop:
+                break
+            registers = step.registers
+            trust = Trust.CONTEXT if step.signal_frame else step.trust
+            current = Frame(0, registers.get(RIP, 0), registers.get(RSP, 0), None, trust,
+                            registers=_named(registers))
+            if current.pc == 0 and not step.signal_frame:
+                break  # a zero return address ends the stack
+        else:
+            stop = f"more than {self.caps.max_frames * STEPS_PER_FRAME} unwind steps"
+        return UnwindResult(frames.result(), stop or frames.elided_reason(), self.problems)
+
+
+class _Frames:
+    """The emitted frames: recursion folded into counted runs, the middle dropped past the cap.
+
+    Past ``max_frames`` the oldest frames of the bottom part are dropped, so the
+    first frames (the crash) and the last ones (main, _start) both stay.
+    """
+
+    def __init__(self, caps: Caps) -> None:
+        self.caps = caps
+        self.frames: list[Frame] = []
+        self.elided = 0
+        self.keep_head = max(caps.max_frames - BOTTOM_FRAMES, 1)
+
+    def add(self, frame: Frame) -> None:
+        _append(self.frames, frame, self.caps.collapse_after)
+        if len(self.frames) > self.caps.max_frames:
+            dropped = self.frames.pop(self.keep_head)
+            self.elided += dropped.repeat
+
+    def elided_reason(self) -> str | None:
+        if not self.elided:
+            return None
+        return (f"{self.elided} frames omitted after frame {self.keep_head - 1} "
+                f"(cap of {self.caps.max_frames} frames)")
+
+    def result(self) -> list[Frame]:
+        for index, frame in enumerate(self.frames):
+            frame.index = index
+        return self.frames
+
+
+def _named(registers: Registers) -> dict[str, int]:
+    return {L.DWARF_REGISTERS[number]: value for number, value in registers.items()
+            if 0 <= number < len(L.DWARF_REGISTERS)}
+
+
+def _extends_run(frames: list[Frame], frame: Frame) -> bool:
+    return bool(frames) and frames[-1].pc == frame.pc and frames[-1].repeat > 1
+
+
+def _append(frames: list[Frame], frame: Frame, collapse_after: int) -> None:
+    """Append ``frame``, folding it into a counted run of identical recursive frames."""
+    if _extends_run(frames, frame):
+        frames[-1].repeat += 1
+        return
+    run = 0
+    for previous in reversed(frames):
+        if previous.pc != frame.pc or previous.trust is not frame.trust:
+            break
+        run += 1
+    if run >= collapse_after:
+        frames[-1].repeat += 1
+    else:
+        frames.append(frame)
+
+
+def unwind(space: AddressSpace, registers: dict[str, int], caps: Caps | None = None) -> \
+        UnwindResult:
+    """Unwind one thread from its registers (names as in ``pr_reg``: rip, rsp, rbp...).
+
+    Never raises on hostile memory: why unwinding stopped early is in
+    ``stop_reason``; CFI errors that a fallback got past are in ``problems``.
+    """
+    numbered = {number: registers[name] for number, name in enumerate(L.DWARF_REGISTERS)
+                if name in registers}
+    return _Unwinder(space, caps or Caps()).run(numbered)
