@@ -1,0 +1,113 @@
+"""Run every root-cause rule over one analysed crash.
+
+Rules are the modules of :mod:`coredumpd.annotate.rules`, discovered with
+:func:`pkgutil.iter_modules`; each exposes ``RULE_ID`` and
+``check(ctx) -> list[Annotation]``.  A rule that raises never costs the
+analysis: its failure becomes a line in ``problems`` (the analysis result's
+``problems``, docs/ARCHITECTURE.md) and the other rules still run — the
+"degrade, never lose" rule of STYLE.md.
+
+Annotations come out most specific first (``SPECIFICITY``): a cause that
+explains the others (``abort-hlt`` explains why a SIGSEGV came out of
+``abort()``) precedes the context that made it possible
+(``pid1-signal-semantics``), which precedes general fault classes
+(``null-deref``).  ``corectl list`` shows the first one as the root cause.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections.abc import Callable, Iterable
+from types import ModuleType
+
+from coredumpd.annotate import rules as rules_package
+from coredumpd.annotate.context import AnalysisContext, Annotation
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[AnalysisContext], list[Annotation]]
+
+# Most specific first.  Ids not listed sort after these, alphabetically.
+SPECIFICITY = (
+    "abort-hlt",
+    "symbol-version-miss",
+    "library-modified-in-place",
+    "signal-sent",
+    "pid1-signal-semantics",
+    "init-crash",
+    "abort-message",
+    "stack-overflow",
+    "bad-jump",
+    "general-protection",
+    "null-deref",
+    "write-to-read-only",
+    "file-mapping-past-eof",
+    "trap-instruction",
+    "divide-by-zero",
+    "library-replaced",
+)
+
+
+def discover() -> list[tuple[str, Check]]:
+    """``(RULE_ID, check)`` of every rule module, in specificity order."""
+    found = []
+    for info in pkgutil.iter_modules(rules_package.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{rules_package.__name__}.{info.name}")
+        found.append(_rule_of(module))
+    return sorted(found, key=lambda rule: _rank(rule[0]))
+
+
+def _rule_of(module: ModuleType) -> tuple[str, Check]:
+    rule_id = getattr(module, "RULE_ID", None)
+    check = getattr(module, "check", None)
+    if not isinstance(rule_id, str) or not callable(check):
+        raise TypeError(f"{module.__name__} lacks RULE_ID or check()")
+    return rule_id, check
+
+
+def _rank(rule_id: str) -> tuple[int, str]:
+    try:
+        return SPECIFICITY.index(rule_id), rule_id
+    except ValueError:
+        return len(SPECIFICITY), rule_id
+
+
+def run_rules(ctx: AnalysisContext, problems: list[str] | None = None,
+              rules: Iterable[tuple[str, Check]] | None = None) -> list[Annotation]:
+    """All annotations for ``ctx``, ordered and deduplicated.
+
+    A rule's exception is logged and appended to ``problems`` (when given) as
+    ``rule <id> failed: <error>``; it never propagates.
+    """
+    found: list[Annotation] = []
+    for rule_id, check in (discover() if rules is None else rules):
+        try:
+            found.extend(_checked(rule_id, check(ctx)))
+        except Exception as err:  # noqa: BLE001 - any rule bug must not lose the analysis
+            message = f"rule {rule_id} failed: {type(err).__name__}: {err}"
+            log.warning("%s", message, exc_info=True)
+            if problems is not None:
+                problems.append(message)
+    return order(found)
+
+
+def _checked(rule_id: str, result: object) -> list[Annotation]:
+    if not isinstance(result, list) or not all(isinstance(a, Annotation) for a in result):
+        raise TypeError(f"check() returned {type(result).__name__}, not list[Annotation]")
+    return result
+
+
+def order(annotations: Iterable[Annotation]) -> list[Annotation]:
+    """Most specific first (stable within an id); exact duplicates removed."""
+    seen: set[tuple[str, str, tuple[str, ...]]] = set()
+    unique = []
+    for annotation in annotations:
+        key = (annotation.id, annotation.title, annotation.evidence)
+        if key not in seen:
+            seen.add(key)
+            unique.append(annotation)
+    return sorted(unique, key=lambda annotation: _rank(annotation.id))

@@ -1,0 +1,149 @@
+"""Operand-level decoding of one x86-64 instruction, for the rules.
+
+:mod:`coredumpd.unwind.disasm` gives text; the rules need to know *which*
+memory operand an instruction used, whether it read or wrote it, and the
+address it computed from the crashed thread's registers.  capstone's detail
+mode gives operands and their access (``CS_AC_READ``/``CS_AC_WRITE``); the
+effective address is ``base + index * scale + disp`` (Intel SDM vol. 1,
+3.7.5 "Specifying an Offset"), with ``rip`` meaning the next instruction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import capstone
+from capstone import x86
+
+from coredumpd.errors import CoredumpdError
+from coredumpd.unwind.types import AddressSpace
+
+MAX_INSTRUCTION = 15  # Intel SDM vol. 2, 2.3.11
+CANONICAL_BITS = 48  # 4-level paging: bits 63..47 must all equal bit 47 (SDM vol. 1, 3.3.7.1)
+
+_CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+_CS.detail = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryOperand:
+    """One memory operand: its text, how it is accessed, and its address if computable."""
+
+    text: str
+    reads: bool
+    writes: bool
+    base: str | None
+    index: str | None
+    address: int | None  # None when a register it uses is unknown
+
+    @property
+    def access(self) -> str:
+        return "write" if self.writes and not self.reads else (
+            "read-modify-write" if self.writes else "read")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedInstruction:
+    address: int
+    size: int
+    mnemonic: str
+    op_str: str
+    raw: bytes
+    memory: tuple[MemoryOperand, ...]
+    registers_read: tuple[str, ...]
+    implicit_memory: bool  # push/pop/call/ret/string ops touch memory without an operand
+
+    @property
+    def text(self) -> str:
+        return f"{self.mnemonic} {self.op_str}".strip()
+
+    def describe(self) -> str:
+        return f"{self.address:#x}: {self.raw.hex(' ')}  {self.text}"
+
+
+def decode_one(space: AddressSpace, address: int,
+               registers: dict[str, int] | None = None) -> DecodedInstruction | None:
+    """Decode the instruction at ``address``; None when its bytes cannot be read or decoded."""
+    code = _read_code(space, address)
+    if not code:
+        return None
+    try:
+        insn = next(_CS.disasm(code, address, 1), None)
+    except capstone.CsError:
+        return None
+    if insn is None:
+        return None
+    return _decoded(insn, registers or {})
+
+
+def _read_code(space: AddressSpace, address: int) -> bytes:
+    """Up to 15 bytes at ``address``, fewer when the end of readable memory is closer."""
+    for size in (MAX_INSTRUCTION, 8, 4, 2, 1):
+        try:
+            return space.read(address, size)
+        except CoredumpdError:
+            continue
+    return b""
+
+
+def _decoded(insn: capstone.CsInsn, registers: dict[str, int]) -> DecodedInstruction:
+    memory = []
+    next_pc = insn.address + insn.size
+    for operand in insn.operands:
+        if operand.type == x86.X86_OP_MEM:
+            memory.append(_memory_operand(insn, operand, registers, next_pc))
+    read, _written = insn.regs_access()
+    implicit = insn.mnemonic.split()[0] in _IMPLICIT_MEMORY or any(
+        insn.mnemonic.startswith(prefix) for prefix in ("rep", "movs", "stos", "lods", "scas",
+                                                        "cmps"))
+    return DecodedInstruction(insn.address, insn.size, insn.mnemonic, insn.op_str,
+                              bytes(insn.bytes), tuple(memory),
+                              tuple(insn.reg_name(r) for r in read), implicit)
+
+
+_IMPLICIT_MEMORY = frozenset({"push", "pop", "call", "ret", "enter", "leave", "pushf",
+                              "popf", "pushfq", "popfq"})
+
+
+def _memory_operand(insn: capstone.CsInsn, operand: x86.X86Op, registers: dict[str, int],
+                    next_pc: int) -> MemoryOperand:
+    mem = operand.mem
+    base = insn.reg_name(mem.base) if mem.base else None
+    index = insn.reg_name(mem.index) if mem.index else None
+    address: int | None = mem.disp
+    for name, scale in ((base, 1), (index, mem.scale)):
+        if name is None or address is None:
+            continue
+        value = next_pc if name == "rip" else register_value(registers, name)
+        address = None if value is None else address + value * scale
+    if address is not None:
+        address &= (1 << 64) - 1
+    text = _operand_text(insn.op_str, len(insn.operands), list(insn.operands).index(operand))
+    return MemoryOperand(text, bool(operand.access & capstone.CS_AC_READ),
+                         bool(operand.access & capstone.CS_AC_WRITE), base, index, address)
+
+
+def _operand_text(op_str: str, count: int, position: int) -> str:
+    """The text of operand ``position``; capstone joins operands with ", "."""
+    parts = op_str.split(", ")
+    return parts[position] if len(parts) == count else op_str
+
+
+_SUBREGISTERS = {"e": 32, "": 64}
+
+
+def register_value(registers: dict[str, int], name: str) -> int | None:
+    """Value of a 64- or 32-bit general register (``rax``, ``eax``, ``r8d``) from prstatus."""
+    if name in registers:
+        return registers[name]
+    if name.startswith("e") and "r" + name[1:] in registers:
+        return registers["r" + name[1:]] & 0xFFFFFFFF
+    if name.startswith("r") and name.endswith("d") and name[:-1] in registers:
+        return registers[name[:-1]] & 0xFFFFFFFF
+    return None
+
+
+def is_canonical(address: int) -> bool:
+    """True when bits 63..47 of ``address`` are all equal (x86-64 4-level paging)."""
+    top = address >> (CANONICAL_BITS - 1)
+    return top in (0, (1 << (64 - CANONICAL_BITS + 1)) - 1)
