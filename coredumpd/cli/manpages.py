@@ -79,9 +79,8 @@ def _section(section: Section) -> list[str]:
     out = [f".SH {section.title}"]
     for text in section.paragraphs:
         out += _paragraph(text)
-    literal = section.title in ("EXAMPLES", "EXIT STATUS", "ENVIRONMENT", "FILES", "OPTIONS")
-    items = [(("\\fB" + escape(t) + "\\fR") if literal else escape(t), d)
-             for t, d in section.items]
+    # Terms are literal text (keys, names, exit codes, commands): bold.
+    items = [("\\fB" + escape(term) + "\\fR", text) for term, text in section.items]
     return out + _tagged(items)
 
 

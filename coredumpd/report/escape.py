@@ -23,8 +23,10 @@ def _escape_char(char: str) -> str:
     code = ord(char)
     if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
         return f"\\x{code - 0xDC00:02x}"
-    if code < 0x100:
+    if code < 0x80:
         return f"\\x{code:02x}"
+    # Code points from U+0080 on are written \\u, keeping \\x80-\\xff for raw
+    # bytes, so that a C1 control and an undecodable byte never look the same.
     if code < 0x10000:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
