@@ -1,0 +1,9 @@
+"""The analysis layer: a core and its dump-time facts -> unwound threads -> rules -> result.
+
+:func:`analyze` is the entry point (docs/ARCHITECTURE.md "Analysis");
+``python -m coredumpd.analysis CORE`` runs it by hand for debugging.
+"""
+
+from coredumpd.analysis.runner import analyze
+
+__all__ = ["analyze"]

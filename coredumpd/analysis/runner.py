@@ -1,0 +1,227 @@
+"""analyze(): a stored core and its dump-time facts -> the analysis result dict.
+
+Stages, each isolated so that one failing never loses the others (STYLE.md
+"Degrade, never lose"):
+
+1. the core model (:class:`coredumpd.elf.core.Core`) — fatal if the ELF
+   header cannot be read;
+2. the address space and modules (:mod:`coredumpd.unwind.space`) — fatal for
+   unwinding, the signal and registers are still reported;
+3. each thread unwound (crashed thread first, at most ``Caps.max_threads``)
+   and symbolized frame by frame;
+4. the root-cause rules and the crash signature (:mod:`coredumpd.annotate`,
+   imported lazily: their absence is a problem, not a failure);
+5. the disassembly around the crash pc.
+
+Never raises on a bad core: ``state`` becomes ``failed`` with ``error`` and
+the partial result stays.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from coredumpd.analysis import shape
+from coredumpd.annotate.context import AnalysisContext, Symbolizer, ThreadTrace
+from coredumpd.elf.core import Core, ThreadState
+from coredumpd.store.source import ByteSource
+from coredumpd.unwind import disasm
+from coredumpd.unwind.types import AddressSpace, Caps, Frame, Module, Symbol
+from coredumpd.unwind.unwinder import unwind
+
+log = logging.getLogger(__name__)
+
+DISASSEMBLY_BEFORE = 8
+DISASSEMBLY_AFTER = 8
+SIGNATURE_FALLBACK_FRAMES = 5
+
+
+class NoSymbols:
+    """Stands in when :mod:`coredumpd.unwind.symbols` cannot be used: names stay unknown."""
+
+    def symbolize(self, module: Module | None, lookup_pc: int) -> Symbol:
+        return Symbol(None)
+
+    def address_of(self, name: str, module: Module | None = None) -> int | None:
+        return None
+
+
+class CachedSymbolizer:
+    """Memoizes symbolize() per (module, pc): threads share most of their frames."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.cache: dict[tuple[int, int], Symbol] = {}
+
+    def symbolize(self, module: Module | None, lookup_pc: int) -> Symbol:
+        key = (id(module), lookup_pc)
+        symbol = self.cache.get(key)
+        if symbol is None:
+            symbol = self.cache[key] = self.inner.symbolize(module, lookup_pc)
+        return symbol
+
+    def address_of(self, name: str, module: Module | None = None) -> int | None:
+        result = self.inner.address_of(name, module)
+        return int(result) if result is not None else None
+
+
+def _stage(problems: list[str], what: str, action: Callable[[], Any], default: Any = None) -> Any:
+    """Run one stage; an exception becomes a line in ``problems`` and ``default``."""
+    try:
+        return action()
+    except Exception as err:  # a hostile core must never lose the analysis
+        log.debug("analysis stage %s failed", what, exc_info=True)
+        problems.append(f"{what}: {type(err).__name__}: {err}")
+        return default
+
+
+def _facts_tid(facts: dict[str, Any]) -> int | None:
+    tid = (facts.get("args") or {}).get("tid")
+    return tid if isinstance(tid, int) else None
+
+
+def _thread_names(core: Core, facts: dict[str, Any]) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for thread in core.threads:
+        if thread.name:
+            names[thread.tid] = thread.name
+    for entry in (facts.get("proc") or {}).get("threads") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("tid"), int) and entry.get("comm"):
+            names[entry["tid"]] = str(entry["comm"])
+    if core.threads and core.threads[0].tid not in names and core.prpsinfo is not None:
+        names[core.threads[0].tid] = core.prpsinfo.pr_fname
+    return names
+
+
+def make_symbolizer(space: AddressSpace, problems: list[str]) -> CachedSymbolizer:
+    try:
+        symbols = importlib.import_module("coredumpd.unwind.symbols")
+        return CachedSymbolizer(symbols.Symbolizer(space))
+    except Exception as err:  # noqa: BLE001 - symbols are an optional stage
+        problems.append(f"symbolizer unavailable: {type(err).__name__}: {err}")
+        return CachedSymbolizer(NoSymbols())
+
+
+def trace_thread(space: AddressSpace, symbolizer: Symbolizer, thread: ThreadState,
+                 crashed: bool, name: str | None, caps: Caps,
+                 problems: list[str]) -> ThreadTrace:
+    """Unwind and symbolize one thread; never raises."""
+    result = _stage(problems, f"unwinding thread {thread.tid}",
+                    lambda: unwind(space, thread.registers, caps))
+    frames: list[Frame] = result.frames if result else []
+    stop = result.stop_reason if result else "unwinding failed"
+    modules = [space.module_at(frame.lookup_pc) for frame in frames]
+    symbols = [
+        _stage(problems, f"symbolizing {frame.pc:#x}",
+               lambda frame=frame, module=module: symbolizer.symbolize(module, frame.lookup_pc),
+               Symbol(None))
+        for frame, module in zip(frames, modules, strict=True)
+    ]
+    return ThreadTrace(thread.tid, name, crashed, dict(thread.registers), frames, symbols,
+                       modules, stop)
+
+
+def thread_json(trace: ThreadTrace) -> dict[str, Any]:
+    return {
+        "tid": trace.tid, "crashed": trace.crashed, "name": trace.name,
+        "stop_reason": trace.stop_reason, "registers": trace.registers,
+        "frames": [shape.frame_json(frame, module, symbol) for frame, module, symbol
+                   in zip(trace.frames, trace.modules, trace.symbols, strict=True)],
+    }
+
+
+def _annotate(ctx: AnalysisContext, result: dict[str, Any]) -> None:
+    problems = result["problems"]
+    try:
+        engine = importlib.import_module("coredumpd.annotate.engine")
+    except ImportError as err:
+        problems.append(f"rules unavailable: {err}")
+    else:
+        annotations = _stage(problems, "rules", lambda: engine.run_rules(ctx, problems), [])
+        result["annotations"] = [annotation.to_json() for annotation in annotations]
+    try:
+        signature = importlib.import_module("coredumpd.annotate.signature")
+    except ImportError as err:
+        problems.append(f"crash signature unavailable: {err}")
+        return
+    result["signature"] = _stage(problems, "signature",
+                                 lambda: signature.crash_signature(ctx))
+    frames_of = getattr(signature, "signature_frames", None)
+    if frames_of is not None:
+        result["signature_frames"] = _stage(problems, "signature frames",
+                                            lambda: list(frames_of(ctx)), [])
+    elif ctx.crashed is not None:  # until signature.py says which frames it hashed
+        names = [symbol.name for symbol in ctx.crashed.symbols if symbol.name]
+        result["signature_frames"] = names[:SIGNATURE_FALLBACK_FRAMES]
+
+
+def _disassemble(space: AddressSpace, crashed: ThreadTrace) -> list[dict[str, Any]]:
+    if not crashed.frames:
+        return []
+    pc = crashed.frames[0].pc
+    symbol = crashed.symbols[0]
+    start = pc - symbol.offset if symbol.name else None
+    instructions = disasm.around(space, pc, DISASSEMBLY_BEFORE, DISASSEMBLY_AFTER, start)
+    return [shape.instruction_json(instruction, pc) for instruction in instructions]
+
+
+def _ordered_threads(core: Core, caps: Caps, problems: list[str]) -> list[ThreadState]:
+    threads = list(core.threads)  # Core puts the crashing thread first
+    if len(threads) > caps.max_threads:
+        problems.append(f"{len(threads) - caps.max_threads} threads not unwound "
+                        f"(cap of {caps.max_threads})")
+        threads = threads[:caps.max_threads]
+    return threads
+
+
+def _signal(core: Core, facts: dict[str, Any]) -> dict[str, Any] | None:
+    signo = core.threads[0].prstatus.pr_cursig if core.threads else None
+    signo = signo or (facts.get("args") or {}).get("signal")
+    return shape.signal_json(core.siginfo, signo if isinstance(signo, int) else None)
+
+
+def _analyze_core(core: Core, facts: dict[str, Any], exe: str | None, root: str, caps: Caps,
+                  result: dict[str, Any]) -> None:
+    problems: list[str] = result["problems"]
+    problems.extend(core.problems)
+    result["crashed_tid"] = core.threads[0].tid if core.threads else None
+    result["signal"] = _stage(problems, "signal", lambda: _signal(core, facts))
+    from coredumpd.unwind.space import build_address_space
+
+    space = build_address_space(core, facts, root, exe)
+    problems.extend(space.problems)
+    result["modules"] = [shape.module_json(module) for module in space.modules]
+    problems.extend(f"{module.path}: {problem}" for module in space.modules
+                    for problem in module.problems)
+    symbolizer = make_symbolizer(space, problems)
+    names = _thread_names(core, facts)
+    traces = [trace_thread(space, symbolizer, thread, index == 0, names.get(thread.tid), caps,
+                           problems)
+              for index, thread in enumerate(_ordered_threads(core, caps, problems))]
+    result["threads"] = [thread_json(trace) for trace in traces]
+    ctx = AnalysisContext(core, facts, space, symbolizer, traces, core.siginfo)
+    _annotate(ctx, result)
+    if traces:
+        result["disassembly"] = _stage(problems, "disassembly",
+                                       lambda: _disassemble(space, traces[0]), [])
+
+
+def analyze(source: ByteSource, facts: dict[str, Any] | None = None, exe: str | None = None,
+            root: str = "/", caps: Caps | None = None) -> dict[str, Any]:
+    """Analyse one core; the JSON-able result of docs/ARCHITECTURE.md.  Never raises."""
+    started = time.monotonic()
+    result = shape.empty_result()
+    facts = facts if isinstance(facts, dict) else {}
+    try:
+        core = Core.open(source, expected_tid=_facts_tid(facts))
+        _analyze_core(core, facts, exe, root, caps or Caps(), result)
+    except Exception as err:  # the contract: a failed state, never a raise
+        log.debug("analysis failed", exc_info=True)
+        result["state"] = "failed"
+        result["error"] = f"{type(err).__name__}: {err}"
+    result["duration_ms"] = int((time.monotonic() - started) * 1000)
+    return result

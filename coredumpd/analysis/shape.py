@@ -1,0 +1,83 @@
+"""The JSON shapes of an analysis result (docs/ARCHITECTURE.md "Analysis result").
+
+Pure functions from the model (frames, symbols, modules, siginfo) to plain
+dicts; nothing here reads memory or files.
+
+``offset`` of a frame is ``pc`` minus the start of the module's lowest
+mapping — what systemd-coredump and ``eu-stack`` print as
+``(libc.so.6 + 0x2724a)`` (elfutils' ``dwfl_module_info`` start) — not the
+link-time address.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coredumpd.elf import layouts as L
+from coredumpd.elf.notes import SigInfo
+from coredumpd.unwind.disasm import Instruction
+from coredumpd.unwind.types import Frame, Module, Symbol
+
+RESULT_VERSION = 1
+
+
+def empty_result() -> dict[str, Any]:
+    """A result with every key present; stages fill it in."""
+    return {
+        "version": RESULT_VERSION, "state": "done", "error": None, "duration_ms": 0,
+        "crashed_tid": None, "signal": None, "threads": [], "modules": [],
+        "disassembly": [], "annotations": [], "signature": None, "signature_frames": [],
+        "problems": [],
+    }
+
+
+def hex_id(build_id: bytes | None) -> str | None:
+    return build_id.hex() if build_id else None
+
+
+def frame_json(frame: Frame, module: Module | None, symbol: Symbol) -> dict[str, Any]:
+    return {
+        "index": frame.index,
+        "pc": frame.pc,
+        "module": module.path if module else None,
+        "build_id": hex_id(module.build_id) if module else None,
+        "offset": frame.pc - module.start if module else None,
+        "symbol": symbol.name,
+        "symbol_offset": symbol.offset if symbol.name else None,
+        "file": symbol.file,
+        "line": symbol.line,
+        "trust": frame.trust.value,
+        "repeat": frame.repeat,
+    }
+
+
+def module_json(module: Module) -> dict[str, Any]:
+    return {
+        "path": module.path, "start": module.start, "end": module.end,
+        "load_bias": module.load_bias, "build_id": hex_id(module.build_id),
+        "file_build_id": hex_id(module.file_build_id), "debug_file": module.debug_path,
+        "deleted": module.deleted, "replaced": module.replaced,
+        "modified_in_place": module.modified_in_place,
+    }
+
+
+def signal_json(siginfo: SigInfo | None, fallback_signo: int | None) -> dict[str, Any] | None:
+    """NT_SIGINFO as JSON; only the number when the core has no NT_SIGINFO."""
+    if siginfo is None:
+        if not fallback_signo:
+            return None
+        return {"signo": fallback_signo, "name": L.signal_name(fallback_signo), "code": None,
+                "code_name": None, "errno": None, "address": None, "sender_pid": None,
+                "sender_uid": None}
+    return {
+        "signo": siginfo.si_signo, "name": siginfo.signal_name, "code": siginfo.si_code,
+        "code_name": siginfo.code_name, "errno": siginfo.si_errno,
+        "address": siginfo.si_addr,
+        "sender_pid": siginfo.si_pid if siginfo.sent_by_process else None,
+        "sender_uid": siginfo.si_uid if siginfo.sent_by_process else None,
+    }
+
+
+def instruction_json(instruction: Instruction, pc: int) -> dict[str, Any]:
+    return {"address": instruction.address, "bytes": instruction.raw.hex(),
+            "text": instruction.text, "current": instruction.address == pc}
