@@ -157,7 +157,7 @@ class RegisteredHandler:
         def child_setup() -> None:
             resource.setrlimit(resource.RLIMIT_CORE, (rlimit_core, rlimit_core))
         with core_pattern(self.pattern, PIPE_LIMIT):
-            proc = subprocess.Popen(list(argv), env=env, cwd=cwd, preexec_fn=child_setup,
+            proc = subprocess.Popen(list(argv), env=env, cwd=cwd, preexec_fn=child_setup,  # noqa: PLW1509
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
             try:
                 proc.wait(timeout)

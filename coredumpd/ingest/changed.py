@@ -1,0 +1,86 @@
+"""Mapped ELF objects that are deleted, replaced or changed on disk.
+
+Such a mapping is what the ``library-replaced``, ``library-modified-in-place``
+and ``symbol-version-miss`` rules need evidence about, and the copy the process
+ran is only reachable while the process exists: through
+``/proc/PID/map_files/START-END`` (proc(5)), which opens the mapped inode even
+when it was unlinked.  So the handler opens those files while the kernel holds
+the process, and reads their version information (which needs the heavier ELF
+reader) only after it has closed the pipe.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from coredumpd.ingest import procfs
+
+MAX_HELD = 64
+
+
+def _change_reason(entry: dict[str, Any], files: dict[str, Any],
+                   start_time_ns: int | None) -> str | None:
+    if entry.get("deleted"):
+        return "deleted"
+    stats = files.get(entry["path"]) or {}
+    now, mapped = stats.get("now") or {}, stats.get("mapped") or {}
+    if "inode" not in mapped:
+        return None
+    if "inode" not in now:
+        return "deleted"
+    if (now["dev"], now["inode"]) != (mapped["dev"], mapped["inode"]):
+        return "replaced"
+    if start_time_ns is not None and mapped["mtime_ns"] > start_time_ns:
+        return "modified"
+    return None
+
+
+def hold_changed_objects(pid: int, proc: dict[str, Any],
+                         missing: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Open the changed mapped files: path -> {"reason", "fd"} (at most MAX_HELD)."""
+    files = proc.get("files") or {}
+    start_us = proc.get("start_time_us")
+    start_ns = None if start_us is None else start_us * 1000
+    held: dict[str, dict[str, Any]] = {}
+    for entry in proc.get("maps") or []:
+        path = entry["path"]
+        if entry["inode"] == 0 or not path.startswith("/") or path in held:
+            continue
+        reason = _change_reason(entry, files, start_ns)
+        if reason is None:
+            continue
+        if len(held) >= MAX_HELD:
+            missing["mapped_objects"] = f"more than {MAX_HELD} changed objects"
+            break
+        name = procfs.proc(pid, "map_files", procfs.map_files_name(entry))
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            held[path] = {"reason": reason, "fd": None, "error": os.strerror(err.errno or 0)}
+            continue
+        held[path] = {"reason": reason, "fd": fd}
+    return held
+
+
+def read_held_objects(held: dict[str, dict[str, Any]],
+                      missing: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Version facts of each held object (``mapped_objects`` of the facts); closes the fds."""
+    from coredumpd.elf.elffile import version_info
+    from coredumpd.errors import CoredumpdError
+    result: dict[str, dict[str, Any]] = {}
+    for path, item in held.items():
+        entry: dict[str, Any] = {"reason": item["reason"]}
+        fd = item.get("fd")
+        if fd is None:
+            entry["error"] = item.get("error", "not opened")
+        else:
+            try:
+                entry.update(version_info(fd))
+            except (CoredumpdError, OSError, ValueError) as err:
+                entry["error"] = str(err)
+            finally:
+                os.close(fd)
+                item["fd"] = None
+        result[path] = entry
+    return result

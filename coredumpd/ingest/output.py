@@ -1,0 +1,140 @@
+"""Write a stored core safely: anonymous temporary file, fsync, link into place.
+
+- ``O_TMPFILE`` (open(2)) gives an unnamed inode in the storage directory, so
+  a handler that dies half-way leaves nothing behind; ``linkat`` through
+  ``/proc/self/fd/N`` with ``AT_SYMLINK_FOLLOW`` names it once complete (the
+  documented idiom of open(2)).  File systems without O_TMPFILE get a hidden
+  ``.#`` name created with O_EXCL and renamed.
+- The directory is opened once (``O_DIRECTORY|O_NOFOLLOW``) and every name is
+  resolved relative to that fd, so a symlink swapped in cannot redirect us.
+- Read access for the crashing user is an ACL entry written as the raw
+  ``system.posix_acl_access`` xattr (include/uapi/linux/posix_acl_xattr.h,
+  include/uapi/linux/posix_acl.h), what ``setfacl -m u:UID:r`` would do.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from coredumpd.errors import StoreError
+
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+
+# posix_acl_xattr_header { __le32 a_version; } then entries
+# posix_acl_xattr_entry { __le16 e_tag; __le16 e_perm; __le32 e_id; }
+POSIX_ACL_XATTR_VERSION = 2
+ACL_XATTR_HEADER = struct.Struct("<I")
+ACL_XATTR_ENTRY = struct.Struct("<HHI")
+assert ACL_XATTR_ENTRY.size == 8
+ACL_USER_OBJ = 0x01
+ACL_USER = 0x02
+ACL_GROUP_OBJ = 0x04
+ACL_MASK = 0x10
+ACL_OTHER = 0x20
+ACL_UNDEFINED_ID = 0xFFFFFFFF
+ACL_READ = 4
+ACL_WRITE = 2
+ACL_XATTR_NAME = "system.posix_acl_access"
+
+
+def open_directory(path: str) -> int:
+    """Open (creating it 0750 if needed) the storage directory; return its fd."""
+    try:
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        raise StoreError(f"cannot open storage directory {path}: {err.strerror}") from err
+
+
+class TempCore:
+    """An unnamed (or hidden) file in the storage directory, to be linked later."""
+
+    def __init__(self, dir_fd: int) -> None:
+        self.dir_fd = dir_fd
+        self.hidden_name: str | None = None
+        try:
+            self.fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, FILE_MODE,
+                              dir_fd=dir_fd)
+        except OSError:
+            self.fd = self._open_hidden()
+        os.fchmod(self.fd, FILE_MODE)  # the umask may have removed bits
+
+    def _open_hidden(self) -> int:
+        name = f".#core.{os.getpid()}.{os.urandom(4).hex()}"
+        try:
+            fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         FILE_MODE, dir_fd=self.dir_fd)
+        except OSError as err:
+            raise StoreError(f"cannot create a temporary core file: {err.strerror}") from err
+        self.hidden_name = name
+        return fd
+
+    def link(self, name: str) -> None:
+        """fsync, then give the file its final ``name`` (never replacing another)."""
+        try:
+            os.fsync(self.fd)
+            if self.hidden_name is None:
+                os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=self.dir_fd,
+                        follow_symlinks=True)
+            else:
+                os.link(self.hidden_name, name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+                os.unlink(self.hidden_name, dir_fd=self.dir_fd)
+                self.hidden_name = None
+            os.fsync(self.dir_fd)
+        except OSError as err:
+            raise StoreError(f"cannot link the core as {name}: {err.strerror}") from err
+
+    def discard(self) -> None:
+        """Forget the file: an unnamed one vanishes with its last fd."""
+        if self.hidden_name is not None:
+            try:
+                os.unlink(self.hidden_name, dir_fd=self.dir_fd)
+            except OSError:
+                pass
+            self.hidden_name = None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def acl_xattr(owner_perm: int, user_id: int, user_perm: int, group_perm: int,
+              other_perm: int) -> bytes:
+    """The ``system.posix_acl_access`` value granting ``user_id`` ``user_perm``.
+
+    Entries are sorted by tag, then id, as the kernel requires
+    (fs/posix_acl.c: posix_acl_valid()); ACL_MASK bounds the named user.
+    """
+    entries = [
+        (ACL_USER_OBJ, owner_perm, ACL_UNDEFINED_ID),
+        (ACL_USER, user_perm, user_id),
+        (ACL_GROUP_OBJ, group_perm, ACL_UNDEFINED_ID),
+        (ACL_MASK, user_perm | group_perm, ACL_UNDEFINED_ID),
+        (ACL_OTHER, other_perm, ACL_UNDEFINED_ID),
+    ]
+    return ACL_XATTR_HEADER.pack(POSIX_ACL_XATTR_VERSION) + b"".join(
+        ACL_XATTR_ENTRY.pack(*entry) for entry in entries)
+
+
+def grant_read(fd: int, uid: int) -> None:
+    """Let ``uid`` read the file on ``fd`` (mode stays 0640 for everyone else)."""
+    value = acl_xattr(ACL_READ | ACL_WRITE, uid, ACL_READ, ACL_READ, 0)
+    try:
+        os.setxattr(fd, ACL_XATTR_NAME, value)
+    except OSError as err:
+        raise StoreError(f"cannot set the ACL for uid {uid}: {err.strerror}") from err
+
+
+def may_grant_user(dump_mode: int | None, uid: int | None, at_secure: int | None,
+                   status_uids: list[int] | None, status_gids: list[int] | None) -> bool:
+    """systemd-coredump's rule: the user may read its core only when the dump was
+    not restricted (``%d`` = 1, see proc(5) suid_dumpable) and the process had no
+    changed credentials (``AT_SECURE`` 0 in auxv, uid == euid, gid == egid)."""
+    if dump_mode != 1 or uid is None or uid == 0 or at_secure != 0:
+        return False
+    if not status_uids or not status_gids or len(status_uids) < 2 or len(status_gids) < 2:
+        return False
+    return status_uids[0] == status_uids[1] and status_gids[0] == status_gids[1]

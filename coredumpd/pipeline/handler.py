@@ -1,0 +1,246 @@
+"""The kernel's core_pattern handler: store every crash, then let the kernel go.
+
+Phase 1, while the kernel holds the crashed process (fs/coredump.c: the dump
+waits for the pipe, then wait_for_dump_helpers() waits until we close it):
+read /proc/PID, stream the core from fd 0 into an unnamed file in the store,
+open the mapped ELF objects that changed on disk, read the signal sender.
+Only then fd 0 is closed — the kernel reaps the process at that moment
+(FACTS.md: 3 ms vs 2 s), so phase 1 imports and does as little as possible.
+
+Phase 2, the process gone: finish the lz4 index, fsync, link under systemd's
+name, ACL, index row, retention, a /dev/kmsg line when the crasher is PID 1 or
+journald, and a detached, niced child (:mod:`coredumpd.pipeline.analyze_job`)
+for the analysis and the journal entry.  Nothing here needs PID 1 or journald.
+
+The kernel starts us with fds 1 and 2 closed, an empty environment, cwd /
+and RLIMIT_CORE 1 (FACTS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from coredumpd.config import Config, load_config
+from coredumpd.errors import CoredumpdError
+from coredumpd.ingest import procfs
+from coredumpd.ingest.args import RLIM_INFINITY, HandlerArgs, parse_args
+from coredumpd.ingest.changed import hold_changed_objects, read_held_objects
+from coredumpd.ingest.output import TempCore, grant_read, may_grant_user, open_directory
+from coredumpd.ingest.stream import StreamResult, read_core
+
+AT_SECURE = 23
+FACTS_VERSION = 1
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+JOURNALD_COMMS = ("systemd-journal", "systemd-journald")
+
+
+class Crash:
+    """Everything the handler learns about one crash, phase by phase."""
+
+    def __init__(self, args: HandlerArgs) -> None:
+        self.args = args
+        self.config = Config()
+        self.problems: list[str] = list(args.problems)
+        self.missing: dict[str, str] = {}
+        self.proc: dict[str, Any] = {}
+        self.sender: dict[str, Any] | None = None
+        self.pidfd_check: dict[str, Any] = {}
+        self.stream = StreamResult()
+        self.temp: TempCore | None = None
+        self.writer: Any = None  # store.lz4seek.SeekableLz4Writer, imported late
+        self.dir_fd = -1
+        self.skip_core: str | None = None  # why no core is stored
+        self.held: dict[str, dict[str, Any]] = {}
+        self.timestamp_us = time.time_ns() // 1000
+        self.handler_started = time.monotonic()
+        self.released = 0.0  # monotonic time when fd 0 was closed
+
+    @property
+    def pid(self) -> int | None:
+        return self.args.pid
+
+    def comm(self) -> str:
+        if self.proc.get("comm"):
+            return str(self.proc["comm"])
+        if self.stream.prpsinfo is not None and self.stream.prpsinfo.pr_fname:
+            return self.stream.prpsinfo.pr_fname
+        return "unknown"
+
+
+def _sanitize_process() -> None:
+    """fds 1/2 to /dev/null before anything can print; cwd /; private umask."""
+    null = os.open("/dev/null", os.O_RDWR)
+    for target in (1, 2):
+        if null != target:
+            os.dup2(null, target)
+    if null > 2:
+        os.close(null)
+    os.chdir("/")
+    os.umask(0o027)
+
+
+def handle(argv: list[str]) -> int:
+    """Run the handler for the kernel's ``argv`` (without argv[0]); exit status."""
+    _sanitize_process()
+    crash = Crash(parse_args(argv))
+    try:
+        _phase_held(crash)
+    except Exception as err:  # noqa: BLE001 - the core must still be stored
+        crash.problems.append(f"while the process was held: {type(err).__name__}: {err}")
+    finally:
+        _release_kernel(crash)
+    from coredumpd.pipeline import store_crash  # heavy imports only now
+    return store_crash.finish(crash)
+
+
+def _phase_held(crash: Crash) -> None:
+    crash.config = _load_config(crash)
+    crash.dir_fd = open_directory(crash.config.directory)
+    _check_pidfd(crash)
+    if crash.pid is not None:
+        crash.proc = procfs.collect_process(crash.pid, crash.missing)
+    _stream_core(crash)
+    _read_sender(crash)
+    if crash.pid is not None and crash.proc.get("maps"):
+        crash.held = hold_changed_objects(crash.pid, crash.proc, crash.missing)
+
+
+def _load_config(crash: Crash) -> Config:
+    try:
+        config = load_config(crash.args.config_path)
+    except CoredumpdError as err:
+        crash.problems.append(f"configuration: {err}; using the defaults")
+        return Config()
+    crash.problems.extend(config.warnings)
+    return config
+
+
+def _check_pidfd(crash: Crash) -> None:
+    """Make sure /proc/PID is the process the kernel called us for.
+
+    With ``%F`` the kernel gives a pidfd of the crashing process: its fdinfo
+    ``Pid:`` must be ``%P``.  Without one, the process must have started
+    before the crash time ``%t`` (PID reuse would give a younger process).
+    """
+    args = crash.args
+    check: dict[str, Any] = {"pidfd": args.pidfd}
+    if args.pidfd is not None and args.pid is not None:
+        try:
+            check["pidfd_pid"] = procfs.pidfd_pid(args.pidfd)
+            check["verified"] = check["pidfd_pid"] == args.pid
+        except (OSError, ValueError) as err:
+            check["error"] = str(err)
+    elif args.pid is not None and args.timestamp is not None:
+        try:
+            ticks = procfs.start_time_ticks(args.pid)
+            start_s = (procfs.boot_time_us() + ticks * 1_000_000 // os.sysconf("SC_CLK_TCK"))
+            check["verified"] = start_s // 1_000_000 <= args.timestamp + 1
+        except (OSError, ValueError, IndexError) as err:
+            check["error"] = str(err)
+    crash.pidfd_check = check
+    if check.get("verified") is False:
+        crash.problems.append(f"/proc/{args.pid} is not the crashed process ({check});"
+                              " /proc facts not recorded")
+        crash.args.pid = None
+
+
+def _core_limit(crash: Crash) -> int | None:
+    """Bytes we may store: ExternalSizeMax and RLIMIT_CORE (``%c``), like a file core."""
+    limit = crash.config.external_size_max
+    rlimit = crash.args.rlimit_core
+    if rlimit is not None and rlimit != RLIM_INFINITY:
+        limit = min(limit, rlimit)
+    return limit
+
+
+def _stream_core(crash: Crash) -> None:
+    rlimit = crash.args.rlimit_core
+    page = os.sysconf("SC_PAGE_SIZE")
+    if rlimit is not None and rlimit < page:
+        crash.skip_core = f"RLIMIT_CORE is {rlimit}, below a page: no core requested"
+        crash.stream = read_core(0, None)  # the head only: registers and signal
+        return
+    if crash.config.storage == "none":
+        crash.skip_core = "Storage=none"
+    crash.temp = TempCore(crash.dir_fd)
+    from coredumpd.store.lz4seek import SeekableLz4Writer
+    crash.writer = SeekableLz4Writer(crash.temp.fd, threads=1)
+    crash.stream = read_core(0, crash.writer, _core_limit(crash))
+
+
+def _read_sender(crash: Crash) -> None:
+    siginfo = crash.stream.siginfo
+    if siginfo is None or not siginfo.sent_by_process or not siginfo.si_pid:
+        return
+    crash.sender = procfs.collect_sender(siginfo.si_pid, crash.missing)
+    crash.sender["si_uid"] = siginfo.si_uid
+
+
+def _release_kernel(crash: Crash) -> None:
+    """Close the pipe: the kernel reaps the crashed process now."""
+    try:
+        os.close(0)
+    except OSError:
+        pass
+    crash.released = time.monotonic()
+    if crash.pid is not None and crash.args.pidfd is not None:
+        try:
+            os.close(crash.args.pidfd)
+        except OSError:
+            pass
+
+
+def read_boot_id() -> str:
+    try:
+        with open(BOOT_ID_PATH, encoding="ascii") as handle:
+            return handle.read().strip().replace("-", "")
+    except OSError:
+        return "0" * 32
+
+
+def crasher_kind(crash: Crash) -> str | None:
+    """``pid1``, ``init.scope`` or ``journald`` when the crash is of one of those."""
+    if crash.args.pid == 1:
+        return "pid1"
+    if crash.proc.get("unit") == "init.scope":
+        return "init.scope"
+    exe = crash.proc.get("exe") or ""
+    if crash.comm() in JOURNALD_COMMS or exe.endswith("/systemd-journald"):
+        return "journald"
+    return None
+
+
+def build_facts(crash: Crash) -> dict[str, Any]:
+    """The ``facts`` JSON of the index (docs/ARCHITECTURE.md "Facts")."""
+    args_facts = crash.args.facts()
+    args_facts["comm"] = crash.comm()
+    return {
+        "version": FACTS_VERSION, "args": args_facts, "boot_id": read_boot_id(),
+        "handler_pid": os.getpid(), "proc": crash.proc,
+        "mapped_objects": read_held_objects(crash.held, crash.missing),
+        "sender": crash.sender, "stream": crash.stream.summary(),
+        "pidfd_check": crash.pidfd_check, "problems": crash.problems,
+        "missing": crash.missing,
+    }
+
+
+def at_secure(crash: Crash) -> int | None:
+    value = crash.stream.auxv_value(AT_SECURE)
+    if value is None:
+        for a_type, a_val in crash.proc.get("auxv") or []:
+            if a_type == AT_SECURE:
+                return int(a_val)
+    return value
+
+
+def grant_user_access(crash: Crash) -> bool:
+    """ACL for the crashing user when systemd-coredump would grant it."""
+    status = crash.proc.get("status") or {}
+    if not may_grant_user(crash.args.dump_mode, crash.args.uid, at_secure(crash),
+                          status.get("Uid"), status.get("Gid")):
+        return False
+    assert crash.temp is not None and crash.args.uid is not None
+    grant_read(crash.temp.fd, crash.args.uid)
+    return True

@@ -1,0 +1,105 @@
+"""``coredumpd install`` / ``uninstall``: register the handler in kernel.core_pattern.
+
+The pattern is ``|/abs/path/coredumpd`` followed by the specifiers the handler
+parses (:data:`coredumpd.ingest.args.PATTERN_ARGS`) and ``--config FILE`` when
+given.  The kernel keeps at most 127 bytes (CORENAME_MAX_SIZE is 128 with the
+NUL, fs/coredump.c) and splits the pattern at spaces without quoting, so a
+longer pattern or a path with a space is refused before anything changes.
+``core_pipe_limit`` must be > 0 so that /proc/PID survives until the handler
+closes the pipe (FACTS.md); 16 is systemd's value.  The values found are saved
+(JSON) and restored by ``uninstall``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from coredumpd.errors import ConfigError
+from coredumpd.ingest.args import PATTERN_ARGS
+
+CORE_PATTERN = "/proc/sys/kernel/core_pattern"
+CORE_PIPE_LIMIT = "/proc/sys/kernel/core_pipe_limit"
+SAVED_PATH = "/var/lib/coredumpd/saved-sysctl"
+PATTERN_MAX = 127
+PIPE_LIMIT = 16
+
+
+def handler_path() -> str:
+    """Absolute path of the ``coredumpd`` console script being run (or the venv's)."""
+    argv0 = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if os.path.basename(argv0) == "coredumpd" and os.access(argv0, os.X_OK):
+        return argv0
+    return os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "coredumpd")
+
+
+def build_pattern(handler: str, config_path: str | None = None) -> str:
+    """The core_pattern for ``handler``; ConfigError if the kernel could not take it."""
+    words = [handler] + ([os.path.abspath(config_path)] if config_path else [])
+    for word in words:
+        if any(ch.isspace() for ch in word):
+            raise ConfigError(f"{word!r} contains white space, which core_pattern cannot quote")
+    pattern = f"|{handler} {PATTERN_ARGS}"
+    if config_path:
+        pattern += f" --config {os.path.abspath(config_path)}"
+    size = len(pattern.encode())
+    if size > PATTERN_MAX:
+        raise ConfigError(
+            f"the core_pattern would be {size} bytes, over the kernel's limit of {PATTERN_MAX}:"
+            f" {pattern!r}; install coredumpd or the configuration file under a shorter path")
+    return pattern
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().rstrip("\n")
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(value)
+
+
+def _save(saved_path: str, values: dict[str, str]) -> None:
+    os.makedirs(os.path.dirname(saved_path), mode=0o755, exist_ok=True)
+    temp = f"{saved_path}.tmp{os.getpid()}"
+    with open(temp, "w", encoding="utf-8") as handle:
+        json.dump(values, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, saved_path)
+
+
+def install(config_path: str | None = None, saved_path: str = SAVED_PATH,
+            handler: str | None = None) -> str:
+    """Register the handler; returns the pattern written.  Changes nothing on error."""
+    if config_path is not None and not os.path.isfile(config_path):
+        raise ConfigError(f"configuration file {config_path} does not exist")
+    handler = handler or handler_path()
+    pattern = build_pattern(handler, config_path)
+    try:
+        current = {"core_pattern": _read(CORE_PATTERN), "core_pipe_limit": _read(CORE_PIPE_LIMIT)}
+        if not current["core_pattern"].startswith(f"|{handler} ") or not os.path.exists(saved_path):
+            _save(saved_path, current)  # never save our own pattern as "the previous one"
+        _write(CORE_PIPE_LIMIT, str(PIPE_LIMIT))
+        _write(CORE_PATTERN, pattern)
+    except OSError as err:
+        raise ConfigError(f"cannot register the handler: {err}") from err
+    return pattern
+
+
+def uninstall(saved_path: str = SAVED_PATH) -> dict[str, str]:
+    """Restore the values saved by :func:`install`; returns them."""
+    try:
+        with open(saved_path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        _write(CORE_PATTERN, saved["core_pattern"])
+        _write(CORE_PIPE_LIMIT, saved["core_pipe_limit"])
+        os.unlink(saved_path)
+    except FileNotFoundError as err:
+        raise ConfigError(f"nothing to restore: {saved_path} does not exist "
+                          "(was coredumpd installed?)") from err
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"cannot restore from {saved_path}: {err}") from err
+    return {key: str(value) for key, value in saved.items()}

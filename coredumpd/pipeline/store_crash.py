@@ -1,0 +1,199 @@
+"""Phase 2 of the handler: the crashed process is gone, make the crash durable.
+
+Finish the lz4 file, decide whether the core is kept (Storage=, RLIMIT_CORE,
+rate limit per executable), link it under systemd's name with its ACL, write
+the index row, apply MaxUse/KeepFree, tell /dev/kmsg when the crasher is PID 1
+or journald, and start the detached analysis job.  The order follows
+systemd-coredump (src/coredump/coredump.c: save_external_coredump(),
+submit_coredump()) minus everything that needs PID 1 or a socket service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from coredumpd.elf.layouts import signal_name
+from coredumpd.errors import CoredumpdError
+from coredumpd.pipeline import handler as H
+from coredumpd.report.journal import kmsg_line, write_kmsg
+from coredumpd.store.index import CrashRecord, Index
+from coredumpd.store.naming import core_filename
+
+ANALYZE_JOB_MODULE = "coredumpd.pipeline.analyze_job"
+ANALYSIS_NICE = 10
+
+
+def finish(crash: H.Crash) -> int:
+    """Store what phase 1 gathered; exit status (0 unless nothing could be stored)."""
+    stats = _finish_core(crash)
+    facts = H.build_facts(crash)
+    if crash.dir_fd < 0:
+        write_kmsg(_kmsg(crash, "not stored: " + "; ".join(crash.problems[-2:])))
+        return 1
+    try:
+        index = Index(crash.config.index_path)
+    except CoredumpdError as err:
+        crash.problems.append(f"index: {err}")
+        write_kmsg(_kmsg(crash, f"index unusable: {err}"))
+        return 1
+    _apply_rate_limit(crash, index)
+    record = _record(crash, stats, facts)
+    _link_core(crash, record)
+    row_id = index.insert(CrashRecord(**record))
+    _special_crasher(crash, index, row_id, record)
+    _enforce_retention(crash, index)
+    _spawn_analysis(crash, row_id, record)
+    _record_rusage(crash, index, row_id)
+    return 0
+
+
+def _kmsg(crash: H.Crash, text: str) -> str:
+    return kmsg_line(crash.args.pid, crash.comm(), crash.args.uid, crash.args.signal, text)
+
+
+def _finish_core(crash: H.Crash) -> Any:
+    if crash.writer is None:
+        return None
+    try:
+        return crash.writer.finish(crash.stream.truncated)
+    except CoredumpdError as err:
+        crash.problems.append(f"finishing the lz4 file: {err}")
+        crash.skip_core = crash.skip_core or f"write failed: {err}"
+        return None
+
+
+def _apply_rate_limit(crash: H.Crash, index: Index) -> None:
+    """More than RateLimitBurst crashes of one executable in the interval: no core."""
+    config = crash.config
+    exe = crash.proc.get("exe") or crash.comm()
+    since_us = crash.timestamp_us - int(config.rate_limit_interval * 1_000_000)
+    try:
+        recent = index.count_recent(exe, since_us)
+    except CoredumpdError as err:
+        crash.problems.append(f"rate limit not checked: {err}")
+        return
+    if recent >= config.rate_limit_burst and crash.skip_core is None:
+        crash.skip_core = (f"rate limited: {recent} crashes of {exe} within "
+                           f"{config.rate_limit_interval:g}s (RateLimitBurst={config.rate_limit_burst})")
+
+
+def _core_state(crash: H.Crash, stored: bool) -> tuple[str, str | None]:
+    reason = crash.stream.truncated
+    if crash.skip_core is not None:
+        return "none", crash.skip_core
+    if not stored:
+        return "missing", reason or "not stored"
+    return ("truncated", reason) if reason else ("present", None)
+
+
+def _record(crash: H.Crash, stats: Any, facts: dict[str, Any]) -> dict[str, Any]:
+    args, proc, stream = crash.args, crash.proc, crash.stream
+    siginfo = stream.siginfo
+    comm = crash.comm()
+    record: dict[str, Any] = {
+        "pid": args.pid if args.pid is not None else 0, "tid": args.tid,
+        "ns_pid": args.ns_pid, "uid": args.uid, "gid": args.gid,
+        "signal": args.signal if args.signal is not None else (siginfo.si_signo if siginfo else 0),
+        "si_code": siginfo.si_code if siginfo else None,
+        "fault_address": siginfo.si_addr if siginfo else None,
+        "timestamp_us": crash.timestamp_us, "boot_id": facts["boot_id"],
+        "hostname": args.hostname, "comm": comm, "exe": proc.get("exe"),
+        "cmdline": " ".join(proc.get("cmdline") or []) or None,
+        "unit": proc.get("unit"), "cgroup": proc.get("cgroup"),
+        "rlimit_core": args.rlimit_core, "dump_mode": args.dump_mode,
+        "core_path": None, "core_size": stream.size,
+        "stored_size": stats.stored_size if stats is not None else None,
+        "facts": json.dumps(facts), "analysis_state": "pending",
+        "path_taken": json.dumps({"crasher": H.crasher_kind(crash), "journal": "pending"}),
+    }
+    will_store = stats is not None and crash.skip_core is None and stream.size > 0
+    record["core_state"], record["core_reason"] = _core_state(crash, will_store)
+    return record
+
+
+def _link_core(crash: H.Crash, record: dict[str, Any]) -> None:
+    temp = crash.temp
+    if temp is None or record["core_state"] not in ("present", "truncated"):
+        if temp is not None:
+            temp.discard()  # unnamed: vanishes once the analysis job closes it
+        record["stored_size"] = None if record["core_state"] == "none" else record["stored_size"]
+        return
+    name = core_filename(crash.comm(), crash.args.uid or 0, record["boot_id"],
+                         record["pid"], crash.timestamp_us)
+    try:
+        H.grant_user_access(crash)
+        temp.link(name)
+    except CoredumpdError as err:
+        crash.problems.append(str(err))
+        record["core_state"], record["core_reason"] = "missing", str(err)
+        record["facts"] = json.dumps({**json.loads(record["facts"]), "problems": crash.problems})
+        return
+    record["core_path"] = os.path.join(crash.config.directory, name)
+
+
+def _special_crasher(crash: H.Crash, index: Index, row_id: Any, record: dict[str, Any]) -> None:
+    """PID 1, init.scope, journald: a /dev/kmsg line now, whatever the journal does."""
+    kind = H.crasher_kind(crash)
+    if kind is None:
+        return
+    where = record["core_path"] or f"no core ({record['core_reason']})"
+    ok = write_kmsg(_kmsg(crash, f"{kind} crashed; stored {where}, index row {row_id}"))
+    path_taken = {"crasher": kind, "kmsg": "written" if ok else "failed",
+                  "journal": "skipped: journald crashed" if kind == "journald" else "pending"}
+    index.update(row_id, path_taken=json.dumps(path_taken))
+
+
+def _enforce_retention(crash: H.Crash, index: Index) -> None:
+    try:
+        from coredumpd.store import retention
+        retention.enforce(crash.config, index)
+    except (CoredumpdError, OSError) as err:
+        crash.problems.append(f"retention: {err}")
+
+
+def _spawn_analysis(crash: H.Crash, row_id: Any, record: dict[str, Any]) -> None:
+    """Double fork: a niced session leader-less grandchild the kernel never waits for."""
+    argv = [sys.executable, "-m", ANALYZE_JOB_MODULE, "--id", str(row_id)]
+    if crash.config.path:
+        argv += ["--config", crash.config.path]
+    keep_fd = -1
+    if crash.temp is not None and crash.temp.fd >= 0 and record["core_path"] is None \
+            and crash.stream.size > 0:
+        keep_fd = crash.temp.fd  # unlinked core: the job analyses it through this fd
+        os.set_inheritable(keep_fd, True)
+        argv += ["--core-fd", str(keep_fd)]
+    child = os.fork()
+    if child == 0:
+        _detached_exec(argv)
+    os.waitpid(child, 0)
+
+
+def _detached_exec(argv: list[str]) -> None:
+    try:
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        os.nice(ANALYSIS_NICE)
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+
+
+def _record_rusage(crash: H.Crash, index: Index, row_id: Any) -> None:
+    """Handler timings and peak RSS, in the facts, when the bench asks for them."""
+    if not os.path.exists(os.path.join(crash.config.directory, ".record-rusage")):
+        return
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    measures = {"maxrss_kib": usage.ru_maxrss,
+                "held_ms": (crash.released - crash.handler_started) * 1000,
+                "total_ms": (time.monotonic() - crash.handler_started) * 1000,
+                "signal_name": signal_name(crash.args.signal or 0)}
+    record = index.get(row_id)
+    facts = json.loads(getattr(record, "facts", None) or "{}")
+    facts["handler_rusage"] = measures
+    index.update(row_id, facts=json.dumps(facts))

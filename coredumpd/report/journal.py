@@ -1,0 +1,214 @@
+"""The journal entry of a crash, and the /dev/kmsg fallback.
+
+The entry carries systemd-coredump's fields (src/coredump/coredump.c,
+``COREDUMP_*``; MESSAGE_ID ``fc2e22bc6ee647b6b90729ab34a250b1`` is
+SD_MESSAGE_COREDUMP), so ``journalctl`` and ``coredumpctl`` understand it, and
+the message has systemd's shape: "Process PID (COMM) of user UID dumped core."
+then the stack trace as systemd's elf-util.c prints it
+(``#N  0x%016x symbol (module + 0xoffset)``).
+
+Sending must never block the caller (the crashed process may be journald
+itself, or its socket may be full and never read): instead of
+``sd_journal_send()`` — a blocking ``sendmsg`` on a datagram socket — this
+speaks journald's native protocol (systemd.io/JOURNAL_NATIVE_PROTOCOL) on a
+non-blocking AF_UNIX datagram socket, waiting at most ``timeout`` seconds for
+room, and passes entries too large for one datagram as a sealed memfd, as
+libsystemd does.  ``systemd.journal`` is imported only for its documented
+socket path when available.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import socket
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
+PRIORITY_CRIT = 2
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+SOCKET_ENV = "COREDUMPD_JOURNAL_SOCKET"  # tests point the handler at another socket
+KMSG = "/dev/kmsg"
+SYSLOG_IDENTIFIER = "coredumpd"
+MAX_FRAMES = 64
+MAX_THREADS = 16
+LENGTH = struct.Struct("<Q")  # native protocol: binary-safe field length
+SEALS = ("F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_WRITE", "F_SEAL_SEAL")
+
+
+def journal_socket_path() -> str:
+    return os.environ.get(SOCKET_ENV) or JOURNAL_SOCKET
+
+
+def _escape(text: str) -> str:
+    """Control characters from the crashed process, made visible (kmsg is one line)."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+
+
+def headline(pid: Any, comm: str, uid: Any) -> str:
+    return f"Process {pid} ({comm}) of user {uid} dumped core."
+
+
+def _frame_line(frame: Mapping[str, Any]) -> str:
+    module = os.path.basename(frame.get("module") or "") or "n/a"
+    symbol = frame.get("symbol") or "n/a"
+    offset = frame.get("offset")
+    where = f"{module} + {offset:#x}" if isinstance(offset, int) else module
+    return f"#{frame.get('index', 0):<2} 0x{frame.get('pc', 0):016x} {symbol} ({where})"
+
+
+def stack_trace(analysis: Mapping[str, Any] | None) -> str:
+    """Threads in systemd-coredump's "Stack trace of thread N:" format, crashed first."""
+    if not analysis:
+        return ""
+    threads = sorted(analysis.get("threads") or [], key=lambda t: not t.get("crashed"))
+    blocks = []
+    for thread in threads[:MAX_THREADS]:
+        lines = [f"Stack trace of thread {thread.get('tid')}:"]
+        lines += [_frame_line(frame) for frame in (thread.get("frames") or [])[:MAX_FRAMES]]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def root_cause_text(analysis: Mapping[str, Any] | None) -> str:
+    annotations = (analysis or {}).get("annotations") or []
+    if not annotations:
+        return ""
+    first = annotations[0]
+    lines = [f"Root cause: {first.get('id')}: {first.get('title', '')}"]
+    lines += [f"  - {item}" for item in (first.get("evidence") or [])[:8]]
+    if first.get("advice"):
+        lines.append(f"Advice: {first['advice']}")
+    return "\n".join(lines)
+
+
+def message(row: Mapping[str, Any], analysis: Mapping[str, Any] | None) -> str:
+    parts = [headline(row.get("pid"), row.get("comm") or "unknown", row.get("uid"))]
+    for extra in (root_cause_text(analysis), stack_trace(analysis)):
+        if extra:
+            parts.append(extra)
+    return "\n\n".join(parts)
+
+
+def journal_fields(row: Mapping[str, Any], facts: Mapping[str, Any],
+                   analysis: Mapping[str, Any] | None) -> dict[str, str]:
+    """systemd-coredump's COREDUMP_* fields for an index row (a CrashRecord as dict)."""
+    from coredumpd.elf.layouts import signal_name
+    proc = facts.get("proc") or {}
+    signo = row.get("signal") or 0
+    fields: dict[str, Any] = {
+        "MESSAGE": message(row, analysis), "MESSAGE_ID": MESSAGE_ID,
+        "PRIORITY": PRIORITY_CRIT, "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
+        "COREDUMP_PID": row.get("pid"), "COREDUMP_TID": row.get("tid"),
+        "COREDUMP_UID": row.get("uid"), "COREDUMP_GID": row.get("gid"),
+        "COREDUMP_SIGNAL": signo, "COREDUMP_SIGNAL_NAME": signal_name(signo),
+        "COREDUMP_TIMESTAMP": row.get("timestamp_us"), "COREDUMP_RLIMIT": row.get("rlimit_core"),
+        "COREDUMP_HOSTNAME": row.get("hostname"), "COREDUMP_COMM": row.get("comm"),
+        "COREDUMP_EXE": row.get("exe"), "COREDUMP_CMDLINE": row.get("cmdline"),
+        "COREDUMP_CGROUP": row.get("cgroup"), "COREDUMP_UNIT": row.get("unit"),
+        "COREDUMP_USER_UNIT": proc.get("user_unit"), "COREDUMP_SLICE": proc.get("slice"),
+        "COREDUMP_CWD": proc.get("cwd"), "COREDUMP_ROOT": proc.get("root"),
+        "COREDUMP_FILENAME": row.get("core_path"),
+        "COREDUMP_TRUNCATED": 1 if row.get("core_state") == "truncated" else None,
+        "COREDUMP_ID": row.get("id"), "COREDUMP_CORE_STATE": row.get("core_state"),
+        "COREDUMP_ROOT_CAUSE": row.get("root_cause"), "COREDUMP_SIGNATURE": row.get("signature"),
+        "COREDUMP_NS_PID": row.get("ns_pid"),
+    }
+    if proc.get("environ"):
+        fields["COREDUMP_ENVIRON"] = "\n".join(proc["environ"])
+    return {key: str(value) for key, value in fields.items() if value is not None}
+
+
+def _encode_field(key: str, value: str) -> bytes:
+    raw = value.encode("utf-8", "surrogateescape")
+    if b"\n" not in raw:
+        return key.encode() + b"=" + raw + b"\n"
+    return key.encode() + b"\n" + LENGTH.pack(len(raw)) + raw + b"\n"
+
+
+def encode_entry(fields: Mapping[str, str]) -> bytes:
+    """journald's native protocol: KEY=VALUE lines, binary-safe form for multi-line values."""
+    return b"".join(_encode_field(key, value) for key, value in fields.items())
+
+
+def _wait_writable(sock: socket.socket, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
+def _send_memfd(sock: socket.socket, payload: bytes, path: str) -> None:
+    """Too large for a datagram: a sealed memfd passed with SCM_RIGHTS (journald accepts it)."""
+    fd = os.memfd_create("journal-entry", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.write(fd, payload)
+        seals = 0
+        for name in SEALS:
+            seals |= getattr(fcntl, name, 0)
+        fcntl.fcntl(fd, getattr(fcntl, "F_ADD_SEALS", 1033), seals)
+        sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))],
+                     0, path)
+    finally:
+        os.close(fd)
+
+
+def send(fields: Mapping[str, str], timeout: float = 0.5, path: str | None = None) -> str:
+    """Send one entry; never blocks longer than ``timeout``.  Returns the outcome:
+    ``sent``, ``timeout`` or ``unreachable: REASON``."""
+    path = path or journal_socket_path()
+    payload = encode_entry(fields)
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    except OSError as err:
+        return f"unreachable: {err.strerror}"
+    try:
+        sock.setblocking(False)
+        return _send_with_deadline(sock, payload, path, timeout)
+    finally:
+        sock.close()
+
+
+def _send_with_deadline(sock: socket.socket, payload: bytes, path: str, timeout: float) -> str:
+    try:
+        sock.sendto(payload, path)
+        return "sent"
+    except BlockingIOError:
+        if not _wait_writable(sock, timeout):
+            return "timeout"
+        return _send_with_deadline(sock, payload, path, 0)
+    except OSError as err:
+        if err.errno in (errno.EMSGSIZE, errno.ENOBUFS):
+            try:
+                _send_memfd(sock, payload, path)
+                return "sent"
+            except BlockingIOError:
+                return "timeout"
+            except OSError as err2:
+                return f"unreachable: {err2.strerror}"
+        return f"unreachable: {errno.errorcode.get(err.errno or 0, err.strerror)}"
+
+
+def kmsg_line(pid: Any, comm: str, uid: Any, signo: Any, text: str) -> str:
+    """One printk line: ``<3>coredumpd: Process 1 (systemd) of user 0 dumped core (SIGSEGV): …``."""
+    from coredumpd.elf.layouts import signal_name
+    name = signal_name(signo) if isinstance(signo, int) else "?"
+    return _escape(f"Process {pid} ({comm}) of user {uid} dumped core ({name}): {text}")[:900]
+
+
+def write_kmsg(line: str, priority: int = 3) -> bool:
+    """Append ``line`` to the kernel log (/dev/kmsg, never blocks); False if impossible."""
+    try:
+        fd = os.open(KMSG, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        os.write(fd, f"<{priority}>{SYSLOG_IDENTIFIER}: {line}\n".encode("utf-8", "replace"))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
