@@ -1,0 +1,332 @@
+"""Symbolization: runtime pc -> plain function name, offset, source file and line.
+
+Symbols are merged, per module (cached), from the separate debug file's
+``.symtab`` (build-id or debuglink, :mod:`coredumpd.unwind.debuginfo`), the
+module's own ``.symtab``, MiniDebugInfo and ``.dynsym``.  The choice of symbol
+follows gdb's ``lookup_minimal_symbol_by_pc_section()`` (gdb/minsyms.c): the
+last symbol at or before the pc whose size covers it; a sized symbol that
+does not cover the pc loses to a later zero-sized one, else there is no
+symbol.  PLT entries are named ``name@plt`` as gdb does.
+
+Among aliases at one address the name shown is an exported one when there is
+one (``abort``, not ``__GI_abort``; ``read``, not ``__libc_read``): exported
+(.dynsym, defined), then default version, then fewest leading underscores.
+Version suffixes (``@GLIBC_2.2.5``) are dropped; C++ names are demangled with
+the C++ runtime's own ``__cxa_demangle`` (libstdc++, through ctypes).
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import ctypes.util
+import dataclasses
+import functools
+import os
+from typing import Any
+
+from coredumpd.elf import layouts as L
+from coredumpd.elf.elffile import (
+    STT_FUNC,
+    STT_GNU_IFUNC,
+    STT_NOTYPE,
+    STT_OBJECT,
+    ElfFile,
+    ElfSymbol,
+)
+from coredumpd.errors import CoredumpdError
+from coredumpd.unwind import debuginfo
+from coredumpd.unwind.types import AddressSpace, Module, Symbol
+
+STB_LOCAL = 0
+MAX_DEMANGLE = 4096
+CODE_TYPES = frozenset({STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE})
+NAMED_TYPES = frozenset({STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE, STT_OBJECT})
+R_X86_64_JUMP_SLOT = 7
+R_X86_64_IRELATIVE = 37
+RELA_SIZE = 24
+
+
+@functools.cache
+def _cxa_demangle() -> Any:
+    name = ctypes.util.find_library("stdc++")
+    if name is None:
+        return None
+    try:
+        function = ctypes.CDLL(name).__cxa_demangle
+    except (OSError, AttributeError):
+        return None
+    function.restype = ctypes.c_void_p
+    function.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p,
+                         ctypes.POINTER(ctypes.c_int)]
+    return function
+
+
+@functools.lru_cache(maxsize=65536)
+def demangle(name: str) -> str:
+    """The C++ demangled form of ``name`` (unchanged if not mangled or not demanglable)."""
+    if not name.startswith("_Z") or len(name) > MAX_DEMANGLE:
+        return name
+    function = _cxa_demangle()
+    if function is None:
+        return name
+    status = ctypes.c_int(0)
+    pointer = function(name.encode("utf-8", "surrogateescape"), None, None,
+                       ctypes.byref(status))
+    if status.value != 0 or not pointer:
+        return name
+    try:
+        return ctypes.string_at(pointer).decode("utf-8", "replace")
+    finally:
+        ctypes.CDLL(None).free(ctypes.c_void_p(pointer))
+
+
+def plain_name(raw: str) -> str:
+    """``memcpy@@GLIBC_2.14`` -> ``memcpy``; demangled."""
+    return demangle(raw.split("@", 1)[0])
+
+
+@dataclasses.dataclass
+class _Alias:
+    raw: str
+    exported: bool
+    default: bool
+    bind: int
+
+    @property
+    def rank(self) -> tuple[int, int, int, int, int, str]:
+        name = self.raw.split("@", 1)[0]
+        underscores = len(name) - len(name.lstrip("_"))
+        return (not self.exported, not self.default, underscores, self.bind == STB_LOCAL,
+                len(name), name)
+
+
+class SymbolTable:
+    """Code symbols of one module by link-time address, and all names for address_of."""
+
+    def __init__(self) -> None:
+        self._aliases: dict[int, list[_Alias]] = {}
+        self._sizes: dict[int, int] = {}
+        self._names: dict[str, int] = {}
+        self.starts: list[int] = []
+        self.plt: dict[int, str] = {}  # link-time PLT entry address -> "name@plt"
+
+    def add(self, symbols: list[ElfSymbol], exported: frozenset[str]) -> None:
+        for symbol in symbols:
+            if (symbol.type not in NAMED_TYPES or not symbol.name or not symbol.value
+                    or symbol.shndx in (L.SHN_UNDEF, 0xFFF1)):  # SHN_ABS
+                continue
+            base = symbol.name.split("@", 1)[0]
+            self._names.setdefault(base, symbol.value)
+            if symbol.type not in CODE_TYPES or base.startswith((".L", "$")):
+                continue
+            aliases = self._aliases.setdefault(symbol.value, [])
+            if all(alias.raw.split("@", 1)[0] != base for alias in aliases):
+                aliases.append(_Alias(symbol.name, base in exported, _is_default(symbol),
+                                      symbol.bind))
+            self._sizes[symbol.value] = max(self._sizes.get(symbol.value, 0), symbol.size)
+
+    def finish(self) -> None:
+        self.starts = sorted(self._aliases)
+        for aliases in self._aliases.values():
+            aliases.sort(key=lambda alias: alias.rank)
+
+    def lookup(self, address: int) -> tuple[int, str] | None:
+        """(symbol start, raw name) for link-time ``address``, by gdb's minsyms rule."""
+        index = bisect.bisect_right(self.starts, address) - 1
+        zero_sized: int | None = None
+        while index >= 0:
+            start = self.starts[index]
+            size = self._sizes[start]
+            if size == 0:
+                if zero_sized is None:
+                    zero_sized = start
+                index -= 1
+                continue
+            if address < start + size:
+                return start, self._aliases[start][0].raw
+            break
+        if zero_sized is not None:
+            return zero_sized, self._aliases[zero_sized][0].raw
+        return None
+
+    def address_of(self, name: str) -> int | None:
+        return self._names.get(name)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def _is_default(symbol: ElfSymbol) -> bool:
+    """False for a non-default version (``name@VER`` in .symtab, hidden in .gnu.version)."""
+    if "@@" in symbol.name:
+        return True
+    return "@" not in symbol.name and symbol.default
+
+
+def _exported(dynsym: list[ElfSymbol]) -> frozenset[str]:
+    return frozenset(s.name for s in dynsym
+                     if s.shndx != L.SHN_UNDEF and s.bind != STB_LOCAL and s.name)
+
+
+def _plt_names(elf: ElfFile, dynsym: list[ElfSymbol]) -> dict[int, str]:
+    """PLT entry address -> ``name@plt``, from .rela.plt order (x86-64 psABI, 16-byte entries).
+
+    With IBT the callable stubs are in ``.plt.sec`` (one per relocation);
+    otherwise ``.plt`` entry 0 is the resolver stub and entry i+1 is relocation i.
+    """
+    rela = elf.section(".rela.plt")
+    plt_sec, plt = elf.section(".plt.sec"), elf.section(".plt")
+    if rela is None or (plt_sec is None and plt is None):
+        return {}
+    base = plt_sec.sh_addr if plt_sec is not None else plt.sh_addr + 16  # type: ignore[union-attr]
+    names = {}
+    data = elf.section_data(rela)
+    for index in range(min(len(data) // RELA_SIZE, 1 << 16)):
+        info = int.from_bytes(data[index * RELA_SIZE + 8:index * RELA_SIZE + 16], "little")
+        symbol_index, kind = info >> 32, info & 0xFFFFFFFF
+        if kind == R_X86_64_JUMP_SLOT and 0 < symbol_index < len(dynsym):
+            names[base + 16 * index] = dynsym[symbol_index].name + "@plt"
+    return names
+
+
+@dataclasses.dataclass
+class _ModuleInfo:
+    table: SymbolTable
+    lines: debuginfo.DwarfLines | None
+    problems: list[str]
+
+
+class Symbolizer:
+    """Symbols and lines for the modules of an address space, cached per module."""
+
+    def __init__(self, space: AddressSpace, debug_dirs: tuple[str, ...] = debuginfo.DEBUG_DIRS,
+                 root: str = "/") -> None:
+        self.space = space
+        self.debug_dirs = debug_dirs
+        self.root = root
+        self._modules: dict[tuple[str, int], _ModuleInfo] = {}
+
+    def symbolize(self, module: Module | None, lookup_pc: int) -> Symbol:
+        """What is known about runtime ``lookup_pc`` in ``module`` (never raises)."""
+        if module is None:
+            return Symbol(None)
+        info = self._info(module)
+        address = lookup_pc - module.load_bias
+        found = info.table.lookup(address)
+        row = info.lines.lookup(address) if info.lines is not None else None
+        file, line = (row.file, row.line) if row is not None and row.line else (None, None)
+        if found is None:
+            plt = self._plt_symbol(info.table, address)
+            if plt is not None:
+                return Symbol(plt[1], address - plt[0], plt[1], file, line)
+            return Symbol(None, 0, None, file, line)
+        start, raw = found
+        return Symbol(plain_name(raw), address - start, raw, file, line)
+
+    @staticmethod
+    def _plt_symbol(table: SymbolTable, address: int) -> tuple[int, str] | None:
+        entry = address - address % 16
+        name = table.plt.get(entry)
+        return (entry, name) if name is not None else None
+
+    def address_of(self, name: str, module: Module | None = None) -> int | None:
+        """Runtime address of ``name`` in ``module``, or in the first module defining it."""
+        for candidate in [module] if module is not None else list(self.space.modules):
+            value = self._info(candidate).table.address_of(name)
+            if value is not None:
+                return value + candidate.load_bias
+        return None
+
+    def problems(self, module: Module) -> list[str]:
+        return self._info(module).problems
+
+    def close(self) -> None:
+        for info in self._modules.values():
+            if info.lines is not None:
+                info.lines.close()
+        self._modules.clear()
+
+    # ------------------------------------------------------------ per module
+
+    def _info(self, module: Module) -> _ModuleInfo:
+        key = (module.path, module.start)
+        info = self._modules.get(key)
+        if info is None:
+            info = self._modules[key] = self._load(module)
+        return info
+
+    def _open(self, module: Module) -> ElfFile | None:
+        opener = getattr(self.space, "open_elf", None)
+        if opener is not None:
+            elf: ElfFile | None = opener(module)
+            return elf
+        if module.host_path is None:
+            return None
+        try:
+            return ElfFile.open(module.host_path)
+        except CoredumpdError:
+            return None
+
+    def _load(self, module: Module) -> _ModuleInfo:
+        table = SymbolTable()
+        problems: list[str] = []
+        elf = self._open(module)
+        lines = None
+        if elf is not None:
+            try:
+                lines = self._load_tables(module, elf, table, problems)
+            except CoredumpdError as err:
+                problems.append(f"{module.path}: symbols unreadable: {err}")
+        table.finish()
+        return _ModuleInfo(table, lines, problems)
+
+    def _load_tables(self, module: Module, elf: ElfFile, table: SymbolTable,
+                     problems: list[str]) -> debuginfo.DwarfLines | None:
+        dynsym = elf.symbols(".dynsym")
+        exported = _exported(dynsym)
+        debug = self._debug_elf(module, elf, problems)
+        for source in (debug, elf):
+            if source is not None:
+                table.add(source.symbols(".symtab"), exported)
+        if debug is None:
+            mini = self._mini(elf, problems)
+            if mini is not None:
+                table.add(mini.symbols(".symtab"), exported)
+        table.add(dynsym, exported)
+        table.plt = _plt_names(elf, dynsym)
+        return self._lines(debug, elf)
+
+    def _debug_elf(self, module: Module, elf: ElfFile, problems: list[str]) -> ElfFile | None:
+        if module.debug_path is None and not module.is_vdso:
+            module.debug_path = debuginfo.find_debug_file(
+                module.host_path, module.build_id or elf.build_id, elf.debuglink, self.root,
+                self.debug_dirs)
+        if module.debug_path is None:
+            return None
+        try:
+            return ElfFile.open(module.debug_path)
+        except CoredumpdError as err:
+            problems.append(f"debug file unreadable: {err}")
+            return None
+
+    @staticmethod
+    def _mini(elf: ElfFile, problems: list[str]) -> ElfFile | None:
+        try:
+            return debuginfo.minidebuginfo(elf)
+        except CoredumpdError as err:
+            problems.append(str(err))
+            return None
+
+    @staticmethod
+    def _lines(debug: ElfFile | None, elf: ElfFile) -> debuginfo.DwarfLines | None:
+        """DWARF lines from the debug file, else from the module itself (files only)."""
+        for candidate in (debug, elf):
+            if (candidate is None or not os.path.isfile(candidate.name)
+                    or candidate.section(".debug_line") is None):
+                continue
+            lines = debuginfo.DwarfLines(candidate.name)
+            if lines.available:
+                return lines
+            lines.close()
+        return None
