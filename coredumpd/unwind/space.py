@@ -26,6 +26,7 @@ from coredumpd.elf.core import Core
 from coredumpd.elf.elffile import ElfFile, ProgramHeader, parse_program_headers
 from coredumpd.elf.notes import find_build_id
 from coredumpd.errors import CoredumpdError, MemoryReadError
+from coredumpd.unwind.debuginfo import find_debug_file
 from coredumpd.unwind.types import Mapping, Module
 
 DELETED_SUFFIX = " (deleted)"
@@ -272,15 +273,25 @@ def _file_changes(module: Module, facts: dict[str, Any]) -> None:
 
 
 def _judge_file(space: ProcessAddressSpace, module: Module, candidate: str,
-                header_in_core: bool) -> None:
-    """Set ``file_build_id`` and, if it is the mapped file, ``host_path``."""
+                header_in_core: bool, root: str) -> None:
+    """Set ``file_build_id``, and ``host_path`` and ``debug_path`` if it is the mapped file."""
     try:
         with ElfFile.open(candidate) as elf:
             module.file_build_id = elf.build_id
             first_page = elf.read(0, min(elf.size, space.page_size))
+            debuglink = elf.debuglink
     except CoredumpdError as err:
         module.problems.append(f"{candidate}: {err}")
         return
+    _trust(space, module, candidate, header_in_core, first_page)
+    if module.host_path is not None:
+        module.debug_path = find_debug_file(module.host_path, module.file_build_id, debuglink,
+                                            root)
+
+
+def _trust(space: ProcessAddressSpace, module: Module, candidate: str, header_in_core: bool,
+           first_page: bytes) -> None:
+    """The build-id rule of docs/ARCHITECTURE.md; the reason goes to module.problems."""
     if module.build_id and module.file_build_id:
         if module.build_id == module.file_build_id:
             module.host_path = candidate
@@ -326,7 +337,7 @@ def _build_module(space: ProcessAddressSpace, path: str, group: list[Mapping],
         module.load_bias = _load_bias(phdrs, group, space.page_size) or start
         module.build_id = _core_build_id(space, phdrs, module.load_bias)
     if os.path.exists(candidate):
-        _judge_file(space, module, candidate, headers is not None)
+        _judge_file(space, module, candidate, headers is not None, root)
     else:
         module.problems.append(f"{candidate} is not on this machine")
     if headers is None and module.host_path is not None:
