@@ -64,14 +64,13 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     if not message:
         return []
     kind, title, advice = classify(message)
-    lines = [f"glibc abort message ({kind}): {_one_line(message)!r}",
+    lines = [f"glibc abort message ({kind}): \"{_one_line(message)}\"",
              f"read from struct abort_msg_s at {pointer:#x}, pointed to by "
              f"{ABORT_MSG_SYMBOL} at {location:#x}"]
     caller = _first_caller(ctx)
     if caller:
         lines.append(f"raised from {caller}")
-    return [Annotation(RULE_ID, f"{title}: {_one_line(message)[:120]}", "high", tuple(lines),
-                       advice)]
+    return [Annotation(RULE_ID, f"{title}: {_summary(message)}", "high", tuple(lines), advice)]
 
 
 def read_abort_message(ctx: AnalysisContext, pointer: int) -> str | None:
@@ -99,6 +98,17 @@ def classify(message: str) -> tuple[str, str, str]:
     return OTHER
 
 
+ASSERTION = re.compile(r"Assertion `(?P<expression>.*)' failed", re.S)
+TITLE_MAX = 100
+
+
+def _summary(message: str) -> str:
+    """The assertion's expression, or the message, cut to TITLE_MAX characters."""
+    match = ASSERTION.search(message)
+    text = _one_line(match.group("expression") if match else message)
+    return text if len(text) <= TITLE_MAX else text[:TITLE_MAX - 1] + "…"
+
+
 def _one_line(message: str) -> str:
     return " ".join(message.split("\n")).strip()
 
@@ -110,15 +120,14 @@ SKIP = frozenset({"abort", "raise", "gsignal", "__pthread_kill_implementation",
 
 
 def _first_caller(ctx: AnalysisContext) -> str | None:
-    """The first frame of the crashed thread outside glibc's abort machinery."""
+    """The first frame of the crashed thread outside glibc (the code that called abort)."""
     thread = ctx.crashed
     if thread is None:
         return None
     for frame, symbol, module in zip(thread.frames, thread.symbols, thread.modules):
-        if symbol.name in SKIP or (module is not None and E.is_libc(module)
-                                   and symbol.name and symbol.name.startswith("_int_")):
+        if module is None or E.is_libc(module) or symbol.name in SKIP:
             continue
         name = f"{symbol.name}+{symbol.offset:#x}" if symbol.name else f"{frame.pc:#x}"
         place = f" ({symbol.file}:{symbol.line})" if symbol.file and symbol.line else ""
-        return f"frame #{frame.index} {name}{place} in {module.path if module else '?'}"
+        return f"frame #{frame.index} {name}{place} in {module.path}"
     return None

@@ -1,0 +1,57 @@
+"""general-protection: a #GP fault other than abort()'s hlt.
+
+arch/x86/kernel/traps.c ``do_general_protection()`` sends SIGSEGV with
+si_code SI_KERNEL and si_addr 0 for any user-mode #GP: most often a memory
+operand whose address is non-canonical (bits 63..47 not all equal, Intel SDM
+vol. 1 3.3.7.1) — a pointer overwritten with data such as 0x4141414141414141
+— or an aligned SSE access (movaps, movdqa) to a misaligned address.  The
+kernel does not report the address, so the rule recomputes it from the
+instruction and the registers.  ``hlt`` in abort() is rules/abort_hlt.py.
+"""
+
+from __future__ import annotations
+
+from coredumpd.annotate import evidence as E
+from coredumpd.annotate.context import AnalysisContext, Annotation
+from coredumpd.annotate.insn import MemoryOperand, is_canonical
+from coredumpd.elf.layouts import SI
+
+RULE_ID = "general-protection"
+ALIGNED_SSE = ("movaps", "movapd", "movdqa", "movntdq", "movntps", "movntpd")
+
+
+def check(ctx: AnalysisContext) -> list[Annotation]:
+    fault = E.fault(ctx)
+    if fault is None or fault.signo != E.SIGSEGV or fault.code != SI.KERNEL or fault.address:
+        return []
+    instruction = E.instruction_at_pc(ctx)
+    if instruction is None or instruction.mnemonic == "hlt":
+        return []
+    lines = [fault.describe(), f"faulting instruction at {E.where(ctx, instruction.address)}",
+             f"  {instruction.describe()}"]
+    title, advice = _explain(instruction.mnemonic, instruction.memory, lines)
+    return [Annotation(RULE_ID, title, "high" if len(lines) > 3 else "low", tuple(lines),
+                       advice)]
+
+
+def _explain(mnemonic: str, operands: tuple[MemoryOperand, ...],
+             lines: list[str]) -> tuple[str, str]:
+    for operand in operands:
+        if operand.address is None:
+            continue
+        if not is_canonical(operand.address):
+            lines.append(f"{operand.access} of {operand.text} = {operand.address:#x}: "
+                         "non-canonical address (bits 63..47 differ)")
+            return (f"General protection fault: non-canonical address {operand.address:#x}",
+                    "A pointer held garbage (often data written over it: a buffer overflow, a "
+                    "use-after-free, uninitialised memory). Find where the register's value "
+                    "came from in the frames below.")
+        if mnemonic.startswith(ALIGNED_SSE) and operand.address % 16:
+            lines.append(f"{operand.text} = {operand.address:#x} is not 16-byte aligned, "
+                         f"which {mnemonic} requires")
+            return ("General protection fault: misaligned SSE access",
+                    "An aligned vector instruction met a misaligned address: the stack was "
+                    "misaligned (an asm or a signal handler?) or a struct lacks alignment.")
+    return ("General protection fault in user mode",
+            "The CPU refused this instruction (privileged or with a bad operand); "
+            "check its operands in the disassembly.")
