@@ -159,7 +159,9 @@ def _check_complete(result: StreamResult, limit: int | None) -> None:
         result.truncated = f"size limit of {limit} bytes reached"
     elif not result.is_elf:
         result.truncated = "not an ELF core" if result.size else "empty stream"
-    elif result.expected_size is not None and result.size < result.expected_size:
+    elif result.expected_size is None:
+        result.truncated = f"stream ended after {result.size} bytes, in the program headers"
+    elif result.size < result.expected_size:
         result.truncated = (f"stream ended after {result.size} of {result.expected_size}"
                             " bytes")
 
@@ -195,6 +197,9 @@ def _resolve_phnum(head: _Head, result: StreamResult, e_phoff: int, e_phnum: int
     if p_type != L.PT.NOTE or p_offset < e_phoff:
         result.problems.append(f"PN_XNUM but the first program header is type {p_type:#x}")
         return 0
+    e_shoff = L.EHDR.unpack_from(head.data)[6]
+    if e_phoff < e_shoff and e_shoff + L.SHDR.size <= p_offset and head.fill(e_shoff + L.SHDR.size):
+        return int(L.SHDR.unpack_from(head.data, e_shoff)[7])  # a writer that put it early
     return (p_offset - e_phoff) // L.PHDR.size
 
 
