@@ -41,6 +41,7 @@ PAGE = 4096
 WORD = struct.Struct("<Q")
 STEPS_PER_FRAME = 2048  # raw unwind steps allowed per emitted frame (collapsed recursion)
 BOTTOM_FRAMES = 16  # frames kept from the bottom of the stack when the frame cap is hit
+MAX_SCANNED_RUN = 32  # consecutive frames found by stack scanning before giving up (garbage)
 
 Registers = dict[int, int]  # DWARF register number -> value
 
@@ -171,6 +172,7 @@ class _Unwinder:
         self.memory = CachedMemory(space, caps.max_bytes_read)
         self.cfi = _cfi_cache(space)
         self.problems: list[str] = []
+        self.returns: dict[int, bool] = {}  # plausible_return() answers
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -185,10 +187,12 @@ class _Unwinder:
         precedes; its CFI has the 'S' augmentation (glibc's
         sysdeps/unix/sysv/linux/x86_64/libc_sigaction.c).
         """
-        if not self.executable(address):
-            return False
-        return disasm.call_before(self.space, address) is not None or \
-            self.signal_trampoline(address)
+        known = self.returns.get(address)
+        if known is None:
+            known = self.returns[address] = self.executable(address) and (
+                disasm.call_before(self.space, address) is not None
+                or self.signal_trampoline(address))
+        return known
 
     def signal_trampoline(self, address: int) -> bool:
         state = self.module_cfi(address - 1)
@@ -298,18 +302,20 @@ class _Unwinder:
 
     def step_scan(self, registers: Registers, first: bool) -> Step | None:
         sp = registers.get(RSP)
-        if sp is None:
+        if sp is None or sp % 8:
             return None
         stack = self.space.mapping_at(sp)
-        end = min(sp + 8 * self.caps.scan_words, stack.end if stack else sp)
-        for address in range(sp, end - 7, 8):
-            candidate = self.memory.word(address)
+        if stack is None:
+            return None
+        count = min(self.caps.scan_words, (stack.end - sp) // 8)
+        words = struct.unpack(f"<{count}Q", self.memory.read(sp, count * 8)) if count else ()
+        for position, candidate in enumerate(words):
             if candidate == registers.get(RIP) and not first:
                 continue
-            if self.plausible_return(candidate):
+            if candidate > PAGE and self.plausible_return(candidate):
                 caller = dict(registers)
-                caller[RIP], caller[RSP] = candidate, address + 8
-                return Step(caller, Trust.SCAN, address + 8)
+                caller[RIP], caller[RSP] = candidate, sp + 8 * position + 8
+                return Step(caller, Trust.SCAN, caller[RSP])
         return None
 
     # -- the walk ----------------------------------------------------------------------
@@ -333,6 +339,8 @@ class _Unwinder:
                 continue
             if step is not None:
                 return step, None
+        if frame.trust is Trust.FRAME_POINTER and registers.get(RBP) == 0:
+            return None, None  # the end of a frame-pointer chain (_start clears rbp)
         return None, "no CFI, frame pointer or return address found"
 
     def sane(self, frame: Frame, step: Step) -> str | None:
@@ -350,8 +358,13 @@ class _Unwinder:
         current = Frame(0, registers.get(RIP, 0), registers.get(RSP, 0), None, Trust.CONTEXT,
                         registers=_named(registers))
         stop: str | None = None
+        scanned_run = 0
         for _ in range(self.caps.max_frames * STEPS_PER_FRAME):
             frames.add(current)
+            scanned_run = scanned_run + 1 if current.trust is Trust.SCAN else 0
+            if scanned_run > MAX_SCANNED_RUN:
+                stop = f"more than {MAX_SCANNED_RUN} frames in a row found only by stack scanning"
+                break
             if (current.sp, current.pc) in seen:
                 stop = "cycle: the same frame twice"
                 break
@@ -374,7 +387,8 @@ class _Unwinder:
                 break  # a zero return address ends the stack
         else:
             stop = f"more than {self.caps.max_frames * STEPS_PER_FRAME} unwind steps"
-        return UnwindResult(frames.result(), stop or frames.elided_reason(), self.problems)
+        reasons = [reason for reason in (frames.elided_reason(), stop) if reason]
+        return UnwindResult(frames.result(), "; ".join(reasons) or None, self.problems)
 
 
 class _Frames:
