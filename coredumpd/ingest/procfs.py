@@ -220,19 +220,28 @@ def read_auxv(pid: int) -> list[list[int]]:
     return entries
 
 
+def _init_namespace(name: str) -> tuple[str | None, str]:
+    """PID 1's namespace, or — when PID 1 is not dumpable and hides it — the
+    handler's own, which the kernel starts in the initial namespaces (FACTS.md)."""
+    for reference, pid in (("pid1", "1"), ("handler", "self")):
+        try:
+            return os.readlink(proc(pid, "ns", name)), reference
+        except OSError:
+            continue
+    return None, "none"
+
+
 def read_namespaces(pid: int) -> dict[str, dict[str, Any]]:
-    """Each namespace of the process, and whether PID 1 (the host's init) shares it."""
+    """Each namespace of the process, and whether it is the initial one."""
     result: dict[str, dict[str, Any]] = {}
     for name in NAMESPACES:
         try:
             ident = os.readlink(proc(pid, "ns", name))
         except OSError:
             continue
-        try:
-            same: bool | None = os.readlink(proc(1, "ns", name)) == ident
-        except OSError:
-            same = None
-        result[name] = {"id": ident, "same_as_init": same}
+        init, reference = _init_namespace(name)
+        result[name] = {"id": ident, "same_as_init": None if init is None else init == ident,
+                        "compared_with": reference}
     return result
 
 
