@@ -1,0 +1,93 @@
+"""A stable signature of a crash, for grouping repeats of the same bug.
+
+Like ABRT's satyr (``sr_thread_normalize``, lib/normalize.c) and Sentry's
+grouping (``sentry/grouping/enhancer`` "-app" rules for libc), the top frames
+of the crashing thread are taken *after* dropping the frames that only say
+"how" the process died — ``raise``, ``abort``, ``__assert_fail``, malloc's
+consistency checks, ``__stack_chk_fail`` — so that two different assertions
+do not share a signature and one assertion always gets the same one.
+
+Unsymbolized frames in glibc, the loader or the C++ runtime are dropped too:
+their offsets change with every update of those libraries.
+
+A frame is named ``module!function``; without a symbol,
+``module+0xOFFSET`` with the offset from the module's load bias (a
+link-time address: the same for every run despite ASLR).  The signal number
+is part of the hash, the absolute addresses and symbol offsets are not (a
+rebuild moves code but keeps the bug).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from coredumpd.annotate.context import AnalysisContext, ThreadTrace
+from coredumpd.annotate.evidence import fault
+
+TOP_FRAMES = 3
+
+# Frames that belong to the crash machinery, never to the bug (satyr's
+# normalize.c lists and Sentry's "-group" libc rules, for glibc 2.36 names).
+SKIPPED = frozenset({
+    "raise", "gsignal", "abort", "__pthread_kill_implementation", "__pthread_kill_internal",
+    "pthread_kill", "__pthread_kill", "__restore_rt",
+    "__assert_fail", "__assert_fail_base", "__assert_perror_fail", "__libc_message",
+    "__libc_fatal", "__fortify_fail", "__chk_fail", "__stack_chk_fail",
+    "__stack_chk_fail_local", "malloc_printerr", "_int_free", "_int_malloc", "_int_realloc",
+    "_int_memalign", "malloc_consolidate", "unlink_chunk", "tcache_double_free_verify",
+    "__libc_free", "__libc_malloc", "__libc_realloc", "__libc_calloc", "free", "malloc",
+    "realloc", "calloc", "cfree", "munmap_chunk", "__GI_abort", "__GI_raise",
+    "_ZN9__gnu_cxx27__verbose_terminate_handlerEv", "__gnu_cxx::__verbose_terminate_handler",
+    "std::terminate", "__cxa_throw", "__cxa_rethrow", "std::__terminate",
+    "__cxxabiv1::__terminate",
+    # the bottom of every stack: process and thread start
+    "__libc_start_main", "__libc_start_call_main", "_start", "start_thread", "clone",
+    "clone3",
+})
+SYSTEM_LIBRARIES = ("libc.so", "ld-linux", "libpthread.so", "libstdc++.so", "libgcc_s.so")
+SKIPPED_PREFIXES = ("__strcpy_chk", "__memcpy_chk", "__memset_chk", "__sprintf_chk",
+                    "__snprintf_chk", "__vsnprintf_chk", "__read_chk", "__strcat_chk")
+
+
+def crash_signature(ctx: AnalysisContext) -> tuple[str, list[str]]:
+    """``(sha1 hex, normalized top frames)`` of the crash in ``ctx``."""
+    thread = ctx.crashed
+    frames = normalized_frames(thread) if thread is not None else []
+    info = fault(ctx)
+    signal = str(info.signo) if info is not None else "?"
+    text = "\n".join([f"signal {signal}", *frames])
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest(), frames
+
+
+def normalized_frames(thread: ThreadTrace, count: int = TOP_FRAMES) -> list[str]:
+    """The top ``count`` frames worth grouping on (all frames if every one is skipped)."""
+    names = [_frame_name(thread, index) for index in range(len(thread.frames))]
+    kept = [name for index, name in enumerate(names) if not _skipped(thread, index)]
+    chosen = kept or names
+    unique = []
+    for name in chosen:  # collapse recursion: a repeated frame counts once
+        if not unique or unique[-1] != name:
+            unique.append(name)
+    return unique[:count]
+
+
+def _skipped(thread: ThreadTrace, index: int) -> bool:
+    """Crash machinery by name; or an unsymbolized frame inside the C library or loader,
+    whose offset changes with every glibc update (Sentry: libc frames are not "in-app")."""
+    name = thread.symbols[index].name if index < len(thread.symbols) else None
+    if name is not None:
+        return name in SKIPPED or name.startswith(SKIPPED_PREFIXES)
+    module = thread.modules[index] if index < len(thread.modules) else None
+    return module is not None and module.name.startswith(SYSTEM_LIBRARIES)
+
+
+def _frame_name(thread: ThreadTrace, index: int) -> str:
+    frame = thread.frames[index]
+    symbol = thread.symbols[index] if index < len(thread.symbols) else None
+    module = thread.modules[index] if index < len(thread.modules) else None
+    module_name = module.name if module is not None else "?"
+    if symbol is not None and symbol.name:
+        return f"{module_name}!{symbol.name}"
+    if module is None:
+        return "?"
+    return f"{module_name}+{frame.lookup_pc - module.load_bias:#x}"
