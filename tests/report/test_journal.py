@@ -1,0 +1,102 @@
+"""The journal entry: fields read back from a real systemd-journald; never blocking."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from coredumpd.report import journal
+
+ROW = {"id": "row1", "pid": 4242, "tid": 4243, "uid": 1000, "gid": 1000, "signal": 6,
+       "timestamp_us": 1_700_000_000_123_456, "rlimit_core": 2**64 - 1, "hostname": "h",
+       "comm": "prog", "exe": "/usr/bin/prog", "cmdline": "prog --x", "cgroup": "0::/x",
+       "unit": "x.service", "core_path": "/var/lib/coredumpd/core.prog.1000.b.4242.1.lz4",
+       "core_state": "truncated", "root_cause": "abort-message", "signature": "ab12"}
+ANALYSIS = {"threads": [
+    {"tid": 4244, "crashed": False, "frames": [{"index": 0, "pc": 0x7F00, "module": None}]},
+    {"tid": 4243, "crashed": True, "frames": [
+        {"index": 0, "pc": 0x7F0012345678, "module": "/usr/lib/x86_64-linux-gnu/libc.so.6",
+         "offset": 0x3BD41, "symbol": "raise"},
+        {"index": 1, "pc": 0x401136, "module": "/usr/bin/prog", "offset": 0x1136,
+         "symbol": None}]}],
+    "annotations": [{"id": "abort-message", "title": "assertion failed", "evidence": ["x < 1"],
+                     "advice": "fix it"}]}
+
+
+def test_message_has_systemd_shape():
+    text = journal.message(ROW, ANALYSIS)
+    assert text.startswith("Process 4242 (prog) of user 1000 dumped core.\n\n")
+    assert "Root cause: abort-message: assertion failed" in text
+    crashed = text.index("Stack trace of thread 4243:\n"
+                         "#0  0x00007f0012345678 raise (libc.so.6 + 0x3bd41)\n"
+                         "#1  0x0000000000401136 n/a (prog + 0x1136)")
+    assert crashed < text.index("Stack trace of thread 4244:")  # crashed thread first
+
+
+def test_fields_are_systemd_coredump_names():
+    fields = journal.journal_fields(ROW, {"proc": {"cwd": "/", "slice": "system.slice"}}, ANALYSIS)
+    assert fields["MESSAGE_ID"] == "fc2e22bc6ee647b6b90729ab34a250b1"
+    assert fields["PRIORITY"] == "2"
+    assert fields["COREDUMP_SIGNAL_NAME"] == "SIGABRT"
+    assert fields["COREDUMP_TIMESTAMP"] == "1700000000123456"
+    assert fields["COREDUMP_TRUNCATED"] == "1"
+    assert fields["COREDUMP_ROOT_CAUSE"] == "abort-message"
+    assert fields["COREDUMP_RLIMIT"] == str(2**64 - 1)
+
+
+def test_native_encoding_is_binary_safe():
+    raw = journal.encode_entry({"A": "one", "B": "two\nlines"})
+    assert raw == b"A=one\nB\n" + (9).to_bytes(8, "little") + b"two\nlines\n"
+
+
+def _journald_running() -> bool:
+    return os.path.exists(journal.JOURNAL_SOCKET)
+
+
+@pytest.mark.skipif(not _journald_running(), reason="no systemd-journald socket")
+@pytest.mark.parametrize("size", ["small", "memfd"])
+def test_entry_read_back_from_real_journald(size):
+    marker = uuid.uuid4().hex
+    row = dict(ROW, comm=f"prog\x1b[31m{marker}")
+    fields = journal.journal_fields(row, {}, ANALYSIS)
+    fields["COREDUMPD_TEST_MARKER"] = marker
+    if size == "memfd":
+        fields["COREDUMPD_TEST_PADDING"] = "p" * (400 << 10)  # over one datagram
+    assert journal.send(fields, timeout=2) == "sent"
+    entry = None
+    for _ in range(100):
+        out = subprocess.run(["journalctl", "-o", "json", "--no-pager", "--all",
+                              f"COREDUMPD_TEST_MARKER={marker}"], capture_output=True, text=True)
+        if out.stdout.strip():
+            entry = json.loads(out.stdout.splitlines()[-1])
+            break
+        time.sleep(0.05)
+    assert entry is not None
+    assert entry["MESSAGE_ID"] == journal.MESSAGE_ID and entry["PRIORITY"] == "2"
+    comm = entry["COREDUMP_COMM"]  # journalctl gives values with control bytes as arrays
+    assert entry["COREDUMP_PID"] == "4242" and bytes(comm).decode() == row["comm"]
+    assert entry["MESSAGE"].startswith("Process 4242 (prog")
+    assert "Stack trace of thread 4243:" in entry["MESSAGE"]
+
+
+def test_socket_that_never_reads_times_out(tmp_path):
+    path = str(tmp_path / "sock")
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(path)
+    try:
+        outcomes = [journal.send({"MESSAGE": "x" * 4000}, timeout=0.05, path=path)
+                    for _ in range(2000)]
+    finally:
+        deaf.close()
+    assert outcomes[0] == "sent"
+    assert outcomes[-1] == "timeout"  # the queue filled up; we gave up instead of blocking
+
+
+def test_missing_socket_is_unreachable(tmp_path):
+    assert journal.send({"MESSAGE": "x"}, path=str(tmp_path / "none")).startswith("unreachable")
