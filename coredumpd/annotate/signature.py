@@ -20,11 +20,14 @@ rebuild moves code but keeps the bug).
 from __future__ import annotations
 
 import hashlib
+import re
 
 from coredumpd.annotate.context import AnalysisContext, ThreadTrace
 from coredumpd.annotate.evidence import fault
 
 TOP_FRAMES = 3
+# GCC's clones of one function: foo.cold, foo.isra.0, foo.part.1, foo.constprop.0
+CLONE_SUFFIX = re.compile(r"(\.(cold|isra|part|constprop|lto_priv|localalias)(\.\d+)?)+$")
 
 # Frames that belong to the crash machinery, never to the bug (satyr's
 # normalize.c lists and Sentry's "-group" libc rules, for glibc 2.36 names).
@@ -49,8 +52,18 @@ SKIPPED_PREFIXES = ("__strcpy_chk", "__memcpy_chk", "__memset_chk", "__sprintf_c
                     "__snprintf_chk", "__vsnprintf_chk", "__read_chk", "__strcat_chk")
 
 
-def crash_signature(ctx: AnalysisContext) -> tuple[str, list[str]]:
-    """``(sha1 hex, normalized top frames)`` of the crash in ``ctx``."""
+def crash_signature(ctx: AnalysisContext) -> str:
+    """The sha1 hex signature of the crash in ``ctx`` (docs/ARCHITECTURE.md)."""
+    return signature_of(ctx)[0]
+
+
+def signature_frames(ctx: AnalysisContext) -> list[str]:
+    """The normalized frames the signature hashes (``signature_frames`` in the result)."""
+    return signature_of(ctx)[1]
+
+
+def signature_of(ctx: AnalysisContext) -> tuple[str, list[str]]:
+    """``(sha1 hex, normalized top frames)``: the hash covers the signal and the frames."""
     thread = ctx.crashed
     frames = normalized_frames(thread) if thread is not None else []
     info = fault(ctx)
@@ -74,11 +87,15 @@ def normalized_frames(thread: ThreadTrace, count: int = TOP_FRAMES) -> list[str]
 def _skipped(thread: ThreadTrace, index: int) -> bool:
     """Crash machinery by name; or an unsymbolized frame inside the C library or loader,
     whose offset changes with every glibc update (Sentry: libc frames are not "in-app")."""
-    name = thread.symbols[index].name if index < len(thread.symbols) else None
+    name = _base_name(thread.symbols[index].name) if index < len(thread.symbols) else None
     if name is not None:
         return name in SKIPPED or name.startswith(SKIPPED_PREFIXES)
     module = thread.modules[index] if index < len(thread.modules) else None
     return module is not None and module.name.startswith(SYSTEM_LIBRARIES)
+
+
+def _base_name(name: str | None) -> str | None:
+    return CLONE_SUFFIX.sub("", name) if name else name
 
 
 def _frame_name(thread: ThreadTrace, index: int) -> str:
@@ -87,7 +104,7 @@ def _frame_name(thread: ThreadTrace, index: int) -> str:
     module = thread.modules[index] if index < len(thread.modules) else None
     module_name = module.name if module is not None else "?"
     if symbol is not None and symbol.name:
-        return f"{module_name}!{symbol.name}"
+        return f"{module_name}!{_base_name(symbol.name)}"
     if module is None:
         return "?"
     return f"{module_name}+{frame.lookup_pc - module.load_bias:#x}"
