@@ -1,0 +1,224 @@
+"""What the fuzzer (bench/fuzz.py) feeds each input to, shared with the replay test.
+
+A target takes the input bytes and runs one of coredumpd's parsers of hostile
+data the way the product does.  It may end in a clean result or in one of our
+own errors (:class:`coredumpd.errors.CoredumpdError`); anything else — another
+exception, a hang past the alarm, MemoryError under the RLIMIT_AS the fuzzer
+sets — is a crash, i.e. a bug in the part named by ``OWNERS``.
+
+Targets:
+
+``reader``   :meth:`coredumpd.elf.core.Core.open` and the read paths (threads,
+             registers, memory at pc/sp, NT_FILE, auxv).
+``stream``   :func:`coredumpd.ingest.stream.read_core`, the handler's on-the-fly
+             parser of the kernel pipe (here a memfd), head only.
+``unwind``   the reader, then address space, unwinder and disassembly of the
+             crashed thread (needs coredumpd.unwind.space).
+``analysis`` :func:`coredumpd.analysis.analyze` (reader, unwinder, symbolizer, rules).
+``args``     :func:`coredumpd.ingest.args.parse_args` on a NUL-separated argv.
+``procfs``   the /proc capture on a fake procfs tree (input: a JSON file tree),
+             needs coredumpd.ingest.procfs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from coredumpd.errors import CoredumpdError
+
+OWNERS = {
+    "reader": "coredumpd/elf/core.py, coredumpd/elf/notes.py",
+    "stream": "coredumpd/ingest/stream.py, coredumpd/elf/notes.py",
+    "unwind": "coredumpd/unwind/ (space.py, unwinder.py, cfi.py, disasm.py)",
+    "analysis": "coredumpd/analysis/, coredumpd/annotate/",
+    "args": "coredumpd/ingest/args.py",
+    "procfs": "coredumpd/ingest/procfs.py",
+}
+EXPECTED = (CoredumpdError,)
+
+
+def run_reader(data: bytes) -> Any:
+    from coredumpd.elf.core import Core
+    from coredumpd.errors import MemoryReadError
+    from coredumpd.store.source import BytesSource
+
+    core = Core.open(BytesSource(data))
+    summary = [repr(core), len(core.problems), core.truncated, dict(core.auxv)]
+    for thread in core.threads[:64]:
+        registers = thread.registers
+        for name in ("rip", "rsp"):
+            address = registers.get(name, 0)
+            try:
+                summary.append(core.read_memory(address, 64))
+            except MemoryReadError:
+                summary.append(core.read_memory_partial(address, 64))
+        summary.append(core.segment_at(registers.get("rsp", 0)))
+    summary.extend(core.files[:256])
+    summary.append((core.siginfo, core.prpsinfo, core.crashing_thread))
+    return summary
+
+
+class _NullWriter:
+    """A CoreWriter that counts bytes (the store is not what is fuzzed here)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.size += len(data)
+
+    def copy_from(self, fd: int, limit: int | None = None) -> int:
+        copied = 0
+        while limit is None or copied < limit:
+            chunk = os.read(fd, 1 << 20 if limit is None else min(1 << 20, limit - copied))
+            if not chunk:
+                break
+            copied += len(chunk)
+        self.size += copied
+        return copied
+
+
+def run_stream(data: bytes) -> Any:
+    from coredumpd.ingest.stream import read_core
+
+    fd = os.memfd_create("fuzz-core", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        result = read_core(fd, _NullWriter(), limit=len(data) // 2 or None)
+        return (result.size, result.problems, result.truncated, result.threads, result.files)
+    finally:
+        os.close(fd)
+
+
+def run_unwind(data: bytes) -> Any:
+    from coredumpd.elf.core import Core
+    from coredumpd.store.source import BytesSource
+    from coredumpd.unwind import disasm
+    from coredumpd.unwind.space import build_address_space
+    from coredumpd.unwind.types import Caps
+    from coredumpd.unwind.unwinder import unwind
+
+    core = Core.open(BytesSource(data))
+    space = build_address_space(core, None, root="/")
+    out = []
+    for thread in core.threads[:4]:
+        result = unwind(space, thread.registers, Caps(max_frames=64))
+        out.append(result)
+        out.append(disasm.decode(space, thread.registers.get("rip", 0), 8))
+    return out
+
+
+class _SwallowedErrors(logging.Handler):
+    """Collects the exceptions analyze() catches and logs (its stages never raise)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
+
+
+def run_analysis(data: bytes) -> Any:
+    """analyze() never raises by contract, so its stages' caught exceptions count too.
+
+    A stage that failed with one of our errors is the design working; one that
+    failed with TypeError, IndexError... is a bug the isolation hid: it is
+    re-raised here with its original traceback.
+    """
+    from coredumpd.analysis import analyze
+    from coredumpd.store.source import BytesSource
+
+    logger = logging.getLogger("coredumpd")
+    catcher = _SwallowedErrors()
+    logger.addHandler(catcher)
+    saved_level, logger.level = logger.level, logging.DEBUG
+    try:
+        result = analyze(BytesSource(data), None, None, "/")
+    finally:
+        logger.removeHandler(catcher)
+        logger.setLevel(saved_level)
+    for error in catcher.errors:
+        if not isinstance(error, EXPECTED):
+            raise error
+    json.dumps(result)  # the result must be JSON-able: the index stores it
+    if result.get("state") not in ("done", "failed"):
+        raise AssertionError(f"analysis state {result.get('state')!r}")
+    return result
+
+
+def run_args(data: bytes) -> Any:
+    from coredumpd.ingest.args import parse_args
+
+    argv = data.decode("utf-8", "surrogateescape").split("\0")
+    parsed = parse_args(argv)
+    facts = parsed.facts()
+    json.dumps(facts)
+    return facts, parsed.problems
+
+
+def run_procfs(data: bytes) -> Any:
+    """``data`` is JSON {path under /proc/PID: content} for a fake procfs root.
+
+    Content is a string (a file), ``{"symlink": target}``, or null: unreadable
+    even for root, i.e. a directory where a file should be (read() fails with
+    EISDIR).  A missing file is an absent key.
+    """
+    from coredumpd.ingest import procfs
+
+    tree = json.loads(data.decode("utf-8", "surrogateescape"))
+    root = tempfile.mkdtemp(prefix="fuzz-procfs-")
+    saved = procfs.procfs_path()
+    try:
+        _write_tree(pathlib.Path(root), tree if isinstance(tree, dict) else {})
+        procfs.set_procfs_path(root)
+        missing: dict[str, str] = {}
+        facts = procfs.collect_process(4242, missing)
+        sender = procfs.collect_sender(4242, missing)
+        json.dumps([facts, sender, missing])
+        return facts
+    finally:
+        procfs.set_procfs_path(saved)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _write_tree(root: pathlib.Path, tree: dict[str, Any]) -> None:
+    for relative, content in tree.items():
+        path = root / "4242" / str(relative).lstrip("/").replace("..", "_")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, dict):
+            path.symlink_to(str(content.get("symlink", "")) or "/nonexistent")
+        elif isinstance(content, str):
+            path.write_bytes(content.encode("utf-8", "surrogateescape"))
+        elif not path.exists():
+            path.mkdir()
+
+
+TARGETS: dict[str, Callable[[bytes], Any]] = {
+    "reader": run_reader, "stream": run_stream, "unwind": run_unwind,
+    "analysis": run_analysis, "args": run_args, "procfs": run_procfs,
+}
+
+
+def available(target: str) -> str | None:
+    """None when ``target`` can run here, else why not (its module has not landed)."""
+    modules = {"unwind": "coredumpd.unwind.space", "analysis": "coredumpd.analysis",
+               "procfs": "coredumpd.ingest.procfs"}
+    try:
+        module = __import__(modules.get(target, "coredumpd"), fromlist=["_"])
+    except ImportError as err:
+        return str(err)
+    if target == "analysis" and not hasattr(module, "analyze"):
+        return "coredumpd.analysis.analyze is missing"
+    if target == "procfs" and not hasattr(module, "collect_process"):
+        return "coredumpd.ingest.procfs.collect_process is missing"
+    return None
