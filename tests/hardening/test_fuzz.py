@@ -13,7 +13,7 @@ from tests.regressions import targets as T
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
-import fuzz  # noqa: E402
+import fuzz
 
 FIXTURE_CORES = sorted((REPO / "fixtures" / "cores").glob("*/core*"))
 
@@ -86,7 +86,7 @@ def test_memory_is_capped(planted):
 
 
 def test_our_errors_are_not_findings(planted):
-    executions, findings, outcomes = campaign("planted-ours")
+    _, findings, outcomes = campaign("planted-ours")
     assert findings == [] and outcomes == {"clean": 0, "our-error": 20}
 
 
