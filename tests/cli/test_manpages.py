@@ -9,9 +9,9 @@ import subprocess
 import pytest
 
 from coredumpd.cli import manpages
-from coredumpd.cli.coredumpd_spec import CONFIG_KEYS, COREDUMPD
 from coredumpd.cli.corectl import parser
 from coredumpd.cli.corectl_spec import CORECTL
+from coredumpd.cli.coredumpd_spec import CONFIG_KEYS, COREDUMPD
 from coredumpd.config import config_keys
 
 MAN_DIR = pathlib.Path(__file__).resolve().parents[2] / "man"
@@ -87,3 +87,15 @@ def test_coredumpd_page_lists_the_handler_specifiers() -> None:
         assert f"\\fB{specifier}\\fR" in page, specifier
     documented_order = [term for term, _ in COREDUMPD.extra_sections[0].items][:-1]
     assert documented_order == [spec for _f, spec, _k in args.SPECIFIERS]
+
+
+def test_coredumpd_page_documents_its_parser() -> None:
+    main = pytest.importorskip("coredumpd.pipeline.main")
+    page = (MAN_DIR / "coredumpd.8").read_text()
+    flags = _parser_flags(main.build_parser()) - {"-h", "--help"}
+    for flag in flags:
+        assert "\\fB" + flag.replace("-", "\\-") + "\\fR" in page, flag
+    documented = {command.name for command in COREDUMPD.commands}
+    for action in main.build_parser()._actions:
+        if getattr(action, "choices", None) and isinstance(action.choices, dict):
+            assert set(action.choices) == documented

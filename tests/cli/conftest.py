@@ -1,0 +1,62 @@
+"""A store filled by real crashes under the real handler, shared by tests/cli."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.kernel import can_swap_core_pattern
+
+HOSTILE_NAME = "evil\x1b[31mred"  # an ESC in the executable's name (and so comm, exe)
+
+SEGV = "int main(void) { *(volatile int *)0 = 1; return 0; }\n"
+ABORT = """#include <stdlib.h>
+static void die(void) { abort(); }
+int main(void) { die(); return 0; }
+"""
+
+
+@dataclasses.dataclass
+class CrashStore:
+    config_path: str
+    directory: str
+    rows: dict[str, dict[str, Any]]  # "segv", "abort", "hostile" -> index row
+
+    def argv(self, *args: str) -> list[str]:
+        return ["--config", self.config_path, "--no-pager", *args]
+
+
+@pytest.fixture(scope="session")
+def crash_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashStore]:
+    """Three real crashes (SIGSEGV, SIGABRT, a hostile name) in one store."""
+    if not can_swap_core_pattern():
+        pytest.skip("needs root and a writable kernel.core_pattern")
+    from tests.support.crash import compile_c, registered_handler
+
+    tmp = tmp_path_factory.mktemp("corectl")
+    programs = {"segv": compile_c(SEGV, tmp, name="segv"),
+                "abort": compile_c(ABORT, tmp, name="aborter"),
+                "hostile": compile_c(SEGV, tmp, name=HOSTILE_NAME)}
+    with registered_handler(tmp, rate_limit_burst=100) as handler:
+        rows = {key: handler.crash([path], timeout=120) for key, path in programs.items()}
+        yield CrashStore(handler.config_path, handler.directory, rows)
+
+
+@pytest.fixture()
+def fresh_store(tmp_path: pathlib.Path) -> Iterator[Any]:
+    """A registered handler on an empty store of this test's own (for delete/vacuum)."""
+    if not can_swap_core_pattern():
+        pytest.skip("needs root and a writable kernel.core_pattern")
+    from tests.support.crash import registered_handler
+
+    with registered_handler(tmp_path, rate_limit_burst=100) as handler:
+        yield handler
+
+
+def environment(**extra: str) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **extra}

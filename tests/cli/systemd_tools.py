@@ -1,0 +1,79 @@
+"""systemd's own tools for interoperability tests, without installing them.
+
+Installing Debian's systemd-coredump would rewrite kernel.core_pattern and
+core_pipe_limit (its sysctl.d file) under every other test, so we fetch the
+package with ``apt-get download`` and unpack it with ``dpkg -x`` into a cache
+directory; its ``coredumpctl`` runs from there against the installed
+libsystemd-shared (same systemd version).  Also starts a real
+systemd-journald when no journal socket exists (shared/FACTS.md).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pathlib
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+CACHE = pathlib.Path("/var/cache/coredumpd-tests/systemd-coredump")
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
+def _download(into: str) -> str | None:
+    for attempt in range(2):
+        result = subprocess.run(["apt-get", "download", "-q", "systemd-coredump"], cwd=into,
+                                capture_output=True, text=True, check=False)
+        debs = glob.glob(os.path.join(into, "systemd-coredump_*.deb"))
+        if debs:
+            return debs[0]
+        if attempt == 0:  # no package lists yet on a fresh machine
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
+    pytest.skip(f"apt-get download systemd-coredump failed: {result.stderr.strip()[-200:]}")
+    return None
+
+
+def coredumpctl() -> str:
+    """Path of Debian's coredumpctl unpacked in a cache directory (skip if unobtainable)."""
+    binary = CACHE / "usr" / "bin" / "coredumpctl"
+    if binary.exists():
+        return str(binary)
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE.parent) as work:
+        deb = _download(work)
+        unpacked = os.path.join(work, "root")
+        subprocess.run(["dpkg", "-x", str(deb), unpacked], check=True)
+        os.replace(unpacked, CACHE)  # atomic: concurrent runs see all or nothing
+    return str(binary)
+
+
+def ensure_journald() -> None:
+    """Start a standalone systemd-journald when no journal socket exists."""
+    if os.path.exists(JOURNAL_SOCKET):
+        return
+    if os.geteuid() != 0:
+        pytest.skip("no journal socket and not root to start systemd-journald")
+    subprocess.Popen(["/lib/systemd/systemd-journald"], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if os.path.exists(JOURNAL_SOCKET):
+            return
+        time.sleep(0.05)
+    pytest.fail("systemd-journald did not create its socket")
+
+
+def _no_core() -> None:
+    import resource
+    # systemd 252's coredumpctl aborts on some entries: keep its own core out
+    # of whatever handler is registered at that moment.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def run_coredumpctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([coredumpctl(), "--no-pager", *args], capture_output=True,
+                          text=True, check=False, preexec_fn=_no_core,
+                          env={**os.environ, "SYSTEMD_COLORS": "0", "TZ": "UTC"})

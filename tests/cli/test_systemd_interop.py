@@ -1,0 +1,104 @@
+"""Our crashes in systemd's own coredumpctl; corectl unaffected by foreign entries.
+
+systemd's coredumpctl comes from Debian's systemd-coredump package unpacked
+with dpkg -x (tests/cli/systemd_tools.py), never installed: installing it
+would rewrite kernel.core_pattern.  journald is the real daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+
+import jsonschema
+import pytest
+
+from coredumpd.cli.corectl import ExitStatus, main
+from coredumpd.report import schema
+from tests.cli import systemd_tools
+from tests.cli.conftest import SEGV
+
+pytestmark = pytest.mark.kernel
+
+
+def _wait_for_coredumpctl(pid: int) -> str:
+    """coredumpctl info PID once journald has the entry (it is sent after the analysis)."""
+    deadline = time.monotonic() + 30
+    result = systemd_tools.run_coredumpctl("info", str(pid))
+    while result.returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        result = systemd_tools.run_coredumpctl("info", str(pid))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_our_crash_shows_in_systemd_coredumpctl(fresh_store, tmp_path) -> None:
+    systemd_tools.ensure_journald()
+    systemd_tools.coredumpctl()  # download before taking the core_pattern lock
+    from tests.support.crash import compile_c
+
+    program = compile_c(SEGV, tmp_path, name="interop")
+    row = fresh_store.crash([program], timeout=120)
+    info = _wait_for_coredumpctl(row["pid"])
+    assert f"PID: {row['pid']} (interop)" in info
+    assert "Signal: 11 (SEGV)" in info
+    assert f"Executable: {program}" in info
+    listing = systemd_tools.run_coredumpctl("list", str(row["pid"]))
+    assert listing.returncode == 0, listing.stderr
+    line = listing.stdout.splitlines()[-1].split()
+    assert str(row["pid"]) in line and "SIGSEGV" in line and program in line
+
+
+def test_foreign_journal_entries_do_not_disturb_corectl(fresh_store, tmp_path, capsys) -> None:
+    """systemd 252's coredumpctl aborts on an entry without COREDUMP_UID; corectl
+    reads its own index, not the journal, so the same entry cannot reach it."""
+    systemd_tools.ensure_journald()
+    from systemd import journal
+
+    from tests.support.crash import compile_c
+
+    foreign_pid = 4_000_000 + os.getpid() % 100_000  # no such PID: only our entry has it
+    journal.send(f"Process {foreign_pid} (foreign) dumped core.",
+                 MESSAGE_ID="fc2e22bc6ee647b6b90729ab34a250b1", PRIORITY="2",
+                 COREDUMP_PID=str(foreign_pid), COREDUMP_SIGNAL="11", COREDUMP_COMM="foreign")
+    row = fresh_store.crash([compile_c(SEGV, tmp_path, name="neighbour")], timeout=120)
+    argv = ["--config", fresh_store.config_path, "--json", "list"]
+    assert main(argv, env={}) == ExitStatus.OK
+    entries = json.loads(capsys.readouterr().out)
+    assert [e["pid"] for e in entries] == [row["pid"]]
+    systemd = systemd_tools.run_coredumpctl("list", str(foreign_pid))
+    # Recorded, not required: a later systemd may have fixed parse_uid().
+    print("systemd coredumpctl on the foreign entry:", systemd.returncode, systemd.stderr)
+
+
+def test_malformed_index_rows_do_not_stop_corectl(fresh_store, tmp_path, capsys) -> None:
+    from tests.support.crash import compile_c
+
+    row = fresh_store.crash([compile_c(SEGV, tmp_path, name="victim")], timeout=120)
+    index_path = os.path.join(fresh_store.directory, "index.sqlite")
+    with sqlite3.connect(index_path) as db:
+        table = _crash_table(db)
+        db.execute(f"UPDATE {table} SET analysis = ?, facts = ?, root_cause = NULL, "
+                   "core_state = 'bogus' WHERE id = ?", ("{broken", "[", row["id"]))
+    config = ["--config", fresh_store.config_path]
+    assert main([*config, "--json", "list"], env={}) == ExitStatus.OK
+    entries = json.loads(capsys.readouterr().out)
+    jsonschema.validate(entries, schema.LIST)
+    assert entries[0]["core_state"] == "missing" and entries[0]["root_cause"] is None
+    assert main([*config, "--json", "show", row["id"]], env={}) == ExitStatus.OK
+    show = json.loads(capsys.readouterr().out)
+    jsonschema.validate(show, schema.SHOW)
+    assert any("not valid JSON" in problem for problem in show["problems"])
+    assert main([*config, "--no-pager", "show", row["id"]], env={}) == ExitStatus.OK
+    assert "index column analysis is not valid JSON" in capsys.readouterr().out
+
+
+def _crash_table(db: sqlite3.Connection) -> str:
+    """The index table that has the CrashRecord columns (named by store/index.py)."""
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        columns = {info[1] for info in db.execute(f"PRAGMA table_info({name})")}
+        if {"id", "analysis", "facts", "core_state"} <= columns:
+            return str(name)
+    raise AssertionError("no crash table in the index")
