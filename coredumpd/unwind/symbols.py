@@ -11,8 +11,9 @@ symbol.  PLT entries are named ``name@plt`` as gdb does.
 Among aliases at one address the name shown is an exported one when there is
 one (``abort``, not ``__GI_abort``; ``read``, not ``__libc_read``): exported
 (.dynsym, defined), then default version, then fewest leading underscores.
-Version suffixes (``@GLIBC_2.2.5``) are dropped; C++ names are demangled with
-the C++ runtime's own ``__cxa_demangle`` (libstdc++, through ctypes).
+Version suffixes (``@GLIBC_2.2.5``) are dropped; C++ names are demangled as
+gdb does, with binutils' ``bfd_demangle`` (libiberty, through ctypes), else
+with the C++ runtime's ``__cxa_demangle``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import functools
+import glob
 import os
 from typing import Any
 
@@ -45,44 +47,81 @@ NAMED_TYPES = frozenset({STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE, STT_OBJECT})
 R_X86_64_JUMP_SLOT = 7
 R_X86_64_IRELATIVE = 37
 RELA_SIZE = 24
+PLT_ENTRY_SIZE = 16
+
+
+LIBBFD_GLOBS = ("/usr/lib/x86_64-linux-gnu/libbfd*.so*", "/usr/lib64/libbfd*.so*",
+                "/usr/lib/libbfd*.so*")
+DMGL_PARAMS, DMGL_ANSI, DMGL_VERBOSE = 1, 2, 8  # include/demangle.h
 
 
 @functools.cache
-def _cxa_demangle() -> Any:
+def _demanglers() -> list[tuple[str, Any]]:
+    """gdb's demangler first (binutils' ``bfd_demangle``, gdb/cp-support.c
+    ``gdb_demangle``), then the C++ runtime's ``__cxa_demangle``."""
+    found: list[tuple[str, Any]] = []
+    for pattern in LIBBFD_GLOBS:
+        for path in sorted(glob.glob(pattern)):
+            try:
+                function = ctypes.CDLL(path).bfd_demangle
+            except (OSError, AttributeError):
+                continue
+            function.restype = ctypes.c_void_p
+            function.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+            found.append(("bfd", function))
+            break
+        if found:
+            break
     name = ctypes.util.find_library("stdc++")
-    if name is None:
+    try:
+        cxa = ctypes.CDLL(name).__cxa_demangle if name else None
+    except (OSError, AttributeError):
+        cxa = None
+    if cxa is not None:
+        cxa.restype = ctypes.c_void_p
+        cxa.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p,
+                        ctypes.POINTER(ctypes.c_int)]
+        found.append(("cxa", cxa))
+    return found
+
+
+def _call_demangler(kind: str, function: Any, raw: bytes) -> str | None:
+    if kind == "bfd":
+        pointer = function(None, raw, DMGL_PARAMS | DMGL_ANSI | DMGL_VERBOSE)
+    else:
+        status = ctypes.c_int(0)
+        pointer = function(raw, None, None, ctypes.byref(status))
+        if status.value != 0:
+            pointer = None
+    if not pointer:
         return None
     try:
-        function = ctypes.CDLL(name).__cxa_demangle
-    except (OSError, AttributeError):
-        return None
-    function.restype = ctypes.c_void_p
-    function.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p,
-                         ctypes.POINTER(ctypes.c_int)]
-    return function
+        return ctypes.string_at(pointer).decode("utf-8", "replace")
+    finally:
+        _LIBC.free(ctypes.c_void_p(pointer))
+
+
+_LIBC = ctypes.CDLL(None)
+_LIBC.free.argtypes = [ctypes.c_void_p]
 
 
 @functools.lru_cache(maxsize=65536)
 def demangle(name: str) -> str:
-    """The C++ demangled form of ``name`` (unchanged if not mangled or not demanglable)."""
+    """The C++ demangled form of ``name``, as gdb prints it (unchanged if not mangled)."""
     if not name.startswith("_Z") or len(name) > MAX_DEMANGLE:
         return name
-    function = _cxa_demangle()
-    if function is None:
-        return name
-    status = ctypes.c_int(0)
-    pointer = function(name.encode("utf-8", "surrogateescape"), None, None,
-                       ctypes.byref(status))
-    if status.value != 0 or not pointer:
-        return name
-    try:
-        return ctypes.string_at(pointer).decode("utf-8", "replace")
-    finally:
-        ctypes.CDLL(None).free(ctypes.c_void_p(pointer))
+    raw = name.encode("utf-8", "surrogateescape")
+    for kind, function in _demanglers():
+        result = _call_demangler(kind, function, raw)
+        if result is not None:
+            return result
+    return name
 
 
 def plain_name(raw: str) -> str:
-    """``memcpy@@GLIBC_2.14`` -> ``memcpy``; demangled."""
+    """``memcpy@@GLIBC_2.14`` -> ``memcpy``; demangled; ``puts@plt`` stays as gdb shows it."""
+    if raw.endswith("@plt"):
+        return demangle(raw[:-4].split("@", 1)[0]) + "@plt"
     return demangle(raw.split("@", 1)[0])
 
 
@@ -109,7 +148,6 @@ class SymbolTable:
         self._sizes: dict[int, int] = {}
         self._names: dict[str, int] = {}
         self.starts: list[int] = []
-        self.plt: dict[int, str] = {}  # link-time PLT entry address -> "name@plt"
 
     def add(self, symbols: list[ElfSymbol], exported: frozenset[str]) -> None:
         for symbol in symbols:
@@ -125,6 +163,11 @@ class SymbolTable:
                 aliases.append(_Alias(symbol.name, base in exported, _is_default(symbol),
                                       symbol.bind))
             self._sizes[symbol.value] = max(self._sizes.get(symbol.value, 0), symbol.size)
+
+    def add_synthetic(self, start: int, size: int, name: str) -> None:
+        """A symbol that no table holds (``puts@plt``), like bfd's synthetic symbols."""
+        self._aliases.setdefault(start, []).append(_Alias(name, False, True, 1))
+        self._sizes[start] = max(self._sizes.get(start, 0), size)
 
     def finish(self) -> None:
         self.starts = sorted(self._aliases)
@@ -179,14 +222,14 @@ def _plt_names(elf: ElfFile, dynsym: list[ElfSymbol]) -> dict[int, str]:
     plt_sec, plt = elf.section(".plt.sec"), elf.section(".plt")
     if rela is None or (plt_sec is None and plt is None):
         return {}
-    base = plt_sec.sh_addr if plt_sec is not None else plt.sh_addr + 16  # type: ignore[union-attr]
+    base = plt_sec.sh_addr if plt_sec is not None else plt.sh_addr + PLT_ENTRY_SIZE  # type: ignore[union-attr]
     names = {}
     data = elf.section_data(rela)
     for index in range(min(len(data) // RELA_SIZE, 1 << 16)):
         info = int.from_bytes(data[index * RELA_SIZE + 8:index * RELA_SIZE + 16], "little")
         symbol_index, kind = info >> 32, info & 0xFFFFFFFF
         if kind == R_X86_64_JUMP_SLOT and 0 < symbol_index < len(dynsym):
-            names[base + 16 * index] = dynsym[symbol_index].name + "@plt"
+            names[base + PLT_ENTRY_SIZE * index] = dynsym[symbol_index].name + "@plt"
     return names
 
 
@@ -217,18 +260,9 @@ class Symbolizer:
         row = info.lines.lookup(address) if info.lines is not None else None
         file, line = (row.file, row.line) if row is not None and row.line else (None, None)
         if found is None:
-            plt = self._plt_symbol(info.table, address)
-            if plt is not None:
-                return Symbol(plt[1], address - plt[0], plt[1], file, line)
             return Symbol(None, 0, None, file, line)
         start, raw = found
         return Symbol(plain_name(raw), address - start, raw, file, line)
-
-    @staticmethod
-    def _plt_symbol(table: SymbolTable, address: int) -> tuple[int, str] | None:
-        entry = address - address % 16
-        name = table.plt.get(entry)
-        return (entry, name) if name is not None else None
 
     def address_of(self, name: str, module: Module | None = None) -> int | None:
         """Runtime address of ``name`` in ``module``, or in the first module defining it."""
@@ -294,7 +328,8 @@ class Symbolizer:
             if mini is not None:
                 table.add(mini.symbols(".symtab"), exported)
         table.add(dynsym, exported)
-        table.plt = _plt_names(elf, dynsym)
+        for start, name in _plt_names(elf, dynsym).items():
+            table.add_synthetic(start, PLT_ENTRY_SIZE, name)
         return self._lines(debug, elf)
 
     def _debug_elf(self, module: Module, elf: ElfFile, problems: list[str]) -> ElfFile | None:
