@@ -106,6 +106,15 @@ def make_symbolizer(space: AddressSpace, problems: list[str]) -> CachedSymbolize
         return CachedSymbolizer(NoSymbols())
 
 
+def _symbol_pc(frame: Frame) -> int:
+    """The address to symbolize: ``lookup_pc``, but a signal trampoline's own pc.
+
+    A handler returns to the first byte of ``__restore_rt``; ``pc - 1`` is the
+    padding ``nop`` before it, outside the symbol (glibc's libc_sigaction.c).
+    """
+    return frame.pc if frame.signal_frame else frame.lookup_pc
+
+
 def trace_thread(space: AddressSpace, symbolizer: Symbolizer, thread: ThreadState,
                  crashed: bool, name: str | None, caps: Caps,
                  problems: list[str]) -> ThreadTrace:
@@ -114,12 +123,12 @@ def trace_thread(space: AddressSpace, symbolizer: Symbolizer, thread: ThreadStat
                     lambda: unwind(space, thread.registers, caps))
     frames: list[Frame] = result.frames if result else []
     stop = result.stop_reason if result else "unwinding failed"
-    modules = [space.module_at(frame.lookup_pc) for frame in frames]
+    lookups = [_symbol_pc(frame) for frame in frames]
+    modules = [space.module_at(pc) for pc in lookups]
     symbols = [
-        _stage(problems, f"symbolizing {frame.pc:#x}",
-               lambda frame=frame, module=module: symbolizer.symbolize(module, frame.lookup_pc),
-               Symbol(None))
-        for frame, module in zip(frames, modules, strict=True)
+        _stage(problems, f"symbolizing {pc:#x}",
+               lambda pc=pc, module=module: symbolizer.symbolize(module, pc), Symbol(None))
+        for pc, module in zip(lookups, modules, strict=True)
     ]
     return ThreadTrace(thread.tid, name, crashed, dict(thread.registers), frames, symbols,
                        modules, stop)
