@@ -163,7 +163,7 @@ def _core_facts(source: ByteSource, path: str) -> dict[str, Any]:
     if core.prpsinfo is not None:
         info = core.prpsinfo
         extra.update(pid=info.pr_pid, uid=info.pr_uid, gid=info.pr_gid, comm=info.pr_fname,
-                     cmdline=info.pr_psargs)
+                     cmdline=info.pr_psargs.rstrip())
     if core.files:
         extra["exe"] = core.files[0].path
     if core.siginfo is not None:
