@@ -25,6 +25,7 @@ import os
 import select
 import socket
 import struct
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -136,12 +137,14 @@ def encode_entry(fields: Mapping[str, str]) -> bytes:
 
 
 def _wait_writable(sock: socket.socket, timeout: float) -> bool:
+    """POLLOUT on a *connected* AF_UNIX datagram socket means room in the peer's
+    queue (net/unix/af_unix.c: unix_dgram_poll())."""
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLOUT)
     return bool(poller.poll(max(0, int(timeout * 1000))))
 
 
-def _send_memfd(sock: socket.socket, payload: bytes, path: str) -> None:
+def _send_memfd(sock: socket.socket, payload: bytes) -> None:
     """Too large for a datagram: a sealed memfd passed with SCM_RIGHTS (journald accepts it)."""
     fd = os.memfd_create("journal-entry", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
@@ -150,8 +153,7 @@ def _send_memfd(sock: socket.socket, payload: bytes, path: str) -> None:
         for name in SEALS:
             seals |= getattr(fcntl, name, 0)
         fcntl.fcntl(fd, getattr(fcntl, "F_ADD_SEALS", 1033), seals)
-        sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))],
-                     0, path)
+        sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
     finally:
         os.close(fd)
 
@@ -167,29 +169,28 @@ def send(fields: Mapping[str, str], timeout: float = 0.5, path: str | None = Non
         return f"unreachable: {err.strerror}"
     try:
         sock.setblocking(False)
-        return _send_with_deadline(sock, payload, path, timeout)
+        sock.connect(path)
+        return _send_with_deadline(sock, payload, time.monotonic() + timeout)
+    except OSError as err:
+        return f"unreachable: {errno.errorcode.get(err.errno or 0, err.strerror)}"
     finally:
         sock.close()
 
 
-def _send_with_deadline(sock: socket.socket, payload: bytes, path: str, timeout: float) -> str:
-    try:
-        sock.sendto(payload, path)
-        return "sent"
-    except BlockingIOError:
-        if not _wait_writable(sock, timeout):
-            return "timeout"
-        return _send_with_deadline(sock, payload, path, 0)
-    except OSError as err:
-        if err.errno in (errno.EMSGSIZE, errno.ENOBUFS):
+def _send_with_deadline(sock: socket.socket, payload: bytes, deadline: float) -> str:
+    while True:
+        try:
             try:
-                _send_memfd(sock, payload, path)
-                return "sent"
-            except BlockingIOError:
+                sock.send(payload)
+            except OSError as err:
+                if err.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
+                    raise
+                _send_memfd(sock, payload)
+            return "sent"
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not _wait_writable(sock, remaining):
                 return "timeout"
-            except OSError as err2:
-                return f"unreachable: {err2.strerror}"
-        return f"unreachable: {errno.errorcode.get(err.errno or 0, err.strerror)}"
 
 
 def kmsg_line(pid: Any, comm: str, uid: Any, signo: Any, text: str) -> str:
