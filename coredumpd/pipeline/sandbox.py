@@ -104,7 +104,15 @@ def analysis_credentials(config: Config, facts: dict[str, Any] | None) -> tuple[
 
 
 def _open_core(core_path: str) -> int:
-    """Open the core read-only without following a symlink at the last component."""
+    """Open the core read-only without following a symlink at the last component.
+
+    ``/proc/self/fd/N`` (an unlinked core the analysis job inherited, e.g.
+    Storage=none or rate limited) is a magic link that O_NOFOLLOW refuses: the
+    descriptor is duplicated instead.
+    """
+    prefix = "/proc/self/fd/"
+    if core_path.startswith(prefix) and core_path[len(prefix):].isdigit():
+        return os.dup(int(core_path[len(prefix):]))
     return os.open(core_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
 
 
@@ -291,30 +299,48 @@ def _set_limits(memory_max: int, cpu_seconds: int) -> None:
 PRELOAD_STDLIB = ("zlib", "lzma", "bz2", "hashlib", "binascii", "unicodedata", "bisect",
                   "heapq", "functools", "itertools", "collections", "dataclasses", "enum",
                   "struct", "mmap", "io", "re", "json", "logging", "traceback", "errno",
-                  "stat", "shutil", "tempfile", "subprocess", "glob", "fnmatch", "difflib")
+                  "stat", "shutil", "tempfile", "subprocess", "glob", "fnmatch", "difflib",
+                  "pprint", "textwrap", "string", "copy", "weakref", "contextlib", "operator",
+                  "typing", "datetime", "base64", "gzip", "zipfile", "shlex", "locale",
+                  "importlib.resources", "importlib.metadata", "ctypes.util", "typing_extensions")
+
+
+THIRD_PARTY = ("elftools", "capstone", "lief", "lz4")  # imported lazily by the analysis
 
 
 def _preload() -> None:
-    """Import the analysis while we can still read the interpreter's files."""
+    """Import the analysis while we can still read the interpreter's files.
+
+    After the drop, an import of a module not loaded yet fails when the
+    interpreter's directories are root-only (e.g. pyenv under /root), so all
+    of coredumpd and of the parsers it imports inside functions (pyelftools
+    pulls in ``pprint`` from its construct copy) are imported now.
+    """
     import codecs
     import importlib
-    import pkgutil
-
-    import coredumpd
 
     for name in ("ascii", "latin-1", "utf-8", "utf-16", "utf-32", "idna", "cp437"):
         codecs.lookup(name)
-    for name in PRELOAD_STDLIB:
+    for name in PRELOAD_STDLIB + THIRD_PARTY:
         try:
-            importlib.import_module(name)
+            package = importlib.import_module(name)
         except ImportError:
-            pass
-    for module in pkgutil.walk_packages(coredumpd.__path__, "coredumpd."):
-        if module.name.startswith(("coredumpd.cli", "coredumpd.pipeline")):
+            continue
+        if name in THIRD_PARTY:
+            _import_all(package)
+    _import_all(importlib.import_module("coredumpd"), skip=("coredumpd.cli",))
+
+
+def _import_all(package: Any, skip: tuple[str, ...] = ()) -> None:
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.walk_packages(getattr(package, "__path__", []), package.__name__ + "."):
+        if module.name.startswith(skip) or ".tests" in module.name:
             continue
         try:
             importlib.import_module(module.name)
-        except Exception:  # noqa: BLE001, S110 - a broken module shows up when analyze() runs
+        except Exception:  # noqa: BLE001, S110 - a broken module shows up when it is used
             pass
 
 

@@ -191,3 +191,32 @@ def test_control_a_crashing_python_does_dump_under_that_pattern(tmp_path):
                 break
             time.sleep(0.1)
     assert len(list(cores.iterdir())) == 1
+
+
+def test_unlinked_core_passed_as_proc_self_fd(monkeypatch, tmp_path):
+    """analyze_job hands over cores that were not kept as /proc/self/fd/N."""
+    fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR, 0o600)
+    try:
+        os.write(fd, b"\x7fELF" + bytes(60))
+        ids = run(monkeypatch, f"/proc/self/fd/{fd}", "ids")["ids"]
+        assert ids["core_magic"] == "7f454c46"
+    finally:
+        os.close(fd)
+
+
+FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "fixtures" / "cores"
+
+
+def test_real_analysis_of_a_stored_core_in_the_sandbox(monkeypatch, tmp_path):
+    """A fixture core (seekable lz4), root-only, analysed as nobody: gdb's frames."""
+    source = FIXTURES / "abort" / "core.lz4"
+    if not source.exists():
+        pytest.skip("fixture core not committed")
+    core = tmp_path / "core.lz4"
+    core.write_bytes(source.read_bytes())
+    core.chmod(0o640)
+    result = run(monkeypatch, str(core), None, facts=None, analysis_timeout=120.0,
+                 analysis_memory_max=2 << 30)
+    assert result["state"] == "done", result.get("error")
+    symbols = [frame["symbol"] for frame in result["threads"][0]["frames"]]
+    assert "abort" in symbols and "main" in symbols
