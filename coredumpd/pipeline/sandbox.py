@@ -411,7 +411,7 @@ def open_fd_source(fd: int) -> Any:
 
 
 def _analyze_fd(core_fd: int, request: dict[str, Any]) -> dict[str, Any]:
-    from coredumpd.analysis import analyze  # type: ignore[attr-defined]
+    from coredumpd.analysis import analyze
 
     source = open_fd_source(core_fd)
     try:
