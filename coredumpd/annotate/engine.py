@@ -87,7 +87,7 @@ def run_rules(ctx: AnalysisContext, problems: list[str] | None = None,
     for rule_id, check in (discover() if rules is None else rules):
         try:
             found.extend(_checked(rule_id, check(ctx)))
-        except Exception as err:  # noqa: BLE001 - any rule bug must not lose the analysis
+        except Exception as err:
             message = f"rule {rule_id} failed: {type(err).__name__}: {err}"
             log.warning("%s", message, exc_info=True)
             if problems is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import capstone
+import capstone  # type: ignore[import-untyped]
 from capstone import x86
 
 from coredumpd.errors import CoredumpdError

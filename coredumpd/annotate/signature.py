@@ -77,7 +77,7 @@ def normalized_frames(thread: ThreadTrace, count: int = TOP_FRAMES) -> list[str]
     names = [_frame_name(thread, index) for index in range(len(thread.frames))]
     kept = [name for index, name in enumerate(names) if not _skipped(thread, index)]
     chosen = kept or names
-    unique = []
+    unique: list[str] = []
     for name in chosen:  # collapse recursion: a repeated frame counts once
         if not unique or unique[-1] != name:
             unique.append(name)

@@ -42,8 +42,8 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     lines = [
         fault.describe(),
         f"pc {E.where(ctx, pc)} is a 'hlt' instruction (f4): glibc's ABORT_INSTRUCTION",
-        "hlt is privileged: the CPU raised a general protection fault, and the kernel "
-        "turned it into SIGSEGV (SI_KERNEL, address 0)",
+        ("hlt is privileged: the CPU raised a general protection fault, and the kernel "
+        "turned it into SIGSEGV (SI_KERNEL, address 0)"),
     ]
     blockers = blocking_reasons(ctx)
     lines.extend(blockers or ["what blocked SIGABRT is not recorded (no facts for this core)"

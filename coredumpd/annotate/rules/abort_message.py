@@ -30,24 +30,24 @@ CHUNK = 256
 KINDS = (
     ("assertion", "An assertion failed",
      "Fix the condition the assertion checks; the message gives the file, line and function.",
-     re.compile(r"Assertion `.*' failed|Assertion .* failed", re.S)),
+     re.compile(r"Assertion `.*' failed|Assertion .* failed", re.DOTALL)),
     ("stack-smashing", "The stack protector found a corrupted stack frame",
-     "A buffer on the stack was overrun in the function that returned (the frame under "
-     "__stack_chk_fail); rebuild with -fsanitize=address to find the write.",
+     ("A buffer on the stack was overrun in the function that returned (the frame under "
+     "__stack_chk_fail); rebuild with -fsanitize=address to find the write."),
      re.compile(r"stack smashing detected")),
     ("fortify", "A _FORTIFY_SOURCE check found a buffer overflow",
-     "A string or memory function was called with a length larger than its destination "
-     "(the frame under __chk_fail names the *_chk function); fix the size passed.",
+     ("A string or memory function was called with a length larger than its destination "
+     "(the frame under __chk_fail names the *_chk function); fix the size passed."),
      re.compile(r"buffer overflow detected|longjmp causes uninitialized stack frame|"
                 r"invalid fd|fortify_fail")),
     ("heap-corruption", "malloc detected heap corruption",
-     "The heap was corrupted earlier (double free, use after free, buffer overrun on the "
+     ("The heap was corrupted earlier (double free, use after free, buffer overrun on the "
      "heap); the frames here are where it was detected, not where it happened. Run under "
-     "valgrind or rebuild with -fsanitize=address.",
+     "valgrind or rebuild with -fsanitize=address."),
      re.compile(r"^(free|malloc|realloc|calloc|munmap_chunk|malloc_consolidate|_int_\w+|"
                 r"tcache_\w+|memalign|corrupted|double free|pvalloc|mremap_chunk|"
                 r"malloc\(\)|free\(\))|double free|corrupted (size|double-linked|top)|"
-                r"unaligned (tcache|fastbin) chunk|invalid (pointer|size|next size)", re.M)),
+                r"unaligned (tcache|fastbin) chunk|invalid (pointer|size|next size)", re.MULTILINE)),
 )
 OTHER = ("fatal-error", "glibc stopped the process with a fatal error message",
          "Read the message: it names the failed check.")
@@ -65,8 +65,8 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         return []
     kind, title, advice = classify(message)
     lines = [f"glibc abort message ({kind}): \"{_one_line(message)}\"",
-             f"read from struct abort_msg_s at {pointer:#x}, pointed to by "
-             f"{ABORT_MSG_SYMBOL} at {location:#x}"]
+             (f"read from struct abort_msg_s at {pointer:#x}, pointed to by "
+             f"{ABORT_MSG_SYMBOL} at {location:#x}")]
     caller = _first_caller(ctx)
     if caller:
         lines.append(f"raised from {caller}")
@@ -98,7 +98,7 @@ def classify(message: str) -> tuple[str, str, str]:
     return OTHER
 
 
-ASSERTION = re.compile(r"Assertion `(?P<expression>.*)' failed", re.S)
+ASSERTION = re.compile(r"Assertion `(?P<expression>.*)' failed", re.DOTALL)
 TITLE_MAX = 100
 
 

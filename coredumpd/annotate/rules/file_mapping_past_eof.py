@@ -28,8 +28,8 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         return []
     offset = mapping.file_offset + fault.address - mapping.start
     lines = [fault.describe(),
-             f"{fault.address:#x} is at file offset {offset:#x} of {mapping.path} "
-             f"(mapped {mapping.start:#x}-{mapping.end:#x} {mapping.perms})"]
+             (f"{fault.address:#x} is at file offset {offset:#x} of {mapping.path} "
+             f"(mapped {mapping.start:#x}-{mapping.end:#x} {mapping.perms})")]
     size = _size_now(ctx, mapping.path)
     if size is not None:
         if size > offset:

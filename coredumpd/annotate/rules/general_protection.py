@@ -43,15 +43,15 @@ def _explain(mnemonic: str, operands: tuple[MemoryOperand, ...],
             lines.append(f"{operand.access} of {operand.text} = {operand.address:#x}: "
                          "non-canonical address (bits 63..47 differ)")
             return (f"General protection fault: non-canonical address {operand.address:#x}",
-                    "A pointer held garbage (often data written over it: a buffer overflow, a "
+                    ("A pointer held garbage (often data written over it: a buffer overflow, a "
                     "use-after-free, uninitialised memory). Find where the register's value "
-                    "came from in the frames below.")
+                    "came from in the frames below."))
         if mnemonic.startswith(ALIGNED_SSE) and operand.address % 16:
             lines.append(f"{operand.text} = {operand.address:#x} is not 16-byte aligned, "
                          f"which {mnemonic} requires")
             return ("General protection fault: misaligned SSE access",
-                    "An aligned vector instruction met a misaligned address: the stack was "
-                    "misaligned (an asm or a signal handler?) or a struct lacks alignment.")
+                    ("An aligned vector instruction met a misaligned address: the stack was "
+                    "misaligned (an asm or a signal handler?) or a struct lacks alignment."))
     return ("General protection fault in user mode",
-            "The CPU refused this instruction (privileged or with a bad operand); "
-            "check its operands in the disassembly.")
+            ("The CPU refused this instruction (privileged or with a bad operand); "
+            "check its operands in the disassembly."))

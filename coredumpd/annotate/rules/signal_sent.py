@@ -24,8 +24,8 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     own = E.thread_tids(ctx)
     if fault.sender_pid in own or fault.sender_pid == E.global_pid(ctx):
         return []  # raise()/abort()/pthread_kill() by the process itself
-    lines = [f"{fault.name} was sent with {fault.code_name} by pid {fault.sender_pid}, "
-             f"uid {fault.sender_uid}"]
+    lines = [(f"{fault.name} was sent with {fault.code_name} by pid {fault.sender_pid}, "
+             f"uid {fault.sender_uid}")]
     sender = E.fact(ctx, "sender")
     if isinstance(sender, dict) and sender.get("pid") in (fault.sender_pid, None) and (
             sender.get("comm") or sender.get("exe") or sender.get("cmdline")):

@@ -12,6 +12,7 @@ an overflowed stack without sigaltstack(2), so the process dies.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 from coredumpd.annotate import evidence as E
@@ -56,18 +57,18 @@ def _stack_of(ctx: AnalysisContext, sp: int,
     """(the overflowed stack mapping, why) or None when the fault is not an overflow."""
     above = _mapping_above(ctx, address if address is not None else sp)
     if ctx.space.mapping_at(sp) is None and above is not None and above.start - sp <= NEAR_SP:
-        return above, f"rsp {sp:#x} is outside every mapping, {above.start - sp:#x} bytes " \
-                      f"below the stack mapping"
+        return above, (f"rsp {sp:#x} is outside every mapping, {above.start - sp:#x} bytes " \
+                      f"below the stack mapping")
     if address is None or above is None or abs(sp - address) > NEAR_SP:
         return None
     guard = ctx.space.mapping_at(address)
     if guard is not None and _is_guard(guard) and guard.end == above.start \
             and _is_stack(ctx, above):
-        return above, f"fault address {address:#x} is in the guard page " \
-                      f"{guard.start:#x}-{guard.end:#x} ({guard.perms}) below a thread stack"
+        return above, (f"fault address {address:#x} is in the guard page " \
+                      f"{guard.start:#x}-{guard.end:#x} ({guard.perms}) below a thread stack")
     if guard is None and above.start - address <= GUARD_GAP and _is_stack(ctx, above):
-        return above, f"fault address {address:#x} is {above.start - address:#x} bytes below " \
-                      f"the stack, in the stack guard gap"
+        return above, (f"fault address {address:#x} is {above.start - address:#x} bytes below " \
+                      f"the stack, in the stack guard gap")
     return None
 
 
@@ -112,7 +113,7 @@ def _frame_size(thread: ThreadTrace, name: str) -> int | None:
     cfas = [frame.cfa for frame, symbol in zip(thread.frames, thread.symbols)
             if (symbol.name or f"{frame.pc:#x}") == name and frame.cfa is not None
             and frame.repeat == 1]
-    steps = {later - earlier for earlier, later in zip(cfas, cfas[1:]) if later > earlier}
+    steps = {later - earlier for earlier, later in itertools.pairwise(cfas) if later > earlier}
     return min(steps) if steps else None
 
 

@@ -38,8 +38,8 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         f"Deliberate trap ({name}, e.g. __builtin_trap) in "
         f"{E.plain_symbol(ctx, pc) or 'the code'}",
         "high",
-        (fault.describe(), f"pc {E.where(ctx, pc)} is '{name}' ({code.hex(' ')}): an "
-         "undefined instruction compilers emit for __builtin_trap() and failed checks"),
+        (fault.describe(), (f"pc {E.where(ctx, pc)} is '{name}' ({code.hex(' ')}): an "
+         "undefined instruction compilers emit for __builtin_trap() and failed checks")),
         "The program stopped itself at a check compiled as a trap (__builtin_trap, "
         "-fsanitize=...-trap, a BUG()/unreachable macro): find the condition guarding it in "
         "the source of this function.",

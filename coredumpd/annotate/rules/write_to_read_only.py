@@ -38,8 +38,8 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         "high",
         (fault.describe(), f"faulting instruction at {E.where(ctx, instruction.address)}",
          f"  {instruction.describe()}",
-         f"{writes[0].access} of {writes[0].text} at {fault.address:#x}, in "
-         f"{E.describe_mapping(mapping)}"),
+         (f"{writes[0].access} of {writes[0].text} at {fault.address:#x}, in "
+         f"{E.describe_mapping(mapping)}")),
         "The code wrote through a pointer to read-only memory: a string literal or const "
         "data (copy it into a writable buffer first), code, or a page protected with "
         "mprotect().",

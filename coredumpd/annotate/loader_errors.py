@@ -1,0 +1,116 @@
+"""Find the dynamic loader's symbol-version errors in the crashed process's memory.
+
+glibc's loader formats these (elf/dl-lookup.c, elf/dl-version.c) and dlerror()
+keeps "OBJECT: MESSAGE" in a malloc()ed buffer; the message survives in the
+heap until the process dies:
+
+- ``undefined symbol: S, version V`` (dl-lookup.c ``_dl_lookup_symbol_x``),
+- ``symbol S version V not defined in file F with link time reference``
+  (dl-lookup.c, when the object the version names lacks the symbol),
+- ``version `V' not found (required by F)`` (dl-version.c ``match_symbol``).
+
+Only written memory is in the core, so the scan covers dumped writable
+segments, bounded by ``MAX_SCAN`` bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from coredumpd.elf import layouts as L
+from coredumpd.elf.core import Core
+
+MAX_SCAN = 256 << 20
+CHUNK = 1 << 20
+OVERLAP = 1024
+MAX_CONTEXT = 1024
+MAX_FOUND = 8
+
+_NAME = rb"[A-Za-z0-9_.$@+-]{1,256}"
+_PATH = rb"[^\x00\s()]{1,1024}"
+PATTERNS = (
+    ("undefined", re.compile(rb"undefined symbol: (?P<symbol>" + _NAME + rb"), version "
+                             rb"(?P<version>" + _NAME + rb")")),
+    ("not-defined", re.compile(rb"symbol (?P<symbol>" + _NAME + rb") version (?P<version>"
+                               + _NAME + rb") not defined in file (?P<provider>" + _PATH
+                               + rb") with link time reference")),
+    ("version-not-found", re.compile(rb"version `(?P<version>" + _NAME + rb")' not found "
+                                     rb"\(required by (?P<requirer>" + _PATH + rb")\)")),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderError:
+    """One loader message found in memory; names are those the message gives."""
+
+    kind: str
+    address: int
+    text: str  # the whole NUL-delimited string around the match
+    version: str
+    symbol: str | None
+    provider: str | None  # the object that lacks the version/symbol, when named
+    requirer: str | None  # the object that needs it, when named
+
+
+def find_loader_errors(core: Core) -> list[LoaderError]:
+    """Distinct loader version errors in the dumped writable memory of ``core``."""
+    found: dict[str, LoaderError] = {}
+    budget = MAX_SCAN
+    for segment in core.segments:
+        if not segment.flags & L.PF.W or segment.filesz == 0 or budget <= 0:
+            continue
+        size = min(segment.filesz, budget)
+        budget -= size
+        for error in _scan(core, segment.vaddr, size):
+            found.setdefault(error.text, error)
+            if len(found) >= MAX_FOUND:
+                return list(found.values())
+    return list(found.values())
+
+
+def _scan(core: Core, start: int, size: int) -> list[LoaderError]:
+    errors = []
+    position = 0
+    while position < size:
+        data = core.read_memory_partial(start + position, min(CHUNK + OVERLAP, size - position))
+        if not data:
+            break
+        for kind, pattern in PATTERNS:
+            for match in pattern.finditer(data):
+                if match.start() < CHUNK or position + CHUNK >= size:
+                    errors.append(_error(kind, match, data, start + position))
+        position += CHUNK
+    return errors
+
+
+def _error(kind: str, match: re.Match[bytes], data: bytes, base: int) -> LoaderError:
+    begin = data.rfind(b"\0", max(0, match.start() - MAX_CONTEXT), match.start()) + 1
+    end = data.find(b"\0", match.end(), match.end() + MAX_CONTEXT)
+    end = end if end >= 0 else match.end()
+    text = _decode(data[begin:end])
+    groups = {key: _decode(value) for key, value in match.groupdict().items() if value}
+    # dlerror()'s "OBJECT: MESSAGE", or the exception's "MESSAGE\0OBJECT\0"
+    # (elf/dl-exception.c _dl_exception_create_format puts objname after the message).
+    prefix = _decode(data[begin:match.start()]).rstrip(": ") or None
+    following = _following(data, end)
+    objname = prefix or following
+    if kind == "version-not-found":
+        provider, requirer = objname, groups.get("requirer")
+    else:
+        provider, requirer = groups.get("provider"), objname
+    return LoaderError(kind, base + begin, text.strip(), groups["version"],
+                       groups.get("symbol"), provider, requirer)
+
+
+def _following(data: bytes, end: int) -> str | None:
+    """The NUL-terminated string right after ``end`` if it looks like an object name."""
+    stop = data.find(b"\0", end + 1, end + 1 + MAX_CONTEXT)
+    if stop <= end + 1:
+        return None
+    candidate = _decode(data[end + 1:stop])
+    return candidate if re.fullmatch(r"[^\s]*\.so[^\s]*|/[^\s]+", candidate) else None
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
