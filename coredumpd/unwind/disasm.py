@@ -28,7 +28,7 @@ MAX_FUNCTION_PREFIX = 4096  # decode from the symbol start only when it is this 
 # Encodings of near calls (Intel SDM vol. 2, CALL): e8 rel32 (5 bytes), ff /2 with every
 # ModRM/SIB/displacement form (2-7 bytes), optionally after a REX prefix (+1),
 # and a notrack (3e) prefix in front of indirect calls under CET (+1).
-_CALL_LENGTHS = (5, 2, 3, 6, 7, 4, 8, 9)
+_CALL_LENGTHS = (5, 9, 8, 7, 6, 4, 3, 2)  # longest first: keep prefixes (REX, notrack)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +121,9 @@ def instructions_before(space: AddressSpace, pc: int, count: int,
         found = _lands_on(space, function_start, pc)
         if found:
             return found[-count:]
-    for back in range(count * 4, MAX_BACK_OFFSET + 1):
-        if back > pc:
-            break
+    # Start far back: x86 decodings resynchronise after a few instructions, so a
+    # decoding that began well before pc is the most likely to be the real one.
+    for back in range(min(MAX_BACK_OFFSET, pc), 0, -1):
         found = _lands_on(space, pc - back, pc)
         if found and len(found) >= count:
             return found[-count:]
