@@ -153,6 +153,7 @@ def _metadata(show: dict[str, Any], user: str | None, group: str | None) -> list
     analysis = show.get("analysis") or {}
     lines = [
         ("ID", escape(show.get("id"))), ("PID", pid),
+        ("TID", escape(show.get("tid")) if show.get("tid") != show.get("pid") else "-"),
         ("UID", f"{escape(show.get('uid'))}" + (f" ({escape(user)})" if user else "")),
         ("GID", f"{escape(show.get('gid'))}" + (f" ({escape(group)})" if group else "")),
         ("Signal", signal), ("Timestamp", format_time(show.get("timestamp"))),
