@@ -51,7 +51,7 @@ def thread_cases() -> list[tuple[str, int]]:
     return cases
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def analysis_of(name: str) -> dict[str, Any]:
     from coredumpd.analysis import analyze
     from coredumpd.store.lz4seek import open_core_source
@@ -77,7 +77,7 @@ def expand_repeats(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def normalize_path(path: str) -> str:
     normalized = posixpath.normpath(path)
-    return normalized[2:] if normalized.startswith("./") else normalized
+    return normalized.removeprefix("./")
 
 
 def same_source_file(ours: str | None, gdb: str) -> bool:
@@ -168,3 +168,102 @@ def test_exact_frames_come_from_context(name: str) -> None:
         for mine, gdb in zip(ours, expected["frames"]):
             if gdb["exact_pc"]:
                 assert mine["trust"] == "context", (thread["tid"], describe(mine))
+
+
+# ------------------------------------------------------------ the references themselves
+
+
+def test_gdb_frames_json_is_the_parse_of_gdb_text() -> None:
+    from tests.support.fixtures import gdb_threads_to_json, parse_gdb_backtrace
+
+    for name in fixture_names():
+        fixture = load_fixture(name, check_libraries=False)
+        parsed = gdb_threads_to_json(parse_gdb_backtrace(fixture.gdb_text))
+        assert parsed == gdb_threads_to_json(fixture.gdb_frames), name
+        counts = fixture.gdb_api["default_frame_counts"]
+        assert {str(t["tid"]): len(t["frames"]) for t in parsed} == counts, name
+
+
+def test_parser_reads_gdb_frame_lines() -> None:
+    from tests.support.fixtures import parse_gdb_backtrace
+
+    text = 'Thread 2 (Thread 0x7ffff7d866c0 (LWP 1235) "worker"):\n#0  store_id (r=0x0, id=1) at o0_fp.c:7\n#1  0x000055555555524b in ns::S<int>::put (this=0x1, key="a) at b:1", v=7) at x.cc:15\n#2  0x00005555555551a2 in std::function<void ()>::operator()() const (this=0x2) at /usr/include/c++/12/bits/std_function.h:591\n#3  <signal handler called>\n#4  0x0000000000000000 in ?? ()\n#5  0x00007ffff7a16b0d in ffi_call () from /lib/x86_64-linux-gnu/libffi.so.8\nBacktrace stopped: previous frame inner to this frame (corrupt stack?)\n\nThread 1 (LWP 77):\n#0  0x0000000000401657 in compare (a=0x7ffe, b=0x7fff) at static_crash.c:9'
+    first, second = parse_gdb_backtrace(text)
+    assert (first.num, first.tid, second.num, second.tid) == (2, 1235, 1, 77)
+    assert first.stopped == "previous frame inner to this frame (corrupt stack?)"
+    got = [(f.pc, f.function, f.file, f.line, f.library) for f in first.frames]
+    assert got == [
+        (None, "store_id", "o0_fp.c", 7, None),
+        (0x55555555524B, "ns::S<int>::put", "x.cc", 15, None),
+        (0x5555555551A2, "std::function<void ()>::operator()() const",
+         "/usr/include/c++/12/bits/std_function.h", 591, None),
+        (None, "<signal handler called>", None, None, None),
+        (0, None, None, None, None),
+        (0x7FFFF7A16B0D, "ffi_call", None, None, "/lib/x86_64-linux-gnu/libffi.so.8"),
+    ]
+    assert first.frames[1].args == 'this=0x1, key="a) at b:1", v=7'
+
+
+def _aliases(frame: dict[str, Any]) -> set[str]:
+    return {alias.split("@", 1)[0] for alias in frame.get("aliases", [])}
+
+
+def test_expected_names_are_gdbs_functions() -> None:
+    """Each expected plain symbol names the function gdb shows for that physical frame:
+    gdb's name (``__GI_`` dropped) is one of the ELF aliases at the function's address.
+    Known differences, checked as such: gdb writes C++ names from DWARF without
+    parameter lists (``ns::S<int>::put``), and cuts gcc's clone suffix
+    ``msort_with_tmp.part.0`` to ``msort_with_tmp.part``."""
+    for name in fixture_names():
+        fixture = load_fixture(name, check_libraries=False)
+        for thread in fixture.expected:
+            for frame in thread["frames"]:
+                gdb_name = frame["gdb_names"][-1]
+                if frame["signal_frame"]:
+                    assert frame["symbol"] == "__restore_rt", (name, frame)
+                elif gdb_name is None:
+                    assert frame["symbol"] is None and frame["pc"] == 0, (name, frame)
+                elif frame["raw_symbol"].startswith("_Z"):
+                    assert frame["symbol"].startswith(gdb_name + "(") or "_M_invoke" in gdb_name
+                elif gdb_name.endswith(".part"):
+                    assert frame["symbol"].startswith(gdb_name + "."), (name, frame)
+                else:
+                    plain = gdb_name.removeprefix("__GI_")
+                    assert plain in _aliases(frame), (name, gdb_name, frame["aliases"])
+
+
+def expected_frames(name: str, tid: int | None = None) -> list[dict[str, Any]]:
+    fixture = load_fixture(name, check_libraries=False)
+    threads = fixture.expected if tid is None else [
+        t for t in fixture.expected if t["tid"] == tid]
+    return threads[0]["frames"]
+
+
+def test_fixtures_cover_issue_3() -> None:
+    """The cases issue 3 lists are really in the cores (not only in the file names)."""
+    manifest = {name: load_fixture(name, check_libraries=False).manifest
+                for name in fixture_names()}
+    assert "-fno-omit-frame-pointer" in manifest["o0-fp-pie"]["flags"]
+    assert "-fomit-frame-pointer" in manifest["o2-deep-nopie"]["flags"]
+    assert len(expected_frames("o2-deep-nopie")) >= 15
+    assert "-no-pie" in manifest["o2-deep-nopie"]["flags"] and "-pie" in manifest["o0-fp-pie"][
+        "flags"]
+    assert manifest["static"]["libraries"] == {}
+    signal_frames = [f for f in expected_frames("sighandler") if f["signal_frame"]]
+    assert len(signal_frames) == 1
+    after = expected_frames("sighandler")[signal_frames[0]["index"] + 1]
+    assert after["symbol"] == "interrupted" and after["exact_pc"]
+    assert expected_frames("nullfn")[0]["pc"] == 0
+    assert expected_frames("nullfn")[1]["symbol"] == "dispatch"
+    recursion = expected_frames("recursion")
+    assert len(recursion) > 500 and {f["symbol"] for f in recursion[:-4]} == {"recurse"}
+    threads = load_fixture("threads", check_libraries=False)
+    assert len(threads.expected) == 4
+    assert threads.notes["threads"][0]["tid"] != threads.notes["prpsinfo"]["pid"]
+    assert "-fno-asynchronous-unwind-tables" in manifest["nounwind"]["flags"]
+    strlen = expected_frames("strlen-null")[0]
+    assert strlen["module"].endswith("/libc.so.6") and strlen["line"] is not None
+    assert [f["symbol"] for f in expected_frames("abort")[:3]] == [
+        "__pthread_kill_implementation", "raise", "abort"]
+    assert manifest["abort"]["signal"] == 6
+    assert expected_frames("cxx")[0]["symbol"].startswith("inventory::Store<int>::put(")

@@ -247,7 +247,7 @@ def file_build_id(path: str) -> str | None:
             for segment in elf.iter_segments():
                 if segment.header.p_type != "PT_NOTE":
                     continue
-                for note in segment.iter_notes():
+                for note in segment.iter_notes():  # type: ignore[attr-defined]
                     if note["n_type"] == "NT_GNU_BUILD_ID":
                         return str(note["n_desc"])
     except (OSError, ELFError):
