@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import struct
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Self
 
@@ -28,6 +30,10 @@ MAX_SECTION_READ = 256 << 20  # one section (a big .symtab or .debug_line)
 MAX_NOTES = 1 << 20
 MAX_VERSION_ENTRIES = 1 << 16
 SHF_EXECINSTR = 0x4
+SHF_COMPRESSED = 0x800
+ELFCOMPRESS_ZLIB = 1
+# Elf64_Chdr: ch_type ch_reserved ch_size ch_addralign
+CHDR = struct.Struct("<IIQQ")
 VERSYM_HIDDEN = 0x8000
 VER_FLG_BASE = 0x1
 STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE, STT_GNU_IFUNC = 0, 1, 2, 3, 4, 10
@@ -198,9 +204,13 @@ class ElfFile:
         return next((s for s in self.sections if s.name == name), None)
 
     def section_data(self, section: Section) -> bytes:
+        """The section's bytes, decompressed if SHF_COMPRESSED (zlib; elf(5) Elf64_Chdr)."""
         if section.sh_type == L.SHT.NOBITS:
             return b""
-        return self.read(section.sh_offset, section.sh_size, section.name)
+        data = self.read(section.sh_offset, section.sh_size, section.name)
+        if not section.sh_flags & SHF_COMPRESSED:
+            return data
+        return _decompress(data, section, self.name)
 
     def vaddr_to_offset(self, vaddr: int) -> int | None:
         """File offset of link-time address ``vaddr`` through PT_LOAD, if file-backed."""
@@ -353,6 +363,29 @@ class ElfFile:
             if version is not None:
                 result[index] = (version, not raw & VERSYM_HIDDEN)
         return result
+
+
+def _decompress(data: bytes, section: Section, name: str) -> bytes:
+    if len(data) < CHDR.size:
+        raise TruncatedError(f"{name}: {section.name} Elf64_Chdr", section.sh_offset, CHDR.size,
+                             len(data))
+    ch_type, _reserved, ch_size, _align = CHDR.unpack_from(data)
+    if ch_type != ELFCOMPRESS_ZLIB:
+        raise FormatError(f"{name}: {section.name} uses compression {ch_type}, not zlib",
+                          section.sh_offset)
+    if ch_size > MAX_SECTION_READ:
+        raise FormatError(f"{name}: {section.name} inflates to {ch_size} bytes, over the cap",
+                          section.sh_offset)
+    decompressor = zlib.decompressobj()
+    try:
+        result = decompressor.decompress(data[CHDR.size:], ch_size)
+    except zlib.error as err:
+        raise FormatError(f"{name}: {section.name} is not valid zlib: {err}",
+                          section.sh_offset) from err
+    if len(result) != ch_size:
+        raise FormatError(f"{name}: {section.name} inflates to {len(result)} bytes, "
+                          f"not {ch_size}", section.sh_offset)
+    return result
 
 
 def _string(table: bytes, offset: int) -> str:

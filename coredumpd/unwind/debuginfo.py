@@ -10,27 +10,25 @@ Search order, as gdb's "Separate Debug Files" (GDB manual, 18.3):
    decompressed under a size cap.
 
 Line numbers come from the DWARF line program of ONE compilation unit, found
-through ``.debug_aranges`` (or, without it, the top DIE ranges of each CU):
-never all of DWARF, since pyelftools takes minutes on big objects.
+through ``.debug_aranges`` (or, without it, the top DIE pc range of each CU),
+decoded by :mod:`coredumpd.unwind.dwarfline`: never all of DWARF.
 """
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import lzma
 import os
 import zlib
-from typing import Any
 
 from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import CoredumpdError, FormatError
+from coredumpd.unwind import dwarfline
 
 DEBUG_DIRS = ("/usr/lib/debug",)
 MAX_MINIDEBUGINFO = 64 << 20  # decompressed
 MAX_MINIDEBUGINFO_XZ = 16 << 20
 MAX_CRC_CHECK = 512 << 20
-MAX_DWARF_SECTIONS = 1 << 30  # total size of the debug sections pyelftools would load
 MAX_CU_SCAN = 50_000
 
 
@@ -101,176 +99,92 @@ def minidebuginfo(elf: ElfFile) -> ElfFile | None:
 # ---------------------------------------------------------------- DWARF lines
 
 
-@dataclasses.dataclass(frozen=True)
-class LineRow:
-    address: int
-    file: str | None
-    line: int
-    is_stmt: bool
-
-
-class _CuLines:
-    """The line table of one CU, as sorted sequences of rows."""
-
-    def __init__(self, sequences: list[tuple[int, int, list[LineRow]]]) -> None:
-        self.sequences = sorted(sequences, key=lambda s: s[0])
-        self.starts = [s[0] for s in self.sequences]
-
-    def lookup(self, address: int) -> LineRow | None:
-        """The row for ``address`` as gdb's ``find_pc_sect_line`` picks it.
-
-        The rows at the greatest address <= ``address`` in the sequence holding
-        it; the last ``is_stmt`` one among them, else the last one.
-        """
-        index = bisect.bisect_right(self.starts, address) - 1
-        for candidate in range(index, max(index - 8, -1), -1):  # sequences rarely overlap
-            start, end, rows = self.sequences[candidate]
-            if start <= address < end:
-                return _pick_row(rows, address)
-        return None
-
-
-def _pick_row(rows: list[LineRow], address: int) -> LineRow | None:
-    addresses = [row.address for row in rows]
-    upper = bisect.bisect_right(addresses, address)
-    if upper == 0:
-        return None
-    best_address = addresses[upper - 1]
-    lower = bisect.bisect_left(addresses, best_address)
-    same = rows[lower:upper]
-    stmts = [row for row in same if row.is_stmt]
-    return (stmts or same)[-1]
-
-
 class DwarfLines:
-    """File:line lookups in one ELF file with DWARF, one CU parsed at a time (cached)."""
+    """File:line lookups in one ELF file with DWARF, one CU read at a time (cached).
+
+    ``.debug_aranges`` finds the CU (without it, the top DIEs' low/high pc of
+    at most MAX_CU_SCAN units); only that CU's line program is decoded.
+    ``error`` says why lines are unavailable.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._dwarf: Any = None
-        self._handle: Any = None
-        self._aranges: Any = None
-        self._cu_ranges: list[tuple[int, int, int]] | None = None
-        self._cus: dict[int, _CuLines | None] = {}
-        self.available = self._open()
-
-    def _open(self) -> bool:
-        from elftools.common.exceptions import ELFError
-        from elftools.elf.elffile import ELFFile
+        self.error: str | None = None
+        self._elf: ElfFile | None = None
+        self._sections: dict[str, bytes] = {}
+        self._aranges: tuple[list[int], list[tuple[int, int]]] | None = None
+        self._unit_ranges: list[tuple[int, int, int]] | None = None
+        self._units: dict[int, dwarfline.UnitLines | None] = {}
         try:
-            self._handle = open(self.path, "rb")  # noqa: SIM115 (kept open for pyelftools)
-            elf = ELFFile(self._handle)
-            if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_line") is None:
-                return False
-            total = sum(s["sh_size"] for s in elf.iter_sections() if s.name.startswith(".debug"))
-            if total > MAX_DWARF_SECTIONS:
-                return False
-            self._dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False)
-            return True
-        except (OSError, ELFError, ValueError) as err:
-            self.error = f"{self.path}: {err}"
-            return False
+            self._elf = ElfFile.open(path)
+            self.available = self._elf.section(".debug_line") is not None and \
+                self._elf.section(".debug_info") is not None
+        except CoredumpdError as err:
+            self.error, self.available = str(err), False
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if self._elf is not None:
+            self._elf.close()
+            self._elf = None
+        self._sections.clear()
 
-    def lookup(self, address: int) -> LineRow | None:
+    def _section(self, name: str) -> bytes:
+        if name not in self._sections:
+            assert self._elf is not None
+            section = self._elf.section(name)
+            self._sections[name] = self._elf.section_data(section) if section else b""
+        return self._sections[name]
+
+    def lookup(self, address: int) -> dwarfline.LineRow | None:
         """The line row of link-time ``address``, or None (never raises)."""
         if not self.available:
             return None
         try:
-            offset = self._cu_offset(address)
+            offset = self._unit_offset(address)
             if offset is None:
                 return None
-            if offset not in self._cus:
-                self._cus[offset] = self._load_cu(offset)
-            table = self._cus[offset]
+            if offset not in self._units:
+                self._units[offset] = self._load_unit(offset)
+            table = self._units[offset]
             return table.lookup(address) if table is not None else None
-        except Exception as err:  # noqa: BLE001 - pyelftools raises many types on bad DWARF
-            self.error = f"{self.path}: DWARF unreadable: {err!r}"
-            self.available = False
+        except CoredumpdError as err:
+            self.error, self.available = f"{self.path}: DWARF unreadable: {err}", False
             return None
 
-    def _cu_offset(self, address: int) -> int | None:
+    def _unit_offset(self, address: int) -> int | None:
         if self._aranges is None:
-            self._aranges = self._dwarf.get_aranges() or False
-        if self._aranges:
-            offset = self._aranges.cu_offset_at_addr(address)
-            if offset is not None:
-                return int(offset)
-        return self._cu_offset_by_ranges(address)
+            self._aranges = dwarfline.parse_aranges(self._section(".debug_aranges"))
+        starts, rest = self._aranges
+        index = bisect.bisect_right(starts, address) - 1
+        for candidate in range(index, max(index - 4, -1), -1):
+            if starts[candidate] <= address < rest[candidate][0]:
+                return rest[candidate][1]
+        return self._unit_offset_by_ranges(address)
 
-    def _cu_offset_by_ranges(self, address: int) -> int | None:
-        """Without a covering .debug_aranges entry: the CUs' top-DIE pc ranges."""
-        if self._cu_ranges is None:
-            self._cu_ranges = []
-            for count, cu in enumerate(self._dwarf.iter_CUs()):
-                if count >= MAX_CU_SCAN:
+    def _unit_offset_by_ranges(self, address: int) -> int | None:
+        """Without a covering .debug_aranges entry: the units' top-DIE low/high pc."""
+        if self._unit_ranges is None:
+            self._unit_ranges = []
+            info, abbrev = self._section(".debug_info"), self._section(".debug_abbrev")
+            offset = 0
+            for _ in range(MAX_CU_SCAN):
+                if offset >= len(info):
                     break
-                for low, high in _top_die_ranges(self._dwarf, cu):
-                    self._cu_ranges.append((low, high, cu.cu_offset))
-        for low, high, offset in self._cu_ranges:
+                length, offset_size = dwarfline.Reader(info, offset).initial_length()
+                top = dwarfline.read_unit_top(info, abbrev, offset)
+                if top.low_pc is not None and top.high_pc is not None:
+                    self._unit_ranges.append((top.low_pc, top.high_pc, offset))
+                offset += length + (4 if offset_size == 4 else 12)
+        for low, high, offset in self._unit_ranges:
             if low <= address < high:
                 return offset
         return None
 
-    def _load_cu(self, offset: int) -> _CuLines | None:
-        cu = self._dwarf.get_CU_at(offset)
-        program = self._dwarf.line_program_for_CU(cu)
-        if program is None:
+    def _load_unit(self, offset: int) -> dwarfline.UnitLines | None:
+        top = dwarfline.read_unit_top(self._section(".debug_info"),
+                                      self._section(".debug_abbrev"), offset)
+        if top.stmt_list is None:
             return None
-        names = _file_names(program, cu)
-        sequences: list[tuple[int, int, list[LineRow]]] = []
-        rows: list[LineRow] = []
-        for entry in program.get_entries():
-            state = entry.state
-            if state is None:
-                continue
-            if state.end_sequence:
-                if rows:
-                    sequences.append((rows[0].address, state.address, rows))
-                rows = []
-                continue
-            rows.append(LineRow(state.address, names.get(state.file), state.line,
-                                bool(state.is_stmt)))
-        return _CuLines(sequences)
-
-
-def _top_die_ranges(dwarf: Any, cu: Any) -> list[tuple[int, int]]:
-    top = cu.get_top_DIE()
-    attributes = top.attributes
-    if "DW_AT_low_pc" in attributes and "DW_AT_high_pc" in attributes:
-        low = attributes["DW_AT_low_pc"].value
-        high = attributes["DW_AT_high_pc"]
-        end = high.value if high.form == "DW_FORM_addr" else low + high.value
-        return [(low, end)]
-    if "DW_AT_ranges" in attributes:
-        ranges = dwarf.range_lists()
-        if ranges is not None:
-            entries = ranges.get_range_list_at_offset(attributes["DW_AT_ranges"].value, cu=cu)
-            return [(r.begin_offset, r.end_offset) for r in entries
-                    if hasattr(r, "begin_offset")]
-    return []
-
-
-def _decode(value: Any) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-
-
-def _file_names(program: Any, cu: Any) -> dict[int, str]:
-    """File index -> path as gdb prints it, with ``./`` dropped (normpath)."""
-    header = program.header
-    version = header["version"]
-    directories = [_decode(d) for d in header["include_directory"]]
-    names: dict[int, str] = {}
-    for position, entry in enumerate(header["file_entry"]):
-        index = position if version >= 5 else position + 1
-        name = _decode(entry.name)
-        # DWARF 5: directory 0 is the CU's directory and is named; before: 0 means "none"
-        directory_index = entry.dir_index if version >= 5 else entry.dir_index - 1
-        if not os.path.isabs(name) and 0 <= directory_index < len(directories):
-            name = os.path.join(directories[directory_index], name)
-        names[index] = os.path.normpath(name)
-    return names
+        strings = (self._section(".debug_line_str"), self._section(".debug_str"))
+        return dwarfline.UnitLines(dwarfline.read_line_program(
+            self._section(".debug_line"), top.stmt_list, strings))
