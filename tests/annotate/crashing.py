@@ -1,0 +1,149 @@
+"""Crash the programs of tests/annotate/programs and get their analysis.
+
+Preferred path: the real coredumpd handler through the kernel pipe
+(:func:`tests.support.crash.registered_handler`), which records the facts at
+dump time and runs the analysis.  Until the handler can run end to end (the
+index must exist), :func:`crash` falls back to saving the raw core with a
+``cat`` pattern (:func:`tests.support.kernel.raw_core_pattern`) and running
+:func:`coredumpd.analysis.analyze` on it without facts; tests that need facts
+ask for ``need_facts=True`` and are skipped on that path (the skip says why).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import resource
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from tests.support.crash import compile_c
+from tests.support.kernel import core_pattern, raw_core_pattern
+
+PROGRAMS = pathlib.Path(__file__).resolve().parent / "programs"
+DEFAULT_FLAGS = ("-g", "-O0", "-fno-omit-frame-pointer")
+SPECIAL_FLAGS = {
+    "stack_smash": ("-g", "-O0", "-fstack-protector-all"),
+    "fortify": ("-g", "-O2", "-D_FORTIFY_SOURCE=2"),
+}
+
+
+@dataclasses.dataclass
+class Crash:
+    """One analysed crash: the analysis result and the facts it was made with."""
+
+    analysis: dict[str, Any]
+    facts: dict[str, Any]
+    via: str  # "handler" or "raw"
+    row: dict[str, Any] | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        return [annotation["id"] for annotation in self.analysis.get("annotations", [])]
+
+    def annotation(self, rule_id: str) -> dict[str, Any]:
+        for annotation in self.analysis.get("annotations", []):
+            if annotation["id"] == rule_id:
+                return annotation
+        raise AssertionError(f"no {rule_id} annotation; got {self.ids}; "
+                             f"problems {self.analysis.get('problems')}")
+
+    def evidence(self, rule_id: str) -> str:
+        return "\n".join(self.annotation(rule_id)["evidence"])
+
+
+def handler_available() -> bool:
+    """True when the handler can store, index and analyse a crash end to end."""
+    return importlib.util.find_spec("coredumpd.store.index") is not None and \
+        os.environ.get("COREDUMPD_TEST_RAW_CORES") != "1"
+
+
+def build(name: str, out_dir: str | os.PathLike[str]) -> str:
+    """Compile programs/NAME.c into out_dir with the flags its crash needs."""
+    return compile_c(str(PROGRAMS / f"{name}.c"), out_dir,
+                     SPECIAL_FLAGS.get(name, DEFAULT_FLAGS), name=name)
+
+
+def crash(argv: Sequence[str], tmp_path: pathlib.Path, *, pidfile: str | None = None,
+          need_facts: bool = False, cwd: str | None = None) -> Crash:
+    """Run ``argv`` until it (or the process named in ``pidfile``) dumps core; analyse it."""
+    if handler_available():
+        return _through_handler(argv, tmp_path, pidfile, cwd)
+    if need_facts:
+        pytest.skip("needs dump-time facts from the coredumpd handler, which cannot run end to "
+                    "end yet (coredumpd.store.index is missing)")
+    return _through_raw_core(argv, tmp_path, pidfile, cwd)
+
+
+def _through_handler(argv: Sequence[str], tmp_path: pathlib.Path, pidfile: str | None,
+                     cwd: str | None) -> Crash:
+    from tests.support.crash import registered_handler
+    with registered_handler(tmp_path) as handler:
+        row = handler.crash(list(argv), pidfile=pidfile, cwd=cwd)
+    analysis, facts = _json(row.get("analysis")), _json(row.get("facts"))
+    assert analysis, f"no analysis in the index row: {row}"
+    return Crash(analysis, facts, "handler", row)
+
+
+def _json(value: Any) -> dict[str, Any]:
+    if isinstance(value, str) and value:
+        loaded = json.loads(value)
+        return loaded if isinstance(loaded, dict) else {}
+    return value if isinstance(value, dict) else {}
+
+
+def _through_raw_core(argv: Sequence[str], tmp_path: pathlib.Path, pidfile: str | None,
+                      cwd: str | None) -> Crash:
+    from coredumpd.analysis import analyze
+    from coredumpd.store.source import RawFileSource
+    directory = tempfile.mkdtemp(prefix="cda", dir="/tmp")  # short, no spaces
+    try:
+        pid = _run_raw(argv, directory, pidfile, cwd)
+        core = os.path.join(directory, f"core.{pid}")
+        kept = tmp_path / f"core.{pid}"
+        shutil.move(core, kept)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return Crash(analyze(RawFileSource(str(kept))), {}, "raw")
+
+
+def _run_raw(argv: Sequence[str], directory: str, pidfile: str | None, cwd: str | None) -> int:
+    def unlimited_core() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
+    with core_pattern(raw_core_pattern(directory), 16):
+        proc = subprocess.run(list(argv), preexec_fn=unlimited_core, cwd=cwd, timeout=60,
+                              stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    pid = int(pathlib.Path(pidfile).read_text().split()[0]) if pidfile else None
+    if pid is None:
+        assert proc.returncode < 0, f"{argv[0]} did not die of a signal: {proc}"
+        pid = _only_core(directory)
+    path = os.path.join(directory, f"core.{pid}")
+    _wait_complete(path)
+    return pid
+
+
+def _only_core(directory: str) -> int:
+    names = [name for name in os.listdir(directory) if name.startswith("core.")]
+    assert len(names) == 1, f"expected one core in {directory}, got {names}"
+    return int(names[0].split(".", 1)[1])
+
+
+def _wait_complete(path: str) -> None:
+    """The cat handler may still be writing: wait until the size stops changing."""
+    import time
+    last = -1
+    for _ in range(200):
+        size = os.path.getsize(path) if os.path.exists(path) else -1
+        if size == last and size > 0:
+            return
+        last = size
+        time.sleep(0.05)
+    raise AssertionError(f"core {path} never completed")
