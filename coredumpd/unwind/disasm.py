@@ -47,6 +47,16 @@ class Instruction:
     def is_call(self) -> bool:
         return self.mnemonic == "call"
 
+    @property
+    def direct_target(self) -> int | None:
+        """The target of a direct ``call``/``jmp rel`` (capstone prints it as hex), else None."""
+        if self.op_str.startswith("0x"):
+            try:
+                return int(self.op_str, 16)
+            except ValueError:
+                return None
+        return None
+
 
 _ENGINE = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 

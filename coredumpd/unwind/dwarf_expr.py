@@ -215,7 +215,7 @@ class _Machine:
             raise FormatError("DWARF expression leaves an empty stack")
         return self.stack[-1]
 
-    def step(self, op: int) -> None:  # noqa: C901 - one flat dispatch reads like the table
+    def step(self, op: int) -> None:  # one flat dispatch reads like the table
         if DW_OP_lit0 <= op <= DW_OP_lit31:
             self.push(op - DW_OP_lit0)
         elif DW_OP_breg0 <= op <= DW_OP_breg31:

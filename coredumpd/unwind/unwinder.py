@@ -41,6 +41,7 @@ PAGE = 4096
 WORD = struct.Struct("<Q")
 STEPS_PER_FRAME = 2048  # raw unwind steps allowed per emitted frame (collapsed recursion)
 BOTTOM_FRAMES = 16  # frames kept from the bottom of the stack when the frame cap is hit
+CACHED_SPAN = 16  # reads spanning up to this many pages go through the page cache
 MAX_SCANNED_RUN = 32  # consecutive frames found by stack scanning before giving up (garbage)
 
 Registers = dict[int, int]  # DWARF register number -> value
@@ -82,7 +83,7 @@ class CachedMemory:
         if address < 0 or size < 0 or address + size > MASK:
             raise MemoryReadError(address & MASK, size, "outside the address space")
         first, last = address // PAGE, (address + size - 1) // PAGE
-        if last - first <= 1:
+        if last - first < CACHED_SPAN:
             pages = [self._page(number) for number in range(first, last + 1)]
             if all(page is not None for page in pages):
                 joined = b"".join(pages)  # type: ignore[arg-type]
@@ -300,14 +301,47 @@ class _Unwinder:
         caller[RIP], caller[RSP], caller[RBP] = return_address, rbp + 16, saved_rbp
         return Step(caller, Trust.FRAME_POINTER, rbp + 16)
 
-    def step_scan(self, registers: Registers, first: bool) -> Step | None:
+    def call_target(self, return_address: int) -> int | None:
+        """Where the direct call before ``return_address`` went (None: indirect or no call)."""
+        call = disasm.call_before(self.space, return_address)
+        return call.direct_target if call is not None else None
+
+    def step_without_cfi(self, registers: Registers, lookup_pc: int, first: bool) -> \
+            Step | None:
+        """Frame pointer, unless it skips a frame (a leaf that set up no frame).
+
+        The frame pointer's return address and the first return address above
+        sp are compared: when both follow direct calls, the call whose target
+        (a function start) is nearer below pc entered the function pc is in —
+        what gdb learns from the symbol table and its prologue analyser
+        (amd64-tdep.c).  A signal trampoline above sp always wins.
+        """
+        by_fp = self.step_frame_pointer(registers)
+        limit = (by_fp.registers[RSP] - registers[RSP]) // 8 if by_fp else self.caps.scan_words
+        scanned = self.step_scan(registers, first, limit)
+        if by_fp is None or scanned is None:
+            return by_fp or scanned
+        if by_fp.registers[RSP] == scanned.registers[RSP]:
+            return by_fp
+        if self.signal_trampoline(scanned.registers[RIP]):
+            return scanned
+        scan_target = self.call_target(scanned.registers[RIP])
+        fp_target = self.call_target(by_fp.registers[RIP])
+        if scan_target is None or fp_target is None or scan_target > lookup_pc:
+            return by_fp
+        return scanned if fp_target > lookup_pc or fp_target < scan_target else by_fp
+
+    def step_scan(self, registers: Registers, first: bool, limit: int | None = None) -> \
+            Step | None:
+        """The first word of at most ``limit`` above sp that is a plausible return address."""
         sp = registers.get(RSP)
         if sp is None or sp % 8:
             return None
         stack = self.space.mapping_at(sp)
         if stack is None:
             return None
-        count = min(self.caps.scan_words, (stack.end - sp) // 8)
+        count = min(self.caps.scan_words, (stack.end - sp) // 8,
+                    self.caps.scan_words if limit is None else limit)
         words = struct.unpack(f"<{count}Q", self.memory.read(sp, count * 8)) if count else ()
         for position, candidate in enumerate(words):
             if candidate == registers.get(RIP) and not first:
@@ -331,14 +365,12 @@ class _Unwinder:
                 return step, None
         except (FormatError, MemoryReadError) as err:
             self.problems.append(f"CFI at {pc:#x}: {err}")
-        for strategy in (lambda: self.step_frame_pointer(registers),
-                         lambda: self.step_scan(registers, frame.index == 0)):
-            try:
-                step = strategy()
-            except MemoryReadError:
-                continue
-            if step is not None:
-                return step, None
+        try:
+            step = self.step_without_cfi(registers, frame.lookup_pc, frame.index == 0)
+        except MemoryReadError:
+            step = None
+        if step is not None:
+            return step, None
         if frame.trust is Trust.FRAME_POINTER and registers.get(RBP) == 0:
             return None, None  # the end of a frame-pointer chain (_start clears rbp)
         return None, "no CFI, frame pointer or return address found"
