@@ -1,0 +1,141 @@
+"""Crash -> reap latency of core handlers, coredumpd's peak RSS and stored size.
+
+    sudo .venv/bin/python bench/reap_latency.py [--big-mib 1024] [--runs 3]
+
+One run measures, for a tiny-core program and one with a BIG-MIB MiB core
+(pages 25% zero, 25% random, 50% text: bench/reap_crasher.c), the time from
+the program's last CLOCK_MONOTONIC reading (written to a file just before it
+dies) to the parent's reading after waitpid(), under three handlers:
+
+- discard: ``/bin/sh -c /bin/cat>/dev/null`` — the floor (the kernel's own work);
+- lz4 -1:  ``/usr/bin/lz4 -1 -q -f stdin DIR/core.%P.lz4``;
+- coredumpd: the venv's handler (Analysis=no, so that no analysis competes with
+  the next run; the analysis runs detached after the reap anyway).
+
+coredumpd's peak RSS and timings come from the index row (the handler records
+its getrusage() there when the store holds a ``.record-rusage`` file).  Each
+figure is the median of ``--runs`` crashes.  core_pattern is changed only
+through tests.support.kernel.core_pattern (lock, restore).  Targets (issue 2):
+1 GiB reap <= 1.3x discard; tiny reap <= 25 ms; peak RSS <= 64 MiB; stored
+size <= lz4 -1's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.crash import compile_c, registered_handler
+from tests.support.kernel import core_pattern
+
+DISCARD = "|/bin/sh -c /bin/cat>/dev/null"
+
+
+def crash_once(exe: str, mib: int, pattern: str, stamp: str) -> tuple[int, float]:
+    """Crash ``exe`` under ``pattern``; (pid, seconds from its last timestamp to reap)."""
+    def unlimited_core() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
+    with core_pattern(pattern, 16):
+        proc = subprocess.Popen([exe, str(mib), stamp], preexec_fn=unlimited_core)  # noqa: PLW1509
+        proc.wait()
+        reaped = time.clock_gettime(time.CLOCK_MONOTONIC)
+    return proc.pid, reaped - float(pathlib.Path(stamp).read_text())
+
+
+def wait_file_stable(path: pathlib.Path, timeout: float = 120) -> int:
+    """Wait until the lz4 handler has finished writing ``path``; its size."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        size = path.stat().st_size if path.exists() else -1
+        if size == last and size > 0:
+            return size
+        last = size
+        time.sleep(0.3)
+    raise TimeoutError(f"{path} still growing")
+
+
+def bench_discard(exe: str, mib: int, runs: int, work: pathlib.Path) -> list[float]:
+    return [crash_once(exe, mib, DISCARD, str(work / "ts"))[1] for _ in range(runs)]
+
+
+def bench_lz4(exe: str, mib: int, runs: int, work: pathlib.Path) -> tuple[list[float], int]:
+    out = work / "lz4"
+    out.mkdir(exist_ok=True)
+    pattern = f"|/usr/bin/lz4 -1 -q -f stdin {out}/core.%P.lz4"
+    latencies, size = [], 0
+    for _ in range(runs):
+        pid, latency = crash_once(exe, mib, pattern, str(work / "ts"))
+        latencies.append(latency)
+        size = wait_file_stable(out / f"core.{pid}.lz4")
+        (out / f"core.{pid}.lz4").unlink()
+    return latencies, size
+
+
+def bench_coredumpd(exe: str, mib: int, runs: int,
+                    work: pathlib.Path) -> tuple[list[float], list[dict[str, object]]]:
+    latencies, rows = [], []
+    with registered_handler(work, directory=str(work / "store"), analysis=False,
+                            rate_limit_burst=100000, journal=False) as handler:
+        pathlib.Path(handler.directory, ".record-rusage").touch()
+        for _ in range(runs):
+            pid, latency = crash_once(exe, mib, handler.pattern, str(work / "ts"))
+            latencies.append(latency)
+            row = handler.wait_row(pid, wait_analysis=False, timeout=300)
+            deadline = time.monotonic() + 60
+            while "handler_rusage" not in json.loads(row.get("facts") or "{}"):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+                row = handler.wait_row(pid, wait_analysis=False)
+            rows.append(row)
+            if row.get("core_path"):
+                os.unlink(str(row["core_path"]))
+    return latencies, rows
+
+
+def _ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:9.1f} ms"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3)
+    options = parser.parse_args()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="reap", dir="/var/tmp"))
+    exe = compile_c(str(REPO / "bench" / "reap_crasher.c"), work, flags=("-O2",))
+    table = []
+    for label, mib in (("tiny", 0), (f"{options.big_mib} MiB", options.big_mib)):
+        discard = bench_discard(exe, mib, options.runs, work)
+        lz4, lz4_size = bench_lz4(exe, mib, options.runs, work)
+        ours, rows = bench_coredumpd(exe, mib, options.runs, work)
+        usage = [json.loads(str(r.get("facts") or "{}")).get("handler_rusage", {}) for r in rows]
+        rss = max((u.get("maxrss_kib", 0) for u in usage), default=0)
+        held = statistics.median([u.get("held_ms", 0.0) for u in usage] or [0.0])
+        stored = rows[-1].get("stored_size") if rows else None
+        table.append((label, discard, lz4, ours, lz4_size, stored, rss, held))
+    print(f"{'core':>10} {'discard':>12} {'lz4 -1':>12} {'coredumpd':>12} {'ratio':>6} "
+          f"{'lz4 size':>12} {'our size':>12} {'peak RSS':>10} {'held':>9}")
+    for label, discard, lz4, ours, lz4_size, stored, rss, held in table:
+        ratio = statistics.median(ours) / statistics.median(discard)
+        print(f"{label:>10} {_ms(discard)} {_ms(lz4)} {_ms(ours)} {ratio:6.2f} "
+              f"{lz4_size:12d} {stored!s:>12} {rss / 1024:7.1f} MiB {held:6.1f} ms")
+    print("\nratio = coredumpd / discard (medians of", options.runs, "runs);"
+          " held = handler start -> close(fd 0), as the handler measured it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""coredumpd install / uninstall against the real kernel.core_pattern (lock held)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from coredumpd.errors import ConfigError
+from coredumpd.pipeline import install
+from tests.support.kernel import CORE_PATTERN, CORE_PIPE_LIMIT, core_pattern
+
+
+def _read(path):
+    with open(path) as handle:
+        return handle.read().rstrip("\n")
+
+
+def test_pattern_has_the_specifiers_and_fits():
+    pattern = install.build_pattern("/usr/bin/coredumpd", "/etc/coredumpd/coredumpd.conf")
+    assert pattern == ("|/usr/bin/coredumpd %P %i %p %u %g %s %t %c %h %d %F"
+                       " --config /etc/coredumpd/coredumpd.conf")
+    assert len(pattern) <= 127
+
+
+def test_pattern_over_the_kernel_limit_is_refused():
+    with pytest.raises(ConfigError, match="over the kernel's limit of 127"):
+        install.build_pattern("/usr/bin/coredumpd", "/etc/" + "x" * 80 + ".conf")
+    with pytest.raises(ConfigError, match="white space"):
+        install.build_pattern("/opt/core dumpd/coredumpd")
+
+
+@pytest.mark.kernel
+def test_install_then_uninstall_restores(tmp_path):
+    config = tmp_path / "c.conf"
+    config.write_text("[Coredump]\n")
+    saved = tmp_path / "saved-sysctl"
+    with core_pattern("|/bin/false before", 3):
+        pattern = install.install(str(config), saved_path=str(saved), handler="/x/coredumpd")
+        assert _read(CORE_PATTERN) == pattern
+        assert pattern.startswith("|/x/coredumpd %P %i ") and pattern.endswith(str(config))
+        assert _read(CORE_PIPE_LIMIT) == "16"
+        install.install(str(config), saved_path=str(saved), handler="/x/coredumpd")  # again
+        assert json.loads(saved.read_text())["core_pattern"] == "|/bin/false before"
+        install.uninstall(saved_path=str(saved))
+        assert _read(CORE_PATTERN) == "|/bin/false before"
+        assert _read(CORE_PIPE_LIMIT) == "3"
+        assert not saved.exists()
+
+
+@pytest.mark.kernel
+def test_cli_refuses_long_pattern_and_changes_nothing(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 40)
+    deep.mkdir(parents=True)
+    config = deep / "coredumpd.conf"
+    config.write_text("[Coredump]\n")
+    with core_pattern("|/bin/false untouched", 5):
+        out = subprocess.run([sys.executable, "-m", "coredumpd.pipeline.main", "install",
+                              "--config", str(config)], capture_output=True, text=True)
+        assert out.returncode == 1
+        assert "coredumpd: error:" in out.stderr and "127" in out.stderr
+        assert _read(CORE_PATTERN) == "|/bin/false untouched"
+        assert _read(CORE_PIPE_LIMIT) == "5"
+
+
+def test_uninstall_without_saved_values(tmp_path):
+    with pytest.raises(ConfigError, match="nothing to restore"):
+        install.uninstall(saved_path=str(tmp_path / "none"))
