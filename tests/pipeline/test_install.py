@@ -58,7 +58,8 @@ def test_cli_refuses_long_pattern_and_changes_nothing(tmp_path):
     config.write_text("[Coredump]\n")
     with core_pattern("|/bin/false untouched", 5):
         out = subprocess.run([sys.executable, "-m", "coredumpd.pipeline.main", "install",
-                              "--config", str(config)], capture_output=True, text=True)
+                              "--config", str(config)], check=False, capture_output=True,
+                             text=True)
         assert out.returncode == 1
         assert "coredumpd: error:" in out.stderr and "127" in out.stderr
         assert _read(CORE_PATTERN) == "|/bin/false untouched"
