@@ -234,6 +234,11 @@ def _load_bias(phdrs: list[ProgramHeader], group: list[Mapping], page: int) -> i
     return None
 
 
+def _or(value: int | None, default: int) -> int:
+    """``value`` unless None (a load bias of 0 is the usual one for ET_EXEC)."""
+    return default if value is None else value
+
+
 def _core_build_id(space: ProcessAddressSpace, phdrs: list[ProgramHeader],
                    bias: int) -> bytes | None:
     for phdr in phdrs:
@@ -334,7 +339,7 @@ def _build_module(space: ProcessAddressSpace, path: str, group: list[Mapping],
     candidate = exe or _resolve(path, root)
     phdrs = headers[1] if headers else []
     if headers is not None:
-        module.load_bias = _load_bias(phdrs, group, space.page_size) or start
+        module.load_bias = _or(_load_bias(phdrs, group, space.page_size), start)
         module.build_id = _core_build_id(space, phdrs, module.load_bias)
     if os.path.exists(candidate):
         _judge_file(space, module, candidate, headers is not None, root)
@@ -342,7 +347,7 @@ def _build_module(space: ProcessAddressSpace, path: str, group: list[Mapping],
         module.problems.append(f"{candidate} is not on this machine")
     if headers is None and module.host_path is not None:
         phdrs = _file_program_headers(module.host_path, module)
-        module.load_bias = _load_bias(phdrs, group, space.page_size) or start
+        module.load_bias = _or(_load_bias(phdrs, group, space.page_size), start)
     module.eh_frame_hdr = next((module.load_bias + p.p_vaddr for p in phdrs
                                 if p.p_type == L.PT.GNU_EH_FRAME), None)
     return module
@@ -368,7 +373,7 @@ def _vdso_module(space: ProcessAddressSpace) -> Module | None:
     if headers is None:
         module.problems.append("the vDSO is not in the core")
         return module
-    module.load_bias = _load_bias(headers[1], [mapping], space.page_size) or address
+    module.load_bias = _or(_load_bias(headers[1], [mapping], space.page_size), address)
     module.build_id = _core_build_id(space, headers[1], module.load_bias)
     module.file_build_id = module.build_id
     module.eh_frame_hdr = next((module.load_bias + p.p_vaddr for p in headers[1]

@@ -8,9 +8,11 @@ last symbol at or before the pc whose size covers it; a sized symbol that
 does not cover the pc loses to a later zero-sized one, else there is no
 symbol.  PLT entries are named ``name@plt`` as gdb does.
 
-Among aliases at one address the name shown is an exported one when there is
-one (``abort``, not ``__GI_abort``; ``read``, not ``__libc_read``): exported
-(.dynsym, defined), then default version, then fewest leading underscores.
+Among aliases at one address the plain name is chosen (docs/ARCHITECTURE.md,
+fixtures/cores/expected.py ``plain_name``): not a glibc-internal ``__GI_``
+alias; fewest leading underscores (``read`` over ``__read`` and
+``__libc_read``); GLOBAL, WEAK, LOCAL (as elfutils' ``dwfl_module_addrsym``:
+``raise`` over ``gsignal``); exported in .dynsym; default version; shortest.
 Version suffixes (``@GLIBC_2.2.5``) are dropped; C++ names are demangled as
 gdb does, with binutils' ``bfd_demangle`` (libiberty, through ctypes), else
 with the C++ runtime's ``__cxa_demangle``.
@@ -41,6 +43,7 @@ from coredumpd.unwind import debuginfo
 from coredumpd.unwind.types import AddressSpace, Module, Symbol
 
 STB_LOCAL = 0
+BINDING_RANK = {1: 0, 2: 1, 0: 2}  # STB_GLOBAL, STB_WEAK, STB_LOCAL
 MAX_DEMANGLE = 4096
 CODE_TYPES = frozenset({STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE})
 NAMED_TYPES = frozenset({STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE, STT_OBJECT})
@@ -133,11 +136,11 @@ class _Alias:
     bind: int
 
     @property
-    def rank(self) -> tuple[int, int, int, int, int, str]:
+    def rank(self) -> tuple[bool, int, int, bool, bool, int, str]:
         name = self.raw.split("@", 1)[0]
         underscores = len(name) - len(name.lstrip("_"))
-        return (not self.exported, not self.default, underscores, self.bind == STB_LOCAL,
-                len(name), name)
+        return (name.startswith("__GI_"), underscores, BINDING_RANK.get(self.bind, 3),
+                not self.exported, not self.default, len(name), name)
 
 
 class SymbolTable:
