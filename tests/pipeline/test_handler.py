@@ -1,0 +1,254 @@
+"""The handler end to end: the real kernel pipe, real programs, real journald.
+
+Raw cores are captured with a plain ``cat`` handler, then fed to ``coredumpd``
+exactly as the kernel would (stdin, argv, fds 1/2 closed, empty environment),
+so the stored file can be compared with the bytes the kernel produced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from coredumpd.store.lz4seek import SeekableLz4Reader
+from tests.pipeline import handler_support as S
+from tests.support.crash import compile_c, registered_handler
+from tests.support.kernel import core_pattern, raw_core_pattern
+
+
+def _raw_core(tmp_path, source, argv_tail=(), name="prog"):
+    """Crash ``source`` under a plain cat handler; (raw core path, program path)."""
+    exe = compile_c(source, tmp_path, name=name)
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    with core_pattern(raw_core_pattern(str(raw_dir)), 16):
+        proc = subprocess.Popen([exe, *argv_tail], preexec_fn=_unlimited)  # noqa: PLW1509
+        proc.wait(120)
+    path = raw_dir / f"core.{proc.pid}"
+    size = -1
+    for _ in range(600):  # the cat handler may still be writing after the reap
+        if path.exists() and path.stat().st_size == size and size > 0:
+            break
+        size = path.stat().st_size if path.exists() else -1
+        time.sleep(0.1)
+    return path, exe
+
+
+def _unlimited():
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
+
+
+def _assert_same_bytes(stored, raw):
+    restored = subprocess.run(["lz4", "-d", "-c", str(stored)], capture_output=True, check=True)
+    with open(raw, "rb") as handle:
+        data = handle.read()
+    assert restored.stdout == data
+    rng = random.Random(7)
+    with SeekableLz4Reader(str(stored)) as reader:
+        assert reader.size == len(data) and reader.truncated is None
+        for _ in range(200):
+            offset = rng.randrange(len(data))
+            size = rng.choice((1, 17, 4096, 1 << 20, 3 << 20))
+            assert reader.pread(offset, size) == data[offset:offset + size]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("kind", ["threads", pytest.param("big", marks=pytest.mark.slow)])
+def test_stored_core_equals_raw_core(tmp_path, kind):
+    source, tail = (S.SEGV_THREADS, ()) if kind == "threads" else (S.BIG, ("300",))
+    raw, _exe = _raw_core(tmp_path, source, tail)
+    stand_in = S.stand_in(tmp_path)
+    try:
+        with registered_handler(tmp_path, rate_limit_burst=1000) as handler:
+            status = S.run_as_kernel(raw, S.kernel_args(stand_in.pid), handler.config_path)
+            row = handler.wait_row(stand_in.pid, timeout=300)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert status == 0
+    assert row["core_state"] == "present" and row["core_reason"] is None
+    assert row["core_size"] == raw.stat().st_size
+    assert os.path.basename(row["core_path"]).startswith(f"core.stand-in.0.{row['boot_id']}.")
+    assert os.stat(row["core_path"]).st_mode & 0o777 == 0o640
+    _assert_same_bytes(row["core_path"], raw)
+    facts = json.loads(row["facts"])
+    if kind == "threads":
+        assert len(facts["stream"]["threads"]) == 4
+    assert facts["proc"]["comm"] == "stand-in"
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("signal_name", sorted(S.SIGNALS))
+def test_real_crash_is_stored_indexed_and_journaled(tmp_path, signal_name):
+    exe = compile_c(S.SIGNALS[signal_name], tmp_path, name=f"crash-{signal_name.lower()}")
+    with registered_handler(tmp_path, rate_limit_burst=1000, analysis_timeout=60) as handler:
+        row = handler.crash([exe], timeout=120)
+    assert row["signal"] == {"SIGSEGV": 11, "SIGABRT": 6, "SIGFPE": 8, "SIGBUS": 7,
+                             "SIGILL": 4}[signal_name]
+    assert row["comm"] == os.path.basename(exe)[:15] and row["exe"] == exe
+    assert row["core_state"] == "present" and os.path.exists(row["core_path"])
+    assert row["analysis_state"] in ("done", "failed")
+    path_taken = json.loads(row["path_taken"])
+    assert path_taken["crasher"] is None
+    facts = json.loads(row["facts"])
+    assert facts["pidfd_check"].get("verified") is True  # %F given by this kernel
+    assert facts["proc"]["maps"] and facts["proc"]["status"]["NSpid"] == [row["pid"]]
+    if os.path.exists("/run/systemd/journal/socket"):
+        assert path_taken["journal"] == "sent"
+        entry = _journal_entry(row["pid"])
+        assert entry["MESSAGE_ID"] == "fc2e22bc6ee647b6b90729ab34a250b1"
+        assert entry["COREDUMP_SIGNAL"] == str(row["signal"])
+        assert entry["COREDUMP_FILENAME"] == row["core_path"]
+        assert entry["MESSAGE"].startswith(f"Process {row['pid']} (")
+
+
+def _journal_entry(pid):
+    for _ in range(100):
+        out = subprocess.run(["journalctl", "-o", "json", "--no-pager", "--all",
+                              "MESSAGE_ID=fc2e22bc6ee647b6b90729ab34a250b1",
+                              f"COREDUMP_PID={pid}"], capture_output=True, text=True,
+                             check=False)
+        if out.stdout.strip():
+            return json.loads(out.stdout.splitlines()[-1])
+        time.sleep(0.05)
+    raise AssertionError(f"no journal entry for pid {pid}")
+
+
+@pytest.fixture(scope="module")
+def small_raw_core(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("raw")
+    raw, _exe = _raw_core(tmp_path, S.SEGV_THREADS)
+    return raw
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("who", ["pid1", "journald"])
+@pytest.mark.parametrize("journal_socket", ["absent", "deaf"])
+def test_pid1_and_journald_crashes_are_stored_without_the_journal(
+        tmp_path, small_raw_core, who, journal_socket):
+    sock_path = str(tmp_path / "journal.sock")
+    deaf = None
+    if journal_socket == "deaf":
+        deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        deaf.bind(sock_path)
+        for _ in range(64):  # fill its queue: it never reads
+            try:
+                deaf.sendto(b"MESSAGE=x\n", sock_path)
+            except BlockingIOError:
+                break
+    stand_in = None if who == "pid1" else S.stand_in(tmp_path, "systemd-journald")
+    pid = 1 if who == "pid1" else stand_in.pid
+    env = {"COREDUMPD_JOURNAL_SOCKET": sock_path}
+    try:
+        with registered_handler(tmp_path, journal_timeout=0.2) as handler:
+            status = S.run_as_kernel(small_raw_core, S.kernel_args(pid), handler.config_path,
+                                     env=env, timeout=30)
+            row = handler.wait_row(pid, timeout=60)
+    finally:
+        if stand_in is not None:
+            stand_in.kill()
+            stand_in.wait()
+        if deaf is not None:
+            deaf.close()
+    assert status == 0
+    assert row["core_state"] == "present" and os.path.exists(row["core_path"])
+    path_taken = json.loads(row["path_taken"])
+    assert path_taken["crasher"] == who
+    assert path_taken["kmsg"] == "written"
+    if who == "journald":
+        assert path_taken["journal"].startswith("skipped")
+    else:
+        expected = "timeout" if journal_socket == "deaf" else "unreachable"
+        assert path_taken["journal"].startswith(expected)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("case", ["empty", "garbage", "cut-notes", "cut-segment"])
+def test_bad_input_is_stored_and_flagged(tmp_path, small_raw_core, case):
+    data = small_raw_core.read_bytes()
+    notes_offset = int.from_bytes(data[64 + 8:64 + 16], "little")
+    payload = {"empty": b"", "garbage": os.urandom(50000),
+               "cut-notes": data[:notes_offset + 300],
+               "cut-segment": data[:len(data) - 5000]}[case]
+    path = tmp_path / "input"
+    path.write_bytes(payload)
+    with registered_handler(tmp_path) as handler:
+        status = S.run_as_kernel(path, S.kernel_args(424242), handler.config_path, timeout=30)
+        row = handler.wait_row(424242, timeout=60)
+    assert status == 0
+    facts = json.loads(row["facts"])
+    assert facts["missing"]["proc.comm"] == "ENOENT"  # no such process: degraded, not failed
+    if case == "empty":
+        assert row["core_state"] == "missing" and row["core_reason"] == "empty stream"
+        assert row["core_path"] is None
+        return
+    assert row["core_state"] == "truncated" and row["core_reason"]
+    with SeekableLz4Reader(row["core_path"]) as reader:
+        assert reader.truncated == row["core_reason"]
+        assert reader.pread(0, len(payload) + 1) == payload
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("args", [[], ["nonsense"], ["12", "x", "y"]])
+def test_missing_or_wrong_arguments(tmp_path, small_raw_core, args):
+    with registered_handler(tmp_path) as handler:
+        status = S.run_as_kernel(small_raw_core, args, handler.config_path, timeout=30)
+        deadline = time.monotonic() + 60
+        found = []
+        while not found and time.monotonic() < deadline:
+            found = S.rows(handler) if os.path.exists(handler.config.index_path) else []
+            time.sleep(0.1)
+    assert status == 0 and len(found) == 1
+    facts = json.loads(found[0]["facts"])
+    assert any("argument" in problem for problem in facts["problems"])
+    assert found[0]["core_state"] == "present"
+
+
+@pytest.mark.kernel
+def test_rlimit_below_a_page_and_rate_limit(tmp_path):
+    exe = compile_c(S.SIGNALS["SIGSEGV"], tmp_path, name="ratelimited")
+    with registered_handler(tmp_path, rate_limit_burst=1, analysis=False) as handler:
+        first = handler.crash([exe])
+        second = handler.crash([exe])
+        small = handler.crash([exe], rlimit_core=1024)
+    assert first["core_state"] == "present"
+    assert second["core_state"] == "none" and "rate limited" in second["core_reason"]
+    assert second["core_path"] is None and second["signal"] == 11
+    assert small["core_state"] == "none" and "RLIMIT_CORE" in small["core_reason"]
+    assert sorted(os.listdir(handler.directory)).count(os.path.basename(first["core_path"])) == 1
+    assert len([n for n in os.listdir(handler.directory) if n.startswith("core.")]) == 1
+
+
+@pytest.mark.kernel
+def test_size_limit_truncates(tmp_path):
+    exe = compile_c(S.BIG, tmp_path, name="big")
+    with registered_handler(tmp_path, external_size_max="4M", analysis=False) as handler:
+        row = handler.crash([exe, "32"])
+    assert row["core_state"] == "truncated" and "limit" in row["core_reason"]
+    with SeekableLz4Reader(row["core_path"]) as reader:
+        assert reader.size == 4 << 20 and reader.truncated == row["core_reason"]
+
+
+@pytest.mark.kernel
+def test_user_gets_an_acl_only_for_its_own_plain_crash(tmp_path):
+    public = tempfile.mkdtemp(prefix="cdacl", dir="/tmp")  # pytest's tmp_path is 0700
+    os.chmod(public, 0o755)
+    exe = compile_c(S.SIGNALS["SIGSEGV"], public, name="usercrash")
+    os.chmod(exe, 0o755)
+    with registered_handler(tmp_path, analysis=False) as handler:
+        row = handler.crash(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534",
+                             "--clear-groups", exe])
+    assert row["uid"] == 65534 and row["core_state"] == "present"
+    acl = subprocess.run(["getfacl", "-n", "-p", row["core_path"]], capture_output=True,
+                         text=True, check=True).stdout
+    assert "user:65534:r--" in acl and "other::---" in acl
+    shutil.rmtree(public)
