@@ -56,6 +56,7 @@ class StreamResult:
         self.problems: list[str] = []
         self.truncated: str | None = None
         self.eof = False  # the kernel closed its end: we saw the whole stream
+        self.write_error: str | None = None  # the writer failed (e.g. ENOSPC): stopped there
 
     def auxv_value(self, a_type: int) -> int | None:
         for key, value in self.auxv:
@@ -123,7 +124,12 @@ def read_core(fd: int, writer: CoreWriter | None, limit: int | None = None) -> S
     result.eof = head.eof
     if writer is None:
         return result
-    writer.write(head.data)
+    try:
+        writer.write(head.data)
+    except CoredumpdError as err:
+        result.write_error = f"write failed: {err}"
+        result.truncated = result.write_error
+        return result
     if not head.eof:
         _copy_bulk(fd, writer, result, limit)
     _check_complete(result, limit)
@@ -135,8 +141,10 @@ def _copy_bulk(fd: int, writer: CoreWriter, result: StreamResult, limit: int | N
     try:
         copied = writer.copy_from(fd, room)
     except CoredumpdError as err:
+        # copy_from raises for a failed read and for a failed write alike
         result.problems.append(str(err))
-        result.truncated = f"read error after {result.size} bytes: {err}"
+        result.write_error = f"stopped after {result.size}+ bytes: {err}"
+        result.truncated = result.write_error
         return
     result.size += copied
     if room is not None and copied >= room:

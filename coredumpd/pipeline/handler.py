@@ -51,7 +51,8 @@ class Crash:
         self.temp: TempCore | None = None
         self.writer: Any = None  # store.lz4seek.SeekableLz4Writer, imported late
         self.dir_fd = -1
-        self.skip_core: str | None = None  # why no core is stored
+        self.skip_core: str | None = None  # why no core is kept on purpose (state "none")
+        self.core_failure: str | None = None  # why storing it failed (state "missing")
         self.held: dict[str, dict[str, Any]] = {}
         self.timestamp_us = time.time_ns() // 1000
         self.handler_started = time.monotonic()
@@ -164,10 +165,17 @@ def _stream_core(crash: Crash) -> None:
         return
     if crash.config.storage == "none":
         crash.skip_core = "Storage=none"
-    crash.temp = TempCore(crash.dir_fd)
-    from coredumpd.store.lz4seek import SeekableLz4Writer
-    crash.writer = SeekableLz4Writer(crash.temp.fd, threads=1)
+    try:
+        crash.temp = TempCore(crash.dir_fd)
+        from coredumpd.store.lz4seek import SeekableLz4Writer
+        crash.writer = SeekableLz4Writer(crash.temp.fd, threads=1)
+    except (CoredumpdError, OSError) as err:
+        crash.core_failure = f"cannot create the core file: {err}"
+        crash.stream = read_core(0, None)
+        return
     crash.stream = read_core(0, crash.writer, _core_limit(crash))
+    if crash.stream.write_error:
+        crash.core_failure = crash.stream.write_error
 
 
 def _read_sender(crash: Crash) -> None:

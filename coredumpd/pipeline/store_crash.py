@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from coredumpd.config import Config
 from coredumpd.elf.layouts import signal_name
 from coredumpd.errors import CoredumpdError
 from coredumpd.pipeline import handler as H
@@ -62,7 +63,7 @@ def _finish_core(crash: H.Crash) -> Any:
         return crash.writer.finish(crash.stream.truncated)
     except CoredumpdError as err:
         crash.problems.append(f"finishing the lz4 file: {err}")
-        crash.skip_core = crash.skip_core or f"write failed: {err}"
+        crash.core_failure = crash.core_failure or f"write failed: {err}"
         return None
 
 
@@ -83,11 +84,35 @@ def _apply_rate_limit(crash: H.Crash, index: Index) -> None:
 
 def _core_state(crash: H.Crash, stored: bool) -> tuple[str, str | None]:
     reason = crash.stream.truncated
+    if crash.core_failure is not None:
+        return "missing", crash.core_failure
     if crash.skip_core is not None:
         return "none", crash.skip_core
     if not stored:
         return "missing", reason or "not stored"
     return ("truncated", reason) if reason else ("present", None)
+
+
+def keep_free_bytes(config: Config, fs: os.statvfs_result) -> int:
+    """KeepFree=, or systemd's default: 15% of the file system, at most 4 GiB
+    (coredump.conf(5))."""
+    if config.keep_free is not None:
+        return config.keep_free
+    return min(fs.f_frsize * fs.f_blocks * 15 // 100, 4 << 30)
+
+
+def _check_keep_free(crash: H.Crash, stored_size: int) -> None:
+    """Keeping the core must leave KeepFree free on the file system of the store."""
+    try:
+        fs = os.statvfs(crash.dir_fd)
+    except OSError as err:
+        crash.problems.append(f"statvfs of the store: {err.strerror}")
+        return
+    free = fs.f_frsize * fs.f_bavail  # the unnamed file already takes its blocks
+    keep = keep_free_bytes(crash.config, fs)
+    if free < keep and crash.skip_core is None:
+        crash.skip_core = (f"KeepFree={keep} bytes: only {free} bytes free with the core"
+                           f" of {stored_size} bytes written; not kept")
 
 
 def _record(crash: H.Crash, stats: Any, facts: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +135,8 @@ def _record(crash: H.Crash, stats: Any, facts: dict[str, Any]) -> dict[str, Any]
         "facts": json.dumps(facts), "analysis_state": "pending",
         "path_taken": json.dumps({"crasher": H.crasher_kind(crash), "journal": "pending"}),
     }
+    if stats is not None and crash.skip_core is None and crash.core_failure is None:
+        _check_keep_free(crash, stats.stored_size)
     will_store = stats is not None and crash.skip_core is None and stream.size > 0
     record["core_state"], record["core_reason"] = _core_state(crash, will_store)
     return record
