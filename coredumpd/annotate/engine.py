@@ -46,6 +46,7 @@ SPECIFICITY = (
     "file-mapping-past-eof",
     "trap-instruction",
     "divide-by-zero",
+    "division-overflow",
     "library-replaced",
 )
 

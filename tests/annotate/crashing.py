@@ -44,6 +44,14 @@ class Crash:
     facts: dict[str, Any]
     via: str  # "handler" or "raw"
     row: dict[str, Any] | None = None
+    core_path: str | None = None  # the stored core (raw ELF or our lz4)
+
+    def reanalyze(self, facts: dict[str, Any]) -> dict[str, Any]:
+        """The analysis of the same core with other facts."""
+        from coredumpd.analysis import analyze
+        from coredumpd.store.lz4seek import open_core_source
+        assert self.core_path, "no stored core"
+        return analyze(open_core_source(self.core_path), facts)
 
     @property
     def ids(self) -> list[str]:
@@ -75,6 +83,7 @@ def build(name: str, out_dir: str | os.PathLike[str]) -> str:
 def crash(argv: Sequence[str], tmp_path: pathlib.Path, *, pidfile: str | None = None,
           need_facts: bool = False, cwd: str | None = None) -> Crash:
     """Run ``argv`` until it (or the process named in ``pidfile``) dumps core; analyse it."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     if handler_available():
         return _through_handler(argv, tmp_path, pidfile, cwd)
     if need_facts:
@@ -90,7 +99,7 @@ def _through_handler(argv: Sequence[str], tmp_path: pathlib.Path, pidfile: str |
         row = handler.crash(list(argv), pidfile=pidfile, cwd=cwd)
     analysis, facts = _json(row.get("analysis")), _json(row.get("facts"))
     assert analysis, f"no analysis in the index row: {row}"
-    return Crash(analysis, facts, "handler", row)
+    return Crash(analysis, facts, "handler", row, row.get("core_path"))
 
 
 def _json(value: Any) -> dict[str, Any]:
@@ -112,7 +121,7 @@ def _through_raw_core(argv: Sequence[str], tmp_path: pathlib.Path, pidfile: str 
         shutil.move(core, kept)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    return Crash(analyze(RawFileSource(str(kept))), {}, "raw")
+    return Crash(analyze(RawFileSource(str(kept))), {}, "raw", None, str(kept))
 
 
 def _run_raw(argv: Sequence[str], directory: str, pidfile: str | None, cwd: str | None) -> int:

@@ -71,6 +71,12 @@ def test_divide_by_zero(program, tmp_path):
     assert "= 0" in result.evidence("divide-by-zero")
 
 
+def test_division_overflow_is_not_divide_by_zero(program, tmp_path):
+    result = crash([program("everyday"), "overflow"], tmp_path)
+    assert result.ids == ["division-overflow"]
+    assert "divisor dword ptr [rbp - 8] = 0xffffffff" in result.evidence("division-overflow")
+
+
 def test_trap_instruction(program, tmp_path):
     result = crash([program("everyday"), "trap"], tmp_path)
     assert result.ids == ["trap-instruction"]

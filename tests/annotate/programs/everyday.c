@@ -2,9 +2,11 @@
  *   sigbus  - touch a file mapping past the end of the (truncated) file
  *   trap    - __builtin_trap() (ud2): SIGILL
  *   divzero - integer division by zero: SIGFPE FPE_INTDIV
+ *   overflow - INT_MIN / -1: the same SIGFPE FPE_INTDIV, divisor not zero
  *   rodata  - write into a string literal (.rodata, read-only): SIGSEGV SEGV_ACCERR
  */
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -28,6 +30,7 @@ int main(int argc, char **argv) {
     if (!strcmp(what, "sigbus")) return sigbus(argc > 2 ? argv[2] : "/tmp/everyday.map");
     if (!strcmp(what, "trap")) __builtin_trap();
     if (!strcmp(what, "divzero")) return divide(argc, argc - 2);
+    if (!strcmp(what, "overflow")) return divide(INT_MIN + argc - 2, 1 - argc);
     if (!strcmp(what, "rodata")) { shout((char *)"hello"); return 0; }
     return 1;
 }

@@ -1,0 +1,59 @@
+"""init-crash and pid1-signal-semantics from the facts recorded at dump time.
+
+The global PID 1 cannot be crashed on a test machine, so init-crash is checked
+as the brief allows: the analysis of a real core with facts whose ``args.pid``
+is 1 (the handler's %P), beside facts of a namespace init and of an ordinary
+process.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.annotate.crashing import crash
+
+pytestmark = pytest.mark.kernel
+
+
+def _facts(pid, nspid):
+    return {"version": 1, "args": {"pid": pid, "ns_pid": nspid[-1], "signal": 11},
+            "handler_pid": 4321,
+            "proc": {"comm": "init", "exe": "/sbin/init",
+                     "status": {"NSpid": nspid, "SigCgt": "0000000000004000"}}}
+
+
+@pytest.fixture(scope="module")
+def segv_core(program, tmp_path_factory):
+    return crash([program("null_deref")], tmp_path_factory.mktemp("segv"))
+
+
+def _ids(result):
+    return [annotation["id"] for annotation in result["annotations"]]
+
+
+def test_init_crash_for_global_pid1(segv_core):
+    result = segv_core.reanalyze(_facts(1, [1]))
+    assert "init-crash" in _ids(result)
+    # engine.SPECIFICITY: context rules (pid1, init) precede the general fault classes
+    assert _ids(result) == ["init-crash", "null-deref"]
+    evidence = "\n".join(next(a for a in result["annotations"]
+                              if a["id"] == "init-crash")["evidence"])
+    assert "global PID 1" in evidence and "/sbin/init" in evidence
+    assert "stored and indexed this core itself" in evidence and "(pid 4321)" in evidence
+    assert "pid1-signal-semantics" not in _ids(result)  # not a namespace init
+
+
+def test_namespace_init_is_pid1_semantics_not_init_crash(segv_core):
+    result = segv_core.reanalyze(_facts(4242, [4242, 1]))
+    assert "pid1-signal-semantics" in _ids(result)
+    assert "init-crash" not in _ids(result)
+    evidence = "\n".join(next(a for a in result["annotations"]
+                              if a["id"] == "pid1-signal-semantics")["evidence"])
+    assert "NSpid 4242 1" in evidence
+    assert "no handler for SIGHUP, SIGINT, SIGABRT" in evidence  # SigCgt has only SIGTERM
+
+
+def test_ordinary_process_is_neither(segv_core):
+    for facts in ({}, _facts(4242, [4242])):
+        ids = _ids(segv_core.reanalyze(facts))
+        assert "init-crash" not in ids and "pid1-signal-semantics" not in ids
