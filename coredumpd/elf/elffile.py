@@ -445,7 +445,8 @@ def _version_info(elf: ElfFile) -> dict[str, object]:
     verdefs = elf.verdefs()
     defines: dict[str, list[str]] = {}
     for symbol in elf.symbols(".dynsym"):
-        if symbol.shndx != L.SHN_UNDEF and symbol.name and symbol.version is not None:
+        if (symbol.shndx != L.SHN_UNDEF and symbol.name and symbol.version is not None
+                and symbol.name != symbol.version):  # the version's own SHN_ABS marker
             defines.setdefault(symbol.name, []).append(symbol.version)
     build_id = elf.build_id
     return {
