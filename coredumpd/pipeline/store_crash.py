@@ -45,10 +45,11 @@ def finish(crash: H.Crash) -> int:
     record = _record(crash, stats, facts)
     _link_core(crash, record)
     row_id = index.insert(CrashRecord(**record))
-    _special_crasher(crash, index, row_id, record)
-    _enforce_retention(crash, index)
-    _spawn_analysis(crash, row_id, record)
-    _record_rusage(crash, index, row_id)
+    for step in (_special_crasher, _enforce_retention, _spawn_analysis, _record_rusage):
+        try:  # the row exists: a failing step must not stop the others
+            step(crash, index, row_id, record)
+        except Exception as err:  # noqa: BLE001
+            write_kmsg(_kmsg(crash, f"{step.__name__.strip('_')}: {type(err).__name__}: {err}"))
     return 0
 
 
@@ -128,7 +129,7 @@ def _record(crash: H.Crash, stats: Any, facts: dict[str, Any]) -> dict[str, Any]
         "timestamp_us": crash.timestamp_us, "boot_id": facts["boot_id"],
         "hostname": args.hostname, "comm": comm, "exe": proc.get("exe"),
         "cmdline": " ".join(proc.get("cmdline") or []) or None,
-        "unit": proc.get("unit"), "cgroup": proc.get("cgroup"),
+        "unit": proc.get("unit"), "cgroup": _unified_cgroup(proc.get("cgroup")),
         "rlimit_core": args.rlimit_core, "dump_mode": args.dump_mode,
         "core_path": None, "core_size": stream.size,
         "stored_size": stats.stored_size if stats is not None else None,
@@ -140,6 +141,14 @@ def _record(crash: H.Crash, stats: Any, facts: dict[str, Any]) -> dict[str, Any]
     will_store = stats is not None and crash.skip_core is None and stream.size > 0
     record["core_state"], record["core_reason"] = _core_state(crash, will_store)
     return record
+
+
+def _unified_cgroup(text: str | None) -> str | None:
+    """The cgroup v2 path ("0::PATH" line), as systemd-coredump's COREDUMP_CGROUP."""
+    for line in (text or "").splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return text
 
 
 def _link_core(crash: H.Crash, record: dict[str, Any]) -> None:
@@ -174,15 +183,13 @@ def _special_crasher(crash: H.Crash, index: Index, row_id: Any, record: dict[str
     index.update(row_id, path_taken=json.dumps(path_taken))
 
 
-def _enforce_retention(crash: H.Crash, index: Index) -> None:
-    try:
-        from coredumpd.store import retention
-        retention.enforce(crash.config, index)
-    except (CoredumpdError, OSError) as err:
-        crash.problems.append(f"retention: {err}")
+def _enforce_retention(crash: H.Crash, index: Index, row_id: Any,
+                       record: dict[str, Any]) -> None:
+    from coredumpd.store import retention
+    retention.enforce(crash.config, index)
 
 
-def _spawn_analysis(crash: H.Crash, row_id: Any, record: dict[str, Any]) -> None:
+def _spawn_analysis(crash: H.Crash, index: Index, row_id: Any, record: dict[str, Any]) -> None:
     """Double fork: a niced session leader-less grandchild the kernel never waits for."""
     argv = [sys.executable, "-m", ANALYZE_JOB_MODULE, "--id", str(row_id)]
     if crash.config.path:
@@ -210,7 +217,7 @@ def _detached_exec(argv: list[str]) -> None:
         os._exit(127)
 
 
-def _record_rusage(crash: H.Crash, index: Index, row_id: Any) -> None:
+def _record_rusage(crash: H.Crash, index: Index, row_id: Any, record: dict[str, Any]) -> None:
     """Handler timings and peak RSS, in the facts, when the bench asks for them."""
     if not os.path.exists(os.path.join(crash.config.directory, ".record-rusage")):
         return
