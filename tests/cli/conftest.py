@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,3 +61,12 @@ def fresh_store(tmp_path: pathlib.Path) -> Iterator[Any]:
 
 def environment(**extra: str) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **extra}
+
+
+def crash_table(db: sqlite3.Connection) -> str:
+    """The index table holding the CrashRecord columns (named by store/index.py)."""
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        columns = {info[1] for info in db.execute(f"PRAGMA table_info({name})")}
+        if {"id", "analysis", "facts", "core_state"} <= columns:
+            return str(name)
+    raise AssertionError("no crash table in the index")

@@ -14,7 +14,7 @@ import pytest
 
 from coredumpd.cli.corectl import ExitStatus, main
 from coredumpd.report import schema
-from tests.cli.conftest import HOSTILE_NAME, CrashStore, environment
+from tests.cli.conftest import HOSTILE_NAME, CrashStore, crash_table, environment
 
 pytestmark = pytest.mark.kernel
 CORECTL = [sys.executable, "-m", "coredumpd.cli.corectl"]
@@ -187,3 +187,58 @@ def test_closed_pipe_ends_quietly(crash_store: CrashStore) -> None:
                            stderr=subprocess.PIPE, text=True, check=False)
     os.close(writer)
     assert child.returncode == 0 and child.stderr == ""
+
+
+def test_delete_and_vacuum(fresh_store, tmp_path: pathlib.Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.cli.conftest import SEGV
+    from tests.support.crash import compile_c
+
+    program = compile_c(SEGV, tmp_path, name="doomed")
+    first, second = (fresh_store.crash([program], timeout=120) for _ in range(2))
+    config = ["--config", fresh_store.config_path]
+    assert main([*config, "delete", first["id"]], env={}) == ExitStatus.OK
+    assert capsys.readouterr().out == f"Deleted {first['id']}\n"
+    assert not os.path.exists(first["core_path"])
+    assert main([*config, "--json", "list"], env={}) == ExitStatus.OK
+    assert [e["id"] for e in json.loads(capsys.readouterr().out)] == [second["id"]]
+    assert main([*config, "delete", first["id"]], env={}) == ExitStatus.NO_MATCH
+    capsys.readouterr()
+
+    assert main([*config, "vacuum", "--older-than", "0s"], env={}) == ExitStatus.OK
+    capsys.readouterr()
+    assert not os.path.exists(second["core_path"])
+    assert main([*config, "--json", "list"], env={}) == ExitStatus.OK
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["id"] == second["id"] and entry["core_state"] == "missing"  # the row stays
+    assert main([*config, "dump", "-o", str(tmp_path / "x")], env={}) == ExitStatus.NO_CORE
+    assert "has no stored core" in capsys.readouterr().err
+
+
+def test_other_users_see_only_their_own_crashes(crash_store: CrashStore,
+                                                tmp_path: pathlib.Path) -> None:
+    """Run corectl as nobody on a readable copy of the index with one row of nobody's."""
+    import shutil
+    import sqlite3
+
+    nobody = 65534
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in os.listdir(crash_store.directory):
+        if name.startswith("index.sqlite"):
+            shutil.copy(os.path.join(crash_store.directory, name), store / name)
+    mine = crash_store.rows["abort"]["id"]
+    with sqlite3.connect(store / "index.sqlite") as db:
+        db.execute(f"UPDATE {crash_table(db)} SET uid = ? WHERE id = ?", (nobody, mine))
+    os.chown(store, nobody, nobody)
+    for path in store.iterdir():
+        os.chown(path, nobody, nobody)
+    config = tmp_path / "c.conf"
+    config.write_text(f"[Coredump]\nDirectory={store}\n")
+    tmp_path.chmod(0o755)
+    as_nobody = ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"]
+    result = subprocess.run([*as_nobody, *CORECTL, "--config", str(config), "--json", "list"],
+                            capture_output=True, text=True, check=False,
+                            env=environment(PYTHONPATH=str(pathlib.Path(__file__).parents[2])))
+    assert result.returncode == 0, result.stderr
+    assert [e["id"] for e in json.loads(result.stdout)] == [mine]

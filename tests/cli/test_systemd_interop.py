@@ -18,7 +18,7 @@ import pytest
 from coredumpd.cli.corectl import ExitStatus, main
 from coredumpd.report import schema
 from tests.cli import systemd_tools
-from tests.cli.conftest import SEGV
+from tests.cli.conftest import SEGV, crash_table
 
 pytestmark = pytest.mark.kernel
 
@@ -79,7 +79,7 @@ def test_malformed_index_rows_do_not_stop_corectl(fresh_store, tmp_path, capsys)
     row = fresh_store.crash([compile_c(SEGV, tmp_path, name="victim")], timeout=120)
     index_path = os.path.join(fresh_store.directory, "index.sqlite")
     with sqlite3.connect(index_path) as db:
-        table = _crash_table(db)
+        table = crash_table(db)
         db.execute(f"UPDATE {table} SET analysis = ?, facts = ?, root_cause = NULL, "
                    "core_state = 'bogus' WHERE id = ?", ("{broken", "[", row["id"]))
     config = ["--config", fresh_store.config_path]
@@ -94,11 +94,3 @@ def test_malformed_index_rows_do_not_stop_corectl(fresh_store, tmp_path, capsys)
     assert main([*config, "--no-pager", "show", row["id"]], env={}) == ExitStatus.OK
     assert "index column analysis is not valid JSON" in capsys.readouterr().out
 
-
-def _crash_table(db: sqlite3.Connection) -> str:
-    """The index table that has the CrashRecord columns (named by store/index.py)."""
-    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
-        columns = {info[1] for info in db.execute(f"PRAGMA table_info({name})")}
-        if {"id", "analysis", "facts", "core_state"} <= columns:
-            return str(name)
-    raise AssertionError("no crash table in the index")
