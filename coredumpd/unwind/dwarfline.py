@@ -28,6 +28,7 @@ DW_FORM_indirect, DW_FORM_data16, DW_FORM_block = 0x16, 0x1E, 0x09
 DW_LNCT_path, DW_LNCT_directory_index = 1, 2
 MAX_ABBREVS = 1 << 16
 MAX_ROWS = 1 << 22
+MAX_ENTRIES = 1 << 16
 
 # Fixed sizes of forms; None: depends on the unit (address or offset size) or variable.
 _FIXED = {0x05: 2, 0x06: 4, 0x07: 8, 0x0B: 1, 0x0C: 1, 0x11: 1, 0x12: 2, 0x13: 4, 0x14: 8,
@@ -246,8 +247,11 @@ def _entry_formats(reader: Reader) -> list[tuple[int, int]]:
 def _v5_entries(reader: Reader, formats: list[tuple[int, int]], offset_size: int,
                 strings: tuple[bytes, bytes]) -> list[dict[int, object]]:
     """Directory or file entries of a DWARF 5 header (6.2.4.1)."""
-    entries = []
-    for _ in range(reader.uleb()):
+    entries: list[dict[int, object]] = []
+    count = reader.uleb()
+    if count > MAX_ENTRIES or (count and not formats):
+        raise FormatError(f"{count} directory/file entries", reader.position)
+    for _ in range(count):
         entry: dict[int, object] = {}
         for content, form in formats:
             if form == DW_FORM_string:

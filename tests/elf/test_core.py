@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 import subprocess
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
@@ -196,3 +198,29 @@ def test_real_core_siginfo_auxv_and_files_match_eu_readelf(mt_core):
         assert core.read_memory(sysinfo, 4) == b"\x7fELF"  # the vDSO is dumped whole
         stack = core.threads[0].registers["rsp"]
         assert len(core.read_memory(stack, 256)) == 256
+
+
+# ------------------------------------------------------------ fuzzed cores
+
+SIMPLE = W.simple_core()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), max_size=8),
+       st.integers(0, len(SIMPLE)))
+def test_corrupted_cores_never_raise_past_the_header(changes, cut):
+    """Bytes changed in the headers and notes, tail cut: a Core or a FormatError from
+    the ELF header, and reads raise only MemoryReadError."""
+    data = bytearray(SIMPLE)
+    for position, value in changes:
+        data[position] = value
+    try:
+        core = Core.open(BytesSource(bytes(data[:max(cut, 1)])))
+    except FormatError:
+        assert any(position < 64 for position, _ in changes) or cut < 64
+        return
+    for address in [0x400000, 0x7FFF0000, *(s.vaddr for s in core.segments)]:
+        try:
+            core.read_memory(address, 64)
+        except MemoryReadError:
+            pass
