@@ -32,11 +32,16 @@ class CrashStore:
         return ["--config", self.config_path, "--no-pager", *args]
 
 
+_STORE_FAILURE: list[str] = []  # a failed set-up is not retried by every test
+
+
 @pytest.fixture(scope="session")
 def crash_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashStore]:
     """Three real crashes (SIGSEGV, SIGABRT, a hostile name) in one store."""
     if not can_swap_core_pattern():
         pytest.skip("needs root and a writable kernel.core_pattern")
+    if _STORE_FAILURE:
+        pytest.fail(f"the crash store could not be filled: {_STORE_FAILURE[0]}")
     from tests.support.crash import compile_c, registered_handler
 
     tmp = tmp_path_factory.mktemp("corectl")
@@ -44,7 +49,11 @@ def crash_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashStore
                 "abort": compile_c(ABORT, tmp, name="aborter"),
                 "hostile": compile_c(SEGV, tmp, name=HOSTILE_NAME)}
     with registered_handler(tmp, rate_limit_burst=100) as handler:
-        rows = {key: handler.crash([path], timeout=120) for key, path in programs.items()}
+        try:
+            rows = {key: handler.crash([path], timeout=60) for key, path in programs.items()}
+        except Exception as err:
+            _STORE_FAILURE.append(f"{type(err).__name__}: {err}")
+            raise
         yield CrashStore(handler.config_path, handler.directory, rows)
 
 
