@@ -385,16 +385,25 @@ def _limit(memory_max: int) -> None:
     signal.signal(signal.SIGALRM, _alarm)
 
 
+RECYCLE = 2000  # inputs per worker: caches that grow across inputs must not pile up
+
+
 def _worker(generator: Generator, start: int, stop: int, time_limit: float, memory_max: int,
             progress: Any, conn: Any) -> None:
     _limit(memory_max)
     seen: set[str] = set()
-    for index in range(start, stop):
-        progress.value = index
-        outcome = execute(generator.target, generator.input(index), time_limit)
-        if outcome is not None and outcome[1] not in seen:
-            seen.add(outcome[1])
-            conn.send(("finding", index, outcome))
+    stop = min(stop, start + RECYCLE)
+    try:
+        for index in range(start, stop):
+            progress.value = index
+            outcome = execute(generator.target, generator.input(index), time_limit)
+            if outcome is not None and outcome[1] not in seen:
+                seen.add(outcome[1])
+                conn.send(("finding", index, outcome))
+    except BaseException as err:
+        conn.send(("fatal", progress.value, ("fatal", f"worker died: {signature_of(err)}",
+                                             "".join(traceback.format_exception(err)))))
+        raise
     progress.value = stop
     conn.send(("done", stop, dict(OUTCOMES)))
 
@@ -425,23 +434,25 @@ def run_campaign(target: str, count: int, run_seed: int, core_seeds: list[bytes]
                                                        memory_max, progress, sender))
         worker.start()
         sender.close()
+        kind = ""
         while True:
             try:
                 kind, index, outcome = receiver.recv()
             except EOFError:
                 break
-            if kind == "finding" and outcome[1] not in findings:
+            if kind in ("finding", "fatal") and outcome[1] not in findings:
                 findings[outcome[1]] = Finding(target, index, *outcome)
             elif kind == "done":
                 for key, value in outcome.items():
                     outcomes[key] = outcomes.get(key, 0) + value
         worker.join()
         position = progress.value
-        if worker.exitcode != 0 and position < stop:
+        if worker.exitcode != 0 and position < stop and kind != "fatal":
             name = signal.Signals(-worker.exitcode).name if worker.exitcode < 0 else \
                 f"exit {worker.exitcode}"
             key = f"worker killed by {name}"
             findings.setdefault(key, Finding(target, position, "signal", key, ""))
+        if worker.exitcode != 0:
             position += 1
     return stop - start, list(findings.values())
 
@@ -526,7 +537,7 @@ def fuzz(target: str, count: int, run_seed: int = 1, time_limit: float = 2.0,
         generator = Generator(target, seeds, run_seed)
         for finding in findings:
             data = generator.input(finding.index)
-            if finding.kind != "signal":
+            if finding.kind not in ("signal", "fatal"):
                 data = minimize(target, data, finding.signature, time_limit, memory_max)
             command = (f"bench/fuzz.py --target {target} --seed {run_seed} "
                        f"(input {finding.index})")

@@ -109,10 +109,13 @@ def run_unwind(data: bytes) -> Any:
     core = Core.open(BytesSource(data))
     space = build_address_space(core, None, root="/")
     out = []
-    for thread in core.threads[:4]:
-        result = unwind(space, thread.registers, Caps(max_frames=64))
-        out.append(result)
-        out.append(disasm.decode(space, thread.registers.get("rip", 0), 8))
+    try:
+        for thread in core.threads[:4]:
+            result = unwind(space, thread.registers, Caps(max_frames=64))
+            out.append(result)
+            out.append(disasm.decode(space, thread.registers.get("rip", 0), 8))
+    finally:
+        space.close()
     return out
 
 

@@ -20,7 +20,7 @@ from tests.regressions import targets as T
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "bench"))
-import fuzz  # noqa: E402
+import fuzz
 
 CASES = sorted((HERE / "inputs").glob("*.json"))
 
