@@ -18,7 +18,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Self
+from typing import NamedTuple, Self
 
 from coredumpd.elf import layouts as L
 from coredumpd.elf import notes as N
@@ -67,9 +67,11 @@ class Section:
     sh_entsize: int
 
 
-@dataclasses.dataclass(frozen=True)
-class ElfSymbol:
-    """One Elf64_Sym; ``version`` from .gnu.version (dynsym only), ``default`` for ``@@``."""
+class ElfSymbol(NamedTuple):
+    """One Elf64_Sym; ``version`` from .gnu.version (dynsym only), ``default`` for ``@@``.
+
+    A NamedTuple, not a dataclass: tables hold tens of thousands of them.
+    """
 
     name: str
     value: int
@@ -305,11 +307,15 @@ class ElfFile:
         strings = self._linked_strings(section)
         versions = self._symbol_versions(section) if table == ".dynsym" else {}
         symbols = []
+        names: dict[int, str] = {}
         for index, (st_name, info, _other, shndx, value, size) in enumerate(
                 L.SYM.iter_unpack(data[:len(data) - len(data) % L.SYM.size])):
-            version, default = versions.get(index, (None, True))
-            symbols.append(ElfSymbol(_string(strings, st_name), value, size, info & 0xF,
-                                     info >> 4, shndx, version, default))
+            name = names.get(st_name)
+            if name is None:
+                name = names[st_name] = _string(strings, st_name)
+            version, default = versions.get(index, (None, True)) if versions else (None, True)
+            symbols.append(ElfSymbol(name, value, size, info & 0xF, info >> 4, shndx, version,
+                                     default))
         return symbols
 
     def _linked_strings(self, section: Section) -> bytes:

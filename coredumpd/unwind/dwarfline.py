@@ -100,29 +100,36 @@ class Reader:
         return length, 4
 
 
+ARANGES_HEAD32 = struct.Struct("<IHIBB")  # unit_length version debug_info_offset sizes
+ARANGES_HEAD64 = struct.Struct("<IQHQBB")  # 0xffffffff, unit_length, ... (64-bit DWARF)
+
+
 def parse_aranges(data: bytes) -> tuple[list[int], list[tuple[int, int]]]:
-    """``.debug_aranges`` as (sorted starts, [(end, CU offset)]) for bisect."""
+    """``.debug_aranges`` (DWARF 5, 6.1.2) as (sorted starts, [(end, CU offset)])."""
     ranges: list[tuple[int, int, int]] = []
-    reader = Reader(data)
-    while reader.position < reader.end:
-        unit_start = reader.position
-        length, offset_size = reader.initial_length()
-        unit_end = reader.position + length
-        reader.unsigned(2)  # version
-        cu_offset = reader.unsigned(offset_size)
-        address_size, segment_size = reader.unsigned(1), reader.unsigned(1)
-        if address_size != 8 or segment_size != 0:
-            reader.position = unit_end
-            continue
-        # the first tuple is aligned to the tuple size, from the start of the set
-        reader.position = unit_start + (reader.position - unit_start + 15) // 16 * 16
-        body = data[reader.position:min(unit_end, len(data))]
-        for address, size in struct.iter_unpack("<QQ", body[:len(body) - len(body) % 16]):
-            if address == 0 and size == 0:
-                break
-            if size:
-                ranges.append((address, address + size, cu_offset))
-        reader.position = unit_end
+    position = 0
+    while position + ARANGES_HEAD32.size <= len(data):
+        length, _version, cu_offset, address_size, segment_size = ARANGES_HEAD32.unpack_from(
+            data, position)
+        header_size, unit_end = ARANGES_HEAD32.size, position + 4 + length
+        if length == 0xFFFFFFFF:
+            if position + ARANGES_HEAD64.size > len(data):
+                raise FormatError("64-bit aranges header cut", position)
+            (_escape, length, _version, cu_offset, address_size,
+             segment_size) = ARANGES_HEAD64.unpack_from(data, position)
+            header_size, unit_end = ARANGES_HEAD64.size, position + 12 + length
+        elif length >= 0xFFFFFFF0:
+            raise FormatError(f"reserved unit length {length:#x}", position)
+        if address_size == 8 and segment_size == 0:
+            # the first tuple is aligned to the tuple size, from the start of the set
+            start = position + (header_size + 15) // 16 * 16
+            body = data[start:min(unit_end, len(data))]
+            for address, size in struct.iter_unpack("<QQ", body[:len(body) - len(body) % 16]):
+                if address == 0 and size == 0:
+                    break
+                if size:
+                    ranges.append((address, address + size, cu_offset))
+        position = unit_end
     ranges.sort()
     return [r[0] for r in ranges], [(r[1], r[2]) for r in ranges]
 

@@ -32,6 +32,7 @@ from coredumpd.unwind.types import Mapping, Module
 DELETED_SUFFIX = " (deleted)"
 MAX_PHDRS_IN_CORE = 256
 VDSO = "[vdso]"
+MAX_READ = 64 << 20  # one read()
 
 
 class ProcessAddressSpace:
@@ -84,6 +85,8 @@ class ProcessAddressSpace:
 
     def read(self, address: int, size: int) -> bytes:
         """Exactly ``size`` bytes: core segments first, then the trusted mapped file."""
+        if size < 0 or size > MAX_READ:
+            raise MemoryReadError(address, size, "bad read size")
         if self.max_bytes and self.bytes_read + size > self.max_bytes:
             raise MemoryReadError(address, size, "read budget exhausted")
         data = self.core.read_memory_partial(address, size)

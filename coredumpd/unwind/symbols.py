@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import glob
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from coredumpd.elf import layouts as L
 from coredumpd.elf.elffile import (
@@ -43,6 +43,7 @@ from coredumpd.unwind import debuginfo
 from coredumpd.unwind.types import AddressSpace, Module, Symbol
 
 STB_LOCAL = 0
+SHN_ABS = 0xFFF1
 BINDING_RANK = {1: 0, 2: 1, 0: 2}  # STB_GLOBAL, STB_WEAK, STB_LOCAL
 MAX_DEMANGLE = 4096
 CODE_TYPES = frozenset({STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE})
@@ -128,16 +129,16 @@ def plain_name(raw: str) -> str:
     return demangle(raw.split("@", 1)[0])
 
 
-@dataclasses.dataclass
-class _Alias:
+class _Alias(NamedTuple):
     raw: str
+    base: str  # raw without its version
     exported: bool
     default: bool
     bind: int
 
     @property
     def rank(self) -> tuple[bool, int, int, bool, bool, int, str]:
-        name = self.raw.split("@", 1)[0]
+        name = self.base
         underscores = len(name) - len(name.lstrip("_"))
         return (name.startswith("__GI_"), underscores, BINDING_RANK.get(self.bind, 3),
                 not self.exported, not self.default, len(name), name)
@@ -153,29 +154,38 @@ class SymbolTable:
         self.starts: list[int] = []
 
     def add(self, symbols: list[ElfSymbol], exported: frozenset[str]) -> None:
+        names, aliases_at, sizes = self._names, self._aliases, self._sizes
         for symbol in symbols:
-            if (symbol.type not in NAMED_TYPES or not symbol.name or not symbol.value
-                    or symbol.shndx in (L.SHN_UNDEF, 0xFFF1)):  # SHN_ABS
+            name, value, kind = symbol.name, symbol.value, symbol.type
+            if (kind not in NAMED_TYPES or not name or not value
+                    or symbol.shndx in (L.SHN_UNDEF, SHN_ABS)):
                 continue
-            base = symbol.name.split("@", 1)[0]
-            self._names.setdefault(base, symbol.value)
-            if symbol.type not in CODE_TYPES or base.startswith((".L", "$")):
+            base = name.partition("@")[0]
+            names.setdefault(base, value)
+            if kind not in CODE_TYPES or base.startswith((".L", "$")):
                 continue
-            aliases = self._aliases.setdefault(symbol.value, [])
-            if all(alias.raw.split("@", 1)[0] != base for alias in aliases):
-                aliases.append(_Alias(symbol.name, base in exported, _is_default(symbol),
-                                      symbol.bind))
-            self._sizes[symbol.value] = max(self._sizes.get(symbol.value, 0), symbol.size)
+            aliases = aliases_at.get(value)
+            if aliases is None:
+                aliases = aliases_at[value] = []
+            elif any(alias.base == base for alias in aliases):
+                continue
+            aliases.append(_Alias(name, base, base in exported, _is_default(symbol),
+                                  symbol.bind))
+            if symbol.size > sizes.get(value, 0):
+                sizes[value] = symbol.size
+            else:
+                sizes.setdefault(value, 0)
 
     def add_synthetic(self, start: int, size: int, name: str) -> None:
         """A symbol that no table holds (``puts@plt``), like bfd's synthetic symbols."""
-        self._aliases.setdefault(start, []).append(_Alias(name, False, True, 1))
+        self._aliases.setdefault(start, []).append(_Alias(name, name, False, True, 1))
         self._sizes[start] = max(self._sizes.get(start, 0), size)
 
     def finish(self) -> None:
         self.starts = sorted(self._aliases)
         for aliases in self._aliases.values():
-            aliases.sort(key=lambda alias: alias.rank)
+            if len(aliases) > 1:
+                aliases.sort(key=lambda alias: alias.rank)
 
     def lookup(self, address: int) -> tuple[int, str] | None:
         """(symbol start, raw name) for link-time ``address``, by gdb's minsyms rule."""
