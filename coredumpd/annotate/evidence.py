@@ -210,3 +210,18 @@ def comm(ctx: AnalysisContext) -> str:
     info = ctx.core.prpsinfo if ctx.core is not None else None
     return info.pr_fname if info is not None else "?"
 
+
+
+def first_frame_outside_libc(ctx: AnalysisContext, skip: frozenset[str] = frozenset()) -> str | None:
+    """``frame #5 reset_stdio+0x38 (aborter.c:8) in /path``: the first crashed-thread frame
+    outside glibc (and not named in ``skip``): the code that called into the C library."""
+    thread = ctx.crashed
+    if thread is None:
+        return None
+    for frame, symbol, module in zip(thread.frames, thread.symbols, thread.modules):
+        if module is None or is_libc(module) or symbol.name in skip:
+            continue
+        name = f"{symbol.name}+{symbol.offset:#x}" if symbol.name else f"{frame.pc:#x}"
+        place = f" ({symbol.file}:{symbol.line})" if symbol.file and symbol.line else ""
+        return f"frame #{frame.index} {name}{place} in {module.path}"
+    return None

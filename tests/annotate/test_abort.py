@@ -19,6 +19,7 @@ def test_abort_as_namespace_pid1(program, tmp_path):
     hlt = result.evidence("abort-hlt")
     assert "'hlt' instruction (f4)" in hlt and "abort+0x" in hlt
     assert "PID 1 of its PID namespace" in hlt  # what blocked SIGABRT
+    assert "abort() was called from frame #" in hlt and "reset_stdio" in hlt
     assert result.annotation("abort-hlt")["confidence"] == "high"
     message = result.annotation("abort-message")
     assert "fstat_result == 0" in message["title"]

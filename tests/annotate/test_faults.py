@@ -64,6 +64,14 @@ def test_general_protection_non_canonical(program, tmp_path):
     assert "abort-hlt" not in result.ids
 
 
+def test_general_protection_call_through_garbage(program, tmp_path):
+    result = crash([program("gp_fault"), "call"], tmp_path)
+    assert result.ids == ["general-protection"]
+    assert "call to non-canonical address 0x4141414141414141" in \
+        result.annotation("general-protection")["title"]
+    assert "bad-jump" not in result.ids  # pc is still at the call, in the code
+
+
 def test_divide_by_zero(program, tmp_path):
     result = crash([program("everyday"), "divzero"], tmp_path)
     assert result.ids == ["divide-by-zero"]

@@ -45,6 +45,9 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         ("hlt is privileged: the CPU raised a general protection fault, and the kernel "
         "turned it into SIGSEGV (SI_KERNEL, address 0)"),
     ]
+    caller = E.first_frame_outside_libc(ctx)
+    if caller:
+        lines.append(f"abort() was called from {caller}")
     blockers = blocking_reasons(ctx)
     lines.extend(blockers or ["what blocked SIGABRT is not recorded (no facts for this core)"
                               if not ctx.facts else "no recorded fact explains why SIGABRT "

@@ -67,7 +67,7 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     lines = [f"glibc abort message ({kind}): \"{_one_line(message)}\"",
              (f"read from struct abort_msg_s at {pointer:#x}, pointed to by "
              f"{ABORT_MSG_SYMBOL} at {location:#x}")]
-    caller = _first_caller(ctx)
+    caller = E.first_frame_outside_libc(ctx, SKIP)
     if caller:
         lines.append(f"raised from {caller}")
     return [Annotation(RULE_ID, f"{title}: {_summary(message)}", "high", tuple(lines), advice)]
@@ -117,17 +117,3 @@ SKIP = frozenset({"abort", "raise", "gsignal", "__pthread_kill_implementation",
                   "__pthread_kill_internal", "pthread_kill", "__libc_message",
                   "__assert_fail_base", "__assert_fail", "malloc_printerr", "__fortify_fail",
                   "__chk_fail", "__stack_chk_fail", "__libc_fatal"})
-
-
-def _first_caller(ctx: AnalysisContext) -> str | None:
-    """The first frame of the crashed thread outside glibc (the code that called abort)."""
-    thread = ctx.crashed
-    if thread is None:
-        return None
-    for frame, symbol, module in zip(thread.frames, thread.symbols, thread.modules):
-        if module is None or E.is_libc(module) or symbol.name in SKIP:
-            continue
-        name = f"{symbol.name}+{symbol.offset:#x}" if symbol.name else f"{frame.pc:#x}"
-        place = f" ({symbol.file}:{symbol.line})" if symbol.file and symbol.line else ""
-        return f"frame #{frame.index} {name}{place} in {module.path}"
-    return None

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 from coredumpd.annotate import evidence as E
 from coredumpd.annotate.context import AnalysisContext, Annotation
-from coredumpd.annotate.insn import MemoryOperand, is_canonical
+from coredumpd.annotate.insn import (
+    DecodedInstruction,
+    MemoryOperand,
+    is_canonical,
+    register_value,
+)
 from coredumpd.elf.layouts import SI
 
 RULE_ID = "general-protection"
@@ -29,9 +34,30 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         return []
     lines = [fault.describe(), f"faulting instruction at {E.where(ctx, instruction.address)}",
              f"  {instruction.describe()}"]
-    title, advice = _explain(instruction.mnemonic, instruction.memory, lines)
+    target = _branch_target(ctx, instruction)
+    if target is not None and not is_canonical(target):
+        lines.append(f"{instruction.mnemonic} to {target:#x}: non-canonical target address")
+        title, advice = ((f"General protection fault: {instruction.mnemonic} to non-canonical "
+                         f"address {target:#x}"),
+                         ("A code pointer (function pointer, vtable entry or return address) "
+                         "held garbage: an overflow or use-after-free overwrote it."))
+    else:
+        title, advice = _explain(instruction.mnemonic, instruction.memory, lines)
     return [Annotation(RULE_ID, title, "high" if len(lines) > 3 else "low", tuple(lines),
                        advice)]
+
+
+def _branch_target(ctx: AnalysisContext, instruction: DecodedInstruction) -> int | None:
+    """Where a ``ret``, or an indirect ``call``/``jmp``, was about to go."""
+    sp = E.sp_of(ctx)
+    if instruction.mnemonic.startswith("ret") and sp is not None:
+        return E.read_word(ctx, sp)
+    if instruction.mnemonic not in ("call", "jmp"):
+        return None
+    if instruction.memory:
+        address = instruction.memory[0].address
+        return None if address is None else E.read_word(ctx, address)
+    return register_value(E.registers(ctx), instruction.op_str.strip())
 
 
 def _explain(mnemonic: str, operands: tuple[MemoryOperand, ...],
