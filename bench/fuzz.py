@@ -43,6 +43,7 @@ import struct
 import sys
 import time
 import traceback
+import zlib
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -216,6 +217,44 @@ def mutate_text(seeds: list[bytes], rng: random.Random, separator: bytes) -> byt
     return separator.join(parts)
 
 
+LZ4_TRAILER = struct.Struct("<8sHHIQIIQI")  # store/lz4seek.py TRAILER (crc last)
+LZ4_ENTRY = 20  # store/lz4seek.py BLOCK_ENTRY "<QIII"
+
+
+def mutate_lz4(seeds: list[bytes], rng: random.Random) -> bytes:
+    """Mutate a stored core's block index/trailer (CRC fixed up) or its blocks."""
+    data = bytearray(rng.choice(seeds))
+    if len(data) < LZ4_TRAILER.size + 16:
+        return bytes(data)
+    trailer_at = len(data) - LZ4_TRAILER.size
+    fields = LZ4_TRAILER.unpack_from(data, trailer_at)
+    entries, reason_size = fields[5], fields[6]
+    body_at = trailer_at - entries * LZ4_ENTRY - reason_size
+    operation = rng.randrange(10)
+    if operation < 5 and body_at >= 0:  # an index entry or trailer field, CRC recomputed
+        offsets = [trailer_at + o for o in (8, 10, 12, 16, 24, 28, 32)] + \
+            [body_at + LZ4_ENTRY * rng.randrange(max(1, entries)) + o for o in (0, 8, 12, 16)]
+        offset = rng.choice(offsets)
+        width = 8 if offset in (trailer_at + 16, trailer_at + 32) or \
+            (offset < trailer_at and (offset - body_at) % LZ4_ENTRY == 0) else 4
+        _set_field(data, (offset, width), rng)
+        _fix_lz4_crc(data, body_at, trailer_at)
+    elif operation < 8:  # corrupt compressed bytes or block size words
+        position = rng.randrange(7, max(8, body_at))
+        data[position:position + 4] = rng.randbytes(rng.randint(1, 4))
+    else:
+        del data[rng.randrange(len(data)):]
+    return bytes(data)
+
+
+def _fix_lz4_crc(data: bytearray, body_at: int, trailer_at: int) -> None:
+    if body_at < 0:
+        return
+    crc = zlib.crc32(bytes(data[trailer_at:len(data) - 4]),
+                     zlib.crc32(bytes(data[body_at:trailer_at])))
+    data[len(data) - 4:] = struct.pack("<I", crc)
+
+
 # ----------------------------------------------------------------------- seeds
 
 SEED_PROGRAMS = {
@@ -273,6 +312,12 @@ def load_core_seeds(paths: list[pathlib.Path]) -> list[bytes]:
     return seeds
 
 
+def stored_seeds() -> list[bytes]:
+    """The fixture cores as stored (seekable lz4), byte for byte."""
+    return [path.read_bytes() for path in
+            sorted((REPO / "fixtures" / "cores").glob("*/core.lz4"))]
+
+
 ARGS_SEED = b"\0".join([b"4242", b"4243", b"1", b"1000", b"1000", b"11", b"1732260902",
                         b"18446744073709551615", b"host name", b"1", b"5", b"--config",
                         b"/etc/coredumpd/coredumpd.conf"])
@@ -328,6 +373,7 @@ class Generator:
         self.target = target
         self.run_seed = run_seed
         self.cores = [(seed, core_layout(seed)) for seed in core_seeds]
+        self.stored = stored_seeds() if target == "lz4" else []
 
     def input(self, index: int) -> bytes:
         rng = random.Random(f"{self.run_seed}:{index}")
@@ -335,6 +381,8 @@ class Generator:
             return mutate_text([ARGS_SEED], rng, b"\0")
         if self.target == "procfs":
             return procfs_mutate(procfs_seed(), rng)
+        if self.target == "lz4":
+            return mutate_lz4(self.stored, rng)
         return mutate_core(self.cores, rng)
 
 
@@ -473,7 +521,7 @@ def _minimize_in_child(target: str, data: bytes, signature: str, time_limit: flo
     while step >= 16 and tries < 80:
         tries += 1
         candidate = best[:len(best) - step]
-        if target not in ("args", "procfs") and _reproduces(target, candidate, signature,
+        if target not in ("args", "procfs", "lz4") and _reproduces(target, candidate, signature,
                                                             time_limit):
             best = candidate
         else:
@@ -522,7 +570,7 @@ def fuzz(target: str, count: int, run_seed: int = 1, time_limit: float = 2.0,
     if why_not is not None:
         return {"target": target, "executions": 0, "skipped": why_not, "findings": []}
     paths: list[pathlib.Path] = []
-    if target not in ("args", "procfs"):
+    if target not in ("args", "procfs", "lz4"):
         paths = core_seed_paths(seed_dir)
         if not paths:
             make_seed_cores(seed_dir)

@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import fuzz
 
-FUZZ_COUNTS = {"reader": 100_000, "stream": 20_000, "unwind": 5_000, "analysis": 1_000,
+FUZZ_COUNTS = {"reader": 100_000, "stream": 20_000, "lz4": 20_000, "unwind": 5_000,
+               "analysis": 1_000,
                "args": 50_000, "procfs": 2_000}
 FAULT_TESTS = ["tests/hardening/test_faults.py", "tests/hardening/test_security.py",
                "tests/hardening/test_sandbox.py"]

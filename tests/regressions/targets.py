@@ -12,6 +12,9 @@ Targets:
              registers, memory at pc/sp, NT_FILE, auxv).
 ``stream``   :func:`coredumpd.ingest.stream.read_core`, the handler's on-the-fly
              parser of the kernel pipe (here a memfd), head only.
+``lz4``      :class:`coredumpd.store.lz4seek.SeekableLz4Reader` on a mutated stored
+             core (block index and trailer CRC recomputed, so mutations get past
+             the checksum), then the core model on top of it.
 ``unwind``   the reader, then address space, unwinder and disassembly of the
              crashed thread (needs coredumpd.unwind.space).
 ``analysis`` :func:`coredumpd.analysis.analyze` (reader, unwinder, symbolizer, rules).
@@ -36,6 +39,7 @@ from coredumpd.errors import CoredumpdError
 OWNERS = {
     "reader": "coredumpd/elf/core.py, coredumpd/elf/notes.py",
     "stream": "coredumpd/ingest/stream.py, coredumpd/elf/notes.py",
+    "lz4": "coredumpd/store/lz4seek.py",
     "unwind": "coredumpd/unwind/ (space.py, unwinder.py, cfi.py, disasm.py)",
     "analysis": "coredumpd/analysis/, coredumpd/annotate/",
     "args": "coredumpd/ingest/args.py",
@@ -159,6 +163,29 @@ def run_analysis(data: bytes) -> Any:
     return result
 
 
+def run_lz4(data: bytes) -> Any:
+    """A stored seekable-lz4 core (``corectl analyze`` accepts any user's file)."""
+    from coredumpd.elf.core import Core
+    from coredumpd.errors import MemoryReadError
+    from coredumpd.store.lz4seek import SeekableLz4Reader
+
+    fd = os.memfd_create("fuzz-lz4", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        reader = SeekableLz4Reader(fd)
+        out = [reader.size, reader.truncated, reader.pread(0, 4096),
+               reader.pread(max(0, reader.size - 70000), 140000)]
+        core = Core.open(reader)
+        for thread in core.threads[:8]:
+            try:
+                out.append(core.read_memory(thread.registers.get("rsp", 0), 512))
+            except MemoryReadError:
+                pass
+        return out
+    finally:
+        os.close(fd)
+
+
 def run_args(data: bytes) -> Any:
     from coredumpd.ingest.args import parse_args
 
@@ -207,7 +234,7 @@ def _write_tree(root: pathlib.Path, tree: dict[str, Any]) -> None:
 
 
 TARGETS: dict[str, Callable[[bytes], Any]] = {
-    "reader": run_reader, "stream": run_stream, "unwind": run_unwind,
+    "reader": run_reader, "stream": run_stream, "lz4": run_lz4, "unwind": run_unwind,
     "analysis": run_analysis, "args": run_args, "procfs": run_procfs,
 }
 
