@@ -112,11 +112,71 @@ def _zero_block(block_size: int) -> tuple[bytes, _Encoded]:
 
 
 def _encode_block(block: bytes | bytearray, acceleration: int) -> _Encoded:
-    """Compress one block (runs in a worker: lz4.block and zlib release the GIL)."""
-    packed = lz4.block.compress(block, store_size=False, acceleration=acceleration)
+    """Compress one block (runs in a worker: lz4.block, zlib and memcmp are cheap or
+    release the GIL).  All-zero blocks cost one memcmp and a cached result."""
+    zeros, zero_encoded = _zero_block(len(block))
+    if block == zeros:
+        return zero_encoded
+    if acceleration > 1:
+        packed = lz4.block.compress(block, mode="fast", acceleration=acceleration,
+                                    store_size=False)
+    else:
+        packed = lz4.block.compress(block, store_size=False)
     if len(packed) >= len(block):
         return _Encoded(BlockKind.RAW, len(block), block, zlib.crc32(block))
     return _Encoded(BlockKind.COMPRESSED, len(block), packed, zlib.crc32(packed))
+
+
+class _Spill:
+    """An unlinked file holding raw blocks the workers have not caught up with.
+
+    Lets the caller drain the kernel's pipe at page-cache speed (splice(2), no
+    copy through user space) while compression lags; blocks are compressed
+    from here, in order, later.
+    """
+
+    def __init__(self, directory: str) -> None:
+        try:
+            self.fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise StoreError(f"cannot create a spill file in {directory}: {err.strerror}") from err
+        self.size = 0
+
+    def append(self, data: memoryview) -> int:
+        offset = self.size
+        while data:
+            try:
+                done = os.pwrite(self.fd, data, self.size)
+            except OSError as err:
+                raise StoreError(f"cannot spill: {err.strerror}") from err
+            data = data[done:]
+            self.size += done
+        return offset
+
+    def splice_from(self, fd: int, count: int) -> int:
+        """Move up to ``count`` bytes from the pipe ``fd``; 0 at EOF."""
+        try:
+            done = os.splice(fd, self.fd, count, offset_dst=self.size)
+        except OSError as err:
+            raise StoreError(f"cannot splice into the spill file: {err.strerror}") from err
+        self.size += done
+        return done
+
+    def reset(self) -> None:
+        os.ftruncate(self.fd, 0)
+        self.size = 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _encode_spilled(fd: int, offset: int, length: int, acceleration: int) -> _Encoded:
+    block = os.pread(fd, length, offset)
+    if len(block) != length:
+        raise StoreError(f"spill file cut short at {offset:#x}")
+    return _encode_block(block, acceleration)
 
 
 def _write_all(fd: int, parts: list[bytes | bytearray | memoryview]) -> int:
@@ -142,30 +202,48 @@ class SeekableLz4Writer:
     """Compress a stream into a seekable lz4 file on ``fd`` (not closed here).
 
     ``threads`` compression workers overlap with the caller's reads; at most
-    ``threads + 2`` blocks are in flight, so memory stays a few blocks whatever
-    the core size.  ``acceleration`` is lz4's (1 = ``lz4 -1``).
+    ``threads + 2`` blocks are in memory, whatever the core size.  With
+    ``spill_dir`` (a directory on the store's file system), blocks that arrive
+    while every worker is busy go raw to an unlinked spill file instead of
+    making the caller wait, so :meth:`copy_from` drains a pipe at close to
+    ``cat`` speed and :meth:`finish` compresses the backlog.  ``acceleration``
+    is lz4's (1 = ``lz4 -1``).
     """
 
     def __init__(self, fd: int, block_size: int = 1 << 20, *, threads: int = 1,
-                 acceleration: int = 1) -> None:
+                 acceleration: int = 1, spill_dir: str | None = None) -> None:
         if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
             raise ValueError(f"block_size {block_size} not in [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}]")
         self._fd = fd
         self._block_size = block_size
         self._acceleration = acceleration
-        self._zeros, self._zero_encoded = _zero_block(block_size)
         self._executor = ThreadPoolExecutor(threads, "lz4seek") if threads > 0 else None
         self._max_inflight = threads + 2
         self._inflight: collections.deque[
             tuple[Future[_Encoded] | _Encoded, bytearray | None]] = collections.deque()
+        self._spill = _Spill(spill_dir) if spill_dir is not None and threads > 0 else None
+        self._spilled: collections.deque[tuple[int, int]] = collections.deque()
+        self._spill_ok = self._spill is not None
+        self._spill_error: str | None = None
         self._spare: list[bytearray] = []
         self._buffer = bytearray(block_size)
         self._filled = 0
         self._entries: list[bytes] = []
         self._original_size = 0
         self._zero_blocks = 0
+        self._spilled_bytes = 0
         self._finished = False
         self._offset = _write_all(fd, [frame_header(block_size)])
+
+    @property
+    def spilled_bytes(self) -> int:
+        """Bytes that went through the spill file (0 when compression kept up)."""
+        return self._spilled_bytes
+
+    @property
+    def spill_error(self) -> str | None:
+        """Why spilling stopped (e.g. "No space left on device"), if it did."""
+        return self._spill_error
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data`` to the stream."""
@@ -179,26 +257,27 @@ class SeekableLz4Writer:
                 self._submit_buffer()
 
     def copy_from(self, fd: int, limit: int | None = None) -> int:
-        """Read ``fd`` to EOF (or ``limit`` bytes) straight into block buffers.
+        """Read ``fd`` to EOF (or ``limit`` bytes) straight into block buffers
+        (or, when compression lags and ``fd`` is a pipe, splice it to the spill).
 
-        Saves the copies of :meth:`write` for the bulk of a core; returns the
-        number of bytes read.
+        Returns the number of bytes read.
         """
         total = 0
         while limit is None or total < limit:
             room = self._block_size - self._filled
             if limit is not None:
                 room = min(room, limit - total)
-            try:
-                count = os.readv(fd, [memoryview(self._buffer)[self._filled:self._filled + room]])
-            except InterruptedError:
-                continue
-            except OSError as err:
-                raise StoreError(f"cannot read the core stream: {err.strerror}") from err
+            if self._filled == 0 and self._must_spill():
+                count = self._splice_block(fd, room)
+                if count >= 0:
+                    total += count
+                    if count < room and self._spill_ok:
+                        break  # EOF (a short splice after an error continues inline)
+                    continue
+            count = self._read_into_buffer(fd, room)
             if count == 0:
                 break
             total += count
-            self._filled += count
             if self._filled == self._block_size:
                 self._submit_buffer()
         return total
@@ -209,7 +288,8 @@ class SeekableLz4Writer:
             raise StoreError("SeekableLz4Writer.finish() called twice")
         if self._filled:
             self._submit_buffer()
-        while self._inflight:
+        while self._inflight or self._spilled:
+            self._promote_spilled()
             self._emit(*self._inflight.popleft())
         self._shutdown()
         reason = (truncated or "").encode("utf-8", "replace")[:MAX_REASON_BYTES]
@@ -242,36 +322,118 @@ class SeekableLz4Writer:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+        if self._spill is not None:
+            self._spill.close()
+
+    def _read_into_buffer(self, fd: int, room: int) -> int:
+        while True:
+            try:
+                count = os.readv(fd, [memoryview(self._buffer)[self._filled:self._filled + room]])
+                break
+            except InterruptedError:
+                continue
+            except OSError as err:
+                raise StoreError(f"cannot read the core stream: {err.strerror}") from err
+        self._filled += count
+        return count
+
+    def _must_spill(self) -> bool:
+        """Spill when the workers are all busy (or a backlog exists: order is kept)."""
+        if self._spill is None or not self._spill_ok:
+            return False
+        self._emit_done()
+        return bool(self._spilled) or len(self._inflight) >= self._max_inflight
+
+    def _splice_block(self, fd: int, room: int) -> int:
+        """Splice one block from ``fd`` to the spill; -1 when ``fd`` cannot be spliced.
+
+        A short block (EOF, or an error after some bytes) is moved back into the
+        memory buffer: every queued block but the last must be a whole block.
+        """
+        assert self._spill is not None
+        offset, count = self._spill.size, 0
+        try:
+            while count < room:
+                done = self._spill.splice_from(fd, room - count)
+                if done == 0:
+                    break
+                count += done
+        except StoreError as err:
+            self._spill_ok = False  # not a pipe, disk full: read and compress inline
+            self._spill_error = str(err)
+            if count == 0:
+                return -1
+        if count == room and self._spill_ok:
+            self._queue_spilled(offset, count)
+            return count
+        data = os.pread(self._spill.fd, count, offset)
+        self._buffer[:count] = data
+        self._filled = count
+        self._spill.size = offset
+        if count == room:
+            self._submit_buffer()
+        return count
+
+    def _queue_spilled(self, offset: int, length: int) -> None:
+        self._spilled.append((offset, length))
+        self._spilled_bytes += length
+        self._original_size += length
 
     def _submit_buffer(self) -> None:
         if self._finished:
             raise StoreError("write to a finished SeekableLz4Writer")
-        item: Future[_Encoded] | _Encoded
-        buffer: bytearray | None = None
-        if self._filled == self._block_size and self._buffer == self._zeros:
-            item = self._zero_encoded  # one memcmp; nothing to compress
-            self._zero_blocks += 1
-        elif self._filled < self._block_size:
-            item = self._encode_last_block(bytes(self._buffer[:self._filled]))
-        else:
-            buffer = self._buffer
-            self._buffer = self._spare.pop() if self._spare else bytearray(self._block_size)
-            if self._executor is None:
-                item = _encode_block(buffer, self._acceleration)
-            else:
-                item = self._executor.submit(_encode_block, buffer, self._acceleration)
-        self._inflight.append((item, buffer))
-        self._original_size += self._filled
+        length = self._filled
+        if length == self._block_size and self._must_spill():
+            assert self._spill is not None
+            try:
+                self._queue_spilled(self._spill.append(memoryview(self._buffer)), length)
+                self._filled = 0
+                return
+            except StoreError as err:
+                self._spill_ok = False  # disk full: compress inline from now on
+                self._spill_error = str(err)
+        self._drain_spilled()
         self._filled = 0
+        buffer = self._buffer
+        self._buffer = self._spare.pop() if self._spare else bytearray(self._block_size)
+        block = buffer if length == self._block_size else bytes(buffer[:length])
+        item: Future[_Encoded] | _Encoded
+        if self._executor is None:
+            item = _encode_block(block, self._acceleration)
+        else:
+            item = self._executor.submit(_encode_block, block, self._acceleration)
+        self._inflight.append((item, buffer))
+        self._original_size += length
         while len(self._inflight) > self._max_inflight:
             self._emit(*self._inflight.popleft())
 
-    def _encode_last_block(self, block: bytes) -> _Encoded:
-        if block == self._zeros[:len(block)]:
-            self._zero_blocks += 1
-            packed = lz4.block.compress(block, store_size=False)
-            return _Encoded(BlockKind.ZERO, len(block), packed, zlib.crc32(packed))
-        return _encode_block(block, self._acceleration)
+    def _drain_spilled(self) -> None:
+        """Compress the whole backlog, keeping at most max_inflight blocks in memory."""
+        while self._spilled:
+            self._promote_spilled()
+            if self._spilled:
+                self._emit(*self._inflight.popleft())
+
+    def _emit_done(self) -> None:
+        """Write the finished blocks at the head of the queue; never waits."""
+        while self._inflight:
+            item = self._inflight[0][0]
+            if isinstance(item, Future) and not item.done():
+                break
+            self._emit(*self._inflight.popleft())
+        self._promote_spilled()
+
+    def _promote_spilled(self) -> None:
+        """Hand spilled blocks, in order, to free workers."""
+        while self._spilled and len(self._inflight) < self._max_inflight:
+            if self._spill is None or self._executor is None:
+                raise StoreError("spilled blocks without a spill file")
+            offset, length = self._spilled.popleft()
+            self._inflight.append((self._executor.submit(
+                _encode_spilled, self._spill.fd, offset, length, self._acceleration), None))
+        if not self._spilled and not self._inflight and self._spill is not None \
+                and self._spill.size:
+            self._spill.reset()
 
     def _emit(self, item: Future[_Encoded] | _Encoded, buffer: bytearray | None) -> None:
         encoded = item.result() if isinstance(item, Future) else item
@@ -279,6 +441,7 @@ class SeekableLz4Writer:
         self._entries.append(BLOCK_ENTRY.pack(
             self._offset, len(encoded.payload), encoded.crc, encoded.kind))
         self._offset += _write_all(self._fd, [BLOCK_WORD.pack(word), encoded.payload])
+        self._zero_blocks += encoded.kind is BlockKind.ZERO
         if buffer is not None and len(self._spare) < 2:
             self._spare.append(buffer)  # written: the buffer can take the next block
 

@@ -325,3 +325,122 @@ def test_writer_memory_is_bounded(tmp_path):
                          check=True, capture_output=True, text=True)
     grown_kib = int(out.stdout)
     assert grown_kib < 32 * 1024, f"writer grew by {grown_kib} KiB for 256 MiB of input"
+
+
+# --- spilling: the pipe is drained while compression lags --------------------------
+
+def feed_pipe(data: bytes) -> tuple[int, int]:
+    """A forked child writes ``data`` into a pipe; returns (read end, child pid)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(write_end, view[:1 << 16]):]
+        os._exit(0)
+    os.close(write_end)
+    return read_end, pid
+
+
+def test_spill_from_filled_pipe(tmp_path):
+    data = mixed_data(15 * BLOCK + 7, seed=21)
+    read_end = filled_pipe(data)
+    path = tmp_path / "core.lz4"
+    with open(path, "wb") as out:
+        writer = SeekableLz4Writer(out.fileno(), BLOCK, threads=1, spill_dir=str(tmp_path))
+        assert writer.copy_from(read_end) == len(data)
+        os.close(read_end)
+        writer.finish()
+    assert writer.spilled_bytes > 0 and writer.spill_error is None
+    assert lz4_decompress(path) == data
+
+
+@pytest.mark.parametrize("size", [0, 100, 40 * BLOCK, 40 * BLOCK + 5])
+def test_spill_from_pipe_round_trip(tmp_path, size):
+    data = mixed_data(size, seed=size + 1)
+    read_end, pid = feed_pipe(data)
+    path = tmp_path / "core.lz4"
+    with open(path, "wb") as out:
+        writer = SeekableLz4Writer(out.fileno(), BLOCK, threads=1, spill_dir=str(tmp_path))
+        writer.write(data[:10])
+        os.read(read_end, 10)
+        assert writer.copy_from(read_end) == size - min(size, 10)
+        os.close(read_end)  # as the handler does before the slow part
+        stats = writer.finish()
+    os.waitpid(pid, 0)
+    assert stats.original_size == size
+    assert lz4_decompress(path) == data
+    with SeekableLz4Reader(str(path)) as reader:
+        assert reader.pread(0, size) == data
+    assert list(tmp_path.iterdir()) == [path]  # the spill file was anonymous
+
+
+def test_spill_with_write_calls(tmp_path):
+    """write() spills too: memcpy outruns one lz4 worker by far, so this spills."""
+    data = mixed_data(64 * BLOCK + 3, seed=5)
+    path = tmp_path / "core.lz4"
+    with open(path, "wb") as out:
+        writer = SeekableLz4Writer(out.fileno(), BLOCK, threads=1, spill_dir=str(tmp_path))
+        for start in range(0, len(data), BLOCK // 2):
+            writer.write(data[start:start + BLOCK // 2])
+        writer.finish()
+    assert writer.spilled_bytes > 0
+    assert lz4_decompress(path) == data
+
+
+def test_spill_needs_a_pipe_falls_back_for_files(tmp_path):
+    data = mixed_data(20 * BLOCK + 1, seed=9)
+    raw = tmp_path / "raw"
+    raw.write_bytes(data)
+    path = tmp_path / "core.lz4"
+    with open(raw, "rb") as source, open(path, "wb") as out:
+        writer = SeekableLz4Writer(out.fileno(), BLOCK, threads=1, spill_dir=str(tmp_path))
+        assert writer.copy_from(source.fileno()) == len(data)
+        writer.finish()
+    assert lz4_decompress(path) == data
+    assert writer.spill_error is not None and "Invalid argument" in writer.spill_error
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def filled_pipe(data: bytes) -> int:
+    """A pipe already holding all of ``data`` (at most 1 MiB) and closed for writing:
+    copy_from then reads much faster than one lz4 worker compresses, so it spills."""
+    import fcntl
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 1 << 20)  # F_SETPIPE_SZ
+    assert os.write(write_end, data) == len(data)
+    os.close(write_end)
+    return read_end
+
+
+@pytest.mark.parametrize("free", [0, 16 << 10])
+def test_spill_disk_full_falls_back_to_inline(tmp_path, small_tmpfs, free):
+    """The spill file system is full (or fills mid-block): nothing lost, nothing raised."""
+    filler = small_tmpfs / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            handle.write(bytes(128 << 10))
+        except OSError:
+            pass
+    os.truncate(filler, (128 << 10) - free)
+    data = mixed_data(15 * BLOCK + 7, seed=13)
+    read_end = filled_pipe(data)
+    path = tmp_path / "core.lz4"
+    with open(path, "wb") as out:
+        writer = SeekableLz4Writer(out.fileno(), BLOCK, threads=1, spill_dir=str(small_tmpfs))
+        assert writer.copy_from(read_end) == len(data)
+        os.close(read_end)
+        writer.finish()
+    assert lz4_decompress(path) == data
+    assert writer.spill_error is not None and "No space" in writer.spill_error
