@@ -306,7 +306,8 @@ def _trust(space: ProcessAddressSpace, module: Module, candidate: str, header_in
         else:
             module.problems.append(f"{candidate} has build-id {module.file_build_id.hex()}, "
                                    f"the process mapped {module.build_id.hex()}")
-            module.replaced = module.replaced or not module.deleted
+            # another file is at the path now (deleted may hold too); not for --exe copies
+            module.replaced = module.replaced or candidate.endswith(module.path)
     elif module.build_id:
         module.problems.append(f"{candidate} has no build-id, the process mapped "
                                f"{module.build_id.hex()}")
@@ -328,7 +329,7 @@ def _judge_by_header_page(space: ProcessAddressSpace, module: Module, candidate:
         module.problems.append("no build-id: the file matched by its first page only")
     else:
         module.problems.append(f"{candidate} differs from the mapped file (first page)")
-        module.replaced = module.replaced or not module.deleted
+        module.replaced = module.replaced or candidate.endswith(module.path)
 
 
 def _build_module(space: ProcessAddressSpace, path: str, group: list[Mapping],
