@@ -4,9 +4,11 @@ Pure functions from the model (frames, symbols, modules, siginfo) to plain
 dicts; nothing here reads memory or files.
 
 ``offset`` of a frame is ``pc`` minus the start of the module's lowest
-mapping — what systemd-coredump and ``eu-stack`` print as
-``(libc.so.6 + 0x2724a)`` (elfutils' ``dwfl_module_info`` start) — not the
-link-time address.
+mapping — what systemd-coredump prints as ``(libc.so.6 + 0x2724a)``: in
+systemd's src/shared/elf-util.c ``frame_callback()``, ``module_offset = pc -
+start`` with the *unadjusted* pc (the module and symbol are looked up at
+``pc - 1`` for return addresses, the offset is not) and ``start`` from
+elfutils' ``dwfl_module_info``.  It is not a link-time address.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ problems raise :class:`~coredumpd.errors.FormatError`.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import struct
@@ -328,6 +329,78 @@ class EhFrameHdr:
             else:
                 high = middle - 1
         return found
+
+
+# --- sections without a search table -----------------------------------------------------
+
+MAX_SECTION_FDES = 1 << 20
+
+
+def bytes_reader(data: bytes, base: int) -> MemoryReader:
+    """A reader over ``data`` placed at address ``base`` (a section read from a file)."""
+    def read(address: int, size: int) -> bytes:
+        offset = address - base
+        if offset < 0 or size < 0 or offset + size > len(data):
+            raise FormatError(f"CFI read of {size} bytes outside its section", address)
+        return data[offset:offset + size]
+    return read
+
+
+class SectionIndex:
+    """A sorted table of the FDEs of a whole ``.eh_frame`` or ``.debug_frame`` section.
+
+    Only for what has no ``.eh_frame_hdr``: static executables (gcc passes
+    ``--eh-frame-hdr`` to the linker only for dynamic links) and
+    ``.debug_frame`` in separate debug files.  Record headers are parsed, not
+    their instructions.  ``base`` is the section's runtime address for
+    ``.eh_frame`` (pc-relative pointers), 0 for ``.debug_frame`` (offsets);
+    ``bias`` is added to ``.debug_frame``'s link-time pcs.
+    """
+
+    def __init__(self, data: bytes, base: int, eh_frame: bool, bias: int = 0) -> None:
+        self.read = bytes_reader(data, base)
+        self.eh_frame = eh_frame
+        self.base = base
+        self.bias = bias
+        self.cies: dict[int, Cie] = {}
+        self.entries: list[tuple[int, int, int]] = []  # pc_begin, pc_end, fde address
+        self._index(len(data))
+
+    def _index(self, size: int) -> None:
+        address, end = self.base, self.base + size
+        while address + 4 <= end and len(self.entries) < MAX_SECTION_FDES:
+            body, body_address, is_64bit = read_record(self.read, address)
+            if not body:
+                if self.eh_frame:
+                    break  # the zero terminator
+                address = body_address
+                continue
+            id_size = 8 if is_64bit else 4
+            pointer = int.from_bytes(body[:id_size], "little")
+            is_cie = pointer == (0 if self.eh_frame else (1 << (8 * id_size)) - 1)
+            if not is_cie:
+                try:
+                    fde = self.fde(address)
+                    self.entries.append((fde.pc_begin, fde.pc_end, address))
+                except FormatError:
+                    pass  # one bad record does not hide the others
+            address = body_address + len(body)
+        self.entries.sort()
+        self.starts = [entry[0] for entry in self.entries]
+
+    def fde(self, address: int) -> Fde:
+        fde = parse_fde(self.read, address, self.cies, self.eh_frame, self.base)
+        if self.bias:
+            fde = dataclasses.replace(fde, pc_begin=(fde.pc_begin + self.bias) & MASK,
+                                      pc_end=(fde.pc_end + self.bias) & MASK)
+        return fde
+
+    def find(self, pc: int) -> Fde | None:
+        """The FDE covering ``pc``, or None."""
+        position = bisect.bisect_right(self.starts, pc) - 1
+        if position < 0 or not self.entries[position][0] <= pc < self.entries[position][1]:
+            return None
+        return self.fde(self.entries[position][2])
 
 
 # --- CFA program --------------------------------------------------------------------------

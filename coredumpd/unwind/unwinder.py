@@ -31,6 +31,7 @@ import weakref
 from collections.abc import Callable
 
 from coredumpd.elf import layouts as L
+from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import CoredumpdError, FormatError, LimitExceeded, MemoryReadError
 from coredumpd.unwind import cfi, disasm
 from coredumpd.unwind.dwarf_expr import MASK, evaluate
@@ -41,6 +42,7 @@ PAGE = 4096
 WORD = struct.Struct("<Q")
 STEPS_PER_FRAME = 2048  # raw unwind steps allowed per emitted frame (collapsed recursion)
 BOTTOM_FRAMES = 16  # frames kept from the bottom of the stack when the frame cap is hit
+MAX_CFI_SECTION = 64 << 20  # an .eh_frame/.debug_frame indexed whole is at most this big
 CACHED_SPAN = 16  # reads spanning up to this many pages go through the page cache
 MAX_SCANNED_RUN = 32  # consecutive frames found by stack scanning before giving up (garbage)
 
@@ -96,17 +98,28 @@ class CachedMemory:
         return int(WORD.unpack(self.read(address, 8))[0])
 
 
-class ModuleCfi:
-    """The CFI state of one module, kept across threads: table, CIEs, FDEs, rows."""
+ElfOpener = Callable[[Module], ElfFile | None]
 
-    def __init__(self, module: Module) -> None:
+
+class ModuleCfi:
+    """The CFI state of one module, kept across threads: table, CIEs, FDEs, rows.
+
+    ``.eh_frame_hdr`` first; then, opened once and only when needed, a sorted
+    index of the whole ``.eh_frame`` when there is no hdr (static
+    executables), and of ``.debug_frame`` from the debug file or the module.
+    """
+
+    def __init__(self, module: Module, open_elf: ElfOpener | None = None) -> None:
         self.module = module
+        self.open_elf = open_elf
         self.hdr: cfi.EhFrameHdr | None = None
         self.broken: str | None = None
         self.cies: dict[int, cfi.Cie] = {}
         self.fdes: dict[int, cfi.Fde] = {}
-        self.initial_rows: dict[int, cfi.RuleRow] = {}
+        self.initial_rows: dict[cfi.Cie, cfi.RuleRow] = {}
         self.rows: dict[int, tuple[cfi.Fde, cfi.RuleRow] | None] = {}
+        self.sections: list[cfi.SectionIndex] | None = None
+        self.problems: list[str] = []
 
     def row_for(self, read: Callable[[int, int], bytes], pc: int) -> \
             tuple[cfi.Fde, cfi.RuleRow] | None:
@@ -114,11 +127,13 @@ class ModuleCfi:
         if pc in self.rows:
             return self.rows[pc]
         fde = self._fde_for(read, pc)
+        if fde is None:
+            fde = self._fde_from_sections(pc)
         result = None
         if fde is not None:
-            initial = self.initial_rows.get(fde.cie.address)
+            initial = self.initial_rows.get(fde.cie)
             if initial is None:
-                initial = self.initial_rows[fde.cie.address] = cfi.initial_row(fde.cie)
+                initial = self.initial_rows[fde.cie] = cfi.initial_row(fde.cie)
             result = (fde, cfi.rules_at(fde, pc, initial))
         self.rows[pc] = result
         return result
@@ -139,6 +154,52 @@ class ModuleCfi:
         if fde is None:
             fde = self.fdes[address] = cfi.parse_fde(read, address, self.cies)
         return fde if pc in fde else None  # a table that lies, or a gap between FDEs
+
+    def _fde_from_sections(self, pc: int) -> cfi.Fde | None:
+        if self.sections is None:
+            self.sections = self._load_sections()
+        for index in self.sections:
+            fde = index.find(pc)
+            if fde is not None:
+                return fde
+        return None
+
+    def _load_sections(self) -> list[cfi.SectionIndex]:
+        found: list[cfi.SectionIndex] = []
+        image = self.open_elf(self.module) if self.open_elf else None
+        if image is not None and self.module.eh_frame_hdr is None:
+            self._add_section(found, image, ".eh_frame", True)
+        debug = _open_debug_file(self.module.debug_path)
+        for elf in (debug, image):
+            if elf is not None and self._add_section(found, elf, ".debug_frame", False):
+                break
+        if debug is not None:
+            debug.close()
+        return found
+
+    def _add_section(self, found: list[cfi.SectionIndex], elf: ElfFile, name: str,
+                     eh_frame: bool) -> bool:
+        try:
+            section = elf.section(name)
+            if section is None or section.sh_size > MAX_CFI_SECTION:
+                return False
+            data = elf.section_data(section)
+            base = self.module.load_bias + section.sh_addr if eh_frame else 0
+            found.append(cfi.SectionIndex(data, base, eh_frame,
+                                          0 if eh_frame else self.module.load_bias))
+            return True
+        except CoredumpdError as err:
+            self.problems.append(f"{name} of {self.module.path}: {err}")
+            return False
+
+
+def _open_debug_file(path: str | None) -> ElfFile | None:
+    if path is None:
+        return None
+    try:
+        return ElfFile.open(path)
+    except CoredumpdError:
+        return None
 
 
 _CFI_CACHES: weakref.WeakKeyDictionary[object, dict[int, ModuleCfi]] = \
@@ -212,7 +273,7 @@ class _Unwinder:
         key = id(module)
         state = self.cfi.get(key)
         if state is None or state.module is not module:
-            state = self.cfi[key] = ModuleCfi(module)
+            state = self.cfi[key] = ModuleCfi(module, getattr(self.space, "open_elf", None))
         return state
 
     # -- strategies --------------------------------------------------------------------

@@ -16,6 +16,7 @@ import subprocess
 import pytest
 
 from coredumpd.elf import layouts as L
+from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import FormatError, MemoryReadError
 from coredumpd.unwind import cfi
 
@@ -223,3 +224,49 @@ def test_hostile_records() -> None:
         fde = cfi.Fde(0, cie, 0, 0x100, program)
         with pytest.raises(FormatError):
             cfi.rules_at(fde, 0x50)
+
+
+def test_section_index_agrees_with_the_hdr_table() -> None:
+    """The whole-section index (static executables, .debug_frame) finds what the hdr finds."""
+    memory = ElfFileMemory(LIBC)
+    assert memory.eh_frame_hdr is not None
+    hdr = cfi.EhFrameHdr(memory.read, memory.eh_frame_hdr)
+    with ElfFile.open(LIBC) as elf:
+        section = elf.section(".eh_frame")
+        assert section is not None
+        index = cfi.SectionIndex(elf.section_data(section), section.sh_addr + BIAS, True)
+    assert len(index.entries) == hdr.count
+    cies: dict[int, cfi.Cie] = {}
+    for number in range(0, hdr.count, 7):
+        location, address = hdr.entry(number)
+        expected = cfi.parse_fde(memory.read, address, cies)
+        for pc in (location, expected.pc_end - 1):
+            found = index.find(pc)
+            assert found is not None and (found.pc_begin, found.pc_end) == \
+                (expected.pc_begin, expected.pc_end)
+            assert found.instructions == expected.instructions
+    assert index.find(BIAS) is None
+
+
+def test_debug_frame_section_matches_readelf(tmp_path: pathlib.Path) -> None:
+    """A .debug_frame (gcc -g without unwind tables), read at a bias, against readelf."""
+    source = tmp_path / "f.c"
+    source.write_text("int g(int);\nint f(int x) { return g(x * 2) + g(x) + 1; }\n"
+                      "int h(int x) { int a[40]; a[x] = x; return f(a[3]) + a[x + 1]; }\n")
+    binary = tmp_path / "f.so"
+    subprocess.run(["gcc", "-g", "-O2", "-shared", "-fPIC", "-fno-asynchronous-unwind-tables",
+                    "-fno-unwind-tables", "-o", str(binary), str(source)], check=True)
+    output = subprocess.run(["readelf", "--debug-dump=frames-interp", str(binary)],
+                            capture_output=True, text=True, check=False).stdout
+    assert ".debug_frame" in output
+    with ElfFile.open(str(binary)) as elf:
+        section = elf.section(".debug_frame")
+        assert section is not None
+        index = cfi.SectionIndex(elf.section_data(section), 0, False, bias=BIAS)
+    starts = [int(m.group(1), 16) for m in re.finditer(r"FDE cie=\w+ pc=([0-9a-f]+)\.\.",
+                                                        output)]
+    assert starts and sorted(starts) == [begin - BIAS for begin, _, _ in index.entries]
+    for start in starts:
+        fde = index.find(start + BIAS)
+        assert fde is not None and fde.pc_begin == start + BIAS
+        assert cfi.rules_at(fde, fde.pc_end - 1).cfa_register == 7

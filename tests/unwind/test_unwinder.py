@@ -8,6 +8,8 @@ unwound by :func:`coredumpd.unwind.unwinder.unwind`; the reference is
 Two gdb conventions are accounted for, not papered over:
 
 - ``<signal handler called>`` frames print no pc: any pc matches there;
+- without CFI and debug information gdb may go astray after ``main`` and
+  print ``0x0 in ?? ()``; the comparison ends there;
 - gdb synthesizes *tail-call* frames from DWARF call-site information
   (``__pthread_kill_internal`` jumps to ``__pthread_kill_implementation``):
   such a frame has no return address on the stack, so no unwinder that reads
@@ -70,17 +72,20 @@ int main(int argc, char **argv) {
 BUILDS = {
     "o2": ["-O2", "-fomit-frame-pointer"],
     "o0": ["-O0", "-fno-omit-frame-pointer"],
+    # -g0: no .debug_frame either (with -g, gcc emits one when .eh_frame is off)
     "nounwind": ["-O2", "-fomit-frame-pointer", "-fno-asynchronous-unwind-tables",
-                 "-fno-unwind-tables"],
+                 "-fno-unwind-tables", "-g0"],
     "nounwind-fp": ["-O0", "-fno-omit-frame-pointer", "-fno-asynchronous-unwind-tables",
-                    "-fno-unwind-tables"],
+                    "-fno-unwind-tables", "-g0"],
+    "debugframe": ["-O2", "-fomit-frame-pointer", "-fno-asynchronous-unwind-tables",
+                   "-fno-unwind-tables"],
     "static": ["-O2", "-static"],
 }
 CASES = [
     ("o2", "deep"), ("o2", "sig"), ("o2", "null"), ("o2", "abort"), ("o2", "strlen"),
     ("o2", "mt"), ("o0", "deep"), ("o0", "sig"), ("o0", "mt"), ("nounwind", "deep"),
     ("nounwind", "sig"), ("nounwind-fp", "deep"), ("nounwind-fp", "mt"), ("static", "deep"),
-    ("static", "sig"), ("o0", "inf"),
+    ("static", "sig"), ("debugframe", "deep"), ("debugframe", "sig"), ("o0", "inf"),
 ]
 
 
@@ -151,6 +156,11 @@ def assert_matches_gdb(space: object, ours: list[int], reference: list[tuple[int
                        what: str) -> None:
     position = 0
     for index, (pc, function) in enumerate(reference):
+        if index > 0 and pc == 0 and function == "??":
+            # gdb's prologue analyser lost the trail (no CFI, no debug info): it
+            # reads a garbage return address.  Ours must go on to _start instead.
+            assert len(ours) > position, f"{what}: stopped where gdb went astray"
+            return
         if pc is not None and position < len(ours) and ours[position] != pc \
                 and _is_tail_call_frame(space, pc):
             continue  # gdb's synthesized tail-call frame
@@ -162,17 +172,8 @@ def assert_matches_gdb(space: object, ours: list[int], reference: list[tuple[int
     assert len(ours) == position, f"{what}: extra frames {[hex(pc) for pc in ours[position:]]}"
 
 
-# unwind.space gives a non-PIE executable a load bias of its start address
-# (``_load_bias(...) or start`` treats a bias of 0 as unknown), so the build-id
-# is read at the wrong address and the static executable's file is not trusted:
-# no CFI.  Reported to the lead; the cases pass once space.py is fixed.
-STATIC_BIAS_BUG = pytest.mark.xfail(reason="unwind.space: load bias 0 taken as unknown",
-                                    strict=False)
-
-
 @pytest.mark.parametrize(("build", "mode"), [
-    pytest.param(b, m, id=f"{b}-{m}", marks=[STATIC_BIAS_BUG] if b == "static" else [])
-    for b, m in CASES if m != "inf"])
+    pytest.param(b, m, id=f"{b}-{m}") for b, m in CASES if m != "inf"])
 def test_every_thread_matches_gdb(cores: dict[tuple[str, str], tuple[str, str]], build: str,
                                   mode: str) -> None:
     exe, path = cores[build, mode]
@@ -199,9 +200,10 @@ def test_signal_frame_is_crossed_with_an_exact_pc(
     assert interrupted.trust is Trust.CONTEXT and interrupted.lookup_pc == interrupted.pc
 
 
-def test_frames_without_cfi_say_how_they_were_found(
+def test_frames_say_how_they_were_found(
         cores: dict[tuple[str, str], tuple[str, str]]) -> None:
-    for build, expected in (("nounwind", Trust.SCAN), ("nounwind-fp", Trust.FRAME_POINTER)):
+    for build, expected in (("nounwind", Trust.SCAN), ("nounwind-fp", Trust.FRAME_POINTER),
+                            ("debugframe", Trust.CFI)):
         exe, path = cores[build, "deep"]
         core = Core.open(RawFileSource(path))
         result = unwind(build_address_space(core, exe=exe), core.threads[0].registers)
