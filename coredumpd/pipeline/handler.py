@@ -36,7 +36,6 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # include/uapi/linux/fcntl.
 PIPE_SIZE = 1 << 20
 COMPRESS_THREADS = 2  # lz4 releases the GIL: compression overlaps the pipe reads
 FACTS_VERSION = 1
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 JOURNALD_COMMS = ("systemd-journal", "systemd-journald")
 
 
@@ -61,6 +60,7 @@ class Crash:
         self.timestamp_us = time.time_ns() // 1000
         self.handler_started = time.monotonic()
         self.released = 0.0  # monotonic time when fd 0 was closed
+        self.record_pid = 0  # the PID the index row and the file name carry
 
     @property
     def pid(self) -> int | None:
@@ -215,11 +215,22 @@ def _release_kernel(crash: Crash) -> None:
 
 
 def read_boot_id() -> str:
+    from coredumpd.store.naming import read_boot_id as naming_boot_id
     try:
-        with open(BOOT_ID_PATH, encoding="ascii") as handle:
-            return handle.read().strip().replace("-", "")
-    except OSError:
+        return naming_boot_id()
+    except CoredumpdError:
         return "0" * 32
+
+
+def best_pid(crash: Crash) -> int:
+    """``%P``; else the core's NT_PRPSINFO pr_pid; else our own PID (a unique number)."""
+    if crash.args.pid is not None:
+        return crash.args.pid
+    if crash.stream.prpsinfo is not None and crash.stream.prpsinfo.pr_pid > 0:
+        crash.problems.append("no %P: PID taken from the core's NT_PRPSINFO")
+        return crash.stream.prpsinfo.pr_pid
+    crash.problems.append("no %P and no NT_PRPSINFO: the handler's PID stands in")
+    return os.getpid()
 
 
 def crasher_kind(crash: Crash) -> str | None:

@@ -31,6 +31,7 @@ ANALYSIS_NICE = 10
 def finish(crash: H.Crash) -> int:
     """Store what phase 1 gathered; exit status (0 unless nothing could be stored)."""
     stats = _finish_core(crash)
+    crash.record_pid = H.best_pid(crash)
     facts = H.build_facts(crash)
     if crash.dir_fd < 0:
         write_kmsg(_kmsg(crash, "not stored: " + "; ".join(crash.problems[-2:])))
@@ -121,7 +122,7 @@ def _record(crash: H.Crash, stats: Any, facts: dict[str, Any]) -> dict[str, Any]
     siginfo = stream.siginfo
     comm = crash.comm()
     record: dict[str, Any] = {
-        "pid": args.pid if args.pid is not None else 0, "tid": args.tid,
+        "pid": crash.record_pid, "tid": args.tid,
         "ns_pid": args.ns_pid, "uid": args.uid, "gid": args.gid,
         "signal": args.signal if args.signal is not None else (siginfo.si_signo if siginfo else 0),
         "si_code": siginfo.si_code if siginfo else None,
