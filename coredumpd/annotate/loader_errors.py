@@ -29,6 +29,7 @@ MAX_FOUND = 8
 
 _NAME = rb"[A-Za-z0-9_.$@+-]{1,256}"
 _PATH = rb"[^\x00\s()]{1,1024}"
+PREFILTER = b"version "
 PATTERNS = (
     ("undefined", re.compile(rb"undefined symbol: (?P<symbol>" + _NAME + rb"), version "
                              rb"(?P<version>" + _NAME + rb")")),
@@ -76,6 +77,9 @@ def _scan(core: Core, start: int, size: int) -> list[LoaderError]:
         data = core.read_memory_partial(start + position, min(CHUNK + OVERLAP, size - position))
         if not data:
             break
+        if PREFILTER not in data:  # every message has it; memchr-fast on large heaps
+            position += CHUNK
+            continue
         for kind, pattern in PATTERNS:
             for match in pattern.finditer(data):
                 if match.start() < CHUNK or position + CHUNK >= size:
@@ -85,14 +89,17 @@ def _scan(core: Core, start: int, size: int) -> list[LoaderError]:
 
 
 def _error(kind: str, match: re.Match[bytes], data: bytes, base: int) -> LoaderError:
-    begin = data.rfind(b"\0", max(0, match.start() - MAX_CONTEXT), match.start()) + 1
+    floor = max(0, match.start() - MAX_CONTEXT)
+    nul = data.rfind(b"\0", floor, match.start())
+    begin = nul + 1 if nul >= 0 else floor
     end = data.find(b"\0", match.end(), match.end() + MAX_CONTEXT)
-    end = end if end >= 0 else match.end()
+    end = end if end >= 0 else min(len(data), match.end() + MAX_CONTEXT)
     text = _decode(data[begin:end])
     groups = {key: _decode(value) for key, value in match.groupdict().items() if value}
     # dlerror()'s "OBJECT: MESSAGE", or the exception's "MESSAGE\0OBJECT\0"
     # (elf/dl-exception.c _dl_exception_create_format puts objname after the message).
-    prefix = _decode(data[begin:match.start()]).rstrip(": ") or None
+    # The object is the last "X: " before the message ("reload failed: OBJ: MESSAGE").
+    prefix = _decode(data[begin:match.start()]).rstrip(": ").rsplit(": ", 1)[-1] or None
     following = _following(data, end)
     objname = prefix or following
     if kind == "version-not-found":
