@@ -19,19 +19,26 @@ from coredumpd.ingest import procfs
 MAX_HELD = 64
 
 
+def _start_margin_ns() -> int:
+    """The start time is known to a clock tick (proc(5) starttime); a file written in
+    the two ticks around it is not called modified, to avoid false alarms on
+    programs started right after they were built or installed."""
+    return 2 * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
 def _change_reason(entry: dict[str, Any], files: dict[str, Any],
                    start_time_ns: int | None) -> str | None:
-    if entry.get("deleted"):
-        return "deleted"
     stats = files.get(entry["path"]) or {}
     now, mapped = stats.get("now") or {}, stats.get("mapped") or {}
+    if entry.get("deleted"):  # unlinked; a new file at the path means it was replaced
+        return "replaced" if "inode" in now else "deleted"
     if "inode" not in mapped:
         return None
     if "inode" not in now:
         return "deleted"
     if (now["dev"], now["inode"]) != (mapped["dev"], mapped["inode"]):
         return "replaced"
-    if start_time_ns is not None and mapped["mtime_ns"] > start_time_ns:
+    if start_time_ns is not None and mapped["mtime_ns"] > start_time_ns + _start_margin_ns():
         return "modified"
     return None
 

@@ -64,8 +64,12 @@ DEFAULT_FLAGS = ("-g", "-O0", "-fno-omit-frame-pointer")
 
 
 def compile_c(source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-              flags: Sequence[str] = DEFAULT_FLAGS, name: str | None = None) -> str:
-    """Compile C source text or a ``.c`` path with gcc; return the executable path."""
+              flags: Sequence[str] = DEFAULT_FLAGS, name: str | None = None,
+              libs: Sequence[str] = ()) -> str:
+    """Compile C source text or a ``.c`` path with gcc; return the executable path.
+
+    ``libs`` (``-lfoo``, ``-L...``) go after the source, where the linker needs them.
+    """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = str(source)
@@ -75,7 +79,7 @@ def compile_c(source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         src = pathlib.Path(tempfile.mkstemp(suffix=".c", dir=out_dir)[1])
         src.write_text(text)
     exe = out_dir / (name or src.stem)
-    subprocess.run(["gcc", *flags, "-pthread", "-o", str(exe), str(src)], check=True,
+    subprocess.run(["gcc", *flags, "-pthread", "-o", str(exe), str(src), *libs], check=True,
                    capture_output=True, text=True)
     return str(exe)
 
