@@ -62,7 +62,7 @@ def stat_lines(ctx: AnalysisContext, module: Module) -> list[str]:
         lines.append(f"on disk now: inode {now['inode']} (dev {now.get('dev')}), "
                      f"size {now.get('size')}, modified {_time(now.get('mtime_ns'))}")
     elif module.deleted:
-        lines.append("/proc/PID/maps marks the mapping '(deleted)'")
+        lines.append("the mapping is marked '(deleted)' (NT_FILE or /proc/PID/maps)")
     start = E.fact(ctx, "proc", "start_time_us")
     if isinstance(start, int):
         lines.append(f"process started {_time(start * 1000)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from coredumpd.annotate import changed as C
 from coredumpd.annotate.context import AnalysisContext, Annotation
+from coredumpd.unwind.types import Module
 
 RULE_ID = "library-replaced"
 MAX_LISTED = 8
@@ -24,8 +25,7 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     lines: list[str] = []
     involved = False
     for module in modules[:MAX_LISTED]:
-        state = "deleted" if module.deleted else "replaced by another file"
-        lines.append(f"{module.path} ({module.start:#x}-{module.end:#x}) is {state} on disk")
+        lines.append(f"{module.path} ({module.start:#x}-{module.end:#x}) {_state(ctx, module)}")
         lines.extend(C.stat_lines(ctx, module))
         frames = C.frames_in(ctx, module)
         if frames:
@@ -38,9 +38,30 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         RULE_ID,
         f"Mapped object{'s' if len(modules) > 1 else ''} replaced on disk after the process "
         f"started: {names}{'…' if len(modules) > 3 else ''}",
-        "high" if involved else "medium",
+        _confidence(ctx, modules, involved),
         tuple(lines),
         "The process ran an old copy of these files. Restart it (a reload or re-exec of "
         "plugins mixes old and new libraries); after upgrades, restart every process that "
         "maps a deleted file (needrestart, checkrestart, 'lsof | grep DEL').",
     )]
+
+
+def _state(ctx: AnalysisContext, module: Module) -> str:
+    mapped, now = C.file_record(ctx, module.path)
+    if module.deleted and (now.get("inode") is not None or module.file_build_id):
+        return "was deleted while mapped, and the path now holds another file"
+    if module.deleted:
+        return "was deleted while mapped"
+    if mapped.get("inode") is not None and now.get("inode") is not None:
+        return "was replaced: the path now names another inode"
+    return "differs from the file now at its path (another build-id)"
+
+
+def _confidence(ctx: AnalysisContext, modules: list[Module], involved: bool) -> str:
+    """Low when only a build-id comparison made on this machine says so (no dump-time
+    evidence: a core analysed on another machine differs from every local file)."""
+    dump_time = any(module.deleted or any(C.file_record(ctx, module.path))
+                    for module in modules)
+    if not dump_time:
+        return "low"
+    return "high" if involved else "medium"
