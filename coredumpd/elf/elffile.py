@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -115,12 +116,18 @@ class ElfFile:
 
     @classmethod
     def open(cls, path: str) -> ElfFile:
-        """Open ``path`` (closed by :meth:`close` or ``with``)."""
+        """Open the regular file ``path`` (closed by :meth:`close` or ``with``).
+
+        O_NONBLOCK and the S_ISREG check: a path named by a hostile core may
+        be a FIFO or a device, whose open or read would block or never end.
+        """
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError as err:
             raise FormatError(f"cannot open {path}: {err.strerror}") from err
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FormatError(f"{path} is not a regular file")
             elf = cls.from_fd(fd, path)
         except BaseException:
             os.close(fd)

@@ -33,6 +33,8 @@ DELETED_SUFFIX = " (deleted)"
 MAX_PHDRS_IN_CORE = 256
 VDSO = "[vdso]"
 MAX_READ = 64 << 20  # one read()
+MAX_SYMLINKS = 40  # as the kernel's path walk (MAXSYMLINKS)
+MAX_MODULES = 4096
 
 
 class ProcessAddressSpace:
@@ -150,9 +152,11 @@ class ProcessAddressSpace:
 
     def _add_module(self, module: Module) -> None:
         self._modules.append(module)
+        self._module_by_path.setdefault(module.path, module)
+
+    def _index_modules(self) -> None:
         self._modules.sort(key=lambda m: m.start)
         self._module_starts = [m.start for m in self._modules]
-        self._module_by_path.setdefault(module.path, module)
 
 
 # ---------------------------------------------------------------- mappings
@@ -200,11 +204,34 @@ def mappings_from_facts(maps: list[dict[str, Any]]) -> list[Mapping]:
 # ---------------------------------------------------------------- modules
 
 
-def _resolve(path: str, root: str) -> str:
-    """``path`` as seen inside the process's ``root``, on this machine."""
+def resolve_in_root(path: str, root: str) -> str:
+    """``path`` as the crashed process saw it, on this machine: inside ``root``.
+
+    Symbolic links are followed as a chroot would (absolute targets and ``..``
+    stay inside ``root``; cf. openat2(2) RESOLVE_IN_ROOT), so a path or link
+    named by the core cannot lead outside the process's file system.
+    """
     if root in ("", "/"):
-        return path
-    return os.path.join(root, path.lstrip("/"))
+        return os.path.normpath("/" + path.lstrip("/"))
+    parts = [p for p in path.split("/") if p and p != "."]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        here = os.path.join(root, *resolved, part)
+        if os.path.islink(here) and hops < MAX_SYMLINKS:
+            hops += 1
+            target = os.readlink(here)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
 
 
 def _headers_from_core(space: ProcessAddressSpace, start: int) -> tuple[int, list[
@@ -340,7 +367,7 @@ def _build_module(space: ProcessAddressSpace, path: str, group: list[Mapping],
     header_at = next((m.start for m in group if m.file_offset == 0), None)
     headers = _headers_from_core(space, header_at) if header_at is not None else None
     _file_changes(module, facts)
-    candidate = exe or _resolve(path, root)
+    candidate = exe or resolve_in_root(path, root)
     phdrs = headers[1] if headers else []
     if headers is not None:
         module.load_bias = _or(_load_bias(phdrs, group, space.page_size), start)
@@ -420,13 +447,17 @@ def build_address_space(core: Core, facts: dict[str, Any] | None = None, root: s
     space = ProcessAddressSpace(core, mappings, max_bytes)
     groups = _group_file_mappings(space.mappings)
     main = _main_path(core, facts, groups)
-    for path, group in groups.items():
+    paths = list(groups)
+    if len(paths) > MAX_MODULES:
+        space.problems.append(f"{len(paths)} mapped files: modules built for {MAX_MODULES}")
+        paths = ([main] if main else []) + [p for p in paths if p != main][:MAX_MODULES - 1]
+    for path in paths:
         module = Module(path=path, start=0, end=0, load_bias=0, is_main=path == main)
-        built = _build_module_guarded(space, module, group, facts, root, exe)
-        space._add_module(built)
+        space._add_module(_build_module_guarded(space, module, groups[path], facts, root, exe))
     vdso = _vdso_module(space)
     if vdso is not None:
         space._add_module(vdso)
+    space._index_modules()
     return space
 
 

@@ -146,3 +146,31 @@ def test_synthetic_core_without_files_still_builds():
     assert space.mapping_at(0x400000).perms == "r-xp"
     assert space.module_at(0x400010) is module
     assert core.auxv[L.AT.PAGESZ] == space.page_size
+
+
+def test_paths_resolve_inside_the_process_root(tmp_path):
+    from coredumpd.unwind.space import resolve_in_root
+    (tmp_path / "usr" / "lib").mkdir(parents=True)
+    (tmp_path / "lib").symlink_to("/usr/lib")  # absolute: must stay inside the root
+    (tmp_path / "usr" / "lib" / "escape").symlink_to("../../../../../etc")
+    assert resolve_in_root("/lib/libc.so.6", str(tmp_path)) == str(
+        tmp_path / "usr" / "lib" / "libc.so.6")
+    assert resolve_in_root("/../../etc/passwd", str(tmp_path)) == str(tmp_path / "etc" / "passwd")
+    assert resolve_in_root("/lib/escape/shadow", str(tmp_path)) == str(
+        tmp_path / "etc" / "shadow")
+    (tmp_path / "loop").symlink_to("loop")
+    assert resolve_in_root("/loop/x", str(tmp_path)).startswith(str(tmp_path))
+    assert resolve_in_root("/usr/lib/x", "/") == "/usr/lib/x"
+
+
+def test_a_fifo_named_by_the_core_is_not_opened(tmp_path):
+    """NT_FILE names a FIFO on this machine: no blocking open, a problem instead."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    notes = [W.note("CORE", L.NT.PRSTATUS, W.prstatus(1)),
+             W.note("CORE", L.NT.FILE, W.file_note([(0x400000, 0x401000, 0, str(fifo))]))]
+    core = Core.open(BytesSource(W.core(notes, [W.Load(0x400000, b"\x7fELF" + bytes(60))])))
+    space = build_address_space(core)
+    module = space.modules[0]
+    assert module.host_path is None
+    assert any("not a regular file" in p for p in module.problems)
