@@ -47,7 +47,7 @@ def _same_build_id(path: str, build_id: bytes) -> bool:
 
 def _crc32(path: str) -> int | None:
     try:
-        if os.path.getsize(path) > MAX_CRC_CHECK:
+        if not os.path.isfile(path) or os.path.getsize(path) > MAX_CRC_CHECK:
             return None
         crc = 0
         with open(path, "rb") as handle:
@@ -66,14 +66,15 @@ def find_debug_file(host_path: str | None, build_id: bytes | None, debuglink: tu
     if build_id:
         for debug_dir in dirs:
             candidate = build_id_path(build_id, debug_dir)
-            if os.path.exists(candidate) and _same_build_id(candidate, build_id):
+            if os.path.isfile(candidate) and _same_build_id(candidate, build_id):
                 return candidate
     if debuglink and host_path:
         name, crc = debuglink
+        name = os.path.basename(name)  # a file name, never a path (GDB manual 18.3)
         here = os.path.dirname(host_path)
         for candidate in [os.path.join(here, name), os.path.join(here, ".debug", name),
                           *(os.path.join(d, here.lstrip("/"), name) for d in dirs)]:
-            if candidate != host_path and os.path.exists(candidate):
+            if candidate != host_path and os.path.isfile(candidate):
                 found = _crc32(candidate)
                 if found == crc or (found is None and build_id and
                                     _same_build_id(candidate, build_id)):
