@@ -1,0 +1,366 @@
+"""The crash index: one SQLite row per crash, the source of truth for corectl.
+
+SQLite in WAL mode (https://sqlite.org/wal.html) lets readers run while a
+handler writes; every write is one ``BEGIN IMMEDIATE`` transaction, and
+``busy_timeout`` makes concurrent handlers queue instead of failing.  The schema
+version lives in ``PRAGMA user_version``.
+
+MATCH semantics follow systemd's coredumpctl (src/coredump/coredumpctl.c,
+add_match): ``FIELD=VALUE`` when the argument has ``=``; an ID; an executable
+path when it contains ``/`` (made absolute against the cwd); a PID when it is a
+number; a COMM otherwise.  Like sd_journal_add_match(3), matches on the same
+field are OR-ed and matches on different fields AND-ed (``list 12 34`` is PID 12
+or 34; ``list bash 12`` is COMM bash and PID 12).  An argument of 12 hex digits
+is tried as an ID *or* a COMM, since a COMM can look like an ID.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from typing import Any, Self
+
+from coredumpd.errors import StoreError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+DIRECTORY_MODE = 0o750
+INDEX_MODE = 0o640
+ID_LENGTH = 12
+CORE_STATES = ("present", "truncated", "missing", "none")
+ANALYSIS_STATES = ("pending", "done", "failed")
+JSON_FIELDS = ("facts", "analysis", "path_taken")
+
+
+@dataclasses.dataclass
+class CrashRecord:
+    """One crash, as the index stores it (docs/ARCHITECTURE.md, "Index")."""
+
+    pid: int
+    timestamp_us: int
+    id: str = ""
+    tid: int | None = None
+    ns_pid: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    signal: int | None = None
+    si_code: int | None = None
+    fault_address: int | None = None
+    boot_id: str = ""
+    hostname: str = ""
+    comm: str = ""
+    exe: str = ""
+    cmdline: str = ""
+    unit: str = ""
+    cgroup: str = ""
+    rlimit_core: int | None = None
+    dump_mode: int | None = None
+    core_path: str = ""
+    core_state: str = "none"
+    core_reason: str = ""
+    core_size: int | None = None
+    stored_size: int | None = None
+    facts: dict[str, Any] | None = None
+    analysis_state: str = "pending"
+    analysis_error: str = ""
+    analysis: dict[str, Any] | None = None
+    root_cause: str = ""
+    signature: str = ""
+    path_taken: dict[str, Any] | None = None
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(CrashRecord))
+_INTEGER_FIELDS = frozenset((
+    "pid", "timestamp_us", "tid", "ns_pid", "uid", "gid", "signal", "si_code", "fault_address",
+    "rlimit_core", "dump_mode", "core_size", "stored_size"))
+# unsigned 64-bit values (%c = 2**64-1 for "unlimited", kernel addresses), kept in
+# SQLite's signed 64-bit INTEGER as two's complement
+_U64_FIELDS = frozenset(("fault_address", "rlimit_core"))
+# systemd-coredump's journal field names (CONTRACT.md, "Journal") -> our columns
+JOURNAL_FIELDS = {
+    "COREDUMP_ID": "id", "COREDUMP_PID": "pid", "COREDUMP_TID": "tid", "COREDUMP_UID": "uid",
+    "COREDUMP_GID": "gid", "COREDUMP_SIGNAL": "signal", "COREDUMP_TIMESTAMP": "timestamp_us",
+    "COREDUMP_RLIMIT": "rlimit_core", "COREDUMP_HOSTNAME": "hostname", "COREDUMP_COMM": "comm",
+    "COREDUMP_EXE": "exe", "COREDUMP_CMDLINE": "cmdline", "COREDUMP_CGROUP": "cgroup",
+    "COREDUMP_UNIT": "unit", "COREDUMP_FILENAME": "core_path", "_BOOT_ID": "boot_id",
+    "COREDUMP_ROOT_CAUSE": "root_cause",
+}
+_SQL_TYPES = {name: "INTEGER" if name in _INTEGER_FIELDS else "TEXT" for name in FIELDS}
+_SCHEMA = [
+    "CREATE TABLE crashes ({}, PRIMARY KEY (id))".format(
+        ", ".join(f"{name} {_SQL_TYPES[name]}" + (" NOT NULL" if name in ("id", "pid") else "")
+                  for name in FIELDS)),
+    "CREATE INDEX crashes_time ON crashes (timestamp_us)",
+    "CREATE INDEX crashes_exe_time ON crashes (exe, timestamp_us)",
+    "CREATE INDEX crashes_pid ON crashes (pid)",
+    "CREATE INDEX crashes_comm ON crashes (comm)",
+]
+
+
+def crash_id(boot_id: str, pid: int, timestamp_us: int, attempt: int = 0) -> str:
+    """A short, stable ID: 12 hex digits of SHA-256 over boot id, PID and time."""
+    seed = f"{boot_id}:{pid}:{timestamp_us}:{attempt}" if attempt else \
+        f"{boot_id}:{pid}:{timestamp_us}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:ID_LENGTH]
+
+
+def _ensure_directory(path: str) -> None:
+    """Create the store directory 0750 (umask-proof); leave an existing one alone."""
+    try:
+        os.mkdir(path, DIRECTORY_MODE)
+        os.chmod(path, DIRECTORY_MODE)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise StoreError(f"cannot create {path}: {err.strerror}") from err
+
+
+def _ensure_index_file(path: str) -> None:
+    """Create the database file 0640 without following a symlink planted there."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, INDEX_MODE)
+    except OSError as err:
+        raise StoreError(f"cannot open index {path}: {err.strerror}") from err
+    try:
+        if os.fstat(fd).st_size == 0:
+            os.fchmod(fd, INDEX_MODE)
+    finally:
+        os.close(fd)
+
+
+class Index:
+    """The SQLite index at ``path`` (``Config.index_path``)."""
+
+    def __init__(self, path: str, create: bool = True) -> None:
+        """Open (``create``: and create, 0750 directory / 0640 file) the index."""
+        self.path = path
+        if create:
+            _ensure_directory(os.path.dirname(os.path.abspath(path)))
+            _ensure_index_file(path)
+        try:
+            # create=False (readers such as corectl): read-only, never creates a file
+            target = path if create else f"file:{urllib.parse.quote(path)}?mode=ro"
+            self._db = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, uri=not create,
+                                       isolation_level=None, check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if create:
+                self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(create)
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot open index {path}: {err}") from err
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def insert(self, record: CrashRecord) -> str:
+        """Add ``record`` (its ``id`` generated when empty); returns the ID."""
+        _validate(dataclasses.asdict(record))
+        explicit = bool(record.id)
+        for attempt in range(16):
+            row_id = record.id if explicit else crash_id(
+                record.boot_id, record.pid, record.timestamp_us, attempt)
+            values = _to_row(dataclasses.replace(record, id=row_id))
+            try:
+                self._write(f"INSERT INTO crashes ({', '.join(FIELDS)}) VALUES "
+                            f"({', '.join('?' * len(FIELDS))})", values)
+            except sqlite3.IntegrityError as err:
+                if explicit:
+                    raise StoreError(f"crash {row_id} is already in the index") from err
+                continue
+            record.id = row_id
+            return row_id
+        raise StoreError("could not find a free crash ID")
+
+    def update(self, crash: str, **fields: Any) -> None:
+        """Set ``fields`` of crash ``crash``."""
+        unknown = set(fields) - set(FIELDS) | ({"id"} & set(fields))
+        if unknown:
+            raise StoreError(f"cannot update field(s) {', '.join(sorted(unknown))}")
+        if not fields:
+            return
+        _validate(fields)
+        row = _to_row_fields(fields)
+        assignments = ", ".join(f"{name} = ?" for name in row)
+        changed = self._write(f"UPDATE crashes SET {assignments} WHERE id = ?",
+                              [*row.values(), crash])
+        if changed == 0:
+            raise StoreError(f"no crash {crash} in the index")
+
+    def get(self, crash: str) -> CrashRecord | None:
+        rows = self._query("SELECT * FROM crashes WHERE id = ?", [crash])
+        return rows[0] if rows else None
+
+    def find(self, matches: Sequence[str] = (), since: int | None = None,
+             until: int | None = None, uid: int | None = None) -> list[CrashRecord]:
+        """Crashes matching ``matches`` (coredumpctl MATCH), newest last.
+
+        ``since``/``until`` are microseconds since the epoch (inclusive); ``uid``
+        restricts to one user's crashes (what a non-root caller may see).
+        """
+        clauses, params = _match_clauses(matches)
+        for clause, value in (("timestamp_us >= ?", since), ("timestamp_us <= ?", until),
+                              ("uid = ?", uid)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return self._query(f"SELECT * FROM crashes{where} ORDER BY timestamp_us, rowid", params)
+
+    def delete(self, crash: str) -> bool:
+        """Remove the row of ``crash`` (not its core file); True when it existed."""
+        return self._write("DELETE FROM crashes WHERE id = ?", [crash]) > 0
+
+    def count_recent(self, exe: str, since_us: int) -> int:
+        """Crashes of ``exe`` at or after ``since_us`` (the handler's rate limit)."""
+        try:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM crashes WHERE exe = ? AND timestamp_us >= ?",
+                [exe, since_us]).fetchone()
+        except sqlite3.Error as err:
+            raise StoreError(f"index {self.path}: {err}") from err
+        return int(row[0])
+
+    def _migrate(self, create: bool) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"index {self.path} has schema {version}, newer than this "
+                             f"coredumpd ({SCHEMA_VERSION})")
+        if version == SCHEMA_VERSION:
+            return
+        if not create:
+            raise StoreError(f"index {self.path} is not initialised")
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._db.execute("PRAGMA user_version").fetchone()[0] == 0:
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _write(self, sql: str, params: Sequence[Any]) -> int:
+        """One statement in its own IMMEDIATE transaction; returns the changed rows."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                changed = self._db.execute(sql, params).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as err:
+            raise StoreError(f"index {self.path}: {err}") from err
+        return int(changed)
+
+    def _query(self, sql: str, params: Sequence[Any]) -> list[CrashRecord]:
+        try:
+            cursor = self._db.execute(sql, params)
+            names = [d[0] for d in cursor.description]
+            return [_from_row(dict(zip(names, row))) for row in cursor.fetchall()]
+        except sqlite3.Error as err:
+            raise StoreError(f"index {self.path}: {err}") from err
+
+
+def _validate(fields: dict[str, Any]) -> None:
+    if "core_state" in fields and fields["core_state"] not in CORE_STATES:
+        raise StoreError(f"core_state {fields['core_state']!r} not in {CORE_STATES}")
+    if "analysis_state" in fields and fields["analysis_state"] not in ANALYSIS_STATES:
+        raise StoreError(f"analysis_state {fields['analysis_state']!r} not in {ANALYSIS_STATES}")
+    for name in _INTEGER_FIELDS & set(fields):
+        value = fields[name]
+        low, high = (0, 2**64) if name in _U64_FIELDS else (-2**63, 2**63)
+        if value is not None and not (isinstance(value, int) and low <= value < high):
+            raise StoreError(f"{name}={value!r} is not a 64-bit integer")
+
+
+def _to_row_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    row = {}
+    for name, value in fields.items():
+        if name in JSON_FIELDS and value is not None:
+            try:
+                value = json.dumps(value, sort_keys=True)
+            except (TypeError, ValueError) as err:
+                raise StoreError(f"{name} is not JSON-serialisable: {err}") from err
+        elif name in _U64_FIELDS and value is not None and value >= 2**63:
+            value -= 2**64  # SQLite integers are signed 64-bit: store u64 as two's complement
+        row[name] = value
+    return row
+
+
+def _to_row(record: CrashRecord) -> list[Any]:
+    return list(_to_row_fields(dataclasses.asdict(record)).values())
+
+
+def _from_row(row: dict[str, Any]) -> CrashRecord:
+    values: dict[str, Any] = {}
+    for name in FIELDS:
+        value = row.get(name)
+        if name in JSON_FIELDS and value is not None:
+            try:
+                value = json.loads(value)
+            except ValueError as err:
+                raise StoreError(f"crash {row.get('id')}: {name} is not valid JSON") from err
+        elif name in _U64_FIELDS and isinstance(value, int) and value < 0:
+            value += 2**64
+        elif value is None and _SQL_TYPES[name] == "TEXT" and name not in JSON_FIELDS:
+            value = ""
+        values[name] = value
+    return CrashRecord(**values)
+
+
+def _classify(match: str) -> tuple[str, Any]:
+    """(column, value) for one MATCH argument, as coredumpctl's add_match."""
+    if "=" in match:
+        field, value = match.split("=", 1)
+        column = JOURNAL_FIELDS.get(field.upper(), field.lower())
+        if column not in FIELDS or column in JSON_FIELDS:
+            raise StoreError(f"unknown field {field!r} in match {match!r}")
+        if column in _INTEGER_FIELDS:
+            try:
+                return column, _to_row_fields({column: int(value, 0)})[column]
+            except ValueError as err:
+                raise StoreError(f"{field} needs a number, not {value!r}") from err
+        return column, value
+    if "/" in match:
+        return "exe", os.path.abspath(match)
+    if re.fullmatch(rf"[0-9a-f]{{{ID_LENGTH}}}", match):
+        return "id|comm", match
+    if re.fullmatch(r"[0-9]+", match):
+        return "pid", int(match)
+    return "comm", match
+
+
+def _match_clauses(matches: Iterable[str]) -> tuple[list[str], list[Any]]:
+    """SQL conditions: OR within one column, AND across columns."""
+    by_column: dict[str, list[Any]] = {}
+    for match in matches:
+        column, value = _classify(match)
+        by_column.setdefault(column, []).append(value)
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, values in by_column.items():
+        if column == "id|comm":
+            marks = ", ".join("?" * len(values))
+            clauses.append(f"(id IN ({marks}) OR comm IN ({marks}))")
+            params += values + values
+        else:
+            clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+            params += values
+    return clauses, params

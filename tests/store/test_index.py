@@ -1,0 +1,235 @@
+"""The SQLite crash index: round trips, coredumpctl MATCH semantics, concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from coredumpd.errors import StoreError
+from coredumpd.store.index import SCHEMA_VERSION, CrashRecord, Index, crash_id
+
+BOOT = "8d2a6e7f0c1b4a5e9f3d2c1b0a998877"
+
+
+def record(pid: int, ts: int, **fields) -> CrashRecord:
+    base = {"boot_id": BOOT, "uid": 1000, "gid": 1000, "signal": 11, "comm": "prog",
+            "exe": "/usr/bin/prog"}
+    base.update(fields)
+    return CrashRecord(pid=pid, timestamp_us=ts, **base)
+
+
+@pytest.fixture
+def index(tmp_path):
+    with Index(str(tmp_path / "store" / "index.sqlite")) as idx:
+        yield idx
+
+
+def test_round_trip_every_field(index):
+    full = record(
+        4242, 1_700_000_000_000_001, tid=4243, ns_pid=1, si_code=128, fault_address=2**64 - 16,
+        hostname="h", cmdline="prog --flag 'a b'", unit="x.service", cgroup="0::/system.slice/x",
+        rlimit_core=2**64 - 1, dump_mode=1, core_path="/var/lib/coredumpd/core.x.lz4",
+        core_state="truncated", core_reason="ExternalSizeMax", core_size=1 << 40,
+        stored_size=12345, facts={"version": 1, "proc": {"comm": "prog\n\x1b"}},
+        analysis_state="done", analysis={"annotations": [{"id": "null-deref"}]},
+        root_cause="null-deref", signature="ab" * 20, path_taken={"journal": "sent"},
+    )
+    crash = index.insert(full)
+    assert crash == full.id == crash_id(BOOT, 4242, 1_700_000_000_000_001)
+    assert len(crash) == 12 and int(crash, 16) >= 0
+    assert index.get(crash) == full
+    assert index.get("000000000000") is None
+
+
+def test_defaults_round_trip(index):
+    crash = index.insert(CrashRecord(pid=1, timestamp_us=5))
+    got = index.get(crash)
+    assert got == CrashRecord(pid=1, timestamp_us=5, id=crash)
+    assert got.core_state == "none" and got.analysis_state == "pending" and got.facts is None
+
+
+def test_update(index):
+    crash = index.insert(record(10, 100))
+    index.update(crash, analysis_state="done", analysis={"state": "done"}, root_cause="abort-hlt")
+    got = index.get(crash)
+    assert got.analysis == {"state": "done"} and got.root_cause == "abort-hlt"
+    with pytest.raises(StoreError):
+        index.update(crash, nonsense=1)
+    with pytest.raises(StoreError):
+        index.update(crash, id="x")
+    with pytest.raises(StoreError):
+        index.update(crash, core_state="gone")
+    with pytest.raises(StoreError):
+        index.update("ffffffffffff", root_cause="x")
+    with pytest.raises(StoreError):
+        index.update(crash, facts={"x": object()})
+
+
+def test_invalid_records_rejected(index):
+    with pytest.raises(StoreError):
+        index.insert(record(1, 1, core_state="weird"))
+    with pytest.raises(StoreError):
+        index.insert(record(1, 1, core_size=2**64))
+    with pytest.raises(StoreError):
+        index.insert(record(1, 1, rlimit_core=-1))
+    explicit = index.insert(record(1, 1, id="abcabcabcabc"))
+    with pytest.raises(StoreError):
+        index.insert(record(2, 2, id=explicit))
+
+
+def test_same_pid_and_time_get_distinct_ids(index):
+    first = index.insert(record(7, 7))
+    second = index.insert(record(7, 7))
+    assert first != second and len(index.find()) == 2
+
+
+@pytest.fixture
+def populated(index):
+    rows = [
+        record(100, 1_000, comm="bash", exe="/usr/bin/bash", uid=1000),
+        record(200, 2_000, comm="node", exe="/usr/bin/node", uid=0, unit="web.service"),
+        record(300, 3_000, comm="bash", exe="/opt/bash", uid=1001),
+        record(100, 4_000, comm="sleep", exe="/usr/bin/sleep", uid=1000, signal=6),
+    ]
+    ids = [index.insert(r) for r in reversed(rows)]  # inserted out of order
+    return index, list(reversed(ids))
+
+
+def pids(records):
+    return [(r.pid, r.timestamp_us) for r in records]
+
+
+def test_find_newest_last(populated):
+    index, _ = populated
+    assert pids(index.find()) == [(100, 1_000), (200, 2_000), (300, 3_000), (100, 4_000)]
+
+
+@pytest.mark.parametrize("matches, expected", [
+    (["100"], [(100, 1_000), (100, 4_000)]),
+    (["100", "200"], [(100, 1_000), (200, 2_000), (100, 4_000)]),     # same field: OR
+    (["bash"], [(100, 1_000), (300, 3_000)]),
+    (["bash", "100"], [(100, 1_000)]),                                 # fields: AND
+    (["/usr/bin/bash"], [(100, 1_000)]),
+    (["/usr/bin/bash", "/opt/bash"], [(100, 1_000), (300, 3_000)]),
+    (["COREDUMP_UNIT=web.service"], [(200, 2_000)]),
+    (["unit=web.service"], [(200, 2_000)]),
+    (["COREDUMP_SIGNAL=6"], [(100, 4_000)]),
+    (["signal=0x6"], [(100, 4_000)]),
+    (["COREDUMP_COMM=node", "COREDUMP_COMM=sleep"], [(200, 2_000), (100, 4_000)]),
+    (["nothing"], []),
+])
+def test_find_matches_like_coredumpctl(populated, matches, expected):
+    index, _ = populated
+    assert pids(index.find(matches)) == expected
+
+
+def test_find_by_id_and_relative_path(populated, tmp_path, monkeypatch):
+    index, ids = populated
+    assert pids(index.find([ids[2]])) == [(300, 3_000)]
+    assert pids(index.find([f"COREDUMP_ID={ids[1]}"])) == [(200, 2_000)]
+    monkeypatch.chdir("/usr")
+    assert pids(index.find(["bin/sleep"])) == [(100, 4_000)]  # made absolute like coredumpctl
+
+
+def test_comm_that_looks_like_an_id(index):
+    index.insert(record(5, 5, comm="deadbeefcafe"))
+    assert pids(index.find(["deadbeefcafe"])) == [(5, 5)]
+
+
+def test_find_time_and_uid_filters(populated):
+    index, _ = populated
+    assert pids(index.find(since=2_000, until=3_000)) == [(200, 2_000), (300, 3_000)]
+    assert pids(index.find(uid=1000)) == [(100, 1_000), (100, 4_000)]
+    assert pids(index.find(["bash"], uid=1000)) == [(100, 1_000)]
+
+
+@pytest.mark.parametrize("bad", ["NOPE=1", "pid=abc", "facts=x", "COREDUMP_PID="])
+def test_bad_field_matches(populated, bad):
+    index, _ = populated
+    with pytest.raises(StoreError):
+        index.find([bad])
+
+
+def test_delete_and_count_recent(populated):
+    index, ids = populated
+    assert index.count_recent("/usr/bin/bash", 0) == 1
+    assert index.count_recent("/usr/bin/bash", 1_001) == 0
+    assert index.delete(ids[0]) is True
+    assert index.delete(ids[0]) is False
+    assert index.count_recent("/usr/bin/bash", 0) == 0
+
+
+def test_permissions_wal_and_schema_version(tmp_path):
+    old = os.umask(0)
+    try:
+        path = tmp_path / "fresh" / "index.sqlite"
+        Index(str(path)).close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer"):
+        Index(str(path))
+
+
+def test_symlinked_index_is_refused(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "index.sqlite").symlink_to(target)
+    with pytest.raises(StoreError):
+        Index(str(tmp_path / "store" / "index.sqlite"))
+
+
+def test_not_a_database(tmp_path):
+    path = tmp_path / "index.sqlite"
+    path.write_bytes(b"garbage" * 1000)
+    with pytest.raises(StoreError):
+        Index(str(path))
+
+
+def _insert_many(path: str, worker: int, count: int) -> None:
+    with Index(path) as index:
+        for n in range(count):
+            index.insert(record(worker * 100_000 + n, 1_000_000 + n, comm=f"w{worker}"))
+
+
+def test_concurrent_inserts_from_many_processes(tmp_path):
+    """8 processes x 40 inserts at once: no lost or duplicate row, no error."""
+    path = str(tmp_path / "store" / "index.sqlite")
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_insert_many, args=(path, w, 40)) for w in range(8)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(120)
+        assert process.exitcode == 0
+    with Index(path) as index:
+        rows = index.find()
+    assert len(rows) == 8 * 40
+    assert len({r.id for r in rows}) == 8 * 40
+    assert {(r.pid, r.timestamp_us) for r in rows} == {
+        (w * 100_000 + n, 1_000_000 + n) for w in range(8) for n in range(40)}
+
+
+def test_read_only_open(tmp_path):
+    path = str(tmp_path / "index.sqlite")
+    with pytest.raises(StoreError):
+        Index(path, create=False)
+    assert not os.path.exists(path)
+    with Index(path) as writer:
+        crash = writer.insert(record(1, 1))
+    with Index(path, create=False) as reader:
+        assert reader.get(crash) is not None
+        with pytest.raises(StoreError):
+            reader.insert(record(2, 2))
