@@ -1,0 +1,224 @@
+"""All-thread backtraces of the same cores by coredumpd, eu-stack and drgn, in one run.
+
+Inputs are the benchmark cores of ``fixtures/cores/make_cores.py --bench-cache
+DIR`` (made on demand, never committed): ``threads200`` (201 threads parked a
+few calls deep) and ``python-ctypes`` (python3 crashing in libc under libffi,
+_ctypes and libpython's eval loop).
+
+For each core and tool: the median wall time of ``--runs`` runs as a separate
+process (what a user waits for: interpreter start and imports included), and
+for the two Python libraries the median time in-process (coredumpd: core
+model + address space + unwinding + symbolization of every thread, and the
+whole analyze(); drgn: set_core_dump + debug info + every stack trace).  Each
+result line also says how many threads and frames came out, how many frames
+have a symbol name, and how many of our frames' pcs equal eu-stack's.
+
+Usage::
+
+    python fixtures/cores/make_cores.py --bench-cache /tmp/cdbench
+    python bench/backtrace.py /tmp/cdbench [--runs 5] [--profile NAME]
+
+drgn comes from PyPI (``pip install drgn``); without it its rows say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pathlib
+import pstats
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from coredumpd.analysis import analyze
+from coredumpd.analysis.runner import make_symbolizer
+from coredumpd.elf.core import Core
+from coredumpd.store.source import RawFileSource
+from coredumpd.unwind.space import build_address_space
+from coredumpd.unwind.unwinder import unwind
+
+Trace = dict[int, list[tuple[int, str | None]]]  # tid -> [(pc, symbol)]
+
+
+def coredumpd_backtraces(core_path: str, exe: str) -> Trace:
+    """Core model, address space, unwinding and symbolization of every thread."""
+    source = RawFileSource(core_path)
+    try:
+        core = Core.open(source)
+        space = build_address_space(core, exe=exe)
+        symbolizer = make_symbolizer(space, [])
+        result: Trace = {}
+        for thread in core.threads:
+            frames = unwind(space, thread.registers).frames
+            result[thread.tid] = [
+                (frame.pc, symbolizer.symbolize(space.module_at(frame.lookup_pc),
+                                                frame.lookup_pc).name)
+                for frame in frames]
+        return result
+    finally:
+        source.close()
+
+
+def coredumpd_analyze(core_path: str, exe: str) -> Trace:
+    source = RawFileSource(core_path)
+    try:
+        analysis = analyze(source, None, exe)
+    finally:
+        source.close()
+    return {thread["tid"]: [(frame["pc"], frame["symbol"]) for frame in thread["frames"]]
+            for thread in analysis["threads"]}
+
+
+def drgn_backtraces(core_path: str, exe: str) -> Trace:
+    import drgn
+
+    program = drgn.Program()
+    program.set_core_dump(core_path)
+    try:
+        program.load_debug_info([exe], default=True)
+    except drgn.MissingDebugInfoError:
+        pass  # stripped system libraries: symbols from .dynsym/.symtab still work
+    result: Trace = {}
+    for thread in program.threads():
+        frames: list[tuple[int, str | None]] = []
+        try:
+            for frame in thread.stack_trace():
+                try:
+                    name: str | None = frame.symbol().name
+                except LookupError:
+                    name = None
+                frames.append((frame.pc, name))
+        except (LookupError, ValueError):
+            pass  # "program counter is not known" past the last frame
+        result[thread.tid] = frames
+    return result
+
+
+def eu_stack_backtraces(core_path: str, exe: str) -> Trace:
+    output = subprocess.run(["eu-stack", "--core", core_path, "-e", exe],
+                            capture_output=True, text=True, check=False).stdout
+    return parse_eu_stack(output)
+
+
+def parse_eu_stack(output: str) -> Trace:
+    result: Trace = {}
+    frames: list[tuple[int, str | None]] = []
+    for line in output.splitlines():
+        match = re.match(r"TID (\d+):", line)
+        if match:
+            frames = result.setdefault(int(match.group(1)), [])
+            continue
+        match = re.match(r"#\d+\s+0x([0-9a-f]+)(?:\s+(\S+))?", line)
+        if match:
+            frames.append((int(match.group(1), 16), match.group(2)))
+    return result
+
+
+def timed(action: Callable[[], Any], runs: int) -> tuple[float, Any]:
+    durations, result = [], None
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = action()
+        durations.append(time.perf_counter() - started)
+    return statistics.median(durations), result
+
+
+def process_wall(argv: list[str], runs: int) -> float:
+    return timed(lambda: subprocess.run(argv, capture_output=True, check=False), runs)[0]
+
+
+def cold_in_process(function: str, core: str, exe: str, runs: int) -> tuple[float, Trace]:
+    """Median time of ``function(core, exe)`` measured inside a fresh process per run.
+
+    Imports are done before the clock starts; no cache survives between runs.
+    """
+    preload = "import drgn;" if function.startswith("drgn") else ""
+    code = ("import json, sys, time; sys.path.insert(0, %r); import bench.backtrace as b; %s"
+            " f = getattr(b, %r); t = time.perf_counter(); r = f(%r, %r);"
+            " d = time.perf_counter() - t; print(json.dumps([d, list(r.items())]))")
+    argv = [sys.executable, "-c", code % (str(REPO), preload, function, core, exe)]
+    durations, trace = [], {}
+    for _ in range(runs):
+        output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        duration, items = json.loads(output.splitlines()[-1])
+        durations.append(duration)
+        trace = {int(tid): [tuple(frame) for frame in frames] for tid, frames in items}
+    return statistics.median(durations), trace  # type: ignore[return-value]
+
+
+def drgn_process_argv(core: str, exe: str) -> list[str]:
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r});"
+            f" from bench.backtrace import drgn_backtraces; drgn_backtraces({core!r}, {exe!r})")
+    return [sys.executable, "-c", code]
+
+
+def describe(trace: Trace, reference: Trace | None) -> str:
+    frames = sum(len(frames) for frames in trace.values())
+    named = sum(1 for frames in trace.values() for _, name in frames if name)
+    text = f"{len(trace)} threads, {frames} frames, {named} named"
+    if reference is not None:
+        same = sum(1 for tid, frames in trace.items() for index, (pc, _) in enumerate(frames)
+                   if index < len(reference.get(tid, [])) and reference[tid][index][0] == pc)
+        total = sum(len(frames) for frames in reference.values())
+        text += f", {same}/{total} pcs as eu-stack"
+    return text
+
+
+def bench_one(name: str, core: str, exe: str, runs: int) -> None:
+    eu_wall, eu_trace = timed(lambda: eu_stack_backtraces(core, exe), runs)
+    rows = [("eu-stack --core (process)", eu_wall, describe(eu_trace, None))]
+    ours_in, ours_trace = cold_in_process("coredumpd_backtraces", core, exe, runs)
+    rows.append(("coredumpd backtraces (in-process)", ours_in, describe(ours_trace, eu_trace)))
+    full_in, full_trace = cold_in_process("coredumpd_analyze", core, exe, runs)
+    rows.append(("coredumpd analyze() (in-process)", full_in, describe(full_trace, eu_trace)))
+    rows.append(("python -m coredumpd.analysis (process)", process_wall(
+        [sys.executable, "-m", "coredumpd.analysis", core, "--exe", exe, "--json"], runs), ""))
+    try:
+        import drgn  # noqa: F401
+    except ImportError:
+        rows.append(("drgn", float("nan"), "not installed (pip install drgn)"))
+    else:
+        drgn_in, drgn_trace = cold_in_process("drgn_backtraces", core, exe, runs)
+        rows.append(("drgn (in-process)", drgn_in, describe(drgn_trace, eu_trace)))
+        rows.append(("drgn (process)", process_wall(drgn_process_argv(core, exe), runs), ""))
+    print(f"\n{name}: {core}")
+    for label, seconds, text in rows:
+        print(f"  {label:42s} {seconds * 1000:8.1f} ms  {text}")
+
+
+def profile(core: str, exe: str) -> None:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    coredumpd_analyze(core, exe)
+    profiler.disable()
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cache", type=pathlib.Path, help="make_cores.py --bench-cache DIR")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--profile", metavar="NAME", help="cProfile analyze() on one input")
+    options = parser.parse_args()
+    manifest = json.loads((options.cache / "MANIFEST.json").read_text())
+    for name, entry in sorted(manifest.items()):
+        core = str(options.cache / name / entry["core"])
+        if options.profile:
+            if name == options.profile:
+                profile(core, entry["binary"])
+            continue
+        bench_one(name, core, entry["binary"], options.runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
