@@ -23,7 +23,6 @@ size <= lz4 -1's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import resource
@@ -94,7 +93,7 @@ def bench_coredumpd(exe: str, mib: int, runs: int,
             latencies.append(latency)
             row = handler.wait_row(pid, wait_analysis=False, timeout=300)
             deadline = time.monotonic() + 60
-            while "handler_rusage" not in json.loads(row.get("facts") or "{}"):
+            while "handler_rusage" not in (row.get("facts") or {}):
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
@@ -121,7 +120,7 @@ def main() -> int:
         discard = bench_discard(exe, mib, options.runs, work)
         lz4, lz4_size = bench_lz4(exe, mib, options.runs, work)
         ours, rows = bench_coredumpd(exe, mib, options.runs, work)
-        usage = [json.loads(str(r.get("facts") or "{}")).get("handler_rusage", {}) for r in rows]
+        usage = [(r.get("facts") or {}).get("handler_rusage", {}) for r in rows]
         rss = max((u.get("maxrss_kib", 0) for u in usage), default=0)
         held = statistics.median([u.get("held_ms", 0.0) for u in usage] or [0.0])
         stored = rows[-1].get("stored_size") if rows else None

@@ -14,6 +14,12 @@ is in section header 0, which the kernel writes *after* the segment data
 ``e_phoff`` up to the notes, the count is inferred from the first program
 header (PT_NOTE): ``(p_offset - e_phoff) / e_phentsize``.
 
+Small cores (up to :data:`SMALL_CORE`) are read whole into memory first
+(:meth:`CoreStream.buffer`) so that the handler can release the kernel before
+it imports the lz4 writer or decodes notes (:mod:`coredumpd.elf.notes` pulls in
+``dataclasses``); only ``os``, ``struct`` and the declared layouts are needed
+until then.  Larger cores are streamed as they come.
+
 Nothing here raises on hostile or short input: problems are collected in
 :attr:`StreamResult.problems` and a short stream sets ``truncated``.
 """
@@ -21,13 +27,17 @@ Nothing here raises on hostile or short input: problems are collected in
 from __future__ import annotations
 
 import os
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coredumpd.elf import layouts as L
-from coredumpd.elf import notes as N
 from coredumpd.errors import CoredumpdError
 
+if TYPE_CHECKING:
+    from coredumpd.elf import notes as N
+
 MAX_HEAD = 32 << 20  # header + program headers + notes held in memory, at most
+SMALL_CORE = 16 << 20  # cores up to this size are read whole before the kernel is released
 READ_CHUNK = 1 << 20
 
 
@@ -54,9 +64,35 @@ class StreamResult:
         self.auxv: list[tuple[int, int]] = []
         self.files: list[N.FileMapping] = []
         self.problems: list[str] = []
+        self.raw_notes: list[tuple[bytes, int]] = []  # (PT_NOTE bytes, file offset)
+        self.notes_decoded = False
         self.truncated: str | None = None
         self.eof = False  # the kernel closed its end: we saw the whole stream
         self.write_error: str | None = None  # the writer failed (e.g. ENOSPC): stopped there
+
+    def decode_notes(self) -> None:
+        """Decode the notes read with the head (threads, siginfo, auxv, files)."""
+        if self.notes_decoded:
+            return
+        self.notes_decoded = True
+        for data, offset in self.raw_notes:
+            _decode_notes(data, offset, self)
+
+    def sender(self) -> tuple[int, int, int] | None:
+        """(si_code, si_pid, si_uid) when a process sent the fatal signal (si_code <= 0).
+
+        Read straight from NT_SIGINFO with the declared layouts, without
+        decoding the other notes, because it is needed while the process is held.
+        """
+        for data, _offset in self.raw_notes:
+            for note_type, start, end in _walk_notes(data):
+                if note_type == L.NT.SIGINFO and end - start >= L.SIGINFO_SIZE:
+                    _signo, _errno, code = L.SIGINFO_HEAD.unpack_from(data, start)
+                    if code > 0:
+                        return None
+                    pid, uid = L.SIGINFO_KILL.unpack_from(data, start + L.SIGINFO_HEAD.size)
+                    return code, pid, uid
+        return None
 
     def auxv_value(self, a_type: int) -> int | None:
         for key, value in self.auxv:
@@ -105,34 +141,62 @@ class _StreamFailed(CoredumpdError):
     pass
 
 
-def read_core(fd: int, writer: CoreWriter | None, limit: int | None = None) -> StreamResult:
-    """Read the core from ``fd`` into ``writer`` (None: parse the head only).
+class CoreStream:
+    """The core as it comes from the pipe: head parsed, rest buffered or streamed."""
 
-    ``limit`` caps the bytes stored (ExternalSizeMax, RLIMIT_CORE); past it the
-    stream is not read further and ``truncated`` says so — the caller then
-    closes ``fd``, which ends the kernel's dump.
-    """
-    result = StreamResult()
-    head = _Head(fd)
-    try:
-        _parse_head(head, result, limit)
-    except _StreamFailed as err:
-        result.problems.append(str(err))
-    if limit is not None and len(head.data) > limit:
-        del head.data[limit:]
-    result.size = len(head.data)
-    result.eof = head.eof
-    if writer is None:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.head = _Head(fd)
+        self.result = StreamResult()
+        try:
+            _parse_head(self.head, self.result)
+        except _StreamFailed as err:
+            self.result.problems.append(str(err))
+        self.result.size = len(self.head.data)
+        self.result.eof = self.head.eof
+
+    def buffer(self, cap: int = SMALL_CORE) -> bool:
+        """Read on until EOF or ``cap`` bytes are held; True when all was read."""
+        try:
+            self.head.fill(cap)
+        except _StreamFailed as err:
+            self.result.problems.append(str(err))
+        self.result.size = len(self.head.data)
+        self.result.eof = self.head.eof
+        return self.head.eof
+
+    def drain_into(self, writer: CoreWriter, limit: int | None = None) -> StreamResult:
+        """Write what is held, then stream the rest of the pipe into ``writer``.
+
+        ``limit`` caps the bytes stored (ExternalSizeMax, RLIMIT_CORE); past it
+        the pipe is not read further and ``truncated`` says so — the caller then
+        closes ``fd``, which ends the kernel's dump.
+        """
+        result = self.result
+        data = self.head.data
+        if limit is not None and len(data) > limit:
+            del data[limit:]
+            result.eof = False
+        result.size = len(data)
+        try:
+            writer.write(data)
+        except CoredumpdError as err:
+            result.write_error = f"write failed: {err}"
+            result.truncated = result.write_error
+            return result
+        finally:
+            self.head.data = bytearray()  # the buffer is the writer's now
+        if not self.head.eof and (limit is None or result.size < limit):
+            _copy_bulk(self.fd, writer, result, limit)
+        _check_complete(result, limit)
         return result
-    try:
-        writer.write(head.data)
-    except CoredumpdError as err:
-        result.write_error = f"write failed: {err}"
-        result.truncated = result.write_error
-        return result
-    if not head.eof:
-        _copy_bulk(fd, writer, result, limit)
-    _check_complete(result, limit)
+
+
+def read_core(fd: int, writer: CoreWriter | None, limit: int | None = None) -> StreamResult:
+    """Read the core from ``fd`` into ``writer`` (None: parse the head only), notes decoded."""
+    stream = CoreStream(fd)
+    result = stream.result if writer is None else stream.drain_into(writer, limit)
+    result.decode_notes()
     return result
 
 
@@ -174,7 +238,7 @@ def _check_complete(result: StreamResult, limit: int | None) -> None:
                             " bytes")
 
 
-def _parse_head(head: _Head, result: StreamResult, limit: int | None) -> None:
+def _parse_head(head: _Head, result: StreamResult) -> None:
     if not head.fill(L.EHDR.size):
         result.problems.append(f"stream ended after {len(head.data)} bytes, in the ELF header")
         return
@@ -237,11 +301,24 @@ def _read_notes(head: _Head, result: StreamResult) -> None:
             continue
         if not head.fill(offset + filesz):
             result.problems.append(f"stream ended at {len(head.data):#x} in the notes")
-        data = bytes(head.data[offset:offset + filesz])
-        _decode_notes(data, offset, result)
+        result.raw_notes.append((bytes(head.data[offset:offset + filesz]), offset))
+
+
+def _walk_notes(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(n_type, desc start, desc end) of each note that fits in ``data``."""
+    position = 0
+    while position + L.NHDR.size <= len(data):
+        namesz, descsz, note_type = L.NHDR.unpack_from(data, position)
+        start = position + L.NHDR.size + ((namesz + 3) & ~3)
+        end = start + descsz
+        if end > len(data):
+            return
+        yield note_type, start, end
+        position = (end + 3) & ~3
 
 
 def _decode_notes(data: bytes, base: int, result: StreamResult) -> None:
+    from coredumpd.elf import notes as N
     try:
         for note in N.iter_notes(data, base):
             _decode_note(note, result)
@@ -250,6 +327,7 @@ def _decode_notes(data: bytes, base: int, result: StreamResult) -> None:
 
 
 def _decode_note(note: N.Note, result: StreamResult) -> None:
+    from coredumpd.elf import notes as N
     try:
         if note.type == L.NT.PRSTATUS:
             status = N.decode_prstatus(note.desc, note.offset)

@@ -38,14 +38,14 @@ def _row_dict(record: Any) -> dict[str, Any]:
     return dict(vars(record))
 
 
-def _loads(text: Any) -> dict[str, Any]:
-    if isinstance(text, dict):
-        return text
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+def _loads(value: Any) -> dict[str, Any]:
+    """A JSON column (the index gives dicts; tolerate text and None)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value or "{}")
+        except ValueError:
+            return {}
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def _skipped(reason: str) -> dict[str, Any]:
@@ -76,7 +76,7 @@ def analyse(config: Config, row: dict[str, Any], facts: dict[str, Any],
 def _store_analysis(index: Index, row_id: Any, result: dict[str, Any]) -> dict[str, Any]:
     annotations = result.get("annotations") or []
     fields = {
-        "analysis": json.dumps(result), "analysis_state": result.get("state") or "failed",
+        "analysis": result, "analysis_state": result.get("state") or "failed",
         "analysis_error": result.get("error"),
         "root_cause": annotations[0].get("id") if annotations else None,
         "signature": result.get("signature"),
@@ -106,7 +106,7 @@ def report(config: Config, index: Index, row: dict[str, Any], facts: dict[str, A
                                  f"{path_taken['journal']}; root cause {row.get('root_cause')}")
         path_taken["kmsg"] = "written" if journal.write_kmsg(line) else "failed"
     path_taken["analysis"] = result.get("state")
-    index.update(row["id"], path_taken=json.dumps(path_taken))
+    index.update(row["id"], path_taken=path_taken)
     return path_taken
 
 

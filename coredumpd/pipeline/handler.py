@@ -23,13 +23,12 @@ import os
 import time
 from typing import Any
 
-from coredumpd.config import Config, load_config
 from coredumpd.errors import CoredumpdError
 from coredumpd.ingest import procfs
 from coredumpd.ingest.args import RLIM_INFINITY, HandlerArgs, parse_args
 from coredumpd.ingest.changed import hold_changed_objects, read_held_objects
 from coredumpd.ingest.output import TempCore, grant_read, may_grant_user, open_directory
-from coredumpd.ingest.stream import StreamResult, read_core
+from coredumpd.ingest.stream import SMALL_CORE, CoreStream, StreamResult
 
 AT_SECURE = 23
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # include/uapi/linux/fcntl.h
@@ -44,13 +43,14 @@ class Crash:
 
     def __init__(self, args: HandlerArgs) -> None:
         self.args = args
-        self.config = Config()
+        self.config: Any = None  # coredumpd.config.Config, loaded when first needed
         self.problems: list[str] = list(args.problems)
         self.missing: dict[str, str] = {}
         self.proc: dict[str, Any] = {}
         self.sender: dict[str, Any] | None = None
         self.pidfd_check: dict[str, Any] = {}
         self.stream = StreamResult()
+        self.core_stream: CoreStream | None = None
         self.temp: TempCore | None = None
         self.writer: Any = None  # store.lz4seek.SeekableLz4Writer, imported late
         self.dir_fd = -1
@@ -106,30 +106,59 @@ def handle(argv: list[str]) -> int:
         crash.problems.append(f"while the process was held: {type(err).__name__}: {err}")
     finally:
         _release_kernel(crash)
+    try:
+        _store_buffered(crash)
+    except Exception as err:  # noqa: BLE001
+        crash.problems.append(f"storing the buffered core: {type(err).__name__}: {err}")
+    crash.stream.decode_notes()
     from coredumpd.pipeline import store_crash  # heavy imports only now
     return store_crash.finish(crash)
 
 
 def _phase_held(crash: Crash) -> None:
-    crash.config = _load_config(crash)
-    crash.dir_fd = open_directory(crash.config.directory)
+    """While the kernel holds the process: /proc, the core (whole if small), the sender.
+
+    A small core is only buffered here; config, store and lz4 writer (and their
+    imports) wait until the kernel has been released, unless the core is big.
+    """
     _check_pidfd(crash)
     if crash.pid is not None:
         crash.proc = procfs.collect_process(crash.pid, crash.missing)
-    _stream_core(crash)
+    crash.core_stream = CoreStream(0)
+    crash.stream = crash.core_stream.result
+    if _core_wanted(crash) and not crash.core_stream.buffer(SMALL_CORE):
+        _prepare_store(crash)
+        _drain(crash)
     _read_sender(crash)
     if crash.pid is not None and crash.proc.get("maps"):
         crash.held = hold_changed_objects(crash.pid, crash.proc, crash.missing)
 
 
-def _load_config(crash: Crash) -> Config:
-    try:
-        config = load_config(crash.args.config_path)
-    except CoredumpdError as err:
-        crash.problems.append(f"configuration: {err}; using the defaults")
-        return Config()
-    crash.problems.extend(config.warnings)
-    return config
+def _store_buffered(crash: Crash) -> None:
+    """After the release: a buffered small core goes to the store now."""
+    ensure_config(crash)
+    if crash.dir_fd < 0:
+        try:
+            crash.dir_fd = open_directory(crash.config.directory)
+        except CoredumpdError as err:
+            crash.problems.append(str(err))
+            return
+    if crash.writer is None and crash.core_failure is None and _core_wanted(crash):
+        _prepare_store(crash)
+        _drain(crash)
+
+
+def ensure_config(crash: Crash) -> Any:
+    """Load the configuration once (the defaults, with a problem, if it is broken)."""
+    if crash.config is None:
+        from coredumpd.config import Config, load_config
+        try:
+            crash.config = load_config(crash.args.config_path)
+            crash.problems.extend(crash.config.warnings)
+        except CoredumpdError as err:
+            crash.problems.append(f"configuration: {err}; using the defaults")
+            crash.config = Config()
+    return crash.config
 
 
 def _check_pidfd(crash: Crash) -> None:
@@ -163,41 +192,52 @@ def _check_pidfd(crash: Crash) -> None:
 
 def _core_limit(crash: Crash) -> int | None:
     """Bytes we may store: ExternalSizeMax and RLIMIT_CORE (``%c``), like a file core."""
-    limit = crash.config.external_size_max
+    limit: int = crash.config.external_size_max
     rlimit = crash.args.rlimit_core
     if rlimit is not None and rlimit != RLIM_INFINITY:
         limit = min(limit, rlimit)
     return limit
 
 
-def _stream_core(crash: Crash) -> None:
+def _core_wanted(crash: Crash) -> bool:
+    """False when RLIMIT_CORE (``%c``) is below a page: the process asked for no core."""
     rlimit = crash.args.rlimit_core
-    page = os.sysconf("SC_PAGE_SIZE")
-    if rlimit is not None and rlimit < page:
+    if rlimit is not None and rlimit < os.sysconf("SC_PAGE_SIZE"):
         crash.skip_core = f"RLIMIT_CORE is {rlimit}, below a page: no core requested"
-        crash.stream = read_core(0, None)  # the head only: registers and signal
-        return
-    if crash.config.storage == "none":
-        crash.skip_core = "Storage=none"
+        return False
+    return True
+
+
+def _prepare_store(crash: Crash) -> None:
+    """Configuration, storage directory, unnamed file and lz4 writer."""
+    config = ensure_config(crash)
+    if config.storage == "none":
+        crash.skip_core = "Storage=none"  # still written (unnamed) for the analysis
     try:
+        if crash.dir_fd < 0:
+            crash.dir_fd = open_directory(config.directory)
         crash.temp = TempCore(crash.dir_fd)
         from coredumpd.store.lz4seek import SeekableLz4Writer
         crash.writer = SeekableLz4Writer(crash.temp.fd, threads=COMPRESS_THREADS)
     except (CoredumpdError, OSError) as err:
         crash.core_failure = f"cannot create the core file: {err}"
-        crash.stream = read_core(0, None)
+
+
+def _drain(crash: Crash) -> None:
+    if crash.writer is None or crash.core_stream is None:
         return
-    crash.stream = read_core(0, crash.writer, _core_limit(crash))
+    crash.stream = crash.core_stream.drain_into(crash.writer, _core_limit(crash))
     if crash.stream.write_error:
         crash.core_failure = crash.stream.write_error
 
 
 def _read_sender(crash: Crash) -> None:
-    siginfo = crash.stream.siginfo
-    if siginfo is None or not siginfo.sent_by_process or not siginfo.si_pid:
+    sender = crash.stream.sender()
+    if sender is None or sender[1] <= 0:
         return
-    crash.sender = procfs.collect_sender(siginfo.si_pid, crash.missing)
-    crash.sender["si_uid"] = siginfo.si_uid
+    code, pid, uid = sender
+    crash.sender = procfs.collect_sender(pid, crash.missing)
+    crash.sender.update({"si_code": code, "si_uid": uid})
 
 
 def _release_kernel(crash: Crash) -> None:

@@ -10,7 +10,6 @@ submit_coredump()) minus everything that needs PID 1 or a socket service.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -134,8 +133,8 @@ def _record(crash: H.Crash, stats: Any, facts: dict[str, Any]) -> dict[str, Any]
         "rlimit_core": args.rlimit_core, "dump_mode": args.dump_mode,
         "core_path": None, "core_size": stream.size,
         "stored_size": stats.stored_size if stats is not None else None,
-        "facts": json.dumps(facts), "analysis_state": "pending",
-        "path_taken": json.dumps({"crasher": H.crasher_kind(crash), "journal": "pending"}),
+        "facts": facts, "analysis_state": "pending",
+        "path_taken": {"crasher": H.crasher_kind(crash), "journal": "pending"},
     }
     if stats is not None and crash.skip_core is None and crash.core_failure is None:
         _check_keep_free(crash, stats.stored_size)
@@ -157,7 +156,7 @@ def _link_core(crash: H.Crash, record: dict[str, Any]) -> None:
     if temp is None or record["core_state"] not in ("present", "truncated"):
         if temp is not None:
             temp.discard()  # unnamed: vanishes once the analysis job closes it
-        record["stored_size"] = None if record["core_state"] == "none" else record["stored_size"]
+        record["stored_size"] = None  # nothing of it stays on disk
         return
     name = core_filename(crash.comm(), crash.args.uid or 0, record["boot_id"],
                          record["pid"], crash.timestamp_us)
@@ -167,7 +166,8 @@ def _link_core(crash: H.Crash, record: dict[str, Any]) -> None:
     except CoredumpdError as err:
         crash.problems.append(str(err))
         record["core_state"], record["core_reason"] = "missing", str(err)
-        record["facts"] = json.dumps({**json.loads(record["facts"]), "problems": crash.problems})
+        record["facts"] = {**record["facts"], "problems": crash.problems}
+        record["stored_size"] = None
         return
     record["core_path"] = os.path.join(crash.config.directory, name)
 
@@ -181,7 +181,7 @@ def _special_crasher(crash: H.Crash, index: Index, row_id: Any, record: dict[str
     ok = write_kmsg(_kmsg(crash, f"{kind} crashed; stored {where}, index row {row_id}"))
     path_taken = {"crasher": kind, "kmsg": "written" if ok else "failed",
                   "journal": "skipped: journald crashed" if kind == "journald" else "pending"}
-    index.update(row_id, path_taken=json.dumps(path_taken))
+    index.update(row_id, path_taken=path_taken)
 
 
 def _enforce_retention(crash: H.Crash, index: Index, row_id: Any,
@@ -229,6 +229,6 @@ def _record_rusage(crash: H.Crash, index: Index, row_id: Any, record: dict[str, 
                 "total_ms": (time.monotonic() - crash.handler_started) * 1000,
                 "signal_name": signal_name(crash.args.signal or 0)}
     record = index.get(row_id)
-    facts = json.loads(getattr(record, "facts", None) or "{}")
+    facts = dict(getattr(record, "facts", None) or {})
     facts["handler_rusage"] = measures
-    index.update(row_id, facts=json.dumps(facts))
+    index.update(row_id, facts=facts)
