@@ -325,6 +325,13 @@ class ElfFile:
                                      default))
         return symbols
 
+    def raw_symbols(self, table: str = ".symtab") -> tuple[bytes, bytes] | None:
+        """(Elf64_Sym array, linked string table) of ``table``, for fast bulk readers."""
+        section = self.section(table)
+        if section is None or section.sh_type not in (L.SHT.SYMTAB, L.SHT.DYNSYM):
+            return None
+        return self.section_data(section), self._linked_strings(section)
+
     def _linked_strings(self, section: Section) -> bytes:
         if not 0 < section.sh_link < len(self.sections):
             return b""

@@ -36,7 +36,6 @@ from coredumpd.elf.elffile import (
     STT_NOTYPE,
     STT_OBJECT,
     ElfFile,
-    ElfSymbol,
 )
 from coredumpd.errors import CoredumpdError
 from coredumpd.unwind import debuginfo
@@ -132,60 +131,70 @@ def plain_name(raw: str) -> str:
 class _Alias(NamedTuple):
     raw: str
     base: str  # raw without its version
-    exported: bool
-    default: bool
     bind: int
 
-    @property
-    def rank(self) -> tuple[bool, int, int, bool, bool, int, str]:
-        name = self.base
-        underscores = len(name) - len(name.lstrip("_"))
-        return (name.startswith("__GI_"), underscores, BINDING_RANK.get(self.bind, 3),
-                not self.exported, not self.default, len(name), name)
+
+def _rank(alias: _Alias, exported: set[str]) -> tuple[bool, int, int, bool, int, str]:
+    name = alias.base
+    underscores = len(name) - len(name.lstrip("_"))
+    return (name.startswith("__GI_"), underscores, BINDING_RANK.get(alias.bind, 3),
+            name not in exported, len(name), name)
 
 
 class SymbolTable:
-    """Code symbols of one module by link-time address, and all names for address_of."""
+    """Code symbols of one module by link-time address; all names, lazily, for address_of.
+
+    Reads Elf64_Sym arrays directly (tens of thousands of entries per big
+    module): only code symbols are decoded up front.
+    """
 
     def __init__(self) -> None:
         self._aliases: dict[int, list[_Alias]] = {}
         self._sizes: dict[int, int] = {}
-        self._names: dict[str, int] = {}
+        self._exported: set[str] = set()
+        self._tables: list[tuple[bytes, bytes]] = []
+        self._names: dict[str, int] | None = None
         self.starts: list[int] = []
 
-    def add(self, symbols: list[ElfSymbol], exported: frozenset[str]) -> None:
-        names, aliases_at, sizes = self._names, self._aliases, self._sizes
-        for symbol in symbols:
-            name, value, kind = symbol.name, symbol.value, symbol.type
-            if (kind not in NAMED_TYPES or not name or not value
-                    or symbol.shndx in (L.SHN_UNDEF, SHN_ABS)):
+    def add_table(self, data: bytes, strings: bytes, dynamic: bool = False) -> None:
+        """One .symtab or .dynsym (``dynamic``: its defined globals are exported)."""
+        self._tables.append((data, strings))
+        aliases_at, sizes, exported = self._aliases, self._sizes, self._exported
+        decoded: dict[int, str] = {}
+        for _index, (st_name, info, _other, shndx, value, size) in enumerate(
+                L.SYM.iter_unpack(data[:len(data) - len(data) % L.SYM.size])):
+            if (info & 0xF) not in CODE_TYPES or not value or shndx in (L.SHN_UNDEF, SHN_ABS):
                 continue
+            name = decoded.get(st_name)
+            if name is None:
+                name = decoded[st_name] = _cstring(strings, st_name)
             base = name.partition("@")[0]
-            names.setdefault(base, value)
-            if kind not in CODE_TYPES or base.startswith((".L", "$")):
+            if not base or base.startswith((".L", "$")):
                 continue
+            if dynamic and info >> 4 != STB_LOCAL:
+                exported.add(base)
             aliases = aliases_at.get(value)
             if aliases is None:
                 aliases = aliases_at[value] = []
             elif any(alias.base == base for alias in aliases):
                 continue
-            aliases.append(_Alias(name, base, base in exported, _is_default(symbol),
-                                  symbol.bind))
-            if symbol.size > sizes.get(value, 0):
-                sizes[value] = symbol.size
+            aliases.append(_Alias(name, base, info >> 4))
+            if size > sizes.get(value, 0):
+                sizes[value] = size
             else:
                 sizes.setdefault(value, 0)
 
     def add_synthetic(self, start: int, size: int, name: str) -> None:
         """A symbol that no table holds (``puts@plt``), like bfd's synthetic symbols."""
-        self._aliases.setdefault(start, []).append(_Alias(name, name, False, True, 1))
+        self._aliases.setdefault(start, []).append(_Alias(name, name, 1))
         self._sizes[start] = max(self._sizes.get(start, 0), size)
 
     def finish(self) -> None:
         self.starts = sorted(self._aliases)
+        exported = self._exported
         for aliases in self._aliases.values():
             if len(aliases) > 1:
-                aliases.sort(key=lambda alias: alias.rank)
+                aliases.sort(key=lambda alias: _rank(alias, exported))
 
     def lookup(self, address: int) -> tuple[int, str] | None:
         """(symbol start, raw name) for link-time ``address``, by gdb's minsyms rule."""
@@ -207,25 +216,32 @@ class SymbolTable:
         return None
 
     def address_of(self, name: str) -> int | None:
+        """Link-time address of a function or object named ``name`` (first table wins)."""
+        if self._names is None:
+            self._names = {}
+            for data, strings in self._tables:
+                self._index_names(data, strings, self._names)
         return self._names.get(name)
+
+    @staticmethod
+    def _index_names(data: bytes, strings: bytes, names: dict[str, int]) -> None:
+        for st_name, info, _other, shndx, value, _size in L.SYM.iter_unpack(
+                data[:len(data) - len(data) % L.SYM.size]):
+            if (info & 0xF) in NAMED_TYPES and value and shndx not in (L.SHN_UNDEF, SHN_ABS):
+                names.setdefault(_cstring(strings, st_name).partition("@")[0], value)
 
     def __len__(self) -> int:
         return len(self.starts)
 
 
-def _is_default(symbol: ElfSymbol) -> bool:
-    """False for a non-default version (``name@VER`` in .symtab, hidden in .gnu.version)."""
-    if "@@" in symbol.name:
-        return True
-    return "@" not in symbol.name and symbol.default
+def _cstring(table: bytes, offset: int) -> str:
+    end = table.find(b"\0", offset)
+    if offset >= len(table):
+        return ""
+    return table[offset:end if end >= 0 else len(table)].decode("utf-8", "surrogateescape")
 
 
-def _exported(dynsym: list[ElfSymbol]) -> frozenset[str]:
-    return frozenset(s.name for s in dynsym
-                     if s.shndx != L.SHN_UNDEF and s.bind != STB_LOCAL and s.name)
-
-
-def _plt_names(elf: ElfFile, dynsym: list[ElfSymbol]) -> dict[int, str]:
+def _plt_names(elf: ElfFile, dynsym: tuple[bytes, bytes]) -> dict[int, str]:
     """PLT entry address -> ``name@plt``, from .rela.plt order (x86-64 psABI, 16-byte entries).
 
     With IBT the callable stubs are in ``.plt.sec`` (one per relocation);
@@ -241,8 +257,10 @@ def _plt_names(elf: ElfFile, dynsym: list[ElfSymbol]) -> dict[int, str]:
     for index in range(min(len(data) // RELA_SIZE, 1 << 16)):
         info = int.from_bytes(data[index * RELA_SIZE + 8:index * RELA_SIZE + 16], "little")
         symbol_index, kind = info >> 32, info & 0xFFFFFFFF
-        if kind == R_X86_64_JUMP_SLOT and 0 < symbol_index < len(dynsym):
-            names[base + PLT_ENTRY_SIZE * index] = dynsym[symbol_index].name + "@plt"
+        symbols, strings = dynsym
+        if kind == R_X86_64_JUMP_SLOT and 0 < symbol_index < len(symbols) // L.SYM.size:
+            st_name = L.SYM.unpack_from(symbols, symbol_index * L.SYM.size)[0]
+            names[base + PLT_ENTRY_SIZE * index] = _cstring(strings, st_name) + "@plt"
     return names
 
 
@@ -330,19 +348,17 @@ class Symbolizer:
 
     def _load_tables(self, module: Module, elf: ElfFile, table: SymbolTable,
                      problems: list[str]) -> debuginfo.DwarfLines | None:
-        dynsym = elf.symbols(".dynsym")
-        exported = _exported(dynsym)
         debug = self._debug_elf(module, elf, problems)
-        for source in (debug, elf):
-            if source is not None:
-                table.add(source.symbols(".symtab"), exported)
-        if debug is None:
-            mini = self._mini(elf, problems)
-            if mini is not None:
-                table.add(mini.symbols(".symtab"), exported)
-        table.add(dynsym, exported)
-        for start, name in _plt_names(elf, dynsym).items():
-            table.add_synthetic(start, PLT_ENTRY_SIZE, name)
+        sources = [debug, elf] if debug is not None else [elf, self._mini(elf, problems)]
+        for source in sources:
+            raw = source.raw_symbols(".symtab") if source is not None else None
+            if raw is not None:
+                table.add_table(*raw)
+        raw = elf.raw_symbols(".dynsym")
+        if raw is not None:
+            table.add_table(*raw, dynamic=True)
+            for start, name in _plt_names(elf, raw).items():
+                table.add_synthetic(start, PLT_ENTRY_SIZE, name)
         return self._lines(debug, elf)
 
     def _debug_elf(self, module: Module, elf: ElfFile, problems: list[str]) -> ElfFile | None:
