@@ -152,7 +152,7 @@ def cold_in_process(function: str, core: str, exe: str, runs: int) -> tuple[floa
         duration, items = json.loads(output.splitlines()[-1])
         durations.append(duration)
         trace = {int(tid): [tuple(frame) for frame in frames] for tid, frames in items}
-    return statistics.median(durations), trace  # type: ignore[return-value]
+    return statistics.median(durations), trace
 
 
 def drgn_process_argv(core: str, exe: str) -> list[str]:

@@ -115,6 +115,13 @@ def _symbol_pc(frame: Frame) -> int:
     return frame.pc if frame.signal_frame else frame.lookup_pc
 
 
+def _symbolize(symbolizer: Symbolizer, module: Module | None, pc: int,
+               problems: list[str]) -> Symbol:
+    symbol: Symbol = _stage(problems, f"symbolizing {pc:#x}",
+                            lambda: symbolizer.symbolize(module, pc), Symbol(None))
+    return symbol
+
+
 def trace_thread(space: AddressSpace, symbolizer: Symbolizer, thread: ThreadState,
                  crashed: bool, name: str | None, caps: Caps,
                  problems: list[str]) -> ThreadTrace:
@@ -125,11 +132,8 @@ def trace_thread(space: AddressSpace, symbolizer: Symbolizer, thread: ThreadStat
     stop = result.stop_reason if result else "unwinding failed"
     lookups = [_symbol_pc(frame) for frame in frames]
     modules = [space.module_at(pc) for pc in lookups]
-    symbols = [
-        _stage(problems, f"symbolizing {pc:#x}",
-               lambda pc=pc, module=module: symbolizer.symbolize(module, pc), Symbol(None))
-        for pc, module in zip(lookups, modules, strict=True)
-    ]
+    symbols = [_symbolize(symbolizer, module, pc, problems)
+               for pc, module in zip(lookups, modules, strict=True)]
     return ThreadTrace(thread.tid, name, crashed, dict(thread.registers), frames, symbols,
                        modules, stop)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-import capstone
+import capstone  # type: ignore[import-untyped]
 
 from coredumpd.errors import CoredumpdError, MemoryReadError
 from coredumpd.unwind.types import AddressSpace
