@@ -174,3 +174,19 @@ def test_a_fifo_named_by_the_core_is_not_opened(tmp_path):
     module = space.modules[0]
     assert module.host_path is None
     assert any("not a regular file" in p for p in module.problems)
+
+
+def test_vdso_symbols_come_from_the_core(real, core):
+    """The vDSO is not a file: its symbols are read from its image in the core (gdb agrees:
+    ``info symbol __vdso_clock_gettime`` says clock_gettime)."""
+    from coredumpd.unwind.symbols import Symbolizer
+    space = build_address_space(core)
+    vdso = next(m for m in space.modules if m.is_vdso)
+    symbolizer = Symbolizer(space)
+    address = symbolizer.address_of("__vdso_clock_gettime", vdso)
+    assert address is not None and space.module_at(address) is vdso
+    gdb = subprocess.run(["gdb", "-nx", "-batch", "-ex", f"info symbol {address + 5:#x}",
+                          str(real.exe), str(real.core)], capture_output=True, text=True,
+                         check=True).stdout
+    symbol = symbolizer.symbolize(vdso, address + 5)
+    assert f"{symbol.name} + {symbol.offset} in section .text of system-supplied DSO" in gdb
