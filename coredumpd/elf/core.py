@@ -32,8 +32,8 @@ from coredumpd.store.source import ByteSource
 __all__ = ["Core", "ElfHeader", "FileMapping", "PrPsInfo", "PrStatus", "Segment", "SigInfo",
            "ThreadState"]
 
-MAX_PHNUM = 1 << 21  # > max_map_count (65530 by default) with room; 117 MiB of headers
-MAX_NOTES_BYTES = 256 << 20  # all PT_NOTE segments together
+MAX_PHNUM = 1 << 20  # 16 x max_map_count (65530 by default); 56 MiB of headers
+MAX_NOTES_BYTES = 64 << 20  # all PT_NOTE segments: ~11 KiB per thread, NT_FILE ~100 B per VMA
 MAX_READ = 256 << 20  # one read_memory() call
 
 
