@@ -25,6 +25,7 @@ import enum
 import functools
 import os
 import struct
+import threading
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Self
@@ -42,6 +43,7 @@ FORMAT_VERSION = 1
 MAX_BLOCK_SIZE = 4 << 20  # largest LZ4 frame block (BD code 7)
 MIN_BLOCK_SIZE = 4096
 MAX_REASON_BYTES = 4096
+WORKER_NICE = 10  # workers' extra niceness while a spill file absorbs the stream
 RAW_BLOCK_FLAG = 0x80000000  # frame format: highest bit of the block size = uncompressed
 ELF_MAGIC = b"\x7fELF"
 
@@ -125,6 +127,17 @@ def _encode_block(block: bytes | bytearray, acceleration: int) -> _Encoded:
     if len(packed) >= len(block):
         return _Encoded(BlockKind.RAW, len(block), block, zlib.crc32(block))
     return _Encoded(BlockKind.COMPRESSED, len(block), packed, zlib.crc32(packed))
+
+
+def _lower_priority(increment: int) -> None:
+    """Raise this worker thread's nice value (Linux: per-thread)."""
+    if increment:
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid)
+                                                     + increment))
+        except OSError:
+            pass  # best effort: only the drain speed depends on it
 
 
 class _Spill:
@@ -217,7 +230,11 @@ class SeekableLz4Writer:
         self._fd = fd
         self._block_size = block_size
         self._acceleration = acceleration
-        self._executor = ThreadPoolExecutor(threads, "lz4seek") if threads > 0 else None
+        # With a spill file the workers only need the CPU left over by the drain:
+        # Linux applies nice per thread (setpriority(2) on a TID, "NOTES" in sched(7)).
+        self._executor = ThreadPoolExecutor(
+            threads, "lz4seek", initializer=_lower_priority,
+            initargs=(WORKER_NICE if spill_dir is not None else 0,)) if threads > 0 else None
         self._max_inflight = threads + 2
         self._inflight: collections.deque[
             tuple[Future[_Encoded] | _Encoded, bytearray | None]] = collections.deque()
