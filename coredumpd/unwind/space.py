@@ -190,8 +190,10 @@ def mappings_from_facts(maps: list[dict[str, Any]]) -> list[Mapping]:
     """Mappings from facts.proc.maps (/proc/PID/maps parsed by the handler)."""
     mappings = []
     for entry in maps:
+        if not isinstance(entry, dict):
+            continue
         try:
-            path = entry.get("path") or None
+            path = str(entry["path"]) if entry.get("path") else None
             mappings.append(Mapping(int(entry["start"]), int(entry["end"]),
                                     str(entry.get("perms", "---p")), int(entry.get("offset", 0)),
                                     path, int(entry.get("inode", 0)), str(entry.get("dev", "")),
@@ -283,11 +285,15 @@ def _core_build_id(space: ProcessAddressSpace, phdrs: list[ProgramHeader],
     return None
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _file_changes(module: Module, facts: dict[str, Any]) -> None:
     """deleted / replaced / modified_in_place from the facts (docs/ARCHITECTURE.md)."""
-    proc = facts.get("proc") or {}
-    record = (proc.get("files") or {}).get(module.path) or {}
-    now, mapped = record.get("now") or {}, record.get("mapped") or {}
+    proc = _dict(facts.get("proc"))
+    record = _dict(_dict(proc.get("files")).get(module.path))
+    now, mapped = _dict(record.get("now")), _dict(record.get("mapped"))
     if "error" in now:
         module.deleted = True
     elif now and mapped:
@@ -295,10 +301,10 @@ def _file_changes(module: Module, facts: dict[str, Any]) -> None:
             module.replaced = True
         elif now.get("mtime_ns") != mapped.get("mtime_ns"):
             module.modified_in_place = True
-    start_us = proc.get("start_time_us")
-    if mapped.get("mtime_ns") and start_us and mapped["mtime_ns"] // 1000 > start_us:
+    start_us, mtime_ns = proc.get("start_time_us"), mapped.get("mtime_ns")
+    if isinstance(start_us, int) and isinstance(mtime_ns, int) and mtime_ns // 1000 > start_us:
         module.modified_in_place = True
-    reason = ((facts.get("mapped_objects") or {}).get(module.path) or {}).get("reason")
+    reason = _dict(_dict(facts.get("mapped_objects")).get(module.path)).get("reason")
     if reason == "deleted":
         module.deleted = True
     elif reason == "replaced":
@@ -426,7 +432,7 @@ def _main_path(core: Core, facts: dict[str, Any], groups: dict[str, list[Mapping
     for path, group in groups.items():
         if entry is not None and any(entry in m for m in group):
             return path
-    exe = (facts.get("proc") or {}).get("exe")
+    exe = _dict(facts.get("proc")).get("exe")
     return exe if isinstance(exe, str) and exe in groups else None
 
 
@@ -438,10 +444,11 @@ def build_address_space(core: Core, facts: dict[str, Any] | None = None, root: s
     facts' ``proc.root``); ``exe`` a copy of the executable to use instead of
     the mapped path (still checked by build-id).
     """
-    facts = facts or {}
-    proc = facts.get("proc") or {}
+    facts = _dict(facts)
+    proc = _dict(facts.get("proc"))
     maps = proc.get("maps")
-    mappings = mappings_from_facts(maps) if maps else mappings_from_core(core)
+    mappings = mappings_from_facts(maps) if isinstance(maps, list) and maps else \
+        mappings_from_core(core)
     if root == "/" and isinstance(proc.get("root"), str):
         root = proc["root"]
     space = ProcessAddressSpace(core, mappings, max_bytes)

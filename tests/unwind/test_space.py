@@ -8,7 +8,9 @@ import re
 import shutil
 import subprocess
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
@@ -190,3 +192,21 @@ def test_vdso_symbols_come_from_the_core(real, core):
                          check=True).stdout
     symbol = symbolizer.symbolize(vdso, address + 5)
     assert f"{symbol.name} + {symbol.offset} in section .text of system-supplied DSO" in gdb
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2, 1 << 65) | st.text(max_size=8),
+                    lambda children: st.lists(children, max_size=4)
+                    | st.dictionaries(st.sampled_from(["proc", "maps", "files", "now", "mapped",
+                                                       "start", "end", "path", "root", "exe",
+                                                       "error", "inode", "mtime_ns",
+                                                       "mapped_objects", "reason",
+                                                       "/bin/prog"]), children, max_size=5),
+                    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(JSON)
+def test_malformed_facts_never_break_the_address_space(facts):
+    core = Core.open(BytesSource(W.simple_core()))
+    space = build_address_space(core, facts if isinstance(facts, dict) else {"proc": facts})
+    assert all(isinstance(m.path, str) for m in space.modules)
