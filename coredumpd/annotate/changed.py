@@ -16,6 +16,8 @@ from typing import Any
 
 from coredumpd.annotate import evidence as E
 from coredumpd.annotate.context import AnalysisContext
+from coredumpd.elf.layouts import ELFMAG
+from coredumpd.errors import CoredumpdError
 from coredumpd.unwind.types import Module
 
 IGNORED_PREFIXES = ("/memfd:", "/SYSV", "/dev/", "[", "/dmabuf", "/anon_hugepage")
@@ -25,12 +27,22 @@ def changed_modules(ctx: AnalysisContext, *, in_place: bool) -> list[Module]:
     """Mapped ELF objects modified in place (``in_place``) or deleted/replaced (not)."""
     found = []
     for module in ctx.space.modules:
-        if module.is_vdso or module.path.startswith(IGNORED_PREFIXES):
+        if module.is_vdso or module.path.startswith(IGNORED_PREFIXES) or not is_elf(ctx, module):
             continue
         if in_place and module.modified_in_place or not in_place and (module.deleted or module.replaced) \
                 and not module.modified_in_place:
             found.append(module)
     return found
+
+
+def is_elf(ctx: AnalysisContext, module: Module) -> bool:
+    """True for an ELF object; a mapped data file (a database, a cache) is not a library."""
+    if module.build_id or module.file_build_id or module.eh_frame_hdr is not None:
+        return True
+    try:
+        return ctx.space.read(module.start, len(ELFMAG)) == ELFMAG
+    except CoredumpdError:
+        return False
 
 
 def file_record(ctx: AnalysisContext, path: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -20,7 +20,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -156,3 +156,70 @@ def _wait_complete(path: str) -> None:
         last = size
         time.sleep(0.05)
     raise AssertionError(f"core {path} never completed")
+
+
+def live_facts(pid: int) -> dict[str, Any]:
+    """Facts of a live process read with the handler's own code (ingest.procfs/changed).
+
+    For the raw-core path only: the handler reads the same things at dump time;
+    here they are read just before the test triggers the crash.
+    """
+    from coredumpd.ingest import changed, procfs
+    missing: dict[str, str] = {}
+    proc = procfs.collect_process(pid, missing, environ=False)
+    held = changed.hold_changed_objects(pid, proc, missing)
+    return {"version": 1, "args": {"pid": pid}, "proc": proc,
+            "mapped_objects": changed.read_held_objects(held, missing), "missing": missing}
+
+
+def crash_prepared(argv: Sequence[str], tmp_path: pathlib.Path, *, pidfile: str,
+                   prepare: Callable[[], None], trigger: int, driver: Sequence[str]) -> Crash:
+    """A crash that needs set-up while the process runs (a library swapped under it).
+
+    Through the handler: ``driver`` (a script doing start, set-up and trigger)
+    runs under :func:`crash`.  On the raw-core path: start ``argv``, wait for
+    ``pidfile``, ``prepare()``, read :func:`live_facts`, send ``trigger``, and
+    analyse the core with those facts.
+    """
+    if handler_available():
+        return crash(driver, tmp_path, pidfile=pidfile)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    from coredumpd.analysis import analyze
+    from coredumpd.store.source import RawFileSource
+    directory = tempfile.mkdtemp(prefix="cda", dir="/tmp")
+    try:
+        with core_pattern(raw_core_pattern(directory), 16):
+            facts, pid = _start_prepare_trigger(argv, pidfile, prepare, trigger)
+        path = os.path.join(directory, f"core.{pid}")
+        _wait_complete(path)
+        kept = tmp_path / f"core.{pid}"
+        shutil.move(path, kept)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return Crash(analyze(RawFileSource(str(kept)), facts), facts, "raw+live-facts", None,
+                 str(kept))
+
+
+def _start_prepare_trigger(argv: Sequence[str], pidfile: str, prepare: Callable[[], None],
+                           trigger: int) -> tuple[dict[str, Any], int]:
+    import time
+
+    def unlimited_core() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
+    process = subprocess.Popen(list(argv), preexec_fn=unlimited_core,
+                               cwd=os.path.dirname(argv[0]), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(pidfile) and pathlib.Path(pidfile).read_text().strip()):
+            assert time.monotonic() < deadline and process.poll() is None, "never ready"
+            time.sleep(0.02)
+        prepare()
+        facts = live_facts(process.pid)
+        os.kill(process.pid, trigger)
+        assert process.wait(30) < 0, "the process did not die of a signal"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return facts, process.pid

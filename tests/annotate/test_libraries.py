@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import signal
+
 import pytest
 
-from tests.annotate.crashing import PROGRAMS, crash, handler_available
+from tests.annotate.crashing import PROGRAMS, crash, crash_prepared, handler_available
 
 pytestmark = pytest.mark.kernel
 
@@ -46,8 +49,12 @@ def test_symbol_version_miss_private_symbol(scenario, tmp_path):
 
 def _run_worker(scenario, tmp_path):
     out = scenario("inplace")
-    result = crash(["/bin/sh", str(PROGRAMS / "inplace" / "run.sh"), str(out)], tmp_path,
-                   pidfile=str(out / "worker.pid"), need_facts=True)
+    pidfile = out / "worker.pid"
+    result = crash_prepared(
+        [str(out / "worker"), str(pidfile)], tmp_path, pidfile=str(pidfile),
+        prepare=lambda: shutil.copyfile(out / "libcodec_b.so", out / "libcodec.so"),
+        trigger=signal.SIGUSR1,
+        driver=["/bin/sh", str(PROGRAMS / "inplace" / "run.sh"), str(out)])
     return out, result
 
 
