@@ -3,6 +3,7 @@ and against hostile cores built with tests.support.elfwriter."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 
@@ -224,3 +225,25 @@ def test_corrupted_cores_never_raise_past_the_header(changes, cut):
             core.read_memory(address, 64)
         except MemoryReadError:
             pass
+
+
+def test_stored_lz4_core_cut_by_the_store_is_flagged(tmp_path):
+    """A core the store truncated (ExternalSizeMax): read through the lz4 reader, what
+    was kept is readable, the rest is flagged and never zero-filled."""
+    from coredumpd.store.lz4seek import SeekableLz4Reader, SeekableLz4Writer
+    data = W.simple_core()
+    path = tmp_path / "core.lz4"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    writer = SeekableLz4Writer(fd, block_size=4096)
+    writer.write(data[:len(data) - 2048])
+    writer.finish(truncated="ExternalSizeMax=1")
+    os.close(fd)
+    reader = SeekableLz4Reader(str(path))
+    core = Core.open(reader, expected_tid=100)
+    assert core.truncated
+    assert any("ExternalSizeMax=1" in p for p in core.problems)
+    assert [t.tid for t in core.threads] == [100, 101]
+    assert core.read_memory(0x7FFF0000, 16) == b"\x11" * 16
+    with pytest.raises(MemoryReadError, match="truncated"):
+        core.read_memory(0x7FFF0000 + 4000, 16)
+    reader.close()
