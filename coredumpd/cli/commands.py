@@ -25,6 +25,7 @@ from coredumpd.cli.timespec import parse_time
 from coredumpd.config import Config, parse_size, parse_timespan
 from coredumpd.errors import CoredumpdError, StoreError
 from coredumpd.report import jsonout, text
+from coredumpd.report.escape import escape
 
 NO_MATCH_MESSAGE = "No coredumps found."
 
@@ -65,7 +66,7 @@ def open_index(config: Config) -> Any:
     from coredumpd.store.index import Index
 
     try:
-        return Index(config.index_path)
+        return Index(config.index_path, create=False)  # read-only, creates nothing
     except OSError as err:
         raise StoreError(f"cannot open the index {config.index_path}: {err}") from err
 
@@ -156,7 +157,7 @@ def cmd_delete(ctx: Context) -> int:
 
     index = Index(ctx.config.index_path)
     try:
-        retention.delete(index, ids)
+        retention.delete(index, ids, forget=True)  # the row goes too, not only the core
     finally:
         _close(index)
     for crash_id in ids:
@@ -188,14 +189,13 @@ def cmd_vacuum(ctx: Context) -> int:
 
 
 def describe_vacuum(result: Any) -> str:
-    """One line per field of the retention result, whatever it holds."""
-    if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
-    else:
-        fields = {"result": result}
-    lines = []
-    for name, value in fields.items():
-        if isinstance(value, (list, tuple)):
-            value = len(value)
-        lines.append(f"{name.replace('_', ' ')}: {value}")
+    """What vacuum did, like journalctl --vacuum-size: one line per removed core, totals."""
+    lines = [f"Deleted {escape(core.name)} ({text.format_size(core.disk_bytes)})"
+             for core in result.removed]
+    lines.append(f"Freed {text.format_size(result.freed_bytes)}; cores now use "
+                 f"{text.format_size(result.used_bytes)} (MaxUse "
+                 f"{text.format_size(result.max_use)}), {text.format_size(result.free_bytes)} "
+                 f"free (KeepFree {text.format_size(result.keep_free)}).")
+    if not result.satisfied:
+        lines.append("The limits still do not hold: what remains cannot be removed.")
     return "\n".join(lines) + "\n"

@@ -168,7 +168,7 @@ def _metadata(show: dict[str, Any], user: str | None, group: str | None) -> list
     if isinstance(sender, dict):
         lines.append(("Sent by", (f"PID {escape(sender.get('pid'))} "
                       f"({escape(sender.get('comm'))}), UID {escape(sender.get('uid'))}")))
-    return [_field(label, value) for label, value in lines if value not in ("-", "- (-)")]
+    return [_field(label, value) for label, value in lines if value not in ("", "-", "- (-)")]
 
 
 def format_frame(frame: dict[str, Any]) -> str:

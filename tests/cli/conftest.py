@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,16 +48,31 @@ def crash_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashStore
     from tests.support.crash import compile_c, registered_handler
 
     tmp = tmp_path_factory.mktemp("corectl")
-    programs = {"segv": compile_c(SEGV, tmp, name="segv"),
-                "abort": compile_c(ABORT, tmp, name="aborter"),
-                "hostile": compile_c(SEGV, tmp, name=HOSTILE_NAME)}
-    with registered_handler(tmp, rate_limit_burst=100) as handler:
+    # The analysis runs as AnalysisUser (nobody): the programs must be readable
+    # by it, which pytest's 0700 tmp directories are not.
+    programs_dir = tempfile.mkdtemp(prefix="corectl-programs-")
+    os.chmod(programs_dir, 0o755)
+    programs = {"segv": compile_c(SEGV, programs_dir, name="segv"),
+                "abort": compile_c(ABORT, programs_dir, name="aborter"),
+                "hostile": compile_c(SEGV, programs_dir, name=HOSTILE_NAME)}
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, programs_dir, ignore_errors=True)
+        handler = cleanup.enter_context(registered_handler(tmp, rate_limit_burst=100))
         try:
             rows = {key: handler.crash([path], timeout=60) for key, path in programs.items()}
         except Exception as err:
             _STORE_FAILURE.append(f"{type(err).__name__}: {err}")
             raise
         yield CrashStore(handler.config_path, handler.directory, rows)
+
+
+@pytest.fixture()
+def programs_dir() -> Iterator[str]:
+    """A directory the analysis user (nobody) can read, for test programs."""
+    directory = tempfile.mkdtemp(prefix="corectl-programs-")
+    os.chmod(directory, 0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture()

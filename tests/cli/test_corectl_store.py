@@ -189,12 +189,12 @@ def test_closed_pipe_ends_quietly(crash_store: CrashStore) -> None:
     assert child.returncode == 0 and child.stderr == ""
 
 
-def test_delete_and_vacuum(fresh_store, tmp_path: pathlib.Path,
+def test_delete_and_vacuum(fresh_store, programs_dir: str, tmp_path: pathlib.Path,
                            capsys: pytest.CaptureFixture[str]) -> None:
     from tests.cli.conftest import SEGV
     from tests.support.crash import compile_c
 
-    program = compile_c(SEGV, tmp_path, name="doomed")
+    program = compile_c(SEGV, programs_dir, name="doomed")
     first, second = (fresh_store.crash([program], timeout=120) for _ in range(2))
     config = ["--config", fresh_store.config_path]
     assert main([*config, "delete", first["id"]], env={}) == ExitStatus.OK
@@ -216,13 +216,14 @@ def test_delete_and_vacuum(fresh_store, tmp_path: pathlib.Path,
 
 
 def test_other_users_see_only_their_own_crashes(crash_store: CrashStore,
-                                                tmp_path: pathlib.Path) -> None:
+                                                programs_dir: str) -> None:
     """Run corectl as nobody on a readable copy of the index with one row of nobody's."""
     import shutil
     import sqlite3
 
     nobody = 65534
-    store = tmp_path / "store"
+    base = pathlib.Path(programs_dir)  # 0755: reachable by nobody, unlike tmp_path
+    store = base / "store"
     store.mkdir()
     for name in os.listdir(crash_store.directory):
         if name.startswith("index.sqlite"):
@@ -233,9 +234,8 @@ def test_other_users_see_only_their_own_crashes(crash_store: CrashStore,
     os.chown(store, nobody, nobody)
     for path in store.iterdir():
         os.chown(path, nobody, nobody)
-    config = tmp_path / "c.conf"
+    config = base / "c.conf"
     config.write_text(f"[Coredump]\nDirectory={store}\n")
-    tmp_path.chmod(0o755)
     as_nobody = ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"]
     result = subprocess.run([*as_nobody, *CORECTL, "--config", str(config), "--json", "list"],
                             capture_output=True, text=True, check=False,
