@@ -73,7 +73,8 @@ def analyse(config: Config, row: dict[str, Any], facts: dict[str, Any],
     return run_analysis(config, core_path, facts, row.get("exe"))
 
 
-def _store_analysis(index: Index, row_id: Any, result: dict[str, Any]) -> dict[str, Any]:
+def analysis_fields(result: dict[str, Any]) -> dict[str, Any]:
+    """The index columns the analysis fills."""
     annotations = result.get("annotations") or []
     fields = {
         "analysis": result, "analysis_state": result.get("state") or "failed",
@@ -83,11 +84,10 @@ def _store_analysis(index: Index, row_id: Any, result: dict[str, Any]) -> dict[s
     }
     if fields["analysis_state"] not in ("done", "failed"):
         fields["analysis_state"] = "failed"
-    index.update(row_id, **fields)
     return fields
 
 
-def report(config: Config, index: Index, row: dict[str, Any], facts: dict[str, Any],
+def report(config: Config, row: dict[str, Any], facts: dict[str, Any],
            result: dict[str, Any]) -> dict[str, Any]:
     """Send the journal entry (or the kmsg line); return the updated path_taken."""
     path_taken = _loads(row.get("path_taken"))
@@ -106,7 +106,6 @@ def report(config: Config, index: Index, row: dict[str, Any], facts: dict[str, A
                                  f"{path_taken['journal']}; root cause {row.get('root_cause')}")
         path_taken["kmsg"] = "written" if journal.write_kmsg(line) else "failed"
     path_taken["analysis"] = result.get("state")
-    index.update(row["id"], path_taken=path_taken)
     return path_taken
 
 
@@ -122,8 +121,10 @@ def run(row_id: str, config_path: str | None, core_fd: int | None) -> int:
         result = analyse(config, row, facts, core_fd)
     except Exception as err:  # noqa: BLE001 - a broken analysis must not lose the entry
         result = _skipped(f"analysis crashed: {type(err).__name__}: {err}")
-    row.update(_store_analysis(index, row["id"], result))
-    report(config, index, row, facts, result)
+    fields = analysis_fields(result)
+    row.update(fields)
+    # one update, after the journal: a reader that sees the analysis sees the outcome too
+    index.update(row["id"], **fields, path_taken=report(config, row, facts, result))
     return 0
 
 

@@ -41,7 +41,7 @@ int main(int argc, char **argv) {
 SIGNALS = {
     "SIGSEGV": "int main(void){ *(volatile int *)0 = 1; }",
     "SIGABRT": "#include <stdlib.h>\nint main(void){ abort(); }",
-    "SIGFPE": "int main(int c, char **v){ volatile int z = c - 1; return 1 / z; }",
+    "SIGFPE": "int main(int c, char **v){ volatile int a = 7, z = c - 1; (void)v; return a / z; }",
     "SIGBUS": r"""
 #include <fcntl.h>
 #include <sys/mman.h>
