@@ -72,7 +72,8 @@ def _int(value: Any) -> int | None:
 
 
 def _str(value: Any) -> str | None:
-    if value is None:
+    """Text, or None when absent (the index stores absent text as "")."""
+    if value is None or value == "":
         return None
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", "replace")
@@ -125,6 +126,13 @@ def _cmdline(row: dict[str, Any], facts: Any) -> str | None:
     return _str(cmdline)
 
 
+def _argv(facts: Any) -> list[str] | None:
+    """The command line as a list, from the dump-time facts (keeps argument boundaries)."""
+    proc = facts.get("proc") if isinstance(facts, dict) else None
+    argv = proc.get("cmdline") if isinstance(proc, dict) else None
+    return [str(arg) for arg in argv] if isinstance(argv, list) else None
+
+
 def _analysis_part(analysis: Any, state: Any, error: Any) -> dict[str, Any]:
     if isinstance(analysis, dict):
         state = state or analysis.get("state")
@@ -169,7 +177,7 @@ def show_object(record: Any = None, analysis: Any = None,
         "si_code_name": (si_code_name(signo, si_code)
                          if signo is not None and si_code is not None else None),
         "fault_address": fault if fault is not None else _int(signal_info.get("address")),
-        "cmdline": _cmdline(row, facts), "boot_id": _str(row.get("boot_id")),
+        "cmdline": _cmdline(row, facts), "argv": _argv(facts), "boot_id": _str(row.get("boot_id")),
         "cgroup": _str(row.get("cgroup")),
         "core": {"path": _str(row.get("core_path")), "state": out["core_state"],
                  "reason": _str(row.get("core_reason")), "size": out["core_size"],
@@ -185,7 +193,9 @@ def show_object(record: Any = None, analysis: Any = None,
     })
     out["root_cause"] = out["root_cause"] or _first_annotation(analysis)
     sender = facts.get("sender") if isinstance(facts, dict) else None
-    out["sender"] = sender if isinstance(sender, dict) else None
+    # A process that signalled itself (raise, abort) is not worth naming.
+    own = isinstance(sender, dict) and sender.get("pid") == out["pid"]
+    out["sender"] = sender if isinstance(sender, dict) and not own else None
     for key in ("core_size", "stored_size"):
         out.pop(key)
     return out

@@ -14,7 +14,7 @@ import datetime
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from coredumpd.report.escape import escape
+from coredumpd.report.escape import escape, escape_cmdline
 
 LIST_COLUMNS = ("TIME", "PID", "UID", "SIG", "COREFILE", "EXE", "SIZE", "ROOT CAUSE")
 _RIGHT_ALIGNED = {"PID", "UID", "SIZE"}
@@ -157,7 +157,8 @@ def _metadata(show: dict[str, Any], user: str | None, group: str | None) -> list
         ("UID", f"{escape(show.get('uid'))}" + (f" ({escape(user)})" if user else "")),
         ("GID", f"{escape(show.get('gid'))}" + (f" ({escape(group)})" if group else "")),
         ("Signal", signal), ("Timestamp", format_time(show.get("timestamp"))),
-        ("Command Line", escape(show.get("cmdline"))), ("Executable", escape(show.get("exe"))),
+        ("Command Line", escape_cmdline(show["argv"]) if show.get("argv")
+         else escape(show.get("cmdline"))), ("Executable", escape(show.get("exe"))),
         ("Unit", escape(show.get("unit"))), ("Hostname", escape(show.get("hostname"))),
         ("Storage", storage), ("Core Size", format_size(core.get("size"))),
         ("Size on Disk", format_size(core.get("stored_size"))),

@@ -149,3 +149,16 @@ def test_json_dump_is_ascii() -> None:
     jsonout.dump(jsonout.show_object(record()), stream)
     assert stream.getvalue().isascii()
     assert json.loads(stream.getvalue())["comm"] == EVIL
+
+
+def test_command_line_keeps_argument_boundaries() -> None:
+    facts = json.dumps({"proc": {"cmdline": ["prog", "a b", "\x1b[2J"]}})
+    show = jsonout.show_object(record(facts=facts, cmdline="prog a b \x1b[2J"))
+    assert show["argv"] == ["prog", "a b", "\x1b[2J"]
+    assert "Command Line: prog 'a b' \\x1b[2J" in text.render_show(show)
+
+
+def test_empty_text_columns_are_absent() -> None:
+    entry = jsonout.list_object(record(root_cause="", analysis=None, unit=""))
+    assert entry["root_cause"] is None and entry["unit"] is None
+    assert text.list_row(entry)[-1] == "-"
