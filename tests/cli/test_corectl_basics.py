@@ -90,3 +90,18 @@ def test_analyze_of_a_missing_or_non_core_file(capsys: pytest.CaptureFixture[str
     junk.write_bytes(b"not a core at all")
     assert main(["analyze", str(junk)], env={}) == ExitStatus.ERROR
     assert "corectl: error:" in capsys.readouterr().err
+
+
+def test_copy_core_reports_progress() -> None:
+    import io
+
+    from coredumpd.cli.cores import CHUNK, copy_core
+    from coredumpd.store.source import BytesSource
+
+    data = bytes(range(256)) * (CHUNK // 128 + 3)  # a bit over two chunks
+    target = io.BytesIO()
+    seen: list[tuple[int, int]] = []
+    assert copy_core(BytesSource(data), target, lambda done, total: seen.append((done, total)))
+    assert target.getvalue() == data
+    assert [done for done, _ in seen] == [CHUNK, 2 * CHUNK, len(data)]
+    assert {total for _, total in seen} == {len(data)}
