@@ -338,7 +338,7 @@ class Symbolizer:
         problems: list[str] = []
         elf = self._open(module)
         lines = None
-        if elf is not None:
+        if elf is not None or module.build_id:
             try:
                 lines = self._load_tables(module, elf, table, problems)
             except CoredumpdError as err:
@@ -346,14 +346,24 @@ class Symbolizer:
         table.finish()
         return _ModuleInfo(table, lines, problems)
 
-    def _load_tables(self, module: Module, elf: ElfFile, table: SymbolTable,
+    def _load_tables(self, module: Module, elf: ElfFile | None, table: SymbolTable,
                      problems: list[str]) -> debuginfo.DwarfLines | None:
+        """Symbols of the debug file, the module's file, MiniDebugInfo, .dynsym, PLT.
+
+        Without a trusted file (deleted, replaced), the debug file found by the
+        build-id in the core still describes the mapped object.
+        """
         debug = self._debug_elf(module, elf, problems)
-        sources = [debug, elf] if debug is not None else [elf, self._mini(elf, problems)]
+        if elf is None:
+            sources = [debug]
+        else:
+            sources = [debug, elf] if debug is not None else [elf, self._mini(elf, problems)]
         for source in sources:
             raw = source.raw_symbols(".symtab") if source is not None else None
             if raw is not None:
                 table.add_table(*raw)
+        if elf is None:
+            return self._lines(debug, None)
         raw = elf.raw_symbols(".dynsym")
         if raw is not None:
             table.add_table(*raw, dynamic=True)
@@ -361,11 +371,13 @@ class Symbolizer:
                 table.add_synthetic(start, PLT_ENTRY_SIZE, name)
         return self._lines(debug, elf)
 
-    def _debug_elf(self, module: Module, elf: ElfFile, problems: list[str]) -> ElfFile | None:
+    def _debug_elf(self, module: Module, elf: ElfFile | None,
+                   problems: list[str]) -> ElfFile | None:
         if module.debug_path is None and not module.is_vdso:
+            build_id = module.build_id or (elf.build_id if elf is not None else None)
             module.debug_path = debuginfo.find_debug_file(
-                module.host_path, module.build_id or elf.build_id, elf.debuglink, self.root,
-                self.debug_dirs)
+                module.host_path, build_id, elf.debuglink if elf is not None else None,
+                self.root, self.debug_dirs)
         if module.debug_path is None:
             return None
         try:
@@ -383,7 +395,7 @@ class Symbolizer:
             return None
 
     @staticmethod
-    def _lines(debug: ElfFile | None, elf: ElfFile) -> debuginfo.DwarfLines | None:
+    def _lines(debug: ElfFile | None, elf: ElfFile | None) -> debuginfo.DwarfLines | None:
         """DWARF lines from the debug file, else from the module itself (files only)."""
         for candidate in (debug, elf):
             if (candidate is None or not os.path.isfile(candidate.name)

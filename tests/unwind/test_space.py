@@ -18,6 +18,7 @@ from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import MemoryReadError
 from coredumpd.store.source import BytesSource, RawFileSource
 from coredumpd.unwind.space import build_address_space
+from coredumpd.unwind.types import Module
 from tests.elf.realcore import RealCore, compile_c, crash
 from tests.support import elfwriter as W
 
@@ -210,3 +211,18 @@ def test_malformed_facts_never_break_the_address_space(facts):
     core = Core.open(BytesSource(W.simple_core()))
     space = build_address_space(core, facts if isinstance(facts, dict) else {"proc": facts})
     assert all(isinstance(m.path, str) for m in space.modules)
+
+
+def test_untrusted_module_still_symbolized_from_its_debug_file(real, core, tmp_path):
+    """libc is not under the (empty) root, but its debug file is found by the build-id
+    in the core: names and lines still come out."""
+    from coredumpd.unwind.symbols import Symbolizer
+    space = build_address_space(core, root=str(tmp_path))
+    symbolizer = Symbolizer(space)
+    idle = next(t for t in core.threads[1:] if "libc.so" in (
+        space.module_at(t.registers["rip"]) or Module("", 0, 0, 0)).path)
+    libc = space.module_at(idle.registers["rip"])
+    assert libc.host_path is None
+    symbol = symbolizer.symbolize(libc, idle.registers["rip"])
+    assert symbol.name == "pause" and symbol.file.endswith("pause.c") and symbol.line
+    assert libc.debug_path is not None
