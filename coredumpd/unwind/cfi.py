@@ -19,6 +19,7 @@ import dataclasses
 import enum
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from coredumpd.errors import FormatError
 from coredumpd.unwind.dwarf_expr import MASK, read_sleb128, read_uleb128
@@ -405,6 +406,22 @@ class SectionIndex:
 
 # --- CFA program --------------------------------------------------------------------------
 
+# Operands of the non-primary DW_CFA_* instructions (DWARF 5, 6.4.2; GNU extensions from
+# binutils' include/dwarf2.def): r register (ULEB128), u ULEB128, s SLEB128, b block
+# (ULEB128 length + bytes), a address (the FDE's pointer encoding), 1/2/4/8 fixed size.
+_OPERANDS = {
+    0x00: "", 0x01: "a", 0x02: "1", 0x03: "2", 0x04: "4", 0x05: "ru", 0x06: "r", 0x07: "r",
+    0x08: "r", 0x09: "rr", 0x0A: "", 0x0B: "", 0x0C: "ru", 0x0D: "r", 0x0E: "u", 0x0F: "b",
+    0x10: "rb", 0x11: "rs", 0x12: "rs", 0x13: "s", 0x14: "ru", 0x15: "rs", 0x16: "rb",
+    0x1D: "8",  # DW_CFA_MIPS_advance_loc8
+    0x2D: "",  # DW_CFA_GNU_window_save (SPARC) / AArch64 negate_ra_state: nothing on x86-64
+    0x2E: "u",  # DW_CFA_GNU_args_size
+    0x2F: "ru",  # DW_CFA_GNU_negative_offset_extended
+}
+_FIXED_OPERANDS = {"1": struct.Struct("<B"), "2": struct.Struct("<H"), "4": struct.Struct("<I"),
+                   "8": struct.Struct("<Q")}
+
+
 class _Program:
     """Executes CFA instructions into a :class:`RuleRow` (DWARF 5, 6.4.2)."""
 
@@ -422,19 +439,88 @@ class _Program:
             op = code[position]
             position += 1
             high, low = op & 0xC0, op & 0x3F
-            if high == 0x40:
+            if high == 0x40:  # DW_CFA_advance_loc
                 if not self.advance(low * self.cie.code_align):
                     break
-            elif high == 0x80:
+            elif high == 0x80:  # DW_CFA_offset
                 offset, position = read_uleb128(code, position)
                 self.set(low, Rule.OFFSET, offset * self.cie.data_align)
-            elif high == 0xC0:
+            elif high == 0xC0:  # DW_CFA_restore
                 self.restore(low)
             else:
-                position = self.extended(op, code, position, bases)
-                if position < 0:
+                if op not in _OPERANDS:
+                    raise FormatError(f"unknown DW_CFA instruction {op:#x}")
+                operands, position = self.operands(_OPERANDS[op], code, position, bases)
+                if not self.execute(op, operands):
                     break
         return self.row
+
+    def operands(self, kinds: str, code: bytes, position: int, bases: Bases) -> \
+            tuple[list[Any], int]:
+        values: list[Any] = []
+        for kind in kinds:
+            value: Any
+            if kind in "ru":
+                value, position = read_uleb128(code, position)
+            elif kind == "s":
+                value, position = read_sleb128(code, position)
+            elif kind == "b":
+                length, position = read_uleb128(code, position)
+                if position + length > len(code):
+                    raise FormatError("DW_CFA expression block runs past its FDE")
+                value, position = code[position:position + length], position + length
+            elif kind == "a":
+                value, position = read_encoded(code, position, self.cie.fde_encoding & 0x7F, 0,
+                                               bases)
+            else:
+                layout = _FIXED_OPERANDS[kind]
+                if position + layout.size > len(code):
+                    raise FormatError("DW_CFA operand runs past its FDE")
+                (value,), position = layout.unpack_from(code, position), position + layout.size
+            values.append(value)
+        return values, position
+
+    def execute(self, op: int, args: list[Any]) -> bool:
+        """Apply one instruction; False once the location passed the target."""
+        data_align = self.cie.data_align
+        match op:
+            case 0x01:  # DW_CFA_set_loc
+                self.location = args[0]
+                return bool(self.location <= self.target)
+            case 0x02 | 0x03 | 0x04 | 0x1D:  # DW_CFA_advance_loc1/2/4/8
+                return self.advance(args[0] * self.cie.code_align)
+            case 0x05 | 0x11:  # DW_CFA_offset_extended(_sf)
+                self.set(args[0], Rule.OFFSET, args[1] * data_align)
+            case 0x2F:  # DW_CFA_GNU_negative_offset_extended
+                self.set(args[0], Rule.OFFSET, -args[1] * data_align)
+            case 0x14 | 0x15:  # DW_CFA_val_offset(_sf)
+                self.set(args[0], Rule.VAL_OFFSET, args[1] * data_align)
+            case 0x06:  # DW_CFA_restore_extended
+                self.restore(args[0])
+            case 0x07 | 0x08:  # DW_CFA_undefined, DW_CFA_same_value
+                self.set(args[0], Rule.UNDEFINED if op == 0x07 else Rule.SAME_VALUE)
+            case 0x09:  # DW_CFA_register
+                self.set(args[0], Rule.REGISTER, args[1])
+            case 0x0A:  # DW_CFA_remember_state
+                self.remember_state()
+            case 0x0B:  # DW_CFA_restore_state
+                self.restore_state()
+            case 0x0C | 0x12:  # DW_CFA_def_cfa(_sf)
+                offset = args[1] if op == 0x0C else args[1] * data_align
+                self.row.cfa_register, self.row.cfa_offset = args[0], offset
+                self.row.cfa_expression = None
+            case 0x0D:  # DW_CFA_def_cfa_register
+                self.row.cfa_register, self.row.cfa_expression = args[0], None
+            case 0x0E | 0x13:  # DW_CFA_def_cfa_offset(_sf)
+                self.row.cfa_offset = args[0] if op == 0x0E else args[0] * data_align
+            case 0x0F:  # DW_CFA_def_cfa_expression
+                self.row.cfa_expression = args[0]
+            case 0x10 | 0x16:  # DW_CFA_expression, DW_CFA_val_expression
+                rule = Rule.EXPRESSION if op == 0x10 else Rule.VAL_EXPRESSION
+                self.set(args[0], rule, 0, args[1])
+            case 0x2E:  # DW_CFA_GNU_args_size
+                self.row.args_size = args[0]
+        return True
 
     def advance(self, delta: int) -> bool:
         self.location += delta
@@ -449,204 +535,17 @@ class _Program:
         else:
             self.row.registers.pop(register, None)
 
-    def extended(self, op: int, code: bytes, position: int, bases: Bases) -> int:
-        """One non-primary instruction; returns the next position (-1: target passed)."""
-        handler = _EXTENDED.get(op)
-        if handler is None:
-            raise FormatError(f"unknown DW_CFA instruction {op:#x}")
-        return handler(self, code, position, bases)
+    def remember_state(self) -> None:
+        if len(self.saved) >= MAX_STATE_STACK:
+            raise FormatError("DW_CFA_remember_state nested too deep")
+        self.saved.append(self.row.copy())
 
-
-def _uleb(code: bytes, position: int) -> tuple[int, int]:
-    return read_uleb128(code, position)
-
-
-def _block(code: bytes, position: int) -> tuple[bytes, int]:
-    length, position = read_uleb128(code, position)
-    if position + length > len(code):
-        raise FormatError("DW_CFA expression block runs past its FDE")
-    return code[position:position + length], position + length
-
-
-def _fixed(code: bytes, position: int, layout: struct.Struct) -> tuple[int, int]:
-    if position + layout.size > len(code):
-        raise FormatError("DW_CFA operand runs past its FDE")
-    return int(layout.unpack_from(code, position)[0]), position + layout.size
-
-
-def _op_nop(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    return pos
-
-
-def _op_set_loc(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    location, pos = read_encoded(code, pos, p.cie.fde_encoding & 0x7F, 0, bases)
-    p.location = location
-    return pos if p.location <= p.target else -1
-
-
-def _advance_op(layout: struct.Struct) -> Callable[[_Program, bytes, int, Bases], int]:
-    def handler(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-        delta, pos = _fixed(code, pos, layout)
-        return pos if p.advance(delta * p.cie.code_align) else -1
-    return handler
-
-
-def _op_offset_extended(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    register, pos = _uleb(code, pos)
-    offset, pos = _uleb(code, pos)
-    p.set(register, Rule.OFFSET, offset * p.cie.data_align)
-    return pos
-
-
-def _op_offset_extended_sf(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    register, pos = _uleb(code, pos)
-    offset, pos = read_sleb128(code, pos)
-    p.set(register, Rule.OFFSET, offset * p.cie.data_align)
-    return pos
-
-
-def _op_negative_offset(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    register, pos = _uleb(code, pos)
-    offset, pos = _uleb(code, pos)
-    p.set(register, Rule.OFFSET, -offset * p.cie.data_align)
-    return pos
-
-
-def _op_val_offset(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    register, pos = _uleb(code, pos)
-    offset, pos = _uleb(code, pos)
-    p.set(register, Rule.VAL_OFFSET, offset * p.cie.data_align)
-    return pos
-
-
-def _op_val_offset_sf(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    register, pos = _uleb(code, pos)
-    offset, pos = read_sleb128(code, pos)
-    p.set(register, Rule.VAL_OFFSET, offset * p.cie.data_align)
-    return pos
-
-
-def _op_restore_extended(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    register, pos = _uleb(code, pos)
-    p.restore(register)
-    return pos
-
-
-def _register_rule_op(rule: Rule) -> Callable[[_Program, bytes, int, Bases], int]:
-    def handler(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-        register, pos = _uleb(code, pos)
-        p.set(register, rule)
-        return pos
-    return handler
-
-
-def _op_register(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    register, pos = _uleb(code, pos)
-    other, pos = _uleb(code, pos)
-    p.set(register, Rule.REGISTER, other)
-    return pos
-
-
-def _op_remember_state(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    if len(p.saved) >= MAX_STATE_STACK:
-        raise FormatError("DW_CFA_remember_state nested too deep")
-    p.saved.append(p.row.copy())
-    return pos
-
-
-def _op_restore_state(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    if not p.saved:
-        raise FormatError("DW_CFA_restore_state without remember_state")
-    args_size = p.row.args_size  # GNU_args_size is not part of the saved state (libgcc)
-    p.row = p.saved.pop()
-    p.row.args_size = args_size
-    return pos
-
-
-def _op_def_cfa(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    p.row.cfa_register, pos = _uleb(code, pos)
-    p.row.cfa_offset, pos = _uleb(code, pos)
-    p.row.cfa_expression = None
-    return pos
-
-
-def _op_def_cfa_sf(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    p.row.cfa_register, pos = _uleb(code, pos)
-    offset, pos = read_sleb128(code, pos)
-    p.row.cfa_offset = offset * p.cie.data_align
-    p.row.cfa_expression = None
-    return pos
-
-
-def _op_def_cfa_register(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    p.row.cfa_register, pos = _uleb(code, pos)
-    p.row.cfa_expression = None
-    return pos
-
-
-def _op_def_cfa_offset(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    p.row.cfa_offset, pos = _uleb(code, pos)
-    return pos
-
-
-def _op_def_cfa_offset_sf(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    offset, pos = read_sleb128(code, pos)
-    p.row.cfa_offset = offset * p.cie.data_align
-    return pos
-
-
-def _op_def_cfa_expression(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    p.row.cfa_expression, pos = _block(code, pos)
-    return pos
-
-
-def _expression_op(rule: Rule) -> Callable[[_Program, bytes, int, Bases], int]:
-    def handler(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-        register, pos = _uleb(code, pos)
-        expression, pos = _block(code, pos)
-        p.set(register, rule, 0, expression)
-        return pos
-    return handler
-
-
-def _op_args_size(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    p.row.args_size, pos = _uleb(code, pos)
-    return pos
-
-
-def _op_window_save(p: _Program, code: bytes, pos: int, bases: Bases) -> int:
-    return pos  # SPARC register windows / AArch64 RA signing: nothing on x86-64
-
-
-_EXTENDED: dict[int, Callable[[_Program, bytes, int, Bases], int]] = {
-    0x00: _op_nop,
-    0x01: _op_set_loc,
-    0x02: _advance_op(struct.Struct("<B")),
-    0x03: _advance_op(struct.Struct("<H")),
-    0x04: _advance_op(struct.Struct("<I")),
-    0x05: _op_offset_extended,
-    0x06: _op_restore_extended,
-    0x07: _register_rule_op(Rule.UNDEFINED),
-    0x08: _register_rule_op(Rule.SAME_VALUE),
-    0x09: _op_register,
-    0x0A: _op_remember_state,
-    0x0B: _op_restore_state,
-    0x0C: _op_def_cfa,
-    0x0D: _op_def_cfa_register,
-    0x0E: _op_def_cfa_offset,
-    0x0F: _op_def_cfa_expression,
-    0x10: _expression_op(Rule.EXPRESSION),
-    0x11: _op_offset_extended_sf,
-    0x12: _op_def_cfa_sf,
-    0x13: _op_def_cfa_offset_sf,
-    0x14: _op_val_offset,
-    0x15: _op_val_offset_sf,
-    0x16: _expression_op(Rule.VAL_EXPRESSION),
-    0x1D: _advance_op(struct.Struct("<Q")),  # DW_CFA_MIPS_advance_loc8
-    0x2D: _op_window_save,
-    0x2E: _op_args_size,
-    0x2F: _op_negative_offset,  # DW_CFA_GNU_negative_offset_extended
-}
+    def restore_state(self) -> None:
+        if not self.saved:
+            raise FormatError("DW_CFA_restore_state without remember_state")
+        args_size = self.row.args_size  # GNU_args_size is not part of the saved state (libgcc)
+        self.row = self.saved.pop()
+        self.row.args_size = args_size
 
 
 def initial_row(cie: Cie) -> RuleRow:

@@ -99,14 +99,14 @@ def describe_cfa(row: cfi.RuleRow) -> str:
     return f"{L.DWARF_REGISTERS[row.cfa_register]}{row.cfa_offset:+d}"
 
 
-def check_library(path: str) -> int:
-    """Compare every row of every FDE of ``path``; returns the rows checked."""
+def check_library(path: str, every: int = 1) -> int:
+    """Compare every row of every ``every``-th FDE of ``path``; returns the rows checked."""
     memory = ElfFileMemory(path)
     assert memory.eh_frame_hdr is not None
     hdr = cfi.EhFrameHdr(memory.read, memory.eh_frame_hdr)
     cies: dict[int, cfi.Cie] = {}
     checked = 0
-    for start, rows in parse_readelf_rows(path).items():
+    for start, rows in list(parse_readelf_rows(path).items())[::every]:
         fde_address = hdr.lookup(start + BIAS)
         assert fde_address is not None, hex(start)
         fde = cfi.parse_fde(memory.read, fde_address, cies)
@@ -131,12 +131,13 @@ def test_libc_every_fde_matches_readelf() -> None:
     assert check_library(LIBC) > 10_000
 
 
-@pytest.mark.parametrize("path", ["/lib64/ld-linux-x86-64.so.2", "/usr/bin/python3"])
-def test_other_objects_match_readelf(path: str) -> None:
+@pytest.mark.parametrize(("path", "every"), [("/lib64/ld-linux-x86-64.so.2", 1),
+                                             ("/usr/bin/python3", 10)])
+def test_other_objects_match_readelf(path: str, every: int) -> None:
     real = pathlib.Path(path).resolve()
     if not real.exists():
         pytest.skip(f"{path} not installed")
-    assert check_library(str(real)) > 100
+    assert check_library(str(real), every) > 100
 
 
 def test_restore_rt_is_a_signal_frame_with_expressions() -> None:
