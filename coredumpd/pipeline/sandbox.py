@@ -70,6 +70,10 @@ PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 PR_GET_DUMPABLE = 3
+PR_SET_KEEPCAPS = 8
+CLONE_NEWNET = 0x40000000  # <linux/sched.h>
+CAP_DAC_READ_SEARCH = 2  # <linux/capability.h>
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
 def failed(reason: str, started: float | None = None) -> dict[str, Any]:
@@ -91,8 +95,8 @@ def analysis_credentials(config: Config, facts: dict[str, Any] | None) -> tuple[
     if os.geteuid() != 0:
         return None
     args = (facts or {}).get("args") or {}
-    uid, gid, mode = args.get("uid"), args.get("gid"), args.get("dump_mode")
-    if isinstance(uid, int) and SYSTEM_UID_MAX < uid < 2**32 - 1 and mode in (None, 1):
+    uid, gid = args.get("uid"), args.get("gid")
+    if _regular_user(facts) and isinstance(uid, int):
         return uid, gid if isinstance(gid, int) and 0 < gid < 2**32 - 1 else uid
     try:
         entry = pwd.getpwnam(config.analysis_user)
@@ -116,14 +120,25 @@ def _open_core(core_path: str) -> int:
     return os.open(core_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
 
 
-def _child_argv(config: Config, fd: int, creds: tuple[int, int] | None) -> list[str]:
+def _child_argv(config: Config, fd: int, creds: tuple[int, int] | None,
+                read_all: bool) -> list[str]:
     cpu = max(1, int(config.analysis_timeout) + 1)
     argv = [sys.executable, "-I", "-B", "-m", "coredumpd.pipeline.sandbox",
             "--fd", str(fd), "--memory-max", str(config.analysis_memory_max),
             "--cpu-seconds", str(cpu)]
     if creds is not None:
         argv += ["--uid", str(creds[0]), "--gid", str(creds[1])]
+    if read_all:
+        argv.append("--read-all")  # last: the options before it come in pairs
     return argv
+
+
+def _regular_user(facts: dict[str, Any] | None) -> bool:
+    """A crash of a regular uid that kept its credentials (its own analysis)."""
+    args = (facts or {}).get("args") or {}
+    uid = args.get("uid")
+    return isinstance(uid, int) and SYSTEM_UID_MAX < uid < 2**32 - 1 and \
+        args.get("dump_mode") in (None, 1)
 
 
 def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
@@ -142,18 +157,20 @@ def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
     request = {"facts": facts, "exe": exe, "root": root,
                "hook": os.environ.get(TEST_HOOK_ENV)}
     try:
-        return _supervise(config, core_fd, request, creds, started)
+        read_all = creds is not None and not _regular_user(facts)
+        return _supervise(config, core_fd, request, creds, read_all, started)
     finally:
         os.close(core_fd)
 
 
 def _supervise(config: Config, core_fd: int, request: dict[str, Any],
-               creds: tuple[int, int] | None, started: float) -> dict[str, Any]:
+               creds: tuple[int, int] | None, read_all: bool,
+               started: float) -> dict[str, Any]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     deadline = started + config.analysis_timeout
     try:
         child = subprocess.Popen(
-            _child_argv(config, theirs.fileno(), creds), pass_fds=[theirs.fileno()],
+            _child_argv(config, theirs.fileno(), creds, read_all), pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env={}, cwd="/", start_new_session=True)
     except OSError as err:
@@ -287,11 +304,21 @@ def _prctl(option: int, value: int) -> int:
 
 
 def _set_limits(memory_max: int, cpu_seconds: int) -> None:
-    """Limits first, while nothing from the core has been read (setrlimit(2))."""
+    """Limits first, while nothing from the core has been read (setrlimit(2)).
+
+    RLIMIT_FSIZE 0: the analysis writes no file (CPython ignores SIGXFSZ, so
+    a write fails with EFBIG).  A new, empty network namespace (unshare(2),
+    needs root): no socket of the analysis reaches any network.
+    """
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _prctl(PR_SET_DUMPABLE, 0)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     resource.setrlimit(resource.RLIMIT_AS, (memory_max, memory_max))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
 
 
 # Standard modules that parsers commonly import lazily (MiniDebugInfo is xz,
@@ -305,7 +332,7 @@ PRELOAD_STDLIB = ("zlib", "lzma", "bz2", "hashlib", "binascii", "unicodedata", "
                   "importlib.resources", "importlib.metadata", "ctypes.util", "typing_extensions")
 
 
-THIRD_PARTY = ("elftools", "capstone", "lief", "lz4")  # imported lazily by the analysis
+THIRD_PARTY = ("elftools", "capstone", "lz4")  # imported (lazily) by the analysis; not lief (2.5 s)
 
 
 def _preload() -> None:
@@ -344,13 +371,44 @@ def _import_all(package: Any, skip: tuple[str, ...] = ()) -> None:
             pass
 
 
-def _drop_privileges(uid: int | None, gid: int | None) -> None:
+class _CapHeader(ctypes.Structure):  # <linux/capability.h> __user_cap_header_struct
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):  # __user_cap_data_struct (two of them in version 3)
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _keep_only_read_search() -> None:
+    """capset(2): effective = permitted = {CAP_DAC_READ_SEARCH}, nothing else."""
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    data[0].effective = data[0].permitted = 1 << CAP_DAC_READ_SEARCH
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def _drop_privileges(uid: int | None, gid: int | None, read_all: bool) -> None:
+    """Drop to uid/gid; ``read_all`` keeps CAP_DAC_READ_SEARCH alone.
+
+    That is for crashes whose analysis only root will see (root, system uids,
+    changed credentials): the modules of a root-only program can then still be
+    read and symbolized, while writing, signalling, ptrace and the network
+    stay out of reach.  A regular user's crash gets no capability at all.
+    """
     if uid is not None and gid is not None:
         os.setgroups([])
         os.setresgid(gid, gid, gid)
+        if read_all:
+            _prctl(PR_SET_KEEPCAPS, 1)
         os.setresuid(uid, uid, uid)
         if os.getresuid() != (uid, uid, uid) or os.getgroups():
             raise OSError("privileges were not dropped")
+        if read_all:
+            _keep_only_read_search()
+            _prctl(PR_SET_KEEPCAPS, 0)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     _prctl(PR_SET_DUMPABLE, 0)  # setresuid reset it to suid_dumpable; make sure
 
@@ -458,7 +516,19 @@ def _identity(core_fd: int) -> dict[str, Any]:
         reopen = "opened"
     except OSError as err:
         reopen = errno.errorcode.get(err.errno or 0, str(err))
+    try:
+        os.listdir("/root")
+        read_root = "yes"
+    except OSError as err:
+        read_root = errno.errorcode.get(err.errno or 0, str(err))
+    try:
+        socket.create_connection(("127.0.0.1", 9), timeout=1).close()
+        network = "connected"
+    except OSError as err:
+        network = errno.errorcode.get(err.errno or 0, str(err))
     return {"core_magic": os.pread(core_fd, 4, 0).hex(), "reopen_core": reopen,
+            "read_root": read_root, "network": network,
+            "rlimit_fsize": resource.getrlimit(resource.RLIMIT_FSIZE),
             "resuid": os.getresuid(), "resgid": os.getresgid(), "groups": os.getgroups(),
             "no_new_privs": _prctl(PR_GET_NO_NEW_PRIVS, 0),
             "dumpable": _prctl(PR_GET_DUMPABLE, 0),
@@ -471,13 +541,13 @@ def _identity(core_fd: int) -> dict[str, Any]:
 
 
 def _child_main(argv: list[str]) -> int:
-    options = dict(zip(argv[0::2], argv[1::2]))
+    options = dict(zip(argv[0::2], argv[1::2], strict=False))
     sock = socket.socket(fileno=int(options["--fd"]))
     _set_limits(int(options["--memory-max"]), int(options["--cpu-seconds"]))
     _preload()
     uid = int(options["--uid"]) if "--uid" in options else None
     gid = int(options["--gid"]) if "--gid" in options else None
-    _drop_privileges(uid, gid)
+    _drop_privileges(uid, gid, "--read-all" in argv)
     request, core_fd = _receive(sock)
     try:
         hook = request.get("hook")

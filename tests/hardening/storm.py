@@ -26,6 +26,7 @@ import json
 import os
 import pathlib
 import subprocess
+import tempfile
 import time
 from typing import Any
 
@@ -117,7 +118,7 @@ def run_storm(workdir: str | os.PathLike[str], count: int = 64, large: int = 4,
     store = work / "store"
     store.mkdir(parents=True, exist_ok=True)
     (store / ".record-rusage").touch()
-    config_path = str(work / "c.conf")
+    config_path = os.path.join(tempfile.mkdtemp(prefix="cdh", dir="/tmp"), "c.conf")
     settings = {"analysis": False, "rate_limit_burst": count * 2} | config
     write_config(config_path, str(store), **settings)
     program = compile_c(STORM_C, work, name="storm")
@@ -164,6 +165,13 @@ def _index_rows(config_path: str) -> list[dict[str, Any]]:
             close()
 
 
+def as_json(value: Any) -> Any:
+    """A JSON column as a value: store.index returns dicts, older rows strings."""
+    if isinstance(value, str):
+        return json.loads(value)
+    return {} if value is None else value
+
+
 def _as_dict(record: Any) -> dict[str, Any]:
     if isinstance(record, dict):
         return record
@@ -202,7 +210,7 @@ def _verify(pids: list[int], rows: list[dict[str, Any]], config_path: str) -> St
                 stored += 1
             if (row.get("core_size") or 0) > 64 << 20:
                 large.append(row["core_size"] >> 20)
-            usage = (json.loads(row.get("facts") or "{}").get("handler_rusage") or {})
+            usage = as_json(row.get("facts")).get("handler_rusage") or {}
             if "maxrss_kib" in usage:
                 rss.append(usage["maxrss_kib"] / 1024)
     return StormResult(

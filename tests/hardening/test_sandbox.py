@@ -127,6 +127,9 @@ def test_regular_user_runs_as_the_crashing_uid(monkeypatch, core):
     # stdio (/dev/null, stderr pipe), the socket, the core, and listdir's own fd:
     # nothing else of the handler leaks in.
     assert ids["fds"][:5] == [0, 1, 2, 3, 4] and len(ids["fds"]) == 6
+    assert ids["read_root"] == "EACCES"  # no capability left: /root is 0700
+    assert ids["network"] == "ENETUNREACH"  # a new, empty network namespace
+    assert ids["rlimit_fsize"] == [0, 0]  # writes no file
 
 
 @needs_root
@@ -140,6 +143,12 @@ def test_root_system_and_setuid_crashes_run_as_the_analysis_user(monkeypatch, co
     ids = run(monkeypatch, core, "ids", facts={"args": args})["ids"]
     assert ids["resuid"] == [65534] * 3  # nobody
     assert ids["groups"] == []
+    # Only root sees these results: the modules of root-only programs stay
+    # readable (CAP_DAC_READ_SEARCH), and nothing else is kept.
+    assert "CapEff:\t0000000000000004" in ids["status"]
+    assert "CapPrm:\t0000000000000004" in ids["status"]
+    assert ids["read_root"] == "yes"
+    assert ids["network"] == "ENETUNREACH" and ids["no_new_privs"] == 1
 
 
 @needs_root

@@ -17,6 +17,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -43,7 +44,7 @@ ACL_XATTR = "system.posix_acl_access"
 
 def store_config(tmp_path: pathlib.Path, **settings) -> tuple[str, str]:
     directory = str(tmp_path / "store")
-    path = str(tmp_path / "c.conf")
+    path = os.path.join(tempfile.mkdtemp(prefix="cdh", dir="/tmp"), "c.conf")
     write_config(path, directory, **({"journal": False, "analysis": False} | settings))
     return path, directory
 
@@ -109,7 +110,7 @@ def test_symlinked_storage_directory_is_not_followed(tmp_path):
     target.mkdir()
     link = tmp_path / "store"
     link.symlink_to(target)
-    config = str(tmp_path / "c.conf")
+    config = os.path.join(tempfile.mkdtemp(prefix="cdh", dir="/tmp"), "c.conf")
     write_config(config, str(link), journal=False, analysis=False)
     _, returncode, _ = crash_under(handler_pattern(config), [program])
     assert returncode == -11  # the handler finished and let the kernel go
@@ -140,7 +141,7 @@ def test_index_with_environments_is_not_readable_by_other_users(tmp_path):
     pid, _, _ = crash_under(handler_pattern(config), [program],
                             env={"API_TOKEN": "hunter2-secret"})
     row = rows_for(config, pid)[0]
-    assert "hunter2-secret" in row["facts"]  # recorded, for root
+    assert "hunter2-secret" in json.dumps(row["facts"])  # recorded, for root
     os.chmod(tmp_path, 0o755)  # only the store's own modes protect it now
     index = os.path.join(directory, "index.sqlite")
     probe = subprocess.run([sys.executable, "-c", f"open({index!r}, 'rb').read(1)"],
