@@ -198,15 +198,29 @@ def _judge_by_header_page(space: CoreView, module: Module, candidate: str,
         module.replaced = module.replaced or candidate.endswith(module.path)
 
 
+def _is_other_file(candidate: str) -> bool:
+    """True when ``candidate`` is a regular file that is not ELF (locale-archive, fonts)."""
+    try:
+        if not os.path.isfile(candidate):
+            return False
+        with open(candidate, "rb") as handle:
+            return handle.read(4) != L.ELFMAG
+    except OSError:
+        return False
+
+
 def _build_module(space: CoreView, path: str, group: list[Mapping],
-                  facts: dict[str, Any], root: str, exe: str | None) -> Module:
+                  facts: dict[str, Any], root: str, exe: str | None) -> Module | None:
+    """The module of one mapped object, or None when it is a mapped data file."""
     start, end = group[0].start, max(m.end for m in group)
     module = Module(path=path, start=start, end=end, load_bias=start,
                     deleted=any(m.deleted for m in group))
     header_at = next((m.start for m in group if m.file_offset == 0), None)
     headers = _headers_from_core(space, header_at) if header_at is not None else None
-    _file_changes(module, facts)
     candidate = exe or resolve_in_root(path, root)
+    if headers is None and _is_other_file(candidate):
+        return None
+    _file_changes(module, facts)
     phdrs = headers[1] if headers else []
     if headers is not None:
         module.load_bias = _or(_load_bias(phdrs, group, space.page_size), start)
@@ -251,33 +265,43 @@ def vdso_module(space: CoreView) -> Module | None:
     return module
 
 
-def group_file_mappings(mappings: Sequence[Mapping]) -> dict[str, list[Mapping]]:
-    groups: dict[str, list[Mapping]] = {}
+def group_file_mappings(mappings: Sequence[Mapping]) -> list[tuple[str, list[Mapping]]]:
+    """File mappings grouped per object: by path, a new group at each offset-0
+    mapping of a path already seen (the same library loaded twice, dlmopen)."""
+    groups: list[tuple[str, list[Mapping]]] = []
+    current: dict[str, list[Mapping]] = {}
     for mapping in mappings:
-        if mapping.path and mapping.path.startswith("/"):
-            groups.setdefault(mapping.path, []).append(mapping)
+        if not mapping.path or not mapping.path.startswith("/"):
+            continue
+        group = current.get(mapping.path)
+        if group is None or (mapping.file_offset == 0 and any(
+                m.file_offset == 0 for m in group)):
+            group = current[mapping.path] = []
+            groups.append((mapping.path, group))
+        group.append(mapping)
     return groups
 
 
-def main_path(core: Core, facts: dict[str, Any], groups: dict[str, list[Mapping]]) -> str | None:
+def main_path(core: Core, facts: dict[str, Any],
+              groups: list[tuple[str, list[Mapping]]]) -> str | None:
     """The executable: the mapping holding AT_ENTRY, else facts.proc.exe."""
     entry = core.auxv.get(L.AT.ENTRY)
-    for path, group in groups.items():
+    for path, group in groups:
         if entry is not None and any(entry in m for m in group):
             return path
     exe = dict_or_empty(facts.get("proc")).get("exe")
-    return exe if isinstance(exe, str) and exe in groups else None
+    return exe if isinstance(exe, str) and any(exe == path for path, _ in groups) else None
 
 
 
-def build_module(space: CoreView, stub: Module, group: list[Mapping],
-                          facts: dict[str, Any], root: str, exe: str | None) -> Module:
-    """Build one module; a failure becomes a problem on a bare module, never a raise."""
+def build_module(space: CoreView, path: str, group: list[Mapping], facts: dict[str, Any],
+                 root: str, exe: str | None, is_main: bool) -> Module | None:
+    """One module (None for a mapped data file); a failure becomes a problem, never a raise."""
     try:
-        module = _build_module(space, stub.path, group, facts, root,
-                               exe if stub.is_main else None)
+        module = _build_module(space, path, group, facts, root, exe if is_main else None)
     except (CoredumpdError, OSError, ValueError) as err:
-        module = Module(path=stub.path, start=group[0].start, end=group[-1].end,
+        module = Module(path=path, start=group[0].start, end=group[-1].end,
                         load_bias=group[0].start, problems=[f"module not built: {err}"])
-    module.is_main = stub.is_main
+    if module is not None:
+        module.is_main = is_main
     return module

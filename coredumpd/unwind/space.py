@@ -58,7 +58,6 @@ class ProcessAddressSpace:
         self._mapping_starts = [m.start for m in self._mappings]
         self._modules: list[Module] = []
         self._module_starts: list[int] = []
-        self._module_by_path: dict[str, Module] = {}
         self._files: dict[str, int] = {}
         self._elves: dict[str, ElfFile | None] = {}
         self.page_size = core.auxv.get(L.AT.PAGESZ, 4096) or 4096
@@ -117,7 +116,7 @@ class ProcessAddressSpace:
         mapping = self.mapping_at(address)
         if mapping is None or mapping.path is None:
             return b""
-        module = self._module_by_path.get(mapping.path)
+        module = self.module_at(address)
         if module is None or module.host_path is None:
             return b""
         length = min(size, mapping.end - address)
@@ -159,7 +158,6 @@ class ProcessAddressSpace:
 
     def _add_module(self, module: Module) -> None:
         self._modules.append(module)
-        self._module_by_path.setdefault(module.path, module)
 
     def _index_modules(self) -> None:
         self._modules.sort(key=lambda m: m.start)
@@ -228,13 +226,14 @@ def build_address_space(core: Core, facts: dict[str, Any] | None = None, root: s
     space = ProcessAddressSpace(core, mappings, max_bytes)
     groups = group_file_mappings(space.mappings)
     main = main_path(core, facts, groups)
-    paths = list(groups)
-    if len(paths) > MAX_MODULES:
-        space.problems.append(f"{len(paths)} mapped files: modules built for {MAX_MODULES}")
-        paths = ([main] if main else []) + [p for p in paths if p != main][:MAX_MODULES - 1]
-    for path in paths:
-        module = Module(path=path, start=0, end=0, load_bias=0, is_main=path == main)
-        space._add_module(build_module(space, module, groups[path], facts, root, exe))
+    if len(groups) > MAX_MODULES:
+        space.problems.append(f"{len(groups)} mapped files: modules built for {MAX_MODULES}")
+        groups = [g for g in groups if g[0] == main][:1] + [
+            g for g in groups if g[0] != main][:MAX_MODULES - 1]
+    for path, group in groups:
+        module = build_module(space, path, group, facts, root, exe, path == main)
+        if module is not None:
+            space._add_module(module)
     vdso = vdso_module(space)
     if vdso is not None:
         space._add_module(vdso)

@@ -226,3 +226,19 @@ def test_untrusted_module_still_symbolized_from_its_debug_file(real, core, tmp_p
     symbol = symbolizer.symbolize(libc, idle.registers["rip"])
     assert symbol.name == "pause" and symbol.file.endswith("pause.c") and symbol.line
     assert libc.debug_path is not None
+
+
+def test_data_files_are_not_modules_and_a_path_mapped_twice_is_two(tmp_path):
+    data_file = tmp_path / "locale-archive"
+    data_file.write_bytes(b"not an ELF file" * 100)
+    lib = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    files = [(0x10000, 0x11000, 0, str(data_file)),
+             (0x20000, 0x21000, 0, lib), (0x21000, 0x22000, 0x1000, lib),
+             (0x30000, 0x31000, 0, lib)]
+    notes = [W.note("CORE", L.NT.PRSTATUS, W.prstatus(1)),
+             W.note("CORE", L.NT.FILE, W.file_note(files))]
+    loads = [W.Load(start, b"", memsz=end - start) for start, end, _o, _p in files]
+    space = build_address_space(Core.open(BytesSource(W.core(notes, loads))))
+    assert [(m.path, m.start, m.end) for m in space.modules] == [
+        (lib, 0x20000, 0x22000), (lib, 0x30000, 0x31000)]
+    assert space.module_at(0x10010) is None and space.module_at(0x30010).start == 0x30000
