@@ -8,6 +8,10 @@ Layout of a stored core (all integers little-endian)::
     skippable   magic 0x184D2A5C, u32 payload size, payload =
                 N x BLOCK_ENTRY, truncation reason (UTF-8), TRAILER
 
+A BLOCK_ENTRY (format 2) is the block's size word with bit 30 set for an
+all-zero block, and the CRC-32 of its payload; offsets follow from the sizes.
+Format 1 (read only) stored each block's offset and kind in 20 bytes.
+
 The frame follows lz4's "LZ4 Frame Format Description" (lz4/doc/lz4_Frame_format.md):
 blocks are independent (FLG.B.Indep), so ``lz4 -d`` restores the exact bytes and ignores
 the skippable frame (magic 0x184D2A50..5F, "Skippable Frames").  The reader finds the
@@ -39,7 +43,8 @@ from coredumpd.store.source import ByteSource, RawFileSource
 LZ4_FRAME_MAGIC = 0x184D2204
 SKIPPABLE_MAGIC = 0x184D2A5C  # any of 0x184D2A50..0x184D2A5F is skipped by lz4 -d
 TRAILER_MAGIC = b"CDLZ4IX1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MAX_BLOCK_SIZE = 4 << 20  # largest LZ4 frame block (BD code 7)
 MIN_BLOCK_SIZE = 4096
 MAX_REASON_BYTES = 4096
@@ -50,12 +55,16 @@ ELF_MAGIC = b"\x7fELF"
 FRAME_MAGIC = struct.Struct("<I")
 BLOCK_WORD = struct.Struct("<I")
 SKIPPABLE_HEADER = struct.Struct("<II")  # magic, payload size
-# data_offset (of the size word), stored_length, crc32 of the payload, kind
-BLOCK_ENTRY = struct.Struct("<QIII")
+# size word (bit 31 raw, bit 30 zero block), crc32 of the payload
+BLOCK_ENTRY = struct.Struct("<II")
+ZERO_BLOCK_FLAG = 0x40000000
+LENGTH_MASK = 0x3FFFFFFF
+# format 1: data_offset (of the size word), stored_length, crc32 of the payload, kind
+BLOCK_ENTRY_V1 = struct.Struct("<QIII")
 # magic, version, flags, block_size, original_size, block_count, reason_length,
 # frame_end (offset of the skippable frame), crc32 of the payload before this field
 TRAILER = struct.Struct("<8sHHIQIIQI")
-assert BLOCK_ENTRY.size == 20
+assert BLOCK_ENTRY.size == 8 and BLOCK_ENTRY_V1.size == 20
 assert TRAILER.size == 44
 TRAILER_FLAG_TRUNCATED = 1
 
@@ -456,7 +465,7 @@ class SeekableLz4Writer:
         encoded = item.result() if isinstance(item, Future) else item
         word = len(encoded.payload) | (RAW_BLOCK_FLAG if encoded.kind is BlockKind.RAW else 0)
         self._entries.append(BLOCK_ENTRY.pack(
-            self._offset, len(encoded.payload), encoded.crc, encoded.kind))
+            word | (ZERO_BLOCK_FLAG if encoded.kind is BlockKind.ZERO else 0), encoded.crc))
         self._offset += _write_all(self._fd, [BLOCK_WORD.pack(word), encoded.payload])
         self._zero_blocks += encoded.kind is BlockKind.ZERO
         if buffer is not None and len(self._spare) < 2:
@@ -562,14 +571,15 @@ class SeekableLz4Reader:
         tail = self._read_exact(file_size - TRAILER.size, TRAILER.size, "trailer")
         (magic, version, flags, block_size, original_size, block_count, reason_length,
          frame_end, crc) = TRAILER.unpack(tail)
-        if magic != TRAILER_MAGIC or version != FORMAT_VERSION:
+        if magic != TRAILER_MAGIC or version not in READABLE_VERSIONS:
             raise StoreError(f"{self.path}: no seekable lz4 trailer (a plain lz4 frame?)")
         if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or reason_length > MAX_REASON_BYTES:
             raise StoreError(f"{self.path}: bad trailer (block size {block_size}, "
                              f"reason {reason_length} bytes)")
         if block_count != -(-original_size // block_size):
             raise StoreError(f"{self.path}: {block_count} blocks cannot hold {original_size} bytes")
-        body_size = block_count * BLOCK_ENTRY.size + reason_length
+        entry_size = (BLOCK_ENTRY if version == FORMAT_VERSION else BLOCK_ENTRY_V1).size
+        body_size = block_count * entry_size + reason_length
         if frame_end + SKIPPABLE_HEADER.size + body_size + TRAILER.size != file_size:
             raise StoreError(f"{self.path}: index size does not match the file size {file_size}")
         skip = self._read_exact(frame_end, SKIPPABLE_HEADER.size + body_size, "index")
@@ -580,10 +590,12 @@ class SeekableLz4Reader:
         if zlib.crc32(tail[:-4], zlib.crc32(body)) != crc:
             raise StoreError(f"{self.path}: block index checksum mismatch")
         self._check_header(block_size)
-        self._blocks = self._parse_entries(body, block_count, frame_end, block_size, original_size)
+        entries = body[:block_count * entry_size]
+        blocks = _entries_v2(entries) if version == FORMAT_VERSION else _entries_v1(entries)
+        self._blocks = self._check_entries(blocks, frame_end, block_size, original_size)
         self._block_size = int(block_size)
         self._original_size = int(original_size)
-        reason = body[block_count * BLOCK_ENTRY.size:].decode("utf-8", "replace")
+        reason = body[block_count * entry_size:].decode("utf-8", "replace")
         self._truncated = reason if flags & TRAILER_FLAG_TRUNCATED else None
 
     def _check_header(self, block_size: int) -> None:
@@ -591,12 +603,15 @@ class SeekableLz4Reader:
         if self._read_exact(0, len(expected), "frame header") != expected:
             raise StoreError(f"{self.path}: LZ4 frame header is not the one we write")
 
-    def _parse_entries(self, body: bytes, count: int, frame_end: int, block_size: int,
-                       original_size: int) -> list[_Block]:
+    def _check_entries(self, entries: list[tuple[int | None, int, int, int]], frame_end: int,
+                       block_size: int, original_size: int) -> list[_Block]:
+        """Blocks from (offset or None, stored_length, crc, kind) entries, each checked
+        against the chain of sizes from the frame header to the EndMark."""
         blocks = []
         expected_offset = len(frame_header(block_size))
-        for number, fields in enumerate(BLOCK_ENTRY.iter_unpack(body[:count * BLOCK_ENTRY.size])):
-            block = _Block(fields[0], fields[1], fields[2], _block_kind(fields[3], self.path))
+        for number, (offset, length, crc, kind_value) in enumerate(entries):
+            block = _Block(expected_offset if offset is None else offset, length, crc,
+                           _block_kind(kind_value, self.path))
             raw_length = min(block_size, original_size - number * block_size)
             if block.offset != expected_offset or block.stored_length > block_size or (
                     block.kind is BlockKind.RAW and block.stored_length != raw_length):
@@ -642,6 +657,21 @@ class SeekableLz4Reader:
             raise StoreError(f"{self.path}: block {index} gives {len(data)} bytes, "
                              f"expected {raw_length}")
         return data
+
+
+def _entries_v1(body: bytes) -> list[tuple[int | None, int, int, int]]:
+    return [(offset, length, crc, kind)
+            for offset, length, crc, kind in BLOCK_ENTRY_V1.iter_unpack(body)]
+
+
+def _entries_v2(body: bytes) -> list[tuple[int | None, int, int, int]]:
+    entries: list[tuple[int | None, int, int, int]] = []
+    for word, crc in BLOCK_ENTRY.iter_unpack(body):
+        flags = word & ~LENGTH_MASK
+        kind = {0: BlockKind.COMPRESSED, RAW_BLOCK_FLAG: BlockKind.RAW,
+                ZERO_BLOCK_FLAG: BlockKind.ZERO}.get(flags, -1)
+        entries.append((None, word & LENGTH_MASK, crc, kind))
+    return entries
 
 
 def _block_kind(value: int, path: str) -> BlockKind:

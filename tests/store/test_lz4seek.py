@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from coredumpd.errors import StoreError
 from coredumpd.store.lz4seek import (
     BLOCK_ENTRY,
+    BLOCK_ENTRY_V1,
     SKIPPABLE_HEADER,
     TRAILER,
     SeekableLz4Reader,
@@ -280,7 +281,8 @@ def rewrite_trailer(blob: bytes, **changes: int) -> bytes:
     {"reason_length": 1 << 31},
     {"frame_end": 0},
     {"frame_end": 1 << 63},
-    {"version": 2},
+    {"version": 3},
+    {"version": 1},  # format-2 entries read as format 1: sizes cannot match
 ])
 def test_lying_trailer_with_valid_crc_is_a_store_error(tmp_path, good_file, changes):
     blob, _ = good_file
@@ -290,20 +292,59 @@ def test_lying_trailer_with_valid_crc_is_a_store_error(tmp_path, good_file, chan
         read_all(path)
 
 
-def test_lying_block_entry_with_valid_crc_is_a_store_error(tmp_path, good_file):
-    blob, _ = good_file
-    count = TRAILER.unpack(blob[-TRAILER.size:])[5]
-    frame_end = TRAILER.unpack(blob[-TRAILER.size:])[7]
+def entries_of(blob: bytes) -> tuple[int, list[list[int]]]:
+    count, frame_end = TRAILER.unpack(blob[-TRAILER.size:])[5], TRAILER.unpack(blob[-TRAILER.size:])[7]
     start = frame_end + SKIPPABLE_HEADER.size
-    for field, value in [(1, 1 << 31), (0, 7), (3, 9), (1, 3)]:
-        entries = [list(e) for e in BLOCK_ENTRY.iter_unpack(blob[start:start + count * BLOCK_ENTRY.size])]
-        entries[1][field] = value
-        packed = b"".join(BLOCK_ENTRY.pack(*e) for e in entries)
-        mutated = blob[:start] + packed + blob[start + len(packed):]
-        path = tmp_path / "entry.lz4"
-        path.write_bytes(rewrite_trailer(mutated))
-        with pytest.raises(StoreError):
-            read_all(path)
+    return start, [list(e) for e in BLOCK_ENTRY.iter_unpack(blob[start:start + count * BLOCK_ENTRY.size])]
+
+
+@pytest.mark.parametrize("field, value", [
+    (0, 1 << 29),            # length past the block size
+    (0, 3),                  # breaks the chain of offsets
+    (0, 0xC0000000 | 100),   # raw and zero at once
+    (0, 0x20000000 | 100),   # unknown flag
+    (1, 12345),              # CRC of another payload
+])
+def test_lying_block_entry_with_valid_crc_is_a_store_error(tmp_path, good_file, field, value):
+    blob, _ = good_file
+    start, entries = entries_of(blob)
+    entries[1][field] = value
+    packed = b"".join(BLOCK_ENTRY.pack(*e) for e in entries)
+    path = tmp_path / "entry.lz4"
+    path.write_bytes(rewrite_trailer(blob[:start] + packed + blob[start + len(packed):]))
+    with pytest.raises(StoreError):
+        read_all(path)
+
+
+def to_format_1(blob: bytes) -> bytes:
+    """Rewrite a format-2 file's index as format 1 (offset, length, crc, kind)."""
+    fields = list(TRAILER.unpack(blob[-TRAILER.size:]))
+    start, entries = entries_of(blob)
+    offset, v1 = 7, []
+    for word, crc in entries:
+        length = word & 0x3FFFFFFF
+        kind = 1 if word & 0x80000000 else 2 if word & 0x40000000 else 0
+        v1.append(BLOCK_ENTRY_V1.pack(offset, length, crc, kind))
+        offset += 4 + length
+    reason = blob[start + len(entries) * BLOCK_ENTRY.size:-TRAILER.size]
+    body = b"".join(v1) + reason
+    fields[1] = 1
+    trailer = TRAILER.pack(*fields)[:-4]
+    frame_end = fields[7]
+    skip = SKIPPABLE_HEADER.pack(0x184D2A5C, len(body) + TRAILER.size)
+    return (blob[:frame_end] + skip + body + trailer
+            + struct.pack("<I", zlib.crc32(trailer, zlib.crc32(body))))
+
+
+def test_format_1_files_still_read(tmp_path):
+    data = mixed_data(6 * BLOCK + 77, seed=17)
+    path = tmp_path / "v2.lz4"
+    store(path, data, truncated="cut")
+    old = tmp_path / "v1.lz4"
+    old.write_bytes(to_format_1(path.read_bytes()))
+    with SeekableLz4Reader(str(old)) as reader:
+        assert reader.pread(0, reader.size) == data and reader.truncated == "cut"
+    assert lz4_decompress(old) == data
 
 
 def test_writer_memory_is_bounded(tmp_path):
