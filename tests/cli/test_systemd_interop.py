@@ -49,6 +49,15 @@ def test_our_crash_shows_in_systemd_coredumpctl(fresh_store, programs_dir) -> No
     assert listing.returncode == 0, listing.stderr
     line = listing.stdout.splitlines()[-1].split()
     assert str(row["pid"]) in line and "SIGSEGV" in line and program in line
+    # systemd's coredumpctl reads our seekable lz4 (a standard frame + a skippable one)
+    systemd_copy = os.path.join(programs_dir, "systemd-core")
+    ours = os.path.join(programs_dir, "corectl-core")
+    dumped = systemd_tools.run_coredumpctl("dump", str(row["pid"]), "-o", systemd_copy)
+    assert dumped.returncode == 0, dumped.stderr
+    assert main(["--config", fresh_store.config_path, "dump", row["id"], "-o", ours],
+                env={}) == ExitStatus.OK
+    with open(systemd_copy, "rb") as theirs, open(ours, "rb") as mine:
+        assert theirs.read() == mine.read()
 
 
 def test_foreign_journal_entries_do_not_disturb_corectl(fresh_store, programs_dir, capsys) -> None:
