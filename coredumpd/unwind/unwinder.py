@@ -85,7 +85,12 @@ class CachedMemory:
         if address < 0 or size < 0 or address + size > MASK:
             raise MemoryReadError(address & MASK, size, "outside the address space")
         first, last = address // PAGE, (address + size - 1) // PAGE
-        if last - first < CACHED_SPAN:
+        if first == last:
+            page = self.pages[first] if first in self.pages else self._page(first)
+            if page is not None:
+                offset = address - first * PAGE
+                return page[offset:offset + size]
+        elif last - first < CACHED_SPAN:
             pages = [self._page(number) for number in range(first, last + 1)]
             if all(page is not None for page in pages):
                 joined = b"".join(pages)  # type: ignore[arg-type]
@@ -448,12 +453,12 @@ class _Unwinder:
     def run(self, registers: Registers) -> UnwindResult:
         frames = _Frames(self.caps)
         seen: set[tuple[int, int]] = set()
-        current = Frame(0, registers.get(RIP, 0), registers.get(RSP, 0), None, Trust.CONTEXT,
-                        registers=_named(registers))
+        current = Frame(0, registers.get(RIP, 0), registers.get(RSP, 0), None, Trust.CONTEXT)
         stop: str | None = None
         scanned_run = 0
         for _ in range(self.caps.max_frames * STEPS_PER_FRAME):
-            frames.add(current)
+            if frames.add(current):  # name registers only of the frames kept
+                current.registers = _named(registers)
             scanned_run = scanned_run + 1 if current.trust is Trust.SCAN else 0
             if scanned_run > MAX_SCANNED_RUN:
                 stop = f"more than {MAX_SCANNED_RUN} frames in a row found only by stack scanning"
@@ -474,8 +479,7 @@ class _Unwinder:
                 break
             registers = step.registers
             trust = Trust.CONTEXT if step.signal_frame else step.trust
-            current = Frame(0, registers.get(RIP, 0), registers.get(RSP, 0), None, trust,
-                            registers=_named(registers))
+            current = Frame(0, registers.get(RIP, 0), registers.get(RSP, 0), None, trust)
             if current.pc == 0 and not step.signal_frame:
                 break  # a zero return address ends the stack
         else:
@@ -497,11 +501,13 @@ class _Frames:
         self.elided = 0
         self.keep_head = max(caps.max_frames - BOTTOM_FRAMES, 1)
 
-    def add(self, frame: Frame) -> None:
-        _append(self.frames, frame, self.caps.collapse_after)
+    def add(self, frame: Frame) -> bool:
+        """Keep ``frame`` or fold it into a run; True when it was kept as a frame."""
+        kept = _append(self.frames, frame, self.caps.collapse_after)
         if len(self.frames) > self.caps.max_frames:
             dropped = self.frames.pop(self.keep_head)
             self.elided += dropped.repeat
+        return kept
 
     def elided_reason(self) -> str | None:
         if not self.elided:
@@ -524,11 +530,11 @@ def _extends_run(frames: list[Frame], frame: Frame) -> bool:
     return bool(frames) and frames[-1].pc == frame.pc and frames[-1].repeat > 1
 
 
-def _append(frames: list[Frame], frame: Frame, collapse_after: int) -> None:
-    """Append ``frame``, folding it into a counted run of identical recursive frames."""
+def _append(frames: list[Frame], frame: Frame, collapse_after: int) -> bool:
+    """Append ``frame`` (True), or fold it into a counted run of identical frames (False)."""
     if _extends_run(frames, frame):
         frames[-1].repeat += 1
-        return
+        return False
     run = 0
     for previous in reversed(frames):
         if previous.pc != frame.pc or previous.trust is not frame.trust:
@@ -536,8 +542,9 @@ def _append(frames: list[Frame], frame: Frame, collapse_after: int) -> None:
         run += 1
     if run >= collapse_after:
         frames[-1].repeat += 1
-    else:
-        frames.append(frame)
+        return False
+    frames.append(frame)
+    return True
 
 
 def unwind(space: AddressSpace, registers: dict[str, int], caps: Caps | None = None) -> \
