@@ -63,6 +63,9 @@ def open_index(config: Config) -> Any:
     """The index, or NoMatch when the store has never held a crash."""
     if not os.path.exists(config.index_path):
         raise NoMatch()
+    if not os.access(config.index_path, os.R_OK):
+        raise StoreError(f"cannot read the index {config.index_path}: permission denied "
+                         "(run corectl as root, or ask for read access to the store)")
     from coredumpd.store.index import Index
 
     try:

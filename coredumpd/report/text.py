@@ -76,7 +76,8 @@ def _signal_short(name: Any) -> str:
 def list_row(entry: dict[str, Any], *, utc: bool = False) -> tuple[str, ...]:
     root_cause = entry.get("root_cause")
     if root_cause is None:
-        root_cause = "(pending)" if entry.get("analysis_state") == "pending" else "-"
+        state = entry.get("analysis_state")
+        root_cause = f"({state})" if state in ("pending", "failed") else "-"
     return (format_time(entry.get("timestamp"), utc=utc), escape(entry.get("pid")),
             escape(entry.get("uid")), _signal_short(entry.get("signal_name")),
             escape(entry.get("core_state")), escape(entry.get("exe") or entry.get("comm")),

@@ -242,3 +242,12 @@ def test_other_users_see_only_their_own_crashes(crash_store: CrashStore,
                             env=environment(PYTHONPATH=str(pathlib.Path(__file__).parents[2])))
     assert result.returncode == 0, result.stderr
     assert [e["id"] for e in json.loads(result.stdout)] == [mine]
+    # An index the user may not read: a clear error, no traceback.
+    os.chown(store / "index.sqlite", 0, 0)
+    os.chmod(store / "index.sqlite", 0o600)
+    result = subprocess.run([*as_nobody, *CORECTL, "--config", str(config), "list"],
+                            capture_output=True, text=True, check=False,
+                            env=environment(PYTHONPATH=str(pathlib.Path(__file__).parents[2])))
+    assert result.returncode == ExitStatus.ERROR
+    assert result.stderr.startswith("corectl: error: cannot read the index")
+    assert "permission denied" in result.stderr and "Traceback" not in result.stderr
