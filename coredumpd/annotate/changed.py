@@ -20,6 +20,7 @@ from coredumpd.elf.layouts import ELFMAG
 from coredumpd.errors import CoredumpdError
 from coredumpd.unwind.types import Module
 
+START_MARGIN_US = 20_000  # two ticks at USER_HZ 100, as ingest/changed.py
 IGNORED_PREFIXES = ("/memfd:", "/SYSV", "/dev/", "[", "/dmabuf", "/anon_hugepage")
 
 
@@ -33,6 +34,20 @@ def changed_modules(ctx: AnalysisContext, *, in_place: bool) -> list[Module]:
                 and not module.modified_in_place:
             found.append(module)
     return found
+
+
+def modified_after_start(ctx: AnalysisContext, module: Module) -> bool:
+    """The handler judged it "modified", or the mapped file's mtime is clearly after the
+    process started: the start time is known to a clock tick only (proc(5) starttime),
+    so a file written just before a fork (a program built and run at once) is not."""
+    if mapped_object(ctx, module.path).get("reason") == "modified":
+        return True
+    mapped, _now = file_record(ctx, module.path)
+    start_us = E.fact(ctx, "proc", "start_time_us")
+    mtime_ns = mapped.get("mtime_ns")
+    if not isinstance(start_us, int) or not isinstance(mtime_ns, int):
+        return True  # the space's own evidence (e.g. the file differs): keep its verdict
+    return mtime_ns // 1000 > start_us + START_MARGIN_US
 
 
 def is_elf(ctx: AnalysisContext, module: Module) -> bool:
