@@ -82,3 +82,22 @@ def test_replaced_executable(tmp_path):
     assert main.replaced and not main.host_path
     assert main.file_build_id == ElfFile.open(str(exe)).build_id != main.build_id
     assert main.eh_frame_hdr is not None  # from the dumped header page, not the new file
+
+
+def test_core_without_elf_header_pages(tmp_path):
+    """coredump_filter without bit 4 (core(5)): no ELF header page in the core, so no
+    build-id to check; the files are used, flagged unverified, with their own headers."""
+    exe = build(tmp_path / "victim", 1)
+    with core_pattern(raw_core_pattern(str(tmp_path)), pipe_limit=8):
+        script = 'ulimit -c unlimited && echo 0x23 > /proc/self/coredump_filter && exec "$0"'
+        process = subprocess.Popen(["/bin/sh", "-c", script, str(exe)],
+                                   stdin=subprocess.DEVNULL)
+        process.wait(timeout=60)
+    assert process.returncode < 0
+    core = Core.open(RawFileSource(str(tmp_path / f"core.{process.pid}")))
+    space = build_address_space(core)
+    main = next(m for m in space.modules if m.is_main)
+    assert main.build_id is None and main.host_path == str(exe)
+    assert any("unverified" in p for p in main.problems)
+    with ElfFile.open(str(exe)) as elf:
+        assert main.eh_frame_hdr == main.load_bias + elf.section(".eh_frame_hdr").sh_addr
