@@ -424,8 +424,12 @@ class _Unwinder:
         """The caller of ``frame``: (step, None), (None, None) at the end, (None, why)."""
         pc = frame.pc
         try:
-            if frame.exact and not self.executable(pc):
-                return self.step_bad_pc(registers), None if frame.index == 0 else "bad pc"
+            if not self.executable(pc):
+                if not frame.exact:  # a corrupt stack: show the bad frame, go no further
+                    return None, f"return address {pc:#x} is not in executable memory"
+                step = self.step_bad_pc(registers)
+                return step, None if step else \
+                    f"pc {pc:#x} is not in executable memory and [rsp] is no return address"
             step = self.step_cfi(registers, frame.lookup_pc)
             if step is not None:
                 return step, None

@@ -152,3 +152,14 @@ def test_garbage_stacks_terminate() -> None:
         result = unwind(SyntheticSpace(code, stack), registers, Caps(max_frames=64))
         assert 1 <= len(result.frames) <= 64
         assert sum(frame.repeat for frame in result.frames) < 64 * 2048
+
+
+def test_wild_pc_without_a_return_address_says_why() -> None:
+    code, _ = code_with_calls()
+    stack = bytearray(STACK_SIZE)
+    sp = STACK + 0x400
+    struct.pack_into("<Q", stack, sp - STACK, 0x4141414141414141)
+    result = unwind(SyntheticSpace(code, stack), {"rip": 0x4141414141414141, "rsp": sp,
+                                                  "rbp": 0}, Caps())
+    assert [frame.pc for frame in result.frames] == [0x4141414141414141]
+    assert result.stop_reason is not None and "not in executable memory" in result.stop_reason
