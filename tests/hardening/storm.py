@@ -151,12 +151,16 @@ def run_storm(workdir: str | os.PathLike[str], count: int = 64, large: int = 4,
 
 def _index_rows(config_path: str) -> list[dict[str, Any]]:
     from coredumpd.config import load_config
+    from coredumpd.errors import CoredumpdError
     from coredumpd.store.index import Index
 
     config = load_config(config_path)
     if not os.path.exists(config.index_path):
         return []
-    index = Index(config.index_path)
+    try:
+        index = Index(config.index_path, create=False)  # read-only: the store may be full
+    except CoredumpdError:
+        return []  # not created (yet), or unusable: no rows to see
     try:
         return [_as_dict(record) for record in index.find([])]
     finally:

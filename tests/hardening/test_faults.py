@@ -94,13 +94,15 @@ def test_full_file_system_leaves_no_partial_core_and_says_why(tmp_path):
 def test_below_keep_free_the_core_is_not_kept_and_the_row_says_why(tmp_path):
     program = compile_c(NULL_DEREF, tmp_path, name="keepfree")
     with tmpfs(str(tmp_path / "tight"), "64m") as store:
-        config = store_config(tmp_path, store, keep_free="60M", analysis=False)
+        with open(os.path.join(store, "filler"), "wb") as filler:  # not a core: stays
+            filler.write(b"\1" * (50 << 20))
+        config = store_config(tmp_path, store, keep_free="20M", analysis=False)
         pid, _, _ = crash_under(handler_pattern(config), [program])
         rows = rows_for(config, pid)
         assert len(rows) == 1
         assert rows[0]["core_state"] != "present", rows[0]
         assert "KeepFree" in (rows[0]["core_reason"] or ""), rows[0]
-        assert leftovers(store) == []
+        assert leftovers(store) == ["filler"]
 
 
 @pytest.mark.kernel
