@@ -6,10 +6,11 @@ it still survives it executes ``ABORT_INSTRUCTION`` (sysdeps/x86/abort-instr.h:
 ``hlt``).  ``hlt`` is privileged: in user mode the CPU raises #GP, and the
 kernel's ``do_general_protection()`` (arch/x86/kernel/traps.c) sends SIGSEGV
 with si_code SI_KERNEL and address 0.  So a SIGSEGV from ``abort()`` means
-SIGABRT was not delivered: the process was PID 1 of a PID namespace (the
-kernel drops default-action signals sent to it, kernel/signal.c
-``sig_task_ignored`` with SIGNAL_UNKILLABLE), SIGABRT was ignored by a
-handler that returned, or a seccomp filter refused ``tgkill``/``kill``.
+SIGABRT was not delivered even with its action reset to SIG_DFL (so a
+handler or SIG_IGN cannot be the reason): the process was PID 1 of a PID
+namespace (the kernel drops default-action signals sent to it,
+kernel/signal.c ``sig_task_ignored`` with SIGNAL_UNKILLABLE), or a seccomp
+filter (or an LSM) refused the ``tgkill`` that ``raise()`` makes.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         tuple(line for line in lines if line),
         "The SIGSEGV is a symptom: the program called abort() (look at the frames below abort "
         "and at the abort message). Fix what blocked SIGABRT: run a real init (tini, "
-        "dumb-init, docker --init) as PID 1 of the namespace, do not ignore SIGABRT, or allow "
-        "tgkill/kill in the seccomp filter.",
+        "dumb-init, docker --init) as PID 1 of the namespace, or allow tgkill/kill in the "
+        "seccomp filter.",
     )]
 
 
@@ -76,8 +77,6 @@ def blocking_reasons(ctx: AnalysisContext) -> list[str]:
         shown = f" (NSpid {' '.join(map(str, pids))})" if pids else " (pid 1 in the core)"
         reasons.append(f"the process was PID 1 of its PID namespace{shown}: the kernel does "
                        "not deliver signals whose action is the default to it")
-    if E.in_mask(E.signal_mask(ctx, "SigIgn"), E.SIGABRT):
-        reasons.append(f"SIGABRT was ignored (SigIgn {E.fact(ctx, 'proc', 'status', 'SigIgn')})")
     seccomp = E.fact(ctx, "proc", "status", "Seccomp")
     if seccomp == SECCOMP_MODE_FILTER or seccomp == str(SECCOMP_MODE_FILTER):
         reasons.append("a seccomp filter was active (Seccomp: 2): it may have refused the "

@@ -31,6 +31,9 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
             lines.append(f"{module.path}: same inode {mapped['inode']} mapped and on disk, "
                          "so the file was rewritten, not replaced")
         lines.extend(C.stat_lines(ctx, module))
+        if module.build_id and module.build_id == module.file_build_id:
+            lines.append("the core's copy of the ELF header page was read from the page cache "
+                         "at dump time, so it already shows the new file's build-id")
         frames = C.frames_in(ctx, module)
         pc = E.pc_of(ctx)
         if frames:
