@@ -8,12 +8,16 @@ The order and the checks follow what gdb, libunwind and Breakpad's
   frame interrupted by a signal, whose pc the kernel saved exactly (the
   ``S`` augmentation marks the trampoline, ``__restore_rt``; libgcc's
   ``uw_frame_state_for`` and gdb's ``get_frame_address_in_block`` do the same);
-- CFI from ``.eh_frame_hdr`` (:mod:`coredumpd.unwind.cfi`);
+- CFI from ``.eh_frame_hdr`` (:mod:`coredumpd.unwind.cfi`); without a hdr
+  (static executables) from the whole ``.eh_frame``, then ``.debug_frame``
+  from the separate debug file or the module itself;
 - a pc of 0 or in non-executable memory at frame 0 is a call through a bad
   pointer: the caller's return address is at ``[rsp]``;
 - frame pointer: ``[rbp]`` is the caller's rbp and ``[rbp+8]`` the return
   address, accepted only when rbp is aligned, above sp, in the stack mapping,
-  and the return address follows a call in executable memory;
+  and the return address follows a call in executable memory — unless the
+  first return address above sp came from a direct call into the function pc
+  is in (a leaf that set up no frame: the frame pointer would skip a frame);
 - stack scan: the first word above sp that is the address right after a call
   instruction in an executable mapping (:func:`coredumpd.unwind.disasm.call_before`).
 
