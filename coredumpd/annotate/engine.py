@@ -35,6 +35,7 @@ SPECIFICITY = (
     "symbol-version-miss",
     "library-modified-in-place",
     "signal-sent",
+    "seccomp-violation",
     "pid1-signal-semantics",
     "init-crash",
     "abort-message",

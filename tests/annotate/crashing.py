@@ -206,7 +206,7 @@ def _start_prepare_trigger(argv: Sequence[str], pidfile: str, prepare: Callable[
 
     def unlimited_core() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
-    process = subprocess.Popen(list(argv), preexec_fn=unlimited_core,
+    process = subprocess.Popen(list(argv), preexec_fn=unlimited_core,  # noqa: PLW1509
                                cwd=os.path.dirname(argv[0]), stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -130,3 +130,17 @@ def test_plain_abort_is_silent(program, tmp_path):
     result = crash([program("plain_abort")], tmp_path)
     assert result.ids == []
     assert result.analysis["signal"]["name"] == "SIGABRT"
+
+
+@pytest.mark.parametrize("mode", ["kill", "trap"])
+def test_seccomp_violation(program, tmp_path, mode):
+    result = crash([program("seccomp_kill"), mode], tmp_path)
+    assert result.ids == ["seccomp-violation"]
+    evidence = result.evidence("seccomp-violation")
+    assert "SYS_SECCOMP" in evidence and "(63)" in evidence  # __NR_uname on x86-64
+    assert "uname" in result.annotation("seccomp-violation")["title"]
+
+
+def test_sigsys_sent_by_kill_is_not_seccomp(program, tmp_path):
+    result = crash(["/bin/sh", "-c", "kill -SYS $$"], tmp_path)
+    assert "seccomp-violation" not in result.ids
