@@ -251,3 +251,35 @@ def test_other_users_see_only_their_own_crashes(crash_store: CrashStore,
     assert result.returncode == ExitStatus.ERROR
     assert result.stderr.startswith("corectl: error: cannot read the index")
     assert "permission denied" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_exits_130_without_a_traceback(crash_store: CrashStore,
+                                               tmp_path: pathlib.Path) -> None:
+    import signal
+    import time
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it for writing blocks until a reader comes: a sure wait
+    child = subprocess.Popen([*CORECTL, *crash_store.argv("dump", "-o", str(fifo))],
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until corectl sits in open() of the fifo
+        try:
+            if _blocked_opening_fifo(child.pid):
+                break
+        except OSError:
+            pass
+        time.sleep(0.05)
+    else:
+        child.kill()
+        pytest.fail("corectl never blocked opening the fifo")
+    child.send_signal(signal.SIGINT)
+    _out, err = child.communicate(timeout=60)
+    assert child.returncode == ExitStatus.INTERRUPTED
+    assert "Traceback" not in err
+
+
+def _blocked_opening_fifo(pid: int) -> bool:
+    """In openat(2) (257 on x86-64), asleep in fs/pipe.c wait_for_partner()."""
+    with open(f"/proc/{pid}/syscall") as syscall, open(f"/proc/{pid}/wchan") as wchan:
+        return syscall.read().startswith("257 ") and wchan.read() == "wait_for_partner"
