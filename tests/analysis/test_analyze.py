@@ -17,6 +17,7 @@ from coredumpd.analysis import analyze
 from coredumpd.analysis.shape import empty_result
 from coredumpd.store.lz4seek import open_core_source
 from coredumpd.store.source import BytesSource
+from coredumpd.unwind.types import Caps
 from tests.support.fixtures import Fixture, fixture_names, load_fixture
 
 FRAME_KEYS = {"index", "pc", "module", "build_id", "offset", "symbol", "symbol_offset", "file",
@@ -115,3 +116,16 @@ def test_cut_and_corrupted_cores_never_raise() -> None:
         result = analyze(BytesSource(bytes(garbled)), None, str(fixture.binary_path))
         json.dumps(result)
         assert result["state"] in ("done", "failed")
+
+
+def test_thread_and_frame_caps() -> None:
+    fixture = load_fixture("threads")
+    source = open_core_source(str(fixture.core_path))
+    try:
+        result = analyze(source, None, str(fixture.binary_path),
+                         caps=Caps(max_threads=2, max_frames=3))
+    finally:
+        source.close()
+    assert len(result["threads"]) == 2 and result["threads"][0]["crashed"]
+    assert any("threads not unwound" in problem for problem in result["problems"])
+    assert all(len(thread["frames"]) <= 3 for thread in result["threads"])
