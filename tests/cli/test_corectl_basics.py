@@ -105,3 +105,12 @@ def test_copy_core_reports_progress() -> None:
     assert target.getvalue() == data
     assert [done for done, _ in seen] == [CHUNK, 2 * CHUNK, len(data)]
     assert {total for _, total in seen} == {len(data)}
+
+
+def test_debug_flag_adds_the_traceback(capsys: pytest.CaptureFixture[str],
+                                       tmp_path: pathlib.Path) -> None:
+    argv = ["--config", str(tmp_path / "nope.conf"), "list"]
+    assert main([*argv, "--debug"], env={}) == ExitStatus.ERROR
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ConfigError" in err
+    assert err.rstrip().endswith("nope.conf does not exist")
