@@ -272,7 +272,7 @@ def _resolve_phnum(head: _Head, result: StreamResult, e_phoff: int, e_phnum: int
     e_shoff = L.EHDR.unpack_from(head.data)[6]
     if e_phoff < e_shoff and e_shoff + L.SHDR.size <= p_offset and head.fill(e_shoff + L.SHDR.size):
         return int(L.SHDR.unpack_from(head.data, e_shoff)[7])  # a writer that put it early
-    return (p_offset - e_phoff) // L.PHDR.size
+    return int((p_offset - e_phoff) // L.PHDR.size)
 
 
 def _read_phdrs(head: _Head, result: StreamResult, e_phoff: int, phnum: int) -> bool:

@@ -69,7 +69,7 @@ def analyse(config: Config, row: dict[str, Any], facts: dict[str, Any],
     except ImportError:  # the sandbox is optional: analyse in this (niced) process
         from coredumpd.analysis import analyze
         from coredumpd.store.lz4seek import open_core_source
-        return analyze(open_core_source(core_path), facts, row.get("exe"))  # type: ignore[no-any-return]
+        return analyze(open_core_source(core_path), facts, row.get("exe"))
     return run_analysis(config, core_path, facts, row.get("exe"))
 
 

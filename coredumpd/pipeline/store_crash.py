@@ -15,7 +15,6 @@ import sys
 import time
 from typing import Any
 
-from coredumpd.config import Config
 from coredumpd.elf.layouts import signal_name
 from coredumpd.errors import CoredumpdError
 from coredumpd.pipeline import handler as H
@@ -42,9 +41,11 @@ def finish(crash: H.Crash) -> int:
         write_kmsg(_kmsg(crash, f"index unusable: {err}"))
         return 1
     _apply_rate_limit(crash, index)
-    record = _record(crash, stats, facts)
+    record = _record(crash, index, stats, facts)
     _link_core(crash, record)
-    row_id = index.insert(CrashRecord(**record))
+    row_id = _insert(crash, index, record)
+    if row_id is None:
+        return 1
     for step in (_special_crasher, _enforce_retention, _spawn_analysis, _record_rusage):
         try:  # the row exists: a failing step must not stop the others
             step(crash, index, row_id, record)
@@ -57,14 +58,50 @@ def _kmsg(crash: H.Crash, text: str) -> str:
     return kmsg_line(crash.args.pid, crash.comm(), crash.args.uid, crash.args.signal, text)
 
 
+def _insert(crash: H.Crash, index: Index, record: dict[str, Any]) -> Any:
+    """Insert the row; if that fails (a full disk), drop the core and try once more."""
+    try:
+        return index.insert(CrashRecord(**record))
+    except CoredumpdError as err:
+        first = err
+    _drop_core(crash)
+    if record["core_path"]:
+        try:
+            os.unlink(record["core_path"])
+        except OSError:
+            pass
+    record.update(core_path=None, stored_size=None, core_state="missing",
+                  core_reason=f"not kept: the index could not take the row: {first}")
+    try:
+        return index.insert(CrashRecord(**record))
+    except CoredumpdError as err:
+        write_kmsg(_kmsg(crash, f"not indexed: {err}"))
+        return None
+
+
+def _drop_core(crash: H.Crash) -> None:
+    """Free the unnamed file's blocks now (a failed core on a full disk)."""
+    if crash.writer is not None:
+        crash.writer.abort()
+        crash.writer = None
+    if crash.temp is not None:
+        crash.temp.discard()
+        crash.temp.close()
+        crash.temp = None
+
+
 def _finish_core(crash: H.Crash) -> Any:
     if crash.writer is None:
+        return None
+    if crash.core_failure is not None:
+        _drop_core(crash)
         return None
     try:
         return crash.writer.finish(crash.stream.truncated)
     except CoredumpdError as err:
         crash.problems.append(f"finishing the lz4 file: {err}")
         crash.core_failure = crash.core_failure or f"write failed: {err}"
+        _drop_core(crash)
         return None
 
 
@@ -94,29 +131,24 @@ def _core_state(crash: H.Crash, stored: bool) -> tuple[str, str | None]:
     return ("truncated", reason) if reason else ("present", None)
 
 
-def keep_free_bytes(config: Config, fs: os.statvfs_result) -> int:
-    """KeepFree=, or systemd's default: 15% of the file system, at most 4 GiB
-    (coredump.conf(5))."""
-    if config.keep_free is not None:
-        return config.keep_free
-    return min(fs.f_frsize * fs.f_blocks * 15 // 100, 4 << 30)
+def _check_keep_free(crash: H.Crash, index: Index, stored_size: int) -> None:
+    """Vacuum older cores, then keep this one only if KeepFree still holds.
 
-
-def _check_keep_free(crash: H.Crash, stored_size: int) -> None:
-    """Keeping the core must leave KeepFree free on the file system of the store."""
+    As systemd-coredump (coredump-vacuum.c), with the new file's blocks
+    already allocated, so the free space counted is what remains with it.
+    """
+    from coredumpd.store import retention
     try:
-        fs = os.statvfs(crash.dir_fd)
-    except OSError as err:
-        crash.problems.append(f"statvfs of the store: {err.strerror}")
+        result = retention.vacuum(crash.config, index)
+    except CoredumpdError as err:
+        crash.problems.append(f"retention: {err}")
         return
-    free = fs.f_frsize * fs.f_bavail  # the unnamed file already takes its blocks
-    keep = keep_free_bytes(crash.config, fs)
-    if free < keep and crash.skip_core is None:
-        crash.skip_core = (f"KeepFree={keep} bytes: only {free} bytes free with the core"
-                           f" of {stored_size} bytes written; not kept")
+    if result.keep_free > 0 and result.free_bytes < result.keep_free and crash.skip_core is None:
+        crash.skip_core = (f"KeepFree={result.keep_free} bytes: {result.free_bytes} bytes free"
+                           f" with the core of {stored_size} bytes written; not kept")
 
 
-def _record(crash: H.Crash, stats: Any, facts: dict[str, Any]) -> dict[str, Any]:
+def _record(crash: H.Crash, index: Index, stats: Any, facts: dict[str, Any]) -> dict[str, Any]:
     args, proc, stream = crash.args, crash.proc, crash.stream
     siginfo = stream.siginfo
     comm = crash.comm()
@@ -137,7 +169,7 @@ def _record(crash: H.Crash, stats: Any, facts: dict[str, Any]) -> dict[str, Any]
         "path_taken": {"crasher": H.crasher_kind(crash), "journal": "pending"},
     }
     if stats is not None and crash.skip_core is None and crash.core_failure is None:
-        _check_keep_free(crash, stats.stored_size)
+        _check_keep_free(crash, index, stats.stored_size)
     will_store = stats is not None and crash.skip_core is None and stream.size > 0
     record["core_state"], record["core_reason"] = _core_state(crash, will_store)
     return record
@@ -186,8 +218,10 @@ def _special_crasher(crash: H.Crash, index: Index, row_id: Any, record: dict[str
 
 def _enforce_retention(crash: H.Crash, index: Index, row_id: Any,
                        record: dict[str, Any]) -> None:
-    from coredumpd.store import retention
-    retention.enforce(crash.config, index)
+    """MaxUse with the new core counted (it is never the one removed)."""
+    if record["core_path"]:
+        from coredumpd.store import retention
+        retention.vacuum(crash.config, index, exclude=os.path.basename(record["core_path"]))
 
 
 def _spawn_analysis(crash: H.Crash, index: Index, row_id: Any, record: dict[str, Any]) -> None:
@@ -228,7 +262,7 @@ def _record_rusage(crash: H.Crash, index: Index, row_id: Any, record: dict[str, 
                 "held_ms": (crash.released - crash.handler_started) * 1000,
                 "total_ms": (time.monotonic() - crash.handler_started) * 1000,
                 "signal_name": signal_name(crash.args.signal or 0)}
-    record = index.get(row_id)
-    facts = dict(getattr(record, "facts", None) or {})
+    stored = index.get(row_id)
+    facts = dict(getattr(stored, "facts", None) or {})
     facts["handler_rusage"] = measures
     index.update(row_id, facts=facts)
