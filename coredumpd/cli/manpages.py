@@ -104,6 +104,7 @@ def render(program: Program) -> str:
         '.\\" Do not edit: change the spec and regenerate.',
         (f'.TH {escape(title)} {program.section} "" "coredumpd {__version__}" '
         f'"{_TITLES[program.section]}"'),
+        ".nh",  # no hyphenation: paths, sysctl names and options must stay whole
         ".SH NAME", f"{escape(program.name)} \\- {escape(program.summary)}",
         ".SH SYNOPSIS",
     ]
