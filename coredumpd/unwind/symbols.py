@@ -12,7 +12,7 @@ Among aliases at one address the plain name is chosen (docs/ARCHITECTURE.md,
 fixtures/cores/expected.py ``plain_name``): not a glibc-internal ``__GI_``
 alias; fewest leading underscores (``read`` over ``__read`` and
 ``__libc_read``); GLOBAL, WEAK, LOCAL (as elfutils' ``dwfl_module_addrsym``:
-``raise`` over ``gsignal``); exported in .dynsym; default version; shortest.
+``raise`` over ``gsignal``); shortest; alphabetical.
 Version suffixes (``@GLIBC_2.2.5``) are dropped; C++ names are demangled as
 gdb does, with binutils' ``bfd_demangle`` (libiberty, through ctypes), else
 with the C++ runtime's ``__cxa_demangle``.
@@ -41,7 +41,6 @@ from coredumpd.errors import CoredumpdError
 from coredumpd.unwind import debuginfo
 from coredumpd.unwind.types import AddressSpace, Module, Symbol
 
-STB_LOCAL = 0
 SHN_ABS = 0xFFF1
 BINDING_RANK = {1: 0, 2: 1, 0: 2}  # STB_GLOBAL, STB_WEAK, STB_LOCAL
 MAX_DEMANGLE = 4096
@@ -134,51 +133,43 @@ class _Alias(NamedTuple):
     bind: int
 
 
-def _rank(alias: _Alias, exported: set[str]) -> tuple[bool, int, int, bool, int, str]:
+def _rank(alias: _Alias) -> tuple[bool, int, int, int, str]:
     name = alias.base
     underscores = len(name) - len(name.lstrip("_"))
-    return (name.startswith("__GI_"), underscores, BINDING_RANK.get(alias.bind, 3),
-            name not in exported, len(name), name)
+    return (name.startswith("__GI_"), underscores, BINDING_RANK.get(alias.bind, 3), len(name),
+            name)
 
 
 class SymbolTable:
     """Code symbols of one module by link-time address; all names, lazily, for address_of.
 
     Reads Elf64_Sym arrays directly (tens of thousands of entries per big
-    module): only code symbols are decoded up front.
+    module) and decodes names only for the addresses looked up.
     """
 
     def __init__(self) -> None:
-        self._aliases: dict[int, list[_Alias]] = {}
+        # start -> [(table index, st_name, st_bind)], or the chosen alias once looked up
+        self._raw: dict[int, list[tuple[int, int, int]]] = {}
+        self._chosen: dict[int, _Alias | None] = {}
         self._sizes: dict[int, int] = {}
-        self._exported: set[str] = set()
         self._tables: list[tuple[bytes, bytes]] = []
         self._names: dict[str, int] | None = None
         self.starts: list[int] = []
 
-    def add_table(self, data: bytes, strings: bytes, dynamic: bool = False) -> None:
-        """One .symtab or .dynsym (``dynamic``: its defined globals are exported)."""
+    def add_table(self, data: bytes, strings: bytes) -> None:
+        """One .symtab or .dynsym."""
+        table = len(self._tables)
         self._tables.append((data, strings))
-        aliases_at, sizes, exported = self._aliases, self._sizes, self._exported
-        decoded: dict[int, str] = {}
-        for _index, (st_name, info, _other, shndx, value, size) in enumerate(
-                L.SYM.iter_unpack(data[:len(data) - len(data) % L.SYM.size])):
+        raw, sizes = self._raw, self._sizes
+        for st_name, info, _other, shndx, value, size in L.SYM.iter_unpack(
+                data[:len(data) - len(data) % L.SYM.size]):
             if (info & 0xF) not in CODE_TYPES or not value or shndx in (L.SHN_UNDEF, SHN_ABS):
                 continue
-            name = decoded.get(st_name)
-            if name is None:
-                name = decoded[st_name] = _cstring(strings, st_name)
-            base = name.partition("@")[0]
-            if not base or base.startswith((".L", "$")):
-                continue
-            if dynamic and info >> 4 != STB_LOCAL:
-                exported.add(base)
-            aliases = aliases_at.get(value)
-            if aliases is None:
-                aliases = aliases_at[value] = []
-            elif any(alias.base == base for alias in aliases):
-                continue
-            aliases.append(_Alias(name, base, info >> 4))
+            entries = raw.get(value)
+            if entries is None:
+                raw[value] = [(table, st_name, info >> 4)]
+            else:
+                entries.append((table, st_name, info >> 4))
             if size > sizes.get(value, 0):
                 sizes[value] = size
             else:
@@ -186,15 +177,24 @@ class SymbolTable:
 
     def add_synthetic(self, start: int, size: int, name: str) -> None:
         """A symbol that no table holds (``puts@plt``), like bfd's synthetic symbols."""
-        self._aliases.setdefault(start, []).append(_Alias(name, name, 1))
+        self._raw.setdefault(start, [])
+        self._chosen[start] = _Alias(name, name, 1)
         self._sizes[start] = max(self._sizes.get(start, 0), size)
 
     def finish(self) -> None:
-        self.starts = sorted(self._aliases)
-        exported = self._exported
-        for aliases in self._aliases.values():
-            if len(aliases) > 1:
-                aliases.sort(key=lambda alias: _rank(alias, exported))
+        self.starts = sorted(self._raw)
+
+    def _alias_at(self, start: int) -> _Alias | None:
+        """The plain-name alias among the symbols at ``start`` (decoded once)."""
+        if start not in self._chosen:
+            aliases: dict[str, _Alias] = {}
+            for table, st_name, bind in self._raw[start]:
+                name = _cstring(self._tables[table][1], st_name)
+                base = name.partition("@")[0]
+                if base and not base.startswith((".L", "$")):
+                    aliases.setdefault(base, _Alias(name, base, bind))
+            self._chosen[start] = min(aliases.values(), key=_rank) if aliases else None
+        return self._chosen[start]
 
     def lookup(self, address: int) -> tuple[int, str] | None:
         """(symbol start, raw name) for link-time ``address``, by gdb's minsyms rule."""
@@ -209,10 +209,12 @@ class SymbolTable:
                 index -= 1
                 continue
             if address < start + size:
-                return start, self._aliases[start][0].raw
+                alias = self._alias_at(start)
+                return (start, alias.raw) if alias is not None else None
             break
         if zero_sized is not None:
-            return zero_sized, self._aliases[zero_sized][0].raw
+            alias = self._alias_at(zero_sized)
+            return (zero_sized, alias.raw) if alias is not None else None
         return None
 
     def address_of(self, name: str) -> int | None:
@@ -366,7 +368,7 @@ class Symbolizer:
             return self._lines(debug, None)
         raw = elf.raw_symbols(".dynsym")
         if raw is not None:
-            table.add_table(*raw, dynamic=True)
+            table.add_table(*raw)
             for start, name in _plt_names(elf, raw).items():
                 table.add_synthetic(start, PLT_ENTRY_SIZE, name)
         return self._lines(debug, elf)
