@@ -252,3 +252,44 @@ def test_user_gets_an_acl_only_for_its_own_plain_crash(tmp_path):
                          text=True, check=True).stdout
     assert "user:65534:r--" in acl and "other::---" in acl
     shutil.rmtree(public)
+
+
+SLEEPER = r"""
+#include <unistd.h>
+int main(void) { for (;;) pause(); }
+"""
+
+
+@pytest.mark.kernel
+def test_signal_sender_recorded_while_the_crasher_is_held(tmp_path):
+    exe = compile_c(SLEEPER, tmp_path, name="victim")
+    killer = tmp_path / "killer"  # a shell that lingers after kill, so that /proc has it
+    shutil.copy("/bin/dash", killer)
+    with registered_handler(tmp_path, analysis=False) as handler:
+        def _kill_later(pid):
+            time.sleep(0.3)
+            subprocess.run([str(killer), "-c", f"kill -SEGV {pid}; sleep 2"], check=True)
+        import threading
+        with core_pattern(handler.pattern, 16):
+            proc = subprocess.Popen([exe], preexec_fn=_unlimited)  # noqa: PLW1509
+            thread = threading.Thread(target=_kill_later, args=(proc.pid,))
+            thread.start()
+            proc.wait(60)
+            thread.join()
+        row = handler.wait_row(proc.pid, wait_analysis=False)
+    assert row["signal"] == 11 and row["si_code"] == 0  # SI_USER: kill(2)
+    sender = row["facts"]["sender"]
+    assert sender["comm"] == "killer" and sender["exe"] == str(killer)
+    assert sender["cmdline"] == [str(killer), "-c", f"kill -SEGV {proc.pid}; sleep 2"]
+
+
+@pytest.mark.kernel
+def test_storage_none_keeps_metadata_and_analysis(tmp_path):
+    exe = compile_c(S.SIGNALS["SIGSEGV"], tmp_path, name="nostore")
+    with registered_handler(tmp_path, storage="none") as handler:
+        row = handler.crash([exe], timeout=120)
+    assert row["core_state"] == "none" and row["core_reason"] == "Storage=none"
+    assert not row["core_path"]
+    assert [n for n in os.listdir(handler.directory) if n.startswith("core.")] == []
+    assert row["analysis_state"] == "done", row["analysis_error"]
+    assert row["analysis"]["threads"]  # analysed through the unlinked file's fd
