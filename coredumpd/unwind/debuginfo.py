@@ -20,8 +20,16 @@ import bisect
 import lzma
 import os
 import zlib
+from typing import Any
 
-from coredumpd.elf.elffile import ElfFile
+from coredumpd.elf.elffile import (
+    CHDR,
+    ELFCOMPRESS_ZLIB,
+    MAX_SECTION_READ,
+    SHF_COMPRESSED,
+    ElfFile,
+    Section,
+)
 from coredumpd.errors import CoredumpdError, FormatError
 from coredumpd.unwind import dwarfline
 
@@ -30,6 +38,8 @@ MAX_MINIDEBUGINFO = 64 << 20  # decompressed
 MAX_MINIDEBUGINFO_XZ = 16 << 20
 MAX_CRC_CHECK = 512 << 20
 MAX_CU_SCAN = 50_000
+TOP_DIE_WINDOW = 1 << 20  # bytes of a unit read to find its top DIE
+INFLATE_STEP = 256 << 10
 
 
 def build_id_path(build_id: bytes, debug_dir: str = DEBUG_DIRS[0]) -> str:
@@ -100,6 +110,48 @@ def minidebuginfo(elf: ElfFile) -> ElfFile | None:
 # ---------------------------------------------------------------- DWARF lines
 
 
+class SectionWindow:
+    """Random reads in one (possibly zlib-compressed) section, inflating only a prefix.
+
+    A CU's top DIE and its line program are small pieces of big sections:
+    uncompressed sections are read with pread, compressed ones are inflated
+    only as far as the furthest byte asked for (elf(5), SHF_COMPRESSED).
+    """
+
+    def __init__(self, elf: ElfFile, section: Section) -> None:
+        self.elf, self.section = elf, section
+        self.compressed = bool(section.sh_flags & SHF_COMPRESSED)
+        self.size = section.sh_size
+        self._inflated = bytearray()
+        self._decompressor: Any = None
+        self._input = b""
+        if self.compressed:
+            raw = elf.read(section.sh_offset, section.sh_size, section.name)
+            ch_type, _reserved, self.size, _align = CHDR.unpack_from(raw)
+            if ch_type != ELFCOMPRESS_ZLIB or self.size > MAX_SECTION_READ:
+                raise FormatError(f"{elf.name}: {section.name}: unsupported compression",
+                                  section.sh_offset)
+            self._decompressor, self._input = zlib.decompressobj(), raw[CHDR.size:]
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (short at the end of the section)."""
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        if not self.compressed:
+            return self.elf.read(self.section.sh_offset + offset, end - offset, self.section.name)
+        while len(self._inflated) < end and not self._decompressor.eof:
+            try:
+                chunk = self._decompressor.decompress(self._input, INFLATE_STEP)
+            except zlib.error as err:
+                raise FormatError(f"{self.elf.name}: {self.section.name}: {err}") from err
+            self._input = self._decompressor.unconsumed_tail
+            self._inflated += chunk
+            if not chunk and not self._input:
+                break
+        return bytes(self._inflated[offset:end])
+
+
 class DwarfLines:
     """File:line lookups in one ELF file with DWARF, one CU read at a time (cached).
 
@@ -116,6 +168,7 @@ class DwarfLines:
         self._aranges: tuple[list[int], list[tuple[int, int]]] | None = None
         self._unit_ranges: list[tuple[int, int, int]] | None = None
         self._units: dict[int, dwarfline.UnitLines | None] = {}
+        self._windows: dict[str, SectionWindow] = {}
         try:
             self._elf = ElfFile.open(path)
             self.available = self._elf.section(".debug_line") is not None and \
@@ -128,6 +181,7 @@ class DwarfLines:
             self._elf.close()
             self._elf = None
         self._sections.clear()
+        self._windows.clear()
 
     def _section(self, name: str) -> bytes:
         if name not in self._sections:
@@ -181,11 +235,29 @@ class DwarfLines:
                 return offset
         return None
 
+    def _window(self, name: str) -> SectionWindow:
+        if name not in self._windows:
+            assert self._elf is not None
+            section = self._elf.section(name)
+            if section is None:
+                raise FormatError(f"{self.path}: no {name}")
+            self._windows[name] = SectionWindow(self._elf, section)
+        return self._windows[name]
+
+    def _unit_bytes(self, name: str, offset: int, cap: int) -> bytes:
+        """The unit at ``offset`` of section ``name`` (its initial length says how long)."""
+        window = self._window(name)
+        length, offset_size = dwarfline.Reader(window.read(offset, 12)).initial_length()
+        return window.read(offset, min(length + (4 if offset_size == 4 else 12), cap))
+
     def _load_unit(self, offset: int) -> dwarfline.UnitLines | None:
-        top = dwarfline.read_unit_top(self._section(".debug_info"),
-                                      self._section(".debug_abbrev"), offset)
+        if ".debug_info" in self._sections:  # already inflated whole (no .debug_aranges)
+            info, at = self._sections[".debug_info"], offset
+        else:
+            info, at = self._unit_bytes(".debug_info", offset, TOP_DIE_WINDOW), 0
+        top = dwarfline.read_unit_top(info, self._section(".debug_abbrev"), at)
         if top.stmt_list is None:
             return None
         strings = (self._section(".debug_line_str"), self._section(".debug_str"))
-        return dwarfline.UnitLines(dwarfline.read_line_program(
-            self._section(".debug_line"), top.stmt_list, strings))
+        program = self._unit_bytes(".debug_line", top.stmt_list, MAX_SECTION_READ)
+        return dwarfline.UnitLines(dwarfline.read_line_program(program, 0, strings))

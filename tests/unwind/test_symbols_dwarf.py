@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import FormatError
 from coredumpd.unwind import dwarfline
-from coredumpd.unwind.debuginfo import build_id_path
+from coredumpd.unwind.debuginfo import SectionWindow, build_id_path
 
 LIBC = os.path.realpath("/usr/lib/x86_64-linux-gnu/libc.so.6")
 
@@ -61,3 +61,22 @@ def test_real_aranges_and_units_parse():
         assert top.stmt_list is not None
         sequences = dwarfline.read_line_program(SECTIONS[".debug_line"], top.stmt_list, STRINGS)
         assert all(start <= end for start, end, _rows in sequences)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 3_000_000), st.integers(0, 70_000))
+def test_section_window_reads_equal_the_whole_section(offset, size):
+    """Partial inflation of libc's compressed .debug_info gives the same bytes."""
+    window = section_window(".debug_info")
+    whole = SECTIONS[".debug_info"]
+    assert window.compressed
+    assert window.read(offset, size) == whole[offset:offset + size]
+
+
+def section_window(name, cache={}):  # noqa: B006 - one window per session is the point
+    if name not in cache:
+        with ElfFile.open(LIBC) as elf:
+            build_id = elf.build_id
+        debug = ElfFile.open(build_id_path(build_id))
+        cache[name] = SectionWindow(debug, debug.section(name))
+    return cache[name]
