@@ -49,7 +49,9 @@ MAX_BLOCK_SIZE = 4 << 20  # largest LZ4 frame block (BD code 7)
 MIN_BLOCK_SIZE = 4096
 MAX_REASON_BYTES = 4096
 WORKER_NICE = 10  # workers' extra niceness while a spill file absorbs the stream
-RAW_BLOCK_FLAG = 0x80000000  # frame format: highest bit of the block size = uncompressed
+RAW_BLOCK_FLAG = 0x80000000
+HC_LEVEL = 3  # LZ4HC_CLEVEL_MIN: the fastest high-compression level
+HC_INTERVAL = 16  # at most one block in 16 tries LZ4-HC (see SeekableLz4Writer._want_high)  # frame format: highest bit of the block size = uncompressed
 ELF_MAGIC = b"\x7fELF"
 
 FRAME_MAGIC = struct.Struct("<I")
@@ -65,6 +67,8 @@ BLOCK_ENTRY_V1 = struct.Struct("<QIII")
 # frame_end (offset of the skippable frame), crc32 of the payload before this field
 TRAILER = struct.Struct("<8sHHIQIIQI")
 assert BLOCK_ENTRY.size == 8 and BLOCK_ENTRY_V1.size == 20
+# bytes beyond lz4 -1's fixed ones (it writes a 4-byte content checksum, we do not)
+INDEX_OVERHEAD = SKIPPABLE_HEADER.size + TRAILER.size - 4
 assert TRAILER.size == 44
 TRAILER_FLAG_TRUNCATED = 1
 
@@ -93,6 +97,7 @@ class _Encoded:
     raw_length: int
     payload: bytes | bytearray
     crc: int
+    saved: int = 0  # bytes LZ4-HC saved over the fast compressor
 
 
 @functools.lru_cache(maxsize=8)
@@ -122,9 +127,10 @@ def _zero_block(block_size: int) -> tuple[bytes, _Encoded]:
     return zeros, _Encoded(BlockKind.ZERO, block_size, packed, zlib.crc32(packed))
 
 
-def _encode_block(block: bytes | bytearray, acceleration: int) -> _Encoded:
+def _encode_block(block: bytes | bytearray, acceleration: int, high: bool = False) -> _Encoded:
     """Compress one block (runs in a worker: lz4.block, zlib and memcmp are cheap or
-    release the GIL).  All-zero blocks cost one memcmp and a cached result."""
+    release the GIL).  All-zero blocks cost one memcmp and a cached result.  With
+    ``high``, LZ4-HC is tried too and the smaller output kept (same block format)."""
     zeros, zero_encoded = _zero_block(len(block))
     if block == zeros:
         return zero_encoded
@@ -133,9 +139,16 @@ def _encode_block(block: bytes | bytearray, acceleration: int) -> _Encoded:
                                     store_size=False)
     else:
         packed = lz4.block.compress(block, store_size=False)
+    saved = 0
+    if high:
+        stronger = lz4.block.compress(block, mode="high_compression", compression=HC_LEVEL,
+                                      store_size=False)
+        if len(stronger) < len(packed):
+            saved = min(len(packed), len(block)) - len(stronger)
+            packed = stronger
     if len(packed) >= len(block):
         return _Encoded(BlockKind.RAW, len(block), block, zlib.crc32(block))
-    return _Encoded(BlockKind.COMPRESSED, len(block), packed, zlib.crc32(packed))
+    return _Encoded(BlockKind.COMPRESSED, len(block), packed, zlib.crc32(packed), saved)
 
 
 def _lower_priority(increment: int) -> None:
@@ -194,11 +207,12 @@ class _Spill:
             self.fd = -1
 
 
-def _encode_spilled(fd: int, offset: int, length: int, acceleration: int) -> _Encoded:
+def _encode_spilled(fd: int, offset: int, length: int, acceleration: int,
+                    high: bool) -> _Encoded:
     block = os.pread(fd, length, offset)
     if len(block) != length:
         raise StoreError(f"spill file cut short at {offset:#x}")
-    return _encode_block(block, acceleration)
+    return _encode_block(block, acceleration, high)
 
 
 def _write_all(fd: int, parts: list[bytes | bytearray | memoryview]) -> int:
@@ -258,6 +272,9 @@ class SeekableLz4Writer:
         self._original_size = 0
         self._zero_blocks = 0
         self._spilled_bytes = 0
+        self._submitted = 0
+        self._hc_saved = 0
+        self._last_high = -HC_INTERVAL
         self._finished = False
         self._offset = _write_all(fd, [frame_header(block_size)])
 
@@ -425,9 +442,10 @@ class SeekableLz4Writer:
         block = buffer if length == self._block_size else bytes(buffer[:length])
         item: Future[_Encoded] | _Encoded
         if self._executor is None:
-            item = _encode_block(block, self._acceleration)
+            item = _encode_block(block, self._acceleration, self._want_high())
         else:
-            item = self._executor.submit(_encode_block, block, self._acceleration)
+            item = self._executor.submit(_encode_block, block, self._acceleration,
+                                         self._want_high())
         self._inflight.append((item, buffer))
         self._original_size += length
         while len(self._inflight) > self._max_inflight:
@@ -439,6 +457,22 @@ class SeekableLz4Writer:
             self._promote_spilled()
             if self._spilled:
                 self._emit(*self._inflight.popleft())
+
+    def _want_high(self) -> bool:
+        """Whether the next block should also try LZ4-HC.
+
+        Our only bytes beyond what ``lz4 -1`` writes for the same blocks are the
+        block index and trailer (INDEX_OVERHEAD + 8 per block).  While the HC
+        savings have not paid for them, every HC_INTERVAL-th block is also
+        compressed with HC (one text block usually pays for thousands).
+        """
+        number = self._submitted
+        self._submitted += 1
+        debt = INDEX_OVERHEAD + BLOCK_ENTRY.size * self._submitted - self._hc_saved
+        if debt <= 0 or number - self._last_high < HC_INTERVAL:
+            return False
+        self._last_high = number
+        return True
 
     def _emit_done(self) -> None:
         """Write the finished blocks at the head of the queue; never waits."""
@@ -456,7 +490,8 @@ class SeekableLz4Writer:
                 raise StoreError("spilled blocks without a spill file")
             offset, length = self._spilled.popleft()
             self._inflight.append((self._executor.submit(
-                _encode_spilled, self._spill.fd, offset, length, self._acceleration), None))
+                _encode_spilled, self._spill.fd, offset, length, self._acceleration,
+                self._want_high()), None))
         if not self._spilled and not self._inflight and self._spill is not None \
                 and self._spill.size:
             self._spill.reset()
@@ -468,6 +503,7 @@ class SeekableLz4Writer:
             word | (ZERO_BLOCK_FLAG if encoded.kind is BlockKind.ZERO else 0), encoded.crc))
         self._offset += _write_all(self._fd, [BLOCK_WORD.pack(word), encoded.payload])
         self._zero_blocks += encoded.kind is BlockKind.ZERO
+        self._hc_saved += encoded.saved
         if buffer is not None and len(self._spare) < 2:
             self._spare.append(buffer)  # written: the buffer can take the next block
 

@@ -485,3 +485,26 @@ def test_spill_disk_full_falls_back_to_inline(tmp_path, small_tmpfs, free):
         writer.finish()
     assert lz4_decompress(path) == data
     assert writer.spill_error is not None and "No space" in writer.spill_error
+
+
+FIXTURE_CORE = pathlib.Path(__file__).resolve().parents[2] / "fixtures/cores/abort/core.lz4"
+
+
+@pytest.mark.skipif(LZ4 is None, reason="needs the lz4 CLI")
+@pytest.mark.parametrize("block_size", [1 << 20, 4 << 20])
+@pytest.mark.parametrize("source", ["fixture", "mixed"])
+def test_stored_no_larger_than_lz4_cli(tmp_path, block_size, source):
+    """The index costs 8 bytes a block; LZ4-HC on a few blocks pays for it."""
+    if source == "fixture":
+        if not FIXTURE_CORE.exists():
+            pytest.skip("fixtures/cores/abort/core.lz4 not built")
+        with SeekableLz4Reader(str(FIXTURE_CORE)) as reader:
+            data = reader.pread(0, reader.size)
+    else:
+        data = mixed_data(12 << 20, seed=23)
+    path = tmp_path / "core.lz4"
+    stats = store(path, data, block_size=block_size, chunk=1 << 20)
+    reference = subprocess.run([LZ4, "-1", "-c"], input=data, check=True,
+                               capture_output=True).stdout
+    assert stats.stored_size <= len(reference)
+    assert lz4_decompress(path) == data
