@@ -155,6 +155,8 @@ class Core:
 
     def _pread(self, offset: int, size: int) -> bytes:
         """Bytes of the core file; a damaged store block becomes a problem, not a raise."""
+        if offset >= self.source.size:
+            return b""
         try:
             return self.source.pread(offset, size)
         except CoredumpdError as err:
@@ -358,6 +360,8 @@ class Core:
         start = position - segment.vaddr
         length = min(remaining, segment.memsz - start)
         from_file = max(0, min(length, segment.filesz - start))
+        if from_file and segment.offset + start >= self.source.size:
+            return b"", f"core truncated at {position:#x}"
         try:
             data = self.source.pread(segment.offset + start, from_file) if from_file else b""
         except CoredumpdError as err:  # StoreError: a damaged stored block

@@ -41,6 +41,7 @@ __all__ = ["ProcessAddressSpace", "build_address_space", "mappings_from_core",
 
 DELETED_SUFFIX = " (deleted)"
 MAX_READ = 64 << 20  # one read()
+MAX_FILE_OFFSET = 1 << 62  # off_t is signed 64-bit
 MAX_MODULES = 4096
 
 
@@ -121,9 +122,11 @@ class ProcessAddressSpace:
             return b""
         length = min(size, mapping.end - address)
         offset = mapping.file_offset + address - mapping.start
+        if not 0 <= offset < MAX_FILE_OFFSET:  # NT_FILE and facts offsets are hostile
+            return b""
         try:
             return os.pread(self._fd(module.host_path), length, offset)
-        except OSError:
+        except (OSError, OverflowError, ValueError):
             return b""
 
     def _fd(self, path: str) -> int:
