@@ -244,6 +244,7 @@ class _Unwinder:
         self.cfi = _cfi_cache(space)
         self.problems: list[str] = []
         self.returns: dict[int, bool] = {}  # plausible_return() answers
+        self.scan_budget = caps.scan_words * caps.max_frames  # words all scans may examine
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -412,6 +413,10 @@ class _Unwinder:
             return None
         count = min(self.caps.scan_words, (stack.end - sp) // 8,
                     self.caps.scan_words if limit is None else limit)
+        self.scan_budget -= count
+        if self.scan_budget < 0:
+            raise LimitExceeded("stack scanning examined more than "
+                                f"{self.caps.scan_words * self.caps.max_frames} words")
         words = struct.unpack(f"<{count}Q", self.memory.read(sp, count * 8)) if count else ()
         for position, candidate in enumerate(words):
             if candidate == registers.get(RIP) and not first:
