@@ -2,10 +2,14 @@
 
 Phase 1, while the kernel holds the crashed process (fs/coredump.c: the dump
 waits for the pipe, then wait_for_dump_helpers() waits until we close it):
-read /proc/PID, stream the core from fd 0 into an unnamed file in the store,
-open the mapped ELF objects that changed on disk, read the signal sender.
-Only then fd 0 is closed — the kernel reaps the process at that moment
-(FACTS.md: 3 ms vs 2 s), so phase 1 imports and does as little as possible.
+read /proc/PID, read the core from fd 0 — a small one (<= 16 MiB) whole into
+memory, a big one streamed into an unnamed file in the store through the lz4
+writer — open the mapped ELF objects that changed on disk, read the signal
+sender.  Only then fd 0 is closed — the kernel reaps the process at that
+moment (FACTS.md: 3 ms vs 2 s), so phase 1 imports and does as little as
+possible: for a small core, nothing but os, struct, fcntl and our ingest
+modules (no configuration, lz4 writer or note decoders: ``dataclasses``
+alone costs more than the rest of phase 1).
 
 Phase 2, the process gone: finish the lz4 index, fsync, link under systemd's
 name, ACL, index row, retention, a /dev/kmsg line when the crasher is PID 1 or
@@ -61,6 +65,7 @@ class Crash:
         self.handler_started = time.monotonic()
         self.released = 0.0  # monotonic time when fd 0 was closed
         self.record_pid = 0  # the PID the index row and the file name carry
+        self.proc_pid = args.pid  # whose /proc we read; None once found not to be the crasher
 
     @property
     def pid(self) -> int | None:
@@ -122,16 +127,16 @@ def _phase_held(crash: Crash) -> None:
     imports) wait until the kernel has been released, unless the core is big.
     """
     _check_pidfd(crash)
-    if crash.pid is not None:
-        crash.proc = procfs.collect_process(crash.pid, crash.missing)
+    if crash.proc_pid is not None:
+        crash.proc = procfs.collect_process(crash.proc_pid, crash.missing)
     crash.core_stream = CoreStream(0)
     crash.stream = crash.core_stream.result
     if _core_wanted(crash) and not crash.core_stream.buffer(SMALL_CORE):
         _prepare_store(crash)
         _drain(crash)
     _read_sender(crash)
-    if crash.pid is not None and crash.proc.get("maps"):
-        crash.held = hold_changed_objects(crash.pid, crash.proc, crash.missing)
+    if crash.proc_pid is not None and crash.proc.get("maps"):
+        crash.held = hold_changed_objects(crash.proc_pid, crash.proc, crash.missing)
 
 
 def _store_buffered(crash: Crash) -> None:
@@ -172,22 +177,24 @@ def _check_pidfd(crash: Crash) -> None:
     check: dict[str, Any] = {"pidfd": args.pidfd}
     if args.pidfd is not None and args.pid is not None:
         try:
-            check["pidfd_pid"] = procfs.pidfd_pid(args.pidfd)
-            check["verified"] = check["pidfd_pid"] == args.pid
+            check["pidfd_pid"] = procfs.pidfd_pid(args.pidfd)  # None: not a pidfd at all
         except (OSError, ValueError) as err:
             check["error"] = str(err)
-    elif args.pid is not None and args.timestamp is not None:
+        if check.get("pidfd_pid") is not None:
+            check["verified"] = check["pidfd_pid"] == args.pid
+    if "verified" not in check and args.pid is not None and args.timestamp is not None:
         try:
             ticks = procfs.start_time_ticks(args.pid)
-            start_s = (procfs.boot_time_us() + ticks * 1_000_000 // os.sysconf("SC_CLK_TCK"))
-            check["verified"] = start_s // 1_000_000 <= args.timestamp + 1
+            start_us = procfs.boot_time_us() + ticks * 1_000_000 // os.sysconf("SC_CLK_TCK")
+            check["start_time_us"] = start_us
+            check["verified"] = start_us // 1_000_000 <= args.timestamp + 1
         except (OSError, ValueError, IndexError) as err:
             check["error"] = str(err)
     crash.pidfd_check = check
     if check.get("verified") is False:
         crash.problems.append(f"/proc/{args.pid} is not the crashed process ({check});"
                               " /proc facts not recorded")
-        crash.args.pid = None
+        crash.proc_pid = None
 
 
 def _core_limit(crash: Crash) -> int | None:
@@ -247,9 +254,9 @@ def _release_kernel(crash: Crash) -> None:
     except OSError:
         pass
     crash.released = time.monotonic()
-    if crash.pid is not None and crash.args.pidfd is not None:
+    if crash.pidfd_check.get("pidfd_pid") is not None:  # it was a pidfd: ours to close
         try:
-            os.close(crash.args.pidfd)
+            os.close(crash.pidfd_check["pidfd"])
         except OSError:
             pass
 
