@@ -1,32 +1,15 @@
-"""Seekable lz4: a standard LZ4 frame of independent blocks plus a block index.
+"""Seekable lz4: the writer, and opening a core whatever holds it.
 
-Layout of a stored core (all integers little-endian)::
-
-    LZ4 frame   header (7 bytes: magic 0x184D2204, FLG, BD, HC)
-                block 0 .. block N-1   (u32 size word, payload; bit 31 = stored raw)
-                EndMark (u32 0)
-    skippable   magic 0x184D2A5C, u32 payload size, payload =
-                N x BLOCK_ENTRY, truncation reason (UTF-8), TRAILER
-
-A BLOCK_ENTRY (format 2) is the block's size word with bit 30 set for an
-all-zero block, and the CRC-32 of its payload; offsets follow from the sizes.
-Format 1 (read only) stored each block's offset and kind in 20 bytes.
-
-The frame follows lz4's "LZ4 Frame Format Description" (lz4/doc/lz4_Frame_format.md):
-blocks are independent (FLG.B.Indep), so ``lz4 -d`` restores the exact bytes and ignores
-the skippable frame (magic 0x184D2A50..5F, "Skippable Frames").  The reader finds the
-TRAILER at the end of the file, checks its CRC and the chain of block offsets, and then
-decompresses only the blocks a read touches.  All-zero blocks are detected with one
-memcmp, written as a precomputed compressed zero block (~0.4% of the block, lz4's best
-ratio) and never decompressed on read.
+The file format (one standard LZ4 frame of independent blocks, then a block
+index in a skippable frame) is described in :mod:`coredumpd.store.lz4format`;
+the reader is :class:`coredumpd.store.lz4reader.SeekableLz4Reader`, re-exported
+here with the format's names, so ``coredumpd.store.lz4seek`` stays the one import.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import enum
-import functools
 import os
 import struct
 import threading
@@ -34,51 +17,36 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Self
 
-import lz4.block  # type: ignore[import-untyped]
-import lz4.frame  # type: ignore[import-untyped]
-
 from coredumpd.errors import StoreError
+from coredumpd.store.lz4format import (  # noqa: F401 (re-exported)
+    BLOCK_ENTRY,
+    BLOCK_ENTRY_V1,
+    BLOCK_WORD,
+    ELF_MAGIC,
+    FORMAT_VERSION,
+    FRAME_MAGIC,
+    INDEX_OVERHEAD,
+    LZ4_FRAME_MAGIC,
+    MAX_BLOCK_SIZE,
+    MAX_REASON_BYTES,
+    MIN_BLOCK_SIZE,
+    RAW_BLOCK_FLAG,
+    SKIPPABLE_HEADER,
+    SKIPPABLE_MAGIC,
+    TRAILER,
+    TRAILER_FLAG_TRUNCATED,
+    TRAILER_MAGIC,
+    ZERO_BLOCK_FLAG,
+    BlockKind,
+    EncodedBlock,
+    encode_block,
+    frame_header,
+)
+from coredumpd.store.lz4reader import SeekableLz4Reader
 from coredumpd.store.source import ByteSource, RawFileSource
 
-LZ4_FRAME_MAGIC = 0x184D2204
-SKIPPABLE_MAGIC = 0x184D2A5C  # any of 0x184D2A50..0x184D2A5F is skipped by lz4 -d
-TRAILER_MAGIC = b"CDLZ4IX1"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-MAX_BLOCK_SIZE = 4 << 20  # largest LZ4 frame block (BD code 7)
-MIN_BLOCK_SIZE = 4096
-MAX_REASON_BYTES = 4096
 WORKER_NICE = 10  # workers' extra niceness while a spill file absorbs the stream
-RAW_BLOCK_FLAG = 0x80000000
-HC_LEVEL = 3  # LZ4HC_CLEVEL_MIN: the fastest high-compression level
-HC_INTERVAL = 16  # at most one block in 16 tries LZ4-HC (see SeekableLz4Writer._want_high)  # frame format: highest bit of the block size = uncompressed
-ELF_MAGIC = b"\x7fELF"
-
-FRAME_MAGIC = struct.Struct("<I")
-BLOCK_WORD = struct.Struct("<I")
-SKIPPABLE_HEADER = struct.Struct("<II")  # magic, payload size
-# size word (bit 31 raw, bit 30 zero block), crc32 of the payload
-BLOCK_ENTRY = struct.Struct("<II")
-ZERO_BLOCK_FLAG = 0x40000000
-LENGTH_MASK = 0x3FFFFFFF
-# format 1: data_offset (of the size word), stored_length, crc32 of the payload, kind
-BLOCK_ENTRY_V1 = struct.Struct("<QIII")
-# magic, version, flags, block_size, original_size, block_count, reason_length,
-# frame_end (offset of the skippable frame), crc32 of the payload before this field
-TRAILER = struct.Struct("<8sHHIQIIQI")
-assert BLOCK_ENTRY.size == 8 and BLOCK_ENTRY_V1.size == 20
-# bytes beyond lz4 -1's fixed ones (it writes a 4-byte content checksum, we do not)
-INDEX_OVERHEAD = SKIPPABLE_HEADER.size + TRAILER.size - 4
-assert TRAILER.size == 44
-TRAILER_FLAG_TRUNCATED = 1
-
-
-class BlockKind(enum.IntEnum):
-    """How one block is stored."""
-
-    COMPRESSED = 0
-    RAW = 1  # incompressible: stored as is (size word bit 31)
-    ZERO = 2  # all zero: compressed, and the reader never decompresses it
+HC_INTERVAL = 16  # at most one block in 16 tries LZ4-HC (see SeekableLz4Writer._want_high)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,66 +57,6 @@ class WriteStats:
     stored_size: int
     blocks: int
     zero_blocks: int
-
-
-@dataclasses.dataclass(frozen=True)
-class _Encoded:
-    kind: BlockKind
-    raw_length: int
-    payload: bytes | bytearray
-    crc: int
-    saved: int = 0  # bytes LZ4-HC saved over the fast compressor
-
-
-@functools.lru_cache(maxsize=8)
-def frame_header(block_size: int) -> bytes:
-    """The 7-byte LZ4 frame header for independent blocks of at most ``block_size``.
-
-    python-lz4 computes the header checksum (xxh32 of the descriptor); we only
-    check that it declared what we need: version 01, B.Indep, no checksums,
-    no content size, no dictionary.
-    """
-    for code, max_size in ((4, 64 << 10), (5, 256 << 10), (6, 1 << 20), (7, 4 << 20)):
-        if block_size <= max_size:
-            break
-    compressor = lz4.frame.LZ4FrameCompressor(
-        block_size=code, block_linked=False, content_checksum=False, block_checksum=False
-    )
-    header = bytes(compressor.begin())
-    if len(header) != 7 or header[4] != 0x60 or header[5] != code << 4:
-        raise StoreError(f"unexpected LZ4 frame header from python-lz4: {header.hex()}")
-    return header
-
-
-@functools.lru_cache(maxsize=8)
-def _zero_block(block_size: int) -> tuple[bytes, _Encoded]:
-    zeros = bytes(block_size)
-    packed = lz4.block.compress(zeros, store_size=False)
-    return zeros, _Encoded(BlockKind.ZERO, block_size, packed, zlib.crc32(packed))
-
-
-def _encode_block(block: bytes | bytearray, acceleration: int, high: bool = False) -> _Encoded:
-    """Compress one block (runs in a worker: lz4.block, zlib and memcmp are cheap or
-    release the GIL).  All-zero blocks cost one memcmp and a cached result.  With
-    ``high``, LZ4-HC is tried too and the smaller output kept (same block format)."""
-    zeros, zero_encoded = _zero_block(len(block))
-    if block == zeros:
-        return zero_encoded
-    if acceleration > 1:
-        packed = lz4.block.compress(block, mode="fast", acceleration=acceleration,
-                                    store_size=False)
-    else:
-        packed = lz4.block.compress(block, store_size=False)
-    saved = 0
-    if high:
-        stronger = lz4.block.compress(block, mode="high_compression", compression=HC_LEVEL,
-                                      store_size=False)
-        if len(stronger) < len(packed):
-            saved = min(len(packed), len(block)) - len(stronger)
-            packed = stronger
-    if len(packed) >= len(block):
-        return _Encoded(BlockKind.RAW, len(block), block, zlib.crc32(block))
-    return _Encoded(BlockKind.COMPRESSED, len(block), packed, zlib.crc32(packed), saved)
 
 
 def _lower_priority(increment: int) -> None:
@@ -208,11 +116,11 @@ class _Spill:
 
 
 def _encode_spilled(fd: int, offset: int, length: int, acceleration: int,
-                    high: bool) -> _Encoded:
+                    high: bool) -> EncodedBlock:
     block = os.pread(fd, length, offset)
     if len(block) != length:
         raise StoreError(f"spill file cut short at {offset:#x}")
-    return _encode_block(block, acceleration, high)
+    return encode_block(block, acceleration, high)
 
 
 def _write_all(fd: int, parts: list[bytes | bytearray | memoryview]) -> int:
@@ -260,7 +168,7 @@ class SeekableLz4Writer:
             initargs=(WORKER_NICE if spill_dir is not None else 0,)) if threads > 0 else None
         self._max_inflight = threads + 2
         self._inflight: collections.deque[
-            tuple[Future[_Encoded] | _Encoded, bytearray | None]] = collections.deque()
+            tuple[Future[EncodedBlock] | EncodedBlock, bytearray | None]] = collections.deque()
         self._spill = _Spill(spill_dir) if spill_dir is not None and threads > 0 else None
         self._spilled: collections.deque[tuple[int, int]] = collections.deque()
         self._spill_ok = self._spill is not None
@@ -440,11 +348,11 @@ class SeekableLz4Writer:
         buffer = self._buffer
         self._buffer = self._spare.pop() if self._spare else bytearray(self._block_size)
         block = buffer if length == self._block_size else bytes(buffer[:length])
-        item: Future[_Encoded] | _Encoded
+        item: Future[EncodedBlock] | EncodedBlock
         if self._executor is None:
-            item = _encode_block(block, self._acceleration, self._want_high())
+            item = encode_block(block, self._acceleration, self._want_high())
         else:
-            item = self._executor.submit(_encode_block, block, self._acceleration,
+            item = self._executor.submit(encode_block, block, self._acceleration,
                                          self._want_high())
         self._inflight.append((item, buffer))
         self._original_size += length
@@ -496,7 +404,7 @@ class SeekableLz4Writer:
                 and self._spill.size:
             self._spill.reset()
 
-    def _emit(self, item: Future[_Encoded] | _Encoded, buffer: bytearray | None) -> None:
+    def _emit(self, item: Future[EncodedBlock] | EncodedBlock, buffer: bytearray | None) -> None:
         encoded = item.result() if isinstance(item, Future) else item
         word = len(encoded.payload) | (RAW_BLOCK_FLAG if encoded.kind is BlockKind.RAW else 0)
         self._entries.append(BLOCK_ENTRY.pack(
@@ -506,215 +414,6 @@ class SeekableLz4Writer:
         self._hc_saved += encoded.saved
         if buffer is not None and len(self._spare) < 2:
             self._spare.append(buffer)  # written: the buffer can take the next block
-
-
-@dataclasses.dataclass(frozen=True)
-class _Block:
-    offset: int  # of the size word
-    stored_length: int
-    crc: int
-    kind: BlockKind
-
-
-class SeekableLz4Reader:
-    """A :class:`~coredumpd.store.source.ByteSource` over a seekable lz4 file.
-
-    ``path_or_fd``: a path, or an fd that is duplicated (the caller keeps its
-    own).  Every number read from the file is checked before use; anything
-    inconsistent raises :class:`StoreError`.
-    """
-
-    def __init__(self, path_or_fd: str | int, cache_blocks: int = 8) -> None:
-        self.path = path_or_fd if isinstance(path_or_fd, str) else f"fd {path_or_fd}"
-        try:
-            if isinstance(path_or_fd, int):
-                self._fd = os.dup(path_or_fd)
-            else:
-                self._fd = os.open(path_or_fd, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as err:
-            raise StoreError(f"cannot open {self.path}: {err.strerror}") from err
-        self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
-        self._block_size = 0
-        self._original_size = 0
-        self._truncated: str | None = None
-        self._blocks: list[_Block] = []
-        self._cache_blocks = max(1, cache_blocks)
-        try:
-            self._load_index(self._file_size())
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def size(self) -> int:
-        return self._original_size
-
-    @property
-    def truncated(self) -> str | None:
-        """Why the stored core is incomplete (the writer's reason), or None."""
-        return self._truncated
-
-    @property
-    def block_size(self) -> int:
-        return self._block_size
-
-    def pread(self, offset: int, size: int) -> bytes:
-        if offset < 0 or size < 0:
-            raise ValueError(f"negative offset or size: {offset}, {size}")
-        end = min(offset + size, self._original_size)
-        parts = []
-        while offset < end:
-            index, start = divmod(offset, self._block_size)
-            block = self._block(index)
-            take = min(end - offset, len(block) - start)
-            parts.append(block[start:start + take])
-            offset += take
-        return b"".join(parts)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self._cache.clear()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _file_size(self) -> int:
-        try:
-            return os.fstat(self._fd).st_size
-        except OSError as err:
-            raise StoreError(f"cannot stat {self.path}: {err.strerror}") from err
-
-    def _read_exact(self, offset: int, size: int, what: str) -> bytes:
-        try:
-            data = os.pread(self._fd, size, offset)
-        except OSError as err:
-            raise StoreError(f"{self.path}: cannot read {what} at {offset:#x}: "
-                             f"{err.strerror}") from err
-        if len(data) != size:
-            raise StoreError(f"{self.path}: {what} at {offset:#x} cut short "
-                             f"({len(data)} of {size} bytes)")
-        return data
-
-    def _load_index(self, file_size: int) -> None:
-        header = frame_header(MIN_BLOCK_SIZE)
-        if file_size < len(header) + BLOCK_WORD.size + SKIPPABLE_HEADER.size + TRAILER.size:
-            raise StoreError(f"{self.path}: {file_size} bytes is too short for a seekable lz4 file")
-        tail = self._read_exact(file_size - TRAILER.size, TRAILER.size, "trailer")
-        (magic, version, flags, block_size, original_size, block_count, reason_length,
-         frame_end, crc) = TRAILER.unpack(tail)
-        if magic != TRAILER_MAGIC or version not in READABLE_VERSIONS:
-            raise StoreError(f"{self.path}: no seekable lz4 trailer (a plain lz4 frame?)")
-        if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or reason_length > MAX_REASON_BYTES:
-            raise StoreError(f"{self.path}: bad trailer (block size {block_size}, "
-                             f"reason {reason_length} bytes)")
-        if block_count != -(-original_size // block_size):
-            raise StoreError(f"{self.path}: {block_count} blocks cannot hold {original_size} bytes")
-        entry_size = (BLOCK_ENTRY if version == FORMAT_VERSION else BLOCK_ENTRY_V1).size
-        body_size = block_count * entry_size + reason_length
-        if frame_end + SKIPPABLE_HEADER.size + body_size + TRAILER.size != file_size:
-            raise StoreError(f"{self.path}: index size does not match the file size {file_size}")
-        skip = self._read_exact(frame_end, SKIPPABLE_HEADER.size + body_size, "index")
-        skip_magic, payload_size = SKIPPABLE_HEADER.unpack_from(skip)
-        if skip_magic != SKIPPABLE_MAGIC or payload_size != body_size + TRAILER.size:
-            raise StoreError(f"{self.path}: bad skippable frame header at {frame_end:#x}")
-        body = skip[SKIPPABLE_HEADER.size:]
-        if zlib.crc32(tail[:-4], zlib.crc32(body)) != crc:
-            raise StoreError(f"{self.path}: block index checksum mismatch")
-        self._check_header(block_size)
-        entries = body[:block_count * entry_size]
-        blocks = _entries_v2(entries) if version == FORMAT_VERSION else _entries_v1(entries)
-        self._blocks = self._check_entries(blocks, frame_end, block_size, original_size)
-        self._block_size = int(block_size)
-        self._original_size = int(original_size)
-        reason = body[block_count * entry_size:].decode("utf-8", "replace")
-        self._truncated = reason if flags & TRAILER_FLAG_TRUNCATED else None
-
-    def _check_header(self, block_size: int) -> None:
-        expected = frame_header(block_size)
-        if self._read_exact(0, len(expected), "frame header") != expected:
-            raise StoreError(f"{self.path}: LZ4 frame header is not the one we write")
-
-    def _check_entries(self, entries: list[tuple[int | None, int, int, int]], frame_end: int,
-                       block_size: int, original_size: int) -> list[_Block]:
-        """Blocks from (offset or None, stored_length, crc, kind) entries, each checked
-        against the chain of sizes from the frame header to the EndMark."""
-        blocks = []
-        expected_offset = len(frame_header(block_size))
-        for number, (offset, length, crc, kind_value) in enumerate(entries):
-            block = _Block(expected_offset if offset is None else offset, length, crc,
-                           _block_kind(kind_value, self.path))
-            raw_length = min(block_size, original_size - number * block_size)
-            if block.offset != expected_offset or block.stored_length > block_size or (
-                    block.kind is BlockKind.RAW and block.stored_length != raw_length):
-                raise StoreError(f"{self.path}: block {number} entry is inconsistent "
-                                 f"(offset {block.offset:#x}, length {block.stored_length})")
-            expected_offset += BLOCK_WORD.size + block.stored_length
-            blocks.append(block)
-        if expected_offset + BLOCK_WORD.size != frame_end:
-            raise StoreError(f"{self.path}: blocks end at {expected_offset:#x}, "
-                             f"frame ends at {frame_end:#x}")
-        return blocks
-
-    def _block(self, index: int) -> bytes:
-        cached = self._cache.get(index)
-        if cached is not None:
-            self._cache.move_to_end(index)
-            return cached
-        data = self._decode(index)
-        self._cache[index] = data
-        if len(self._cache) > self._cache_blocks:
-            self._cache.popitem(last=False)
-        return data
-
-    def _decode(self, index: int) -> bytes:
-        block = self._blocks[index]
-        raw_length = min(self._block_size, self._original_size - index * self._block_size)
-        if block.kind is BlockKind.ZERO:
-            return bytes(raw_length)
-        stored = self._read_exact(block.offset, BLOCK_WORD.size + block.stored_length,
-                                  f"block {index}")
-        word = BLOCK_WORD.unpack_from(stored)[0]
-        expected_word = block.stored_length | (RAW_BLOCK_FLAG if block.kind is BlockKind.RAW else 0)
-        payload = stored[BLOCK_WORD.size:]
-        if word != expected_word or zlib.crc32(payload) != block.crc:
-            raise StoreError(f"{self.path}: block {index} at {block.offset:#x} is corrupt")
-        if block.kind is BlockKind.RAW:
-            return payload
-        try:
-            data = bytes(lz4.block.decompress(payload, uncompressed_size=raw_length))
-        except lz4.block.LZ4BlockError as err:
-            raise StoreError(f"{self.path}: block {index} does not decompress: {err}") from err
-        if len(data) != raw_length:
-            raise StoreError(f"{self.path}: block {index} gives {len(data)} bytes, "
-                             f"expected {raw_length}")
-        return data
-
-
-def _entries_v1(body: bytes) -> list[tuple[int | None, int, int, int]]:
-    return [(offset, length, crc, kind)
-            for offset, length, crc, kind in BLOCK_ENTRY_V1.iter_unpack(body)]
-
-
-def _entries_v2(body: bytes) -> list[tuple[int | None, int, int, int]]:
-    entries: list[tuple[int | None, int, int, int]] = []
-    for word, crc in BLOCK_ENTRY.iter_unpack(body):
-        flags = word & ~LENGTH_MASK
-        kind = {0: BlockKind.COMPRESSED, RAW_BLOCK_FLAG: BlockKind.RAW,
-                ZERO_BLOCK_FLAG: BlockKind.ZERO}.get(flags, -1)
-        entries.append((None, word & LENGTH_MASK, crc, kind))
-    return entries
-
-
-def _block_kind(value: int, path: str) -> BlockKind:
-    try:
-        return BlockKind(value)
-    except ValueError as err:
-        raise StoreError(f"{path}: unknown block kind {value}") from err
 
 
 def open_core_source(path: str) -> ByteSource:
