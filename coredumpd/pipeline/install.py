@@ -62,7 +62,7 @@ def _write(path: str, value: str) -> None:
 
 
 def _save(saved_path: str, values: dict[str, str]) -> None:
-    os.makedirs(os.path.dirname(saved_path), mode=0o755, exist_ok=True)
+    os.makedirs(os.path.dirname(saved_path), mode=0o750, exist_ok=True)  # the store's mode
     temp = f"{saved_path}.tmp{os.getpid()}"
     with open(temp, "w", encoding="utf-8") as handle:
         json.dump(values, handle)
