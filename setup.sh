@@ -40,7 +40,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 log "installing coredumpd and its Python dependencies"
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
 
 log "installing the man pages"
 for page in man/*.[0-9]; do
