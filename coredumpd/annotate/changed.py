@@ -30,8 +30,10 @@ def changed_modules(ctx: AnalysisContext, *, in_place: bool) -> list[Module]:
     for module in ctx.space.modules:
         if module.is_vdso or module.path.startswith(IGNORED_PREFIXES) or not is_elf(ctx, module):
             continue
-        if in_place and module.modified_in_place or not in_place and (module.deleted or module.replaced) \
-                and not module.modified_in_place:
+        if module.modified_in_place:
+            if in_place and modified_after_start(ctx, module):
+                found.append(module)
+        elif not in_place and (module.deleted or module.replaced):
             found.append(module)
     return found
 

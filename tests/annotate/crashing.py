@@ -99,6 +99,7 @@ def _through_handler(argv: Sequence[str], tmp_path: pathlib.Path, pidfile: str |
         row = handler.crash(list(argv), pidfile=pidfile, cwd=cwd)
     analysis, facts = _json(row.get("analysis")), _json(row.get("facts"))
     assert analysis, f"no analysis in the index row: {row}"
+
     return Crash(analysis, facts, "handler", row, row.get("core_path"))
 
 

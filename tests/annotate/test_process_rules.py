@@ -57,3 +57,23 @@ def test_ordinary_process_is_neither(segv_core):
     for facts in ({}, _facts(4242, [4242])):
         ids = _ids(segv_core.reanalyze(facts))
         assert "init-crash" not in ids and "pid1-signal-semantics" not in ids
+
+
+def _file_facts(exe, start_us, mtime_us):
+    stat = {"dev": 65024, "inode": 77, "size": 100, "mtime_ns": mtime_us * 1000,
+            "ctime_ns": mtime_us * 1000}
+    return {"version": 1, "args": {"pid": 4242},
+            "proc": {"start_time_us": start_us, "files": {exe: {"mapped": stat, "now": stat}}}}
+
+
+def test_modified_in_place_needs_mtime_clearly_after_start(segv_core):
+    """A program built and started at once must not be called "modified in place": the
+    start time is known to a clock tick only (seen: mtime 2.6 ms after the tick)."""
+    exe = next(m["path"] for m in segv_core.analysis["modules"] if m["path"].endswith("null_deref"))
+    start = 1_795_000_000_000_000
+    assert "library-modified-in-place" not in _ids(
+        segv_core.reanalyze(_file_facts(exe, start, start + 2_654)))
+    result = segv_core.reanalyze(_file_facts(exe, start, start + 5_000_000))
+    assert "library-modified-in-place" in _ids(result)
+    annotation = next(a for a in result["annotations"] if a["id"] == "library-modified-in-place")
+    assert annotation["confidence"] == "high"  # the crashing frames are in that file
