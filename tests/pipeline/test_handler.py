@@ -71,6 +71,10 @@ def test_stored_core_equals_raw_core(tmp_path, kind):
         with registered_handler(tmp_path, rate_limit_burst=1000) as handler:
             status = S.run_as_kernel(raw, S.kernel_args(stand_in.pid), handler.config_path)
             row = handler.wait_row(stand_in.pid, timeout=300)
+            dumped = tmp_path / "dumped"  # corectl dump gives the raw bytes back too
+            corectl = os.path.join(os.path.dirname(S.HANDLER), "corectl")
+            subprocess.run([corectl, "--config", handler.config_path, "dump", row["id"], "-o",
+                            str(dumped)], check=True, capture_output=True)
     finally:
         stand_in.kill()
         stand_in.wait()
@@ -80,6 +84,7 @@ def test_stored_core_equals_raw_core(tmp_path, kind):
     assert os.path.basename(row["core_path"]).startswith(f"core.stand-in.0.{row['boot_id']}.")
     assert os.stat(row["core_path"]).st_mode & 0o777 == 0o640
     _assert_same_bytes(row["core_path"], raw)
+    assert dumped.read_bytes() == raw.read_bytes()
     facts = row["facts"]
     if kind == "threads":
         assert len(facts["stream"]["threads"]) == 4
