@@ -81,10 +81,13 @@ def build(name: str, out_dir: str | os.PathLike[str]) -> str:
 
 
 def crash(argv: Sequence[str], tmp_path: pathlib.Path, *, pidfile: str | None = None,
-          need_facts: bool = False, cwd: str | None = None) -> Crash:
-    """Run ``argv`` until it (or the process named in ``pidfile``) dumps core; analyse it."""
+          need_facts: bool = False, cwd: str | None = None, raw: bool = False) -> Crash:
+    """Run ``argv`` until it (or the process named in ``pidfile``) dumps core; analyse it.
+
+    ``raw``: always save the raw ELF core (``core_path``) with a ``cat`` pattern.
+    """
     tmp_path.mkdir(parents=True, exist_ok=True)
-    if handler_available():
+    if handler_available() and not raw:
         return _through_handler(argv, tmp_path, pidfile, cwd)
     if need_facts:
         pytest.skip("needs dump-time facts from the coredumpd handler, which cannot run end to "

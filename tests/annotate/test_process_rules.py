@@ -77,3 +77,26 @@ def test_modified_in_place_needs_mtime_clearly_after_start(segv_core):
     assert "library-modified-in-place" in _ids(result)
     annotation = next(a for a in result["annotations"] if a["id"] == "library-modified-in-place")
     assert annotation["confidence"] == "high"  # the crashing frames are in that file
+
+
+def test_init_crash_through_the_handler_as_the_kernel_runs_it(program, tmp_path):
+    """incidents/systemd-pid1-segv-coredump.txt: the handler, started as the kernel starts
+    it for PID 1 (%P = 1, fds 1 and 2 closed, empty environment), stores, analyses and
+    says init-crash."""
+    from tests.annotate.crashing import handler_available
+    if not handler_available():
+        pytest.skip("the coredumpd handler cannot run end to end yet")
+    import json
+
+    from tests.pipeline import handler_support as S
+    from tests.support.crash import registered_handler
+    raw = crash([program("null_deref")], tmp_path / "raw", raw=True).core_path
+    with registered_handler(tmp_path) as handler:
+        S.run_as_kernel(raw, S.kernel_args(1), handler.config_path, timeout=60)
+        row = handler.wait_row(1, timeout=60)
+    analysis = row["analysis"] if isinstance(row["analysis"], dict) else json.loads(row["analysis"])
+    assert _ids(analysis) == ["init-crash", "null-deref"]
+    evidence = "\n".join(next(a for a in analysis["annotations"]
+                              if a["id"] == "init-crash")["evidence"])
+    assert "was the global PID 1 (%P = 1" in evidence
+    assert "stored and indexed this core itself" in evidence
