@@ -27,9 +27,9 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     lines = [(f"{fault.name} was sent with {fault.code_name} by pid {fault.sender_pid}, "
              f"uid {fault.sender_uid}")]
     sender = E.fact(ctx, "sender")
-    if isinstance(sender, dict) and sender.get("pid") in (fault.sender_pid, None) and (
-            sender.get("comm") or sender.get("exe") or sender.get("cmdline")):
-        lines.append(_sender_line(sender))
+    if isinstance(sender, dict) and (sender.get("comm") or sender.get("exe")
+                                     or sender.get("cmdline")):
+        lines.append(_sender_line(sender, fault.sender_pid))
     elif fault.sender_pid == 0:
         lines.append("pid 0: sent by the kernel or from another PID namespace")
     else:
@@ -45,9 +45,12 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     )]
 
 
-def _sender_line(sender: dict[str, object]) -> str:
+def _sender_line(sender: dict[str, object], si_pid: int) -> str:
+    """The handler's record of the sender; its pid may be the host's view of si_pid."""
     cmdline = sender.get("cmdline")
     command = " ".join(map(str, cmdline)) if isinstance(cmdline, list) else None
-    return (f"sender: {sender.get('comm') or '?'} ({sender.get('exe') or 'exe unknown'})"
+    pid = sender.get("pid")
+    host = f" (pid {pid} on the host)" if isinstance(pid, int) and pid != si_pid else ""
+    return (f"sender{host}: {sender.get('comm') or '?'} ({sender.get('exe') or 'exe unknown'})"
             + (f", command line {command!r}" if command else "")
             + (f", uid {sender['uid']}" if sender.get("uid") is not None else ""))

@@ -56,7 +56,8 @@ def _stack_of(ctx: AnalysisContext, sp: int,
               address: int | None) -> tuple[Mapping, str] | None:
     """(the overflowed stack mapping, why) or None when the fault is not an overflow."""
     above = _mapping_above(ctx, address if address is not None else sp)
-    if ctx.space.mapping_at(sp) is None and above is not None and above.start - sp <= NEAR_SP:
+    if ctx.space.mapping_at(sp) is None and above is not None and above.start - sp <= NEAR_SP \
+            and above.writable and (above.path is None or above.path == "[stack]"):
         return above, (f"rsp {sp:#x} is outside every mapping, {above.start - sp:#x} bytes " \
                       f"below the stack mapping")
     if address is None or above is None or abs(sp - address) > NEAR_SP:
