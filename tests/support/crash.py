@@ -27,10 +27,14 @@ fields of :class:`coredumpd.config.Config`, e.g. ``storage="none"``,
   script, absolute path, ``--config`` the file above) — the shared lock is
   held only while the program runs — then waits for its index row (and, with
   ``wait_analysis``, for ``analysis_state`` to leave ``pending``) and returns
-  the row as a dict (CrashRecord fields).  ``argv[0]`` must be a path.  For a
+  the row as a dict (CrashRecord fields; ``facts``, ``analysis`` and
+  ``path_taken`` are dicts, empty text columns are ``""``).  ``argv[0]`` must
+  be a path.  For a
   program that crashes a child rather than itself, ``pidfile`` names a file
   where the program writes the crashing PID (else the direct child's PID is
   looked up).
+- ``wait_row(pid, wait_analysis=True, timeout=60)``: the same wait, for a
+  crash you caused yourself (e.g. with ``core_pattern(handler.pattern)``).
 - ``config`` (the loaded Config), ``config_path``, ``directory``, ``index``
   (a :class:`coredumpd.store.index.Index` on the store), ``pattern``.
 
