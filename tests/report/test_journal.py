@@ -72,7 +72,8 @@ def test_entry_read_back_from_real_journald(size):
     entry = None
     for _ in range(100):
         out = subprocess.run(["journalctl", "-o", "json", "--no-pager", "--all",
-                              f"COREDUMPD_TEST_MARKER={marker}"], capture_output=True, text=True)
+                              f"COREDUMPD_TEST_MARKER={marker}"], check=False,
+                             capture_output=True, text=True)
         if out.stdout.strip():
             entry = json.loads(out.stdout.splitlines()[-1])
             break
