@@ -12,10 +12,10 @@ from tests.annotate.crashing import PROGRAMS, crash, crash_prepared, handler_ava
 pytestmark = pytest.mark.kernel
 
 
-def _run_daemon(scenario, tmp_path, *build_args):
+def _run_daemon(scenario, tmp_path, *build_args, run_args=()):
     out = scenario("versions", *build_args)
-    result = crash(["/bin/sh", str(PROGRAMS / "versions" / "run.sh"), str(out)], tmp_path,
-                   pidfile=str(out / "daemon.pid"))
+    result = crash(["/bin/sh", str(PROGRAMS / "versions" / "run.sh"), str(out), *run_args],
+                   tmp_path, pidfile=str(out / "daemon.pid"))
     return out, result
 
 
@@ -45,6 +45,15 @@ def test_symbol_version_miss_private_symbol(scenario, tmp_path):
     assert "bar: bar@FOO_PRIVATE — has it" in evidence
     if result.via == "handler":
         assert "bar: not defined — LACKS it" in evidence
+
+
+def test_loader_error_without_an_upgrade_is_not_symbol_version_miss(scenario, tmp_path):
+    """The same loader error, but libfoo was never replaced: neither copy has the version
+    (a plugin built against another libfoo), so this is not the upgrade race."""
+    _out, result = _run_daemon(scenario, tmp_path, run_args=("keep",))
+    assert result.analysis["signal"]["name"] == "SIGABRT"
+    assert "symbol-version-miss" not in result.ids
+    assert "library-replaced" not in result.ids
 
 
 def _run_worker(scenario, tmp_path):
