@@ -123,11 +123,6 @@ def module_of(ctx: AnalysisContext, address: int) -> Module | None:
     return ctx.space.module_at(address)
 
 
-def frame_names(thread: ThreadTrace) -> list[str | None]:
-    """Plain symbol name of each frame (None where unknown)."""
-    return [symbol.name for symbol in thread.symbols]
-
-
 def is_libc(module: Module | None) -> bool:
     return module is not None and module.name.startswith("libc.so")
 
