@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from coredumpd.annotate.context import AnalysisContext, ThreadTrace
+from coredumpd.annotate.context import AnalysisContext
 from coredumpd.annotate.insn import DecodedInstruction, decode_one
 from coredumpd.elf import layouts as L
 from coredumpd.errors import CoredumpdError
