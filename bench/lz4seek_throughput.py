@@ -2,10 +2,13 @@
 """Throughput of the seekable lz4 writer against `cat >/dev/null` and `lz4 -1`.
 
 Each contender is a separate process reading a pipe, as a core_pattern handler
-reads the kernel's; a forked feeder writes the same in-memory data (default
-1 GiB: 25% zero pages, 25% random, 50% text) into the pipe.  Prints, per
-contender, the wall time until its exit, MB/s, the stored size and the peak
-RSS (ru_maxrss of the child).  Not a test: figures only.
+reads the kernel's; this process writes the same in-memory data (default 1 GiB:
+25% zero pages, 25% random, 50% text from the system's headers and docs) into
+the pipe.  Prints, per contender, the wall time until its exit, MB/s and the
+stored size against ``lz4 -1``; for our writer (with and without a spill file)
+also the time until the pipe was drained and stdin closed (when the kernel would
+reap the crashed process; includes importing the module), the peak RSS (VmHWM)
+and how much went through the spill file.  Not a test: figures only.
 
     .venv/bin/python bench/lz4seek_throughput.py [--size 1G] [--layout pages|runs]
 """
@@ -98,7 +101,7 @@ def run_contender(argv: list[str], data: bytearray, stdout_path: str | None,
         fcntl.fcntl(write_end, F_SETPIPE_SZ, pipe_size)
     out: object = subprocess.PIPE if capture else subprocess.DEVNULL
     if stdout_path:
-        out = open(stdout_path, "wb")
+        out = open(stdout_path, "wb")  # noqa: SIM115 (closed after the child exits)
     start = time.perf_counter()
     child = subprocess.Popen(argv, stdin=read_end, stdout=out)  # type: ignore[call-overload]
     os.close(read_end)
