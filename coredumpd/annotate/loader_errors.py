@@ -16,6 +16,7 @@ segments, bounded by ``MAX_SCAN`` bytes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 from coredumpd.elf import layouts as L
@@ -54,8 +55,13 @@ class LoaderError:
     requirer: str | None  # the object that needs it, when named
 
 
-def find_loader_errors(core: Core) -> list[LoaderError]:
+@functools.lru_cache(maxsize=2)  # two rules ask about the same core
+def find_loader_errors(core: Core) -> tuple[LoaderError, ...]:
     """Distinct loader version errors in the dumped writable memory of ``core``."""
+    return tuple(_find(core))
+
+
+def _find(core: Core) -> list[LoaderError]:
     found: dict[str, LoaderError] = {}
     budget = MAX_SCAN
     for segment in core.segments:

@@ -29,6 +29,8 @@ def test_symbol_version_miss_new_version(scenario, tmp_path):
     assert "copy on disk now" in evidence and "FOO_PRIVATE — has it" in evidence
     assert "library-replaced" in result.ids
     assert str(out / "libfoo.so.1") in result.evidence("library-replaced")
+    assert "named by the loader error in memory" in result.evidence("library-replaced")
+    assert result.annotation("library-replaced")["confidence"] == "high"
     if result.via == "handler":  # the mapped copy's versions were read at dump time
         assert "LACKS it" in evidence and "plugin.so version-needs" in evidence
         assert result.annotation("symbol-version-miss")["confidence"] == "high"

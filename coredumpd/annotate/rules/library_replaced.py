@@ -10,8 +10,11 @@ loads a consistent set; a reload does not.
 
 from __future__ import annotations
 
+import os
+
 from coredumpd.annotate import changed as C
 from coredumpd.annotate.context import AnalysisContext, Annotation
+from coredumpd.annotate.loader_errors import find_loader_errors
 from coredumpd.unwind.types import Module
 
 RULE_ID = "library-replaced"
@@ -31,6 +34,10 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         if frames:
             involved = True
             lines.append(f"{module.path}: crashed thread frames in it: {', '.join(frames[:6])}")
+        named = _named_by_loader_error(ctx, module)
+        if named:
+            involved = True
+            lines.append(f"{module.path}: named by the loader error in memory: \"{named}\"")
     if len(modules) > MAX_LISTED:
         lines.append(f"… and {len(modules) - MAX_LISTED} more")
     names = ", ".join(module.name for module in modules[:3])
@@ -44,6 +51,17 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         "plugins mixes old and new libraries); after upgrades, restart every process that "
         "maps a deleted file (needrestart, checkrestart, 'lsof | grep DEL').",
     )]
+
+
+def _named_by_loader_error(ctx: AnalysisContext, module: Module) -> str | None:
+    """A dynamic-loader error in the core that names this module (a failed dlopen)."""
+    if ctx.core is None:
+        return None
+    for error in find_loader_errors(ctx.core):
+        names = {error.provider, error.requirer}
+        if module.path in names or module.name in {os.path.basename(n or "") for n in names}:
+            return error.text
+    return None
 
 
 def _state(ctx: AnalysisContext, module: Module) -> str:

@@ -41,7 +41,7 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     return found
 
 
-def _distinct(errors: list[LoaderError]) -> list[LoaderError]:
+def _distinct(errors: tuple[LoaderError, ...]) -> list[LoaderError]:
     """One error per (symbol, version): the exception text and dlerror()'s copy are one."""
     best: dict[tuple[str | None, str], LoaderError] = {}
     for error in errors:
