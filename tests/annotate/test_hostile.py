@@ -55,7 +55,7 @@ def test_message_across_a_chunk_boundary_is_found_once():
 
 
 def test_read_only_memory_is_not_scanned_and_unterminated_text_is_bounded():
-    assert _errors(b"\0" + GLIBC_INCIDENT + b"\0", flags=int(L.PF.R)) == []
+    assert not _errors(b"\0" + GLIBC_INCIDENT + b"\0", flags=int(L.PF.R))
     (error,) = _errors(b"A" * 5000 + GLIBC_INCIDENT + b"B" * 5000)
     assert len(error.text) < 3 * 1024
 
