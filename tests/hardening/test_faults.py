@@ -248,3 +248,18 @@ def test_pid_reuse_is_detected(tmp_path, mode):
         assert facts["pidfd_check"]["verified"] is False
         assert not facts["proc"], "facts of a process the kernel did not mean"
         assert any("not the crashed process" in p for p in facts["problems"])
+
+
+@pytest.mark.kernel
+def test_rate_limit_holds_when_the_crashes_come_at_once(tmp_path):
+    """Six crashes of one executable at the same moment, RateLimitBurst=2:
+    exactly two cores kept, four rows that say why not (a crash loop is when
+    the limit matters; counting before the others are indexed would let all in)."""
+    from tests.hardening.storm import run_storm
+
+    result = run_storm(tmp_path, count=6, large=0, rate_limit_burst=2,
+                       rate_limit_interval="1h")
+    assert result.crashed == 6 and result.rows == 6
+    assert result.lost == [] and result.duplicated == []
+    assert result.stored == 2, result.bad
+    assert len(result.bad) == 4 and all("rate limited" in bad for bad in result.bad)
