@@ -56,7 +56,10 @@ def test_rate_limit_keeps_metadata_and_backtrace(tmp_path):
     program = compile_c(NULL_DEREF, tmp_path, name="ratelimited")
     config = store_config(tmp_path, str(tmp_path / "store"), rate_limit_burst=2,
                           rate_limit_interval="1h")
-    pids = [crash_under(handler_pattern(config), [program])[0] for _ in range(4)]
+    pids = []
+    for _ in range(4):  # one after the other (at once: the test below)
+        pids.append(crash_under(handler_pattern(config), [program])[0])
+        rows_for(config, pids[-1], timeout=60)
     rows = [rows_for(config, pid, timeout=120, analysed=True) for pid in pids]
     assert [len(found) for found in rows] == [1, 1, 1, 1]
     states = [found[0]["core_state"] for found in rows]

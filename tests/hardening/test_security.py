@@ -155,7 +155,7 @@ def test_hostile_process_name_is_escaped_in_corectl_output(tmp_path, monkeypatch
     name = "ev\x1b[2Jil\x07"
     program = compile_c(NULL_DEREF, tmp_path, name=name)
     config, _ = store_config(tmp_path)
-    pid, _, _ = crash_under(handler_pattern(config), [program])
+    pid, _, _ = crash_under(handler_pattern(config), [program, "\x1b]0;pwned\x07", "a\x9bb"])
     rows_for(config, pid)
     from coredumpd.cli import corectl
 
@@ -166,8 +166,9 @@ def test_hostile_process_name_is_escaped_in_corectl_output(tmp_path, monkeypatch
         monkeypatch.setattr(sys, "stdout", buffer)
         status = corectl.main(["--config", config, *argv], env={})
         outputs.append((status, buffer.getvalue()))
-    for status, text in outputs:
+    for status, text in outputs[:2]:
         assert status == 0
-        assert "\x1b" not in text and "\x07" not in text
+        assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text
+    assert "pwned" in outputs[1][1]  # the argument is shown, escaped
     assert "ev" in outputs[0][1]
     assert json.loads(outputs[2][1])[0]["comm"].startswith("ev\x1b")  # JSON keeps the truth
