@@ -9,8 +9,11 @@ dies) to the parent's reading after waitpid(), under three handlers:
 
 - discard: ``/bin/sh -c /bin/cat>/dev/null`` — the floor (the kernel's own work);
 - lz4 -1:  ``/usr/bin/lz4 -1 -q -f stdin DIR/core.%P.lz4``;
-- coredumpd: the venv's handler (Analysis=no, so that no analysis competes with
-  the next run; the analysis runs detached after the reap anyway).
+- coredumpd: the launcher ``coredumpd install`` writes (``python -I -S``,
+  coredumpd.pipeline.install.write_launcher), here in the bench's directory
+  (Analysis=no, so that no analysis competes with the next run; the analysis
+  runs detached after the reap anyway); ``--console-script`` measures the
+  venv's pip-generated ``coredumpd`` instead.
 
 coredumpd's peak RSS and timings come from the index row (the handler records
 its getrusage() there when the store holds a ``.record-rusage`` file).  Each
@@ -35,6 +38,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from coredumpd.pipeline.install import build_pattern, write_launcher
 from tests.support.crash import compile_c, registered_handler
 from tests.support.kernel import core_pattern
 
@@ -82,14 +86,17 @@ def bench_lz4(exe: str, mib: int, runs: int, work: pathlib.Path) -> tuple[list[f
     return latencies, size
 
 
-def bench_coredumpd(exe: str, mib: int, runs: int,
-                    work: pathlib.Path) -> tuple[list[float], list[dict[str, object]]]:
+def bench_coredumpd(exe: str, mib: int, runs: int, work: pathlib.Path,
+                    launcher: str | None) -> tuple[list[float], list[dict[str, object]]]:
     latencies, rows = [], []
     with registered_handler(work, directory=str(work / "store"), analysis=False,
                             rate_limit_burst=100000, journal=False) as handler:
         pathlib.Path(handler.directory, ".record-rusage").touch()
+        pattern = handler.pattern
+        if launcher is not None:
+            pattern = build_pattern(launcher, handler.config_path)
         for _ in range(runs):
-            pid, latency = crash_once(exe, mib, handler.pattern, str(work / "ts"))
+            pid, latency = crash_once(exe, mib, pattern, str(work / "ts"))
             latencies.append(latency)
             row = handler.wait_row(pid, wait_analysis=False, timeout=300)
             deadline = time.monotonic() + 60
@@ -112,14 +119,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--console-script", action="store_true",
+                        help="register the venv's console script instead of the launcher")
     options = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="reap", dir="/var/tmp"))
     exe = compile_c(str(REPO / "bench" / "reap_crasher.c"), work, flags=("-O2",))
+    launcher = None if options.console_script else write_launcher(str(work / "bin"))
     table = []
     for label, mib in (("tiny", 0), (f"{options.big_mib} MiB", options.big_mib)):
         discard = bench_discard(exe, mib, options.runs, work)
         lz4, lz4_size = bench_lz4(exe, mib, options.runs, work)
-        ours, rows = bench_coredumpd(exe, mib, options.runs, work)
+        ours, rows = bench_coredumpd(exe, mib, options.runs, work, launcher)
         usage = [(r.get("facts") or {}).get("handler_rusage", {}) for r in rows]
         rss = max((u.get("maxrss_kib", 0) for u in usage), default=0)
         held = statistics.median([u.get("held_ms", 0.0) for u in usage] or [0.0])

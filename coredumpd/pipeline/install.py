@@ -8,6 +8,13 @@ longer pattern or a path with a space is refused before anything changes.
 ``core_pipe_limit`` must be > 0 so that /proc/PID survives until the handler
 closes the pipe (FACTS.md); 16 is systemd's value.  The values found are saved
 (JSON) and restored by ``uninstall``.
+
+The registered ``coredumpd`` is a launcher written by ``install``
+(:data:`LAUNCHER_DIR`): the same entry point as the console script, but started
+with ``python -I -S`` and the package's paths baked in.  The crashed process
+waits for the interpreter to start, and ``site`` alone — with an editable
+install's path finder (pathlib, urllib, ipaddress...) — measured 50-100 ms of
+a 90 ms tiny-core reap here, against 15 ms for ``python -I -S``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,15 @@ from coredumpd.ingest.args import PATTERN_ARGS
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 CORE_PIPE_LIMIT = "/proc/sys/kernel/core_pipe_limit"
 SAVED_PATH = "/var/lib/coredumpd/saved-sysctl"
+LAUNCHER_DIR = "/usr/local/lib/coredumpd"
+LAUNCHER = """#!{python} -IS
+# Written by `coredumpd install`: the kernel's core_pattern handler, started
+# without site (-S) and isolated (-I); the paths below were current at install.
+import sys
+sys.path[:0] = {paths!r}
+from coredumpd.pipeline.main import main
+sys.exit(main())
+"""
 PATTERN_MAX = 127
 PIPE_LIMIT = 16
 
@@ -32,6 +48,35 @@ def handler_path() -> str:
     if os.path.basename(argv0) == "coredumpd" and os.access(argv0, os.X_OK):
         return argv0
     return os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "coredumpd")
+
+
+def launcher_paths() -> list[str]:
+    """Where the package and its dependencies are: what ``site`` would have added."""
+    import site
+
+    import coredumpd
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(coredumpd.__file__)))
+    paths = [package_root]
+    for directory in site.getsitepackages():
+        if directory not in paths:
+            paths.append(directory)
+    return paths
+
+
+def write_launcher(directory: str = LAUNCHER_DIR) -> str:
+    """Write ``DIRECTORY/coredumpd`` (root-owned, 0755, replaced atomically); its path."""
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    info = os.stat(directory)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise ConfigError(f"{directory} must be owned by us and not writable by others")
+    path = os.path.join(directory, "coredumpd")
+    temp = f"{path}.tmp{os.getpid()}"
+    python = os.path.realpath(sys.executable) if " " in sys.executable else sys.executable
+    with open(temp, "w", encoding="utf-8") as handle:
+        handle.write(LAUNCHER.format(python=python, paths=launcher_paths()))
+    os.chmod(temp, 0o755)
+    os.replace(temp, path)
+    return path
 
 
 def build_pattern(handler: str, config_path: str | None = None) -> str:
@@ -72,11 +117,17 @@ def _save(saved_path: str, values: dict[str, str]) -> None:
 
 
 def install(config_path: str | None = None, saved_path: str = SAVED_PATH,
-            handler: str | None = None) -> str:
-    """Register the handler; returns the pattern written.  Changes nothing on error."""
+            handler: str | None = None, launcher_dir: str = LAUNCHER_DIR) -> str:
+    """Register the handler (by default a fresh launcher in ``launcher_dir``);
+    returns the pattern written.  Changes nothing in the kernel on error."""
     if config_path is not None and not os.path.isfile(config_path):
         raise ConfigError(f"configuration file {config_path} does not exist")
-    handler = handler or handler_path()
+    build_pattern(handler or os.path.join(launcher_dir, "coredumpd"), config_path)  # fits?
+    if handler is None:
+        try:
+            handler = write_launcher(launcher_dir)
+        except OSError as err:
+            raise ConfigError(f"cannot write the launcher in {launcher_dir}: {err}") from err
     pattern = build_pattern(handler, config_path)
     try:
         current = {"core_pattern": _read(CORE_PATTERN), "core_pipe_limit": _read(CORE_PIPE_LIMIT)}

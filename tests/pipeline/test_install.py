@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -69,3 +71,23 @@ def test_cli_refuses_long_pattern_and_changes_nothing(tmp_path):
 def test_uninstall_without_saved_values(tmp_path):
     with pytest.raises(ConfigError, match="nothing to restore"):
         install.uninstall(saved_path=str(tmp_path / "none"))
+
+
+def test_launcher_starts_the_handler_without_site(tmp_path):
+    launcher = install.write_launcher(str(tmp_path / "bin"))
+    assert os.stat(launcher).st_mode & 0o777 == 0o755
+    with open(launcher) as handle:
+        assert handle.readline().rstrip().endswith(" -IS")
+    code = ("from coredumpd.pipeline import main; "
+            "print(sys.flags.no_site, sys.flags.isolated, 'site' in sys.modules)")
+    out = subprocess.run([launcher, "install", "--help"], env={}, cwd="/", check=True,
+                         capture_output=True, text=True)
+    assert "--config FILE" in out.stdout
+    text = pathlib.Path(launcher).read_text().replace("from coredumpd.pipeline.main import main\n"
+                                                      "sys.exit(main())\n", code + "\n")
+    probe = tmp_path / "probe"
+    probe.write_text(text)
+    probe.chmod(0o755)
+    flags = subprocess.run([str(probe)], env={}, cwd="/", check=True, capture_output=True,
+                           text=True).stdout.strip()
+    assert flags == "1 1 False"  # -S and -I from the shebang; the package found anyway
