@@ -17,6 +17,7 @@ groups repeats.  The ids (stable, CONTRACT.md) and when each fires:
 ``init-crash``              the global PID 1
 ``abort-message``           glibc's ``__abort_msg`` is set: assertion, heap
                             corruption, stack smashing, fortify, other
+``crash-in-allocator``      a fault inside malloc/free/realloc (glibc)
 ``stack-overflow``          fault in a stack guard gap/page near rsp, or rsp
                             just below the stack
 ``bad-jump``                pc not in an executable mapping (fetch fault)

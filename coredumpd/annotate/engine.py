@@ -39,6 +39,7 @@ SPECIFICITY = (
     "pid1-signal-semantics",
     "init-crash",
     "abort-message",
+    "crash-in-allocator",
     "stack-overflow",
     "bad-jump",
     "general-protection",

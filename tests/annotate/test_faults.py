@@ -99,6 +99,15 @@ def test_write_to_read_only(program, tmp_path):
     assert "null-deref" not in result.ids
 
 
+def test_crash_in_allocator(program, tmp_path):
+    result = crash([program("everyday"), "wildfree"], tmp_path)
+    assert result.ids == ["crash-in-allocator"]
+    evidence = result.evidence("crash-in-allocator")
+    assert "#0 free" in evidence and "fault address 0xdead0008" in evidence  # chunk header
+    assert "rdi = 0xdead0010" in evidence  # the pointer given to free()
+    assert "main" in evidence  # the caller
+
+
 def test_sigbus_past_end_of_file(program, tmp_path):
     mapped = tmp_path / "mapped.bin"
     result = crash([program("everyday"), "sigbus", str(mapped)], tmp_path)

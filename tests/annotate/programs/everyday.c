@@ -4,9 +4,11 @@
  *   divzero - integer division by zero: SIGFPE FPE_INTDIV
  *   overflow - INT_MIN / -1: the same SIGFPE FPE_INTDIV, divisor not zero
  *   rodata  - write into a string literal (.rodata, read-only): SIGSEGV SEGV_ACCERR
+ *   wildfree - free() a pointer malloc never returned: SIGSEGV inside free
  */
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -32,5 +34,6 @@ int main(int argc, char **argv) {
     if (!strcmp(what, "divzero")) return divide(argc, argc - 2);
     if (!strcmp(what, "overflow")) return divide(INT_MIN + argc - 2, 1 - argc);
     if (!strcmp(what, "rodata")) { shout((char *)"hello"); return 0; }
+    if (!strcmp(what, "wildfree")) { free((void *)(uintptr_t)0xdead0010u); return 0; }
     return 1;
 }
