@@ -125,11 +125,16 @@ def test_nothing_is_written_to_the_crashers_cwd_or_tmpdir(tmp_path):
     try:
         program = compile_c(NULL_DEREF, binaries, name="cwdcrash")
         config, _ = store_config(tmp_path, analysis=True)
+        before = set(os.listdir("/tmp"))
         pid, _, _ = crash_under(handler_pattern(config), [program], user=USER, cwd=str(home),
                                 env={"TMPDIR": str(scratch), "HOME": str(home)})
         rows_for(config, pid, timeout=120, analysed=True)
         assert list(home.iterdir()) == []
         assert list(scratch.iterdir()) == []
+        # /tmp itself is shared with other test runs: look for what would be ours.
+        new = [name for name in set(os.listdir("/tmp")) - before
+               if str(pid) in name or "cwdcrash" in name or "core" in name.lower()]
+        assert new == []
     finally:
         for path in (home, scratch, binaries):
             shutil.rmtree(path)
