@@ -67,6 +67,8 @@ class StormResult:
     handler_rss_sum_mib: float | None  # sum over all handlers (all ran at once at most)
     lock_held_s: float
     wall_s: float
+    analysis_states: dict[str, int] = dataclasses.field(default_factory=dict)
+    analysis_errors: list[str] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,7 +114,7 @@ def _wait_until_filled(crashers: list[subprocess.Popen[bytes]], large_mib: int) 
 
 def run_storm(workdir: str | os.PathLike[str], count: int = 64, large: int = 4,
               large_mib: int = 192, pipe_limit: int | None = None,
-              **config: Any) -> StormResult:
+              wait_analysis: bool = False, **config: Any) -> StormResult:
     """Crash ``count`` processes at once under the handler; verify what was stored."""
     work = pathlib.Path(workdir)
     store = work / "store"
@@ -142,8 +144,13 @@ def run_storm(workdir: str | os.PathLike[str], count: int = 64, large: int = 4,
                 crasher.kill()
                 crasher.wait()
     pids = [c.pid for c, status in zip(crashers, statuses, strict=True) if status == -11]
-    rows = _wait_rows(config_path, set(pids), timeout=300)
+    rows = _wait_rows(config_path, set(pids), timeout=300, analysed=wait_analysis)
     result = _verify(pids, rows, config_path)
+    for row in rows:
+        state = str(row.get("analysis_state"))
+        result.analysis_states[state] = result.analysis_states.get(state, 0) + 1
+        if state == "failed":
+            result.analysis_errors.append(str(row.get("analysis_error")))
     result.lock_held_s = round(lock_held, 2)
     result.wall_s = round(time.monotonic() - started, 2)
     return result
@@ -184,13 +191,15 @@ def _as_dict(record: Any) -> dict[str, Any]:
     return dict(vars(record))
 
 
-def _wait_rows(config_path: str, pids: set[int], timeout: float) -> list[dict[str, Any]]:
-    """Rows of the storm, once every PID has one (or the timeout passed)."""
+def _wait_rows(config_path: str, pids: set[int], timeout: float,
+               analysed: bool = False) -> list[dict[str, Any]]:
+    """Rows of the storm, once every PID has one (and is analysed, if asked)."""
     deadline = time.monotonic() + timeout
     rows: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         rows = [row for row in _index_rows(config_path) if row.get("pid") in pids]
-        if {row["pid"] for row in rows} >= pids:
+        pending = analysed and any(row.get("analysis_state") == "pending" for row in rows)
+        if {row["pid"] for row in rows} >= pids and not pending:
             time.sleep(1.0)  # a duplicate row, if a bug wrote one, would come now
             return [row for row in _index_rows(config_path) if row.get("pid") in pids]
         time.sleep(0.2)

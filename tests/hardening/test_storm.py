@@ -31,3 +31,11 @@ def test_storm_loses_nothing_and_streams(tmp_path):
     # Each handler streams: its peak RSS stays far below the 192 MiB it stored.
     assert result.handler_max_rss_mib is not None
     assert result.handler_max_rss_mib < LARGE_MIB / 2
+
+
+def test_storm_with_analysis_every_crash_analysed_in_its_sandbox(tmp_path):
+    """16 at once with the analysis on: 16 sandboxes at the same time, all done."""
+    result = run_storm(tmp_path, count=16, large=0, analysis=True, wait_analysis=True)
+    print(result.as_dict())
+    assert (result.crashed, result.stored, result.lost, result.duplicated) == (16, 16, [], [])
+    assert result.analysis_states == {"done": 16}, result.analysis_errors
