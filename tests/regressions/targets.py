@@ -167,7 +167,7 @@ def run_lz4(data: bytes) -> Any:
     """A stored seekable-lz4 core (``corectl analyze`` accepts any user's file)."""
     from coredumpd.elf.core import Core
     from coredumpd.errors import MemoryReadError
-    from coredumpd.store.lz4seek import SeekableLz4Reader
+    from coredumpd.store.lz4reader import SeekableLz4Reader
 
     fd = os.memfd_create("fuzz-lz4", os.MFD_CLOEXEC)
     try:

@@ -1,0 +1,303 @@
+"""The analysis process itself: ``python -I -B -m coredumpd.pipeline.sandbox_child``.
+
+Started by :func:`coredumpd.pipeline.sandbox.run_analysis` (see its module for
+the design): sets its limits, imports the analysis while still root, drops its
+privileges, then receives the core fd and the facts over the socket given as
+``--fd``, runs :func:`coredumpd.analysis.analyze` (or a test hook) and sends the
+result back as JSON.  Nothing from the core is read before the drop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import resource
+import socket
+import sys
+import time
+from typing import Any
+
+from coredumpd.pipeline.sandbox import HEADER, RESULT_MAX, TEST_HOOK_ENV, failed
+
+# <linux/prctl.h>
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_GET_DUMPABLE = 3
+PR_SET_KEEPCAPS = 8
+CLONE_NEWNET = 0x40000000  # <linux/sched.h>
+CAP_DAC_READ_SEARCH = 2  # <linux/capability.h>
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def _prctl(option: int, value: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = int(libc.prctl(option, value, 0, 0, 0))
+    if result < 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}, {value})")
+    return result
+
+
+def _set_limits(memory_max: int, cpu_seconds: int) -> None:
+    """Limits first, while nothing from the core has been read (setrlimit(2)).
+
+    RLIMIT_FSIZE 0: the analysis writes no file (CPython ignores SIGXFSZ, so
+    a write fails with EFBIG).  A new, empty network namespace (unshare(2),
+    needs root): no socket of the analysis reaches any network.
+    """
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _prctl(PR_SET_DUMPABLE, 0)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (memory_max, memory_max))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+
+
+# Standard modules that parsers commonly import lazily (MiniDebugInfo is xz,
+# compressed debug sections are zlib/zstd, build-ids are hashed).
+PRELOAD_STDLIB = ("zlib", "lzma", "bz2", "hashlib", "binascii", "unicodedata", "bisect",
+                  "heapq", "functools", "itertools", "collections", "dataclasses", "enum",
+                  "struct", "mmap", "io", "re", "json", "logging", "traceback", "errno",
+                  "stat", "shutil", "tempfile", "subprocess", "glob", "fnmatch", "difflib",
+                  "pprint", "textwrap", "string", "copy", "weakref", "contextlib", "operator",
+                  "typing", "datetime", "base64", "gzip", "zipfile", "shlex", "locale",
+                  "importlib.resources", "importlib.metadata", "ctypes.util", "typing_extensions")
+
+
+THIRD_PARTY = ("elftools", "capstone", "lz4")  # imported (lazily) by the analysis; not lief (2.5 s)
+
+
+def _preload() -> None:
+    """Import the analysis while we can still read the interpreter's files.
+
+    After the drop, an import of a module not loaded yet fails when the
+    interpreter's directories are root-only (e.g. pyenv under /root), so all
+    of coredumpd and of the parsers it imports inside functions (pyelftools
+    pulls in ``pprint`` from its construct copy) are imported now.
+    """
+    import codecs
+    import importlib
+
+    for name in ("ascii", "latin-1", "utf-8", "utf-16", "utf-32", "idna", "cp437"):
+        codecs.lookup(name)
+    for name in PRELOAD_STDLIB + THIRD_PARTY:
+        try:
+            package = importlib.import_module(name)
+        except ImportError:
+            continue
+        if name in THIRD_PARTY:
+            _import_all(package)
+    _import_all(importlib.import_module("coredumpd"), skip=("coredumpd.cli",))
+
+
+def _import_all(package: Any, skip: tuple[str, ...] = ()) -> None:
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.walk_packages(getattr(package, "__path__", []), package.__name__ + "."):
+        if module.name.startswith(skip) or ".tests" in module.name:
+            continue
+        try:
+            importlib.import_module(module.name)
+        except Exception:  # noqa: BLE001, S110 - a broken module shows up when it is used
+            pass
+
+
+class _CapHeader(ctypes.Structure):  # <linux/capability.h> __user_cap_header_struct
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):  # __user_cap_data_struct (two of them in version 3)
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _keep_only_read_search() -> None:
+    """capset(2): effective = permitted = {CAP_DAC_READ_SEARCH}, nothing else."""
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    data[0].effective = data[0].permitted = 1 << CAP_DAC_READ_SEARCH
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def _drop_privileges(uid: int | None, gid: int | None, read_all: bool) -> None:
+    """Drop to uid/gid; ``read_all`` keeps CAP_DAC_READ_SEARCH alone.
+
+    That is for crashes whose analysis only root will see (root, system uids,
+    changed credentials): the modules of a root-only program can then still be
+    read and symbolized, while writing, signalling, ptrace and the network
+    stay out of reach.  A regular user's crash gets no capability at all.
+    """
+    if uid is not None and gid is not None:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        if read_all:
+            _prctl(PR_SET_KEEPCAPS, 1)
+        os.setresuid(uid, uid, uid)
+        if os.getresuid() != (uid, uid, uid) or os.getgroups():
+            raise OSError("privileges were not dropped")
+        if read_all:
+            _keep_only_read_search()
+            _prctl(PR_SET_KEEPCAPS, 0)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(PR_SET_DUMPABLE, 0)  # setresuid reset it to suid_dumpable; make sure
+
+
+def _receive(sock: socket.socket) -> tuple[dict[str, Any], int]:
+    header, fds, _, _ = socket.recv_fds(sock, HEADER.size, 1)
+    while len(header) < HEADER.size:
+        more = sock.recv(HEADER.size - len(header))
+        if not more:
+            raise EOFError("request header cut short")
+        header += more
+    if len(fds) != 1:
+        raise EOFError("no core fd in the request")
+    (length,) = HEADER.unpack(header)
+    payload = bytearray()
+    while len(payload) < length:
+        more = sock.recv(min(1 << 20, length - len(payload)))
+        if not more:
+            raise EOFError("request cut short")
+        payload += more
+    return json.loads(payload), fds[0]
+
+
+class FdSource:
+    """A ByteSource over an open raw core file descriptor (``os.pread``)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._size = os.fstat(fd).st_size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def pread(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0:
+            raise ValueError(f"negative offset or size: {offset}, {size}")
+        return os.pread(self._fd, size, offset)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+ELF_MAGIC = b"\x7fELF"
+LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"  # lz4 frame format, 0x184D2204 little-endian
+
+
+def open_fd_source(fd: int) -> Any:
+    """A ByteSource over ``fd``: raw ELF core, or our seekable lz4 file."""
+    magic = os.pread(fd, 4, 0)
+    if magic == ELF_MAGIC:
+        return FdSource(fd)
+    if magic == LZ4_FRAME_MAGIC:
+        from coredumpd.store.lz4reader import SeekableLz4Reader
+
+        return SeekableLz4Reader(fd)
+    raise ValueError(f"not an ELF core nor an lz4 file (magic {magic.hex()})")
+
+
+def _analyze_fd(core_fd: int, request: dict[str, Any]) -> dict[str, Any]:
+    from coredumpd.analysis import analyze
+
+    source = open_fd_source(core_fd)
+    try:
+        result: dict[str, Any] = analyze(source, request.get("facts"), request.get("exe"),
+                                         request.get("root") or "/")
+        return result
+    finally:
+        source.close()
+
+
+def _run_hook(hook: str, sock: socket.socket, core_fd: int) -> dict[str, Any] | None:
+    """Misbehave on purpose (tests only, see the module docstring)."""
+    if hook.startswith("orphan:"):  # a grandchild that outlives us, then hang
+        if os.fork() == 0:
+            os.execv("/bin/sleep", ["sleep", hook.partition(":")[2]])
+        hook = "sleep"
+    if hook == "crash":
+        ctypes.string_at(0)  # SIGSEGV in the interpreter, like a lief bug would
+    elif hook == "hang":
+        while True:
+            pass
+    elif hook == "sleep":
+        time.sleep(1e6)
+    elif hook == "oom":
+        hoard = []
+        while True:
+            hoard.append(bytearray(64 << 20))
+    elif hook == "exit":
+        os._exit(3)
+    elif hook == "garbage":
+        sock.sendall(b"{not json")
+        return None
+    elif hook == "big-result":
+        return {"state": "done", "padding": "x" * (RESULT_MAX + 1)}
+    elif hook == "ids":
+        return {"state": "done", "ids": _identity(core_fd)}
+    raise ValueError(f"unknown {TEST_HOOK_ENV}={hook!r}")
+
+
+def _identity(core_fd: int) -> dict[str, Any]:
+    """What the sandbox looks like from inside (for the tests)."""
+    try:
+        os.close(os.open(f"/proc/self/fd/{core_fd}", os.O_RDONLY))
+        reopen = "opened"
+    except OSError as err:
+        reopen = errno.errorcode.get(err.errno or 0, str(err))
+    try:
+        os.listdir("/root")
+        read_root = "yes"
+    except OSError as err:
+        read_root = errno.errorcode.get(err.errno or 0, str(err))
+    try:
+        socket.create_connection(("127.0.0.1", 9), timeout=1).close()
+        network = "connected"
+    except OSError as err:
+        network = errno.errorcode.get(err.errno or 0, str(err))
+    return {"core_magic": os.pread(core_fd, 4, 0).hex(), "reopen_core": reopen,
+            "read_root": read_root, "network": network,
+            "rlimit_fsize": resource.getrlimit(resource.RLIMIT_FSIZE),
+            "resuid": os.getresuid(), "resgid": os.getresgid(), "groups": os.getgroups(),
+            "no_new_privs": _prctl(PR_GET_NO_NEW_PRIVS, 0),
+            "dumpable": _prctl(PR_GET_DUMPABLE, 0),
+            "rlimit_as": resource.getrlimit(resource.RLIMIT_AS),
+            "rlimit_core": resource.getrlimit(resource.RLIMIT_CORE),
+            "rlimit_cpu": resource.getrlimit(resource.RLIMIT_CPU),
+            "pgid_is_pid": os.getpgid(0) == os.getpid(), "cwd": os.getcwd(),
+            "environ": dict(os.environ), "fds": sorted(int(n) for n in os.listdir("/proc/self/fd")),
+            "status": open("/proc/self/status", encoding="ascii").read()}
+
+
+def _child_main(argv: list[str]) -> int:
+    options = dict(zip(argv[0::2], argv[1::2], strict=False))
+    sock = socket.socket(fileno=int(options["--fd"]))
+    _set_limits(int(options["--memory-max"]), int(options["--cpu-seconds"]))
+    _preload()
+    uid = int(options["--uid"]) if "--uid" in options else None
+    gid = int(options["--gid"]) if "--gid" in options else None
+    _drop_privileges(uid, gid, "--read-all" in argv)
+    request, core_fd = _receive(sock)
+    try:
+        hook = request.get("hook")
+        result = _run_hook(hook, sock, core_fd) if hook else _analyze_fd(core_fd, request)
+    except MemoryError:
+        result = failed(f"out of memory (AnalysisMemoryMax={options['--memory-max']})")
+    except Exception as err:  # noqa: BLE001 - analyze() must not raise; say what did
+        result = failed(f"uncaught {type(err).__name__}: {err}")
+    if result is not None:
+        sock.sendall(json.dumps(result, default=str).encode())
+    sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))
