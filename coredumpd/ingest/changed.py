@@ -12,9 +12,12 @@ reader) only after it has closed the pipe.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from coredumpd.ingest import procfs
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_HELD = 64
 

@@ -19,8 +19,11 @@ import errno as errno_
 import os
 import struct
 import time
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 _PROCFS = "/proc"
 MAX_MAPS = 65536

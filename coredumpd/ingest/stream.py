@@ -27,26 +27,27 @@ Nothing here raises on hostile or short input: problems are collected in
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
 
 from coredumpd.elf import layouts as L
 from coredumpd.errors import CoredumpdError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any, Protocol
+
     from coredumpd.elf import notes as N
+
+    class CoreWriter(Protocol):
+        """What the stream needs from :class:`~coredumpd.store.lz4seek.SeekableLz4Writer`."""
+
+        def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+        def copy_from(self, fd: int, limit: int | None = None) -> int: ...
 
 MAX_HEAD = 32 << 20  # header + program headers + notes held in memory, at most
 SMALL_CORE = 16 << 20  # cores up to this size are read whole before the kernel is released
 READ_CHUNK = 1 << 20
-
-
-class CoreWriter(Protocol):
-    """What the stream needs from :class:`~coredumpd.store.lz4seek.SeekableLz4Writer`."""
-
-    def write(self, data: bytes | bytearray | memoryview) -> None: ...
-
-    def copy_from(self, fd: int, limit: int | None = None) -> int: ...
 
 
 class StreamResult:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from typing import Any
 
 from coredumpd.errors import CoredumpdError
 from coredumpd.ingest import procfs
@@ -33,6 +32,10 @@ from coredumpd.ingest.args import RLIM_INFINITY, HandlerArgs, parse_args
 from coredumpd.ingest.changed import hold_changed_objects, read_held_objects
 from coredumpd.ingest.output import TempCore, grant_read, may_grant_user, open_directory
 from coredumpd.ingest.stream import SMALL_CORE, CoreStream, StreamResult
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 AT_SECURE = 23
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # include/uapi/linux/fcntl.h

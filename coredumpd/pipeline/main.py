@@ -9,7 +9,10 @@ has read the core.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+import time
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+STARTED = time.monotonic()  # for the handler's own timing record (bench/reap_latency.py)
 
 if TYPE_CHECKING:
     import argparse
