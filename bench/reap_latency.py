@@ -46,7 +46,9 @@ DISCARD = "|/bin/sh -c /bin/cat>/dev/null"
 
 
 def crash_once(exe: str, mib: int, pattern: str, stamp: str) -> tuple[int, float]:
-    """Crash ``exe`` under ``pattern``; (pid, seconds from its last timestamp to reap)."""
+    """Crash ``exe`` under ``pattern``; (pid, seconds from its last timestamp to reap).
+
+    The program's timestamp stays in ``stamp`` for the caller."""
     def unlimited_core() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
     with core_pattern(pattern, 16):
@@ -97,6 +99,7 @@ def bench_coredumpd(exe: str, mib: int, runs: int, work: pathlib.Path,
             pattern = build_pattern(launcher, handler.config_path)
         for _ in range(runs):
             pid, latency = crash_once(exe, mib, pattern, str(work / "ts"))
+            crashed_at = float((work / "ts").read_text())
             latencies.append(latency)
             row = handler.wait_row(pid, wait_analysis=False, timeout=300)
             deadline = time.monotonic() + 60
@@ -105,6 +108,7 @@ def bench_coredumpd(exe: str, mib: int, runs: int, work: pathlib.Path,
                     break
                 time.sleep(0.1)
                 row = handler.wait_row(pid, wait_analysis=False)
+            row["crashed_at"] = crashed_at
             rows.append(row)
             if row.get("core_path"):
                 os.unlink(str(row["core_path"]))
@@ -134,15 +138,20 @@ def main() -> int:
         rss = max((u.get("maxrss_kib", 0) for u in usage), default=0)
         held = statistics.median([u.get("held_ms", 0.0) for u in usage] or [0.0])
         cpu = statistics.median([u.get("cpu_s", 0.0) for u in usage] or [0.0])
+        start = statistics.median([(u.get("main_monotonic", 0.0) - float(str(r["crashed_at"])))
+                                   * 1000 for u, r in zip(usage, rows, strict=True)] or [0.0])
         stored = rows[-1].get("stored_size") if rows else None
-        table.append((label, discard, lz4, ours, lz4_size, stored, rss, held, cpu))
+        table.append((label, discard, lz4, ours, lz4_size, stored, rss, held, cpu, start))
     print(f"{'core':>10} {'discard':>12} {'lz4 -1':>12} {'coredumpd':>12} {'ratio':>6} "
-          f"{'lz4 size':>12} {'our size':>12} {'peak RSS':>10} {'held':>9} {'CPU':>8}")
-    for label, discard, lz4, ours, lz4_size, stored, rss, held, cpu in table:
+          f"{'lz4 size':>12} {'our size':>12} {'peak RSS':>10} {'start':>9} {'held':>9} "
+          f"{'CPU':>8}")
+    for label, discard, lz4, ours, lz4_size, stored, rss, held, cpu, start in table:
         ratio = statistics.median(ours) / statistics.median(discard)
         print(f"{label:>10} {_ms(discard)} {_ms(lz4)} {_ms(ours)} {ratio:6.2f} "
-              f"{lz4_size:12d} {stored!s:>12} {rss / 1024:7.1f} MiB {held:6.1f} ms {cpu:6.2f} s")
+              f"{lz4_size:12d} {stored!s:>12} {rss / 1024:7.1f} MiB {start:6.1f} ms "
+              f"{held:6.1f} ms {cpu:6.2f} s")
     print("\nratio = coredumpd / discard (medians of", options.runs, "runs);"
+          " start = crash -> the handler's main() (kernel spawn + interpreter start);"
           " held = handler start -> close(fd 0), as the handler measured it;"
           " CPU = the handler's user+system time")
     return 0
