@@ -10,9 +10,12 @@ submit_coredump()) minus everything that needs PID 1 or a socket service.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from coredumpd.elf.layouts import signal_name
@@ -40,10 +43,11 @@ def finish(crash: H.Crash) -> int:
         crash.problems.append(f"index: {err}")
         write_kmsg(_kmsg(crash, f"index unusable: {err}"))
         return 1
-    _apply_rate_limit(crash, index)
-    record = _record(crash, index, stats, facts)
-    _link_core(crash, record)
-    row_id = _insert(crash, index, record)
+    with _store_lock(crash.dir_fd):  # rate limit, KeepFree and insert decided atomically
+        _apply_rate_limit(crash, index)
+        record = _record(crash, index, stats, facts)
+        _link_core(crash, record)
+        row_id = _insert(crash, index, record)
     if row_id is None:
         return 1
     for step in (_special_crasher, _enforce_retention, _spawn_analysis, _record_rusage):
@@ -52,6 +56,22 @@ def finish(crash: H.Crash) -> int:
         except Exception as err:  # noqa: BLE001
             write_kmsg(_kmsg(crash, f"{step.__name__.strip('_')}: {type(err).__name__}: {err}"))
     return 0
+
+
+@contextlib.contextmanager
+def _store_lock(dir_fd: int) -> Iterator[None]:
+    """An exclusive flock(2) on the store directory, held by one handler at a time
+    from the rate-limit count to the row's insertion: crashes of one program
+    arriving together must not all be counted before any of them is indexed."""
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+    except OSError:
+        yield  # a file system without flock: best effort, as before
+        return
+    try:
+        yield
+    finally:
+        fcntl.flock(dir_fd, fcntl.LOCK_UN)
 
 
 def _kmsg(crash: H.Crash, text: str) -> str:
