@@ -46,7 +46,7 @@ if TYPE_CHECKING:
         def copy_from(self, fd: int, limit: int | None = None) -> int: ...
 
 MAX_HEAD = 32 << 20  # header + program headers + notes held in memory, at most
-SMALL_CORE = 16 << 20  # cores up to this size are read whole before the kernel is released
+SMALL_CORE = 8 << 20  # cores up to this size are read whole before the kernel is released
 READ_CHUNK = 1 << 20
 
 

@@ -2,7 +2,7 @@
 
 Phase 1, while the kernel holds the crashed process (fs/coredump.c: the dump
 waits for the pipe, then wait_for_dump_helpers() waits until we close it):
-read /proc/PID, read the core from fd 0 — a small one (<= 16 MiB) whole into
+read /proc/PID, read the core from fd 0 — a small one (<= 8 MiB) whole into
 memory, a big one streamed into an unnamed file in the store through the lz4
 writer — open the mapped ELF objects that changed on disk, read the signal
 sender.  Only then fd 0 is closed — the kernel reaps the process at that
