@@ -10,6 +10,7 @@ and setup.sh can install them); tests/cli/test_manpages.py fails on drift.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Iterable
@@ -19,7 +20,42 @@ from coredumpd.cli.corectl_spec import CORECTL
 from coredumpd.cli.coredumpd_spec import CONF, COREDUMPD
 from coredumpd.cli.spec import Command, Option, Program, Section
 
-PROGRAMS = (CORECTL, COREDUMPD, CONF)
+
+
+def root_causes_section() -> Section:
+    """ROOT CAUSES: every rule's id and summary, from the rule modules themselves.
+
+    Built here (not in corectl_spec) so corectl's start-up does not import the
+    rules; the drift test regenerates the page, so a new rule cannot be missed.
+    """
+    import importlib
+    import pkgutil
+
+    from coredumpd.annotate import rules
+
+    items = []
+    for info in sorted(pkgutil.iter_modules(rules.__path__), key=lambda found: found.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{rules.__name__}.{info.name}")
+        rule_id = getattr(module, "RULE_ID", None)
+        if not isinstance(rule_id, str):
+            continue
+        summary = (module.__doc__ or "").strip().splitlines()[0]
+        summary = summary.split(":", 1)[1].strip() if ":" in summary else summary
+        items.append((rule_id, summary.replace("``", "")))
+    intro = ("show and list name the root cause of a crash by a stable id (the "
+             "annotation id in JSON, COREDUMP_ROOT_CAUSE= in the journal). Each comes "
+             "with a confidence, concrete evidence and advice. The ids are:")
+    return Section("ROOT CAUSES", paragraphs=(intro,), items=tuple(items))
+
+
+PROGRAMS = (
+    dataclasses.replace(CORECTL, extra_sections=(root_causes_section(),
+                                                 *CORECTL.extra_sections)),
+    COREDUMPD,
+    CONF,
+)
 _TITLES = {1: "User Commands", 5: "File Formats", 8: "System Administration"}
 
 
