@@ -21,7 +21,6 @@ from coredumpd.cli.coredumpd_spec import CONF, COREDUMPD
 from coredumpd.cli.spec import Command, Option, Program, Section
 
 
-
 def root_causes_section() -> Section:
     """ROOT CAUSES: every rule's id and summary, from the rule modules themselves.
 
