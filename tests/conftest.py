@@ -11,7 +11,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.support.kernel import can_swap_core_pattern  # noqa: E402
+from tests.support.kernel import can_swap_core_pattern
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,7 +7,7 @@ stored seekable-lz4 core (:mod:`coredumpd.store.lz4seek`) both provide them.
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from typing import Protocol, Self
 
 from coredumpd.errors import StoreError
 
@@ -55,7 +55,7 @@ class RawFileSource:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> RawFileSource:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
