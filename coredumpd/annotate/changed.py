@@ -16,11 +16,11 @@ from typing import Any
 
 from coredumpd.annotate import evidence as E
 from coredumpd.annotate.context import AnalysisContext
+from coredumpd.clock import start_time_slack_ns
 from coredumpd.elf.layouts import ELFMAG
 from coredumpd.errors import CoredumpdError
 from coredumpd.unwind.types import Module
 
-START_MARGIN_US = 20_000  # two ticks at USER_HZ 100, as ingest/changed.py
 IGNORED_PREFIXES = ("/memfd:", "/SYSV", "/dev/", "[", "/dmabuf", "/anon_hugepage")
 
 
@@ -49,7 +49,7 @@ def modified_after_start(ctx: AnalysisContext, module: Module) -> bool:
     mtime_ns = mapped.get("mtime_ns")
     if not isinstance(start_us, int) or not isinstance(mtime_ns, int):
         return True  # the space's own evidence (e.g. the file differs): keep its verdict
-    return mtime_ns // 1000 > start_us + START_MARGIN_US
+    return mtime_ns > start_us * 1000 + start_time_slack_ns()
 
 
 def is_elf(ctx: AnalysisContext, module: Module) -> bool:

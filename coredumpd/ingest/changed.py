@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from coredumpd.clock import start_time_slack_ns
 from coredumpd.ingest import procfs
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -20,13 +21,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_HELD = 64
-
-
-def _start_margin_ns() -> int:
-    """The start time is known to a clock tick (proc(5) starttime); a file written in
-    the two ticks around it is not called modified, to avoid false alarms on
-    programs started right after they were built or installed."""
-    return 2 * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 def _change_reason(entry: dict[str, Any], files: dict[str, Any],
@@ -41,7 +35,7 @@ def _change_reason(entry: dict[str, Any], files: dict[str, Any],
         return "deleted"
     if (now["dev"], now["inode"]) != (mapped["dev"], mapped["inode"]):
         return "replaced"
-    if start_time_ns is not None and mapped["mtime_ns"] > start_time_ns + _start_margin_ns():
+    if start_time_ns is not None and mapped["mtime_ns"] > start_time_ns + start_time_slack_ns():
         return "modified"
     return None
 

@@ -140,8 +140,8 @@ def install(config_path: str | None = None, saved_path: str = SAVED_PATH,
     return pattern
 
 
-def uninstall(saved_path: str = SAVED_PATH) -> dict[str, str]:
-    """Restore the values saved by :func:`install`; returns them."""
+def uninstall(saved_path: str = SAVED_PATH, launcher_dir: str = LAUNCHER_DIR) -> dict[str, str]:
+    """Restore the values saved by :func:`install` and remove the launcher; returns them."""
     try:
         with open(saved_path, encoding="utf-8") as handle:
             saved = json.load(handle)
@@ -153,4 +153,25 @@ def uninstall(saved_path: str = SAVED_PATH) -> dict[str, str]:
                           "(was coredumpd installed?)") from err
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"cannot restore from {saved_path}: {err}") from err
+    remove_launcher(launcher_dir, keep_if_used_by=str(saved["core_pattern"]))
     return {key: str(value) for key, value in saved.items()}
+
+
+def remove_launcher(directory: str = LAUNCHER_DIR, keep_if_used_by: str = "") -> bool:
+    """Delete the launcher written by :func:`write_launcher` (and its directory when
+    empty), unless the pattern being restored still runs it; True if removed."""
+    path = os.path.join(directory, "coredumpd")
+    if keep_if_used_by.startswith(f"|{path} ") or keep_if_used_by == f"|{path}":
+        return False
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise ConfigError(f"restored kernel.core_pattern, but cannot remove {path}: {err}") \
+            from err
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # not empty, or already gone: leave it
+    return True

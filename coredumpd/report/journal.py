@@ -121,7 +121,9 @@ def journal_fields(row: Mapping[str, Any], facts: Mapping[str, Any],
     }
     if proc.get("environ"):
         fields["COREDUMP_ENVIRON"] = "\n".join(proc["environ"])
-    return {key: str(value) for key, value in fields.items() if value is not None}
+    # Empty values are left out: systemd's coredumpctl prints them as empty lines
+    # (an empty "Unit:"), where systemd-coredump itself omits what it does not know.
+    return {key: str(value) for key, value in fields.items() if value not in (None, "")}
 
 
 def _encode_field(key: str, value: str) -> bytes:

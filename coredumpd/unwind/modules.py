@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from coredumpd.clock import start_time_slack_ns
 from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
 from coredumpd.elf.elffile import ElfFile, ProgramHeader, parse_program_headers
@@ -134,7 +135,7 @@ def _file_changes(module: Module, facts: dict[str, Any]) -> None:
         elif now.get("mtime_ns") != mapped.get("mtime_ns"):
             module.modified_in_place = True
     start_us, mtime_ns = proc.get("start_time_us"), mapped.get("mtime_ns")
-    if isinstance(start_us, int) and isinstance(mtime_ns, int) and mtime_ns // 1000 > start_us:
+    if isinstance(start_us, int) and isinstance(mtime_ns, int) and mtime_ns > start_us * 1000 + start_time_slack_ns():
         module.modified_in_place = True
     mapped_objects = dict_or_empty(facts.get("mapped_objects"))
     reason = dict_or_empty(mapped_objects.get(module.path)).get("reason")

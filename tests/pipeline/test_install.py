@@ -46,7 +46,7 @@ def test_install_then_uninstall_restores(tmp_path):
         assert _read(CORE_PIPE_LIMIT) == "16"
         install.install(str(config), saved_path=str(saved), handler="/x/coredumpd")  # again
         assert json.loads(saved.read_text())["core_pattern"] == "|/bin/false before"
-        install.uninstall(saved_path=str(saved))
+        install.uninstall(saved_path=str(saved), launcher_dir=str(tmp_path / "none"))
         assert _read(CORE_PATTERN) == "|/bin/false before"
         assert _read(CORE_PIPE_LIMIT) == "3"
         assert not saved.exists()
@@ -70,7 +70,34 @@ def test_cli_refuses_long_pattern_and_changes_nothing(tmp_path):
 
 def test_uninstall_without_saved_values(tmp_path):
     with pytest.raises(ConfigError, match="nothing to restore"):
-        install.uninstall(saved_path=str(tmp_path / "none"))
+        install.uninstall(saved_path=str(tmp_path / "none"), launcher_dir=str(tmp_path))
+
+
+@pytest.mark.kernel
+def test_uninstall_removes_the_launcher_it_installed(tmp_path):
+    import tempfile
+    short = pathlib.Path(tempfile.mkdtemp(prefix="cdi", dir="/tmp"))  # the pattern's 127 bytes
+    config = short / "c.conf"
+    config.write_text("[Coredump]\n")
+    saved, launchers = tmp_path / "saved-sysctl", short / "lib"
+    with core_pattern("|/bin/false before", 3):
+        pattern = install.install(str(config), saved_path=str(saved),
+                                  launcher_dir=str(launchers))
+        launcher = launchers / "coredumpd"
+        assert pattern.startswith(f"|{launcher} %P ") and launcher.exists()
+        install.uninstall(saved_path=str(saved), launcher_dir=str(launchers))
+        assert _read(CORE_PATTERN) == "|/bin/false before"
+        assert not launcher.exists() and not launchers.exists()
+    config.unlink()
+    short.rmdir()
+
+
+def test_launcher_kept_when_the_restored_pattern_runs_it(tmp_path):
+    launcher = install.write_launcher(str(tmp_path / "lib"))
+    assert not install.remove_launcher(str(tmp_path / "lib"), keep_if_used_by=f"|{launcher} %P")
+    assert os.path.exists(launcher)
+    assert install.remove_launcher(str(tmp_path / "lib"), keep_if_used_by="core")
+    assert not os.path.exists(launcher)
 
 
 def test_launcher_starts_the_handler_without_site(tmp_path):
