@@ -14,11 +14,12 @@ is in section header 0, which the kernel writes *after* the segment data
 ``e_phoff`` up to the notes, the count is inferred from the first program
 header (PT_NOTE): ``(p_offset - e_phoff) / e_phentsize``.
 
-Small cores (up to :data:`SMALL_CORE`) are read whole into memory first
-(:meth:`CoreStream.buffer`) so that the handler can release the kernel before
-it imports the lz4 writer or decodes notes (:mod:`coredumpd.elf.notes` pulls in
-``dataclasses``); only ``os``, ``struct`` and the declared layouts are needed
-until then.  Larger cores are streamed as they come.
+Small cores (up to :data:`SMALL_CORE`) are first copied as they come into an
+unnamed spool file (:meth:`CoreStream.spool`, :mod:`coredumpd.ingest.spool`)
+so that the handler can release the kernel before it imports the lz4 writer or
+decodes notes (:mod:`coredumpd.elf.notes` pulls in ``dataclasses``); only
+``os``, ``struct`` and the declared layouts are needed until then.  Larger
+cores are streamed into the lz4 writer as they come.
 
 Nothing here raises on hostile or short input: problems are collected in
 :attr:`StreamResult.problems` and a short stream sets ``truncated``.
@@ -155,14 +156,43 @@ class CoreStream:
             self.result.problems.append(str(err))
         self.result.size = len(self.head.data)
         self.result.eof = self.head.eof
+        self.spool_fd = -1
+        self.spooled = 0
 
     def buffer(self, cap: int = SMALL_CORE) -> bool:
-        """Read on until EOF or ``cap`` bytes are held; True when all was read."""
+        """Read on until EOF or ``cap`` bytes are held; True when all was read.
+
+        The fallback of :meth:`spool` when no spool file can be had."""
         try:
             self.head.fill(cap)
         except _StreamFailed as err:
             self.result.problems.append(str(err))
         self.result.size = len(self.head.data)
+        self.result.eof = self.head.eof
+        return self.head.eof
+
+    def spool(self, spool_fd: int, cap: int = SMALL_CORE) -> bool:
+        """Copy the pipe after the head into ``spool_fd`` until EOF or about ``cap``
+        bytes; True when all was read.  One reusable buffer: nothing accumulates."""
+        self.spool_fd = spool_fd
+        chunk = bytearray(READ_CHUNK)
+        view = memoryview(chunk)
+        while not self.head.eof and len(self.head.data) + self.spooled < cap:
+            try:
+                count = os.readv(self.fd, [chunk])
+            except InterruptedError:
+                continue
+            except OSError as err:
+                self.head.eof = True
+                self.result.problems.append(f"reading the core stream: {err.strerror}")
+                break
+            if count == 0:
+                self.head.eof = True
+            written = 0
+            while written < count:
+                written += os.write(spool_fd, view[written:count])
+            self.spooled += count
+        self.result.size = len(self.head.data) + self.spooled
         self.result.eof = self.head.eof
         return self.head.eof
 
@@ -187,10 +217,39 @@ class CoreStream:
             return result
         finally:
             self.head.data = bytearray()  # the buffer is the writer's now
+        if self.spool_fd >= 0 and not self._drain_spool(writer, limit):
+            return result
         if not self.head.eof and (limit is None or result.size < limit):
             _copy_bulk(self.fd, writer, result, limit)
         _check_complete(result, limit)
         return result
+
+
+    def _drain_spool(self, writer: CoreWriter, limit: int | None) -> bool:
+        """Move the spooled bytes (up to ``limit`` in all) into ``writer``; False on a
+        write failure (recorded)."""
+        result = self.result
+        wanted = self.spooled if limit is None else max(0, min(self.spooled, limit - result.size))
+        if wanted < self.spooled:
+            result.eof = False  # a size limit cut the core: _check_complete says so
+        position = 0
+        try:
+            while position < wanted:
+                data = os.pread(self.spool_fd, min(READ_CHUNK, wanted - position), position)
+                if not data:
+                    raise _StreamFailed(f"spool file ended at {position} of {wanted} bytes")
+                writer.write(data)
+                position += len(data)
+        except (CoredumpdError, OSError) as err:
+            result.write_error = f"write failed: {err}"
+            result.truncated = result.write_error
+            return False
+        finally:
+            result.size += position
+            self.spooled = 0
+            os.close(self.spool_fd)
+            self.spool_fd = -1
+        return True
 
 
 def read_core(fd: int, writer: CoreWriter | None, limit: int | None = None) -> StreamResult:

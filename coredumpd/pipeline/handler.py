@@ -2,9 +2,9 @@
 
 Phase 1, while the kernel holds the crashed process (fs/coredump.c: the dump
 waits for the pipe, then wait_for_dump_helpers() waits until we close it):
-read /proc/PID, read the core from fd 0 — a small one (<= 8 MiB) whole into
-memory, a big one streamed into an unnamed file in the store through the lz4
-writer — open the mapped ELF objects that changed on disk, read the signal
+read /proc/PID, read the core from fd 0 — a small one (<= 8 MiB) into an
+unnamed spool file in the store (:mod:`coredumpd.ingest.spool`), a big one
+streamed into an unnamed file in the store through the lz4 writer — open the mapped ELF objects that changed on disk, read the signal
 sender.  Only then fd 0 is closed — the kernel reaps the process at that
 moment (FACTS.md: 3 ms vs 2 s), so phase 1 imports and does as little as
 possible: for a small core, nothing but os, struct, fcntl and our ingest
@@ -31,6 +31,7 @@ from coredumpd.ingest import procfs
 from coredumpd.ingest.args import RLIM_INFINITY, HandlerArgs, parse_args
 from coredumpd.ingest.changed import hold_changed_objects, read_held_objects
 from coredumpd.ingest.output import TempCore, grant_read, may_grant_user, open_directory
+from coredumpd.ingest.spool import open_spool
 from coredumpd.ingest.stream import SMALL_CORE, CoreStream, StreamResult
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -139,12 +140,22 @@ def _phase_held(crash: Crash) -> None:
         crash.proc = procfs.collect_process(crash.proc_pid, crash.missing)
     crash.core_stream = CoreStream(0)
     crash.stream = crash.core_stream.result
-    if _core_wanted(crash) and not crash.core_stream.buffer(SMALL_CORE):
+    if _core_wanted(crash) and not _hold_small_core(crash):
         _prepare_store(crash)
         _drain(crash)
     _read_sender(crash)
     if crash.proc_pid is not None and crash.proc.get("maps"):
         crash.held = hold_changed_objects(crash.proc_pid, crash.proc, crash.missing)
+
+
+def _hold_small_core(crash: Crash) -> bool:
+    """Copy a small core into a spool file (in memory only when no spool file can be
+    had, e.g. before the storage directory exists); True when all of it was read."""
+    assert crash.core_stream is not None
+    spool_fd = open_spool(crash.args.config_path)
+    if spool_fd < 0:
+        return crash.core_stream.buffer(SMALL_CORE)
+    return crash.core_stream.spool(spool_fd, SMALL_CORE)
 
 
 def _store_buffered(crash: Crash) -> None:
