@@ -31,7 +31,7 @@ from coredumpd.elf.core import Core, ThreadState
 from coredumpd.store.source import ByteSource
 from coredumpd.unwind import disasm
 from coredumpd.unwind.types import AddressSpace, Caps, Frame, Module, Symbol
-from coredumpd.unwind.unwinder import unwind
+from coredumpd.unwind.unwinder import forget_space, unwind
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,12 @@ class CachedSymbolizer:
     def address_of(self, name: str, module: Module | None = None) -> int | None:
         result = self.inner.address_of(name, module)
         return int(result) if result is not None else None
+
+    def close(self) -> None:
+        self.cache.clear()
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
 
 
 def _stage(problems: list[str], what: str, action: Callable[[], Any], default: Any = None) -> Any:
@@ -206,21 +212,26 @@ def _analyze_core(core: Core, facts: dict[str, Any], exe: str | None, root: str,
     from coredumpd.unwind.space import build_address_space
 
     space = build_address_space(core, facts, root, exe)
-    problems.extend(space.problems)
-    result["modules"] = [shape.module_json(module) for module in space.modules]
-    problems.extend(f"{module.path}: {problem}" for module in space.modules
-                    for problem in module.problems)
     symbolizer = make_symbolizer(space, problems)
-    names = _thread_names(core, facts)
-    traces = [trace_thread(space, symbolizer, thread, index == 0, names.get(thread.tid), caps,
-                           problems)
-              for index, thread in enumerate(_ordered_threads(core, caps, problems))]
-    result["threads"] = [thread_json(trace) for trace in traces]
-    ctx = AnalysisContext(core, facts, space, symbolizer, traces, core.siginfo)
-    _annotate(ctx, result)
-    if traces:
-        result["disassembly"] = _stage(problems, "disassembly",
-                                       lambda: _disassemble(space, traces[0]), [])
+    try:
+        problems.extend(space.problems)
+        result["modules"] = [shape.module_json(module) for module in space.modules]
+        problems.extend(f"{module.path}: {problem}" for module in space.modules
+                        for problem in module.problems)
+        names = _thread_names(core, facts)
+        traces = [trace_thread(space, symbolizer, thread, index == 0, names.get(thread.tid),
+                               caps, problems)
+                  for index, thread in enumerate(_ordered_threads(core, caps, problems))]
+        result["threads"] = [thread_json(trace) for trace in traces]
+        ctx = AnalysisContext(core, facts, space, symbolizer, traces, core.siginfo)
+        _annotate(ctx, result)
+        if traces:
+            result["disassembly"] = _stage(problems, "disassembly",
+                                           lambda: _disassemble(space, traces[0]), [])
+    finally:  # files of modules and debug files stay open otherwise (one analysis per
+        symbolizer.close()  # process in the sandbox, but corectl and tests loop)
+        forget_space(space)
+        space.close()
 
 
 def analyze(source: ByteSource, facts: dict[str, Any] | None = None, exe: str | None = None,

@@ -356,22 +356,26 @@ class Symbolizer:
         build-id in the core still describes the mapped object.
         """
         debug = self._debug_elf(module, elf, problems)
-        if elf is None:
-            sources = [debug]
-        else:
-            sources = [debug, elf] if debug is not None else [elf, self._mini(elf, problems)]
-        for source in sources:
-            raw = source.raw_symbols(".symtab") if source is not None else None
+        try:
+            if elf is None:
+                sources = [debug]
+            else:
+                sources = [debug, elf] if debug is not None else [elf, self._mini(elf, problems)]
+            for source in sources:
+                raw = source.raw_symbols(".symtab") if source is not None else None
+                if raw is not None:
+                    table.add_table(*raw)
+            if elf is None:
+                return self._lines(debug, None)
+            raw = elf.raw_symbols(".dynsym")
             if raw is not None:
                 table.add_table(*raw)
-        if elf is None:
-            return self._lines(debug, None)
-        raw = elf.raw_symbols(".dynsym")
-        if raw is not None:
-            table.add_table(*raw)
-            for start, name in _plt_names(elf, raw).items():
-                table.add_synthetic(start, PLT_ENTRY_SIZE, name)
-        return self._lines(debug, elf)
+                for start, name in _plt_names(elf, raw).items():
+                    table.add_synthetic(start, PLT_ENTRY_SIZE, name)
+            return self._lines(debug, elf)
+        finally:  # the tables are copies; DwarfLines opens the file again if it needs it
+            if debug is not None:
+                debug.close()
 
     def _debug_elf(self, module: Module, elf: ElfFile | None,
                    problems: list[str]) -> ElfFile | None:

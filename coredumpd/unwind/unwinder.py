@@ -215,6 +215,15 @@ _CFI_CACHES: weakref.WeakKeyDictionary[object, dict[int, ModuleCfi]] = \
     weakref.WeakKeyDictionary()
 
 
+def forget_space(space: AddressSpace) -> None:
+    """Drop the CFI cache of ``space``.  Call when done with it: a cache's ModuleCfi
+    holds ``space.open_elf``, so the weak key alone would never die."""
+    try:
+        _CFI_CACHES.pop(space, None)
+    except TypeError:
+        pass
+
+
 def _cfi_cache(space: AddressSpace) -> dict[int, ModuleCfi]:
     """Per-space CFI caches, shared by the threads of one core."""
     try:

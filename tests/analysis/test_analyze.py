@@ -8,6 +8,7 @@ result's frames must say the same, in the JSON shape of docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import json
+import os
 import random
 from typing import Any
 
@@ -129,3 +130,34 @@ def test_thread_and_frame_caps() -> None:
     assert len(result["threads"]) == 2 and result["threads"][0]["crashed"]
     assert any("threads not unwound" in problem for problem in result["problems"])
     assert all(len(thread["frames"]) <= 3 for thread in result["threads"])
+
+
+def test_repeated_analyses_leak_no_fds_and_no_address_spaces():
+    """corectl, the fuzzer and tests analyse in a loop: every file and space is released."""
+    import gc
+
+    from coredumpd.store.lz4seek import open_core_source
+    from coredumpd.unwind import space as space_module
+    from coredumpd.unwind import unwinder
+    from tests.support.fixtures import fixture_names, load_fixture
+
+    fixture = load_fixture(fixture_names()[0])
+
+    def once() -> None:
+        source = open_core_source(str(fixture.core_path))
+        try:
+            assert analyze(source, exe=str(fixture.binary_path))["state"] == "done"
+        finally:
+            source.close()
+
+    once()  # warm caches and lazy imports
+    gc.collect()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        once()
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert len(unwinder._CFI_CACHES) == 0
+    alive = [obj for obj in gc.get_objects()
+             if isinstance(obj, space_module.ProcessAddressSpace)]
+    assert alive == []

@@ -12,6 +12,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
+from coredumpd.clock import start_time_slack_ns
 from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
 from coredumpd.elf.elffile import ElfFile
@@ -128,16 +129,20 @@ def test_facts_maps_and_file_changes(real, core):
              "dev": "fe:01", "inode": 7, "path": m.path, "deleted": m.path == str(real.exe)}
             for m in build_address_space(core).mappings]
     libc_path = next(m["path"] for m in maps if m["path"] and "libc.so" in m["path"])
-    stat = {"dev": 1, "inode": 2, "size": 3, "mtime_ns": 10_000_000, "ctime_ns": 0}
+    stat = {"dev": 1, "inode": 2, "size": 3, "mtime_ns": 30_000_000, "ctime_ns": 0}
     facts = {"proc": {"maps": maps, "start_time_us": 5_000,
                       "files": {str(real.exe): {"now": {"error": "ENOENT"}, "mapped": stat},
                                 libc_path: {"now": dict(stat, inode=9), "mapped": stat}}}}
     space = build_address_space(core, facts)
     main = next(m for m in space.modules if m.is_main)
     libc = next(m for m in space.modules if m.path == libc_path)
-    assert main.deleted and main.modified_in_place  # mtime 10 ms > start 5 ms
+    assert main.deleted and main.modified_in_place  # mtime 30 ms > start 5 ms + 2 ticks
     assert libc.replaced and not libc.deleted
     assert all(m.inode == 7 for m in space.mappings if m.path and m.path.startswith("/"))
+    # Within two clock ticks of the start (coredumpd.clock), a write is not "after".
+    stat["mtime_ns"] = 5_000_000 + start_time_slack_ns()
+    main = next(m for m in build_address_space(core, facts).modules if m.is_main)
+    assert main.deleted and not main.modified_in_place
 
 
 def test_synthetic_core_without_files_still_builds():
