@@ -60,18 +60,27 @@ class Context:
 
 
 def open_index(config: Config) -> Any:
-    """The index, or NoMatch when the store has never held a crash."""
-    if not os.path.exists(config.index_path):
+    """The index (root), or the caller's own view of it (coredumpd.store.userview);
+    NoMatch when there is nothing to read: no crash stored yet, or none of this user."""
+    path = config.index_path
+    if os.geteuid() != 0:
+        from coredumpd.store.userview import view_path
+
+        own = view_path(path, os.geteuid())
+        if not os.access(path, os.R_OK):  # the usual case: the index is root's
+            if not os.path.exists(own):
+                raise NoMatch()
+            path = own
+    if not os.path.exists(path):
         raise NoMatch()
-    if not os.access(config.index_path, os.R_OK):
-        raise StoreError(f"cannot read the index {config.index_path}: permission denied "
-                         "(run corectl as root, or ask for read access to the store)")
+    if not os.access(path, os.R_OK):
+        raise StoreError(f"cannot read the index {path}: permission denied")
     from coredumpd.store.index import Index
 
     try:
-        return Index(config.index_path, create=False)  # read-only, creates nothing
+        return Index(path, create=False)  # read-only, creates nothing
     except OSError as err:
-        raise StoreError(f"cannot open the index {config.index_path}: {err}") from err
+        raise StoreError(f"cannot open the index {path}: {err}") from err
 
 
 def _timestamp(record: Any) -> int:

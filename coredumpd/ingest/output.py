@@ -7,43 +7,32 @@
   ``.#`` name created with O_EXCL and renamed.
 - The directory is opened once (``O_DIRECTORY|O_NOFOLLOW``) and every name is
   resolved relative to that fd, so a symlink swapped in cannot redirect us.
-- Read access for the crashing user is an ACL entry written as the raw
-  ``system.posix_acl_access`` xattr (include/uapi/linux/posix_acl_xattr.h,
-  include/uapi/linux/posix_acl.h), what ``setfacl -m u:UID:r`` would do.
+- Read access for the crashing user is an ACL entry (:mod:`coredumpd.store.acl`).
 """
 
 from __future__ import annotations
 
 import os
-import struct
 
 from coredumpd.errors import StoreError
+from coredumpd.store.acl import grant_read
+
+__all__ = ["TempCore", "grant_read", "may_grant_user", "open_directory"]
 
 FILE_MODE = 0o640
-DIR_MODE = 0o750
+DIR_MODE = 0o751  # others may traverse (to files their ACL opens), not list
 
-# posix_acl_xattr_header { __le32 a_version; } then entries
-# posix_acl_xattr_entry { __le16 e_tag; __le16 e_perm; __le32 e_id; }
-POSIX_ACL_XATTR_VERSION = 2
-ACL_XATTR_HEADER = struct.Struct("<I")
-ACL_XATTR_ENTRY = struct.Struct("<HHI")
-assert ACL_XATTR_ENTRY.size == 8
-ACL_USER_OBJ = 0x01
-ACL_USER = 0x02
-ACL_GROUP_OBJ = 0x04
-ACL_MASK = 0x10
-ACL_OTHER = 0x20
-ACL_UNDEFINED_ID = 0xFFFFFFFF
-ACL_READ = 4
-ACL_WRITE = 2
-ACL_XATTR_NAME = "system.posix_acl_access"
 
 
 def open_directory(path: str) -> int:
     """Open (creating it 0750 if needed) the storage directory; return its fd."""
     try:
+        created = not os.path.lexists(path)
         os.makedirs(path, mode=DIR_MODE, exist_ok=True)
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if created:
+            os.fchmod(fd, DIR_MODE)  # the umask may have removed the others' x bit
+        return fd
     except OSError as err:
         raise StoreError(f"cannot open storage directory {path}: {err.strerror}") from err
 
@@ -99,33 +88,6 @@ class TempCore:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def acl_xattr(owner_perm: int, user_id: int, user_perm: int, group_perm: int,
-              other_perm: int) -> bytes:
-    """The ``system.posix_acl_access`` value granting ``user_id`` ``user_perm``.
-
-    Entries are sorted by tag, then id, as the kernel requires
-    (fs/posix_acl.c: posix_acl_valid()); ACL_MASK bounds the named user.
-    """
-    entries = [
-        (ACL_USER_OBJ, owner_perm, ACL_UNDEFINED_ID),
-        (ACL_USER, user_perm, user_id),
-        (ACL_GROUP_OBJ, group_perm, ACL_UNDEFINED_ID),
-        (ACL_MASK, user_perm | group_perm, ACL_UNDEFINED_ID),
-        (ACL_OTHER, other_perm, ACL_UNDEFINED_ID),
-    ]
-    return ACL_XATTR_HEADER.pack(POSIX_ACL_XATTR_VERSION) + b"".join(
-        ACL_XATTR_ENTRY.pack(*entry) for entry in entries)
-
-
-def grant_read(fd: int, uid: int) -> None:
-    """Let ``uid`` read the file on ``fd`` (mode stays 0640 for everyone else)."""
-    value = acl_xattr(ACL_READ | ACL_WRITE, uid, ACL_READ, ACL_READ, 0)
-    try:
-        os.setxattr(fd, ACL_XATTR_NAME, value)
-    except OSError as err:
-        raise StoreError(f"cannot set the ACL for uid {uid}: {err.strerror}") from err
 
 
 def may_grant_user(dump_mode: int | None, uid: int | None, at_secure: int | None,

@@ -173,7 +173,10 @@ class CoreStream:
 
     def spool(self, spool_fd: int, cap: int = SMALL_CORE) -> bool:
         """Copy the pipe after the head into ``spool_fd`` until EOF or about ``cap``
-        bytes; True when all was read.  One reusable buffer: nothing accumulates."""
+        bytes; True when nothing more is to be read now: all was read, or the spool
+        could not be written (disk full: ``write_error`` says so, and the spool is
+        dropped at once so that the index row still fits).  One reusable buffer:
+        nothing accumulates in memory."""
         self.spool_fd = spool_fd
         chunk = bytearray(READ_CHUNK)
         view = memoryview(chunk)
@@ -188,9 +191,13 @@ class CoreStream:
                 break
             if count == 0:
                 self.head.eof = True
-            written = 0
-            while written < count:
-                written += os.write(spool_fd, view[written:count])
+            try:
+                written = 0
+                while written < count:
+                    written += os.write(spool_fd, view[written:count])
+            except OSError as err:
+                self._drop_spool(f"spooling the core: {err.strerror}")
+                return True
             self.spooled += count
         self.result.size = len(self.head.data) + self.spooled
         self.result.eof = self.head.eof
@@ -204,6 +211,8 @@ class CoreStream:
         closes ``fd``, which ends the kernel's dump.
         """
         result = self.result
+        if result.write_error:  # the spool failed: nothing sound to store
+            return result
         data = self.head.data
         if limit is not None and len(data) > limit:
             del data[limit:]
@@ -224,6 +233,13 @@ class CoreStream:
         _check_complete(result, limit)
         return result
 
+
+    def _drop_spool(self, reason: str) -> None:
+        self.result.write_error = self.result.truncated = reason
+        self.result.problems.append(reason)
+        os.close(self.spool_fd)
+        self.spool_fd, self.spooled = -1, 0
+        self.result.size = len(self.head.data)
 
     def _drain_spool(self, writer: CoreWriter, limit: int | None) -> bool:
         """Move the spooled bytes (up to ``limit`` in all) into ``writer``; False on a

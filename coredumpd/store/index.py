@@ -30,7 +30,7 @@ from coredumpd.errors import StoreError
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
-DIRECTORY_MODE = 0o750
+DIRECTORY_MODE = 0o751  # others may traverse to the files an ACL opens to them
 INDEX_MODE = 0o640
 ID_LENGTH = 12
 CORE_STATES = ("present", "truncated", "missing", "none")
@@ -140,6 +140,8 @@ class Index:
     def __init__(self, path: str, create: bool = True) -> None:
         """Open (``create``: and create, 0750 directory / 0640 file) the index."""
         self.path = path
+        self.views = create  # a writer keeps the per-user views up to date
+        self.view_errors: list[str] = []
         if create:
             _ensure_directory(os.path.dirname(os.path.abspath(path)))
             _ensure_index_file(path)
@@ -181,6 +183,7 @@ class Index:
                     raise StoreError(f"crash {row_id} is already in the index") from err
                 continue
             record.id = row_id
+            self._refresh_view(record.uid)
             return row_id
         raise StoreError("could not find a free crash ID")
 
@@ -198,6 +201,7 @@ class Index:
                               [*row.values(), crash])
         if changed == 0:
             raise StoreError(f"no crash {crash} in the index")
+        self._refresh_view(self._uid_of(crash))
 
     def get(self, crash: str) -> CrashRecord | None:
         rows = self._query("SELECT * FROM crashes WHERE id = ?", [crash])
@@ -221,7 +225,43 @@ class Index:
 
     def delete(self, crash: str) -> bool:
         """Remove the row of ``crash`` (not its core file); True when it existed."""
-        return self._write("DELETE FROM crashes WHERE id = ?", [crash]) > 0
+        uid = self._uid_of(crash)
+        removed = self._write("DELETE FROM crashes WHERE id = ?", [crash]) > 0
+        self._refresh_view(uid)
+        return removed
+
+    def _uid_of(self, crash: str) -> int | None:
+        try:
+            row = self._db.execute("SELECT uid FROM crashes WHERE id = ?", [crash]).fetchone()
+        except sqlite3.Error:
+            return None
+        return int(row[0]) if row and row[0] is not None else None
+
+    def _refresh_view(self, uid: int | None) -> None:
+        """Rebuild ``users/UID.sqlite`` (:mod:`coredumpd.store.userview`) from the
+        committed rows of ``uid``.  Root reads the index itself; a failure here
+        never undoes the index write (the next write of that user repairs it)."""
+        if uid is None or uid == 0 or not self.views:
+            return
+        from coredumpd.store import userview
+
+        try:
+            cursor = self._db.execute("SELECT * FROM crashes WHERE uid = ? "
+                                      "ORDER BY timestamp_us, rowid", [uid])
+            names = [d[0] for d in cursor.description]
+            rows = []
+            for raw in cursor.fetchall():
+                row = dict(zip(names, raw))
+                if row.get("facts"):
+                    try:
+                        facts = userview.public_facts(json.loads(row["facts"]))
+                        row["facts"] = json.dumps(facts, sort_keys=True)
+                    except ValueError:
+                        row["facts"] = None  # unreadable: leave nothing root-only in it
+                rows.append([row.get(name) for name in FIELDS])
+            userview.write_view(self.path, uid, _SCHEMA, SCHEMA_VERSION, list(FIELDS), rows)
+        except (sqlite3.Error, StoreError, OSError) as err:
+            self.view_errors.append(f"view of uid {uid}: {err}")
 
     def count_recent(self, exe: str, since_us: int) -> int:
         """Crashes of ``exe`` at or after ``since_us`` (the handler's rate limit)."""

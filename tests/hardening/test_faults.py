@@ -116,7 +116,7 @@ def test_missing_storage_directory_is_created(tmp_path):
     pid, _, _ = crash_under(handler_pattern(config), [program])
     rows = rows_for(config, pid)
     assert len(rows) == 1 and verify_core(rows[0]) is None
-    assert directory.stat().st_mode & 0o777 == 0o750
+    assert directory.stat().st_mode & 0o777 == 0o751
 
 
 @pytest.mark.kernel

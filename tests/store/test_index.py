@@ -170,7 +170,7 @@ def test_permissions_wal_and_schema_version(tmp_path):
         Index(str(path)).close()
     finally:
         os.umask(old)
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o751
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
