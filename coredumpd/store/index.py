@@ -355,8 +355,9 @@ def _from_row(row: dict[str, Any]) -> CrashRecord:
         if name in JSON_FIELDS and value is not None:
             try:
                 value = json.loads(value)
-            except ValueError as err:
-                raise StoreError(f"crash {row.get('id')}: {name} is not valid JSON") from err
+            except ValueError:
+                pass  # kept as the raw text: readers (report/jsonout.py) flag it, one bad
+                # row must not hide the others
         elif name in _U64_FIELDS and isinstance(value, int) and value < 0:
             value += 2**64
         elif value is None and _SQL_TYPES[name] == "TEXT" and name not in JSON_FIELDS:

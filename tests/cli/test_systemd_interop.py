@@ -82,11 +82,6 @@ def test_foreign_journal_entries_do_not_disturb_corectl(fresh_store, programs_di
     print("systemd coredumpctl on the foreign entry:", systemd.returncode, systemd.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store/index.py _from_row() raises StoreError for a malformed JSON column, so "
-    "Index.find() fails the whole listing; corectl's own parsing (report/jsonout.py) "
-    "copes, see tests/report/test_reports.py.  Remove this mark when the index keeps "
-    "the raw text instead."))
 def test_malformed_index_rows_do_not_stop_corectl(fresh_store, programs_dir, capsys) -> None:
     from tests.support.crash import compile_c
 
