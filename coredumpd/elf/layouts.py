@@ -1,6 +1,7 @@
 """Binary layouts of ELF64 (little-endian, x86-64) and of Linux core notes.
 
-Declared once with :class:`struct.Struct`, sizes asserted at import.  Names
+The struct layouts are declared once in :mod:`coredumpd.elf.structs` (re-exported
+here), sizes asserted at import; the enums of type numbers live here.  Names
 follow ``<elf.h>``, ``include/uapi/linux/elfcore.h`` and the kernel's
 ``arch/x86/include/asm/user_64.h`` verbatim so the code reads beside them.
 """
@@ -8,84 +9,45 @@ follow ``<elf.h>``, ``include/uapi/linux/elfcore.h`` and the kernel's
 from __future__ import annotations
 
 import enum
-import struct
 
-ELFMAG = b"\x7fELF"
-ELFCLASS64 = 2
-ELFDATA2LSB = 1
-EM_X86_64 = 62
-PN_XNUM = 0xFFFF  # e_phnum overflow: the real count is in section header 0's sh_info
-SHN_UNDEF = 0
-
-# Elf64_Ehdr: e_ident[16] e_type e_machine e_version e_entry e_phoff e_shoff
-# e_flags e_ehsize e_phentsize e_phnum e_shentsize e_shnum e_shstrndx
-EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-assert EHDR.size == 64
-# Elf64_Phdr: p_type p_flags p_offset p_vaddr p_paddr p_filesz p_memsz p_align
-PHDR = struct.Struct("<IIQQQQQQ")
-assert PHDR.size == 56
-# Elf64_Shdr: sh_name sh_type sh_flags sh_addr sh_offset sh_size sh_link
-# sh_info sh_addralign sh_entsize
-SHDR = struct.Struct("<IIQQQQIIQQ")
-assert SHDR.size == 64
-# Elf64_Nhdr: n_namesz n_descsz n_type (name and desc padded to 4 bytes)
-NHDR = struct.Struct("<III")
-assert NHDR.size == 12
-# Elf64_Sym: st_name st_info st_other st_shndx st_value st_size
-SYM = struct.Struct("<IBBHQQ")
-assert SYM.size == 24
-# Elf64_Dyn: d_tag d_val
-DYN = struct.Struct("<qQ")
-assert DYN.size == 16
-# Elf64_auxv_t: a_type a_val
-AUXV_ENTRY = struct.Struct("<QQ")
-assert AUXV_ENTRY.size == 16
-# Elf64_Verdef: vd_version vd_flags vd_ndx vd_cnt vd_hash vd_aux vd_next
-VERDEF = struct.Struct("<HHHHIII")
-assert VERDEF.size == 20
-# Elf64_Verdaux: vda_name vda_next
-VERDAUX = struct.Struct("<II")
-assert VERDAUX.size == 8
-# Elf64_Verneed: vn_version vn_cnt vn_file vn_aux vn_next
-VERNEED = struct.Struct("<HHIII")
-assert VERNEED.size == 16
-# Elf64_Vernaux: vna_hash vna_flags vna_other vna_name vna_next
-VERNAUX = struct.Struct("<IHHII")
-assert VERNAUX.size == 16
-
-# struct elf_prstatus (x86-64): pr_info {si_signo si_code si_errno}, pr_cursig,
-# pad, pr_sigpend, pr_sighold, pr_pid pr_ppid pr_pgrp pr_sid, pr_utime pr_stime
-# pr_cutime pr_cstime (struct timeval: tv_sec tv_usec), pr_reg[27], pr_fpvalid.
-PRSTATUS = struct.Struct("<iiih2xQQiiii8q27Qi4x")
-assert PRSTATUS.size == 336
-PRSTATUS_REG_OFFSET = 112
-# Order of pr_reg (struct user_regs_struct, arch/x86/include/asm/user_64.h).
-PR_REG_NAMES = (
-    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
-    "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags",
-    "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+from coredumpd.elf.structs import (  # noqa: F401 - re-exported (pyproject: implicit_reexport)
+    AUXV_ENTRY,
+    DYN,
+    EHDR,
+    ELFCLASS64,
+    ELFDATA2LSB,
+    ELFMAG,
+    EM_X86_64,
+    ET_CORE,
+    NHDR,
+    NT_AUXV,
+    NT_FILE,
+    NT_FILE_ENTRY,
+    NT_FILE_HEAD,
+    NT_PRPSINFO,
+    NT_PRSTATUS,
+    NT_SIGINFO,
+    PHDR,
+    PN_XNUM,
+    PR_REG_NAMES,
+    PRPSINFO,
+    PRSTATUS,
+    PRSTATUS_REG_OFFSET,
+    PT_LOAD,
+    PT_NOTE,
+    SHDR,
+    SHN_UNDEF,
+    SIGINFO_FAULT,
+    SIGINFO_HEAD,
+    SIGINFO_KILL,
+    SIGINFO_SIZE,
+    SIGINFO_SYS,
+    SYM,
+    VERDAUX,
+    VERDEF,
+    VERNAUX,
+    VERNEED,
 )
-assert len(PR_REG_NAMES) == 27
-
-# struct elf_prpsinfo (x86-64): pr_state pr_sname pr_zomb pr_nice, pad, pr_flag,
-# pr_uid pr_gid (unsigned int), pr_pid pr_ppid pr_pgrp pr_sid, pr_fname[16],
-# pr_psargs[80].
-PRPSINFO = struct.Struct("<bcbb4xQII4i16s80s")
-assert PRPSINFO.size == 136
-
-# siginfo_t is 128 bytes: si_signo si_errno si_code, then a union aligned to 8.
-SIGINFO_HEAD = struct.Struct("<iii4x")
-assert SIGINFO_HEAD.size == 16
-SIGINFO_SIZE = 128
-SIGINFO_KILL = struct.Struct("<iI")  # _kill / _rt / _sigchld: si_pid si_uid (at 16)
-SIGINFO_FAULT = struct.Struct("<Q")  # _sigfault: si_addr (at 16)
-SIGINFO_SYS = struct.Struct("<QiI")  # _sigsys: _call_addr _syscall _arch (at 16)
-
-# NT_FILE: count, page_size, then count x (start, end, file_ofs in pages),
-# then count NUL-terminated names (fs/binfmt_elf.c: fill_files_note()).
-NT_FILE_HEAD = struct.Struct("<QQ")
-NT_FILE_ENTRY = struct.Struct("<QQQ")
-assert NT_FILE_ENTRY.size == 24
 
 
 class ET(enum.IntEnum):
@@ -93,15 +55,15 @@ class ET(enum.IntEnum):
     REL = 1
     EXEC = 2
     DYN = 3
-    CORE = 4
+    CORE = ET_CORE
 
 
 class PT(enum.IntEnum):
     NULL = 0
-    LOAD = 1
+    LOAD = PT_LOAD
     DYNAMIC = 2
     INTERP = 3
-    NOTE = 4
+    NOTE = PT_NOTE
     PHDR = 6
     TLS = 7
     GNU_EH_FRAME = 0x6474E550
@@ -136,14 +98,14 @@ class SHT(enum.IntEnum):
 class NT(enum.IntEnum):
     """Core note types in the "CORE"/"LINUX" namespaces (include/uapi/linux/elf.h)."""
 
-    PRSTATUS = 1
+    PRSTATUS = NT_PRSTATUS
     PRFPREG = 2
-    PRPSINFO = 3
+    PRPSINFO = NT_PRPSINFO
     TASKSTRUCT = 4
-    AUXV = 6
+    AUXV = NT_AUXV
     X86_XSTATE = 0x202
-    SIGINFO = 0x53494749
-    FILE = 0x46494C45
+    SIGINFO = NT_SIGINFO
+    FILE = NT_FILE
 
 
 class NT_GNU(enum.IntEnum):

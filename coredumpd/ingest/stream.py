@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-from coredumpd.elf import layouts as L
+from coredumpd.elf import structs as L
 from coredumpd.errors import CoredumpdError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -88,7 +88,7 @@ class StreamResult:
         """
         for data, _offset in self.raw_notes:
             for note_type, start, end in _walk_notes(data):
-                if note_type == L.NT.SIGINFO and end - start >= L.SIGINFO_SIZE:
+                if note_type == L.NT_SIGINFO and end - start >= L.SIGINFO_SIZE:
                     _signo, _errno, code = L.SIGINFO_HEAD.unpack_from(data, start)
                     if code > 0:
                         return None
@@ -324,7 +324,7 @@ def _parse_head(head: _Head, result: StreamResult) -> None:
         result.problems.append(f"not a little-endian ELF64 file (starts {bytes(ident[:8])!r})")
         return
     result.is_elf = True
-    if e_type != L.ET.CORE or e_machine != L.EM_X86_64:
+    if e_type != L.ET_CORE or e_machine != L.EM_X86_64:
         result.problems.append(f"e_type {e_type}, e_machine {e_machine}: not an x86-64 core")
     e_phoff, e_phentsize, e_phnum = fields[5], fields[9], fields[10]
     if e_phentsize != L.PHDR.size:
@@ -342,7 +342,7 @@ def _resolve_phnum(head: _Head, result: StreamResult, e_phoff: int, e_phnum: int
         result.problems.append("PN_XNUM and no first program header")
         return 0
     p_type, _flags, p_offset = L.PHDR.unpack_from(head.data, e_phoff)[:3]
-    if p_type != L.PT.NOTE or p_offset < e_phoff:
+    if p_type != L.PT_NOTE or p_offset < e_phoff:
         result.problems.append(f"PN_XNUM but the first program header is type {p_type:#x}")
         return 0
     e_shoff = L.EHDR.unpack_from(head.data)[6]
@@ -363,14 +363,14 @@ def _read_phdrs(head: _Head, result: StreamResult, e_phoff: int, phnum: int) -> 
     result.segments = [L.PHDR.unpack_from(head.data, e_phoff + i * L.PHDR.size)[:6]
                        for i in range(phnum)]
     ends = [offset + filesz for p_type, _f, offset, _v, _p, filesz in result.segments
-            if p_type in (L.PT.LOAD, L.PT.NOTE)]
+            if p_type in (L.PT_LOAD, L.PT_NOTE)]
     result.expected_size = max(ends, default=end)
     return True
 
 
 def _read_notes(head: _Head, result: StreamResult) -> None:
     for p_type, _flags, offset, _vaddr, _paddr, filesz in result.segments:
-        if p_type != L.PT.NOTE:
+        if p_type != L.PT_NOTE:
             continue
         if offset + filesz > MAX_HEAD:
             result.problems.append(f"notes at {offset:#x} ({filesz} bytes) exceed {MAX_HEAD}")
@@ -405,17 +405,17 @@ def _decode_notes(data: bytes, base: int, result: StreamResult) -> None:
 def _decode_note(note: N.Note, result: StreamResult) -> None:
     from coredumpd.elf import notes as N
     try:
-        if note.type == L.NT.PRSTATUS:
+        if note.type == L.NT_PRSTATUS:
             status = N.decode_prstatus(note.desc, note.offset)
             result.threads.append({"tid": status.pr_pid, "si_signo": status.si_signo,
                                    "registers": status.registers})
-        elif note.type == L.NT.SIGINFO and result.siginfo is None:
+        elif note.type == L.NT_SIGINFO and result.siginfo is None:
             result.siginfo = N.decode_siginfo(note.desc, note.offset)
-        elif note.type == L.NT.AUXV and not result.auxv:
+        elif note.type == L.NT_AUXV and not result.auxv:
             result.auxv = N.decode_auxv(note.desc, note.offset)
-        elif note.type == L.NT.FILE and not result.files:
+        elif note.type == L.NT_FILE and not result.files:
             result.files = N.decode_file_note(note.desc, note.offset)
-        elif note.type == L.NT.PRPSINFO and result.prpsinfo is None:
+        elif note.type == L.NT_PRPSINFO and result.prpsinfo is None:
             result.prpsinfo = N.decode_prpsinfo(note.desc, note.offset)
     except CoredumpdError as err:
         result.problems.append(str(err))
