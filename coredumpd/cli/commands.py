@@ -115,15 +115,15 @@ def _close(index: Any) -> None:
 
 def cmd_list(ctx: Context) -> int:
     args = ctx.args
-    records = find_records(ctx, args.match)
+    entries = [jsonout.list_object(record) for record in find_records(ctx, args.match)]
+    jsonout.count_repeats(entries)  # over every match, before -n cuts the list
     count = 1 if args.newest_only else args.lines
     if count is not None:
         if count < 1:
             raise CoredumpdError(f"-n needs a positive number, not {count}")
-        records = records[-count:]
+        entries = entries[-count:]
     if args.reverse:
-        records.reverse()
-    entries = [jsonout.list_object(record) for record in records]
+        entries.reverse()
     out = ctx.output()
     if args.json:
         jsonout.dump(entries, out.stream)

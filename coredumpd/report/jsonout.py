@@ -112,7 +112,20 @@ def list_object(record: Any) -> dict[str, Any]:
         "core_size": _int(row.get("core_size")), "stored_size": _int(row.get("stored_size")),
         "analysis_state": _str(row.get("analysis_state")),
         "root_cause": root_cause,
+        "signature": _str(row.get("signature")),
+        "seen": 1,  # crashes with this signature among those listed (corectl list sets it)
     }
+
+
+def count_repeats(entries: list[dict[str, Any]]) -> None:
+    """Set each entry's ``seen``: how many of ``entries`` share its crash signature
+    (annotate/signature.py), so that a list shows a crash that keeps coming back."""
+    counts: dict[str, int] = {}
+    for entry in entries:
+        if entry.get("signature"):
+            counts[entry["signature"]] = counts.get(entry["signature"], 0) + 1
+    for entry in entries:
+        entry["seen"] = counts.get(entry.get("signature") or "", 1)
 
 
 def _cmdline(row: dict[str, Any], facts: Any) -> str | None:

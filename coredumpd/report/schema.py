@@ -26,6 +26,7 @@ LIST_ENTRY: dict[str, Any] = {
         "id": {"type": "string"}, "pid": _INT_OR_NULL, "uid": _INT_OR_NULL,
         "signal_name": _STR_OR_NULL, "timestamp": _TIMESTAMP, "comm": _STR_OR_NULL,
         "exe": _STR_OR_NULL, "core_state": _CORE_STATE, "root_cause": _STR_OR_NULL,
+        "signature": _STR_OR_NULL, "seen": {"type": "integer", "minimum": 1},
     },
 }
 

@@ -78,6 +78,9 @@ def list_row(entry: dict[str, Any], *, utc: bool = False) -> tuple[str, ...]:
     if root_cause is None:
         state = entry.get("analysis_state")
         root_cause = f"({state})" if state in ("pending", "failed") else "-"
+    seen = entry.get("seen")
+    if isinstance(seen, int) and seen > 1:
+        root_cause = f"{root_cause} (seen {seen}x)"
     return (format_time(entry.get("timestamp"), utc=utc), escape(entry.get("pid")),
             escape(entry.get("uid")), _signal_short(entry.get("signal_name")),
             escape(entry.get("core_state")), escape(entry.get("exe") or entry.get("comm")),

@@ -162,3 +162,16 @@ def test_empty_text_columns_are_absent() -> None:
     entry = jsonout.list_object(record(root_cause="", analysis=None, unit=""))
     assert entry["root_cause"] is None and entry["unit"] is None
     assert text.list_row(entry)[-1] == "-"
+
+
+def test_list_counts_repeats_of_a_signature():
+    from coredumpd.report import jsonout, text
+
+    entries = [{"id": str(n), "signature": sig, "root_cause": "null-deref", "seen": 1,
+                "timestamp": None, "pid": n, "uid": 0, "signal_name": "SIGSEGV",
+                "core_state": "present", "exe": "/x", "stored_size": 1}
+               for n, sig in enumerate(["a", "b", "a", None, "a"])]
+    jsonout.count_repeats(entries)
+    assert [entry["seen"] for entry in entries] == [3, 1, 3, 1, 3]
+    assert text.list_row(entries[0])[-1] == "null-deref (seen 3x)"
+    assert text.list_row(entries[1])[-1] == "null-deref"
