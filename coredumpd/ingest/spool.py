@@ -53,8 +53,9 @@ def _strip_inline_comment(value: str) -> str:
     return value
 
 
-def open_spool(config_path: str | None) -> int:
-    """An unnamed file in the storage directory; -1 when no safe directory exists."""
+def open_spool(config_path: str | None, min_free: int = 0) -> int:
+    """An unnamed file in the storage directory; -1 when no safe directory exists or
+    its file system has less than ``min_free`` bytes free."""
     try:
         dir_fd = os.open(configured_directory(config_path),
                          os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -63,6 +64,9 @@ def open_spool(config_path: str | None) -> int:
     try:
         info = os.fstat(dir_fd)
         if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return -1
+        space = os.fstatvfs(dir_fd)
+        if space.f_bavail * space.f_frsize < min_free:
             return -1
         return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     except OSError:

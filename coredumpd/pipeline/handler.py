@@ -47,6 +47,9 @@ BLOCK_SIZE = 4 << 20
 AFTER_RELEASE_NICE = 5  # phase 2 must not take the CPU from the reaped process's parent
 COMPRESS_THREADS = 1  # lz4 releases the GIL: compression overlaps the pipe reads; more
 # threads measured no faster on 2 CPUs shared with the dumping process
+# A spool is not worth the room the index row and the core need on a nearly full
+# file system: below this much free space the small core waits in memory instead.
+SPOOL_MIN_FREE = 64 << 20
 FACTS_VERSION = 1
 JOURNALD_COMMS = ("systemd-journal", "systemd-journald")
 
@@ -152,7 +155,7 @@ def _hold_small_core(crash: Crash) -> bool:
     """Copy a small core into a spool file (in memory only when no spool file can be
     had, e.g. before the storage directory exists); True when all of it was read."""
     assert crash.core_stream is not None
-    spool_fd = open_spool(crash.args.config_path)
+    spool_fd = open_spool(crash.args.config_path, min_free=SPOOL_MIN_FREE)
     if spool_fd < 0:
         return crash.core_stream.buffer(SMALL_CORE)
     return crash.core_stream.spool(spool_fd, SMALL_CORE)

@@ -116,3 +116,15 @@ def test_no_spool_in_a_directory_others_may_write(tmp_path):
     assert spool.open_spool(str(config)) == -1
     config.write_text(f"[Coredump]\nDirectory={tmp_path / 'missing'}\n")
     assert spool.open_spool(str(config)) == -1
+
+
+def test_no_spool_on_a_nearly_full_file_system(tmp_path):
+    directory = tmp_path / "store"
+    directory.mkdir(mode=0o750)
+    config = tmp_path / "c.conf"
+    config.write_text(f"[Coredump]\nDirectory={directory}\n")
+    free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+    assert spool.open_spool(str(config), min_free=free * 2) == -1
+    fd = spool.open_spool(str(config), min_free=1)
+    assert fd >= 0
+    os.close(fd)
