@@ -239,27 +239,16 @@ class Index:
 
     def _refresh_view(self, uid: int | None) -> None:
         """Rebuild ``users/UID.sqlite`` (:mod:`coredumpd.store.userview`) from the
-        committed rows of ``uid``.  Root reads the index itself; a failure here
-        never undoes the index write (the next write of that user repairs it)."""
+        rows of ``uid`` committed when the view's lock is held, so concurrent writers
+        converge.  Root reads the index itself; a failure here never undoes the
+        index write (the next write of that user repairs it)."""
         if uid is None or uid == 0 or not self.views:
             return
         from coredumpd.store import userview
 
         try:
-            cursor = self._db.execute("SELECT * FROM crashes WHERE uid = ? "
-                                      "ORDER BY timestamp_us, rowid", [uid])
-            names = [d[0] for d in cursor.description]
-            rows = []
-            for raw in cursor.fetchall():
-                row = dict(zip(names, raw))
-                if row.get("facts"):
-                    try:
-                        facts = userview.public_facts(json.loads(row["facts"]))
-                        row["facts"] = json.dumps(facts, sort_keys=True)
-                    except ValueError:
-                        row["facts"] = None  # unreadable: leave nothing root-only in it
-                rows.append([row.get(name) for name in FIELDS])
-            userview.write_view(self.path, uid, _SCHEMA, SCHEMA_VERSION, list(FIELDS), rows)
+            userview.write_view(self.path, uid, _SCHEMA, SCHEMA_VERSION, list(FIELDS),
+                                lambda: userview.public_rows(self._db, uid, FIELDS))
         except (sqlite3.Error, StoreError, OSError) as err:
             self.view_errors.append(f"view of uid {uid}: {err}")
 

@@ -16,9 +16,10 @@ view never has a row the index lost, and concurrent writers converge.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from coredumpd.errors import StoreError
@@ -52,9 +53,29 @@ def public_facts(facts: Any) -> Any:
     return facts
 
 
+def public_rows(index: sqlite3.Connection, uid: int, columns: Sequence[str]) -> list[list[Any]]:
+    """The rows of ``uid`` in the index, ``columns`` in order, root-only facts removed."""
+    cursor = index.execute("SELECT * FROM crashes WHERE uid = ? ORDER BY timestamp_us, rowid",
+                           [uid])
+    names = [d[0] for d in cursor.description]
+    rows = []
+    for raw in cursor.fetchall():
+        row = dict(zip(names, raw))
+        if row.get("facts"):
+            try:
+                row["facts"] = json.dumps(public_facts(json.loads(row["facts"])),
+                                          sort_keys=True)
+            except ValueError:
+                row["facts"] = None  # unreadable: leave nothing root-only in it
+        rows.append([row.get(name) for name in columns])
+    return rows
+
+
 def write_view(index_path: str, uid: int, schema: Iterable[str], version: int,
-               columns: list[str], rows: list[list[Any]]) -> str:
-    """Replace the view of ``uid`` with ``rows`` (already stripped); its path."""
+               columns: list[str], read_rows: Callable[[], list[list[Any]]]) -> str:
+    """Replace the view of ``uid`` with ``read_rows()``, called while the view's write
+    lock is held: of two writers the later reads the index later, so the last view
+    written holds every committed row.  The view's path."""
     path = view_path(index_path, uid)
     _ensure_users_directory(os.path.dirname(path))
     _ensure_view_file(path, uid)
@@ -73,7 +94,7 @@ def write_view(index_path: str, uid: int, schema: Iterable[str], version: int,
                 db.execute(f"PRAGMA user_version = {int(version)}")
             db.execute("DELETE FROM crashes")
             db.executemany(f"INSERT INTO crashes ({', '.join(columns)}) VALUES "
-                           f"({', '.join('?' * len(columns))})", rows)
+                           f"({', '.join('?' * len(columns))})", read_rows())
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -79,6 +79,12 @@ def test_a_user_sees_only_their_own_crash_without_root_only_facts(public_dir):
     dumped = _corectl_as_nobody(config, "dump", user_row["id"], "-o", str(out / "core"))
     assert dumped.returncode == 0, dumped.stderr
     assert (out / "core").read_bytes()[:4] == b"\x7fELF"
+    # Without the ACL (a core of changed credentials stays root's): a clear refusal.
+    core = store / user_row["core_path"]
+    os.removexattr(core, "system.posix_acl_access")
+    refused = _corectl_as_nobody(config, "dump", user_row["id"], "-o", str(out / "core2"))
+    assert refused.returncode != 0 and refused.stderr.startswith("corectl: error:")
+    assert "ermission denied" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
 
 
 def test_views_follow_updates_and_deletes(tmp_path):
