@@ -5,7 +5,7 @@ core_pipe_limit (its sysctl.d file) under every other test, so we fetch the
 package with ``apt-get download`` and unpack it with ``dpkg -x`` into a cache
 directory; its ``coredumpctl`` runs from there against the installed
 libsystemd-shared (same systemd version).  Also starts a real
-systemd-journald when no journal socket exists (shared/FACTS.md).
+systemd-journald when none listens (tests/support/journald.py).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import os
 import pathlib
 import subprocess
 import tempfile
-import time
 
 import pytest
 
+from tests.support import journald
+
 CACHE = pathlib.Path("/var/cache/coredumpd-tests/systemd-coredump")
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 
 def _download(into: str) -> str | None:
@@ -51,19 +51,12 @@ def coredumpctl() -> str:
 
 
 def ensure_journald() -> None:
-    """Start a standalone systemd-journald when no journal socket exists."""
-    if os.path.exists(JOURNAL_SOCKET):
+    """A listening systemd-journald, started standalone when none listens."""
+    if journald.ensure():
         return
     if os.geteuid() != 0:
-        pytest.skip("no journal socket and not root to start systemd-journald")
-    subprocess.Popen(["/lib/systemd/systemd-journald"], start_new_session=True,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        if os.path.exists(JOURNAL_SOCKET):
-            return
-        time.sleep(0.05)
-    pytest.fail("systemd-journald did not create its socket")
+        pytest.skip("no systemd-journald listening and not root to start one")
+    pytest.fail("systemd-journald did not start listening on its socket")
 
 
 def _no_core() -> None:

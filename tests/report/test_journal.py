@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 from coredumpd.report import journal
+from tests.support import journald
 
 ROW = {"id": "row1", "pid": 4242, "tid": 4243, "uid": 1000, "gid": 1000, "signal": 6,
        "timestamp_us": 1_700_000_000_123_456, "rlimit_core": 2**64 - 1, "hostname": "h",
@@ -55,13 +56,10 @@ def test_native_encoding_is_binary_safe():
     assert raw == b"A=one\nB\n" + (9).to_bytes(8, "little") + b"two\nlines\n"
 
 
-def _journald_running() -> bool:
-    return os.path.exists(journal.JOURNAL_SOCKET)
-
-
-@pytest.mark.skipif(not _journald_running(), reason="no systemd-journald socket")
 @pytest.mark.parametrize("size", ["small", "memfd"])
 def test_entry_read_back_from_real_journald(size):
+    if not journald.ensure():
+        pytest.skip("no systemd-journald listening and none could be started (needs root)")
     marker = uuid.uuid4().hex
     row = dict(ROW, comm=f"prog\x1b[31m{marker}")
     fields = journal.journal_fields(row, {}, ANALYSIS)
@@ -102,3 +100,13 @@ def test_socket_that_never_reads_times_out(tmp_path):
 
 def test_missing_socket_is_unreachable(tmp_path):
     assert journal.send({"MESSAGE": "x"}, path=str(tmp_path / "none")).startswith("unreachable")
+
+
+def test_stale_socket_file_is_unreachable_and_not_listening(tmp_path):
+    """A socket file whose journald died (as /run keeps it where /run is no tmpfs)."""
+    path = str(tmp_path / "stale")
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    gone.bind(path)
+    gone.close()
+    assert os.path.exists(path) and not journald.listening(path)
+    assert journal.send({"MESSAGE": "x"}, path=path) == "unreachable: ECONNREFUSED"
