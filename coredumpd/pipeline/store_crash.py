@@ -282,6 +282,7 @@ def _record_rusage(crash: H.Crash, index: Index, row_id: Any, record: dict[str, 
     measures = {"maxrss_kib": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime,
                 "main_monotonic": STARTED, "released_monotonic": crash.released,
                 "held_ms": (crash.released - crash.handler_started) * 1000,
+                "reap_wait_ms": crash.reap_wait_ms,
                 "total_ms": (time.monotonic() - crash.handler_started) * 1000,
                 "signal_name": signal_name(crash.args.signal or 0)}
     stored = index.get(row_id)
