@@ -5,6 +5,10 @@ DIR`` (made on demand, never committed): ``threads200`` (201 threads parked a
 few calls deep) and ``python-ctypes`` (python3 crashing in libc under libffi,
 _ctypes and libpython's eval loop).
 
+``eu-stack`` prints names only unless ``-s`` (source lines) is given, so
+coredumpd is timed both ways: names only, against ``eu-stack``, and with
+file:line from DWARF, against ``eu-stack -s``.
+
 For each core and tool: the median wall time of ``--runs`` runs as a separate
 process (what a user waits for: interpreter start and imports included), and
 for the two Python libraries the median time in-process (coredumpd: core
@@ -43,14 +47,16 @@ from coredumpd.analysis import analyze
 from coredumpd.analysis.runner import make_symbolizer
 from coredumpd.elf.core import Core
 from coredumpd.store.source import RawFileSource
+from coredumpd.unwind import symbols as _symbols  # noqa: F401 - imported lazily by make_symbolizer
 from coredumpd.unwind.space import build_address_space
 from coredumpd.unwind.unwinder import unwind
 
 Trace = dict[int, list[tuple[int, str | None]]]  # tid -> [(pc, symbol)]
 
 
-def coredumpd_backtraces(core_path: str, exe: str) -> Trace:
-    """Core model, address space, unwinding and symbolization of every thread."""
+def coredumpd_backtraces(core_path: str, exe: str, lines: bool = False) -> Trace:
+    """Core model, address space, unwinding and symbolization of every thread
+    (names only, as ``eu-stack`` prints them; with ``lines``, file:line too)."""
     source = RawFileSource(core_path)
     try:
         core = Core.open(source)
@@ -61,11 +67,15 @@ def coredumpd_backtraces(core_path: str, exe: str) -> Trace:
             frames = unwind(space, thread.registers).frames
             result[thread.tid] = [
                 (frame.pc, symbolizer.symbolize(space.module_at(frame.lookup_pc),
-                                                frame.lookup_pc).name)
+                                                frame.lookup_pc, lines=lines).name)
                 for frame in frames]
         return result
     finally:
         source.close()
+
+
+def coredumpd_backtraces_lines(core_path: str, exe: str) -> Trace:
+    return coredumpd_backtraces(core_path, exe, lines=True)
 
 
 def coredumpd_analyze(core_path: str, exe: str) -> Trace:
@@ -103,9 +113,9 @@ def drgn_backtraces(core_path: str, exe: str) -> Trace:
     return result
 
 
-def eu_stack_backtraces(core_path: str, exe: str) -> Trace:
-    output = subprocess.run(["eu-stack", "--core", core_path, "-e", exe],
-                            capture_output=True, text=True, check=False).stdout
+def eu_stack_backtraces(core_path: str, exe: str, source: bool = False) -> Trace:
+    output = subprocess.run(["eu-stack", *(["-s"] if source else []), "--core", core_path,
+                             "-e", exe], capture_output=True, text=True, check=False).stdout
     return parse_eu_stack(output)
 
 
@@ -178,6 +188,11 @@ def bench_one(name: str, core: str, exe: str, runs: int) -> None:
     rows = [("eu-stack --core (process)", eu_wall, describe(eu_trace, None))]
     ours_in, ours_trace = cold_in_process("coredumpd_backtraces", core, exe, runs)
     rows.append(("coredumpd backtraces (in-process)", ours_in, describe(ours_trace, eu_trace)))
+    eu_lines, _ = timed(lambda: eu_stack_backtraces(core, exe, source=True), runs)
+    rows.append(("eu-stack -s --core (process, file:line)", eu_lines, ""))
+    lines_in, lines_trace = cold_in_process("coredumpd_backtraces_lines", core, exe, runs)
+    rows.append(("coredumpd backtraces + file:line (in-proc.)", lines_in,
+                 describe(lines_trace, eu_trace)))
     full_in, full_trace = cold_in_process("coredumpd_analyze", core, exe, runs)
     rows.append(("coredumpd analyze() (in-process)", full_in, describe(full_trace, eu_trace)))
     rows.append(("python -m coredumpd.analysis (process)", process_wall(
@@ -192,7 +207,7 @@ def bench_one(name: str, core: str, exe: str, runs: int) -> None:
         rows.append(("drgn (process)", process_wall(drgn_process_argv(core, exe), runs), ""))
     print(f"\n{name}: {core}")
     for label, seconds, text in rows:
-        print(f"  {label:42s} {seconds * 1000:8.1f} ms  {text}")
+        print(f"  {label:44s} {seconds * 1000:8.1f} ms  {text}")
 
 
 def profile(core: str, exe: str) -> None:

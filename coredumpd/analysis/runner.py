@@ -55,13 +55,13 @@ class CachedSymbolizer:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.cache: dict[tuple[int, int], Symbol] = {}
+        self.cache: dict[tuple[int, int, bool], Symbol] = {}
 
-    def symbolize(self, module: Module | None, lookup_pc: int) -> Symbol:
-        key = (id(module), lookup_pc)
+    def symbolize(self, module: Module | None, lookup_pc: int, lines: bool = True) -> Symbol:
+        key = (id(module), lookup_pc, lines)
         symbol = self.cache.get(key)
         if symbol is None:
-            symbol = self.cache[key] = self.inner.symbolize(module, lookup_pc)
+            symbol = self.cache[key] = self.inner.symbolize(module, lookup_pc, lines)
         return symbol
 
     def address_of(self, name: str, module: Module | None = None) -> int | None:

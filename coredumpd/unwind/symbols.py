@@ -27,6 +27,8 @@ import dataclasses
 import functools
 import glob
 import os
+import struct
+import sys
 from typing import Any, NamedTuple
 
 from coredumpd.elf import layouts as L
@@ -50,6 +52,8 @@ R_X86_64_JUMP_SLOT = 7
 R_X86_64_IRELATIVE = 37
 RELA_SIZE = 24
 PLT_ENTRY_SIZE = 16
+RELA = struct.Struct("<QQq")  # Elf64_Rela
+ST_NAME = struct.Struct("<I")
 
 
 LIBBFD_GLOBS = ("/usr/lib/x86_64-linux-gnu/libbfd*.so*", "/usr/lib64/libbfd*.so*",
@@ -143,86 +147,126 @@ def _rank(alias: _Alias) -> tuple[bool, int, int, int, str]:
 class SymbolTable:
     """Code symbols of one module by link-time address; all names, lazily, for address_of.
 
-    Reads Elf64_Sym arrays directly (tens of thousands of entries per big
-    module) and decodes names only for the addresses looked up.
+    An Elf64_Sym is three little-endian 8-byte words (st_name|st_info|st_other|
+    st_shndx, st_value, st_size), so a table is read as three columns by
+    ``memoryview.cast("Q")`` slices — C speed — and sorted once by address; types
+    are checked and names decoded only around the addresses looked up.  (The
+    per-entry Python loop this replaces spent ~9 ms on libc's 10,000 symbols, a
+    quarter of a python3 core's whole backtrace.)
     """
 
     def __init__(self) -> None:
-        # start -> [(table index, st_name, st_bind)], or the chosen alias once looked up
-        self._raw: dict[int, list[tuple[int, int, int]]] = {}
-        self._chosen: dict[int, _Alias | None] = {}
-        self._sizes: dict[int, int] = {}
-        self._tables: list[tuple[bytes, bytes]] = []
+        self._tables: list[tuple[bytes, bytes, bool]] = []  # (symbols, strings, is PLT)
+        self._heads: list[int] = []  # st_name | st_info << 32 | st_other << 40 | st_shndx << 48
+        self._values: list[int] = []
+        self._sizes: list[int] = []
+        self._table_of: list[int] = []
+        self._order: list[int] = []  # entry numbers sorted by address
+        self._chosen: dict[int, tuple[int, _Alias | None] | None] = {}  # start -> (size, alias)
         self._names: dict[str, int] | None = None
-        self.starts: list[int] = []
+        self.starts: list[int] = []  # addresses of self._order, for bisect
 
     def add_table(self, data: bytes, strings: bytes) -> None:
         """One .symtab or .dynsym."""
-        table = len(self._tables)
-        self._tables.append((data, strings))
-        raw, sizes = self._raw, self._sizes
-        for st_name, info, _other, shndx, value, size in L.SYM.iter_unpack(
-                data[:len(data) - len(data) % L.SYM.size]):
-            if (info & 0xF) not in CODE_TYPES or not value or shndx in (L.SHN_UNDEF, SHN_ABS):
-                continue
-            entries = raw.get(value)
-            if entries is None:
-                raw[value] = [(table, st_name, info >> 4)]
-            else:
-                entries.append((table, st_name, info >> 4))
-            if size > sizes.get(value, 0):
-                sizes[value] = size
-            else:
-                sizes.setdefault(value, 0)
+        count = len(data) // L.SYM.size
+        if sys.byteorder == "little":
+            words = memoryview(data)[:count * L.SYM.size].cast("Q")
+            heads, values, sizes = words[0::3].tolist(), words[1::3].tolist(), words[2::3].tolist()
+        else:  # not an x86-64 host: the same columns, slowly
+            rows = list(L.SYM.iter_unpack(data[:count * L.SYM.size]))
+            heads = [name | info << 32 | other << 40 | shndx << 48
+                     for name, info, other, shndx, _, _ in rows]
+            values, sizes = [row[4] for row in rows], [row[5] for row in rows]
+        self._append(data, strings, False, heads, values, sizes)
 
-    def add_synthetic(self, start: int, size: int, name: str) -> None:
-        """A symbol that no table holds (``puts@plt``), like bfd's synthetic symbols."""
-        self._raw.setdefault(start, [])
-        self._chosen[start] = _Alias(name, name, 1)
-        self._sizes[start] = max(self._sizes.get(start, 0), size)
+    def add_plt(self, starts: list[int], st_names: list[int], strings: bytes) -> None:
+        """PLT stubs (``puts@plt``), which no table holds, like bfd's synthetic symbols.
+        They win over table symbols at the same address."""
+        head = STT_FUNC << 32 | 1 << 36 | 1 << 48  # a global function in some section
+        self._append(b"", strings, True, [head | name for name in st_names], starts,
+                     [PLT_ENTRY_SIZE] * len(starts))
+
+    def _append(self, data: bytes, strings: bytes, plt: bool, heads: list[int],
+                values: list[int], sizes: list[int]) -> None:
+        self._table_of += [len(self._tables)] * len(heads)
+        self._tables.append((data, strings, plt))
+        self._heads += heads
+        self._values += values
+        self._sizes += sizes
 
     def finish(self) -> None:
-        self.starts = sorted(self._raw)
+        values = self._values
+        self._order = sorted(range(len(values)), key=values.__getitem__)
+        self.starts = [values[number] for number in self._order]
 
-    def _alias_at(self, start: int) -> _Alias | None:
-        """The plain-name alias among the symbols at ``start`` (decoded once)."""
-        if start not in self._chosen:
-            aliases: dict[str, _Alias] = {}
-            for table, st_name, bind in self._raw[start]:
-                name = _cstring(self._tables[table][1], st_name)
-                base = name.partition("@")[0]
-                if base and not base.startswith((".L", "$")):
-                    aliases.setdefault(base, _Alias(name, base, bind))
-            self._chosen[start] = min(aliases.values(), key=_rank) if aliases else None
-        return self._chosen[start]
+    def _is_code(self, number: int) -> bool:
+        head = self._heads[number]
+        shndx = head >> 48
+        return ((head >> 32) & 0xF in CODE_TYPES and self._values[number] != 0
+                and shndx != L.SHN_UNDEF and shndx != SHN_ABS)
+
+    def _first(self, position: int) -> int:
+        """The first position holding the same address as ``position``."""
+        start = self.starts[position]
+        while position > 0 and self.starts[position - 1] == start:
+            position -= 1
+        return position
+
+    def _symbol_at(self, start: int, first: int, last: int) -> tuple[int, _Alias | None] | None:
+        """Largest size and chosen alias of the code symbols at positions first..last
+        (None: no code symbol there)."""
+        if start in self._chosen:
+            return self._chosen[start]
+        size, plt = -1, None
+        aliases: dict[str, _Alias] = {}
+        for position in range(first, last + 1):
+            number = self._order[position]
+            if not self._is_code(number):
+                continue
+            size = max(size, self._sizes[number])
+            _, strings, is_plt = self._tables[self._table_of[number]]
+            name = _cstring(strings, self._heads[number] & 0xFFFFFFFF)
+            if is_plt:
+                plt = _Alias(name + "@plt", name + "@plt", 1)
+                continue
+            base = name.partition("@")[0]
+            if base and not base.startswith((".L", "$")):
+                aliases.setdefault(base, _Alias(name, base, (self._heads[number] >> 36) & 0xF))
+        alias = plt or (min(aliases.values(), key=_rank) if aliases else None)
+        chosen = (size, alias) if size >= 0 else None
+        self._chosen[start] = chosen
+        return chosen
 
     def lookup(self, address: int) -> tuple[int, str] | None:
-        """(symbol start, raw name) for link-time ``address``, by gdb's minsyms rule."""
-        index = bisect.bisect_right(self.starts, address) - 1
-        zero_sized: int | None = None
-        while index >= 0:
-            start = self.starts[index]
-            size = self._sizes[start]
+        """(symbol start, raw name) for link-time ``address``, by gdb's minsyms rule:
+        the nearest symbol below whose size covers it, else the nearest zero-sized one."""
+        position = bisect.bisect_right(self.starts, address) - 1
+        zero_sized: tuple[int, _Alias | None] | None = None
+        while position >= 0:
+            start, first = self.starts[position], self._first(position)
+            found = self._symbol_at(start, first, position)
+            position = first - 1
+            if found is None:
+                continue  # no code symbol here (data, section, file symbols)
+            size, alias = found
             if size == 0:
                 if zero_sized is None:
-                    zero_sized = start
-                index -= 1
+                    zero_sized = (start, alias)
                 continue
             if address < start + size:
-                alias = self._alias_at(start)
                 return (start, alias.raw) if alias is not None else None
             break
-        if zero_sized is not None:
-            alias = self._alias_at(zero_sized)
-            return (zero_sized, alias.raw) if alias is not None else None
+        if zero_sized is not None and zero_sized[1] is not None:
+            return zero_sized[0], zero_sized[1].raw
         return None
 
     def address_of(self, name: str) -> int | None:
         """Link-time address of a function or object named ``name`` (first table wins)."""
         if self._names is None:
             self._names = {}
-            for data, strings in self._tables:
-                self._index_names(data, strings, self._names)
+            for data, strings, plt in self._tables:
+                if not plt:
+                    self._index_names(data, strings, self._names)
         return self._names.get(name)
 
     @staticmethod
@@ -233,7 +277,8 @@ class SymbolTable:
                 names.setdefault(_cstring(strings, st_name).partition("@")[0], value)
 
     def __len__(self) -> int:
-        return len(self.starts)
+        """Code symbols in the tables."""
+        return sum(1 for number in range(len(self._heads)) if self._is_code(number))
 
 
 def _cstring(table: bytes, offset: int) -> str:
@@ -243,8 +288,9 @@ def _cstring(table: bytes, offset: int) -> str:
     return table[offset:end if end >= 0 else len(table)].decode("utf-8", "surrogateescape")
 
 
-def _plt_names(elf: ElfFile, dynsym: tuple[bytes, bytes]) -> dict[int, str]:
-    """PLT entry address -> ``name@plt``, from .rela.plt order (x86-64 psABI, 16-byte entries).
+def _plt_entries(elf: ElfFile, dynsym: tuple[bytes, bytes]) -> tuple[list[int], list[int]]:
+    """PLT entry addresses and their symbols' st_name, from .rela.plt order (x86-64
+    psABI, 16-byte entries).  Names are decoded only when looked up.
 
     With IBT the callable stubs are in ``.plt.sec`` (one per relocation);
     otherwise ``.plt`` entry 0 is the resolver stub and entry i+1 is relocation i.
@@ -252,18 +298,20 @@ def _plt_names(elf: ElfFile, dynsym: tuple[bytes, bytes]) -> dict[int, str]:
     rela = elf.section(".rela.plt")
     plt_sec, plt = elf.section(".plt.sec"), elf.section(".plt")
     if rela is None or (plt_sec is None and plt is None):
-        return {}
+        return [], []
     base = plt_sec.sh_addr if plt_sec is not None else plt.sh_addr + PLT_ENTRY_SIZE  # type: ignore[union-attr]
-    names = {}
     data = elf.section_data(rela)
-    for index in range(min(len(data) // RELA_SIZE, 1 << 16)):
-        info = int.from_bytes(data[index * RELA_SIZE + 8:index * RELA_SIZE + 16], "little")
-        symbol_index, kind = info >> 32, info & 0xFFFFFFFF
-        symbols, strings = dynsym
-        if kind == R_X86_64_JUMP_SLOT and 0 < symbol_index < len(symbols) // L.SYM.size:
-            st_name = L.SYM.unpack_from(symbols, symbol_index * L.SYM.size)[0]
-            names[base + PLT_ENTRY_SIZE * index] = _cstring(strings, st_name) + "@plt"
-    return names
+    symbols = dynsym[0]
+    count = min(len(data) // RELA_SIZE, 1 << 16)
+    symbol_count = len(symbols) // L.SYM.size
+    starts: list[int] = []
+    st_names: list[int] = []
+    for index, (_offset, info, _addend) in enumerate(RELA.iter_unpack(data[:count * RELA_SIZE])):
+        symbol_index = info >> 32
+        if info & 0xFFFFFFFF == R_X86_64_JUMP_SLOT and 0 < symbol_index < symbol_count:
+            starts.append(base + PLT_ENTRY_SIZE * index)
+            st_names.append(ST_NAME.unpack_from(symbols, symbol_index * L.SYM.size)[0])
+    return starts, st_names
 
 
 @dataclasses.dataclass
@@ -283,14 +331,17 @@ class Symbolizer:
         self.root = root
         self._modules: dict[tuple[str, int], _ModuleInfo] = {}
 
-    def symbolize(self, module: Module | None, lookup_pc: int) -> Symbol:
-        """What is known about runtime ``lookup_pc`` in ``module`` (never raises)."""
+    def symbolize(self, module: Module | None, lookup_pc: int, lines: bool = True) -> Symbol:
+        """What is known about runtime ``lookup_pc`` in ``module`` (never raises).
+
+        ``lines=False`` leaves out file:line (no DWARF is read: names only, like
+        ``eu-stack`` without ``-s``)."""
         if module is None:
             return Symbol(None)
         info = self._info(module)
         address = lookup_pc - module.load_bias
         found = info.table.lookup(address)
-        row = info.lines.lookup(address) if info.lines is not None else None
+        row = info.lines.lookup(address) if lines and info.lines is not None else None
         file, line = (row.file, row.line) if row is not None and row.line else (None, None)
         if found is None:
             return Symbol(None, 0, None, file, line)
@@ -361,17 +412,20 @@ class Symbolizer:
                 sources = [debug]
             else:
                 sources = [debug, elf] if debug is not None else [elf, self._mini(elf, problems)]
+            full = False
             for source in sources:
                 raw = source.raw_symbols(".symtab") if source is not None else None
                 if raw is not None:
                     table.add_table(*raw)
+                    full = full or source is debug
             if elf is None:
                 return self._lines(debug, None)
             raw = elf.raw_symbols(".dynsym")
             if raw is not None:
-                table.add_table(*raw)
-                for start, name in _plt_names(elf, raw).items():
-                    table.add_synthetic(start, PLT_ENTRY_SIZE, name)
+                if not full:  # a debug file's .symtab holds every .dynsym function too
+                    table.add_table(*raw)
+                starts, st_names = _plt_entries(elf, raw)
+                table.add_plt(starts, st_names, raw[1])
             return self._lines(debug, elf)
         finally:  # the tables are copies; DwarfLines opens the file again if it needs it
             if debug is not None:

@@ -150,14 +150,17 @@ def test_repeated_analyses_leak_no_fds_and_no_address_spaces():
         finally:
             source.close()
 
+    def spaces() -> set[int]:  # other tests' spaces may live on in their fixtures
+        return {id(obj) for obj in gc.get_objects()
+                if isinstance(obj, space_module.ProcessAddressSpace)}
+
     once()  # warm caches and lazy imports
     gc.collect()
     fds_before = len(os.listdir("/proc/self/fd"))
+    caches_before, spaces_before = len(unwinder._CFI_CACHES), spaces()
     for _ in range(20):
         once()
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) == fds_before
-    assert len(unwinder._CFI_CACHES) == 0
-    alive = [obj for obj in gc.get_objects()
-             if isinstance(obj, space_module.ProcessAddressSpace)]
-    assert alive == []
+    assert len(unwinder._CFI_CACHES) == caches_before
+    assert spaces() <= spaces_before

@@ -249,3 +249,30 @@ def test_plt_entries_are_named_like_gdb(program):
             assert ours.name == symbol_text.split(" in section")[0], (hex(address), ours)
             named += 1
     assert named >= 2  # puts@plt, strlen@plt (or __stack_chk_fail...)
+
+
+def test_symbol_table_columns_agree_with_each_entry():
+    """SymbolTable reads Elf64_Sym arrays as columns: every sized function of libc's
+    .dynsym (read entry by entry here) is found at its own address, under one of the
+    names defined there."""
+    import struct
+
+    from coredumpd.unwind.symbols import SymbolTable
+
+    with ElfFile.open(LIBC) as elf:
+        data, strings = elf.raw_symbols(".dynsym")
+    table = SymbolTable()
+    table.add_table(data, strings)
+    table.finish()
+    names_at: dict[int, set[str]] = {}
+    functions = []
+    for st_name, info, _other, shndx, value, size in struct.iter_unpack("<IBBHQQ", data):
+        name = strings[st_name:strings.index(b"\0", st_name)].decode()
+        names_at.setdefault(value, set()).add(name)
+        if info & 0xF == STT_FUNC and shndx and size:
+            functions.append((value, size))
+    assert len(functions) > 2000
+    for value, size in functions:
+        found = table.lookup(value)
+        assert found is not None and found[0] == value and found[1] in names_at[value]
+        assert table.lookup(value + size - 1)[0] >= value  # inside it, or in one nested in it
