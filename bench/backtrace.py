@@ -165,6 +165,32 @@ def cold_in_process(function: str, core: str, exe: str, runs: int) -> tuple[floa
     return statistics.median(durations), trace
 
 
+BACKTRACES_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+from coredumpd.elf.core import Core
+from coredumpd.store.source import RawFileSource
+from coredumpd.unwind.space import build_address_space
+from coredumpd.unwind.symbols import Symbolizer
+from coredumpd.unwind.unwinder import unwind
+source = RawFileSource({core!r})
+core = Core.open(source)
+space = build_address_space(core, exe={exe!r})
+symbolizer = Symbolizer(space)
+for thread in core.threads:
+    print("TID", thread.tid)
+    for frame in unwind(space, thread.registers).frames:
+        symbol = symbolizer.symbolize(space.module_at(frame.lookup_pc), frame.lookup_pc, False)
+        print(hex(frame.pc), symbol.name)
+"""
+
+
+def coredumpd_process_argv(core: str, exe: str) -> list[str]:
+    """Names-only backtraces as a process, importing only the modules they need
+    (what ``eu-stack`` does, as a Python program: interpreter start included)."""
+    return [sys.executable, "-c", BACKTRACES_SCRIPT.format(repo=str(REPO), core=core, exe=exe)]
+
+
 def drgn_process_argv(core: str, exe: str) -> list[str]:
     code = (f"import sys; sys.path.insert(0, {str(REPO)!r});"
             f" from bench.backtrace import drgn_backtraces; drgn_backtraces({core!r}, {exe!r})")
@@ -188,6 +214,8 @@ def bench_one(name: str, core: str, exe: str, runs: int) -> None:
     rows = [("eu-stack --core (process)", eu_wall, describe(eu_trace, None))]
     ours_in, ours_trace = cold_in_process("coredumpd_backtraces", core, exe, runs)
     rows.append(("coredumpd backtraces (in-process)", ours_in, describe(ours_trace, eu_trace)))
+    rows.append(("coredumpd backtraces (process)", process_wall(
+        coredumpd_process_argv(core, exe), runs), ""))
     eu_lines, _ = timed(lambda: eu_stack_backtraces(core, exe, source=True), runs)
     rows.append(("eu-stack -s --core (process, file:line)", eu_lines, ""))
     lines_in, lines_trace = cold_in_process("coredumpd_backtraces_lines", core, exe, runs)

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from coredumpd.analysis.shape import expand_frames
 from tests.support.fixtures import FIXTURES_DIR, fixture_names, load_fixture
 
 # Unwinding all ~800 frames of the stack-overflow fixture is the point of that
@@ -68,11 +69,9 @@ def analysis_of(name: str) -> dict[str, Any]:
 
 
 def expand_repeats(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A collapsed run (``repeat`` n) stands for n identical frames."""
-    expanded = []
-    for frame in frames:
-        expanded.extend([frame] * max(1, int(frame.get("repeat", 1))))
-    return expanded
+    """A collapsed run (``repeat`` n) stands for n identical frames, a cycle for n
+    instances of its frames."""
+    return expand_frames(frames)
 
 
 def normalize_path(path: str) -> str:

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from coredumpd.analysis import analyze
+from coredumpd.report.text import repeat_note
 from coredumpd.store.lz4seek import open_core_source
 
 
@@ -23,7 +24,7 @@ def _frame_line(frame: dict[str, Any]) -> str:
     where = f" at {frame['file']}:{frame['line']}" if frame["file"] else ""
     module = (frame["module"] or "?").rsplit("/", 1)[-1]
     offset = f" + {frame['offset']:#x}" if frame["offset"] is not None else ""
-    repeat = f" (x{frame['repeat']})" if frame["repeat"] > 1 else ""
+    repeat = repeat_note(frame)
     return (f"#{frame['index']:<3} {frame['pc']:#018x} {symbol} ({module}{offset})"
             f"{where} [{frame['trust']}]{repeat}")
 

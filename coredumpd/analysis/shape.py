@@ -50,7 +50,23 @@ def frame_json(frame: Frame, module: Module | None, symbol: Symbol) -> dict[str,
         "line": symbol.line,
         "trust": frame.trust.value,
         "repeat": frame.repeat,
+        "cycle": frame.cycle,
     }
+
+
+def expand_frames(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The frames as the stack held them: a ``repeat`` run of one frame n times, a
+    ``cycle`` of k frames (each with the same ``repeat`` n) n times in order."""
+    expanded: list[dict[str, Any]] = []
+    position = 0
+    while position < len(frames):
+        frame = frames[position]
+        repeat = max(1, int(frame.get("repeat") or 1))
+        cycle = max(1, int(frame.get("cycle") or 1))
+        group = frames[position:position + cycle]
+        expanded.extend(group * repeat)
+        position += len(group)
+    return expanded
 
 
 def module_json(module: Module) -> dict[str, Any]:

@@ -21,11 +21,8 @@ with the C++ runtime's ``__cxa_demangle``.
 from __future__ import annotations
 
 import bisect
-import ctypes
-import ctypes.util
 import dataclasses
 import functools
-import glob
 import os
 import struct
 import sys
@@ -64,7 +61,12 @@ DMGL_PARAMS, DMGL_ANSI, DMGL_VERBOSE = 1, 2, 8  # include/demangle.h
 @functools.cache
 def _demanglers() -> list[tuple[str, Any]]:
     """gdb's demangler first (binutils' ``bfd_demangle``, gdb/cp-support.c
-    ``gdb_demangle``), then the C++ runtime's ``__cxa_demangle``."""
+    ``gdb_demangle``), then the C++ runtime's ``__cxa_demangle``.  ctypes is
+    imported only here, for the first mangled name (it costs ~11 ms to import)."""
+    import ctypes
+    import ctypes.util
+    import glob
+
     found: list[tuple[str, Any]] = []
     for pattern in LIBBFD_GLOBS:
         for path in sorted(glob.glob(pattern)):
@@ -92,6 +94,8 @@ def _demanglers() -> list[tuple[str, Any]]:
 
 
 def _call_demangler(kind: str, function: Any, raw: bytes) -> str | None:
+    import ctypes
+
     if kind == "bfd":
         pointer = function(None, raw, DMGL_PARAMS | DMGL_ANSI | DMGL_VERBOSE)
     else:
@@ -104,11 +108,16 @@ def _call_demangler(kind: str, function: Any, raw: bytes) -> str | None:
     try:
         return ctypes.string_at(pointer).decode("utf-8", "replace")
     finally:
-        _LIBC.free(ctypes.c_void_p(pointer))
+        _libc().free(ctypes.c_void_p(pointer))
 
 
-_LIBC = ctypes.CDLL(None)
-_LIBC.free.argtypes = [ctypes.c_void_p]
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.free.argtypes = [ctypes.c_void_p]
+    return libc
 
 
 @functools.lru_cache(maxsize=65536)

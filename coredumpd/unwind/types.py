@@ -119,6 +119,9 @@ class Frame:
     signal_frame: bool = False  # this frame is a signal trampoline (__restore_rt)
     registers: dict[str, int] = dataclasses.field(default_factory=dict)
     repeat: int = 1  # >1: a collapsed run of identical recursive frames
+    # >1: this frame is one of a run of ``cycle`` frames (mutual recursion, A->B->A->B)
+    # that repeated ``repeat`` times as a whole
+    cycle: int = 1
 
     @property
     def exact(self) -> bool:
@@ -151,3 +154,4 @@ class Caps:
     max_bytes_read: int = 64 << 20
     scan_words: int = 1024
     collapse_after: int = 8  # identical recursive frames beyond this become one counted run
+    max_cycle: int = 4  # mutual recursion through up to this many functions folds too

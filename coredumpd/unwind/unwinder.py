@@ -24,6 +24,8 @@ The order and the checks follow what gdb, libunwind and Breakpad's
 Bounds (:class:`~coredumpd.unwind.types.Caps`): emitted frames, steps, bytes
 read, expression steps; a (sp, pc) pair seen twice stops a cycle; runs of
 identical recursive frames collapse into one frame with a ``repeat`` count,
+runs of mutual recursion (A->B->A->B, up to ``Caps.max_cycle`` functions)
+into one instance of the cycle whose frames carry ``cycle`` and ``repeat``,
 and beyond the frame cap the bottom of the stack is still kept.
 """
 
@@ -37,7 +39,7 @@ from collections.abc import Callable
 from coredumpd.elf import layouts as L
 from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import CoredumpdError, FormatError, LimitExceeded, MemoryReadError
-from coredumpd.unwind import cfi, disasm
+from coredumpd.unwind import cfi
 from coredumpd.unwind.dwarf_expr import MASK, evaluate
 from coredumpd.unwind.types import AddressSpace, Caps, Frame, Module, Trust
 
@@ -270,6 +272,7 @@ class _Unwinder:
         """
         known = self.returns.get(address)
         if known is None:
+            from coredumpd.unwind import disasm  # capstone: ~30 ms to import, rarely needed
             known = self.returns[address] = self.executable(address) and (
                 disasm.call_before(self.space, address) is not None
                 or self.signal_trampoline(address))
@@ -383,6 +386,7 @@ class _Unwinder:
 
     def call_target(self, return_address: int) -> int | None:
         """Where the direct call before ``return_address`` went (None: indirect or no call)."""
+        from coredumpd.unwind import disasm
         call = disasm.call_before(self.space, return_address)
         return call.direct_target if call is not None else None
 
@@ -522,14 +526,29 @@ class _Frames:
         self.frames: list[Frame] = []
         self.elided = 0
         self.keep_head = max(caps.max_frames - BOTTOM_FRAMES, 1)
+        self.cycle: _Cycle | None = None
 
     def add(self, frame: Frame) -> bool:
-        """Keep ``frame`` or fold it into a run; True when it was kept as a frame."""
+        """Keep ``frame`` or fold it into a run; True when it was kept as a frame
+        (or may be: it is part of a cycle instance not yet complete)."""
+        if self.cycle is not None:
+            if self.cycle.takes(frame):
+                return bool(self.cycle.pending)
+            pending, self.cycle = self.cycle.pending, None
+            for unfolded in pending:  # a cycle cut short: its frames are frames again
+                self._keep(unfolded)
         kept = _append(self.frames, frame, self.caps.collapse_after)
+        if kept:
+            self._keep(None)
+            self.cycle = _Cycle.starting(self.frames, self.caps)
+        return kept
+
+    def _keep(self, frame: Frame | None) -> None:
+        if frame is not None:
+            self.frames.append(frame)
         if len(self.frames) > self.caps.max_frames:
             dropped = self.frames.pop(self.keep_head)
             self.elided += dropped.repeat
-        return kept
 
     def elided_reason(self) -> str | None:
         if not self.elided:
@@ -538,9 +557,54 @@ class _Frames:
                 f"(cap of {self.caps.max_frames} frames)")
 
     def result(self) -> list[Frame]:
+        if self.cycle is not None:
+            for unfolded in self.cycle.pending:
+                self._keep(unfolded)
+            self.cycle = None
         for index, frame in enumerate(self.frames):
             frame.index = index
         return self.frames
+
+
+class _Cycle:
+    """Mutual recursion being folded: the last ``len(template)`` kept frames are one
+    instance of the cycle; each further complete instance adds 1 to their ``repeat``."""
+
+    def __init__(self, template: list[Frame]) -> None:
+        self.template = template
+        self.pending: list[Frame] = []  # frames of the instance now being matched
+
+    @staticmethod
+    def starting(frames: list[Frame], caps: Caps) -> _Cycle | None:
+        """A cycle of 2..max_cycle frames that the last frames repeat (at least
+        ``collapse_after`` frames and two instances, none of them folded yet)."""
+        for period in range(2, caps.max_cycle + 1):
+            span = max(caps.collapse_after, 2 * period)
+            if len(frames) < span:
+                break
+            tail = frames[-span:]
+            if any(frame.repeat > 1 or frame.cycle > 1 for frame in tail):
+                return None
+            template = tail[-period:]
+            if len({frame.pc for frame in template}) < period:
+                continue  # a shorter cycle repeats inside it
+            if all(tail[i].pc == tail[i + period].pc and tail[i].trust is tail[i + period].trust
+                   for i in range(span - period)):
+                return _Cycle(template)
+        return None
+
+    def takes(self, frame: Frame) -> bool:
+        """Fold ``frame`` when it continues the cycle (True)."""
+        expected = self.template[len(self.pending)]
+        if frame.pc != expected.pc or frame.trust is not expected.trust:
+            return False
+        self.pending.append(frame)
+        if len(self.pending) == len(self.template):
+            for member in self.template:
+                member.repeat += 1
+                member.cycle = len(self.template)
+            self.pending = []
+        return True
 
 
 def _named(registers: Registers) -> dict[str, int]:
@@ -549,7 +613,8 @@ def _named(registers: Registers) -> dict[str, int]:
 
 
 def _extends_run(frames: list[Frame], frame: Frame) -> bool:
-    return bool(frames) and frames[-1].pc == frame.pc and frames[-1].repeat > 1
+    return bool(frames) and frames[-1].pc == frame.pc and frames[-1].repeat > 1 \
+        and frames[-1].cycle == 1
 
 
 def _append(frames: list[Frame], frame: Frame, collapse_after: int) -> bool:
@@ -559,7 +624,7 @@ def _append(frames: list[Frame], frame: Frame, collapse_after: int) -> bool:
         return False
     run = 0
     for previous in reversed(frames):
-        if previous.pc != frame.pc or previous.trust is not frame.trust:
+        if previous.pc != frame.pc or previous.trust is not frame.trust or previous.cycle > 1:
             break
         run += 1
     if run >= collapse_after:

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 
 from coredumpd.analysis import analyze
-from coredumpd.analysis.shape import empty_result
+from coredumpd.analysis.shape import empty_result, expand_frames
 from coredumpd.store.lz4seek import open_core_source
 from coredumpd.store.source import BytesSource
 from coredumpd.unwind.types import Caps
 from tests.support.fixtures import Fixture, fixture_names, load_fixture
 
 FRAME_KEYS = {"index", "pc", "module", "build_id", "offset", "symbol", "symbol_offset", "file",
-              "line", "trust", "repeat"}
+              "line", "trust", "repeat", "cycle"}
 THREAD_KEYS = {"tid", "crashed", "name", "stop_reason", "registers", "frames"}
 
 
@@ -35,7 +35,7 @@ def run(fixture: Fixture) -> dict[str, Any]:
 
 
 def expanded(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [frame for frame in frames for _ in range(frame["repeat"])]
+    return expand_frames(frames)
 
 
 @pytest.mark.parametrize("name", fixture_names())
