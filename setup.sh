@@ -3,14 +3,15 @@
 # virtualenv, man pages), registers the handler in kernel.core_pattern, crashes
 # a demo program and shows what coredumpd made of it.
 #
-#   sudo ./setup.sh              everything, then the demo
-#   sudo ./setup.sh --deps-only  packages, virtualenv and man pages only
+#   ./setup.sh              everything, then the demo (re-run with sudo when not root)
+#   ./setup.sh --deps-only  packages, virtualenv and man pages only
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 REPO=$PWD
 MODE=${1:-full}
 
 if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup.sh: run it as root (no sudo here)" >&2; exit 1; }
     exec sudo -- "$0" "$@"
 fi
 
