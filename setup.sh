@@ -76,11 +76,14 @@ log "crashing the demo program"
 demo_dir=$(mktemp -d)
 trap 'rm -rf "$demo_dir"' EXIT
 gcc -g -O1 -fno-omit-frame-pointer -o "$demo_dir/coredumpd-demo" examples/demo-crash.c
-(ulimit -c unlimited; "$demo_dir/coredumpd-demo") || true
-# The handler has stored the core when the crash returns; the analysis runs
-# detached right after: wait for it before showing the report.
-for _ in $(seq 100); do
-    state=$(.venv/bin/corectl --json show coredumpd-demo 2>/dev/null \
+(ulimit -c unlimited; exec "$demo_dir/coredumpd-demo") &
+demo_pid=$!
+wait "$demo_pid" || true
+# The kernel reaps the crash before the handler writes the index row, and the
+# analysis runs detached after that: wait for this PID's analysis (an older
+# demo crash may be in the store) before showing the report.
+for _ in $(seq 150); do
+    state=$(.venv/bin/corectl --json show "$demo_pid" 2>/dev/null \
             | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["analysis"]["state"])' \
             2>/dev/null || true)
     [ "$state" = done ] || [ "$state" = failed ] && break
@@ -88,5 +91,5 @@ for _ in $(seq 100); do
 done
 log "corectl list"
 .venv/bin/corectl --no-pager list
-log "corectl show coredumpd-demo"
-.venv/bin/corectl --no-pager show coredumpd-demo
+log "corectl show $demo_pid"
+.venv/bin/corectl --no-pager show "$demo_pid"
