@@ -24,7 +24,8 @@ def _frame_line(frame: dict[str, Any]) -> str:
     where = f" at {frame['file']}:{frame['line']}" if frame["file"] else ""
     module = (frame["module"] or "?").rsplit("/", 1)[-1]
     offset = f" + {frame['offset']:#x}" if frame["offset"] is not None else ""
-    repeat = repeat_note(frame)
+    note = repeat_note(frame)
+    repeat = f" ({note})" if note else ""
     return (f"#{frame['index']:<3} {frame['pc']:#018x} {symbol} ({module}{offset})"
             f"{where} [{frame['trust']}]{repeat}")
 

@@ -206,8 +206,7 @@ class ElfFile:
         if 0 < self.e_shstrndx < len(raw):
             strtab = raw[self.e_shstrndx]
             names = self.read(strtab[4], min(strtab[5], 1 << 20), ".shstrtab")
-        text = names.decode("latin-1")  # one char per byte: offsets stay valid
-        return [Section(index, _name_at(text, fields[0]), *fields[1:])
+        return [Section(index, _string(names, fields[0]), *fields[1:])
                 for index, fields in enumerate(raw)]
 
     def section(self, name: str) -> Section | None:
@@ -407,16 +406,6 @@ def _decompress(data: bytes, section: Section, name: str) -> bytes:
         raise FormatError(f"{name}: {section.name} inflates to {len(result)} bytes, "
                           f"not {ch_size}", section.sh_offset)
     return result
-
-
-def _name_at(text: str, offset: int) -> str:
-    """The NUL-terminated name at ``offset`` of a latin-1-decoded string table
-    (decoded again as UTF-8 when it is not ASCII, like :func:`_string`)."""
-    if not 0 <= offset < len(text):
-        return ""
-    end = text.find("\0", offset)
-    name = text[offset:end if end >= 0 else len(text)]
-    return name if name.isascii() else name.encode("latin-1").decode("utf-8", "surrogateescape")
 
 
 def _string(table: bytes, offset: int) -> str:

@@ -188,18 +188,19 @@ def format_frame(frame: dict[str, Any]) -> str:
     if frame.get("file"):
         text += f"  {escape(frame.get('file'))}:{escape(frame.get('line'))}"
     text += f"  [{escape(frame.get('trust'))}]"
-    return text + escape(repeat_note(frame)).replace(" (", "  (", 1)
+    note = repeat_note(frame)
+    return text + (f"  ({note})" if note else "")
 
 
 def repeat_note(frame: dict[str, Any]) -> str:
-    """`` (x5)`` for a run of one recursive frame, `` (x5, cycle of 2 frames)`` for a
+    """``x5`` for a run of one recursive frame, ``x5, cycle of 2 frames`` for a
     frame of a mutual-recursion cycle repeated as a whole; "" otherwise."""
     repeat, cycle = frame.get("repeat"), frame.get("cycle")
     if not isinstance(repeat, int) or repeat <= 1:
         return ""
     if isinstance(cycle, int) and cycle > 1:
-        return f" (x{repeat}, cycle of {cycle} frames)"
-    return f" (x{repeat})"
+        return f"x{repeat}, cycle of {cycle} frames"
+    return f"x{repeat}"
 
 
 def _pc(value: Any) -> str:

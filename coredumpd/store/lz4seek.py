@@ -45,7 +45,6 @@ from coredumpd.store.lz4format import (  # noqa: F401 (re-exported)
 from coredumpd.store.lz4reader import SeekableLz4Reader
 from coredumpd.store.source import ByteSource, RawFileSource
 
-READ_CAP = 4 << 20  # bytes asked of one read(2)
 WORKER_NICE = 10  # workers' extra niceness while a spill file absorbs the stream
 HC_INTERVAL = 16  # at most one block in 16 tries LZ4-HC (see SeekableLz4Writer._want_high)
 
@@ -280,8 +279,7 @@ class SeekableLz4Writer:
     def _read_into_buffer(self, fd: int, room: int) -> int:
         while True:
             try:
-                count = os.readv(fd, [memoryview(self._buffer)[
-                    self._filled:self._filled + min(room, READ_CAP)]])
+                count = os.readv(fd, [memoryview(self._buffer)[self._filled:self._filled + room]])
                 break
             except InterruptedError:
                 continue

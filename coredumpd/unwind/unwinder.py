@@ -534,18 +534,23 @@ class _Frames:
         if self.cycle is not None:
             if self.cycle.takes(frame):
                 return bool(self.cycle.pending)
-            pending, self.cycle = self.cycle.pending, None
-            for unfolded in pending:  # a cycle cut short: its frames are frames again
-                self._keep(unfolded)
+            self._end_cycle()
         kept = _append(self.frames, frame, self.caps.collapse_after)
         if kept:
-            self._keep(None)
+            self._cap()
             self.cycle = _Cycle.starting(self.frames, self.caps)
         return kept
 
-    def _keep(self, frame: Frame | None) -> None:
-        if frame is not None:
-            self.frames.append(frame)
+    def _end_cycle(self) -> None:
+        """The cycle stops folding; an instance cut short keeps its frames as frames."""
+        assert self.cycle is not None
+        for unfolded in self.cycle.pending:
+            self.frames.append(unfolded)
+            self._cap()
+        self.cycle = None
+
+    def _cap(self) -> None:
+        """Past ``max_frames``, drop the oldest frame of the bottom part."""
         if len(self.frames) > self.caps.max_frames:
             dropped = self.frames.pop(self.keep_head)
             self.elided += dropped.repeat
@@ -558,9 +563,7 @@ class _Frames:
 
     def result(self) -> list[Frame]:
         if self.cycle is not None:
-            for unfolded in self.cycle.pending:
-                self._keep(unfolded)
-            self.cycle = None
+            self._end_cycle()
         for index, frame in enumerate(self.frames):
             frame.index = index
         return self.frames
