@@ -169,26 +169,6 @@ def _receive(sock: socket.socket) -> tuple[dict[str, Any], int]:
     return json.loads(payload), fds[0]
 
 
-class FdSource:
-    """A ByteSource over an open raw core file descriptor (``os.pread``)."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._size = os.fstat(fd).st_size
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def pread(self, offset: int, size: int) -> bytes:
-        if offset < 0 or size < 0:
-            raise ValueError(f"negative offset or size: {offset}, {size}")
-        return os.pread(self._fd, size, offset)
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
 ELF_MAGIC = b"\x7fELF"
 LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"  # lz4 frame format, 0x184D2204 little-endian
 
@@ -197,7 +177,9 @@ def open_fd_source(fd: int) -> Any:
     """A ByteSource over ``fd``: raw ELF core, or our seekable lz4 file."""
     magic = os.pread(fd, 4, 0)
     if magic == ELF_MAGIC:
-        return FdSource(fd)
+        from coredumpd.store.source import RawFileSource
+
+        return RawFileSource(f"the core (fd {fd})", fd)
     if magic == LZ4_FRAME_MAGIC:
         from coredumpd.store.lz4reader import SeekableLz4Reader
 

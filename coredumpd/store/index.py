@@ -110,11 +110,12 @@ def crash_id(boot_id: str, pid: int, timestamp_us: int, attempt: int = 0) -> str
     return hashlib.sha256(seed.encode()).hexdigest()[:ID_LENGTH]
 
 
-def _ensure_directory(path: str) -> None:
-    """Create the store directory 0750 (umask-proof); leave an existing one alone."""
+def ensure_directory(path: str, mode: int = DIRECTORY_MODE) -> None:
+    """Create a directory of the store with ``mode`` (umask-proof); leave an existing
+    one alone."""
     try:
-        os.mkdir(path, DIRECTORY_MODE)
-        os.chmod(path, DIRECTORY_MODE)
+        os.mkdir(path, mode)
+        os.chmod(path, mode)
     except FileExistsError:
         pass
     except OSError as err:
@@ -143,7 +144,7 @@ class Index:
         self.views = create  # a writer keeps the per-user views up to date
         self.view_errors: list[str] = []
         if create:
-            _ensure_directory(os.path.dirname(os.path.abspath(path)))
+            ensure_directory(os.path.dirname(os.path.abspath(path)))
             _ensure_index_file(path)
         try:
             # create=False (readers such as corectl): read-only, never creates a file

@@ -30,9 +30,11 @@ class ByteSource(Protocol):
 class RawFileSource:
     """A plain file, read with ``os.pread``."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fd: int | None = None) -> None:
+        """Open ``path``; or, with ``fd``, read that open descriptor (``path`` then
+        only names it in errors) and close it with the source."""
         try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if fd is None else fd
             self._size = os.fstat(self._fd).st_size
         except OSError as err:
             raise StoreError(f"cannot open {path}: {err.strerror}") from err

@@ -24,6 +24,7 @@ from typing import Any
 
 from coredumpd.errors import StoreError
 from coredumpd.store.acl import grant_read
+from coredumpd.store.index import ensure_directory  # index imports us only lazily
 
 USERS_DIRECTORY = "users"
 USERS_DIRECTORY_MODE = 0o751  # traversable, not listable: one cannot see who crashed
@@ -77,7 +78,7 @@ def write_view(index_path: str, uid: int, schema: Iterable[str], version: int,
     lock is held: of two writers the later reads the index later, so the last view
     written holds every committed row.  The view's path."""
     path = view_path(index_path, uid)
-    _ensure_users_directory(os.path.dirname(path))
+    ensure_directory(os.path.dirname(path), USERS_DIRECTORY_MODE)
     _ensure_view_file(path, uid)
     try:
         db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -104,16 +105,6 @@ def write_view(index_path: str, uid: int, schema: Iterable[str], version: int,
     finally:
         db.close()
     return path
-
-
-def _ensure_users_directory(path: str) -> None:
-    try:
-        os.mkdir(path, USERS_DIRECTORY_MODE)
-        os.chmod(path, USERS_DIRECTORY_MODE)
-    except FileExistsError:
-        pass
-    except OSError as err:
-        raise StoreError(f"cannot create {path}: {err.strerror}") from err
 
 
 def _ensure_view_file(path: str, uid: int) -> None:
