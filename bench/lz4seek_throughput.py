@@ -10,6 +10,12 @@ also the time until the pipe was drained and stdin closed (when the kernel would
 reap the crashed process; includes importing the module), the peak RSS (VmHWM)
 and how much went through the spill file.  Not a test: figures only.
 
+The defaults are the handler's own settings, imported from
+coredumpd.pipeline.handler: block size ``BLOCK_SIZE``, pipe size ``PIPE_SIZE``,
+``COMPRESS_THREADS`` worker threads and no spill file; the line of that
+configuration is marked ``= handler``.  Every contender is a process, ours too
+(the handler's writer alone, not the whole handler).
+
     .venv/bin/python bench/lz4seek_throughput.py [--size 1G] [--layout pages|runs]
 """
 
@@ -25,6 +31,12 @@ import subprocess
 import sys
 import tempfile
 import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from bench.provenance import measured_line
+from coredumpd.pipeline.handler import BLOCK_SIZE, COMPRESS_THREADS, PIPE_SIZE
 
 PAGE = 4096
 F_SETPIPE_SZ = 1031  # fcntl.h
@@ -124,16 +136,22 @@ def main() -> None:
     parser.add_argument("--size", default="1G", help="bytes (K/M/G suffix)")
     parser.add_argument("--layout", choices=["pages", "runs"], default="pages")
     parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
-    parser.add_argument("--threads", default="0,1,2", help="writer worker counts to try")
-    parser.add_argument("--block-size", default="1M")
+    parser.add_argument("--threads", default="0,1,2", help="writer worker counts to try "
+                        f"(the handler uses {COMPRESS_THREADS})")
+    parser.add_argument("--block-size", default=str(BLOCK_SIZE),
+                        help="default: the handler's BLOCK_SIZE")
     parser.add_argument("--acceleration", type=int, default=1)
-    parser.add_argument("--pipe-size", default="1M", help="F_SETPIPE_SZ, 0 = kernel default")
+    parser.add_argument("--pipe-size", default=str(PIPE_SIZE),
+                        help="F_SETPIPE_SZ, 0 = kernel default; default: the handler's PIPE_SIZE")
     parser.add_argument("--dir", default="/dev/shm", help="where stored files go")
     args = parser.parse_args()
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     parse = lambda text: int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
     size, block_size, pipe_size = parse(args.size), parse(args.block_size), parse(args.pipe_size)
     data = make_data(size, args.layout)
+    handler_like = (block_size, pipe_size, args.acceleration) == (BLOCK_SIZE, PIPE_SIZE, 1)
+    print(measured_line("every contender a process reading a pipe; lz4seek = the handler's "
+                        "writer (coredumpd.store.lz4seek) alone"))
     print(f"data: {size / 2**20:.0f} MiB, layout {args.layout}, block {block_size >> 10} KiB, "
           f"pipe {pipe_size >> 10} KiB, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     workdir = tempfile.mkdtemp(dir=args.dir, prefix="lz4bench.")
@@ -145,7 +163,10 @@ def main() -> None:
         ]
         for threads in map(int, args.threads.split(",")):
             for spill in ([""] if threads == 0 else ["", workdir]):
-                contenders.append((f"lz4seek threads={threads}{' spill' if spill else ''}", [
+                label = f"lz4seek threads={threads}{' spill' if spill else ''}"
+                if handler_like and threads == COMPRESS_THREADS and not spill:
+                    label += " = handler"
+                contenders.append((label, [
                     sys.executable, "-c", WRITER, stored, str(threads), str(block_size),
                     str(args.acceleration), str(pipe_size), spill], None))
         baseline = None
@@ -164,7 +185,7 @@ def main() -> None:
                 extra = (f"  drained in {drained:.3f} s ({size / drained / 1e6:.0f} MB/s)"
                          f"  peak RSS {max(int(f[1]) for f in fields) >> 10} MiB"
                          f"  spilled {max(int(f[2]) for f in fields) >> 20} MiB")
-            print(f"{name:26} total {seconds:6.3f} s {size / seconds / 1e6:6.0f} MB/s"
+            print(f"{name:35} total {seconds:6.3f} s {size / seconds / 1e6:6.0f} MB/s"
                   f"  stored {stored_size:>11,}{ratio}{extra}"
                   f"  [{', '.join(f'{r[0]:.3f}' for r in runs)}]")
     finally:
