@@ -9,13 +9,23 @@ _ctypes and libpython's eval loop).
 coredumpd is timed both ways: names only, against ``eu-stack``, and with
 file:line from DWARF, against ``eu-stack -s``.
 
-For each core and tool: the median wall time of ``--runs`` runs as a separate
-process (what a user waits for: interpreter start and imports included), and
-for the two Python libraries the median time in-process (coredumpd: core
-model + address space + unwinding + symbolization of every thread, and the
-whole analyze(); drgn: set_core_dump + debug info + every stack trace).  Each
-result line also says how many threads and frames came out, how many frames
-have a symbol name, and how many of our frames' pcs equal eu-stack's.
+Two tables per core, each comparing like with like:
+
+* **as a process** (the median wall time of ``--runs`` runs; what a user waits
+  for, interpreter start and imports included): ``eu-stack`` and ``eu-stack -s``
+  against ``corectl analyze CORE --exe EXE``, coredumpd's command for a core
+  file (the full analysis a user gets: every thread, file:line, annotations,
+  the report), and drgn as a Python script; plus, labelled as such, a script
+  doing only coredumpd's names-only backtraces (no shipped command does only
+  that);
+* **in-process** (the median time of the call inside a fresh process per run,
+  imports done before the clock): coredumpd's library (core model + address
+  space + unwinding + symbolization of every thread, names only or with
+  file:line, and the whole analyze()) against drgn's (set_core_dump + debug
+  info + every stack trace).  eu-stack has no in-process row.
+
+Each in-process line also says how many threads and frames came out, how many
+frames have a symbol name, and how many of the frames' pcs equal eu-stack's.
 
 Usage::
 
@@ -43,6 +53,7 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.provenance import measured_line
 from coredumpd.analysis import analyze
 from coredumpd.analysis.runner import make_symbolizer
 from coredumpd.elf.core import Core
@@ -142,8 +153,10 @@ def timed(action: Callable[[], Any], runs: int) -> tuple[float, Any]:
     return statistics.median(durations), result
 
 
-def process_wall(argv: list[str], runs: int) -> float:
-    return timed(lambda: subprocess.run(argv, capture_output=True, check=False), runs)[0]
+def process_wall(argv: list[str], runs: int, check: bool = True) -> float:
+    """Median wall time of ``argv``; with ``check``, a run that fails stops the bench
+    (eu-stack exits non-zero on cores normally, so it is run unchecked)."""
+    return timed(lambda: subprocess.run(argv, capture_output=True, check=check), runs)[0]
 
 
 def cold_in_process(function: str, core: str, exe: str, runs: int) -> tuple[float, Trace]:
@@ -209,33 +222,62 @@ def describe(trace: Trace, reference: Trace | None) -> str:
     return text
 
 
-def bench_one(name: str, core: str, exe: str, runs: int) -> None:
-    eu_wall, eu_trace = timed(lambda: eu_stack_backtraces(core, exe), runs)
-    rows = [("eu-stack --core (process)", eu_wall, describe(eu_trace, None))]
-    ours_in, ours_trace = cold_in_process("coredumpd_backtraces", core, exe, runs)
-    rows.append(("coredumpd backtraces (in-process)", ours_in, describe(ours_trace, eu_trace)))
-    rows.append(("coredumpd backtraces (process)", process_wall(
-        coredumpd_process_argv(core, exe), runs), ""))
-    eu_lines, _ = timed(lambda: eu_stack_backtraces(core, exe, source=True), runs)
-    rows.append(("eu-stack -s --core (process, file:line)", eu_lines, ""))
-    lines_in, lines_trace = cold_in_process("coredumpd_backtraces_lines", core, exe, runs)
-    rows.append(("coredumpd backtraces + file:line (in-proc.)", lines_in,
-                 describe(lines_trace, eu_trace)))
-    full_in, full_trace = cold_in_process("coredumpd_analyze", core, exe, runs)
-    rows.append(("coredumpd analyze() (in-process)", full_in, describe(full_trace, eu_trace)))
-    rows.append(("python -m coredumpd.analysis (process)", process_wall(
-        [sys.executable, "-m", "coredumpd.analysis", core, "--exe", exe, "--json"], runs), ""))
+CORECTL = str(pathlib.Path(sys.executable).parent / "corectl")
+Row = tuple[str, float, str]
+
+
+def has_drgn() -> bool:
     try:
         import drgn  # noqa: F401
     except ImportError:
-        rows.append(("drgn", float("nan"), "not installed (pip install drgn)"))
+        return False
+    return True
+
+
+def process_rows(core: str, exe: str, runs: int) -> tuple[list[Row], Trace]:
+    """Whole programs, each started ``runs`` times."""
+    eu_wall, eu_trace = timed(lambda: eu_stack_backtraces(core, exe), runs)
+    eu_lines, _ = timed(lambda: eu_stack_backtraces(core, exe, source=True), runs)
+    rows = [("eu-stack --core (names)", eu_wall, describe(eu_trace, None)),
+            ("eu-stack -s --core (names, file:line)", eu_lines, ""),
+            ("corectl analyze CORE --exe EXE (coredumpd's command: full analysis)",
+             process_wall([CORECTL, "analyze", core, "--exe", exe], runs), "")]
+    if has_drgn():
+        rows.append(("drgn, a Python script (names)",
+                     process_wall(drgn_process_argv(core, exe), runs), ""))
     else:
-        drgn_in, drgn_trace = cold_in_process("drgn_backtraces", core, exe, runs)
-        rows.append(("drgn (in-process)", drgn_in, describe(drgn_trace, eu_trace)))
-        rows.append(("drgn (process)", process_wall(drgn_process_argv(core, exe), runs), ""))
-    print(f"\n{name}: {core}")
-    for label, seconds, text in rows:
-        print(f"  {label:44s} {seconds * 1000:8.1f} ms  {text}")
+        rows.append(("drgn", float("nan"), "not installed (pip install drgn)"))
+    rows.append(("coredumpd names-only script (not a shipped command)",
+                 process_wall(coredumpd_process_argv(core, exe), runs), ""))
+    return rows, eu_trace
+
+
+def in_process_rows(core: str, exe: str, runs: int, eu_trace: Trace) -> list[Row]:
+    """Library calls, imports done before the clock, a fresh process per run."""
+    rows = []
+    for label, function in (("coredumpd backtraces (names)", "coredumpd_backtraces"),
+                            ("coredumpd backtraces (names, file:line)",
+                             "coredumpd_backtraces_lines"),
+                            ("coredumpd analyze() (full analysis)", "coredumpd_analyze")):
+        seconds, trace = cold_in_process(function, core, exe, runs)
+        rows.append((label, seconds, describe(trace, eu_trace)))
+    if has_drgn():
+        seconds, trace = cold_in_process("drgn_backtraces", core, exe, runs)
+        rows.append(("drgn (names, debug info loaded)", seconds, describe(trace, eu_trace)))
+    else:
+        rows.append(("drgn", float("nan"), "not installed (pip install drgn)"))
+    return rows
+
+
+def bench_one(name: str, core: str, exe: str, runs: int) -> None:
+    processes, eu_trace = process_rows(core, exe, runs)
+    in_process = in_process_rows(core, exe, runs, eu_trace)
+    print(f"\n{name}: {core} (medians of {runs} runs)")
+    for title, rows in (("as a process (start and imports included)", processes),
+                        ("in-process (imports done before the clock)", in_process)):
+        print(f"  {title}:")
+        for label, seconds, text in rows:
+            print(f"    {label:68s} {seconds * 1000:8.1f} ms  {text}")
 
 
 def profile(core: str, exe: str) -> None:
@@ -253,6 +295,7 @@ def main() -> int:
     parser.add_argument("--profile", metavar="NAME", help="cProfile analyze() on one input")
     options = parser.parse_args()
     manifest = json.loads((options.cache / "MANIFEST.json").read_text())
+    print(measured_line("coredumpd's default analysis (no configuration file needed)"))
     for name, entry in sorted(manifest.items()):
         core = str(options.cache / name / entry["core"])
         if options.profile:
