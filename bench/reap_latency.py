@@ -10,10 +10,15 @@ dies) to the parent's reading after waitpid(), under three handlers:
 - discard: ``/bin/sh -c /bin/cat>/dev/null`` — the floor (the kernel's own work);
 - lz4 -1:  ``/usr/bin/lz4 -1 -q -f stdin DIR/core.%P.lz4``;
 - coredumpd: the launcher ``coredumpd install`` writes (``python -I -S``,
-  coredumpd.pipeline.install.write_launcher), here in the bench's directory
-  (Analysis=no, so that no analysis competes with the next run; the analysis
-  runs detached after the reap anyway); ``--console-script`` measures the
-  venv's pip-generated ``coredumpd`` instead.
+  coredumpd.pipeline.install.write_launcher), here in the bench's directory,
+  with the default configuration (the analysis on) except where the first
+  line of the output says otherwise: RateLimitBurst is raised so that every
+  crash of the bench is stored, and the journal is off (sending to a private
+  journal needs the handler's JournalNamespace=, not there yet: the bench must
+  not write into the host's journal).  The next crash waits until the analysis
+  of the previous one is done, so that no analysis competes with it.
+  ``--no-analysis`` measures with Analysis=no; ``--console-script`` the venv's
+  pip-generated ``coredumpd`` instead of the launcher.
 
 coredumpd's peak RSS and timings come from the index row (the handler records
 its getrusage() there when the store holds a ``.record-rusage`` file).  Each
@@ -26,9 +31,11 @@ size <= lz4 -1's.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import pathlib
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,6 +46,7 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.provenance import measured_line
 from coredumpd.pipeline.install import build_pattern, write_launcher
 from tests.support.crash import RegisteredHandler, compile_c, registered_handler
 from tests.support.kernel import core_pattern
@@ -84,9 +92,10 @@ def lz4_once(exe: str, mib: int, work: pathlib.Path) -> tuple[float, int]:
 
 def coredumpd_once(exe: str, mib: int, work: pathlib.Path, handler: RegisteredHandler,
                    pattern: str) -> tuple[float, dict[str, Any]]:
+    """One crash under coredumpd; (reap latency, its index row once analysed)."""
     pid, latency = crash_once(exe, mib, pattern, str(work / "ts"))
     crashed_at = float((work / "ts").read_text())
-    row = handler.wait_row(pid, wait_analysis=False, timeout=300)
+    row = handler.wait_row(pid, wait_analysis=handler.config.analysis, timeout=600)
     deadline = time.monotonic() + 60
     while "handler_rusage" not in (row.get("facts") or {}):
         if time.monotonic() > deadline:
@@ -99,9 +108,20 @@ def coredumpd_once(exe: str, mib: int, work: pathlib.Path, handler: RegisteredHa
     return latency, row
 
 
-def bench_size(exe: str, mib: int, runs: int, work: pathlib.Path,
-               launcher: str | None) -> tuple[list[float], list[float], int, list[float],
-                                              list[dict[str, Any]]]:
+# Where the bench departs from the default configuration (and says so).
+BENCH_SETTINGS: dict[str, Any] = {"rate_limit_burst": 100000, "journal": False}
+
+
+def configuration(analysis: bool) -> str:
+    return ("coredumpd: the default configuration (Analysis=yes) except " if analysis else
+            "coredumpd: the default configuration except Analysis=no, ") + (
+        "RateLimitBurst=100000 (every crash stored), Journal=no (no private journal "
+        "namespace yet; the host's journal is not written)")
+
+
+def bench_size(exe: str, mib: int, runs: int, work: pathlib.Path, launcher: str | None,
+               analysis: bool) -> tuple[list[float], list[float], int, list[float],
+                                        list[dict[str, Any]]]:
     """``runs`` rounds of discard, lz4 -1 and coredumpd in turn: the machine's noise
     (it is large here: one discard run of 1 GiB took 0.6 s, the next 3.3 s) then
     falls on the three alike instead of on whichever ran during a bad minute."""
@@ -110,8 +130,8 @@ def bench_size(exe: str, mib: int, runs: int, work: pathlib.Path,
     ours: list[float] = []
     rows: list[dict[str, Any]] = []
     lz4_size = 0
-    with registered_handler(work, directory=str(work / "store"), analysis=False,
-                            rate_limit_burst=100000, journal=False) as handler:
+    with registered_handler(work, directory=str(work / "store"), analysis=analysis,
+                            **BENCH_SETTINGS) as handler:
         pathlib.Path(handler.directory, ".record-rusage").touch()
         pattern = handler.pattern
         if launcher is not None:
@@ -130,19 +150,19 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1000:9.1f} ms"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--big-mib", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--console-script", action="store_true",
-                        help="register the venv's console script instead of the launcher")
-    options = parser.parse_args()
-    work = pathlib.Path(tempfile.mkdtemp(prefix="reap", dir="/var/tmp"))
+Row = tuple[str, list[float], list[float], list[float], int, Any, int, float, float, float,
+            float]
+
+
+def measure(options: argparse.Namespace, work: pathlib.Path) -> tuple[list[Row], list[str]]:
+    """Both core sizes; the table rows and, per size, the analysis states of our rows."""
     exe = compile_c(str(REPO / "bench" / "reap_crasher.c"), work, flags=("-O2",))
     launcher = None if options.console_script else write_launcher(str(work / "bin"))
-    table = []
+    table: list[Row] = []
+    analysed: list[str] = []
     for label, mib in (("tiny", 0), (f"{options.big_mib} MiB", options.big_mib)):
-        discard, lz4, lz4_size, ours, rows = bench_size(exe, mib, options.runs, work, launcher)
+        discard, lz4, lz4_size, ours, rows = bench_size(exe, mib, options.runs, work, launcher,
+                                                        not options.no_analysis)
         usage = [(r.get("facts") or {}).get("handler_rusage", {}) for r in rows]
         rss = max((u.get("maxrss_kib", 0) for u in usage), default=0)
         held = statistics.median([u.get("held_ms", 0.0) for u in usage] or [0.0])
@@ -152,6 +172,12 @@ def main() -> int:
                                    * 1000 for u, r in zip(usage, rows, strict=True)] or [0.0])
         stored = rows[-1].get("stored_size") if rows else None
         table.append((label, discard, lz4, ours, lz4_size, stored, rss, held, cpu, start, wait))
+        states = collections.Counter(str(row.get("analysis_state")) for row in rows)
+        analysed.append(f"{label}: {dict(states)}")
+    return table, analysed
+
+
+def print_table(table: list[Row], runs: int) -> None:
     print(f"{'core':>10} {'discard':>12} {'lz4 -1':>12} {'coredumpd':>12} {'ratio':>6} "
           f"{'lz4 size':>12} {'our size':>12} {'peak RSS':>10} {'start':>9} {'held':>9} "
           f"{'CPU':>8} {'wait':>8}")
@@ -160,11 +186,29 @@ def main() -> int:
         print(f"{label:>10} {_ms(discard)} {_ms(lz4)} {_ms(ours)} {ratio:6.2f} "
               f"{lz4_size:12d} {stored!s:>12} {rss / 1024:7.1f} MiB {start:6.1f} ms "
               f"{held:6.1f} ms {cpu:6.2f} s {wait:5.1f} ms")
-    print("\nratio = coredumpd / discard (medians of", options.runs, "runs);"
+    print("\nratio = coredumpd / discard (medians of", runs, "runs);"
           " start = crash -> the handler's main() (kernel spawn + interpreter start);"
           " held = handler start -> close(fd 0), as the handler measured it;"
           " CPU = the handler's user+system time;"
           " wait = close(fd 0) -> the crashed process exited (the handler sleeps on its pidfd)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-analysis", action="store_true", help="Analysis=no")
+    parser.add_argument("--console-script", action="store_true",
+                        help="register the venv's console script instead of the launcher")
+    options = parser.parse_args()
+    print(measured_line(configuration(not options.no_analysis)))
+    work = pathlib.Path(tempfile.mkdtemp(prefix="reap", dir="/var/tmp"))
+    try:
+        table, analysed = measure(options, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_table(table, options.runs)
+    print("analysis states of coredumpd's rows:", "; ".join(analysed))
     return 0
 
 
