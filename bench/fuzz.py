@@ -49,6 +49,7 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.provenance import measured_line
 from tests.regressions import targets as T
 
 SEED_DIR = pathlib.Path("/var/tmp/coredumpd-fuzz/seeds")
@@ -401,29 +402,36 @@ def signature_of(err: BaseException) -> str:
     return f"{type(err).__name__}{where}"
 
 
-OUTCOMES = {"clean": 0, "our-error": 0}  # per process; the worker reports its own
+# How an input that ran ended: a result, our own error, a finding (exception, alarm,
+# memory), or the worker died of a signal while running it.
+OUTCOME_KINDS = ("clean", "our-error", "finding", "killed")
+Outcome = tuple[str, str, str]  # (kind, signature, traceback) of a finding
 
 
-def execute(target: str, data: bytes, time_limit: float) -> tuple[str, str, str] | None:
-    """Run one input; None for a clean result or our error, else (kind, signature, traceback)."""
+def run_input(target: str, data: bytes, time_limit: float) -> tuple[str, Outcome | None]:
+    """Run one input; (how it ended: an OUTCOME_KINDS word, the finding or None)."""
     signal.setitimer(signal.ITIMER_REAL, time_limit)
     try:
         T.TARGETS[target](data)
-        OUTCOMES["clean"] += 1
     except T.EXPECTED:
-        OUTCOMES["our-error"] += 1
-        return None
+        return "our-error", None
     except FuzzTimeout as err:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        return "timeout", f"timeout > {time_limit:g} s{signature_of(err)[len('FuzzTimeout'):]}", \
-            "".join(traceback.format_exception(err)[-6:])
+        return "finding", (
+            "timeout", f"timeout > {time_limit:g} s{signature_of(err)[len('FuzzTimeout'):]}",
+            "".join(traceback.format_exception(err)[-6:]))
     except BaseException as err:  # noqa: BLE001 - that is what we look for
         signal.setitimer(signal.ITIMER_REAL, 0)
         kind = "memory" if isinstance(err, MemoryError) else "exception"
-        return kind, signature_of(err), "".join(traceback.format_exception(err))
+        return "finding", (kind, signature_of(err), "".join(traceback.format_exception(err)))
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    return None
+    return "clean", None
+
+
+def execute(target: str, data: bytes, time_limit: float) -> Outcome | None:
+    """Run one input; None for a clean result or our error, else (kind, signature, traceback)."""
+    return run_input(target, data, time_limit)[1]
 
 
 def _limit(memory_max: int) -> None:
@@ -437,23 +445,27 @@ RECYCLE = 2000  # inputs per worker: caches that grow across inputs must not pil
 
 
 def _worker(generator: Generator, start: int, stop: int, time_limit: float, memory_max: int,
-            progress: Any, conn: Any) -> None:
+            started: Any, counts: Any, conn: Any) -> None:
+    """Run inputs [start, stop): ``started`` is one past the last input begun, ``counts``
+    the inputs ended per OUTCOME_KINDS (shared memory: both survive the worker's death)."""
     _limit(memory_max)
     seen: set[str] = set()
     stop = min(stop, start + RECYCLE)
+    index = start
     try:
         for index in range(start, stop):
-            progress.value = index
-            outcome = execute(generator.target, generator.input(index), time_limit)
+            data = generator.input(index)
+            started.value = index + 1
+            kind, outcome = run_input(generator.target, data, time_limit)
+            counts[OUTCOME_KINDS.index(kind)] += 1
             if outcome is not None and outcome[1] not in seen:
                 seen.add(outcome[1])
                 conn.send(("finding", index, outcome))
     except BaseException as err:
-        conn.send(("fatal", progress.value, ("fatal", f"worker died: {signature_of(err)}",
-                                             "".join(traceback.format_exception(err)))))
+        conn.send(("fatal", index, ("fatal", f"worker died: {signature_of(err)}",
+                                    "".join(traceback.format_exception(err)))))
         raise
-    progress.value = stop
-    conn.send(("done", stop, dict(OUTCOMES)))
+    conn.send(("done", stop, None))
 
 
 @dataclasses.dataclass
@@ -469,40 +481,48 @@ class Finding:
 def run_campaign(target: str, count: int, run_seed: int, core_seeds: list[bytes],
                  time_limit: float, memory_max: int, outcomes: dict[str, int],
                  start: int = 0) -> tuple[int, list[Finding]]:
-    """Run inputs [start, start + count) in a worker, restarting it after a fatal signal."""
+    """Run inputs [start, start + count) in a worker, restarting it after a fatal signal.
+
+    Returns the number of inputs that ran (an input whose worker died while running it
+    counts, as ``killed``; one never begun does not) and the findings; ``outcomes``
+    receives the inputs run per OUTCOME_KINDS word.
+    """
     context = multiprocessing.get_context("fork")
     generator = Generator(target, core_seeds, run_seed)
     findings: dict[str, Finding] = {}
-    outcomes.clear()
+    counts = context.Array("q", len(OUTCOME_KINDS), lock=False)
+    executed = 0
     position, stop = start, start + count
     while position < stop:
-        progress = context.Value("q", position)
+        started = context.Value("q", position, lock=False)
         receiver, sender = context.Pipe(duplex=False)
         worker = context.Process(target=_worker, args=(generator, position, stop, time_limit,
-                                                       memory_max, progress, sender))
+                                                       memory_max, started, counts, sender))
         worker.start()
         sender.close()
-        kind = ""
+        kind, last = "", position
         while True:
             try:
-                kind, index, outcome = receiver.recv()
+                kind, last, outcome = receiver.recv()
             except EOFError:
                 break
             if kind in ("finding", "fatal") and outcome[1] not in findings:
-                findings[outcome[1]] = Finding(target, index, *outcome)
-            elif kind == "done":
-                for key, value in outcome.items():
-                    outcomes[key] = outcomes.get(key, 0) + value
+                findings[outcome[1]] = Finding(target, last, *outcome)
         worker.join()
-        position = progress.value
-        if worker.exitcode != 0 and position < stop and kind != "fatal":
+        executed += started.value - position
+        if worker.exitcode != 0 and kind not in ("fatal", "done"):
             name = signal.Signals(-worker.exitcode).name if worker.exitcode < 0 else \
                 f"exit {worker.exitcode}"
             key = f"worker killed by {name}"
-            findings.setdefault(key, Finding(target, position, "signal", key, ""))
-        if worker.exitcode != 0:
-            position += 1
-    return stop - start, list(findings.values())
+            findings.setdefault(key, Finding(target, started.value - 1, "signal", key, ""))
+        if worker.exitcode == 0:
+            position = started.value
+        else:  # go on after the input that killed the worker (or could not be made)
+            position = max(started.value, position + 1, last + 1 if kind == "fatal" else 0)
+    outcomes.clear()
+    outcomes.update(zip(OUTCOME_KINDS, counts))
+    outcomes["killed"] = executed - sum(counts)
+    return executed, list(findings.values())
 
 
 # ------------------------------------------------------------ minimize and save
@@ -568,7 +588,8 @@ def fuzz(target: str, count: int, run_seed: int = 1, time_limit: float = 2.0,
     """One campaign; returns the summary (also used by bench/hardening_report.py)."""
     why_not = T.available(target)
     if why_not is not None:
-        return {"target": target, "executions": 0, "skipped": why_not, "findings": []}
+        return {"target": target, "requested": count, "executions": 0, "skipped": why_not,
+                "findings": []}
     paths: list[pathlib.Path] = []
     if target not in ("args", "procfs", "lz4"):
         paths = core_seed_paths(seed_dir)
@@ -590,9 +611,11 @@ def fuzz(target: str, count: int, run_seed: int = 1, time_limit: float = 2.0,
             command = (f"bench/fuzz.py --target {target} --seed {run_seed} "
                        f"(input {finding.index})")
             finding.saved = str(save_finding(finding, data, command).relative_to(REPO))
-    return {"target": target, "executions": executions, "seconds": round(seconds, 1),
+    return {"target": target, "requested": count,
+            "executions": executions,  # inputs that ran, of the ``requested``
+            "seconds": round(seconds, 1),
             "per_second": round(executions / seconds, 1) if seconds else None,
-            "outcomes": outcomes,  # of the workers that finished (not those killed)
+            "outcomes": outcomes,  # inputs run, by how they ended (OUTCOME_KINDS)
             "seeds": [str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
                       for p in paths],
             "findings": [dataclasses.asdict(finding) for finding in findings]}
@@ -609,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-dir", type=pathlib.Path, default=SEED_DIR)
     parser.add_argument("--make-seeds", action="store_true")
     options = parser.parse_args(argv)
+    print(measured_line(f"target {options.target}, {options.count} inputs requested, "
+                        f"seed {options.seed}"))
     if options.make_seeds:
         print("\n".join(str(p) for p in make_seed_cores(options.seed_dir)))
     summary = fuzz(options.target, options.count, options.seed, options.time_limit,

@@ -70,9 +70,27 @@ def test_uncaught_exception_is_one_deduplicated_finding(planted):
 
 
 def test_worker_killed_by_a_signal_is_a_finding_and_the_run_goes_on(planted):
-    executions, findings, _ = campaign("planted-segv", count=3)
+    executions, findings, outcomes = campaign("planted-segv", count=3)
     assert executions == 3
+    assert outcomes == {"clean": 0, "our-error": 0, "finding": 0, "killed": 3}
     assert [f.signature for f in findings] == ["worker killed by SIGSEGV"]
+
+
+def test_executions_are_inputs_run_not_inputs_requested(planted, monkeypatch):
+    """An input that could not even be made (here: the generator fails on input 5)
+    did not run: it is not an execution, and the campaign goes on after it."""
+    made = fuzz.Generator.input
+
+    def failing(self, index):
+        if index == 5:
+            raise RuntimeError("planted generator failure")
+        return made(self, index)
+
+    monkeypatch.setattr(fuzz.Generator, "input", failing)
+    executions, findings, outcomes = campaign("planted-ours", count=20)
+    assert executions == 19
+    assert outcomes == {"clean": 0, "our-error": 19, "finding": 0, "killed": 0}
+    assert [(f.kind, f.index) for f in findings] == [("fatal", 5)]
 
 
 def test_hang_is_stopped_by_the_alarm(planted):
@@ -87,7 +105,8 @@ def test_memory_is_capped(planted):
 
 def test_our_errors_are_not_findings(planted):
     _, findings, outcomes = campaign("planted-ours")
-    assert findings == [] and outcomes == {"clean": 0, "our-error": 20}
+    assert findings == [] and outcomes == {"clean": 0, "our-error": 20, "finding": 0,
+                                           "killed": 0}
 
 
 def test_inputs_are_reproducible_from_their_index():
