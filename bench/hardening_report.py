@@ -5,11 +5,19 @@ Runs (as root: it swaps kernel.core_pattern through tests.support.kernel, which
 locks, saves and restores it):
 
 1. the crash storm (tests/hardening/storm.py): N processes crashing at once,
-   some with large cores — crashed, stored and verified, lost, duplicated,
-   handler peak RSS;
-2. the fault and security cases (pytest on tests/hardening/test_faults.py,
-   test_security.py, test_sandbox.py) — tried, survived (passed), failed;
-3. the fuzzer (bench/fuzz.py) on every target — executions, crashes found.
+   some with large cores, under the handler in the default configuration
+   (the analysis on; exceptions printed: RateLimitBurst raised so that every
+   crash is stored, the journal off until the handler can send to a private
+   journal namespace) — crashed, index rows, stored and verified, lost,
+   duplicated, analysed, handler peak RSS;
+2. the fault and security cases: the tests marked ``fault_case`` in
+   tests/hardening/test_faults.py, test_security.py and test_sandbox.py, each
+   of which injects a fault or a hostile input into the real handler or the
+   real analysis sandbox — run, survived (passed), failed, skipped; the unit
+   tests and controls in those files are not fault cases and are only counted
+   as such;
+3. the fuzzer (bench/fuzz.py) on every target — inputs run (of those
+   requested), how they ended, findings.
 
 Usage::
 
@@ -26,6 +34,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,6 +48,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import fuzz
 
+from bench.provenance import commit
+
 FUZZ_COUNTS = {"reader": 100_000, "stream": 20_000, "lz4": 20_000, "unwind": 5_000,
                "analysis": 1_000,
                "args": 50_000, "procfs": 2_000}
@@ -46,25 +57,39 @@ FAULT_TESTS = ["tests/hardening/test_faults.py", "tests/hardening/test_security.
                "tests/hardening/test_sandbox.py"]
 
 
+# Where the storm departs from the default configuration (run_storm itself turns the
+# analysis off unless told): every crash must be stored to be verified, and the
+# host's journal must not receive the bench's crashes.
+STORM_SETTINGS: dict[str, Any] = {"analysis": True, "journal": False}
+STORM_CONFIGURATION = ("the default configuration (Analysis=yes) except RateLimitBurst=2x the "
+                       "crashes (every crash stored) and Journal=no (no private journal "
+                       "namespace yet)")
+
+
 def run_storm(count: int, large: int, large_mib: int) -> dict[str, Any]:
     from tests.hardening.storm import run_storm as storm
 
     with tempfile.TemporaryDirectory(prefix="cdstorm", dir="/var/tmp") as work:
         try:
-            return storm(work, count=count, large=large, large_mib=large_mib).as_dict()
+            result = storm(work, count=count, large=large, large_mib=large_mib,
+                           wait_analysis=True, **STORM_SETTINGS).as_dict()
         except Exception as err:  # noqa: BLE001 - the report says what broke
             return {"error": f"{type(err).__name__}: {err}"}
+    return result | {"configuration": STORM_CONFIGURATION}
 
 
 def run_fault_cases() -> dict[str, Any]:
-    """pytest on the fault/security/sandbox tests; counts from its JUnit XML."""
+    """pytest on the fault cases (``-m fault_case``); counts from its JUnit XML, and how
+    many other tests those files hold (deselected: unit tests and controls)."""
     with tempfile.TemporaryDirectory() as scratch:
         report = os.path.join(scratch, "junit.xml")
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        f"--junitxml={report}", *FAULT_TESTS], cwd=REPO, check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              "-m", "fault_case", f"--junitxml={report}", *FAULT_TESTS],
+                             cwd=REPO, check=False, capture_output=True, text=True)
         if not os.path.exists(report):
             return {"error": "pytest wrote no report"}
+        summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+        deselected = re.search(r"(\d+) deselected", summary)
         cases = ET.parse(report).getroot().iter("testcase")
         tried, survived, skipped, failed = 0, 0, 0, []
         for case in cases:
@@ -80,7 +105,8 @@ def run_fault_cases() -> dict[str, Any]:
                 failed.append(f"{name}: {message[:300]}")
             else:
                 survived += 1
-    return {"tried": tried, "survived": survived, "skipped": skipped, "failed": failed}
+    return {"tried": tried, "survived": survived, "skipped": skipped, "failed": failed,
+            "not_fault_cases": int(deselected[1]) if deselected else 0}
 
 
 def run_fuzz(counts: dict[str, int], save: bool) -> dict[str, Any]:
@@ -94,38 +120,61 @@ def run_fuzz(counts: dict[str, int], save: bool) -> dict[str, Any]:
     return results
 
 
-def table(figures: dict[str, Any]) -> str:
-    lines = ["coredumpd hardening report", "=" * 26]
-    storm = figures.get("storm")
-    if storm and "error" not in storm:
-        lines.append(f"storm: {storm['crashed']} crashed at once, {storm['rows']} rows, "
-                     f"{storm['stored']} stored and verified, lost {len(storm['lost'])}, "
-                     f"duplicated {len(storm['duplicated'])}, bad {len(storm['bad'])}; large "
-                     f"cores {storm['large_cores_mib']} MiB; handler peak RSS max "
-                     f"{storm['handler_max_rss_mib']} MiB, sum {storm['handler_rss_sum_mib']}"
-                     f" MiB; core_pattern held {storm['lock_held_s']} s")
-    elif storm:
-        lines.append(f"storm: FAILED TO RUN: {storm['error']}")
-    faults = figures.get("faults")
-    if faults and "error" not in faults:
-        lines.append(f"fault/security/sandbox cases: {faults['tried']} tried, "
-                     f"{faults['survived']} survived, {len(faults['failed'])} failed, "
-                     f"{faults['skipped']} skipped")
-        lines.extend(f"  FAILED {entry}" for entry in faults["failed"])
-    fuzzing = figures.get("fuzz") or {}
-    total = sum(result.get("executions", 0) for result in fuzzing.values())
+def storm_lines(storm: dict[str, Any]) -> list[str]:
+    if "error" in storm:
+        return [f"storm: FAILED TO RUN: {storm['error']}"]
+    return [
+        f"storm, {storm['configuration']}:",
+        (f"  {storm['crashed']} processes died of SIGSEGV at the same moment; "
+         f"{storm['rows']} index rows for them; {storm['stored']} cores stored and verified "
+         f"(lz4 -t, decompressed size, Core.open); lost (no row) {len(storm['lost'])}, "
+         f"duplicated {len(storm['duplicated'])}, not stored or not verifying "
+         f"{len(storm['bad'])}"),
+        (f"  analyses: {storm['analysis_states']}; large cores {storm['large_cores_mib']} MiB; "
+         f"handler peak RSS max {storm['handler_max_rss_mib']} MiB, sum "
+         f"{storm['handler_rss_sum_mib']} MiB; core_pattern held {storm['lock_held_s']} s"),
+        *(f"  {bad}" for bad in storm["bad"][:10])]
+
+
+def fault_lines(faults: dict[str, Any]) -> list[str]:
+    if "error" in faults:
+        return [f"fault cases: FAILED TO RUN: {faults['error']}"]
+    return [(f"fault and security cases (pytest -m fault_case: a fault or hostile input "
+             f"injected into the real handler or sandbox): {faults['tried']} run, "
+             f"{faults['survived']} survived, {len(faults['failed'])} failed, "
+             f"{faults['skipped']} skipped; {faults['not_fault_cases']} other tests in those "
+             f"files (a unit test, controls, the normal path) not counted"),
+            *(f"  FAILED {entry}" for entry in faults["failed"])]
+
+
+def fuzz_lines(fuzzing: dict[str, Any]) -> list[str]:
+    run = sum(result.get("executions", 0) for result in fuzzing.values())
+    requested = sum(result.get("requested", 0) for result in fuzzing.values())
     found = sum(len(result.get("findings", [])) for result in fuzzing.values())
-    if fuzzing:
-        lines.append(f"fuzz: {total} bad inputs tried, {found} crashes found")
+    lines = [(f"fuzz: {run} mutated inputs run (of {requested} requested), {found} findings "
+              f"(uncaught exception, hang, memory, worker killed)")]
     for target, result in fuzzing.items():
         if result.get("skipped"):
             lines.append(f"  {target:9} skipped: {result['skipped']}")
             continue
-        lines.append(f"  {target:9} {result['executions']:>7} executions "
-                     f"({result['per_second']}/s), outcomes {result.get('outcomes')}, "
-                     f"{len(result['findings'])} crashes")
+        lines.append(f"  {target:9} {result['executions']:>7} inputs run of "
+                     f"{result['requested']} ({result['per_second']}/s), ended "
+                     f"{result.get('outcomes')}, {len(result['findings'])} findings")
         lines.extend(f"    {finding['signature']} -> {finding.get('saved')}"
                      for finding in result["findings"])
+    return lines
+
+
+def table(figures: dict[str, Any]) -> str:
+    lines = ["coredumpd hardening report", "=" * 26,
+             (f"measured on commit {figures['commit']}, {figures['date']}, kernel "
+              f"{figures['kernel']}, {figures['cpus']} CPUs")]
+    if figures.get("storm"):
+        lines += storm_lines(figures["storm"])
+    if figures.get("faults"):
+        lines += fault_lines(figures["faults"])
+    if figures.get("fuzz"):
+        lines += fuzz_lines(figures["fuzz"])
     return "\n".join(lines)
 
 
@@ -138,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-save", action="store_true", help="do not keep fuzz findings")
     parser.add_argument("--json", type=pathlib.Path)
     options = parser.parse_args(argv)
-    figures: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    figures: dict[str, Any] = {"commit": commit(),
+                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "kernel": os.uname().release, "cpus": os.cpu_count()}
     if "storm" not in options.skip:
         figures["storm"] = run_storm(16, 1, 64) if options.quick else run_storm(64, 4, 192)

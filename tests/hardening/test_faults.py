@@ -19,6 +19,8 @@ from tests.hardening.helpers import crash_under, kmsg_lines, rows_for, tmpfs, up
 from tests.hardening.storm import _index_rows, as_json, verify_core
 from tests.support.crash import HANDLER, compile_c, handler_pattern, write_config
 
+pytestmark = pytest.mark.fault_case  # every test here is a fault around the real handler
+
 NULL_DEREF = "int main(void){ *(volatile int *)0 = 1; return 0; }\n"
 # Fills N MiB with incompressible bytes, then crashes: a core lz4 cannot shrink.
 RANDOM_HEAP = r"""

@@ -20,6 +20,7 @@ from tests.support.kernel import core_pattern, raw_core_pattern
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="privilege dropping needs root")
+fault_case = pytest.mark.fault_case  # the others: a unit test, a control, the normal path
 USER_FACTS = {"args": {"uid": 1000, "gid": 1000, "dump_mode": 1}}
 
 
@@ -48,14 +49,17 @@ def assert_failed(result: dict, reason: str) -> None:
     assert reason in result["error"], result
 
 
+@fault_case
 def test_child_crash_is_reported(monkeypatch, core):
     assert_failed(run(monkeypatch, core, "crash"), "killed by SIGSEGV")
 
 
+@fault_case
 def test_child_exit_without_result(monkeypatch, core):
     assert_failed(run(monkeypatch, core, "exit"), "exited with status 3 without a result")
 
 
+@fault_case
 def test_busy_loop_is_killed_at_the_wall_clock_timeout(monkeypatch, core):
     started = time.monotonic()
     result = run(monkeypatch, core, "hang", analysis_timeout=2.0)
@@ -63,10 +67,12 @@ def test_busy_loop_is_killed_at_the_wall_clock_timeout(monkeypatch, core):
     assert time.monotonic() - started < 15  # bounded, not a speed claim
 
 
+@fault_case
 def test_sleeping_child_is_killed(monkeypatch, core):
     assert_failed(run(monkeypatch, core, "sleep", analysis_timeout=1.5), "timed out")
 
 
+@fault_case
 def test_timeout_kills_the_whole_process_group(monkeypatch, core):
     marker = str(900000 + os.getpid())  # "sleep <marker>" run by a grandchild
     assert_failed(run(monkeypatch, core, f"orphan:{marker}", analysis_timeout=2.0),
@@ -83,30 +89,36 @@ def test_timeout_kills_the_whole_process_group(monkeypatch, core):
     assert survivors == []
 
 
+@fault_case
 def test_memory_cap_gives_out_of_memory(monkeypatch, core):
     result = run(monkeypatch, core, "oom", analysis_memory_max=400 << 20)
     assert_failed(result, "out of memory (AnalysisMemoryMax=419430400)")
 
 
+@fault_case
 def test_garbage_output_is_rejected(monkeypatch, core):
     assert_failed(run(monkeypatch, core, "garbage"), "invalid result")
 
 
+@fault_case
 def test_oversized_output_is_capped(monkeypatch, core):
     assert_failed(run(monkeypatch, core, "big-result"),
                   f"result larger than {sandbox.RESULT_MAX} bytes")
 
 
+@fault_case
 def test_symlinked_core_is_not_followed(monkeypatch, core, tmp_path):
     link = tmp_path / "link"
     link.symlink_to(core)
     assert_failed(run(monkeypatch, str(link), "ids"), "cannot start")
 
 
+@fault_case
 def test_missing_core(monkeypatch, tmp_path):
     assert_failed(run(monkeypatch, str(tmp_path / "absent"), "ids"), "cannot start")
 
 
+@fault_case
 @needs_root
 def test_regular_user_runs_as_the_crashing_uid(monkeypatch, core):
     ids = run(monkeypatch, core, "ids")["ids"]
@@ -132,6 +144,7 @@ def test_regular_user_runs_as_the_crashing_uid(monkeypatch, core):
     assert ids["rlimit_fsize"] == [0, 0]  # writes no file
 
 
+@fault_case
 @needs_root
 @pytest.mark.parametrize("args", [
     {"uid": 0, "gid": 0, "dump_mode": 1},  # root
@@ -151,6 +164,7 @@ def test_root_system_and_setuid_crashes_run_as_the_analysis_user(monkeypatch, co
     assert ids["network"] == "ENETUNREACH" and ids["no_new_privs"] == 1
 
 
+@fault_case
 @needs_root
 def test_unknown_analysis_user(monkeypatch, core):
     result = run(monkeypatch, core, "ids", facts={"args": {"uid": 0}},
@@ -172,6 +186,7 @@ def test_credentials_rule():
         sandbox.analysis_credentials(root_user, {"args": {"uid": 0}})
 
 
+@fault_case
 @pytest.mark.kernel
 def test_a_crash_of_the_analysis_never_reaches_a_core_handler(monkeypatch, core, tmp_path):
     """PR_SET_DUMPABLE 0: the kernel pipes no core of the crashed sandbox anywhere."""

@@ -24,7 +24,7 @@ import pytest
 from tests.hardening.helpers import crash_under, rows_for
 from tests.support.crash import compile_c, handler_pattern, write_config
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.fault_case]
 
 USER = 1000  # a regular uid present on the test machines (Debian's first user)
 NULL_DEREF = "int main(void){ *(volatile int *)0 = 1; return 0; }\n"
