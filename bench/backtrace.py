@@ -57,9 +57,9 @@ from bench.provenance import measured_line
 from coredumpd.analysis import analyze
 from coredumpd.analysis.runner import make_symbolizer
 from coredumpd.elf.core import Core
+from coredumpd.image.space import build_address_space
 from coredumpd.store.source import RawFileSource
-from coredumpd.unwind import symbols as _symbols  # noqa: F401 - imported lazily by make_symbolizer
-from coredumpd.unwind.space import build_address_space
+from coredumpd.symbolize import symbols as _symbols  # noqa: F401 - imported lazily by make_symbolizer
 from coredumpd.unwind.unwinder import unwind
 
 Trace = dict[int, list[tuple[int, str | None]]]  # tid -> [(pc, symbol)]
@@ -183,8 +183,8 @@ import sys
 sys.path.insert(0, {repo!r})
 from coredumpd.elf.core import Core
 from coredumpd.store.source import RawFileSource
-from coredumpd.unwind.space import build_address_space
-from coredumpd.unwind.symbols import Symbolizer
+from coredumpd.image.space import build_address_space
+from coredumpd.symbolize.symbols import Symbolizer
 from coredumpd.unwind.unwinder import unwind
 source = RawFileSource({core!r})
 core = Core.open(source)

@@ -5,7 +5,7 @@ Stages, each isolated so that one failing never loses the others (STYLE.md
 
 1. the core model (:class:`coredumpd.elf.core.Core`) — fatal if the ELF
    header cannot be read;
-2. the address space and modules (:mod:`coredumpd.unwind.space`) — fatal for
+2. the address space and modules (:mod:`coredumpd.image.space`) — fatal for
    unwinding, the signal and registers are still reported;
 3. each thread unwound (crashed thread first, at most ``Caps.max_threads``)
    and symbolized frame by frame;
@@ -28,9 +28,11 @@ from typing import Any
 from coredumpd.analysis import shape
 from coredumpd.annotate.context import AnalysisContext, Symbolizer, ThreadTrace
 from coredumpd.elf.core import Core, ThreadState
+from coredumpd.image.types import AddressSpace, Module
 from coredumpd.store.source import ByteSource
-from coredumpd.unwind import disasm
-from coredumpd.unwind.types import AddressSpace, Caps, Frame, Module, Symbol
+from coredumpd.symbolize import disasm
+from coredumpd.symbolize.types import Symbol
+from coredumpd.unwind.types import Caps, Frame
 from coredumpd.unwind.unwinder import forget_space, unwind
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ SIGNATURE_FALLBACK_FRAMES = 5
 
 
 class NoSymbols:
-    """Stands in when :mod:`coredumpd.unwind.symbols` cannot be used: names stay unknown."""
+    """Stands in when :mod:`coredumpd.symbolize.symbols` cannot be used: names stay unknown."""
 
     def symbolize(self, module: Module | None, lookup_pc: int) -> Symbol:
         return Symbol(None)
@@ -105,7 +107,7 @@ def _thread_names(core: Core, facts: dict[str, Any]) -> dict[int, str]:
 
 def make_symbolizer(space: AddressSpace, problems: list[str]) -> CachedSymbolizer:
     try:
-        symbols = importlib.import_module("coredumpd.unwind.symbols")
+        symbols = importlib.import_module("coredumpd.symbolize.symbols")
         return CachedSymbolizer(symbols.Symbolizer(space))
     except Exception as err:  # noqa: BLE001 - symbols are an optional stage
         problems.append(f"symbolizer unavailable: {type(err).__name__}: {err}")
@@ -209,7 +211,7 @@ def _analyze_core(core: Core, facts: dict[str, Any], exe: str | None, root: str,
     problems.extend(core.problems)
     result["crashed_tid"] = core.threads[0].tid if core.threads else None
     result["signal"] = _stage(problems, "signal", lambda: _signal(core, facts))
-    from coredumpd.unwind.space import build_address_space
+    from coredumpd.image.space import build_address_space
 
     space = build_address_space(core, facts, root, exe)
     symbolizer = make_symbolizer(space, problems)

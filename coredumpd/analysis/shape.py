@@ -17,8 +17,10 @@ from typing import Any
 
 from coredumpd.elf import layouts as L
 from coredumpd.elf.notes import SigInfo
-from coredumpd.unwind.disasm import Instruction
-from coredumpd.unwind.types import Frame, Module, Symbol
+from coredumpd.image.types import Module
+from coredumpd.symbolize.disasm import Instruction
+from coredumpd.symbolize.types import Symbol
+from coredumpd.unwind.types import Frame
 
 RESULT_VERSION = 1
 

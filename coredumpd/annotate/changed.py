@@ -19,7 +19,7 @@ from coredumpd.annotate.context import AnalysisContext
 from coredumpd.clock import start_time_slack_ns
 from coredumpd.elf.layouts import ELFMAG
 from coredumpd.errors import CoredumpdError
-from coredumpd.unwind.types import Module
+from coredumpd.image.types import Module
 
 IGNORED_PREFIXES = ("/memfd:", "/SYSV", "/dev/", "[", "/dmabuf", "/anon_hugepage")
 

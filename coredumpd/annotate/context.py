@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Protocol
 
-from coredumpd.unwind.types import AddressSpace, Frame, Module, Symbol
+from coredumpd.image.types import AddressSpace, Module
+from coredumpd.symbolize.types import Symbol
+from coredumpd.unwind.types import Frame
 
 if TYPE_CHECKING:
     from coredumpd.elf.core import Core

@@ -15,7 +15,7 @@ from coredumpd.annotate.context import AnalysisContext
 from coredumpd.annotate.insn import DecodedInstruction, decode_one
 from coredumpd.elf import layouts as L
 from coredumpd.errors import CoredumpdError
-from coredumpd.unwind.types import Mapping, Module
+from coredumpd.image.types import Mapping, Module
 
 SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV = 4, 5, 6, 7, 8, 11
 

@@ -1,6 +1,6 @@
 """Operand-level decoding of one x86-64 instruction, for the rules.
 
-:mod:`coredumpd.unwind.disasm` gives text; the rules need to know *which*
+:mod:`coredumpd.symbolize.disasm` gives text; the rules need to know *which*
 memory operand an instruction used, whether it read or wrote it, and the
 address it computed from the crashed thread's registers.  capstone's detail
 mode gives operands and their access (``CS_AC_READ``/``CS_AC_WRITE``); the
@@ -16,7 +16,7 @@ import capstone  # type: ignore[import-untyped]
 from capstone import x86
 
 from coredumpd.errors import CoredumpdError
-from coredumpd.unwind.types import AddressSpace
+from coredumpd.image.types import AddressSpace
 
 MAX_INSTRUCTION = 15  # Intel SDM vol. 2, 2.3.11
 CANONICAL_BITS = 48  # 4-level paging: bits 63..47 must all equal bit 47 (SDM vol. 1, 3.3.7.1)

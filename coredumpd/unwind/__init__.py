@@ -1,1 +1,1 @@
-"""Address space of the crashed process, CFI/frame-pointer/scan unwinding, symbols."""
+"""Unwinding: call-frame information, then frame pointer, then stack scan."""

@@ -19,7 +19,7 @@ The order and the checks follow what gdb, libunwind and Breakpad's
   first return address above sp came from a direct call into the function pc
   is in (a leaf that set up no frame: the frame pointer would skip a frame);
 - stack scan: the first word above sp that is the address right after a call
-  instruction in an executable mapping (:func:`coredumpd.unwind.disasm.call_before`).
+  instruction in an executable mapping (:func:`coredumpd.symbolize.disasm.call_before`).
 
 Bounds (:class:`~coredumpd.unwind.types.Caps`): emitted frames, steps, bytes
 read, expression steps; a (sp, pc) pair seen twice stops a cycle; runs of
@@ -39,9 +39,10 @@ from collections.abc import Callable
 from coredumpd.elf import layouts as L
 from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import CoredumpdError, FormatError, LimitExceeded, MemoryReadError
+from coredumpd.image.types import AddressSpace, Module
 from coredumpd.unwind import cfi
 from coredumpd.unwind.dwarf_expr import MASK, evaluate
-from coredumpd.unwind.types import AddressSpace, Caps, Frame, Module, Trust
+from coredumpd.unwind.types import Caps, Frame, Trust
 
 RIP, RSP, RBP = L.DWARF_RA, L.DWARF_SP, L.DWARF_FP
 PAGE = 4096
@@ -272,7 +273,7 @@ class _Unwinder:
         """
         known = self.returns.get(address)
         if known is None:
-            from coredumpd.unwind import disasm  # capstone: ~30 ms to import, rarely needed
+            from coredumpd.symbolize import disasm  # capstone: ~30 ms to import, rarely needed
             known = self.returns[address] = self.executable(address) and (
                 disasm.call_before(self.space, address) is not None
                 or self.signal_trampoline(address))
@@ -386,7 +387,7 @@ class _Unwinder:
 
     def call_target(self, return_address: int) -> int | None:
         """Where the direct call before ``return_address`` went (None: indirect or no call)."""
-        from coredumpd.unwind import disasm
+        from coredumpd.symbolize import disasm
         call = disasm.call_before(self.space, return_address)
         return call.direct_target if call is not None else None
 

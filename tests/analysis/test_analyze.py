@@ -136,8 +136,8 @@ def test_repeated_analyses_leak_no_fds_and_no_address_spaces():
     """corectl, the fuzzer and tests analyse in a loop: every file and space is released."""
     import gc
 
+    from coredumpd.image import space as space_module
     from coredumpd.store.lz4seek import open_core_source
-    from coredumpd.unwind import space as space_module
     from coredumpd.unwind import unwinder
     from tests.support.fixtures import fixture_names, load_fixture
 

@@ -13,7 +13,7 @@ import pytest
 from coredumpd.elf import layouts as L
 from coredumpd.elf.elffile import ElfFile, version_info
 from coredumpd.errors import FormatError
-from coredumpd.unwind.debuginfo import DwarfLines
+from coredumpd.symbolize.lines import DwarfLines
 
 LIBC = os.path.realpath("/usr/lib/x86_64-linux-gnu/libc.so.6")
 

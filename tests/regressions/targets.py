@@ -16,7 +16,7 @@ Targets:
              core (block index and trailer CRC recomputed, so mutations get past
              the checksum), then the core model on top of it.
 ``unwind``   the reader, then address space, unwinder and disassembly of the
-             crashed thread (needs coredumpd.unwind.space).
+             crashed thread (needs coredumpd.image.space).
 ``analysis`` :func:`coredumpd.analysis.analyze` (reader, unwinder, symbolizer, rules).
 ``args``     :func:`coredumpd.ingest.args.parse_args` on a NUL-separated argv.
 ``procfs``   the /proc capture on a fake procfs tree (input: a JSON file tree),
@@ -40,7 +40,7 @@ OWNERS = {
     "reader": "coredumpd/elf/core.py, coredumpd/elf/notes.py",
     "stream": "coredumpd/ingest/stream.py, coredumpd/elf/notes.py",
     "lz4": "coredumpd/store/lz4seek.py",
-    "unwind": "coredumpd/unwind/ (space.py, unwinder.py, cfi.py, disasm.py)",
+    "unwind": "coredumpd/image/space.py, coredumpd/unwind/ (unwinder.py, cfi.py), coredumpd/symbolize/disasm.py",
     "analysis": "coredumpd/analysis/, coredumpd/annotate/",
     "args": "coredumpd/ingest/args.py",
     "procfs": "coredumpd/ingest/procfs.py",
@@ -104,9 +104,9 @@ def run_stream(data: bytes) -> Any:
 
 def run_unwind(data: bytes) -> Any:
     from coredumpd.elf.core import Core
+    from coredumpd.image.space import build_address_space
     from coredumpd.store.source import BytesSource
-    from coredumpd.unwind import disasm
-    from coredumpd.unwind.space import build_address_space
+    from coredumpd.symbolize import disasm
     from coredumpd.unwind.types import Caps
     from coredumpd.unwind.unwinder import unwind
 
@@ -241,7 +241,7 @@ TARGETS: dict[str, Callable[[bytes], Any]] = {
 
 def available(target: str) -> str | None:
     """None when ``target`` can run here, else why not (its module has not landed)."""
-    modules = {"unwind": "coredumpd.unwind.space", "analysis": "coredumpd.analysis",
+    modules = {"unwind": "coredumpd.image.space", "analysis": "coredumpd.analysis",
                "procfs": "coredumpd.ingest.procfs"}
     try:
         module = __import__(modules.get(target, "coredumpd"), fromlist=["_"])

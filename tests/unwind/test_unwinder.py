@@ -27,9 +27,9 @@ import time
 import pytest
 
 from coredumpd.elf.core import Core
+from coredumpd.image.space import build_address_space
 from coredumpd.store.source import RawFileSource
-from coredumpd.unwind import disasm
-from coredumpd.unwind.space import build_address_space
+from coredumpd.symbolize import disasm
 from coredumpd.unwind.types import Caps, Trust
 from coredumpd.unwind.unwinder import unwind
 from tests.support.kernel import core_pattern, raw_core_pattern

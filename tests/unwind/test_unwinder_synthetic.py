@@ -13,7 +13,8 @@ import random
 import struct
 
 from coredumpd.errors import MemoryReadError
-from coredumpd.unwind.types import Caps, Mapping, Module, Trust
+from coredumpd.image.types import Mapping, Module
+from coredumpd.unwind.types import Caps, Trust
 from coredumpd.unwind.unwinder import unwind
 
 CODE = 0x400000

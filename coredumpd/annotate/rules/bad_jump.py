@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from coredumpd.annotate import evidence as E
 from coredumpd.annotate.context import AnalysisContext, Annotation
-from coredumpd.unwind import disasm
+from coredumpd.symbolize import disasm
 
 RULE_ID = "bad-jump"
 

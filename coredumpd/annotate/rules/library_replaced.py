@@ -15,7 +15,7 @@ import os
 from coredumpd.annotate import changed as C
 from coredumpd.annotate.context import AnalysisContext, Annotation
 from coredumpd.annotate.loader_errors import find_loader_errors
-from coredumpd.unwind.types import Module
+from coredumpd.image.types import Module
 
 RULE_ID = "library-replaced"
 MAX_LISTED = 8

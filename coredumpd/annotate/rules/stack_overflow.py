@@ -17,7 +17,7 @@ from collections import Counter
 
 from coredumpd.annotate import evidence as E
 from coredumpd.annotate.context import AnalysisContext, Annotation, ThreadTrace
-from coredumpd.unwind.types import Mapping
+from coredumpd.image.types import Mapping
 
 RULE_ID = "stack-overflow"
 GUARD_GAP = 256 * 4096  # mm/mmap.c stack_guard_gap default

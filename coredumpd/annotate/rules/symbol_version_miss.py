@@ -24,7 +24,7 @@ from coredumpd.annotate.context import AnalysisContext, Annotation
 from coredumpd.annotate.loader_errors import LoaderError, find_loader_errors
 from coredumpd.elf.elffile import version_info
 from coredumpd.errors import CoredumpdError
-from coredumpd.unwind.types import Module
+from coredumpd.image.types import Module
 
 RULE_ID = "symbol-version-miss"
 MAX_ERRORS = 2

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import capstone  # type: ignore[import-untyped]
 
 from coredumpd.errors import CoredumpdError, MemoryReadError
-from coredumpd.unwind.types import AddressSpace
+from coredumpd.image.types import AddressSpace
 
 MAX_INSTRUCTION = 15  # Intel SDM vol. 2, 2.3.11: no instruction is longer
 MAX_BACK_OFFSET = 64  # how far before pc to look for a decoding that lands on pc

@@ -1,4 +1,4 @@
-"""coredumpd.unwind.space on a real core, cross-checked with eu-unstrip and gdb, and
+"""coredumpd.image.space on a real core, cross-checked with eu-unstrip and gdb, and
 its file-trust rules (replaced, deleted, modified, other root) with facts."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
 from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import MemoryReadError
+from coredumpd.image.space import build_address_space
+from coredumpd.image.types import Module
 from coredumpd.store.source import BytesSource, RawFileSource
-from coredumpd.unwind.space import build_address_space
-from coredumpd.unwind.types import Module
 from tests.elf.realcore import RealCore, compile_c, crash
 from tests.support import elfwriter as W
 
@@ -157,7 +157,7 @@ def test_synthetic_core_without_files_still_builds():
 
 
 def test_paths_resolve_inside_the_process_root(tmp_path):
-    from coredumpd.unwind.space import resolve_in_root
+    from coredumpd.image.space import resolve_in_root
     (tmp_path / "usr" / "lib").mkdir(parents=True)
     (tmp_path / "lib").symlink_to("/usr/lib")  # absolute: must stay inside the root
     (tmp_path / "usr" / "lib" / "escape").symlink_to("../../../../../etc")
@@ -187,7 +187,7 @@ def test_a_fifo_named_by_the_core_is_not_opened(tmp_path):
 def test_vdso_symbols_come_from_the_core(real, core):
     """The vDSO is not a file: its symbols are read from its image in the core (gdb agrees:
     ``info symbol __vdso_clock_gettime`` says clock_gettime)."""
-    from coredumpd.unwind.symbols import Symbolizer
+    from coredumpd.symbolize.symbols import Symbolizer
     space = build_address_space(core)
     vdso = next(m for m in space.modules if m.is_vdso)
     symbolizer = Symbolizer(space)
@@ -221,7 +221,7 @@ def test_malformed_facts_never_break_the_address_space(facts):
 def test_untrusted_module_still_symbolized_from_its_debug_file(real, core, tmp_path):
     """libc is not under the (empty) root, but its debug file is found by the build-id
     in the core: names and lines still come out."""
-    from coredumpd.unwind.symbols import Symbolizer
+    from coredumpd.symbolize.symbols import Symbolizer
     space = build_address_space(core, root=str(tmp_path))
     symbolizer = Symbolizer(space)
     idle = next(t for t in core.threads[1:] if "libc.so" in (

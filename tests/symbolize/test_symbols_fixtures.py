@@ -12,9 +12,9 @@ import posixpath
 import pytest
 
 from coredumpd.elf.core import Core
+from coredumpd.image.space import build_address_space
 from coredumpd.store.lz4seek import open_core_source
-from coredumpd.unwind.space import build_address_space
-from coredumpd.unwind.symbols import Symbolizer
+from coredumpd.symbolize.symbols import Symbolizer
 from tests.support.fixtures import fixture_names, load_fixture
 
 

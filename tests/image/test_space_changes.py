@@ -15,8 +15,8 @@ import pytest
 
 from coredumpd.elf.core import Core
 from coredumpd.elf.elffile import ElfFile
+from coredumpd.image.space import build_address_space
 from coredumpd.store.source import RawFileSource
-from coredumpd.unwind.space import build_address_space
 from tests.elf.realcore import DATA
 from tests.support.kernel import core_pattern, raw_core_pattern
 

@@ -1,4 +1,4 @@
-"""coredumpd.unwind.symbols against gdb on real binaries: libc (with libc6-dbg), a
+"""coredumpd.symbolize.symbols against gdb on real binaries: libc (with libc6-dbg), a
 stripped program with .gnu_debuglink, MiniDebugInfo, PLT entries, C++ names."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import capstone
 import pytest
 
 from coredumpd.elf.elffile import STT_FUNC, ElfFile
-from coredumpd.unwind.debuginfo import build_id_path
-from coredumpd.unwind.symbols import Symbolizer, demangle, plain_name
-from coredumpd.unwind.types import Mapping, Module
+from coredumpd.image.debuginfo import build_id_path
+from coredumpd.image.types import Mapping, Module
+from coredumpd.symbolize.symbols import Symbolizer, demangle, plain_name
 
 LIBC = os.path.realpath("/usr/lib/x86_64-linux-gnu/libc.so.6")
 LIBSTDCXX = os.path.realpath("/usr/lib/x86_64-linux-gnu/libstdc++.so.6")
@@ -257,7 +257,7 @@ def test_symbol_table_columns_agree_with_each_entry():
     names defined there."""
     import struct
 
-    from coredumpd.unwind.symbols import SymbolTable
+    from coredumpd.symbolize.symbols import SymbolTable
 
     with ElfFile.open(LIBC) as elf:
         data, strings = elf.raw_symbols(".dynsym")

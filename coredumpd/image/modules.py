@@ -22,8 +22,8 @@ from coredumpd.elf.core import Core
 from coredumpd.elf.elffile import ElfFile, ProgramHeader, parse_program_headers
 from coredumpd.elf.notes import find_build_id
 from coredumpd.errors import CoredumpdError
-from coredumpd.unwind.debuginfo import find_debug_file
-from coredumpd.unwind.types import Mapping, Module
+from coredumpd.image.debuginfo import find_debug_file
+from coredumpd.image.types import Mapping, Module
 
 VDSO = "[vdso]"
 MAX_PHDRS_IN_CORE = 256

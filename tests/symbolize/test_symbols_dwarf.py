@@ -1,4 +1,4 @@
-"""coredumpd.unwind.dwarfline on hostile bytes: only FormatError, bounded work."""
+"""coredumpd.symbolize.dwarfline on hostile bytes: only FormatError, bounded work."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from hypothesis import given, settings
 
 from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import FormatError
-from coredumpd.unwind import dwarfline
-from coredumpd.unwind.debuginfo import SectionWindow, build_id_path
+from coredumpd.image.debuginfo import build_id_path
+from coredumpd.symbolize import dwarfline
+from coredumpd.symbolize.lines import SectionWindow
 
 LIBC = os.path.realpath("/usr/lib/x86_64-linux-gnu/libc.so.6")
 

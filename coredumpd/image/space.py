@@ -25,7 +25,7 @@ from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
 from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import CoredumpdError, MemoryReadError
-from coredumpd.unwind.modules import (
+from coredumpd.image.modules import (
     VDSO,
     build_module,
     dict_or_empty,
@@ -34,7 +34,7 @@ from coredumpd.unwind.modules import (
     resolve_in_root,
     vdso_module,
 )
-from coredumpd.unwind.types import Mapping, Module
+from coredumpd.image.types import Mapping, Module
 
 __all__ = ["ProcessAddressSpace", "build_address_space", "mappings_from_core",
            "mappings_from_facts", "resolve_in_root"]

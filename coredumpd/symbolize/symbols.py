@@ -1,7 +1,7 @@
 """Symbolization: runtime pc -> plain function name, offset, source file and line.
 
 Symbols are merged, per module (cached), from the separate debug file's
-``.symtab`` (build-id or debuglink, :mod:`coredumpd.unwind.debuginfo`), the
+``.symtab`` (build-id or debuglink, :mod:`coredumpd.image.debuginfo`), the
 module's own ``.symtab``, MiniDebugInfo and ``.dynsym``.  The choice of symbol
 follows gdb's ``lookup_minimal_symbol_by_pc_section()`` (gdb/minsyms.c): the
 last symbol at or before the pc whose size covers it; a sized symbol that
@@ -37,8 +37,10 @@ from coredumpd.elf.elffile import (
     ElfFile,
 )
 from coredumpd.errors import CoredumpdError
-from coredumpd.unwind import debuginfo
-from coredumpd.unwind.types import AddressSpace, Module, Symbol
+from coredumpd.image import debuginfo
+from coredumpd.image.types import AddressSpace, Module
+from coredumpd.symbolize.lines import DwarfLines
+from coredumpd.symbolize.types import Symbol
 
 SHN_ABS = 0xFFF1
 BINDING_RANK = {1: 0, 2: 1, 0: 2}  # STB_GLOBAL, STB_WEAK, STB_LOCAL
@@ -326,7 +328,7 @@ def _plt_entries(elf: ElfFile, dynsym: tuple[bytes, bytes]) -> tuple[list[int], 
 @dataclasses.dataclass
 class _ModuleInfo:
     table: SymbolTable
-    lines: debuginfo.DwarfLines | None
+    lines: DwarfLines | None
     problems: list[str]
 
 
@@ -409,7 +411,7 @@ class Symbolizer:
         return _ModuleInfo(table, lines, problems)
 
     def _load_tables(self, module: Module, elf: ElfFile | None, table: SymbolTable,
-                     problems: list[str]) -> debuginfo.DwarfLines | None:
+                     problems: list[str]) -> DwarfLines | None:
         """Symbols of the debug file, the module's file, MiniDebugInfo, .dynsym, PLT.
 
         Without a trusted file (deleted, replaced), the debug file found by the
@@ -464,13 +466,13 @@ class Symbolizer:
             return None
 
     @staticmethod
-    def _lines(debug: ElfFile | None, elf: ElfFile | None) -> debuginfo.DwarfLines | None:
+    def _lines(debug: ElfFile | None, elf: ElfFile | None) -> DwarfLines | None:
         """DWARF lines from the debug file, else from the module itself (files only)."""
         for candidate in (debug, elf):
             if (candidate is None or not os.path.isfile(candidate.name)
                     or candidate.section(".debug_line") is None):
                 continue
-            lines = debuginfo.DwarfLines(candidate.name)
+            lines = DwarfLines(candidate.name)
             if lines.available:
                 return lines
             lines.close()

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from coredumpd.unwind import disasm
+from coredumpd.symbolize import disasm
 from tests.unwind.test_cfi import BIAS, LIBC, ElfFileMemory
 
 SAMPLE_FUNCTIONS = 40

@@ -1,0 +1,1 @@
+"""The crashed process's image: its mappings, modules, memory and debug files."""

@@ -1,0 +1,1 @@
+"""Names for addresses: symbol tables, DWARF line tables, disassembly."""

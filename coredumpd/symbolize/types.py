@@ -1,0 +1,17 @@
+"""What the symbolizer says about an address (shared with the rules and the report)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Symbol:
+    """What the symbolizer knows about an address."""
+
+    name: str | None  # plain name: "abort", not "__GI_abort" or "abort@@GLIBC_2.2.5"
+    offset: int = 0  # address - symbol start
+    raw_name: str | None = None  # as in the symbol table (mangled, versioned)
+    file: str | None = None
+    line: int | None = None
+    inlined: tuple[str, ...] = ()
