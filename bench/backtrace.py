@@ -60,7 +60,7 @@ from coredumpd.elf.core import Core
 from coredumpd.image.space import build_address_space
 from coredumpd.store.source import RawFileSource
 from coredumpd.symbolize import symbols as _symbols  # noqa: F401 - imported lazily by make_symbolizer
-from coredumpd.unwind.unwinder import unwind
+from coredumpd.unwind.unwinder import Unwinder
 
 Trace = dict[int, list[tuple[int, str | None]]]  # tid -> [(pc, symbol)]
 
@@ -73,9 +73,10 @@ def coredumpd_backtraces(core_path: str, exe: str, lines: bool = False) -> Trace
         core = Core.open(source)
         space = build_address_space(core, exe=exe)
         symbolizer = make_symbolizer(space, [])
+        unwinder = Unwinder(space)
         result: Trace = {}
         for thread in core.threads:
-            frames = unwind(space, thread.registers).frames
+            frames = unwinder.unwind(thread.registers).frames
             result[thread.tid] = [
                 (frame.pc, symbolizer.symbolize(space.module_at(frame.lookup_pc),
                                                 frame.lookup_pc, lines=lines).name)
@@ -185,14 +186,15 @@ from coredumpd.elf.core import Core
 from coredumpd.store.source import RawFileSource
 from coredumpd.image.space import build_address_space
 from coredumpd.symbolize.symbols import Symbolizer
-from coredumpd.unwind.unwinder import unwind
+from coredumpd.unwind.unwinder import Unwinder
 source = RawFileSource({core!r})
 core = Core.open(source)
 space = build_address_space(core, exe={exe!r})
 symbolizer = Symbolizer(space)
+unwinder = Unwinder(space)
 for thread in core.threads:
     print("TID", thread.tid)
-    for frame in unwind(space, thread.registers).frames:
+    for frame in unwinder.unwind(thread.registers).frames:
         symbol = symbolizer.symbolize(space.module_at(frame.lookup_pc), frame.lookup_pc, False)
         print(hex(frame.pc), symbol.name)
 """

@@ -33,7 +33,7 @@ from coredumpd.store.source import ByteSource
 from coredumpd.symbolize import disasm
 from coredumpd.symbolize.types import Symbol
 from coredumpd.unwind.types import Caps, Frame
-from coredumpd.unwind.unwinder import forget_space, unwind
+from coredumpd.unwind.unwinder import Unwinder
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,11 @@ def _symbolize(symbolizer: Symbolizer, module: Module | None, pc: int,
 
 
 def trace_thread(space: AddressSpace, symbolizer: Symbolizer, thread: ThreadState,
-                 crashed: bool, name: str | None, caps: Caps,
+                 crashed: bool, name: str | None, unwinder: Unwinder,
                  problems: list[str]) -> ThreadTrace:
     """Unwind and symbolize one thread; never raises."""
     result = _stage(problems, f"unwinding thread {thread.tid}",
-                    lambda: unwind(space, thread.registers, caps))
+                    lambda: unwinder.unwind(thread.registers))
     frames: list[Frame] = result.frames if result else []
     stop = result.stop_reason if result else "unwinding failed"
     lookups = [_symbol_pc(frame) for frame in frames]
@@ -215,6 +215,7 @@ def _analyze_core(core: Core, facts: dict[str, Any], exe: str | None, root: str,
 
     space = build_address_space(core, facts, root, exe)
     symbolizer = make_symbolizer(space, problems)
+    unwinder = Unwinder(space, caps)
     try:
         problems.extend(space.problems)
         result["modules"] = [shape.module_json(module) for module in space.modules]
@@ -222,7 +223,7 @@ def _analyze_core(core: Core, facts: dict[str, Any], exe: str | None, root: str,
                         for problem in module.problems)
         names = _thread_names(core, facts)
         traces = [trace_thread(space, symbolizer, thread, index == 0, names.get(thread.tid),
-                               caps, problems)
+                               unwinder, problems)
                   for index, thread in enumerate(_ordered_threads(core, caps, problems))]
         result["threads"] = [thread_json(trace) for trace in traces]
         ctx = AnalysisContext(core, facts, space, symbolizer, traces, core.siginfo)
@@ -232,7 +233,7 @@ def _analyze_core(core: Core, facts: dict[str, Any], exe: str | None, root: str,
                                            lambda: _disassemble(space, traces[0]), [])
     finally:  # files of modules and debug files stay open otherwise (one analysis per
         symbolizer.close()  # process in the sandbox, but corectl and tests loop)
-        forget_space(space)
+        unwinder.close()
         space.close()
 
 

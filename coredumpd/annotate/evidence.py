@@ -63,11 +63,16 @@ def registers(ctx: AnalysisContext) -> dict[str, int]:
 
 
 def pc_of(ctx: AnalysisContext) -> int | None:
-    return registers(ctx).get("rip")
+    return registers(ctx).get(ctx.space.arch.pc_name)
 
 
 def sp_of(ctx: AnalysisContext) -> int | None:
-    return registers(ctx).get("rsp")
+    return registers(ctx).get(ctx.space.arch.sp_name)
+
+
+def sp_name(ctx: AnalysisContext) -> str:
+    """The stack pointer's register name (``rsp``), for evidence lines."""
+    return ctx.space.arch.sp_name
 
 
 def instruction_at_pc(ctx: AnalysisContext) -> DecodedInstruction | None:

@@ -1,5 +1,9 @@
 """Operand-level decoding of one x86-64 instruction, for the rules.
 
+The engine comes from the space's architecture (:mod:`coredumpd.arch`); the
+operand model below (capstone's ``x86`` operands, ``e``/``d`` subregisters)
+is x86's: another machine brings its own.
+
 :mod:`coredumpd.symbolize.disasm` gives text; the rules need to know *which*
 memory operand an instruction used, whether it read or wrote it, and the
 address it computed from the crashed thread's registers.  capstone's detail
@@ -17,12 +21,7 @@ from capstone import x86
 
 from coredumpd.errors import CoredumpdError
 from coredumpd.image.types import AddressSpace
-
-MAX_INSTRUCTION = 15  # Intel SDM vol. 2, 2.3.11
-CANONICAL_BITS = 48  # 4-level paging: bits 63..47 must all equal bit 47 (SDM vol. 1, 3.3.7.1)
-
-_CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-_CS.detail = True
+from coredumpd.symbolize.disasm import engine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,17 +67,18 @@ def decode_one(space: AddressSpace, address: int,
     if not code:
         return None
     try:
-        insn = next(_CS.disasm(code, address, 1), None)
+        cs = engine(space.arch.capstone_arch, space.arch.capstone_mode, detail=True)
+        insn = next(cs.disasm(code, address, 1), None)
     except capstone.CsError:
         return None
     if insn is None:
         return None
-    return _decoded(insn, registers or {})
+    return _decoded(insn, registers or {}, space.arch.pc_name)
 
 
 def _read_code(space: AddressSpace, address: int) -> bytes:
     """Up to 15 bytes at ``address``, fewer when the end of readable memory is closer."""
-    for size in (MAX_INSTRUCTION, 8, 4, 2, 1):
+    for size in (space.arch.max_instruction_size, 8, 4, 2, 1):
         try:
             return space.read(address, size)
         except CoredumpdError:
@@ -86,12 +86,13 @@ def _read_code(space: AddressSpace, address: int) -> bytes:
     return b""
 
 
-def _decoded(insn: capstone.CsInsn, registers: dict[str, int]) -> DecodedInstruction:
+def _decoded(insn: capstone.CsInsn, registers: dict[str, int],
+             pc_name: str) -> DecodedInstruction:
     memory = []
     next_pc = insn.address + insn.size
     for operand in insn.operands:
         if operand.type == x86.X86_OP_MEM:
-            memory.append(_memory_operand(insn, operand, registers, next_pc))
+            memory.append(_memory_operand(insn, operand, registers, next_pc, pc_name))
     read, _written = insn.regs_access()
     implicit = insn.mnemonic.split()[0] in _IMPLICIT_MEMORY or any(
         insn.mnemonic.startswith(prefix) for prefix in ("rep", "movs", "stos", "lods", "scas",
@@ -106,7 +107,7 @@ _IMPLICIT_MEMORY = frozenset({"push", "pop", "call", "ret", "enter", "leave", "p
 
 
 def _memory_operand(insn: capstone.CsInsn, operand: x86.X86Op, registers: dict[str, int],
-                    next_pc: int) -> MemoryOperand:
+                    next_pc: int, pc_name: str) -> MemoryOperand:
     mem = operand.mem
     base = insn.reg_name(mem.base) if mem.base else None
     index = insn.reg_name(mem.index) if mem.index else None
@@ -114,7 +115,7 @@ def _memory_operand(insn: capstone.CsInsn, operand: x86.X86Op, registers: dict[s
     for name, scale in ((base, 1), (index, mem.scale)):
         if name is None or address is None:
             continue
-        value = next_pc if name == "rip" else register_value(registers, name)
+        value = next_pc if name == pc_name else register_value(registers, name)
         address = None if value is None else address + value * scale
     if address is not None:
         address &= (1 << 64) - 1
@@ -143,7 +144,8 @@ def register_value(registers: dict[str, int], name: str) -> int | None:
     return None
 
 
-def is_canonical(address: int) -> bool:
-    """True when bits 63..47 of ``address`` are all equal (x86-64 4-level paging)."""
-    top = address >> (CANONICAL_BITS - 1)
-    return top in (0, (1 << (64 - CANONICAL_BITS + 1)) - 1)
+def is_canonical(address: int, address_bits: int) -> bool:
+    """True when the bits of ``address`` from ``address_bits - 1`` up are all equal
+    (``Arch.address_bits``; x86-64 4-level paging: 48, bits 63..47, SDM vol. 1, 3.3.7.1)."""
+    top = address >> (address_bits - 1)
+    return top in (0, (1 << (64 - address_bits + 1)) - 1)

@@ -2,8 +2,9 @@
 
 The struct layouts are declared once in :mod:`coredumpd.elf.structs` (re-exported
 here), sizes asserted at import; the enums of type numbers live here.  Names
-follow ``<elf.h>``, ``include/uapi/linux/elfcore.h`` and the kernel's
-``arch/x86/include/asm/user_64.h`` verbatim so the code reads beside them.
+follow ``<elf.h>`` and ``include/uapi/linux/elfcore.h`` verbatim so the code
+reads beside them; what depends on the machine (``pr_reg``, DWARF registers)
+is in :mod:`coredumpd.arch`.
 """
 
 from __future__ import annotations
@@ -29,10 +30,7 @@ from coredumpd.elf.structs import (  # noqa: F401 - re-exported (pyproject: impl
     NT_SIGINFO,
     PHDR,
     PN_XNUM,
-    PR_REG_NAMES,
     PRPSINFO,
-    PRSTATUS,
-    PRSTATUS_REG_OFFSET,
     PT_LOAD,
     PT_NOTE,
     SHDR,
@@ -222,13 +220,3 @@ def si_code_name(signo: int, code: int) -> str:
             return str(code)
     table = {11: SEGV_CODES, 7: BUS_CODES, 4: ILL_CODES, 8: FPE_CODES, 5: TRAP_CODES}.get(signo, {})
     return table.get(code, str(code))
-
-
-# x86-64 DWARF register numbers (System V psABI, figure 3.36).
-DWARF_REGISTERS = (
-    "rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp",
-    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip",
-)
-DWARF_RA = 16
-DWARF_SP = 7
-DWARF_FP = 6

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+from coredumpd.arch import Arch, for_machine
 from coredumpd.elf import layouts as L
 from coredumpd.errors import FormatError, TruncatedError
 
@@ -76,13 +77,16 @@ class PrStatus:
     registers: dict[str, int]
 
 
-def decode_prstatus(desc: bytes, offset: int = 0) -> PrStatus:
-    if len(desc) < L.PRSTATUS.size:
-        raise TruncatedError("NT_PRSTATUS", offset, L.PRSTATUS.size, len(desc))
-    fields = L.PRSTATUS.unpack_from(desc)
+def decode_prstatus(desc: bytes, offset: int = 0, arch: Arch | None = None) -> PrStatus:
+    """NT_PRSTATUS of ``arch`` (default: x86-64, the only machine Core reads today)."""
+    arch = arch or for_machine(L.EM_X86_64)
+    layout = arch.prstatus
+    if len(desc) < layout.size:
+        raise TruncatedError("NT_PRSTATUS", offset, layout.size, len(desc))
+    fields = layout.unpack_from(desc)
     signo, code, errno_, cursig, sigpend, sighold, pid, ppid, pgrp, sid = fields[:10]
     times = fields[10:18]
-    regs = dict(zip(L.PR_REG_NAMES, fields[18:45]))
+    regs = dict(zip(arch.prstatus_registers, fields[18:18 + len(arch.prstatus_registers)]))
     return PrStatus(
         si_signo=signo, si_code=code, si_errno=errno_, pr_cursig=cursig,
         pr_sigpend=sigpend, pr_sighold=sighold, pr_pid=pid, pr_ppid=ppid,

@@ -54,19 +54,7 @@ assert VERNEED.size == 16
 VERNAUX = struct.Struct("<IHHII")
 assert VERNAUX.size == 16
 
-# struct elf_prstatus (x86-64): pr_info {si_signo si_code si_errno}, pr_cursig,
-# pad, pr_sigpend, pr_sighold, pr_pid pr_ppid pr_pgrp pr_sid, pr_utime pr_stime
-# pr_cutime pr_cstime (struct timeval: tv_sec tv_usec), pr_reg[27], pr_fpvalid.
-PRSTATUS = struct.Struct("<iiih2xQQiiii8q27Qi4x")
-assert PRSTATUS.size == 336
-PRSTATUS_REG_OFFSET = 112
-# Order of pr_reg (struct user_regs_struct, arch/x86/include/asm/user_64.h).
-PR_REG_NAMES = (
-    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
-    "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags",
-    "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
-)
-assert len(PR_REG_NAMES) == 27
+# struct elf_prstatus depends on the machine (pr_reg): coredumpd.arch.
 
 # struct elf_prpsinfo (x86-64): pr_state pr_sname pr_zomb pr_nice, pad, pr_flag,
 # pr_uid pr_gid (unsigned int), pr_pid pr_ppid pr_pgrp pr_sid, pr_fname[16],

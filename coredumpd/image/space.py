@@ -21,6 +21,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from coredumpd.arch import Arch, for_machine
 from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
 from coredumpd.elf.elffile import ElfFile
@@ -46,7 +47,7 @@ MAX_MODULES = 4096
 
 
 class ProcessAddressSpace:
-    """:class:`~coredumpd.unwind.types.AddressSpace` over a core and trusted files.
+    """:class:`~coredumpd.image.types.AddressSpace` over a core and trusted files.
 
     ``bytes_read`` counts every byte returned by :meth:`read` (the unwinder
     compares it with ``Caps.max_bytes_read``); ``max_bytes`` (0: none) makes
@@ -55,6 +56,7 @@ class ProcessAddressSpace:
 
     def __init__(self, core: Core, mappings: list[Mapping], max_bytes: int = 0) -> None:
         self.core = core
+        self.arch: Arch = for_machine(core.ehdr.e_machine)
         self._mappings = sorted(mappings, key=lambda m: m.start)
         self._mapping_starts = [m.start for m in self._mappings]
         self._modules: list[Module] = []

@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
+from coredumpd.arch import Arch
+
 
 @dataclasses.dataclass(frozen=True)
 class Mapping:
@@ -77,6 +79,11 @@ class Module:
 
 class AddressSpace(Protocol):
     """The crashed process's memory: core segments first, then trusted files."""
+
+    @property
+    def arch(self) -> Arch:
+        """The machine the process ran on (registers, instructions, frame layouts)."""
+        ...
 
     @property
     def modules(self) -> Sequence[Module]: ...

@@ -1,9 +1,10 @@
-"""x86-64 disassembly of the crashed process's code, with capstone.
+"""Disassembly of the crashed process's code, with capstone in the space's architecture.
 
 Three uses: the instructions around the crash pc for the report, and
 :func:`call_before` for the unwinder's stack scan (a word on the stack is a
 plausible return address only if the bytes just before it are a ``call``,
-the check Breakpad's ``StackwalkerAMD64`` and LLDB make).
+the check Breakpad's ``StackwalkerAMD64`` and LLDB make; which byte lengths and
+encodings a call can have is the architecture's, :mod:`coredumpd.arch`).
 
 x86 instructions have variable length, so "the instructions before pc" are
 ambiguous: :func:`around` decodes from the function start when the
@@ -14,21 +15,17 @@ exactly on pc.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import functools
+from typing import Any
 
 import capstone  # type: ignore[import-untyped]
 
+from coredumpd.arch import Arch
 from coredumpd.errors import CoredumpdError, MemoryReadError
 from coredumpd.image.types import AddressSpace
 
-MAX_INSTRUCTION = 15  # Intel SDM vol. 2, 2.3.11: no instruction is longer
 MAX_BACK_OFFSET = 64  # how far before pc to look for a decoding that lands on pc
 MAX_FUNCTION_PREFIX = 4096  # decode from the symbol start only when it is this close
-
-# Encodings of near calls (Intel SDM vol. 2, CALL): e8 rel32 (5 bytes), ff /2 with every
-# ModRM/SIB/displacement form (2-7 bytes), optionally after a REX prefix (+1),
-# and a notrack (3e) prefix in front of indirect calls under CET (+1).
-_CALL_LENGTHS = (5, 9, 8, 7, 6, 4, 3, 2)  # longest first: keep prefixes (REX, notrack)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +41,6 @@ class Instruction:
         return f"{self.mnemonic} {self.op_str}".strip()
 
     @property
-    def is_call(self) -> bool:
-        return self.mnemonic == "call"
-
-    @property
     def direct_target(self) -> int | None:
         """The target of a direct ``call``/``jmp rel`` (capstone prints it as hex), else None."""
         if self.op_str.startswith("0x"):
@@ -58,12 +51,17 @@ class Instruction:
         return None
 
 
-_ENGINE = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+@functools.cache
+def engine(capstone_arch: str, capstone_mode: str, detail: bool = False) -> Any:
+    """One capstone engine per architecture and mode (``Arch.capstone_arch``/``_mode``)."""
+    cs = capstone.Cs(getattr(capstone, capstone_arch), getattr(capstone, capstone_mode))
+    cs.detail = detail
+    return cs
 
 
-def _decode_bytes(code: bytes, address: int, count: int) -> list[Instruction]:
+def _decode_bytes(arch: Arch, code: bytes, address: int, count: int) -> list[Instruction]:
     result = []
-    for insn in _ENGINE.disasm_lite(code, address, count):
+    for insn in engine(arch.capstone_arch, arch.capstone_mode).disasm_lite(code, address, count):
         start, size, mnemonic, op_str = insn
         offset = start - address
         result.append(Instruction(start, size, mnemonic, op_str, code[offset:offset + size]))
@@ -82,40 +80,30 @@ def _read_available(space: AddressSpace, address: int, size: int) -> bytes:
 
 def decode(space: AddressSpace, address: int, count: int) -> list[Instruction]:
     """Decode up to ``count`` instructions at ``address`` (fewer at unreadable or bad bytes)."""
-    code = _read_available(space, address, count * MAX_INSTRUCTION)
-    return _decode_bytes(code, address, count)
-
-
-def _call_candidates(code: bytes) -> Iterator[int]:
-    """Byte lengths ``n`` for which ``code[-n:]`` may encode a call (quick byte test).
-
-    ``e8`` starts a direct call; an indirect call's ``ff`` opcode comes after at
-    most two prefixes (REX, notrack).
-    """
-    for length in _CALL_LENGTHS:
-        if length > len(code):
-            continue
-        if (length == 5 and code[-5] == 0xE8) or 0xFF in code[-length:len(code) - length + 3]:
-            yield length
+    code = _read_available(space, address, count * space.arch.max_instruction_size)
+    return _decode_bytes(space.arch, code, address, count)
 
 
 def call_before(space: AddressSpace, return_address: int) -> Instruction | None:
     """The call instruction that ends exactly at ``return_address``, if there is one."""
-    start = max(return_address - max(_CALL_LENGTHS), 0)
+    arch = space.arch
+    start = max(return_address - max(arch.call_lengths), 0)
     try:
         code = space.read(start, return_address - start)
     except (MemoryReadError, CoredumpdError):
         return None
-    for length in _call_candidates(code):
-        decoded = _decode_bytes(code[-length:], return_address - length, 1)
-        if decoded and decoded[0].is_call and decoded[0].size == length:
+    for length in arch.call_lengths:
+        if not arch.may_end_with_call(code, length):
+            continue
+        decoded = _decode_bytes(arch, code[-length:], return_address - length, 1)
+        if decoded and decoded[0].mnemonic in arch.call_mnemonics and decoded[0].size == length:
             return decoded[0]
     return None
 
 
 def _lands_on(space: AddressSpace, start: int, pc: int) -> list[Instruction] | None:
-    code = _read_available(space, start, pc - start + MAX_INSTRUCTION)
-    instructions = _decode_bytes(code, start, 0)
+    code = _read_available(space, start, pc - start + space.arch.max_instruction_size)
+    instructions = _decode_bytes(space.arch, code, start, 0)
     ending = [insn for insn in instructions if insn.address < pc]
     if ending and ending[-1].address + ending[-1].size == pc:
         return ending

@@ -28,6 +28,7 @@ import struct
 import sys
 from typing import Any, NamedTuple
 
+from coredumpd.arch import for_machine
 from coredumpd.elf import layouts as L
 from coredumpd.elf.elffile import (
     STT_FUNC,
@@ -36,7 +37,7 @@ from coredumpd.elf.elffile import (
     STT_OBJECT,
     ElfFile,
 )
-from coredumpd.errors import CoredumpdError
+from coredumpd.errors import CoredumpdError, FormatError
 from coredumpd.image import debuginfo
 from coredumpd.image.types import AddressSpace, Module
 from coredumpd.symbolize.lines import DwarfLines
@@ -47,10 +48,6 @@ BINDING_RANK = {1: 0, 2: 1, 0: 2}  # STB_GLOBAL, STB_WEAK, STB_LOCAL
 MAX_DEMANGLE = 4096
 CODE_TYPES = frozenset({STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE})
 NAMED_TYPES = frozenset({STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE, STT_OBJECT})
-R_X86_64_JUMP_SLOT = 7
-R_X86_64_IRELATIVE = 37
-RELA_SIZE = 24
-PLT_ENTRY_SIZE = 16
 RELA = struct.Struct("<QQq")  # Elf64_Rela
 ST_NAME = struct.Struct("<I")
 
@@ -190,12 +187,13 @@ class SymbolTable:
             values, sizes = [row[4] for row in rows], [row[5] for row in rows]
         self._append(data, strings, False, heads, values, sizes)
 
-    def add_plt(self, starts: list[int], st_names: list[int], strings: bytes) -> None:
+    def add_plt(self, starts: list[int], st_names: list[int], strings: bytes,
+                entry_size: int) -> None:
         """PLT stubs (``puts@plt``), which no table holds, like bfd's synthetic symbols.
         They win over table symbols at the same address."""
         head = STT_FUNC << 32 | 1 << 36 | 1 << 48  # a global function in some section
         self._append(b"", strings, True, [head | name for name in st_names], starts,
-                     [PLT_ENTRY_SIZE] * len(starts))
+                     [entry_size] * len(starts))
 
     def _append(self, data: bytes, strings: bytes, plt: bool, heads: list[int],
                 values: list[int], sizes: list[int]) -> None:
@@ -299,30 +297,38 @@ def _cstring(table: bytes, offset: int) -> str:
     return table[offset:end if end >= 0 else len(table)].decode("utf-8", "surrogateescape")
 
 
-def _plt_entries(elf: ElfFile, dynsym: tuple[bytes, bytes]) -> tuple[list[int], list[int]]:
-    """PLT entry addresses and their symbols' st_name, from .rela.plt order (x86-64
-    psABI, 16-byte entries).  Names are decoded only when looked up.
+def _plt_entries(elf: ElfFile, dynsym: tuple[bytes, bytes]) -> \
+        tuple[list[int], list[int], int]:
+    """PLT entry addresses, their symbols' st_name and the entry size, from .rela.plt
+    order (the module's psABI: :attr:`coredumpd.arch.Arch.plt`).  Names are decoded
+    only when looked up.
 
     With IBT the callable stubs are in ``.plt.sec`` (one per relocation);
-    otherwise ``.plt`` entry 0 is the resolver stub and entry i+1 is relocation i.
+    otherwise ``.plt`` starts with the resolver stub and then has one entry per
+    relocation.
     """
+    try:
+        layout = for_machine(elf.e_machine).plt
+    except FormatError:
+        return [], [], 0
     rela = elf.section(".rela.plt")
     plt_sec, plt = elf.section(".plt.sec"), elf.section(".plt")
     if rela is None or (plt_sec is None and plt is None):
-        return [], []
-    base = plt_sec.sh_addr if plt_sec is not None else plt.sh_addr + PLT_ENTRY_SIZE  # type: ignore[union-attr]
+        return [], [], 0
+    base = plt_sec.sh_addr if plt_sec is not None else \
+        plt.sh_addr + layout.entry_size * layout.reserved_entries  # type: ignore[union-attr]
     data = elf.section_data(rela)
     symbols = dynsym[0]
-    count = min(len(data) // RELA_SIZE, 1 << 16)
+    count = min(len(data) // RELA.size, 1 << 16)
     symbol_count = len(symbols) // L.SYM.size
     starts: list[int] = []
     st_names: list[int] = []
-    for index, (_offset, info, _addend) in enumerate(RELA.iter_unpack(data[:count * RELA_SIZE])):
+    for index, (_offset, info, _addend) in enumerate(RELA.iter_unpack(data[:count * RELA.size])):
         symbol_index = info >> 32
-        if info & 0xFFFFFFFF == R_X86_64_JUMP_SLOT and 0 < symbol_index < symbol_count:
-            starts.append(base + PLT_ENTRY_SIZE * index)
+        if info & 0xFFFFFFFF == layout.jump_slot and 0 < symbol_index < symbol_count:
+            starts.append(base + layout.entry_size * index)
             st_names.append(ST_NAME.unpack_from(symbols, symbol_index * L.SYM.size)[0])
-    return starts, st_names
+    return starts, st_names, layout.entry_size
 
 
 @dataclasses.dataclass
@@ -435,8 +441,8 @@ class Symbolizer:
             if raw is not None:
                 if not full:  # a debug file's .symtab holds every .dynsym function too
                     table.add_table(*raw)
-                starts, st_names = _plt_entries(elf, raw)
-                table.add_plt(starts, st_names, raw[1])
+                starts, st_names, entry_size = _plt_entries(elf, raw)
+                table.add_plt(starts, st_names, raw[1], entry_size)
             return self._lines(debug, elf)
         finally:  # the tables are copies; DwarfLines opens the file again if it needs it
             if debug is not None:

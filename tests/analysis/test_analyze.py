@@ -133,12 +133,13 @@ def test_thread_and_frame_caps() -> None:
 
 
 def test_repeated_analyses_leak_no_fds_and_no_address_spaces():
-    """corectl, the fuzzer and tests analyse in a loop: every file and space is released."""
+    """corectl, the fuzzer and tests analyse in a loop: every file, space and CFI state
+    (the Unwinder's cache) is released."""
     import gc
 
     from coredumpd.image import space as space_module
     from coredumpd.store.lz4seek import open_core_source
-    from coredumpd.unwind import unwinder
+    from coredumpd.unwind.module_cfi import ModuleCfi
     from tests.support.fixtures import fixture_names, load_fixture
 
     fixture = load_fixture(fixture_names()[0])
@@ -150,17 +151,17 @@ def test_repeated_analyses_leak_no_fds_and_no_address_spaces():
         finally:
             source.close()
 
-    def spaces() -> set[int]:  # other tests' spaces may live on in their fixtures
-        return {id(obj) for obj in gc.get_objects()
-                if isinstance(obj, space_module.ProcessAddressSpace)}
+    def alive(kind: type) -> set[int]:  # other tests' objects may live on in their fixtures
+        return {id(obj) for obj in gc.get_objects() if isinstance(obj, kind)}
 
     once()  # warm caches and lazy imports
     gc.collect()
     fds_before = len(os.listdir("/proc/self/fd"))
-    caches_before, spaces_before = len(unwinder._CFI_CACHES), spaces()
+    spaces_before = alive(space_module.ProcessAddressSpace)
+    cfi_before = alive(ModuleCfi)
     for _ in range(20):
         once()
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) == fds_before
-    assert len(unwinder._CFI_CACHES) == caches_before
-    assert spaces() <= spaces_before
+    assert alive(ModuleCfi) <= cfi_before
+    assert alive(space_module.ProcessAddressSpace) <= spaces_before

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from coredumpd.arch import x86_64
 from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
 from tests.support.fixtures import Fixture, fixture_names, load_fixture
@@ -64,7 +65,7 @@ def test_registers_match_eu_readelf(fixture_and_core: Any) -> None:
     fixture, core = fixture_and_core
     for ours, theirs in zip(core.threads, fixture.notes["threads"], strict=True):
         expected = {READELF_REGISTER_NAMES.get(k, k): v for k, v in theirs["registers"].items()}
-        assert set(expected) == set(L.PR_REG_NAMES)
+        assert set(expected) == set(x86_64.PRSTATUS_REGISTERS)
         assert ours.registers == expected, ours.tid
         assert ours.prstatus.pr_cursig == theirs["cursig"]
         assert ours.prstatus.si_signo == theirs["si_signo"]

@@ -108,17 +108,19 @@ def run_unwind(data: bytes) -> Any:
     from coredumpd.store.source import BytesSource
     from coredumpd.symbolize import disasm
     from coredumpd.unwind.types import Caps
-    from coredumpd.unwind.unwinder import unwind
+    from coredumpd.unwind.unwinder import Unwinder
 
     core = Core.open(BytesSource(data))
     space = build_address_space(core, None, root="/")
     out = []
+    unwinder = Unwinder(space, Caps(max_frames=64))
     try:
         for thread in core.threads[:4]:
-            result = unwind(space, thread.registers, Caps(max_frames=64))
+            result = unwinder.unwind(thread.registers)
             out.append(result)
             out.append(disasm.decode(space, thread.registers.get("rip", 0), 8))
     finally:
+        unwinder.close()
         space.close()
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 
+from coredumpd.arch import x86_64
 from coredumpd.elf import layouts as L
 
 PAGE = 4096
@@ -30,8 +31,8 @@ def note(name: str, note_type: int, desc: bytes, descsz: int | None = None) -> b
 def prstatus(tid: int, registers: dict[str, int] | None = None, signo: int = 11) -> bytes:
     """NT_PRSTATUS descriptor (struct elf_prstatus, x86-64)."""
     registers = registers or {}
-    regs = [registers.get(name, 0) for name in L.PR_REG_NAMES]
-    return L.PRSTATUS.pack(signo, 0, 0, signo, 0, 0, tid, 1, tid, tid,
+    regs = [registers.get(name, 0) for name in x86_64.PRSTATUS_REGISTERS]
+    return x86_64.PRSTATUS.pack(signo, 0, 0, signo, 0, 0, tid, 1, tid, tid,
                            0, 0, 0, 0, 0, 0, 0, 0, *regs, 1)
 
 

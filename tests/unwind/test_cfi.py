@@ -15,6 +15,7 @@ import subprocess
 
 import pytest
 
+from coredumpd.arch import for_machine, x86_64
 from coredumpd.elf import layouts as L
 from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import FormatError, MemoryReadError
@@ -22,8 +23,9 @@ from coredumpd.unwind import cfi
 
 BIAS = 0x7F1234560000
 LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
-REGISTER_NAMES = {name: number for number, name in enumerate(L.DWARF_REGISTERS)}
-REGISTER_NAMES["ra"] = L.DWARF_RA
+ARCH = x86_64.ARCH
+REGISTER_NAMES = {name: number for number, name in enumerate(ARCH.dwarf_registers)}
+REGISTER_NAMES["ra"] = ARCH.return_address_column
 
 
 class ElfFileMemory:
@@ -33,6 +35,7 @@ class ElfFileMemory:
         self.data = pathlib.Path(path).read_bytes()
         self.bias = bias
         fields = L.EHDR.unpack_from(self.data)
+        self.arch = for_machine(fields[2])
         phoff, phentsize, phnum = fields[5], fields[9], fields[10]
         self.segments: list[tuple[int, int, int, int]] = []
         self.eh_frame_hdr: int | None = None
@@ -87,7 +90,7 @@ def describe_rule(rule: cfi.RegisterRule | None) -> str:
         cfi.Rule.SAME_VALUE: lambda: "s",
         cfi.Rule.OFFSET: lambda: f"c{rule.value:+d}",
         cfi.Rule.VAL_OFFSET: lambda: f"v{rule.value:+d}",
-        cfi.Rule.REGISTER: lambda: L.DWARF_REGISTERS[rule.value],
+        cfi.Rule.REGISTER: lambda: ARCH.dwarf_registers[rule.value],
         cfi.Rule.EXPRESSION: lambda: "exp",
         cfi.Rule.VAL_EXPRESSION: lambda: "vexp",
     }[rule.rule]()
@@ -96,7 +99,7 @@ def describe_rule(rule: cfi.RegisterRule | None) -> str:
 def describe_cfa(row: cfi.RuleRow) -> str:
     if row.cfa_expression is not None:
         return "exp"
-    return f"{L.DWARF_REGISTERS[row.cfa_register]}{row.cfa_offset:+d}"
+    return f"{ARCH.dwarf_registers[row.cfa_register]}{row.cfa_offset:+d}"
 
 
 def check_library(path: str, every: int = 1) -> int:
@@ -156,7 +159,7 @@ def test_restore_rt_is_a_signal_frame_with_expressions() -> None:
     assert len(signal_fdes) == 1
     row = cfi.rules_at(signal_fdes[0], signal_fdes[0].pc_begin + 1)
     assert row.cfa_expression is not None
-    assert row.registers[L.DWARF_RA].rule is cfi.Rule.EXPRESSION
+    assert row.registers[ARCH.return_address_column].rule is cfi.Rule.EXPRESSION
 
 
 def test_lying_table_is_detected() -> None:

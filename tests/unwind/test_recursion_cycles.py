@@ -8,14 +8,14 @@ import subprocess
 import pytest
 
 from coredumpd.analysis.shape import expand_frames
+from coredumpd.unwind.frames import FrameList
 from coredumpd.unwind.types import Caps, Frame, Trust
-from coredumpd.unwind.unwinder import _Frames
 from tests.annotate.crashing import crash
 from tests.support.crash import compile_c
 
 
 def _fold(pcs: list[int], caps: Caps | None = None) -> list[Frame]:
-    frames = _Frames(caps or Caps())
+    frames = FrameList(caps or Caps())
     for number, pc in enumerate(pcs):
         frames.add(Frame(0, pc, 0x1000 + 16 * number, None,
                          Trust.CONTEXT if number == 0 else Trust.CFI))

@@ -31,7 +31,7 @@ from coredumpd.image.space import build_address_space
 from coredumpd.store.source import RawFileSource
 from coredumpd.symbolize import disasm
 from coredumpd.unwind.types import Caps, Trust
-from coredumpd.unwind.unwinder import unwind
+from coredumpd.unwind.unwinder import Unwinder
 from tests.support.kernel import core_pattern, raw_core_pattern
 
 pytestmark = pytest.mark.kernel
@@ -181,8 +181,9 @@ def test_every_thread_matches_gdb(cores: dict[tuple[str, str], tuple[str, str]],
     space = build_address_space(core, exe=exe)
     reference = gdb_backtraces(exe, path)
     assert set(reference) == {thread.tid for thread in core.threads}
+    unwinder = Unwinder(space)
     for thread in core.threads:
-        result = unwind(space, thread.registers)
+        result = unwinder.unwind(thread.registers)
         assert result.stop_reason is None, result.stop_reason
         ours = [frame.pc for frame in result.frames]
         assert_matches_gdb(space, ours, reference[thread.tid], f"{build}-{mode} {thread.tid}")
@@ -193,7 +194,7 @@ def test_signal_frame_is_crossed_with_an_exact_pc(
         cores: dict[tuple[str, str], tuple[str, str]]) -> None:
     exe, path = cores["o2", "sig"]
     core = Core.open(RawFileSource(path))
-    result = unwind(build_address_space(core, exe=exe), core.threads[0].registers)
+    result = Unwinder(build_address_space(core, exe=exe)).unwind(core.threads[0].registers)
     trampolines = [frame for frame in result.frames if frame.signal_frame]
     assert len(trampolines) == 1
     interrupted = result.frames[trampolines[0].index + 1]
@@ -206,7 +207,7 @@ def test_frames_say_how_they_were_found(
                             ("debugframe", Trust.CFI)):
         exe, path = cores[build, "deep"]
         core = Core.open(RawFileSource(path))
-        result = unwind(build_address_space(core, exe=exe), core.threads[0].registers)
+        result = Unwinder(build_address_space(core, exe=exe)).unwind(core.threads[0].registers)
         assert result.frames[1].trust is expected
 
 
@@ -215,7 +216,7 @@ def test_stack_overflow_is_one_counted_run(
     exe, path = cores["o0", "inf"]
     core = Core.open(RawFileSource(path))
     space = build_address_space(core, exe=exe)
-    result = unwind(space, core.threads[0].registers, Caps())
+    result = Unwinder(space, Caps()).unwind(core.threads[0].registers)
     reference = gdb_backtraces(exe, path)[core.threads[0].tid]
     expanded = [frame.pc for frame in result.frames for _ in range(frame.repeat)]
     assert expanded == [pc if pc is not None else expanded[0] for pc, _ in reference]

@@ -12,10 +12,11 @@ from __future__ import annotations
 import random
 import struct
 
+from coredumpd.arch import x86_64
 from coredumpd.errors import MemoryReadError
 from coredumpd.image.types import Mapping, Module
 from coredumpd.unwind.types import Caps, Trust
-from coredumpd.unwind.unwinder import unwind
+from coredumpd.unwind.unwinder import Unwinder
 
 CODE = 0x400000
 STACK = 0x7FFF0000
@@ -24,6 +25,8 @@ STACK_SIZE = 0x100000
 
 class SyntheticSpace:
     """An AddressSpace over byte arrays: one r-x code mapping and one rw- stack."""
+
+    arch = x86_64.ARCH
 
     def __init__(self, code: bytes, stack: bytearray) -> None:
         self.code = code
@@ -51,6 +54,11 @@ class SyntheticSpace:
 
     def module_at(self, address: int) -> Module | None:
         return next((m for m in self._modules if address in m), None)
+
+
+def unwind_with(space, registers, caps):
+    with Unwinder(space, caps) as unwinder:
+        return unwinder.unwind(registers)
 
 
 def code_with_calls() -> tuple[bytes, list[int]]:
@@ -83,7 +91,7 @@ def test_deep_recursion_collapses_and_keeps_the_bottom() -> None:
     depth = 30_000
     stack, rbp = fp_chain(returns, [0] * depth + [1, 2])
     space = SyntheticSpace(code, stack)
-    result = unwind(space, {"rip": CODE + 0x50, "rsp": rbp - 16, "rbp": rbp}, Caps())
+    result = unwind_with(space, {"rip": CODE + 0x50, "rsp": rbp - 16, "rbp": rbp}, Caps())
     pcs = [frame.pc for frame in result.frames]
     assert pcs[-2:] == [returns[1], returns[2]]  # "main" and "_start" are still there
     assert sum(frame.repeat for frame in result.frames if frame.pc == returns[0]) == depth
@@ -97,7 +105,7 @@ def test_frame_cap_keeps_top_and_bottom() -> None:
     order = [index % 60 for index in range(500)]  # no identical neighbours: nothing folds
     stack, rbp = fp_chain(returns, order)
     caps = Caps(max_frames=40)
-    result = unwind(SyntheticSpace(code, stack), {"rip": CODE + 0x50, "rsp": rbp - 16,
+    result = unwind_with(SyntheticSpace(code, stack), {"rip": CODE + 0x50, "rsp": rbp - 16,
                                                   "rbp": rbp}, caps)
     assert len(result.frames) == 40
     assert result.frames[1].pc == returns[order[0]]
@@ -110,7 +118,7 @@ def test_self_referencing_frame_pointer_stops() -> None:
     stack = bytearray(STACK_SIZE)
     rbp = STACK + 0x800
     struct.pack_into("<QQ", stack, rbp - STACK, rbp, returns[3])  # [rbp] = rbp: a loop
-    result = unwind(SyntheticSpace(code, stack), {"rip": CODE + 0x50, "rsp": rbp - 8,
+    result = unwind_with(SyntheticSpace(code, stack), {"rip": CODE + 0x50, "rsp": rbp - 8,
                                                   "rbp": rbp}, Caps())
     assert len(result.frames) < 10
     assert result.frames[1].pc == returns[3]
@@ -121,7 +129,7 @@ def test_null_call_recovers_the_caller_from_rsp() -> None:
     stack = bytearray(STACK_SIZE)
     sp = STACK + 0x400
     struct.pack_into("<Q", stack, sp - STACK, returns[-1])  # pushed by "call rax" with rax=0
-    result = unwind(SyntheticSpace(code, stack), {"rip": 0, "rsp": sp, "rbp": 0}, Caps())
+    result = unwind_with(SyntheticSpace(code, stack), {"rip": 0, "rsp": sp, "rbp": 0}, Caps())
     assert [frame.pc for frame in result.frames[:2]] == [0, returns[-1]]
     assert result.frames[0].trust is Trust.CONTEXT
 
@@ -132,7 +140,7 @@ def test_scan_accepts_only_addresses_after_calls() -> None:
     sp = STACK + 0x400
     # Words that point into code but not after a call come first; the scan must skip them.
     struct.pack_into("<QQQ", stack, sp - STACK, CODE + 0x10, CODE + 0x107, returns[5])
-    result = unwind(SyntheticSpace(code, stack), {"rip": CODE + 0x50, "rsp": sp, "rbp": 1},
+    result = unwind_with(SyntheticSpace(code, stack), {"rip": CODE + 0x50, "rsp": sp, "rbp": 1},
                     Caps())
     assert result.frames[1].pc == returns[5]
     assert result.frames[1].trust is Trust.SCAN
@@ -150,7 +158,7 @@ def test_garbage_stacks_terminate() -> None:
                      "rsp": STACK + rng.randrange(0, STACK_SIZE, 8),
                      "rbp": rng.choice([STACK + rng.randrange(0, STACK_SIZE, 8),
                                         rng.getrandbits(64)])}
-        result = unwind(SyntheticSpace(code, stack), registers, Caps(max_frames=64))
+        result = unwind_with(SyntheticSpace(code, stack), registers, Caps(max_frames=64))
         assert 1 <= len(result.frames) <= 64
         assert sum(frame.repeat for frame in result.frames) < 64 * 2048
 
@@ -160,7 +168,7 @@ def test_wild_pc_without_a_return_address_says_why() -> None:
     stack = bytearray(STACK_SIZE)
     sp = STACK + 0x400
     struct.pack_into("<Q", stack, sp - STACK, 0x4141414141414141)
-    result = unwind(SyntheticSpace(code, stack), {"rip": 0x4141414141414141, "rsp": sp,
+    result = unwind_with(SyntheticSpace(code, stack), {"rip": 0x4141414141414141, "rsp": sp,
                                                   "rbp": 0}, Caps())
     assert [frame.pc for frame in result.frames] == [0x4141414141414141]
     assert result.stop_reason is not None and "not in executable memory" in result.stop_reason

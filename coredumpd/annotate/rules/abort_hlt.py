@@ -21,7 +21,6 @@ from coredumpd.elf.layouts import SI
 from coredumpd.errors import CoredumpdError
 
 RULE_ID = "abort-hlt"
-HLT = b"\xf4"
 ABORT_FUNCTIONS = frozenset({"abort", "__GI_abort", "__libc_abort"})
 SECCOMP_MODE_FILTER = 2  # /proc/PID/status "Seccomp:" (Documentation/userspace-api/seccomp_filter)
 
@@ -31,8 +30,11 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     pc = E.pc_of(ctx)
     if fault is None or pc is None or not _is_gp_fault(fault):
         return []
+    hlt = ctx.space.arch.abort_instruction  # f4 on x86-64
+    if hlt is None:
+        return []
     try:
-        if ctx.space.read(pc, 1) != HLT:
+        if ctx.space.read(pc, len(hlt)) != hlt:
             return []
     except CoredumpdError:
         return []

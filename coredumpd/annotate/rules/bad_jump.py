@@ -51,8 +51,9 @@ def _caller(ctx: AnalysisContext, sp: int) -> list[str]:
     """Evidence about the return address at [rsp], if it follows a call instruction."""
     return_address = E.read_word(ctx, sp)
     if return_address is None:
-        return [f"[rsp] at {sp:#x} is not in the core: the caller is unknown"]
-    lines = [f"[rsp] = {return_address:#x}: return address {E.where(ctx, return_address, False)}"]
+        return [f"[{E.sp_name(ctx)}] at {sp:#x} is not in the core: the caller is unknown"]
+    where = E.where(ctx, return_address, False)
+    lines = [f"[{E.sp_name(ctx)}] = {return_address:#x}: return address {where}"]
     call = disasm.call_before(ctx.space, return_address)
     if call is None:
         return [lines[0] + " — no call instruction precedes it (a return through a smashed "

@@ -46,7 +46,7 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         lines.append(f"faulting instruction: {instruction.describe()}")
         for operand in instruction.memory:
             value = register_value(E.registers(ctx), operand.base) if operand.base else None
-            if value is not None and operand.base != "rip":
+            if value is not None and operand.base != ctx.space.arch.pc_name:
                 lines.append(f"{operand.text}: {operand.base} = {value:#x}")
     entry = inside[-1].split(" ", 1)[1]
     return [Annotation(

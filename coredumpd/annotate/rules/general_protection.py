@@ -35,14 +35,15 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     lines = [fault.describe(), f"faulting instruction at {E.where(ctx, instruction.address)}",
              f"  {instruction.describe()}"]
     target = _branch_target(ctx, instruction)
-    if target is not None and not is_canonical(target):
+    bits = ctx.space.arch.address_bits
+    if target is not None and not is_canonical(target, bits):
         lines.append(f"{instruction.mnemonic} to {target:#x}: non-canonical target address")
         title, advice = ((f"General protection fault: {instruction.mnemonic} to non-canonical "
                          f"address {target:#x}"),
                          ("A code pointer (function pointer, vtable entry or return address) "
                          "held garbage: an overflow or use-after-free overwrote it."))
     else:
-        title, advice = _explain(instruction.mnemonic, instruction.memory, lines)
+        title, advice = _explain(instruction.mnemonic, instruction.memory, lines, bits)
     return [Annotation(RULE_ID, title, "high" if len(lines) > 3 else "low", tuple(lines),
                        advice)]
 
@@ -60,14 +61,14 @@ def _branch_target(ctx: AnalysisContext, instruction: DecodedInstruction) -> int
     return register_value(E.registers(ctx), instruction.op_str.strip())
 
 
-def _explain(mnemonic: str, operands: tuple[MemoryOperand, ...],
-             lines: list[str]) -> tuple[str, str]:
+def _explain(mnemonic: str, operands: tuple[MemoryOperand, ...], lines: list[str],
+             address_bits: int) -> tuple[str, str]:
     for operand in operands:
         if operand.address is None:
             continue
-        if not is_canonical(operand.address):
+        if not is_canonical(operand.address, address_bits):
             lines.append(f"{operand.access} of {operand.text} = {operand.address:#x}: "
-                         "non-canonical address (bits 63..47 differ)")
+                         f"non-canonical address (bits 63..{address_bits - 1} differ)")
             return (f"General protection fault: non-canonical address {operand.address:#x}",
                     ("A pointer held garbage (often data written over it: a buffer overflow, a "
                     "use-after-free, uninitialised memory). Find where the register's value "

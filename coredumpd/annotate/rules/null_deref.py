@@ -62,7 +62,7 @@ def _operand_near(instruction: DecodedInstruction, address: int) -> MemoryOperan
 def _pointer_register(ctx: AnalysisContext, operand: MemoryOperand) -> str:
     parts = []
     for name in (operand.base, operand.index):
-        if name and name != "rip":
+        if name and name != ctx.space.arch.pc_name:  # pc-relative: not a pointer
             value = register_value(E.registers(ctx), name)
             if value is not None:
                 parts.append(f"{name} = {value:#x}")

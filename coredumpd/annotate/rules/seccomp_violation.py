@@ -19,8 +19,6 @@ from coredumpd.annotate.context import AnalysisContext, Annotation
 RULE_ID = "seccomp-violation"
 SIGSYS = 31
 SYS_SECCOMP = 1
-AUDIT_ARCH_X86_64 = 0xC000003E  # include/uapi/linux/audit.h
-UNISTD_64 = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"  # linux-libc-dev, optional
 
 
 def check(ctx: AnalysisContext) -> list[Annotation]:
@@ -28,8 +26,9 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     if info is None or info.si_signo != SIGSYS or info.si_code != SYS_SECCOMP:
         return []
     number = info.syscall
-    name = syscall_name(number) if number is not None and info.arch == AUDIT_ARCH_X86_64 \
-        else None
+    arch = ctx.space.arch
+    name = syscall_name(number, arch.syscall_header) \
+        if number is not None and info.arch == arch.audit_arch else None
     call = f"{name} ({number})" if name else f"syscall {number}"
     lines = [f"signal SIGSYS, si_code SYS_SECCOMP: {call}, arch {info.arch or 0:#x}"]
     if info.call_addr is not None:
@@ -52,9 +51,9 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
 
 
 @functools.cache
-def _table() -> dict[int, str]:
+def _table(syscall_header: str) -> dict[int, str]:
     try:
-        with open(UNISTD_64, encoding="ascii") as header:
+        with open(syscall_header, encoding="ascii") as header:
             text = header.read(1 << 20)
     except OSError:
         return {}
@@ -62,6 +61,6 @@ def _table() -> dict[int, str]:
             re.findall(r"^#define __NR_(\w+)\s+(\d+)\s*$", text, re.MULTILINE)}
 
 
-def syscall_name(number: int) -> str | None:
-    """The x86-64 syscall's name from the kernel headers when installed."""
-    return _table().get(number)
+def syscall_name(number: int, syscall_header: str) -> str | None:
+    """The syscall's name from the architecture's kernel header, when installed."""
+    return _table(syscall_header).get(number)

@@ -37,7 +37,7 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     lines = [fault.describe(), stack[1]]
     mapping = stack[0]
     lines.append(f"stack mapping {E.describe_mapping(mapping)} ({_size(mapping.end - mapping.start)}),"
-                 f" rsp = {sp:#x} ({_size(max(mapping.end - sp, 0))} used)")
+                 f" {E.sp_name(ctx)} = {sp:#x} ({_size(max(mapping.end - sp, 0))} used)")
     recursion = _recursion(ctx.crashed)
     if recursion:
         lines.append(recursion)
@@ -58,7 +58,8 @@ def _stack_of(ctx: AnalysisContext, sp: int,
     above = _mapping_above(ctx, address if address is not None else sp)
     if ctx.space.mapping_at(sp) is None and above is not None and above.start - sp <= NEAR_SP \
             and above.writable and (above.path is None or above.path == "[stack]"):
-        return above, (f"rsp {sp:#x} is outside every mapping, {above.start - sp:#x} bytes " \
+        return above, (f"{E.sp_name(ctx)} {sp:#x} is outside every mapping, "
+                       f"{above.start - sp:#x} bytes " \
                       f"below the stack mapping")
     if address is None or above is None or abs(sp - address) > NEAR_SP:
         return None
@@ -89,8 +90,9 @@ def _is_stack(ctx: AnalysisContext, mapping: Mapping) -> bool:
         return True
     if not mapping.writable or (mapping.path and not mapping.path.startswith("[")):
         return False
-    return any(thread.registers.get("rsp", -1) in mapping or
-               thread.registers.get("rsp", -1) + 0x1000 in mapping for thread in ctx.threads)
+    sp = E.sp_name(ctx)
+    return any(thread.registers.get(sp, -1) in mapping or
+               thread.registers.get(sp, -1) + 0x1000 in mapping for thread in ctx.threads)
 
 
 def _recursion(thread: ThreadTrace | None) -> str | None:

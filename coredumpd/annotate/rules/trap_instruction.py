@@ -14,8 +14,6 @@ from coredumpd.annotate.context import AnalysisContext, Annotation
 from coredumpd.errors import CoredumpdError
 
 RULE_ID = "trap-instruction"
-UD2 = b"\x0f\x0b"
-UD1_UD0 = (b"\x0f\xb9", b"\x0f\xff")
 
 
 def check(ctx: AnalysisContext) -> list[Annotation]:
@@ -26,13 +24,10 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     mapping = ctx.space.mapping_at(pc)
     if mapping is None or not mapping.executable:
         return []  # executing data: bad-jump
-    try:
-        code = ctx.space.read(pc, 2)
-    except CoredumpdError:
+    found = _trap_at(ctx, pc)
+    if found is None:
         return []
-    if code != UD2 and code not in UD1_UD0:
-        return []
-    name = "ud2" if code == UD2 else "ud1/ud0"
+    code, name = found
     return [Annotation(
         RULE_ID,
         f"Deliberate trap ({name}, e.g. __builtin_trap) in "
@@ -44,3 +39,14 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         "-fsanitize=...-trap, a BUG()/unreachable macro): find the condition guarding it in "
         "the source of this function.",
     )]
+
+
+def _trap_at(ctx: AnalysisContext, pc: int) -> tuple[bytes, str] | None:
+    """The deliberate-trap instruction at ``pc`` (``Arch.trap_instructions``), or None."""
+    for code, name in ctx.space.arch.trap_instructions.items():
+        try:
+            if ctx.space.read(pc, len(code)) == code:
+                return code, name
+        except CoredumpdError:
+            return None
+    return None

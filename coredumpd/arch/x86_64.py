@@ -1,0 +1,131 @@
+"""Every x86-64 fact coredumpd uses, in one place (the :class:`~coredumpd.arch.Arch` of EM_X86_64).
+
+Sources, so each line reads beside them: the kernel's
+``arch/x86/include/asm/user_64.h`` (``struct user_regs_struct``, the order of
+``pr_reg``), ``include/uapi/linux/elfcore.h`` and ``arch/x86/include/asm/elf.h``
+(``struct elf_prstatus``), ``arch/x86/include/asm/sigframe.h`` and
+``arch/x86/include/uapi/asm/sigcontext.h`` (``struct rt_sigframe``,
+``struct sigcontext``), glibc's ``sysdeps/unix/sysv/linux/x86_64/sys/ucontext.h``
+and ``libc_sigaction.c`` (``__restore_rt``), the System V x86-64 psABI
+(DWARF register numbers, figure 3.36; ``R_X86_64_*``; the PLT) and the Intel
+SDM vol. 2 (``CALL`` encodings).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from coredumpd.arch import FrameRecord, PltLayout, Registers, SignalFrame, WordReader
+
+# struct elf_prstatus: pr_info {si_signo si_code si_errno}, pr_cursig, pad,
+# pr_sigpend, pr_sighold, pr_pid pr_ppid pr_pgrp pr_sid, pr_utime pr_stime
+# pr_cutime pr_cstime (struct timeval: tv_sec tv_usec), pr_reg[27], pr_fpvalid.
+PRSTATUS = struct.Struct("<iiih2xQQiiii8q27Qi4x")
+assert PRSTATUS.size == 336
+PRSTATUS_REG_OFFSET = 112  # offsetof(struct elf_prstatus, pr_reg)
+# pr_reg in order: struct user_regs_struct (arch/x86/include/asm/user_64.h).
+PRSTATUS_REGISTERS = (
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
+    "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags",
+    "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+)
+assert len(PRSTATUS_REGISTERS) == 27
+
+# DWARF register numbers (psABI figure 3.36); 16 is the return-address column.
+DWARF_REGISTERS = (
+    "rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip",
+)
+RBP, RSP, RIP = 6, 7, 16
+assert (DWARF_REGISTERS[RBP], DWARF_REGISTERS[RSP], DWARF_REGISTERS[RIP]) == ("rbp", "rsp", "rip")
+
+# struct sigcontext (64-bit) = glibc's gregs: r8..r15, rdi, rsi, rbp, rbx, rdx,
+# rax, rcx, rsp, rip, eflags... (REG_R8 = 0 ... REG_RIP = 16 in sys/ucontext.h).
+SIGCONTEXT_REGISTERS = (
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+    "rdi", "rsi", "rbp", "rbx", "rdx", "rax", "rcx", "rsp", "rip",
+)
+# struct ucontext: uc_flags (8), uc_link (8), uc_stack (stack_t: ss_sp 8,
+# ss_flags 4 + 4 padding, ss_size 8), then uc_mcontext.
+UC_MCONTEXT_OFFSET = 40
+# glibc's __restore_rt: mov $__NR_rt_sigreturn (15), %rax; syscall.
+SIGRETURN_CODE = bytes.fromhex("48c7c00f000000" "0f05")
+
+# Near calls (SDM vol. 2, CALL): e8 rel32 (5 bytes), ff /2 with every
+# ModRM/SIB/displacement form (2-7 bytes), optionally after a REX prefix (+1),
+# and a notrack (3e) prefix in front of indirect calls under CET (+1).
+CALL_LENGTHS = (5, 9, 8, 7, 6, 4, 3, 2)  # longest first: keep prefixes (REX, notrack)
+CALL_REL32 = 0xE8
+CALL_INDIRECT = 0xFF  # group 5; /2 is CALL
+MAX_PREFIXES = 2  # REX and notrack before an indirect call's ff
+
+
+class X86_64:
+    """The x86-64 (AMD64) machine under Linux, LP64."""
+
+    name: str = "x86_64"
+    e_machine: int = 62  # EM_X86_64
+    audit_arch: int = 0xC000003E  # AUDIT_ARCH_X86_64
+    syscall_header: str = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"
+    word_size: int = 8
+    address_bits: int = 48  # 4-level paging: bits 63..47 equal (SDM vol. 1, 3.3.7.1)
+
+    prstatus: struct.Struct = PRSTATUS
+    prstatus_registers: tuple[str, ...] = PRSTATUS_REGISTERS
+
+    dwarf_registers: tuple[str, ...] = DWARF_REGISTERS
+    pc_column: int = RIP
+    sp_column: int = RSP
+    fp_column: int = RBP
+    return_address_column: int = RIP
+    pc_name: str = "rip"
+    sp_name: str = "rsp"
+    fp_name: str = "rbp"
+
+    # push %rbp; mov %rsp,%rbp: [rbp] is the caller's rbp, [rbp+8] the return address.
+    frame_record: FrameRecord = FrameRecord(saved_fp_offset=0, return_address_offset=8, caller_sp_offset=16)
+    # psABI: R_X86_64_JUMP_SLOT is 7; 16-byte PLT entries, .plt entry 0 is the resolver stub.
+    plt: PltLayout = PltLayout(jump_slot=7, entry_size=16, reserved_entries=1)
+    # A handler's ret pops pretcode: sp then points at rt_sigframe.uc.
+    signal_frame: SignalFrame = SignalFrame(
+        trampoline_symbols=("__restore_rt",),
+        sigreturn_code=SIGRETURN_CODE,
+        ucontext_offset=0,
+        mcontext_offset=UC_MCONTEXT_OFFSET,
+        register_offsets=MappingProxyType({DWARF_REGISTERS.index(name): 8 * index
+                                           for index, name in enumerate(SIGCONTEXT_REGISTERS)}),
+    )
+
+    capstone_arch: str = "CS_ARCH_X86"
+    capstone_mode: str = "CS_MODE_64"
+    max_instruction_size: int = 15  # SDM vol. 2, 2.3.11
+    call_lengths: tuple[int, ...] = CALL_LENGTHS
+    call_mnemonics: frozenset[str] = frozenset({"call"})
+    abort_instruction: bytes | None = b"\xf4"  # hlt (glibc sysdeps/x86/abort-instr.h)
+    # ud2 (0f 0b), ud1 (0f b9), ud0 (0f ff): SDM vol. 2, UD.
+    trap_instructions: Mapping[bytes, str] = MappingProxyType(
+        {b"\x0f\x0b": "ud2", b"\x0f\xb9": "ud1/ud0", b"\x0f\xff": "ud1/ud0"})
+
+    def may_end_with_call(self, code: bytes, length: int) -> bool:
+        """``e8`` starts a direct call; an indirect call's ``ff`` opcode comes after at
+        most two prefixes (REX, notrack)."""
+        if length > len(code):
+            return False
+        if length == 5 and code[-5] == CALL_REL32:
+            return True
+        return CALL_INDIRECT in code[-length:len(code) - length + MAX_PREFIXES + 1]
+
+    def caller_of_bad_call(self, registers: Registers, read_word: WordReader) -> \
+            Registers | None:
+        """``call`` pushed the return address: it is at [rsp], and the caller's rsp is above it."""
+        sp = registers.get(RSP)
+        if sp is None:
+            return None
+        caller = dict(registers)
+        caller[RIP], caller[RSP] = read_word(sp), sp + self.word_size
+        return caller
+
+
+ARCH = X86_64()
