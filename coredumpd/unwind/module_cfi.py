@@ -7,7 +7,8 @@ from collections.abc import Callable
 from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import CoredumpdError, FormatError, MemoryReadError
 from coredumpd.image.types import Module
-from coredumpd.unwind import cfi
+from coredumpd.unwind import cfa_program, cfi
+from coredumpd.unwind.cfa_program import RuleRow
 
 MAX_CFI_SECTION = 64 << 20  # an .eh_frame/.debug_frame indexed whole is at most this big
 
@@ -22,20 +23,22 @@ class ModuleCfi:
     executables), and of ``.debug_frame`` from the debug file or the module.
     """
 
-    def __init__(self, module: Module, open_elf: ElfOpener | None = None) -> None:
+    def __init__(self, module: Module, stack_pointer: int, open_elf: ElfOpener | None = None) \
+            -> None:
         self.module = module
+        self.stack_pointer = stack_pointer  # the CFA register before a CIE defines one
         self.open_elf = open_elf
         self.hdr: cfi.EhFrameHdr | None = None
         self.broken: str | None = None
         self.cies: dict[int, cfi.Cie] = {}
         self.fdes: dict[int, cfi.Fde] = {}
-        self.initial_rows: dict[cfi.Cie, cfi.RuleRow] = {}
-        self.rows: dict[int, tuple[cfi.Fde, cfi.RuleRow] | None] = {}
+        self.initial_rows: dict[cfi.Cie, RuleRow] = {}
+        self.rows: dict[int, tuple[cfi.Fde, RuleRow] | None] = {}
         self.sections: list[cfi.SectionIndex] | None = None
         self.problems: list[str] = []
 
     def row_for(self, read: Callable[[int, int], bytes], pc: int) -> \
-            tuple[cfi.Fde, cfi.RuleRow] | None:
+            tuple[cfi.Fde, RuleRow] | None:
         """The FDE covering ``pc`` and its rule row, or None when the module has none."""
         if pc in self.rows:
             return self.rows[pc]
@@ -46,8 +49,9 @@ class ModuleCfi:
         if fde is not None:
             initial = self.initial_rows.get(fde.cie)
             if initial is None:
-                initial = self.initial_rows[fde.cie] = cfi.initial_row(fde.cie)
-            result = (fde, cfi.rules_at(fde, pc, initial))
+                initial = self.initial_rows[fde.cie] = cfa_program.initial_row(
+                    fde.cie, self.stack_pointer)
+            result = (fde, cfa_program.rules_at(fde, pc, initial))
         self.rows[pc] = result
         return result
 
@@ -125,14 +129,15 @@ class CfiCache:
     :meth:`for_module`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stack_pointer: int) -> None:
+        self.stack_pointer = stack_pointer  # Arch.sp_column of the processes it serves
         self._modules: dict[int, ModuleCfi] = {}
 
     def for_module(self, module: Module, open_elf: ElfOpener | None) -> ModuleCfi:
         """The CFI state of ``module``, made on first use."""
         state = self._modules.get(id(module))
         if state is None or state.module is not module:
-            state = self._modules[id(module)] = ModuleCfi(module, open_elf)
+            state = self._modules[id(module)] = ModuleCfi(module, self.stack_pointer, open_elf)
         return state
 
     def clear(self) -> None:

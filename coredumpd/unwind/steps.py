@@ -15,7 +15,7 @@ from collections.abc import Callable
 from coredumpd.arch import Registers
 from coredumpd.errors import FormatError, LimitExceeded, MemoryReadError
 from coredumpd.image.types import AddressSpace
-from coredumpd.unwind import cfi
+from coredumpd.unwind.cfa_program import RegisterRule, Rule, RuleRow
 from coredumpd.unwind.dwarf_expr import MASK, evaluate
 from coredumpd.unwind.memory import PAGE, CachedMemory
 from coredumpd.unwind.module_cfi import CfiCache, ModuleCfi
@@ -113,7 +113,7 @@ class StepFinder:
         caller = self.apply(row, registers, cfa)
         ra = fde.cie.ra_register
         ra_rule = row.registers.get(ra)
-        if ra_rule is None or ra_rule.rule is cfi.Rule.UNDEFINED or ra not in caller:
+        if ra_rule is None or ra_rule.rule is Rule.UNDEFINED or ra not in caller:
             return Step(caller, Trust.CFI, cfa, fde.cie.signal_frame, end=True)
         caller[self.pc] = caller[ra]
         return Step(caller, Trust.CFI, cfa, fde.cie.signal_frame)
@@ -125,18 +125,18 @@ class StepFinder:
             return registers[number]
         return read_register
 
-    def cfa(self, row: cfi.RuleRow, registers: Registers) -> int:
+    def cfa(self, row: RuleRow, registers: Registers) -> int:
         if row.cfa_expression is not None:
             return evaluate(row.cfa_expression, self.register_reader(registers),
                             self.memory.read, max_steps=self.caps.max_expression_steps)
         return (self.register_reader(registers)(row.cfa_register) + row.cfa_offset) & MASK
 
-    def apply(self, row: cfi.RuleRow, registers: Registers, cfa: int) -> Registers:
+    def apply(self, row: RuleRow, registers: Registers, cfa: int) -> Registers:
         """The caller's registers (DWARF 5, 6.4.1); unmentioned registers keep their value."""
         caller = dict(registers)
         caller[self.sp] = cfa  # the CFA is the caller's sp (x86-64 psABI 3.6.2, AAPCS64)
         for number, rule in row.registers.items():
-            if rule.rule is cfi.Rule.SAME_VALUE:
+            if rule.rule is Rule.SAME_VALUE:
                 continue
             value = self.recover(rule, registers, cfa)
             if value is None:
@@ -145,19 +145,19 @@ class StepFinder:
                 caller[number] = value
         return caller
 
-    def recover(self, rule: cfi.RegisterRule, registers: Registers, cfa: int) -> int | None:
+    def recover(self, rule: RegisterRule, registers: Registers, cfa: int) -> int | None:
         kind = rule.rule
-        if kind is cfi.Rule.OFFSET:
+        if kind is Rule.OFFSET:
             return self.memory.word((cfa + rule.value) & MASK)
-        if kind is cfi.Rule.VAL_OFFSET:
+        if kind is Rule.VAL_OFFSET:
             return (cfa + rule.value) & MASK
-        if kind is cfi.Rule.REGISTER:
+        if kind is Rule.REGISTER:
             return registers.get(rule.value)
-        if kind is cfi.Rule.UNDEFINED:
+        if kind is Rule.UNDEFINED:
             return None
         value = evaluate(rule.expression, self.register_reader(registers), self.memory.read,
                          (cfa,), self.caps.max_expression_steps)
-        return value if kind is cfi.Rule.VAL_EXPRESSION else self.memory.word(value)
+        return value if kind is Rule.VAL_EXPRESSION else self.memory.word(value)
 
     # -- without CFI -------------------------------------------------------------------
 

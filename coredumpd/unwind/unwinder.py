@@ -77,7 +77,7 @@ class Unwinder:
         self.space = space
         self.caps = caps or Caps()
         self.owns_cache = cache is None
-        self.cache = cache if cache is not None else CfiCache()
+        self.cache = cache if cache is not None else CfiCache(space.arch.sp_column)
 
     def unwind(self, registers: Mapping[str, int]) -> UnwindResult:
         """Unwind one thread from its registers (names as in ``pr_reg``: rip, rsp, rbp...).

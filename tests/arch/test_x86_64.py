@@ -153,7 +153,7 @@ def test_ucontext_registers_are_what_restore_rt_cfi_recovers(sighandler: Any) ->
     trampoline = next(frame for frame in result.frames if frame.signal_frame)
     assert trampoline.trust is Trust.CFI  # glibc's CFI crossed it
     registers = dwarf_numbered(ARCH, trampoline.registers)
-    finder = StepFinder(space, Caps(), CfiCache())
+    finder = StepFinder(space, Caps(), CfiCache(ARCH.sp_column))
     by_cfi = finder.step_cfi(registers, trampoline.lookup_pc)
     by_layout = finder.step_signal_frame(registers, trampoline.pc)
     assert by_cfi is not None and by_layout is not None

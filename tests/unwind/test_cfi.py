@@ -19,13 +19,17 @@ from coredumpd.arch import for_machine, x86_64
 from coredumpd.elf import layouts as L
 from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import FormatError, MemoryReadError
-from coredumpd.unwind import cfi
+from coredumpd.unwind import cfa_program, cfi
 
 BIAS = 0x7F1234560000
 LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
 ARCH = x86_64.ARCH
 REGISTER_NAMES = {name: number for number, name in enumerate(ARCH.dwarf_registers)}
 REGISTER_NAMES["ra"] = ARCH.return_address_column
+
+
+def rules_at(fde: cfi.Fde, pc: int) -> cfa_program.RuleRow:
+    return cfa_program.rules_at(fde, pc, cfa_program.initial_row(fde.cie, ARCH.sp_column))
 
 
 class ElfFileMemory:
@@ -82,21 +86,21 @@ def parse_readelf_rows(path: str) -> dict[int, list[tuple[int, dict[str, str]]]]
     return tables
 
 
-def describe_rule(rule: cfi.RegisterRule | None) -> str:
+def describe_rule(rule: cfa_program.RegisterRule | None) -> str:
     """Our rule in readelf's notation (``u``, ``c-16``, ``exp``...)."""
-    if rule is None or rule.rule is cfi.Rule.UNDEFINED:
+    if rule is None or rule.rule is cfa_program.Rule.UNDEFINED:
         return "u"
     return {
-        cfi.Rule.SAME_VALUE: lambda: "s",
-        cfi.Rule.OFFSET: lambda: f"c{rule.value:+d}",
-        cfi.Rule.VAL_OFFSET: lambda: f"v{rule.value:+d}",
-        cfi.Rule.REGISTER: lambda: ARCH.dwarf_registers[rule.value],
-        cfi.Rule.EXPRESSION: lambda: "exp",
-        cfi.Rule.VAL_EXPRESSION: lambda: "vexp",
+        cfa_program.Rule.SAME_VALUE: lambda: "s",
+        cfa_program.Rule.OFFSET: lambda: f"c{rule.value:+d}",
+        cfa_program.Rule.VAL_OFFSET: lambda: f"v{rule.value:+d}",
+        cfa_program.Rule.REGISTER: lambda: ARCH.dwarf_registers[rule.value],
+        cfa_program.Rule.EXPRESSION: lambda: "exp",
+        cfa_program.Rule.VAL_EXPRESSION: lambda: "vexp",
     }[rule.rule]()
 
 
-def describe_cfa(row: cfi.RuleRow) -> str:
+def describe_cfa(row: cfa_program.RuleRow) -> str:
     if row.cfa_expression is not None:
         return "exp"
     return f"{ARCH.dwarf_registers[row.cfa_register]}{row.cfa_offset:+d}"
@@ -119,7 +123,7 @@ def check_library(path: str, every: int = 1) -> int:
         ends = [location for location, _ in rows[1:]] + [fde.pc_end - BIAS]
         for (location, cells), end in zip(rows, ends, strict=True):
             for pc in {location, end - 1}:
-                row = cfi.rules_at(fde, pc + BIAS)
+                row = rules_at(fde, pc + BIAS)
                 assert describe_cfa(row) == cells["CFA"], (hex(pc), cells)
                 for column, expected in cells.items():
                     if column == "CFA":
@@ -157,9 +161,9 @@ def test_restore_rt_is_a_signal_frame_with_expressions() -> None:
         if fde.cie.signal_frame:
             signal_fdes.append(fde)
     assert len(signal_fdes) == 1
-    row = cfi.rules_at(signal_fdes[0], signal_fdes[0].pc_begin + 1)
+    row = rules_at(signal_fdes[0], signal_fdes[0].pc_begin + 1)
     assert row.cfa_expression is not None
-    assert row.registers[ARCH.return_address_column].rule is cfi.Rule.EXPRESSION
+    assert row.registers[ARCH.return_address_column].rule is cfa_program.Rule.EXPRESSION
 
 
 def test_lying_table_is_detected() -> None:
@@ -207,15 +211,15 @@ def test_cfa_program_state_ops() -> None:
         0xC6,                     # restore rbp
     ])
     fde = cfi.Fde(0, cie, 0x100, 0x300, program)
-    before = cfi.rules_at(fde, 0x100)
+    before = rules_at(fde, 0x100)
     assert (before.cfa_register, before.cfa_offset, before.args_size) == (6, 16, 32)
     assert describe_rule(before.registers[6]) == "c-16"
-    after = cfi.rules_at(fde, 0x104)
+    after = rules_at(fde, 0x104)
     assert (after.cfa_register, after.cfa_offset, after.args_size) == (7, 16, 32)
     assert describe_rule(after.registers[3]) == "c+16"
     assert describe_rule(after.registers[12]) == "v-8"
     assert 6 in after.registers
-    assert 6 not in cfi.rules_at(fde, 0x204).registers
+    assert 6 not in rules_at(fde, 0x204).registers
 
 
 def test_hostile_records() -> None:
@@ -227,7 +231,7 @@ def test_hostile_records() -> None:
     for program in (bytes([0x0B]), bytes([0x10, 3, 50, 1]), bytes([0x03, 1]), bytes([0x3F])):
         fde = cfi.Fde(0, cie, 0, 0x100, program)
         with pytest.raises(FormatError):
-            cfi.rules_at(fde, 0x50)
+            rules_at(fde, 0x50)
 
 
 def test_section_index_agrees_with_the_hdr_table() -> None:
@@ -273,4 +277,4 @@ def test_debug_frame_section_matches_readelf(tmp_path: pathlib.Path) -> None:
     for start in starts:
         fde = index.find(start + BIAS)
         assert fde is not None and fde.pc_begin == start + BIAS
-        assert cfi.rules_at(fde, fde.pc_end - 1).cfa_register == 7
+        assert rules_at(fde, fde.pc_end - 1).cfa_register == 7
