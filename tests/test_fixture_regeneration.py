@@ -27,7 +27,7 @@ COMPARISONS = [
     "tests/test_backtraces_vs_gdb.py::test_thread_matches_gdb",
     "tests/test_backtraces_vs_gdb.py::test_exact_frames_come_from_context",
     "tests/analysis/test_analyze.py::test_fixture_frames_match_gdb",
-    "tests/unwind/test_symbols_fixtures.py",
+    "tests/symbolize/test_symbols_fixtures.py",
 ]
 
 
