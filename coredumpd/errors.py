@@ -56,7 +56,3 @@ class StoreError(CoredumpdError):
 
 class LimitExceeded(CoredumpdError):
     """A cap on work (frames, bytes, steps, time) was reached; partial results stand."""
-
-
-class AnalysisError(CoredumpdError):
-    """The analysis of a core could not be completed."""

@@ -1,7 +1,7 @@
 """coredumpd's backtraces of the fixture cores, frame by frame against gdb's.
 
 For every fixture (fixtures/cores/, see its README.md) and every thread, the
-frames of ``coredumpd.analysis.analyze()`` must equal ``expected.json``, which
+frames of ``coredumpd.analysis.analyze_json()`` must equal ``expected.json``, which
 make_cores.py derived from gdb 13's frames with these rules, and nothing looser:
 
 * gdb's INLINE frames are folded into the physical frame that holds them;
@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from coredumpd.analysis.shape import expand_frames
+from tests.support.analysis import expand_json
 from tests.support.fixtures import FIXTURES_DIR, fixture_names, load_fixture
 
 # Unwinding all ~800 frames of the stack-overflow fixture is the point of that
@@ -58,14 +58,14 @@ def thread_cases() -> list[tuple[str, int]]:
 
 @functools.cache
 def analysis_of(name: str) -> dict[str, Any]:
-    from coredumpd.analysis import analyze
     from coredumpd.store.lz4seek import open_core_source
     from coredumpd.unwind.types import Caps
+    from tests.support.analysis import analyze_json
 
     fixture = load_fixture(name)
     source = open_core_source(str(fixture.core_path))
     try:
-        result: dict[str, Any] = analyze(source, exe=str(fixture.binary_path),
+        result: dict[str, Any] = analyze_json(source, exe=str(fixture.binary_path),
                                          caps=Caps(max_frames=MAX_FRAMES))
     finally:
         source.close()
@@ -75,7 +75,7 @@ def analysis_of(name: str) -> dict[str, Any]:
 def expand_repeats(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A collapsed run (``repeat`` n) stands for n identical frames, a cycle for n
     instances of its frames."""
-    return expand_frames(frames)
+    return expand_json(frames)
 
 
 def normalize_path(path: str) -> str:

@@ -1,4 +1,4 @@
-"""analyze(): a stored core and its dump-time facts -> the analysis result dict.
+"""analyze(): a stored core and its dump-time facts -> the analysis result record.
 
 Stages, each isolated so that one failing never loses the others (STYLE.md
 "Degrade, never lose"):
@@ -29,6 +29,14 @@ from coredumpd.analysis import shape
 from coredumpd.annotate.context import AnalysisContext, Symbolizer, ThreadTrace
 from coredumpd.elf.core import Core, ThreadState
 from coredumpd.image.types import AddressSpace, Module
+from coredumpd.model import (
+    AnalysisResult,
+    AnalysisState,
+    DisassemblyLine,
+    Facts,
+    SignalInfo,
+    Thread,
+)
 from coredumpd.store.source import ByteSource
 from coredumpd.symbolize import disasm
 from coredumpd.symbolize.types import Symbol
@@ -87,17 +95,12 @@ def _stage(problems: list[str], what: str, action: Callable[[], Any], default: A
         return default
 
 
-def _facts_tid(facts: dict[str, Any]) -> int | None:
-    tid = (facts.get("args") or {}).get("tid")
-    return tid if isinstance(tid, int) else None
-
-
-def _thread_names(core: Core, facts: dict[str, Any]) -> dict[int, str]:
+def _thread_names(core: Core, facts: Facts) -> dict[int, str]:
     names: dict[int, str] = {}
     for thread in core.threads:
         if thread.name:
             names[thread.tid] = thread.name
-    for entry in (facts.get("proc") or {}).get("threads") or []:
+    for entry in (facts.proc or {}).get("threads") or []:
         if isinstance(entry, dict) and isinstance(entry.get("tid"), int) and entry.get("comm"):
             names[entry["tid"]] = str(entry["comm"])
     if core.threads and core.threads[0].tid not in names and core.prpsinfo is not None:
@@ -146,48 +149,47 @@ def trace_thread(space: AddressSpace, symbolizer: Symbolizer, thread: ThreadStat
                        modules, stop)
 
 
-def thread_json(trace: ThreadTrace) -> dict[str, Any]:
-    return {
-        "tid": trace.tid, "crashed": trace.crashed, "name": trace.name,
-        "stop_reason": trace.stop_reason, "registers": trace.registers,
-        "frames": [shape.frame_json(frame, module, symbol) for frame, module, symbol
-                   in zip(trace.frames, trace.modules, trace.symbols, strict=True)],
-    }
+def thread_record(trace: ThreadTrace) -> Thread:
+    return Thread(
+        tid=trace.tid, crashed=trace.crashed, name=trace.name,
+        stop_reason=trace.stop_reason, registers=trace.registers,
+        frames=[shape.frame_record(frame, module, symbol) for frame, module, symbol
+                in zip(trace.frames, trace.modules, trace.symbols, strict=True)],
+    )
 
 
-def _annotate(ctx: AnalysisContext, result: dict[str, Any]) -> None:
-    problems = result["problems"]
+def _annotate(ctx: AnalysisContext, result: AnalysisResult) -> None:
+    problems = result.problems
     try:
         engine = importlib.import_module("coredumpd.annotate.engine")
     except ImportError as err:
         problems.append(f"rules unavailable: {err}")
     else:
         annotations = _stage(problems, "rules", lambda: engine.run_rules(ctx, problems), [])
-        result["annotations"] = [annotation.to_json() for annotation in annotations]
+        result.annotations = list(annotations)
     try:
         signature = importlib.import_module("coredumpd.annotate.signature")
     except ImportError as err:
         problems.append(f"crash signature unavailable: {err}")
         return
-    result["signature"] = _stage(problems, "signature",
-                                 lambda: signature.crash_signature(ctx))
+    result.signature = _stage(problems, "signature", lambda: signature.crash_signature(ctx))
     frames_of = getattr(signature, "signature_frames", None)
     if frames_of is not None:
-        result["signature_frames"] = _stage(problems, "signature frames",
-                                            lambda: list(frames_of(ctx)), [])
+        result.signature_frames = _stage(problems, "signature frames",
+                                         lambda: list(frames_of(ctx)), [])
     elif ctx.crashed is not None:  # until signature.py says which frames it hashed
         names = [symbol.name for symbol in ctx.crashed.symbols if symbol.name]
-        result["signature_frames"] = names[:SIGNATURE_FALLBACK_FRAMES]
+        result.signature_frames = names[:SIGNATURE_FALLBACK_FRAMES]
 
 
-def _disassemble(space: AddressSpace, crashed: ThreadTrace) -> list[dict[str, Any]]:
+def _disassemble(space: AddressSpace, crashed: ThreadTrace) -> list[DisassemblyLine]:
     if not crashed.frames:
         return []
     pc = crashed.frames[0].pc
     symbol = crashed.symbols[0]
     start = pc - symbol.offset if symbol.name else None
     instructions = disasm.around(space, pc, DISASSEMBLY_BEFORE, DISASSEMBLY_AFTER, start)
-    return [shape.instruction_json(instruction, pc) for instruction in instructions]
+    return [shape.instruction_record(instruction, pc) for instruction in instructions]
 
 
 def _ordered_threads(core: Core, caps: Caps, problems: list[str]) -> list[ThreadState]:
@@ -199,56 +201,56 @@ def _ordered_threads(core: Core, caps: Caps, problems: list[str]) -> list[Thread
     return threads
 
 
-def _signal(core: Core, facts: dict[str, Any]) -> dict[str, Any] | None:
+def _signal(core: Core, facts: Facts) -> SignalInfo | None:
     signo = core.threads[0].prstatus.pr_cursig if core.threads else None
-    signo = signo or (facts.get("args") or {}).get("signal")
-    return shape.signal_json(core.siginfo, signo if isinstance(signo, int) else None)
+    signo = signo or (facts.args or {}).get("signal")
+    return shape.signal_record(core.siginfo, signo if isinstance(signo, int) else None)
 
 
-def _analyze_core(core: Core, facts: dict[str, Any], exe: str | None, root: str, caps: Caps,
-                  result: dict[str, Any]) -> None:
-    problems: list[str] = result["problems"]
+def _analyze_core(core: Core, facts: Facts | None, exe: str | None, root: str, caps: Caps,
+                  result: AnalysisResult) -> None:
+    problems = result.problems
     problems.extend(core.problems)
-    result["crashed_tid"] = core.threads[0].tid if core.threads else None
-    result["signal"] = _stage(problems, "signal", lambda: _signal(core, facts))
+    result.crashed_tid = core.threads[0].tid if core.threads else None
+    result.signal = _stage(problems, "signal", lambda: _signal(core, facts or Facts()))
     from coredumpd.image.space import build_address_space
 
-    space = build_address_space(core, facts, root, exe)
+    raw = facts.to_json() if facts is not None else {}  # rules and modules read the JSON
+    space = build_address_space(core, raw, root, exe)
     symbolizer = make_symbolizer(space, problems)
     unwinder = Unwinder(space, caps)
     try:
         problems.extend(space.problems)
-        result["modules"] = [shape.module_json(module) for module in space.modules]
+        result.modules = [shape.module_record(module) for module in space.modules]
         problems.extend(f"{module.path}: {problem}" for module in space.modules
                         for problem in module.problems)
-        names = _thread_names(core, facts)
+        names = _thread_names(core, facts or Facts())
         traces = [trace_thread(space, symbolizer, thread, index == 0, names.get(thread.tid),
                                unwinder, problems)
                   for index, thread in enumerate(_ordered_threads(core, caps, problems))]
-        result["threads"] = [thread_json(trace) for trace in traces]
-        ctx = AnalysisContext(core, facts, space, symbolizer, traces, core.siginfo)
+        result.threads = [thread_record(trace) for trace in traces]
+        ctx = AnalysisContext(core, raw, space, symbolizer, traces, core.siginfo)
         _annotate(ctx, result)
         if traces:
-            result["disassembly"] = _stage(problems, "disassembly",
-                                           lambda: _disassemble(space, traces[0]), [])
+            result.disassembly = _stage(problems, "disassembly",
+                                        lambda: _disassemble(space, traces[0]), [])
     finally:  # files of modules and debug files stay open otherwise (one analysis per
         symbolizer.close()  # process in the sandbox, but corectl and tests loop)
         unwinder.close()
         space.close()
 
 
-def analyze(source: ByteSource, facts: dict[str, Any] | None = None, exe: str | None = None,
-            root: str = "/", caps: Caps | None = None) -> dict[str, Any]:
-    """Analyse one core; the JSON-able result of docs/ARCHITECTURE.md.  Never raises."""
+def analyze(source: ByteSource, facts: Facts | None = None, exe: str | None = None,
+            root: str = "/", caps: Caps | None = None) -> AnalysisResult:
+    """Analyse one core; the result of docs/ARCHITECTURE.md.  Never raises."""
     started = time.monotonic()
-    result = shape.empty_result()
-    facts = facts if isinstance(facts, dict) else {}
+    result = AnalysisResult()
     try:
-        core = Core.open(source, expected_tid=_facts_tid(facts))
+        core = Core.open(source, expected_tid=facts.tid if facts is not None else None)
         _analyze_core(core, facts, exe, root, caps or Caps(), result)
     except Exception as err:  # the contract: a failed state, never a raise
         log.debug("analysis failed", exc_info=True)
-        result["state"] = "failed"
-        result["error"] = f"{type(err).__name__}: {err}"
-    result["duration_ms"] = int((time.monotonic() - started) * 1000)
+        result.state = AnalysisState.FAILED
+        result.error = f"{type(err).__name__}: {err}"
+    result.duration_ms = int((time.monotonic() - started) * 1000)
     return result

@@ -1,7 +1,7 @@
-"""The JSON shapes of an analysis result (docs/ARCHITECTURE.md "Analysis result").
+"""The records of an analysis result (docs/ARCHITECTURE.md "Analysis result").
 
-Pure functions from the model (frames, symbols, modules, siginfo) to plain
-dicts; nothing here reads memory or files.
+Pure functions from the unwinder's data (frames, symbols, modules, siginfo) to
+the records of :mod:`coredumpd.model`; nothing here reads memory or files.
 
 ``offset`` of a frame is ``pc`` minus the start of the module's lowest
 mapping — what systemd-coredump prints as ``(libc.so.6 + 0x2724a)``: in
@@ -13,8 +13,7 @@ elfutils' ``dwfl_module_info``.  It is not a link-time address.
 
 from __future__ import annotations
 
-from typing import Any
-
+from coredumpd import model
 from coredumpd.elf import layouts as L
 from coredumpd.elf.notes import SigInfo
 from coredumpd.image.types import Module
@@ -22,82 +21,68 @@ from coredumpd.symbolize.disasm import Instruction
 from coredumpd.symbolize.types import Symbol
 from coredumpd.unwind.types import Frame
 
-RESULT_VERSION = 1
-
-
-def empty_result() -> dict[str, Any]:
-    """A result with every key present; stages fill it in."""
-    return {
-        "version": RESULT_VERSION, "state": "done", "error": None, "duration_ms": 0,
-        "crashed_tid": None, "signal": None, "threads": [], "modules": [],
-        "disassembly": [], "annotations": [], "signature": None, "signature_frames": [],
-        "problems": [],
-    }
-
 
 def hex_id(build_id: bytes | None) -> str | None:
     return build_id.hex() if build_id else None
 
 
-def frame_json(frame: Frame, module: Module | None, symbol: Symbol) -> dict[str, Any]:
-    return {
-        "index": frame.index,
-        "pc": frame.pc,
-        "module": module.path if module else None,
-        "build_id": hex_id(module.build_id) if module else None,
-        "offset": frame.pc - module.start if module else None,
-        "symbol": symbol.name,
-        "symbol_offset": symbol.offset if symbol.name else None,
-        "file": symbol.file,
-        "line": symbol.line,
-        "trust": frame.trust.value,
-        "repeat": frame.repeat,
-        "cycle": frame.cycle,
-    }
+def frame_record(frame: Frame, module: Module | None, symbol: Symbol) -> model.Frame:
+    return model.Frame(
+        index=frame.index,
+        pc=frame.pc,
+        module=module.path if module else None,
+        build_id=hex_id(module.build_id) if module else None,
+        offset=frame.pc - module.start if module else None,
+        symbol=symbol.name,
+        symbol_offset=symbol.offset if symbol.name else None,
+        file=symbol.file,
+        line=symbol.line,
+        trust=frame.trust.value,
+        repeat=frame.repeat,
+        cycle=frame.cycle,
+    )
 
 
-def expand_frames(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def expand_frames(frames: list[model.Frame]) -> list[model.Frame]:
     """The frames as the stack held them: a ``repeat`` run of one frame n times, a
     ``cycle`` of k frames (each with the same ``repeat`` n) n times in order."""
-    expanded: list[dict[str, Any]] = []
+    expanded: list[model.Frame] = []
     position = 0
     while position < len(frames):
         frame = frames[position]
-        repeat = max(1, int(frame.get("repeat") or 1))
-        cycle = max(1, int(frame.get("cycle") or 1))
+        repeat = max(1, int(frame.repeat or 1))
+        cycle = max(1, int(frame.cycle or 1))
         group = frames[position:position + cycle]
         expanded.extend(group * repeat)
         position += len(group)
     return expanded
 
 
-def module_json(module: Module) -> dict[str, Any]:
-    return {
-        "path": module.path, "start": module.start, "end": module.end,
-        "load_bias": module.load_bias, "build_id": hex_id(module.build_id),
-        "file_build_id": hex_id(module.file_build_id), "debug_file": module.debug_path,
-        "deleted": module.deleted, "replaced": module.replaced,
-        "modified_in_place": module.modified_in_place,
-    }
+def module_record(module: Module) -> model.Module:
+    return model.Module(
+        path=module.path, start=module.start, end=module.end,
+        load_bias=module.load_bias, build_id=hex_id(module.build_id),
+        file_build_id=hex_id(module.file_build_id), debug_file=module.debug_path,
+        deleted=module.deleted, replaced=module.replaced,
+        modified_in_place=module.modified_in_place,
+    )
 
 
-def signal_json(siginfo: SigInfo | None, fallback_signo: int | None) -> dict[str, Any] | None:
-    """NT_SIGINFO as JSON; only the number when the core has no NT_SIGINFO."""
+def signal_record(siginfo: SigInfo | None, fallback_signo: int | None) -> model.SignalInfo | None:
+    """NT_SIGINFO as a record; only the number when the core has no NT_SIGINFO."""
     if siginfo is None:
         if not fallback_signo:
             return None
-        return {"signo": fallback_signo, "name": L.signal_name(fallback_signo), "code": None,
-                "code_name": None, "errno": None, "address": None, "sender_pid": None,
-                "sender_uid": None}
-    return {
-        "signo": siginfo.si_signo, "name": siginfo.signal_name, "code": siginfo.si_code,
-        "code_name": siginfo.code_name, "errno": siginfo.si_errno,
-        "address": siginfo.si_addr,
-        "sender_pid": siginfo.si_pid if siginfo.sent_by_process else None,
-        "sender_uid": siginfo.si_uid if siginfo.sent_by_process else None,
-    }
+        return model.SignalInfo(signo=fallback_signo, name=L.signal_name(fallback_signo))
+    return model.SignalInfo(
+        signo=siginfo.si_signo, name=siginfo.signal_name, code=siginfo.si_code,
+        code_name=siginfo.code_name, errno=siginfo.si_errno,
+        address=siginfo.si_addr,
+        sender_pid=siginfo.si_pid if siginfo.sent_by_process else None,
+        sender_uid=siginfo.si_uid if siginfo.sent_by_process else None,
+    )
 
 
-def instruction_json(instruction: Instruction, pc: int) -> dict[str, Any]:
-    return {"address": instruction.address, "bytes": instruction.raw.hex(),
-            "text": instruction.text, "current": instruction.address == pc}
+def instruction_record(instruction: Instruction, pc: int) -> model.DisassemblyLine:
+    return model.DisassemblyLine(address=instruction.address, bytes=instruction.raw.hex(),
+                                 text=instruction.text, current=instruction.address == pc)

@@ -12,8 +12,11 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Protocol
 
 from coredumpd.image.types import AddressSpace, Module
+from coredumpd.model import Annotation
 from coredumpd.symbolize.types import Symbol
 from coredumpd.unwind.types import Frame
+
+__all__ = ["AnalysisContext", "Annotation", "Symbolizer", "ThreadTrace"]
 
 if TYPE_CHECKING:
     from coredumpd.elf.core import Core
@@ -54,18 +57,3 @@ class AnalysisContext:
     @property
     def crashed(self) -> ThreadTrace | None:
         return next((thread for thread in self.threads if thread.crashed), None)
-
-
-@dataclasses.dataclass(frozen=True)
-class Annotation:
-    """One root cause, as CONTRACT.md's JSON shows it."""
-
-    id: str  # stable kebab-case id (CONTRACT.md "Annotation ids")
-    title: str
-    confidence: str  # high | medium | low
-    evidence: tuple[str, ...]
-    advice: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "confidence": self.confidence,
-                "evidence": list(self.evidence), "advice": self.advice}

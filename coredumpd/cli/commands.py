@@ -24,6 +24,7 @@ from coredumpd.cli.output import Output
 from coredumpd.cli.timespec import parse_time
 from coredumpd.config import Config, parse_size, parse_timespan
 from coredumpd.errors import CoredumpdError, StoreError
+from coredumpd.model import CrashRecord
 from coredumpd.report import jsonout, text
 from coredumpd.report.escape import escape
 
@@ -83,12 +84,11 @@ def open_index(config: Config) -> Any:
         raise StoreError(f"cannot open the index {path}: {err}") from err
 
 
-def _timestamp(record: Any) -> int:
-    value = jsonout.record_fields(record).get("timestamp_us")
-    return value if isinstance(value, int) else 0
+def _timestamp(record: CrashRecord) -> int:
+    return record.timestamp_us if isinstance(record.timestamp_us, int) else 0
 
 
-def find_records(ctx: Context, matches: list[str]) -> list[Any]:
+def find_records(ctx: Context, matches: list[str]) -> list[CrashRecord]:
     """Matching index rows, oldest first; NoMatch when there are none."""
     args = ctx.args
     since = parse_time(args.since) if getattr(args, "since", None) else None
@@ -103,7 +103,7 @@ def find_records(ctx: Context, matches: list[str]) -> list[Any]:
     return sorted(records, key=_timestamp)
 
 
-def newest_record(ctx: Context, matches: list[str]) -> Any:
+def newest_record(ctx: Context, matches: list[str]) -> CrashRecord:
     return find_records(ctx, matches)[-1]
 
 
@@ -163,7 +163,7 @@ def cmd_show(ctx: Context) -> int:
 
 def cmd_delete(ctx: Context) -> int:
     records = find_records(ctx, ctx.args.match)
-    ids = [jsonout.record_fields(r)["id"] for r in records]
+    ids = [record.id for record in records]
     from coredumpd.store import retention
     from coredumpd.store.index import Index
 

@@ -17,6 +17,7 @@ from coredumpd.cli.commands import Context, newest_record, print_show
 from coredumpd.cli.exitcodes import ExitStatus
 from coredumpd.cli.output import ignoring_sigint
 from coredumpd.errors import CoredumpdError, StoreError
+from coredumpd.model import CoreState, CrashRecord
 from coredumpd.report import jsonout
 from coredumpd.report.escape import escape
 from coredumpd.store.source import ByteSource
@@ -29,14 +30,13 @@ class NoCore(CoredumpdError):
     """The crash is recorded but its core is not stored (exit status 4)."""
 
 
-def stored_core_path(ctx: Context, record: Any) -> str:
+def stored_core_path(ctx: Context, record: CrashRecord) -> str:
     """The path of the record's core; NoCore when none is stored."""
-    row = jsonout.record_fields(record)
-    state, path = row.get("core_state"), row.get("core_path")
-    if state not in ("present", "truncated") or not path:
-        reason = f": {escape(row.get('core_reason'))}" if row.get("core_reason") else ""
-        raise NoCore(f"crash {escape(row.get('id'))} (PID {escape(row.get('pid'))}) has no "
-                     f"stored core (state {escape(state)}{reason})")
+    state, path = record.core_state, record.core_path
+    if not state.stored or not path:
+        reason = f": {escape(record.core_reason)}" if record.core_reason else ""
+        raise NoCore(f"crash {escape(record.id)} (PID {escape(record.pid)}) has no "
+                     f"stored core (state {escape(state.value)}{reason})")
     if not os.path.isabs(path):
         path = os.path.join(ctx.config.directory, path)
     return str(path)
@@ -122,7 +122,7 @@ def debugger_command(ctx: Context) -> list[str]:
 def cmd_debug(ctx: Context) -> int:
     record = newest_record(ctx, ctx.args.match)
     path = stored_core_path(ctx, record)
-    exe = jsonout.record_fields(record).get("exe")
+    exe = record.exe
     argv = debugger_command(ctx)
     # A private directory (mode 0700): the decompressed core is as secret as
     # the process's memory, and nobody may swap it under the debugger.
@@ -153,23 +153,24 @@ def _run_debugger(argv: list[str]) -> int:
         raise CoredumpdError(f"cannot run the debugger {argv[0]}: {err.strerror}") from err
 
 
-def _core_facts(source: ByteSource, path: str) -> dict[str, Any]:
-    """Metadata from the core's own notes, for a core without an index row."""
+def core_record(source: ByteSource, path: str) -> CrashRecord:
+    """A crash record from the core's own notes, for a core without an index row."""
     from coredumpd.elf.core import Core
 
     core = Core.open(source)
-    extra: dict[str, Any] = {"core_path": os.path.abspath(path), "core_size": source.size,
-                             "core_state": "truncated" if core.truncated else "present"}
+    record = CrashRecord(pid=None, timestamp_us=None, core_path=os.path.abspath(path),
+                         core_size=source.size, analysis_state=None,
+                         core_state=CoreState.TRUNCATED if core.truncated else CoreState.PRESENT)
     if core.prpsinfo is not None:
         info = core.prpsinfo
-        extra.update(pid=info.pr_pid, uid=info.pr_uid, gid=info.pr_gid, comm=info.pr_fname,
-                     cmdline=info.pr_psargs.rstrip())
+        record.pid, record.uid, record.gid = info.pr_pid, info.pr_uid, info.pr_gid
+        record.comm, record.cmdline = info.pr_fname, info.pr_psargs.rstrip()
     if core.files:
-        extra["exe"] = core.files[0].path
+        record.exe = core.files[0].path
     if core.siginfo is not None:
-        extra.update(signal=core.siginfo.si_signo, si_code=core.siginfo.si_code,
-                     fault_address=core.siginfo.si_addr)
-    return extra
+        record.signal, record.si_code = core.siginfo.si_signo, core.siginfo.si_code
+        record.fault_address = core.siginfo.si_addr
+    return record
 
 
 def cmd_analyze(ctx: Context) -> int:
@@ -178,10 +179,10 @@ def cmd_analyze(ctx: Context) -> int:
     path = ctx.args.core
     source = open_source(path)
     try:
-        extra = _core_facts(source, path)
+        record = core_record(source, path)
         result = analyze(source, facts=None, exe=ctx.args.exe)
     finally:
         source.close()
     if ctx.args.exe:
-        extra["exe"] = ctx.args.exe
-    return print_show(ctx, jsonout.show_object(None, result, extra=extra))
+        record.exe = ctx.args.exe
+    return print_show(ctx, jsonout.show_object(record, result))

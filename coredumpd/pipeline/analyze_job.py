@@ -18,94 +18,58 @@ vanishes when this job exits.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
-from typing import Any
 
 from coredumpd.config import Config, load_config
-from coredumpd.errors import CoredumpdError
+from coredumpd.errors import CoredumpdError, FormatError
+from coredumpd.model import AnalysisResult, CrashRecord
 from coredumpd.report import journal
 from coredumpd.store.index import Index
 
 
-def _row_dict(record: Any) -> dict[str, Any]:
-    if isinstance(record, dict):
-        return dict(record)
-    if dataclasses.is_dataclass(record):
-        return dataclasses.asdict(record)  # type: ignore[arg-type]
-    return dict(vars(record))
-
-
-def _loads(value: Any) -> dict[str, Any]:
-    """A JSON column (the index gives dicts; tolerate text and None)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value or "{}")
-        except ValueError:
-            return {}
-    return dict(value) if isinstance(value, dict) else {}
-
-
-def _skipped(reason: str) -> dict[str, Any]:
-    return {"version": 1, "state": "failed", "error": reason, "threads": [],
-            "annotations": [], "problems": []}
-
-
-def analyse(config: Config, row: dict[str, Any], facts: dict[str, Any],
-            core_fd: int | None) -> dict[str, Any]:
-    """The analysis result for a row, or a ``failed`` result saying why not."""
+def analyse(config: Config, record: CrashRecord, core_fd: int | None) -> AnalysisResult:
+    """The analysis result for a crash, or a ``failed`` result saying why not."""
     if not config.analysis:
-        return _skipped("disabled by Analysis=no")
-    core_path = row.get("core_path") or (f"/proc/self/fd/{core_fd}" if core_fd else None)
+        return AnalysisResult.failed("disabled by Analysis=no")
+    core_path = record.core_path or (f"/proc/self/fd/{core_fd}" if core_fd else None)
     if core_path is None:
-        return _skipped(f"no core ({row.get('core_reason')})")
-    if (row.get("core_size") or 0) > config.process_size_max:
-        return _skipped(f"core of {row.get('core_size')} bytes is over ProcessSizeMax="
-                        f"{config.process_size_max}")
+        return AnalysisResult.failed(f"no core ({record.core_reason})")
+    if (record.core_size or 0) > config.process_size_max:
+        return AnalysisResult.failed(f"core of {record.core_size} bytes is over "
+                                     f"ProcessSizeMax={config.process_size_max}")
     try:
         from coredumpd.pipeline.sandbox import run_analysis
     except ImportError:  # the sandbox is optional: analyse in this (niced) process
         from coredumpd.analysis import analyze
         from coredumpd.store.lz4seek import open_core_source
-        return analyze(open_core_source(core_path), facts, row.get("exe"))
-    return run_analysis(config, core_path, facts, row.get("exe"))
+        return analyze(open_core_source(core_path), record.facts, record.exe)
+    facts = record.facts.to_json() if record.facts is not None else None
+    answer = run_analysis(config, core_path, facts, record.exe)
+    try:  # the sandbox answers in JSON: read it once, here
+        return AnalysisResult.from_json(answer)
+    except FormatError as err:
+        return AnalysisResult.failed(f"analysis failed: unreadable result: {err}")
 
 
-def analysis_fields(result: dict[str, Any]) -> dict[str, Any]:
-    """The index columns the analysis fills."""
-    annotations = result.get("annotations") or []
-    fields = {
-        "analysis": result, "analysis_state": result.get("state") or "failed",
-        "analysis_error": result.get("error"),
-        "root_cause": annotations[0].get("id") if annotations else None,
-        "signature": result.get("signature"),
-    }
-    if fields["analysis_state"] not in ("done", "failed"):
-        fields["analysis_state"] = "failed"
-    return fields
-
-
-def report(config: Config, row: dict[str, Any], facts: dict[str, Any],
-           result: dict[str, Any]) -> dict[str, Any]:
+def report(config: Config, record: CrashRecord) -> dict[str, object]:
     """Send the journal entry (or the kmsg line); return the updated path_taken."""
-    path_taken = _loads(row.get("path_taken"))
+    path_taken = dict(record.path_taken or {})
     kind = path_taken.get("crasher")
     if kind == "journald":
         path_taken["journal"] = "skipped: journald crashed"
     elif not config.journal:
         path_taken["journal"] = "skipped: Journal=no"
     else:
-        fields = journal.journal_fields(row, facts, result)
+        fields = journal.journal_fields(record)
         path_taken["journal"] = journal.send(fields, timeout=config.journal_timeout)
     if path_taken["journal"] != "sent" and "kmsg" not in path_taken:
-        where = row.get("core_path") or f"no core ({row.get('core_reason')})"
-        line = journal.kmsg_line(row.get("pid"), row.get("comm") or "unknown", row.get("uid"),
-                                 row.get("signal"), f"stored {where}; journal "
-                                 f"{path_taken['journal']}; root cause {row.get('root_cause')}")
+        where = record.core_path or f"no core ({record.core_reason})"
+        line = journal.kmsg_line(record.pid, record.comm or "unknown", record.uid,
+                                 record.signal, f"stored {where}; journal "
+                                 f"{path_taken['journal']}; root cause {record.root_cause}")
         path_taken["kmsg"] = "written" if journal.write_kmsg(line) else "failed"
-    path_taken["analysis"] = result.get("state")
+    path_taken["analysis"] = record.analysis.state.value if record.analysis else None
     return path_taken
 
 
@@ -115,16 +79,13 @@ def run(row_id: str, config_path: str | None, core_fd: int | None) -> int:
     record = index.get(row_id)
     if record is None:
         return 1
-    row = _row_dict(record)
-    facts = _loads(row.get("facts"))
     try:
-        result = analyse(config, row, facts, core_fd)
+        result = analyse(config, record, core_fd)
     except Exception as err:  # noqa: BLE001 - a broken analysis must not lose the entry
-        result = _skipped(f"analysis crashed: {type(err).__name__}: {err}")
-    fields = analysis_fields(result)
-    row.update(fields)
+        result = AnalysisResult.failed(f"analysis crashed: {type(err).__name__}: {err}")
+    record.set_analysis(result)
     # one update, after the journal: a reader that sees the analysis sees the outcome too
-    index.update(row["id"], **fields, path_taken=report(config, row, facts, result))
+    index.update(record.id, **record.analysis_columns(), path_taken=report(config, record))
     return 0
 
 

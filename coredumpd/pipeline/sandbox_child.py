@@ -189,12 +189,13 @@ def open_fd_source(fd: int) -> Any:
 
 def _analyze_fd(core_fd: int, request: dict[str, Any]) -> dict[str, Any]:
     from coredumpd.analysis import analyze
+    from coredumpd.model import Facts
 
+    facts = request.get("facts")
     source = open_fd_source(core_fd)
     try:
-        result: dict[str, Any] = analyze(source, request.get("facts"), request.get("exe"),
-                                         request.get("root") or "/")
-        return result
+        return analyze(source, Facts.from_json(facts) if facts is not None else None,
+                       request.get("exe"), request.get("root") or "/").to_json()
     finally:
         source.close()
 

@@ -20,9 +20,10 @@ from typing import Any
 
 from coredumpd.elf.layouts import signal_name
 from coredumpd.errors import CoredumpdError
+from coredumpd.model import AnalysisState, CoreState, CrashRecord, Facts
 from coredumpd.pipeline import handler as H
 from coredumpd.report.journal import kmsg_line, write_kmsg
-from coredumpd.store.index import CrashRecord, Index
+from coredumpd.store.index import Index
 from coredumpd.store.naming import core_filename
 
 ANALYZE_JOB_MODULE = "coredumpd.pipeline.analyze_job"
@@ -90,7 +91,7 @@ def _insert(crash: H.Crash, index: Index, record: dict[str, Any]) -> Any:
             os.unlink(record["core_path"])
         except OSError:
             pass
-    record.update(core_path=None, stored_size=None, core_state="missing",
+    record.update(core_path=None, stored_size=None, core_state=CoreState.MISSING,
                   core_reason=f"not kept: the index could not take the row: {first}")
     try:
         return index.insert(CrashRecord(**record))
@@ -140,15 +141,15 @@ def _apply_rate_limit(crash: H.Crash, index: Index) -> None:
                            f"{config.rate_limit_interval:g}s (RateLimitBurst={config.rate_limit_burst})")
 
 
-def _core_state(crash: H.Crash, stored: bool) -> tuple[str, str | None]:
+def _core_state(crash: H.Crash, stored: bool) -> tuple[CoreState, str | None]:
     reason = crash.stream.truncated
     if crash.core_failure is not None:
-        return "missing", crash.core_failure
+        return CoreState.MISSING, crash.core_failure
     if crash.skip_core is not None:
-        return "none", crash.skip_core
+        return CoreState.NONE, crash.skip_core
     if not stored:
-        return "missing", reason or "not stored"
-    return ("truncated", reason) if reason else ("present", None)
+        return CoreState.MISSING, reason or "not stored"
+    return (CoreState.TRUNCATED, reason) if reason else (CoreState.PRESENT, None)
 
 
 def _check_keep_free(crash: H.Crash, index: Index, stored_size: int) -> None:
@@ -185,7 +186,7 @@ def _record(crash: H.Crash, index: Index, stats: Any, facts: dict[str, Any]) -> 
         "rlimit_core": args.rlimit_core, "dump_mode": args.dump_mode,
         "core_path": None, "core_size": stream.size,
         "stored_size": stats.stored_size if stats is not None else None,
-        "facts": facts, "analysis_state": "pending",
+        "facts": Facts.from_json(facts), "analysis_state": AnalysisState.PENDING,
         "path_taken": {"crasher": H.crasher_kind(crash), "journal": "pending"},
     }
     if stats is not None and crash.skip_core is None and crash.core_failure is None:
@@ -205,7 +206,7 @@ def _unified_cgroup(text: str | None) -> str | None:
 
 def _link_core(crash: H.Crash, record: dict[str, Any]) -> None:
     temp = crash.temp
-    if temp is None or record["core_state"] not in ("present", "truncated"):
+    if temp is None or not record["core_state"].stored:
         if temp is not None:
             temp.discard()  # unnamed: vanishes once the analysis job closes it
         record["stored_size"] = None  # nothing of it stays on disk
@@ -217,8 +218,8 @@ def _link_core(crash: H.Crash, record: dict[str, Any]) -> None:
         temp.link(name)
     except CoredumpdError as err:
         crash.problems.append(str(err))
-        record["core_state"], record["core_reason"] = "missing", str(err)
-        record["facts"] = {**record["facts"], "problems": crash.problems}
+        record["core_state"], record["core_reason"] = CoreState.MISSING, str(err)
+        record["facts"] = record["facts"].replace(problems=crash.problems)
         record["stored_size"] = None
         return
     record["core_path"] = os.path.join(crash.config.directory, name)
@@ -286,6 +287,6 @@ def _record_rusage(crash: H.Crash, index: Index, row_id: Any, record: dict[str, 
                 "total_ms": (time.monotonic() - crash.handler_started) * 1000,
                 "signal_name": signal_name(crash.args.signal or 0)}
     stored = index.get(row_id)
-    facts = dict(getattr(stored, "facts", None) or {})
+    facts = stored.facts.to_json() if stored is not None and stored.facts is not None else {}
     facts["handler_rusage"] = measures
     index.update(row_id, facts=facts)

@@ -29,6 +29,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from coredumpd.model import AnalysisResult, CoreState, CrashRecord, FrameStyle, format_frame
+
 MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
 PRIORITY_CRIT = 2
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -54,70 +56,65 @@ def headline(pid: Any, comm: str, uid: Any) -> str:
     return f"Process {pid} ({comm}) of user {uid} dumped core."
 
 
-def _frame_line(frame: Mapping[str, Any]) -> str:
-    module = os.path.basename(frame.get("module") or "") or "n/a"
-    symbol = frame.get("symbol") or "n/a"
-    offset = frame.get("offset")
-    where = f"{module} + {offset:#x}" if isinstance(offset, int) else module
-    return f"#{frame.get('index', 0):<2} 0x{frame.get('pc', 0):016x} {symbol} ({where})"
+# systemd's elf-util.c: "#%-2u 0x%016" PRIx64 " %s (%s + 0x%" PRIx64 ")"
+FRAME_STYLE = FrameStyle(index_width=2, unknown_symbol="n/a", symbol_offset=None,
+                         unknown_module="n/a", source=None, trust=None, repeat=None)
 
 
-def stack_trace(analysis: Mapping[str, Any] | None) -> str:
+def stack_trace(analysis: AnalysisResult | None) -> str:
     """Threads in systemd-coredump's "Stack trace of thread N:" format, crashed first."""
-    if not analysis:
+    if analysis is None:
         return ""
-    threads = sorted(analysis.get("threads") or [], key=lambda t: not t.get("crashed"))
+    threads = sorted(analysis.threads, key=lambda t: not t.crashed)
     blocks = []
     for thread in threads[:MAX_THREADS]:
-        lines = [f"Stack trace of thread {thread.get('tid')}:"]
-        lines += [_frame_line(frame) for frame in (thread.get("frames") or [])[:MAX_FRAMES]]
+        lines = [f"Stack trace of thread {thread.tid}:"]
+        lines += [format_frame(frame, FRAME_STYLE) for frame in thread.frames[:MAX_FRAMES]]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
-def root_cause_text(analysis: Mapping[str, Any] | None) -> str:
-    annotations = (analysis or {}).get("annotations") or []
-    if not annotations:
+def root_cause_text(analysis: AnalysisResult | None) -> str:
+    if analysis is None or not analysis.annotations:
         return ""
-    first = annotations[0]
-    lines = [f"Root cause: {first.get('id')}: {first.get('title', '')}"]
-    lines += [f"  - {item}" for item in (first.get("evidence") or [])[:8]]
-    if first.get("advice"):
-        lines.append(f"Advice: {first['advice']}")
+    first = analysis.annotations[0]
+    lines = [f"Root cause: {first.id}: {first.title}"]
+    lines += [f"  - {item}" for item in first.evidence[:8]]
+    if first.advice:
+        lines.append(f"Advice: {first.advice}")
     return "\n".join(lines)
 
 
-def message(row: Mapping[str, Any], analysis: Mapping[str, Any] | None) -> str:
-    parts = [headline(row.get("pid"), row.get("comm") or "unknown", row.get("uid"))]
-    for extra in (root_cause_text(analysis), stack_trace(analysis)):
+def message(record: CrashRecord) -> str:
+    parts = [headline(record.pid, record.comm or "unknown", record.uid)]
+    for extra in (root_cause_text(record.analysis), stack_trace(record.analysis)):
         if extra:
             parts.append(extra)
     return "\n\n".join(parts)
 
 
-def journal_fields(row: Mapping[str, Any], facts: Mapping[str, Any],
-                   analysis: Mapping[str, Any] | None) -> dict[str, str]:
-    """systemd-coredump's COREDUMP_* fields for an index row (a CrashRecord as dict)."""
+def journal_fields(record: CrashRecord) -> dict[str, str]:
+    """systemd-coredump's COREDUMP_* fields for a crash record (with its analysis)."""
     from coredumpd.elf.layouts import signal_name
-    proc = facts.get("proc") or {}
-    signo = row.get("signal") or 0
+    proc = (record.facts.proc if record.facts is not None else None) or {}
+    signo = record.signal or 0
     fields: dict[str, Any] = {
-        "MESSAGE": message(row, analysis), "MESSAGE_ID": MESSAGE_ID,
+        "MESSAGE": message(record), "MESSAGE_ID": MESSAGE_ID,
         "PRIORITY": PRIORITY_CRIT, "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
-        "COREDUMP_PID": row.get("pid"), "COREDUMP_TID": row.get("tid"),
-        "COREDUMP_UID": row.get("uid"), "COREDUMP_GID": row.get("gid"),
+        "COREDUMP_PID": record.pid, "COREDUMP_TID": record.tid,
+        "COREDUMP_UID": record.uid, "COREDUMP_GID": record.gid,
         "COREDUMP_SIGNAL": signo, "COREDUMP_SIGNAL_NAME": signal_name(signo),
-        "COREDUMP_TIMESTAMP": row.get("timestamp_us"), "COREDUMP_RLIMIT": row.get("rlimit_core"),
-        "COREDUMP_HOSTNAME": row.get("hostname"), "COREDUMP_COMM": row.get("comm"),
-        "COREDUMP_EXE": row.get("exe"), "COREDUMP_CMDLINE": row.get("cmdline"),
-        "COREDUMP_CGROUP": row.get("cgroup"), "COREDUMP_UNIT": row.get("unit"),
+        "COREDUMP_TIMESTAMP": record.timestamp_us, "COREDUMP_RLIMIT": record.rlimit_core,
+        "COREDUMP_HOSTNAME": record.hostname, "COREDUMP_COMM": record.comm,
+        "COREDUMP_EXE": record.exe, "COREDUMP_CMDLINE": record.cmdline,
+        "COREDUMP_CGROUP": record.cgroup, "COREDUMP_UNIT": record.unit,
         "COREDUMP_USER_UNIT": proc.get("user_unit"), "COREDUMP_SLICE": proc.get("slice"),
         "COREDUMP_CWD": proc.get("cwd"), "COREDUMP_ROOT": proc.get("root"),
-        "COREDUMP_FILENAME": row.get("core_path"),
-        "COREDUMP_TRUNCATED": 1 if row.get("core_state") == "truncated" else None,
-        "COREDUMP_ID": row.get("id"), "COREDUMP_CORE_STATE": row.get("core_state"),
-        "COREDUMP_ROOT_CAUSE": row.get("root_cause"), "COREDUMP_SIGNATURE": row.get("signature"),
-        "COREDUMP_NS_PID": row.get("ns_pid"),
+        "COREDUMP_FILENAME": record.core_path,
+        "COREDUMP_TRUNCATED": 1 if record.core_state == CoreState.TRUNCATED else None,
+        "COREDUMP_ID": record.id, "COREDUMP_CORE_STATE": record.core_state,
+        "COREDUMP_ROOT_CAUSE": record.root_cause, "COREDUMP_SIGNATURE": record.signature,
+        "COREDUMP_NS_PID": record.ns_pid,
     }
     if proc.get("environ"):
         fields["COREDUMP_ENVIRON"] = "\n".join(proc["environ"])

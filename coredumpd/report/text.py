@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from coredumpd.model import CoreState, Frame, FrameStyle, format_frame
 from coredumpd.report.escape import escape, escape_cmdline
 
 LIST_COLUMNS = ("TIME", "PID", "UID", "SIG", "COREFILE", "EXE", "SIZE", "ROOT CAUSE")
@@ -102,7 +103,7 @@ def render_list(entries: Sequence[dict[str, Any]], *, legend: bool = True,
     out = [style.bold(line(LIST_COLUMNS))] if legend else []
     for entry, row in zip(entries, rows):
         text = line(row)
-        out.append(style.red(text) if entry.get("core_state") == "truncated" else text)
+        out.append(style.red(text) if entry.get("core_state") == CoreState.TRUNCATED else text)
     if legend:
         out.append("")
         out.append(f"{len(rows)} crash{'es' if len(rows) != 1 else ''} listed.")
@@ -176,31 +177,11 @@ def _metadata(show: dict[str, Any], user: str | None, group: str | None) -> list
     return [_field(label, value) for label, value in lines if value not in ("", "-", "- (-)")]
 
 
-def format_frame(frame: dict[str, Any]) -> str:
-    """``#0  0x00007f…  abort+368  (libc.so.6+0x2611f)  stdlib/abort.c:107  [context]``."""
-    symbol = escape(frame.get("symbol")) if frame.get("symbol") else "??"
-    if frame.get("symbol") and frame.get("symbol_offset"):
-        symbol += f"+{frame['symbol_offset']}"
-    module = frame.get("module")
-    where = f"({escape(module.rsplit('/', 1)[-1])}+{_hex(frame.get('offset'))})" \
-        if isinstance(module, str) else "(no module)"
-    text = f"#{escape(frame.get('index')):<3} {_pc(frame.get('pc'))}  {symbol}  {where}"
-    if frame.get("file"):
-        text += f"  {escape(frame.get('file'))}:{escape(frame.get('line'))}"
-    text += f"  [{escape(frame.get('trust'))}]"
-    note = repeat_note(frame)
-    return text + (f"  ({note})" if note else "")
-
-
-def repeat_note(frame: dict[str, Any]) -> str:
-    """``x5`` for a run of one recursive frame, ``x5, cycle of 2 frames`` for a
-    frame of a mutual-recursion cycle repeated as a whole; "" otherwise."""
-    repeat, cycle = frame.get("repeat"), frame.get("cycle")
-    if not isinstance(repeat, int) or repeat <= 1:
-        return ""
-    if isinstance(cycle, int) and cycle > 1:
-        return f"x{repeat}, cycle of {cycle} frames"
-    return f"x{repeat}"
+# ``#0   0x00007f…  abort+368  (libc.so.6+0x2611f)  stdlib/abort.c:107  [context]``
+FRAME_STYLE = FrameStyle(separator="  ", symbol_offset="+{}", module_offset="{module}+{offset:#x}",
+                         module_no_offset="{module}+-", no_module="no module",
+                         source="  {file}:{line}", trust="  [{trust}]", repeat="  ({note})",
+                         escape=escape)
 
 
 def _pc(value: Any) -> str:
@@ -211,7 +192,8 @@ def _thread(thread: dict[str, Any], style: Style) -> list[str]:
     name = f" ({escape(thread.get('name'))})" if thread.get("name") else ""
     state = ", crashed" if thread.get("crashed") else ""
     out = [style.bold(f"Thread {escape(thread.get('tid'))}{name}{state}:")]
-    out += ["  " + format_frame(frame) for frame in thread.get("frames") or []]
+    out += ["  " + format_frame(Frame.from_json(frame), FRAME_STYLE)
+            for frame in thread.get("frames") or []]
     if thread.get("stop_reason"):
         out.append(style.dim(f"  (unwinding stopped: {escape(thread.get('stop_reason'))})"))
     return out
@@ -281,7 +263,3 @@ def render_show(show: dict[str, Any], *, style: Style = Style(), user: str | Non
         out.append(style.bold("Problems met while reading this crash:"))
         out += [f"  - {escape(p)}" for p in problems]
     return "\n".join(out).rstrip("\n") + "\n"
-
-
-def render_many(shows: Iterable[dict[str, Any]], **kwargs: Any) -> str:
-    return "\n".join(render_show(show, **kwargs) for show in shows)

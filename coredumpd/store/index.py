@@ -16,66 +16,25 @@ is tried as an ID *or* a COMM, since a COMM can look like an ID.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import re
 import sqlite3
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
 
-from coredumpd.errors import StoreError
+from coredumpd.errors import FormatError, StoreError
+from coredumpd.model import COLUMNS, AnalysisResult, AnalysisState, CoreState, CrashRecord, Facts
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
 DIRECTORY_MODE = 0o751  # others may traverse to the files an ACL opens to them
 INDEX_MODE = 0o640
 ID_LENGTH = 12
-CORE_STATES = ("present", "truncated", "missing", "none")
-ANALYSIS_STATES = ("pending", "done", "failed")
 JSON_FIELDS = ("facts", "analysis", "path_taken")
-
-
-@dataclasses.dataclass
-class CrashRecord:
-    """One crash, as the index stores it (docs/ARCHITECTURE.md, "Index")."""
-
-    pid: int
-    timestamp_us: int
-    id: str = ""
-    tid: int | None = None
-    ns_pid: int | None = None
-    uid: int | None = None
-    gid: int | None = None
-    signal: int | None = None
-    si_code: int | None = None
-    fault_address: int | None = None
-    boot_id: str = ""
-    hostname: str = ""
-    comm: str = ""
-    exe: str = ""
-    cmdline: str = ""
-    unit: str = ""
-    cgroup: str = ""
-    rlimit_core: int | None = None
-    dump_mode: int | None = None
-    core_path: str = ""
-    core_state: str = "none"
-    core_reason: str = ""
-    core_size: int | None = None
-    stored_size: int | None = None
-    facts: dict[str, Any] | None = None
-    analysis_state: str = "pending"
-    analysis_error: str = ""
-    analysis: dict[str, Any] | None = None
-    root_cause: str = ""
-    signature: str = ""
-    path_taken: dict[str, Any] | None = None
-
-
-FIELDS = tuple(f.name for f in dataclasses.fields(CrashRecord))
+FIELDS = COLUMNS  # the table's columns: the fields of coredumpd.model.CrashRecord, in order
 _INTEGER_FIELDS = frozenset((
     "pid", "timestamp_us", "tid", "ns_pid", "uid", "gid", "signal", "si_code", "fault_address",
     "rlimit_core", "dump_mode", "core_size", "stored_size"))
@@ -170,12 +129,16 @@ class Index:
 
     def insert(self, record: CrashRecord) -> str:
         """Add ``record`` (its ``id`` generated when empty); returns the ID."""
-        _validate(dataclasses.asdict(record))
+        fields = _columns(record)
+        _validate(fields)
+        for name in ("pid", "timestamp_us"):
+            if fields[name] is None:
+                raise StoreError(f"a crash record needs {name}")
         explicit = bool(record.id)
         for attempt in range(16):
             row_id = record.id if explicit else crash_id(
-                record.boot_id, record.pid, record.timestamp_us, attempt)
-            values = _to_row(dataclasses.replace(record, id=row_id))
+                record.boot_id, record.pid or 0, record.timestamp_us or 0, attempt)
+            values = list(_to_row_fields({**fields, "id": row_id}).values())
             try:
                 self._write(f"INSERT INTO crashes ({', '.join(FIELDS)}) VALUES "
                             f"({', '.join('?' * len(FIELDS))})", values)
@@ -303,16 +266,20 @@ class Index:
         try:
             cursor = self._db.execute(sql, params)
             names = [d[0] for d in cursor.description]
-            return [_from_row(dict(zip(names, row))) for row in cursor.fetchall()]
+            return [record_from_row(dict(zip(names, row))) for row in cursor.fetchall()]
         except sqlite3.Error as err:
             raise StoreError(f"index {self.path}: {err}") from err
 
 
+def _columns(record: CrashRecord) -> dict[str, Any]:
+    """The column values of ``record`` (JSON columns still as objects)."""
+    return {name: getattr(record, name) for name in FIELDS}
+
+
 def _validate(fields: dict[str, Any]) -> None:
-    if "core_state" in fields and fields["core_state"] not in CORE_STATES:
-        raise StoreError(f"core_state {fields['core_state']!r} not in {CORE_STATES}")
-    if "analysis_state" in fields and fields["analysis_state"] not in ANALYSIS_STATES:
-        raise StoreError(f"analysis_state {fields['analysis_state']!r} not in {ANALYSIS_STATES}")
+    for name, states in (("core_state", CoreState), ("analysis_state", AnalysisState)):
+        if name in fields and fields[name] not in tuple(states):
+            raise StoreError(f"{name} {fields[name]!r} not in {tuple(s.value for s in states)}")
     for name in _INTEGER_FIELDS & set(fields):
         value = fields[name]
         low, high = (0, 2**64) if name in _U64_FIELDS else (-2**63, 2**63)
@@ -324,36 +291,69 @@ def _to_row_fields(fields: dict[str, Any]) -> dict[str, Any]:
     row = {}
     for name, value in fields.items():
         if name in JSON_FIELDS and value is not None:
+            if isinstance(value, (Facts, AnalysisResult)):
+                value = value.to_json()
             try:
                 value = json.dumps(value, sort_keys=True)
             except (TypeError, ValueError) as err:
                 raise StoreError(f"{name} is not JSON-serialisable: {err}") from err
         elif name in _U64_FIELDS and value is not None and value >= 2**63:
             value -= 2**64  # SQLite integers are signed 64-bit: store u64 as two's complement
+        elif isinstance(value, (CoreState, AnalysisState)):
+            value = value.value
         row[name] = value
     return row
 
 
-def _to_row(record: CrashRecord) -> list[Any]:
-    return list(_to_row_fields(dataclasses.asdict(record)).values())
+_JSON_READERS: dict[str, Callable[[dict[str, Any]], Any]] = {"facts": Facts.from_json, "analysis": AnalysisResult.from_json,
+                 "path_taken": dict}
 
 
-def _from_row(row: dict[str, Any]) -> CrashRecord:
+def _json_column(value: Any, name: str, problems: list[str]) -> Any:
+    """A JSON column's value: text is parsed, garbage becomes None and a line in
+    ``problems`` (one bad row must not stop ``corectl list``)."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "replace")
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except ValueError as err:
+            problems.append(f"index column {name} is not valid JSON: {err}")
+            return None
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        problems.append(f"index column {name} has an unexpected type {type(value).__name__}")
+        return None
+    try:
+        return _JSON_READERS[name](value)
+    except FormatError as err:
+        problems.append(f"index column {name}: {err}")
+        return None
+
+
+def record_from_row(row: Mapping[str, Any]) -> CrashRecord:
+    """The record of one row of the crashes table (column name -> SQLite value)."""
     values: dict[str, Any] = {}
+    problems: list[str] = []
     for name in FIELDS:
         value = row.get(name)
-        if name in JSON_FIELDS and value is not None:
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass  # kept as the raw text: readers (report/jsonout.py) flag it, one bad
-                # row must not hide the others
+        if name in JSON_FIELDS:
+            value = _json_column(value, name, problems)
         elif name in _U64_FIELDS and isinstance(value, int) and value < 0:
             value += 2**64
-        elif value is None and _SQL_TYPES[name] == "TEXT" and name not in JSON_FIELDS:
+        elif value is None and _SQL_TYPES[name] == "TEXT":
             value = ""
         values[name] = value
-    return CrashRecord(**values)
+    for name, states in (("core_state", CoreState), ("analysis_state", AnalysisState)):
+        try:
+            values[name] = states(values[name])
+        except ValueError:
+            problems.append(f"index column {name} has an unknown value {values[name]!r}")
+            values[name] = CoreState.MISSING if name == "core_state" else None
+    return CrashRecord(**values, problems=problems)
 
 
 def _classify(match: str) -> tuple[str, Any]:

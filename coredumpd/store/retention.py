@@ -32,7 +32,8 @@ from collections.abc import Iterable, Iterator
 
 from coredumpd.config import Config
 from coredumpd.errors import StoreError
-from coredumpd.store.index import CrashRecord, Index
+from coredumpd.model import CoreState, CrashRecord
+from coredumpd.store.index import Index
 from coredumpd.store.naming import parse_core_filename
 
 PAGE_SIZE = 4096
@@ -40,7 +41,7 @@ DEFAULT_MAX_USE_LOWER = 1 << 20
 DEFAULT_MAX_USE_UPPER = 4 << 30
 DEFAULT_KEEP_FREE_UPPER = 4 << 30
 DEFAULT_KEEP_FREE = 1 << 20  # when the file system size is unknown
-STORED_STATES = ("present", "truncated")
+STORED_STATES = tuple(state.value for state in CoreState if state.stored)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +155,7 @@ def stored_cores(index: Index, store: StoreDirectory) -> list[StoredCore]:
         name = _core_name(store.path, record)
         info = store.stat_core(name) if name else None
         if name and info:
-            cores[name] = StoredCore(name, record.uid, record.timestamp_us,
+            cores[name] = StoredCore(name, record.uid, record.timestamp_us or 0,
                                      info.st_blocks * 512, record.id)
     for name in store.names():
         parsed = parse_core_filename(name)
@@ -185,7 +186,7 @@ def _remove(index: Index, store: StoredCore, directory: StoreDirectory, reason: 
     removed = directory.unlink(store.name)
     if store.crash_id is not None:
         try:
-            index.update(store.crash_id, core_state="missing", core_reason=reason)
+            index.update(store.crash_id, core_state=CoreState.MISSING, core_reason=reason)
         except StoreError:
             pass  # the row vanished meanwhile (corectl delete): the file is gone either way
     return removed
@@ -273,7 +274,7 @@ def delete(index: Index, ids: Iterable[str], reason: str = "deleted by corectl d
             if forget:
                 index.delete(crash)
             elif record.core_state in STORED_STATES:
-                index.update(crash, core_state="missing", core_reason=reason)
+                index.update(crash, core_state=CoreState.MISSING, core_reason=reason)
     finally:
         directory.close()
     return [crash for crash, _ in records]

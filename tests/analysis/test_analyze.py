@@ -1,4 +1,4 @@
-"""analyze() on the repository's fixture cores, and on cores cut or garbled in code.
+"""analyze_json() on the repository's fixture cores, and on cores cut or garbled in code.
 
 The fixtures (fixtures/cores/, made by make_cores.py) carry ``expected.json``:
 the physical frames gdb found, with module, build-id, offset and symbol; the
@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from coredumpd.analysis import analyze
-from coredumpd.analysis.shape import empty_result, expand_frames
+from coredumpd.model import AnalysisResult
 from coredumpd.store.lz4seek import open_core_source
 from coredumpd.store.source import BytesSource
 from coredumpd.unwind.types import Caps
+from tests.support.analysis import analyze_json, expand_json
 from tests.support.fixtures import Fixture, fixture_names, load_fixture
 
 FRAME_KEYS = {"index", "pc", "module", "build_id", "offset", "symbol", "symbol_offset", "file",
@@ -29,13 +29,13 @@ THREAD_KEYS = {"tid", "crashed", "name", "stop_reason", "registers", "frames"}
 def run(fixture: Fixture) -> dict[str, Any]:
     source = open_core_source(str(fixture.core_path))
     try:
-        return analyze(source, None, str(fixture.binary_path))
+        return analyze_json(source, None, str(fixture.binary_path))
     finally:
         source.close()
 
 
 def expanded(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return expand_frames(frames)
+    return expand_json(frames)
 
 
 @pytest.mark.parametrize("name", fixture_names())
@@ -44,7 +44,7 @@ def test_fixture_frames_match_gdb(name: str) -> None:
     result = run(fixture)
     assert result["state"] == "done", result["error"]
     json.dumps(result)  # JSON-able as stored in the index
-    assert set(result) == set(empty_result())
+    assert set(result) == set(AnalysisResult().to_json())
     threads = {thread["tid"]: thread for thread in result["threads"]}
     starts = {module["path"]: module["start"] for module in result["modules"]}
     assert set(threads) == {thread["tid"] for thread in fixture.expected}
@@ -86,16 +86,16 @@ def test_thread_names_come_from_facts() -> None:
     facts = {"proc": {"threads": [{"tid": tid, "comm": f"worker-{tid}"} for tid in tids]}}
     source = open_core_source(str(fixture.core_path))
     try:
-        result = analyze(source, facts, str(fixture.binary_path))
+        result = analyze_json(source, facts, str(fixture.binary_path))
     finally:
         source.close()
     assert {thread["name"] for thread in result["threads"]} == {f"worker-{t}" for t in tids}
 
 
 def test_garbage_is_a_failed_state_not_an_exception() -> None:
-    result = analyze(BytesSource(b"\x7fELF" + bytes(range(256)) * 3))
+    result = analyze_json(BytesSource(b"\x7fELF" + bytes(range(256)) * 3))
     assert result["state"] == "failed" and result["error"]
-    assert analyze(BytesSource(b""))["state"] == "failed"
+    assert analyze_json(BytesSource(b""))["state"] == "failed"
 
 
 def test_cut_and_corrupted_cores_never_raise() -> None:
@@ -107,14 +107,14 @@ def test_cut_and_corrupted_cores_never_raise() -> None:
     rng = random.Random(3)
     cuts = [64, 200, 1000, 4096, 5000, len(data) // 3, len(data) // 2, len(data) - 1]
     for cut in cuts:
-        result = analyze(BytesSource(data[:cut]), None, str(fixture.binary_path))
+        result = analyze_json(BytesSource(data[:cut]), None, str(fixture.binary_path))
         json.dumps(result)
         assert result["state"] in ("done", "failed")
     for _ in range(6):
         garbled = bytearray(data)
         for _ in range(200):
             garbled[rng.randrange(64, len(garbled))] = rng.getrandbits(8)
-        result = analyze(BytesSource(bytes(garbled)), None, str(fixture.binary_path))
+        result = analyze_json(BytesSource(bytes(garbled)), None, str(fixture.binary_path))
         json.dumps(result)
         assert result["state"] in ("done", "failed")
 
@@ -123,7 +123,7 @@ def test_thread_and_frame_caps() -> None:
     fixture = load_fixture("threads")
     source = open_core_source(str(fixture.core_path))
     try:
-        result = analyze(source, None, str(fixture.binary_path),
+        result = analyze_json(source, None, str(fixture.binary_path),
                          caps=Caps(max_threads=2, max_frames=3))
     finally:
         source.close()
@@ -147,7 +147,7 @@ def test_repeated_analyses_leak_no_fds_and_no_address_spaces():
     def once() -> None:
         source = open_core_source(str(fixture.core_path))
         try:
-            assert analyze(source, exe=str(fixture.binary_path))["state"] == "done"
+            assert analyze_json(source, exe=str(fixture.binary_path))["state"] == "done"
         finally:
             source.close()
 

@@ -48,10 +48,10 @@ class Crash:
 
     def reanalyze(self, facts: dict[str, Any]) -> dict[str, Any]:
         """The analysis of the same core with other facts."""
-        from coredumpd.analysis import analyze
         from coredumpd.store.lz4seek import open_core_source
+        from tests.support.analysis import analyze_json
         assert self.core_path, "no stored core"
-        return analyze(open_core_source(self.core_path), facts)
+        return analyze_json(open_core_source(self.core_path), facts)
 
     @property
     def ids(self) -> list[str]:
@@ -115,8 +115,8 @@ def _json(value: Any) -> dict[str, Any]:
 
 def _through_raw_core(argv: Sequence[str], tmp_path: pathlib.Path, pidfile: str | None,
                       cwd: str | None) -> Crash:
-    from coredumpd.analysis import analyze
     from coredumpd.store.source import RawFileSource
+    from tests.support.analysis import analyze_json
     directory = tempfile.mkdtemp(prefix="cda", dir="/tmp")  # short, no spaces
     try:
         pid = _run_raw(argv, directory, pidfile, cwd)
@@ -125,7 +125,7 @@ def _through_raw_core(argv: Sequence[str], tmp_path: pathlib.Path, pidfile: str 
         shutil.move(core, kept)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    return Crash(analyze(RawFileSource(str(kept))), {}, "raw", None, str(kept))
+    return Crash(analyze_json(RawFileSource(str(kept))), {}, "raw", None, str(kept))
 
 
 def _run_raw(argv: Sequence[str], directory: str, pidfile: str | None, cwd: str | None) -> int:
@@ -188,8 +188,8 @@ def crash_prepared(argv: Sequence[str], tmp_path: pathlib.Path, *, pidfile: str,
     if handler_available():
         return crash(driver, tmp_path, pidfile=pidfile)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    from coredumpd.analysis import analyze
     from coredumpd.store.source import RawFileSource
+    from tests.support.analysis import analyze_json
     directory = tempfile.mkdtemp(prefix="cda", dir="/tmp")
     try:
         with core_pattern(raw_core_pattern(directory), 16):
@@ -200,7 +200,7 @@ def crash_prepared(argv: Sequence[str], tmp_path: pathlib.Path, *, pidfile: str,
         shutil.move(path, kept)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    return Crash(analyze(RawFileSource(str(kept)), facts), facts, "raw+live-facts", None,
+    return Crash(analyze_json(RawFileSource(str(kept)), facts), facts, "raw+live-facts", None,
                  str(kept))
 
 

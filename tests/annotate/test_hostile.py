@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from coredumpd.analysis import analyze
 from coredumpd.annotate.loader_errors import CHUNK, find_loader_errors
 from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
 from coredumpd.store.source import BytesSource
 from tests.support import elfwriter as W
+from tests.support.analysis import analyze_json
 
 HEAP = 0x5555_0000_0000
 GLIBC_INCIDENT = (b"/usr/lib64/libresolv.so.2: symbol __h_errno version GLIBC_PRIVATE not "
@@ -69,7 +69,7 @@ def test_read_only_memory_is_not_scanned_and_unterminated_text_is_bounded():
                                      (7, 2, HEAP), (6, -6, 0), (11, 0, 0)])
 def test_no_rule_raises_on_a_hostile_core(registers, siginfo):
     heap = bytes(range(256)) * 16 + GLIBC_INCIDENT
-    result = analyze(BytesSource(_core_with(heap, registers=registers, siginfo=siginfo)))
+    result = analyze_json(BytesSource(_core_with(heap, registers=registers, siginfo=siginfo)))
     failed = [problem for problem in result["problems"] if problem.startswith("rule ")]
     assert failed == []
     assert result["signature"] and len(result["signature"]) == 40

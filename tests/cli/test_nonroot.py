@@ -16,6 +16,7 @@ import tempfile
 
 import pytest
 
+from coredumpd.model import Facts
 from coredumpd.store.index import Index
 from coredumpd.store.userview import view_path
 from tests.support.crash import compile_c, registered_handler
@@ -59,7 +60,7 @@ def test_a_user_sees_only_their_own_crash_without_root_only_facts(public_dir):
     index_path = store / "index.sqlite"
     with Index(str(index_path), create=False) as index:
         main_facts = index.get(user_row["id"]).facts
-    assert any("user-secret" in item for item in main_facts["proc"]["environ"])
+    assert any("user-secret" in item for item in main_facts.proc["environ"])
     view = pathlib.Path(view_path(str(index_path), NOBODY))
     assert view.stat().st_uid == 0 and view.stat().st_mode & 0o777 == 0o640
     assert not pathlib.Path(view_path(str(index_path), 0)).exists()
@@ -92,13 +93,13 @@ def test_views_follow_updates_and_deletes(tmp_path):
 
     index = Index(str(tmp_path / "index.sqlite"))
     record = CrashRecord(pid=10, tid=10, uid=1000, gid=1000, signal=11, timestamp_us=1,
-                         facts={"proc": {"environ": ["A=b"], "fds": [{"fd": 0}], "cwd": "/"}})
+                         facts=Facts.from_json({"proc": {"environ": ["A=b"], "fds": [{"fd": 0}], "cwd": "/"}}))
     crash = index.insert(record)
     path = view_path(index.path, 1000)
     with Index(path, create=False) as view:
         row = view.get(crash)
-        assert row is not None and row.facts["proc"]["environ"] is None
-        assert row.facts["proc"]["fds"] is None and row.facts["proc"]["cwd"] == "/"
+        assert row is not None and row.facts.proc["environ"] is None
+        assert row.facts.proc["fds"] is None and row.facts.proc["cwd"] == "/"
     index.update(crash, root_cause="null-deref")
     with Index(path, create=False) as view:
         assert view.get(crash).root_cause == "null-deref"

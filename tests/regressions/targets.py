@@ -126,7 +126,7 @@ def run_unwind(data: bytes) -> Any:
 
 
 class _SwallowedErrors(logging.Handler):
-    """Collects the exceptions analyze() catches and logs (its stages never raise)."""
+    """Collects the exceptions analyze_json() catches and logs (its stages never raise)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -138,21 +138,21 @@ class _SwallowedErrors(logging.Handler):
 
 
 def run_analysis(data: bytes) -> Any:
-    """analyze() never raises by contract, so its stages' caught exceptions count too.
+    """analyze_json() never raises by contract, so its stages' caught exceptions count too.
 
     A stage that failed with one of our errors is the design working; one that
     failed with TypeError, IndexError... is a bug the isolation hid: it is
     re-raised here with its original traceback.
     """
-    from coredumpd.analysis import analyze
     from coredumpd.store.source import BytesSource
+    from tests.support.analysis import analyze_json
 
     logger = logging.getLogger("coredumpd")
     catcher = _SwallowedErrors()
     logger.addHandler(catcher)
     saved_level, logger.level = logger.level, logging.DEBUG
     try:
-        result = analyze(BytesSource(data), None, None, "/")
+        result = analyze_json(BytesSource(data), None, None, "/")
     finally:
         logger.removeHandler(catcher)
         logger.setLevel(saved_level)

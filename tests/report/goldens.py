@@ -106,22 +106,21 @@ def _json(value: Any) -> str:
 
 
 def fixture_journal(core: pathlib.Path, exe: pathlib.Path) -> str:
-    """Journal fields for a fixture core: the row corectl analyze builds from its notes."""
+    """Journal fields for a fixture core: the record corectl analyze builds from its notes."""
     from coredumpd.analysis import analyze
-    from coredumpd.cli.cores import _core_facts
+    from coredumpd.cli.cores import core_record
     from coredumpd.report.journal import journal_fields
     from coredumpd.store.lz4seek import open_core_source
 
     source = open_core_source(str(core))
     try:
-        row = _core_facts(source, str(core))
+        record = core_record(source, str(core))
         result = analyze(source, None, str(exe))
     finally:
         source.close()
-    row.update(id="0123456789ab", timestamp_us=1_700_000_000_000_000, root_cause=(
-        result["annotations"][0]["id"] if result["annotations"] else None),
-        signature=result.get("signature"))
-    return _json(journal_fields(row, {}, result))
+    record.id, record.timestamp_us = "0123456789ab", 1_700_000_000_000_000
+    record.set_analysis(result)
+    return _json(journal_fields(record))
 
 
 def fixture_outputs() -> dict[str, str]:
@@ -181,9 +180,7 @@ def store_outputs() -> dict[str, str]:
                 outputs[f"{name}-show.json"] = corectl(["--json", "show", row["id"]], env)
                 record = index.get(row["id"])
                 assert record is not None
-                fields = _row_mapping(record)
-                outputs[f"{name}-journal.json"] = _json(journal_fields(
-                    fields, fields.get("facts") or {}, fields.get("analysis")))
+                outputs[f"{name}-journal.json"] = _json(journal_fields(record))
                 core = STORE / os.path.basename(row["core_path"])
                 exe = STORE / "bin" / PROGRAMS[number][0]
                 outputs[f"{name}-analyze.json"] = corectl(
@@ -192,16 +189,6 @@ def store_outputs() -> dict[str, str]:
         finally:
             index.close()
     return outputs
-
-
-def _row_mapping(record: Any) -> dict[str, Any]:
-    """An index record as the mapping journal_fields() takes."""
-    to_json = getattr(record, "to_row", None)
-    if to_json is not None:  # the typed model (issue 12)
-        return dict(to_json())
-    import dataclasses
-
-    return dataclasses.asdict(record)
 
 
 def host_libraries() -> dict[str, str | None]:

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from coredumpd.model import CrashRecord
 from coredumpd.report import journal
 from tests.support import journald
 
@@ -26,12 +27,16 @@ ANALYSIS = {"threads": [
          "offset": 0x3BD41, "symbol": "raise"},
         {"index": 1, "pc": 0x401136, "module": "/usr/bin/prog", "offset": 0x1136,
          "symbol": None}]}],
-    "annotations": [{"id": "abort-message", "title": "assertion failed", "evidence": ["x < 1"],
-                     "advice": "fix it"}]}
+    "annotations": [{"id": "abort-message", "title": "assertion failed", "confidence": "high",
+                     "evidence": ["x < 1"], "advice": "fix it"}]}
+
+
+def record(row: dict[str, object], facts: dict[str, object] | None = None) -> CrashRecord:
+    return CrashRecord.from_json({**row, "facts": facts, "analysis": ANALYSIS})
 
 
 def test_message_has_systemd_shape():
-    text = journal.message(ROW, ANALYSIS)
+    text = journal.message(record(ROW))
     assert text.startswith("Process 4242 (prog) of user 1000 dumped core.\n\n")
     assert "Root cause: abort-message: assertion failed" in text
     crashed = text.index("Stack trace of thread 4243:\n"
@@ -41,7 +46,7 @@ def test_message_has_systemd_shape():
 
 
 def test_fields_are_systemd_coredump_names():
-    fields = journal.journal_fields(ROW, {"proc": {"cwd": "/", "slice": "system.slice"}}, ANALYSIS)
+    fields = journal.journal_fields(record(ROW, {"proc": {"cwd": "/", "slice": "system.slice"}}))
     assert fields["MESSAGE_ID"] == "fc2e22bc6ee647b6b90729ab34a250b1"
     assert fields["PRIORITY"] == "2"
     assert fields["COREDUMP_SIGNAL_NAME"] == "SIGABRT"
@@ -62,7 +67,7 @@ def test_entry_read_back_from_real_journald(size):
         pytest.skip("no systemd-journald listening and none could be started (needs root)")
     marker = uuid.uuid4().hex
     row = dict(ROW, comm=f"prog\x1b[31m{marker}")
-    fields = journal.journal_fields(row, {}, ANALYSIS)
+    fields = journal.journal_fields(record(row))
     fields["COREDUMPD_TEST_MARKER"] = marker
     if size == "memfd":
         fields["COREDUMPD_TEST_PADDING"] = "p" * (400 << 10)  # over one datagram

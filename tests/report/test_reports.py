@@ -8,7 +8,9 @@ import json
 import jsonschema
 import pytest
 
+from coredumpd.model import CrashRecord
 from coredumpd.report import jsonout, schema, text
+from coredumpd.store.index import record_from_row
 
 EVIL = "evil\x1b[2J\x1b]0;title\x07\u202e"
 
@@ -45,8 +47,8 @@ ANALYSIS = {
 }
 
 
-def record(**changes: object) -> dict[str, object]:
-    row: dict[str, object] = {
+def row(**changes: object) -> dict[str, object]:
+    values: dict[str, object] = {
         "id": "0123456789ab", "pid": 4321, "tid": 4321, "ns_pid": 1, "uid": 0, "gid": 0,
         "signal": 11, "si_code": 128, "fault_address": 0, "timestamp_us": 1795332902000000,
         "boot_id": "b" * 32, "hostname": "host", "comm": EVIL, "exe": f"/tmp/{EVIL}",
@@ -56,8 +58,13 @@ def record(**changes: object) -> dict[str, object]:
         "analysis_state": "done", "analysis_error": None, "analysis": json.dumps(ANALYSIS),
         "root_cause": "abort-hlt", "signature": "0" * 40, "path_taken": "{}",
     }
-    row.update(changes)
-    return row
+    values.update(changes)
+    return values
+
+
+def record(**changes: object) -> CrashRecord:
+    """The record the index reads back from such a row."""
+    return record_from_row(row(**changes))
 
 
 def test_show_object_follows_the_documented_schema() -> None:
@@ -96,7 +103,7 @@ def test_malformed_json_columns_do_not_stop_the_report(bad: object) -> None:
 
 
 def test_unknown_core_state_and_missing_fields_still_render() -> None:
-    row = {"id": "x", "core_state": "weird"}
+    row = record_from_row({"id": "x", "core_state": "weird"})
     entry = jsonout.list_object(row)
     assert entry["core_state"] == "missing"
     jsonschema.validate([entry], schema.LIST)

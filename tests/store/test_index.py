@@ -10,6 +10,7 @@ import stat
 import pytest
 
 from coredumpd.errors import StoreError
+from coredumpd.model import AnalysisResult, Annotation, Facts
 from coredumpd.store.index import SCHEMA_VERSION, CrashRecord, Index, crash_id
 
 BOOT = "8d2a6e7f0c1b4a5e9f3d2c1b0a998877"
@@ -34,8 +35,8 @@ def test_round_trip_every_field(index):
         hostname="h", cmdline="prog --flag 'a b'", unit="x.service", cgroup="0::/system.slice/x",
         rlimit_core=2**64 - 1, dump_mode=1, core_path="/var/lib/coredumpd/core.x.lz4",
         core_state="truncated", core_reason="ExternalSizeMax", core_size=1 << 40,
-        stored_size=12345, facts={"version": 1, "proc": {"comm": "prog\n\x1b"}},
-        analysis_state="done", analysis={"annotations": [{"id": "null-deref"}]},
+        stored_size=12345, facts=Facts.from_json({"version": 1, "proc": {"comm": "prog\n\x1b"}}),
+        analysis_state="done", analysis=AnalysisResult(annotations=[Annotation("null-deref", "NULL", "high")]),
         root_cause="null-deref", signature="ab" * 20, path_taken={"journal": "sent"},
     )
     crash = index.insert(full)
@@ -54,9 +55,10 @@ def test_defaults_round_trip(index):
 
 def test_update(index):
     crash = index.insert(record(10, 100))
-    index.update(crash, analysis_state="done", analysis={"state": "done"}, root_cause="abort-hlt")
+    index.update(crash, analysis_state="done", analysis=AnalysisResult(),
+                 root_cause="abort-hlt")
     got = index.get(crash)
-    assert got.analysis == {"state": "done"} and got.root_cause == "abort-hlt"
+    assert got.analysis == AnalysisResult() and got.root_cause == "abort-hlt"
     with pytest.raises(StoreError):
         index.update(crash, nonsense=1)
     with pytest.raises(StoreError):

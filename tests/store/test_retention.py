@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import time
@@ -176,4 +175,4 @@ def test_delete_marks_missing_or_forgets(store):
     assert index.get(b) is None
     with pytest.raises(StoreError):
         delete(index, ["ffffffffffff"])
-    assert dataclasses.asdict(index.get(a))["core_path"] == path_a
+    assert index.get(a).core_path == path_a

@@ -5,7 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 
-from coredumpd.store.index import CrashRecord, Index
+from coredumpd.model import CrashRecord, Facts
+from coredumpd.store.index import Index
 from coredumpd.store.userview import view_path
 
 USERS = (1000, 1001)
@@ -21,7 +22,7 @@ def _write_many(path: str, worker: int) -> None:
             crash = index.insert(CrashRecord(
                 pid=worker * 1000 + n, timestamp_us=1_000_000 + n, uid=uid, gid=uid,
                 signal=11, comm=f"w{worker}",
-                facts={"proc": {"environ": [f"SECRET={worker}"], "fds": [], "cwd": "/"}}))
+                facts=Facts.from_json({"proc": {"environ": [f"SECRET={worker}"], "fds": [], "cwd": "/"}})))
             if n % 3 == 0:
                 index.update(crash, root_cause=f"cause-{worker}-{n}")
             if n % 4 == 1:
@@ -48,5 +49,5 @@ def test_concurrent_writers_keep_views_equal_to_the_index(tmp_path):
         assert set(seen) == {crash for crash, row in main.items() if row.uid == uid}
         for crash, row in seen.items():
             assert row.root_cause == main[crash].root_cause
-            assert row.facts["proc"]["environ"] is None and row.facts["proc"]["cwd"] == "/"
+            assert row.facts.proc["environ"] is None and row.facts.proc["cwd"] == "/"
         assert os.stat(view_path(path, uid)).st_mode & 0o777 == 0o640

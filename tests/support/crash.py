@@ -58,6 +58,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from coredumpd.model import CrashRecord
 from tests.support.kernel import core_pattern
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -118,16 +119,9 @@ def handler_pattern(config_path: str | None = None) -> str:
     return pattern
 
 
-def _row_dict(record: Any) -> dict[str, Any]:
-    if record is None:
-        return {}
-    if isinstance(record, dict):
-        return dict(record)
-    if dataclasses.is_dataclass(record):
-        return dataclasses.asdict(record)  # type: ignore[arg-type]
-    if hasattr(record, "_asdict"):
-        return dict(record._asdict())
-    return dict(vars(record))
+def _row_dict(record: CrashRecord | None) -> dict[str, Any]:
+    """An index record as the dict of its columns (JSON columns as JSON)."""
+    return record.to_json() if record is not None else {}
 
 
 @dataclasses.dataclass

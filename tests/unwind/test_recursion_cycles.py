@@ -7,10 +7,10 @@ import subprocess
 
 import pytest
 
-from coredumpd.analysis.shape import expand_frames
 from coredumpd.unwind.frames import FrameList
 from coredumpd.unwind.types import Caps, Frame, Trust
 from tests.annotate.crashing import crash
+from tests.support.analysis import expand_json
 from tests.support.crash import compile_c
 
 
@@ -33,7 +33,7 @@ def test_cycles_fold_and_expand_back(cycle, partial):
     frames = _fold(pcs)
     assert len(frames) < 20  # 1500+ frames became one instance of the cycle plus the edges
     assert any(frame.cycle == len(cycle) and frame.repeat > 400 for frame in frames)
-    assert [frame["pc"] for frame in expand_frames(_as_json(frames))] == pcs
+    assert [frame["pc"] for frame in expand_json(_as_json(frames))] == pcs
 
 
 def test_a_short_alternation_stays_as_it_is():
@@ -44,7 +44,7 @@ def test_a_short_alternation_stays_as_it_is():
 def test_direct_recursion_inside_the_stack_still_folds_alone():
     pcs = [0x1] + [0xA] * 100 + [0xA, 0xB] * 100 + [0x2]
     frames = _fold(pcs)
-    assert [frame["pc"] for frame in expand_frames(_as_json(frames))] == pcs
+    assert [frame["pc"] for frame in expand_json(_as_json(frames))] == pcs
     assert len(frames) < 30
 
 
@@ -71,6 +71,6 @@ def test_mutual_recursion_of_a_real_crash_matches_gdb(tmp_path):
                          capture_output=True, text=True, check=True).stdout.split("@@@\n", 1)[1]
     gdb_pcs = [int(line.split()[1], 16) for line in gdb.splitlines()
                if line.startswith("#") and line.split()[1].startswith("0x")]
-    ours = [frame["pc"] for frame in expand_frames(thread["frames"])]
+    ours = [frame["pc"] for frame in expand_json(thread["frames"])]
     assert len(gdb_pcs) > 3000  # ping/pong 3001 deep, then main: gdb stops there
     assert ours[:len(gdb_pcs)] == gdb_pcs
