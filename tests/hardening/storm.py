@@ -184,11 +184,11 @@ def as_json(value: Any) -> Any:
 
 
 def _as_dict(record: Any) -> dict[str, Any]:
+    """An index record (coredumpd.model.CrashRecord) as the JSON of its columns."""
     if isinstance(record, dict):
         return record
-    if dataclasses.is_dataclass(record):
-        return dataclasses.asdict(record)  # type: ignore[arg-type]
-    return dict(vars(record))
+    result: dict[str, Any] = record.to_json()
+    return result
 
 
 def _wait_rows(config_path: str, pids: set[int], timeout: float,

@@ -23,7 +23,8 @@ def _fold(pcs: list[int], caps: Caps | None = None) -> list[Frame]:
 
 
 def _as_json(frames: list[Frame]) -> list[dict[str, int]]:
-    return [{"pc": frame.pc, "repeat": frame.repeat, "cycle": frame.cycle} for frame in frames]
+    return [{"index": frame.index, "pc": frame.pc, "repeat": frame.repeat, "cycle": frame.cycle}
+            for frame in frames]
 
 
 @pytest.mark.parametrize("cycle", [[0xA, 0xB], [0xA, 0xB, 0xC], [0xA, 0xB, 0xC, 0xD]])
