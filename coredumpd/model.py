@@ -221,6 +221,7 @@ class Frame(Record):
     trust: str = "scan"  # context | cfi | frame-pointer | scan
     repeat: int = 1  # >1: a folded run of this recursive frame
     cycle: int = 1  # >1: one of a run of ``cycle`` frames repeated ``repeat`` times
+    cfa: int | None = None  # canonical frame address: gdb's "frame at" (info frame)
 
     @property
     def module_name(self) -> str | None:

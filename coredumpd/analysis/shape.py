@@ -40,6 +40,7 @@ def frame_record(frame: Frame, module: Module | None, symbol: Symbol) -> model.F
         trust=frame.trust.value,
         repeat=frame.repeat,
         cycle=frame.cycle,
+        cfa=frame.cfa,
     )
 
 

@@ -52,7 +52,7 @@ FRAME: dict[str, Any] = {
         "index": _INT, "pc": _INT, "module": _STR_OR_NULL, "build_id": _STR_OR_NULL,
         "offset": _INT_OR_NULL, "symbol": _STR_OR_NULL, "symbol_offset": _INT_OR_NULL,
         "file": _STR_OR_NULL, "line": _INT_OR_NULL, "trust": _TRUST,
-        "repeat": _INT, "cycle": _INT,
+        "repeat": _INT, "cycle": _INT, "cfa": _INT_OR_NULL,
     },
 }
 

@@ -22,7 +22,7 @@ from tests.support.analysis import analyze_json, expand_json
 from tests.support.fixtures import Fixture, fixture_names, load_fixture
 
 FRAME_KEYS = {"index", "pc", "module", "build_id", "offset", "symbol", "symbol_offset", "file",
-              "line", "trust", "repeat", "cycle"}
+              "line", "trust", "repeat", "cycle", "cfa"}
 THREAD_KEYS = {"tid", "crashed", "name", "stop_reason", "registers", "frames"}
 
 
