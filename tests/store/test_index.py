@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from coredumpd.errors import StoreError
-from coredumpd.model import AnalysisResult, Annotation, Facts
+from coredumpd.model import AnalysisResult, AnalysisState, Annotation, CoreState, Facts
 from coredumpd.store.index import SCHEMA_VERSION, CrashRecord, Index, crash_id
 
 BOOT = "8d2a6e7f0c1b4a5e9f3d2c1b0a998877"
@@ -235,3 +235,30 @@ def test_read_only_open(tmp_path):
         assert reader.get(crash) is not None
         with pytest.raises(StoreError):
             reader.insert(record(2, 2))
+
+
+def test_records_come_back_typed(index):
+    crash = index.insert(record(10, 100, core_state=CoreState.TRUNCATED,
+                                facts=Facts(proc={"unit": "x.service"})))
+    got = index.get(crash)
+    assert got.core_state is CoreState.TRUNCATED and got.analysis_state is AnalysisState.PENDING
+    assert got.facts == Facts(proc={"unit": "x.service"}) and got.problems == []
+
+
+def test_an_analysis_of_a_newer_version_is_a_problem_not_a_crash(index):
+    """A row analysed by a newer coredumpd (a downgrade): corectl says so and shows the rest."""
+    from coredumpd.report import jsonout
+
+    crash = index.insert(record(10, 100))
+    index.update(crash, analysis={**AnalysisResult().to_json(), "version": 2})
+    got = index.get(crash)
+    assert got.analysis is None
+    assert got.problems == [("index column analysis: AnalysisResult version 2 is newer than "
+                             "this coredumpd reads (version 1)")]
+    show = jsonout.show_object(got)
+    assert show["problems"] == got.problems and show["pid"] == 10
+
+
+def test_the_index_refuses_a_record_without_pid_or_time(index):
+    with pytest.raises(StoreError, match="needs pid"):
+        index.insert(CrashRecord(pid=None, timestamp_us=1))
