@@ -24,7 +24,7 @@ from coredumpd.cli.output import Output
 from coredumpd.cli.timespec import parse_time
 from coredumpd.config import Config, parse_size, parse_timespan
 from coredumpd.errors import CoredumpdError, StoreError
-from coredumpd.model import CrashRecord
+from coredumpd.model import AnalysisResult, CrashRecord
 from coredumpd.report import jsonout, text
 from coredumpd.report.escape import escape
 
@@ -146,19 +146,21 @@ def group_name(gid: Any) -> str | None:
         return None
 
 
-def print_show(ctx: Context, show: dict[str, Any]) -> int:
+def print_show(ctx: Context, record: CrashRecord, analysis: AnalysisResult | None = None) -> int:
+    """``show`` of ``record`` (with ``analysis`` instead of its own, for ``analyze``)."""
+    show = jsonout.show_object(record, analysis)
     out = ctx.output()
     if ctx.args.json:
         jsonout.dump(show, out.stream)
         return ExitStatus.OK
-    out.emit(text.render_show(show, style=out.style, user=user_name(show.get("uid")),
+    out.emit(text.render_show(show, analysis if analysis is not None else record.analysis,
+                              style=out.style, user=user_name(show.get("uid")),
                               group=group_name(show.get("gid"))))
     return ExitStatus.OK
 
 
 def cmd_show(ctx: Context) -> int:
-    record = newest_record(ctx, ctx.args.match)
-    return print_show(ctx, jsonout.show_object(record))
+    return print_show(ctx, newest_record(ctx, ctx.args.match))
 
 
 def cmd_delete(ctx: Context) -> int:

@@ -18,7 +18,6 @@ from coredumpd.cli.exitcodes import ExitStatus
 from coredumpd.cli.output import ignoring_sigint
 from coredumpd.errors import CoredumpdError, StoreError
 from coredumpd.model import CoreState, CrashRecord
-from coredumpd.report import jsonout
 from coredumpd.report.escape import escape
 from coredumpd.store.source import ByteSource
 
@@ -185,4 +184,4 @@ def cmd_analyze(ctx: Context) -> int:
         source.close()
     if ctx.args.exe:
         record.exe = ctx.args.exe
-    return print_show(ctx, jsonout.show_object(record, result))
+    return print_show(ctx, record, result)

@@ -1,7 +1,7 @@
 """Text renderings of ``corectl list`` and ``corectl show`` for people.
 
-Both render the JSON objects of :mod:`coredumpd.report.jsonout`, so text and
-JSON never disagree.  Every string that may come from the crashed process
+Both render the JSON objects of :mod:`coredumpd.report.jsonout` (``show`` with
+the analysis record they were made from), so text and JSON never disagree.  Every string that may come from the crashed process
 goes through :func:`coredumpd.report.escape.escape` here, at the last step
 before output; colours are ANSI SGR sequences only when ``Style.enabled``.
 The layout follows coredumpctl(1)'s ``list`` and ``info`` where they overlap.
@@ -14,7 +14,7 @@ import datetime
 from collections.abc import Sequence
 from typing import Any
 
-from coredumpd.model import CoreState, Frame, FrameStyle, format_frame
+from coredumpd.model import AnalysisResult, CoreState, FrameStyle, Thread, format_frame
 from coredumpd.report.escape import escape, escape_cmdline
 
 LIST_COLUMNS = ("TIME", "PID", "UID", "SIG", "COREFILE", "EXE", "SIZE", "ROOT CAUSE")
@@ -118,22 +118,20 @@ def _field(label: str, value: str) -> str:
     return f"{label:>14}: {value}"
 
 
-def _annotations(show: dict[str, Any], style: Style) -> list[str]:
-    annotations = show.get("annotations") or []
-    state = (show.get("analysis") or {}).get("state")
-    if not annotations:
+def _annotations(show: dict[str, Any], analysis: AnalysisResult, style: Style) -> list[str]:
+    if not analysis.annotations:
+        state = (show.get("analysis") or {}).get("state")
         reason = {"pending": "the analysis has not finished yet",
                   "failed": "the analysis failed"}.get(str(state), "no rule matched")
         return [style.bold("Root cause: ") + f"unknown ({reason})", ""]
     out = []
-    for number, item in enumerate(annotations):
+    for number, item in enumerate(analysis.annotations):
         heading = "Root cause" if number == 0 else "Also"
-        out.append(style.bold(f"{heading}: ") + style.red(escape(item.get("title")))
-                   + f"  [{escape(item.get('id'))}, {escape(item.get('confidence'))} confidence]")
-        for evidence in item.get("evidence") or []:
-            out.append(f"    - {escape(evidence)}")
-        if item.get("advice"):
-            out.append(f"    Advice: {escape(item.get('advice'))}")
+        out.append(style.bold(f"{heading}: ") + style.red(escape(item.title))
+                   + f"  [{escape(item.id)}, {escape(item.confidence)} confidence]")
+        out += [f"    - {escape(evidence)}" for evidence in item.evidence]
+        if item.advice:
+            out.append(f"    Advice: {escape(item.advice)}")
         out.append("")
     return out
 
@@ -188,32 +186,29 @@ def _pc(value: Any) -> str:
     return f"0x{value:016x}" if isinstance(value, int) and value >= 0 else "-"
 
 
-def _thread(thread: dict[str, Any], style: Style) -> list[str]:
-    name = f" ({escape(thread.get('name'))})" if thread.get("name") else ""
-    state = ", crashed" if thread.get("crashed") else ""
-    out = [style.bold(f"Thread {escape(thread.get('tid'))}{name}{state}:")]
-    out += ["  " + format_frame(Frame.from_json(frame), FRAME_STYLE)
-            for frame in thread.get("frames") or []]
-    if thread.get("stop_reason"):
-        out.append(style.dim(f"  (unwinding stopped: {escape(thread.get('stop_reason'))})"))
+def _thread(thread: Thread, style: Style) -> list[str]:
+    name = f" ({escape(thread.name)})" if thread.name else ""
+    state = ", crashed" if thread.crashed else ""
+    out = [style.bold(f"Thread {escape(thread.tid)}{name}{state}:")]
+    out += ["  " + format_frame(frame, FRAME_STYLE) for frame in thread.frames]
+    if thread.stop_reason:
+        out.append(style.dim(f"  (unwinding stopped: {escape(thread.stop_reason)})"))
     return out
 
 
-def _disassembly(show: dict[str, Any], style: Style) -> list[str]:
-    lines = show.get("disassembly") or []
-    if not lines:
+def _disassembly(analysis: AnalysisResult, style: Style) -> list[str]:
+    if not analysis.disassembly:
         return []
     out = [style.bold("Disassembly around the crash address:")]
-    for item in lines:
-        mark = "=> " if item.get("current") else "   "
-        text = f"{mark}{_pc(item.get('address'))}  {escape(item.get('bytes')):<24} " \
-               f"{escape(item.get('text'))}"
-        out.append(style.red(text) if item.get("current") else text)
+    for item in analysis.disassembly:
+        mark = "=> " if item.current else "   "
+        text = f"{mark}{_pc(item.address)}  {escape(item.bytes):<24} {escape(item.text)}"
+        out.append(style.red(text) if item.current else text)
     return out + [""]
 
 
-def _registers(thread: dict[str, Any], style: Style) -> list[str]:
-    registers = thread.get("registers")
+def _registers(thread: Thread, style: Style) -> list[str]:
+    registers = thread.registers
     if not isinstance(registers, dict) or not registers:
         return []
     names = [n for n in REGISTER_ORDER if n in registers]
@@ -223,41 +218,40 @@ def _registers(thread: dict[str, Any], style: Style) -> list[str]:
     return [style.bold("Registers:"), *rows, ""]
 
 
-def _module_flags(module: dict[str, Any]) -> str:
-    flags = [flag.replace("_", " ") for flag in ("deleted", "replaced", "modified_in_place")
-             if module.get(flag)]
-    return f"  [{', '.join(flags)}]" if flags else ""
-
-
-def _modules(show: dict[str, Any], style: Style) -> list[str]:
-    modules = show.get("modules") or []
-    if not modules:
+def _modules(analysis: AnalysisResult, style: Style) -> list[str]:
+    if not analysis.modules:
         return []
     out = [style.bold("Modules:")]
-    for module in modules:
-        build_id = escape(module.get("build_id")) if module.get("build_id") else "no build-id"
-        text = f"  {_pc(module.get('start'))}-{_pc(module.get('end'))}  " \
-               f"{escape(module.get('path'))}  {build_id}{_module_flags(module)}"
-        out.append(style.yellow(text) if _module_flags(module) else text)
+    for module in analysis.modules:
+        build_id = escape(module.build_id) if module.build_id else "no build-id"
+        flags = f"  [{', '.join(module.flags())}]" if module.flags() else ""
+        text = f"  {_pc(module.start)}-{_pc(module.end)}  {escape(module.path)}  {build_id}{flags}"
+        out.append(style.yellow(text) if flags else text)
     return out + [""]
 
 
-def render_show(show: dict[str, Any], *, style: Style = Style(), user: str | None = None,
+def render_show(show: dict[str, Any], analysis: AnalysisResult | None = None, *,
+                style: Style = Style(), user: str | None = None,
                 group: str | None = None) -> str:
-    """The ``corectl show`` report: root cause, metadata, threads, disassembly…"""
-    out = _annotations(show, style)
+    """The ``corectl show`` report: root cause, metadata, threads, disassembly…
+
+    ``show`` is the object of :func:`coredumpd.report.jsonout.show_object` (the
+    metadata, as ``--json`` prints it), ``analysis`` the result it was made from.
+    """
+    analysis = analysis or AnalysisResult()
+    out = _annotations(show, analysis, style)
     out += _metadata(show, user, group) + [""]
-    threads = show.get("threads") or []
-    crashed = [t for t in threads if t.get("crashed")] or threads[:1]
+    threads = analysis.threads
+    crashed = [t for t in threads if t.crashed] or threads[:1]
     for thread in crashed:
         out += _thread(thread, style) + [""]
-    out += _disassembly(show, style)
+    out += _disassembly(analysis, style)
     for thread in crashed:
         out += _registers(thread, style)
     others = [t for t in threads if t not in crashed]
     for thread in others:
         out += _thread(thread, style) + [""]
-    out += _modules(show, style)
+    out += _modules(analysis, style)
     problems = show.get("problems") or []
     if problems:
         out.append(style.bold("Problems met while reading this crash:"))

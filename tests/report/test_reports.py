@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import jsonschema
 import pytest
@@ -67,6 +68,11 @@ def record(**changes: object) -> CrashRecord:
     return record_from_row(row(**changes))
 
 
+def render(crash: CrashRecord, **options: Any) -> str:
+    """``corectl show`` text of a record, as cli/commands.py print_show() makes it."""
+    return text.render_show(jsonout.show_object(crash), crash.analysis, **options)
+
+
 def test_show_object_follows_the_documented_schema() -> None:
     show = jsonout.show_object(record())
     jsonschema.validate(show, schema.SHOW)
@@ -111,13 +117,13 @@ def test_unknown_core_state_and_missing_fields_still_render() -> None:
 
 
 def test_text_report_escapes_everything_from_the_process() -> None:
-    report = text.render_show(jsonout.show_object(record()))
+    report = render(record())
     assert "\x1b" not in report and "\x07" not in report and "\u202e" not in report
     assert "evil\\x1b[2J" in report
 
 
 def test_text_report_order_and_content() -> None:
-    report = text.render_show(jsonout.show_object(record()), user="root", group="root")
+    report = render(record(), user="root", group="root")
     assert report.startswith("Root cause: abort() ended in hlt  [abort-hlt, high confidence]")
     order = [report.index(s) for s in ("Root cause", "PID: 4321", "Thread 1234",
                                        "Disassembly", "Registers", "Thread 1235", "Modules")]
@@ -132,9 +138,8 @@ def test_text_report_order_and_content() -> None:
 
 
 def test_colours_only_when_enabled() -> None:
-    show = jsonout.show_object(record())
-    assert "\x1b[" in text.render_show(show, style=text.Style(enabled=True))
-    assert "\x1b" not in text.render_show(show, style=text.Style(enabled=False))
+    assert "\x1b[" in render(record(), style=text.Style(enabled=True))
+    assert "\x1b" not in render(record(), style=text.Style(enabled=False))
 
 
 def test_list_table() -> None:
