@@ -54,6 +54,7 @@ import time
 from typing import Any
 
 from coredumpd.config import Config
+from coredumpd.model import AnalysisResult, AnalysisState
 
 RESULT_MAX = 32 << 20  # bytes of JSON accepted from the child
 STDERR_TAIL = 2000  # bytes of the child's stderr kept for the error message
@@ -67,7 +68,8 @@ assert HEADER.size == 8
 
 def failed(reason: str, started: float | None = None) -> dict[str, Any]:
     """The result recorded when the analysis could not produce one."""
-    result: dict[str, Any] = {"version": 1, "state": "failed",
+    result: dict[str, Any] = {"version": AnalysisResult.VERSION,
+                              "state": AnalysisState.FAILED.value,
                               "error": f"analysis failed: {reason}"}
     if started is not None:
         result["duration_ms"] = int((time.monotonic() - started) * 1000)
@@ -260,9 +262,10 @@ def _verdict(status: int, output: bytes, stderr: bytes, config: Config,
         result = json.loads(output)
     except (ValueError, RecursionError) as err:
         return failed(f"invalid result from the analysis process: {err}", started)
-    if not isinstance(result, dict) or result.get("state") not in ("done", "failed"):
+    if not isinstance(result, dict) or \
+            result.get("state") not in (AnalysisState.DONE, AnalysisState.FAILED):
         return failed("invalid result from the analysis process: no state", started)
-    if result["state"] == "failed":
+    if result["state"] == AnalysisState.FAILED:
         result.setdefault("duration_ms", int((time.monotonic() - started) * 1000))
     return result
 

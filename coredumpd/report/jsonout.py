@@ -18,7 +18,7 @@ import json
 from typing import Any, TextIO
 
 from coredumpd.elf.layouts import si_code_name, signal_name
-from coredumpd.model import AnalysisResult, CrashRecord, Record
+from coredumpd.model import AnalysisResult, AnalysisState, CrashRecord, Record
 
 
 def iso_timestamp(timestamp_us: Any) -> str | None:
@@ -85,7 +85,8 @@ def _analysis_part(record: CrashRecord, analysis: AnalysisResult | None) -> dict
     if analysis is not None:
         state = state or analysis.state
         error = error or analysis.error
-    return {"state": _str(state) or ("done" if analysis is not None else "pending"),
+    default = AnalysisState.DONE if analysis is not None else AnalysisState.PENDING
+    return {"state": _str(state) or default.value,
             "error": _str(error)}
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from coredumpd.model import AnalysisState, CoreState
+
 _INT = {"type": "integer"}
 _INT_OR_NULL = {"type": ["integer", "null"]}
 _STR_OR_NULL = {"type": ["string", "null"]}
 _TIMESTAMP = {"type": ["string", "null"],
               "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"}
-_CORE_STATE = {"enum": ["present", "truncated", "missing", "none"]}
+_CORE_STATE = {"enum": [state.value for state in CoreState]}
 _TRUST = {"enum": ["context", "cfi", "frame-pointer", "scan"]}
 
 LIST_ENTRY: dict[str, Any] = {
@@ -83,7 +85,7 @@ SHOW: dict[str, Any] = {
         },
         "analysis": {
             "type": "object", "required": ["state", "error"],
-            "properties": {"state": {"enum": ["done", "pending", "failed"]},
+            "properties": {"state": {"enum": [state.value for state in AnalysisState]},
                            "error": _STR_OR_NULL},
         },
         "annotations": {"type": "array", "items": ANNOTATION},

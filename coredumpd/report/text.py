@@ -14,7 +14,14 @@ import datetime
 from collections.abc import Sequence
 from typing import Any
 
-from coredumpd.model import AnalysisResult, CoreState, FrameStyle, Thread, format_frame
+from coredumpd.model import (
+    AnalysisResult,
+    AnalysisState,
+    CoreState,
+    FrameStyle,
+    Thread,
+    format_frame,
+)
 from coredumpd.report.escape import escape, escape_cmdline
 
 LIST_COLUMNS = ("TIME", "PID", "UID", "SIG", "COREFILE", "EXE", "SIZE", "ROOT CAUSE")
@@ -78,7 +85,8 @@ def list_row(entry: dict[str, Any], *, utc: bool = False) -> tuple[str, ...]:
     root_cause = entry.get("root_cause")
     if root_cause is None:
         state = entry.get("analysis_state")
-        root_cause = f"({state})" if state in ("pending", "failed") else "-"
+        root_cause = f"({state})" if state in (AnalysisState.PENDING, AnalysisState.FAILED) \
+            else "-"
     seen = entry.get("seen")
     if isinstance(seen, int) and seen > 1:
         root_cause = f"{root_cause} (seen {seen}x)"
@@ -121,8 +129,9 @@ def _field(label: str, value: str) -> str:
 def _annotations(show: dict[str, Any], analysis: AnalysisResult, style: Style) -> list[str]:
     if not analysis.annotations:
         state = (show.get("analysis") or {}).get("state")
-        reason = {"pending": "the analysis has not finished yet",
-                  "failed": "the analysis failed"}.get(str(state), "no rule matched")
+        reasons = {AnalysisState.PENDING.value: "the analysis has not finished yet",
+                   AnalysisState.FAILED.value: "the analysis failed"}
+        reason = reasons.get(str(state), "no rule matched")
         return [style.bold("Root cause: ") + f"unknown ({reason})", ""]
     out = []
     for number, item in enumerate(analysis.annotations):
