@@ -410,12 +410,6 @@ class Facts(Versioned):
         return tid if isinstance(tid, int) else None
 
     @property
-    def unit(self) -> str | None:
-        """The systemd unit of the process (from its cgroup, ingest/procfs.py)."""
-        unit = (self.proc or {}).get("unit")
-        return unit if isinstance(unit, str) else None
-
-    @property
     def argv(self) -> list[str] | None:
         """The command line as a list (keeps argument boundaries)."""
         argv = (self.proc or {}).get("cmdline") if isinstance(self.proc, dict) else None

@@ -66,7 +66,7 @@ def test_crash_record_round_trip_with_nested_records() -> None:
     assert "problems" not in data  # not a column
     again = CrashRecord.from_json(data)
     assert again == record and again.core_state is CoreState.TRUNCATED
-    assert again.facts is not None and again.facts.unit == "x.service"
+    assert again.facts is not None and again.facts.proc["unit"] == "x.service"
     assert again.facts.argv == ["a", "b c"]
 
 
