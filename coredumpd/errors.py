@@ -1,7 +1,7 @@
 """The one exception tree of coredumpd.
 
 Every layer raises a subclass of :class:`CoredumpdError`; third-party errors
-(lief, lz4, struct, OSError) are translated at one choke point per layer with
+(lz4, capstone, struct, OSError) are translated at one choke point per layer with
 ``raise ... from err``.  Attributes are structured so callers never parse
 messages.
 """

@@ -1,8 +1,9 @@
 """Run :func:`coredumpd.analysis.analyze` in a separate, unprivileged process.
 
-The analysis parses a core written by the process that crashed, with lief,
-capstone and our own DWARF code: the place where a handler running as root is
-most exposed (systemd-coredump CVE-2022-4415, CVE-2025-4598; apport's list).
+The analysis parses a core written by the process that crashed, with our own
+ELF, CFI and DWARF readers and capstone: the place where a handler running as
+root is most exposed (systemd-coredump CVE-2022-4415, CVE-2025-4598; apport's
+list).
 So it runs in a child process that
 
 * is started with ``sys.executable -I -B -m coredumpd.pipeline.sandbox_child``, an

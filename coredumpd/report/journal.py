@@ -13,8 +13,7 @@ itself, or its socket may be full and never read): instead of
 speaks journald's native protocol (systemd.io/JOURNAL_NATIVE_PROTOCOL) on a
 non-blocking AF_UNIX datagram socket, waiting at most ``timeout`` seconds for
 room, and passes entries too large for one datagram as a sealed memfd, as
-libsystemd does.  ``systemd.journal`` is imported only for its documented
-socket path when available.
+libsystemd does.  No systemd library is imported.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 import time
 
 import jsonschema
@@ -64,14 +65,14 @@ def test_foreign_journal_entries_do_not_disturb_corectl(fresh_store, programs_di
     """systemd 252's coredumpctl aborts on an entry without COREDUMP_UID; corectl
     reads its own index, not the journal, so the same entry cannot reach it."""
     systemd_tools.ensure_journald()
-    from systemd import journal
-
     from tests.support.crash import compile_c
 
     foreign_pid = 4_000_000 + os.getpid() % 100_000  # no such PID: only our entry has it
-    journal.send(f"Process {foreign_pid} (foreign) dumped core.",
-                 MESSAGE_ID="fc2e22bc6ee647b6b90729ab34a250b1", PRIORITY="2",
-                 COREDUMP_PID=str(foreign_pid), COREDUMP_SIGNAL="11", COREDUMP_COMM="foreign")
+    # util-linux's logger sends the entry through libsystemd (sd_journal_sendv), not our code
+    fields = (f"MESSAGE=Process {foreign_pid} (foreign) dumped core.\n"
+              "MESSAGE_ID=fc2e22bc6ee647b6b90729ab34a250b1\nPRIORITY=2\n"
+              f"COREDUMP_PID={foreign_pid}\nCOREDUMP_SIGNAL=11\nCOREDUMP_COMM=foreign\n")
+    subprocess.run(["logger", "--journald"], input=fields, text=True, check=True)
     row = fresh_store.crash([compile_c(SEGV, programs_dir, name="neighbour")], timeout=120)
     argv = ["--config", fresh_store.config_path, "--json", "list"]
     assert main(argv, env={}) == ExitStatus.OK
