@@ -58,7 +58,7 @@ from coredumpd.analysis import analyze
 from coredumpd.analysis.runner import make_symbolizer
 from coredumpd.elf.core import Core
 from coredumpd.image.space import build_address_space
-from coredumpd.store.source import RawFileSource
+from coredumpd.source import RawFileSource
 from coredumpd.symbolize import symbols as _symbols  # noqa: F401 - imported lazily by make_symbolizer
 from coredumpd.unwind.unwinder import Unwinder
 
@@ -183,7 +183,7 @@ BACKTRACES_SCRIPT = """
 import sys
 sys.path.insert(0, {repo!r})
 from coredumpd.elf.core import Core
-from coredumpd.store.source import RawFileSource
+from coredumpd.source import RawFileSource
 from coredumpd.image.space import build_address_space
 from coredumpd.symbolize.symbols import Symbolizer
 from coredumpd.unwind.unwinder import Unwinder

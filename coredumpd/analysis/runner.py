@@ -37,7 +37,7 @@ from coredumpd.model import (
     SignalInfo,
     Thread,
 )
-from coredumpd.store.source import ByteSource
+from coredumpd.source import ByteSource
 from coredumpd.symbolize import disasm
 from coredumpd.symbolize.types import Symbol
 from coredumpd.unwind.types import Caps, Frame

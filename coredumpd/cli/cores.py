@@ -19,7 +19,7 @@ from coredumpd.cli.output import ignoring_sigint
 from coredumpd.errors import CoredumpdError, StoreError
 from coredumpd.model import CoreState, CrashRecord
 from coredumpd.report.escape import escape
-from coredumpd.store.source import ByteSource
+from coredumpd.source import ByteSource
 
 CHUNK = 1 << 20
 PROGRESS_MIN_SIZE = 32 << 20  # a progress bar only for cores that take a moment

@@ -1,7 +1,7 @@
 """The model of an x86-64 Linux ELF core: header, segments, threads, notes, memory.
 
 Read with the declared layouts of :mod:`coredumpd.elf.layouts` through a
-:class:`~coredumpd.store.source.ByteSource`, so a stored lz4 core is read
+:class:`~coredumpd.source.ByteSource`, so a stored lz4 core is read
 without decompressing it whole.  lief is not used for cores: it copies the
 file, cuts notes over 1 MiB, stops NT_FILE at 6000 entries and reads
 NT_SIGINFO's fields in the wrong order.
@@ -27,7 +27,7 @@ from coredumpd.elf import layouts as L
 from coredumpd.elf import notes as N
 from coredumpd.elf.notes import FileMapping, PrPsInfo, PrStatus, SigInfo
 from coredumpd.errors import CoredumpdError, FormatError, MemoryReadError
-from coredumpd.store.source import ByteSource
+from coredumpd.source import ByteSource
 
 __all__ = ["Core", "ElfHeader", "FileMapping", "PrPsInfo", "PrStatus", "Segment", "SigInfo",
            "ThreadState"]

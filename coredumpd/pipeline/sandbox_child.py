@@ -171,30 +171,13 @@ def _receive(sock: socket.socket) -> tuple[dict[str, Any], int]:
     return json.loads(payload), fds[0]
 
 
-ELF_MAGIC = b"\x7fELF"
-LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"  # lz4 frame format, 0x184D2204 little-endian
-
-
-def open_fd_source(fd: int) -> Any:
-    """A ByteSource over ``fd``: raw ELF core, or our seekable lz4 file."""
-    magic = os.pread(fd, 4, 0)
-    if magic == ELF_MAGIC:
-        from coredumpd.store.source import RawFileSource
-
-        return RawFileSource(f"the core (fd {fd})", fd)
-    if magic == LZ4_FRAME_MAGIC:
-        from coredumpd.store.lz4reader import SeekableLz4Reader
-
-        return SeekableLz4Reader(fd)
-    raise ValueError(f"not an ELF core nor an lz4 file (magic {magic.hex()})")
-
-
 def _analyze_fd(core_fd: int, request: dict[str, Any]) -> dict[str, Any]:
     from coredumpd.analysis import analyze
     from coredumpd.model import Facts
+    from coredumpd.store.lz4seek import open_core_source
 
     facts = request.get("facts")
-    source = open_fd_source(core_fd)
+    source = open_core_source(core_fd)
     try:
         return analyze(source, Facts.from_json(facts) if facts is not None else None,
                        request.get("exe"), request.get("root") or "/").to_json()

@@ -47,7 +47,6 @@ MIN_BLOCK_SIZE = 4096
 MAX_REASON_BYTES = 4096
 RAW_BLOCK_FLAG = 0x80000000  # frame format: highest bit of the block size = uncompressed
 HC_LEVEL = 3  # LZ4HC_CLEVEL_MIN: the fastest high-compression level
-ELF_MAGIC = b"\x7fELF"
 
 FRAME_MAGIC = struct.Struct("<I")
 BLOCK_WORD = struct.Struct("<I")

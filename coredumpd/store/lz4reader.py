@@ -49,7 +49,7 @@ class _Block:
 
 
 class SeekableLz4Reader:
-    """A :class:`~coredumpd.store.source.ByteSource` over a seekable lz4 file.
+    """A :class:`~coredumpd.source.ByteSource` over a seekable lz4 file.
 
     ``path_or_fd``: a path, or an fd that is duplicated (the caller keeps its
     own).  Every number read from the file is checked before use; anything

@@ -17,12 +17,13 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Self
 
+from coredumpd.elf.structs import ELFMAG
 from coredumpd.errors import StoreError
+from coredumpd.source import ByteSource, RawFileSource
 from coredumpd.store.lz4format import (  # noqa: F401 (re-exported)
     BLOCK_ENTRY,
     BLOCK_ENTRY_V1,
     BLOCK_WORD,
-    ELF_MAGIC,
     FORMAT_VERSION,
     FRAME_MAGIC,
     INDEX_OVERHEAD,
@@ -43,7 +44,6 @@ from coredumpd.store.lz4format import (  # noqa: F401 (re-exported)
     frame_header,
 )
 from coredumpd.store.lz4reader import SeekableLz4Reader
-from coredumpd.store.source import ByteSource, RawFileSource
 
 WORKER_NICE = 10  # workers' extra niceness while a spill file absorbs the stream
 HC_INTERVAL = 16  # at most one block in 16 tries LZ4-HC (see SeekableLz4Writer._want_high)
@@ -416,22 +416,29 @@ class SeekableLz4Writer:
             self._spare.append(buffer)  # written: the buffer can take the next block
 
 
-def open_core_source(path: str) -> ByteSource:
+def open_core_source(path_or_fd: str | int) -> ByteSource:
     """Open a core whatever holds it: a raw ELF file or our seekable lz4.
 
-    A plain LZ4 frame without our block index (``lz4`` CLI, other tools) cannot
-    be read at random; decompress it first (``lz4 -d``).
+    ``path_or_fd``: a path, or an open fd that the source duplicates (the caller
+    keeps and closes its own).  A plain LZ4 frame without our block index (``lz4``
+    CLI, other tools) cannot be read at random; decompress it first (``lz4 -d``).
     """
+    path = path_or_fd if isinstance(path_or_fd, str) else f"the core (fd {path_or_fd})"
     try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
+        if isinstance(path_or_fd, int):
+            magic = os.pread(path_or_fd, len(ELFMAG), 0)
+        else:
+            with open(path_or_fd, "rb") as handle:
+                magic = handle.read(len(ELFMAG))
     except OSError as err:
         raise StoreError(f"cannot open {path}: {err.strerror}") from err
-    if magic == ELF_MAGIC:
-        return RawFileSource(path)
+    if magic == ELFMAG:
+        if isinstance(path_or_fd, str):
+            return RawFileSource(path_or_fd)
+        return RawFileSource(path, os.dup(path_or_fd))
     if len(magic) == 4 and FRAME_MAGIC.unpack(magic)[0] == LZ4_FRAME_MAGIC:
         try:
-            return SeekableLz4Reader(path)
+            return SeekableLz4Reader(path_or_fd)
         except StoreError as err:
             raise StoreError(f"{path}: an LZ4 frame without a usable coredumpd block index "
                              f"({err}); decompress it with `lz4 -d` first") from err

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from coredumpd.model import AnalysisResult
+from coredumpd.source import BytesSource
 from coredumpd.store.lz4seek import open_core_source
-from coredumpd.store.source import BytesSource
 from coredumpd.unwind.types import Caps
 from tests.support.analysis import analyze_json, expand_json
 from tests.support.fixtures import Fixture, fixture_names, load_fixture

@@ -115,7 +115,7 @@ def _json(value: Any) -> dict[str, Any]:
 
 def _through_raw_core(argv: Sequence[str], tmp_path: pathlib.Path, pidfile: str | None,
                       cwd: str | None) -> Crash:
-    from coredumpd.store.source import RawFileSource
+    from coredumpd.source import RawFileSource
     from tests.support.analysis import analyze_json
     directory = tempfile.mkdtemp(prefix="cda", dir="/tmp")  # short, no spaces
     try:
@@ -188,7 +188,7 @@ def crash_prepared(argv: Sequence[str], tmp_path: pathlib.Path, *, pidfile: str,
     if handler_available():
         return crash(driver, tmp_path, pidfile=pidfile)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    from coredumpd.store.source import RawFileSource
+    from coredumpd.source import RawFileSource
     from tests.support.analysis import analyze_json
     directory = tempfile.mkdtemp(prefix="cda", dir="/tmp")
     try:

@@ -11,7 +11,7 @@ import pytest
 from coredumpd.annotate.loader_errors import CHUNK, find_loader_errors
 from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
-from coredumpd.store.source import BytesSource
+from coredumpd.source import BytesSource
 from tests.support import elfwriter as W
 from tests.support.analysis import analyze_json
 

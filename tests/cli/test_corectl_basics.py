@@ -96,7 +96,7 @@ def test_copy_core_reports_progress() -> None:
     import io
 
     from coredumpd.cli.cores import CHUNK, copy_core
-    from coredumpd.store.source import BytesSource
+    from coredumpd.source import BytesSource
 
     data = bytes(range(256)) * (CHUNK // 128 + 3)  # a bit over two chunks
     target = io.BytesIO()

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
 from coredumpd.errors import FormatError, MemoryReadError
-from coredumpd.store.source import BytesSource, RawFileSource
+from coredumpd.source import BytesSource, RawFileSource
 from tests.support import elfwriter as W
 
 # ------------------------------------------------------------ synthetic cores

@@ -19,7 +19,7 @@ from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import MemoryReadError
 from coredumpd.image.space import build_address_space
 from coredumpd.image.types import Module
-from coredumpd.store.source import BytesSource, RawFileSource
+from coredumpd.source import BytesSource, RawFileSource
 from tests.elf.realcore import RealCore, compile_c, crash
 from tests.support import elfwriter as W
 

@@ -16,7 +16,7 @@ import pytest
 from coredumpd.elf.core import Core
 from coredumpd.elf.elffile import ElfFile
 from coredumpd.image.space import build_address_space
-from coredumpd.store.source import RawFileSource
+from coredumpd.source import RawFileSource
 from tests.elf.realcore import DATA
 from tests.support.kernel import core_pattern, raw_core_pattern
 

@@ -51,7 +51,7 @@ EXPECTED = (CoredumpdError,)
 def run_reader(data: bytes) -> Any:
     from coredumpd.elf.core import Core
     from coredumpd.errors import MemoryReadError
-    from coredumpd.store.source import BytesSource
+    from coredumpd.source import BytesSource
 
     core = Core.open(BytesSource(data))
     summary = [repr(core), len(core.problems), core.truncated, dict(core.auxv)]
@@ -105,7 +105,7 @@ def run_stream(data: bytes) -> Any:
 def run_unwind(data: bytes) -> Any:
     from coredumpd.elf.core import Core
     from coredumpd.image.space import build_address_space
-    from coredumpd.store.source import BytesSource
+    from coredumpd.source import BytesSource
     from coredumpd.symbolize import disasm
     from coredumpd.unwind.types import Caps
     from coredumpd.unwind.unwinder import Unwinder
@@ -144,7 +144,7 @@ def run_analysis(data: bytes) -> Any:
     failed with TypeError, IndexError... is a bug the isolation hid: it is
     re-raised here with its original traceback.
     """
-    from coredumpd.store.source import BytesSource
+    from coredumpd.source import BytesSource
     from tests.support.analysis import analyze_json
 
     logger = logging.getLogger("coredumpd")

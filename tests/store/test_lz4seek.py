@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coredumpd.errors import StoreError
+from coredumpd.source import RawFileSource
 from coredumpd.store.lz4seek import (
     BLOCK_ENTRY,
     BLOCK_ENTRY_V1,
@@ -24,7 +25,6 @@ from coredumpd.store.lz4seek import (
     SeekableLz4Writer,
     open_core_source,
 )
-from coredumpd.store.source import RawFileSource
 
 BLOCK = 64 << 10
 LZ4 = shutil.which("lz4")
@@ -213,6 +213,32 @@ def test_open_core_source_detects_formats(tmp_path):
         open_core_source(str(garbage))
     with pytest.raises(StoreError):
         open_core_source(str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize("name", ["core", "core.lz4"])
+def test_open_core_source_from_an_fd_leaves_the_fd_to_the_caller(tmp_path, name):
+    """The sandbox child receives the core as an fd (SCM_RIGHTS)."""
+    path = tmp_path / name
+    if name.endswith(".lz4"):
+        store(path, b"\x7fELF" + bytes(60))
+    else:
+        path.write_bytes(b"\x7fELF" + bytes(60))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        source = open_core_source(fd)
+        assert source.size == 64 and source.pread(0, 4) == b"\x7fELF"
+        source.close()
+        assert os.pread(fd, 4, 0)[:1] in (b"\x7f", b"\x04")  # still open
+    finally:
+        os.close(fd)
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"MZ\x90\x00")
+    fd = os.open(garbage, os.O_RDONLY)
+    try:
+        with pytest.raises(StoreError, match=f"fd {fd}.*neither"):
+            open_core_source(fd)
+    finally:
+        os.close(fd)
 
 
 # --- hostile files ---------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 from coredumpd.analysis import analyze
 from coredumpd.analysis.shape import expand_frames
 from coredumpd.model import Facts, Frame
-from coredumpd.store.source import ByteSource
+from coredumpd.source import ByteSource
 from coredumpd.unwind.types import Caps
 
 

@@ -28,7 +28,7 @@ import pytest
 
 from coredumpd.elf.core import Core
 from coredumpd.image.space import build_address_space
-from coredumpd.store.source import RawFileSource
+from coredumpd.source import RawFileSource
 from coredumpd.symbolize import disasm
 from coredumpd.unwind.types import Caps, Trust
 from coredumpd.unwind.unwinder import Unwinder
