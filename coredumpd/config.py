@@ -13,9 +13,8 @@ import os
 import re
 
 from coredumpd.errors import ConfigError
+from coredumpd.paths import DEFAULT_CONFIG_PATH, DEFAULT_DIRECTORY, index_path
 
-DEFAULT_CONFIG_PATH = "/etc/coredumpd/coredumpd.conf"
-DEFAULT_DIRECTORY = "/var/lib/coredumpd"
 SECTION = "Coredump"
 
 _SIZE_SUFFIXES = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
@@ -64,7 +63,7 @@ class Config:
 
     @property
     def index_path(self) -> str:
-        return os.path.join(self.directory, "index.sqlite")
+        return index_path(self.directory)
 
 
 _KEYS: dict[str, tuple[str, object]] = {

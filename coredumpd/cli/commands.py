@@ -65,7 +65,7 @@ def open_index(config: Config) -> Any:
     NoMatch when there is nothing to read: no crash stored yet, or none of this user."""
     path = config.index_path
     if os.geteuid() != 0:
-        from coredumpd.store.userview import view_path
+        from coredumpd.paths import view_path
 
         own = view_path(path, os.geteuid())
         if not os.access(path, os.R_OK):  # the usual case: the index is root's

@@ -15,24 +15,18 @@ from __future__ import annotations
 import os
 
 from coredumpd.errors import StoreError
+from coredumpd.paths import FILE_MODE, make_directory
 from coredumpd.store.acl import grant_read
 
 __all__ = ["TempCore", "grant_read", "may_grant_user", "open_directory"]
 
-FILE_MODE = 0o640
-DIR_MODE = 0o751  # others may traverse (to files their ACL opens), not list
-
-
 
 def open_directory(path: str) -> int:
-    """Open (creating it 0750 if needed) the storage directory; return its fd."""
+    """Open (creating it, :data:`coredumpd.paths.DIRECTORY_MODE`, if needed) the storage
+    directory; return its fd."""
+    make_directory(path)
     try:
-        created = not os.path.lexists(path)
-        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        if created:
-            os.fchmod(fd, DIR_MODE)  # the umask may have removed the others' x bit
-        return fd
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
         raise StoreError(f"cannot open storage directory {path}: {err.strerror}") from err
 

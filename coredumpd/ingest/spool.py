@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 import stat
 
-DEFAULT_CONFIG_PATH = "/etc/coredumpd/coredumpd.conf"  # as coredumpd.config
-DEFAULT_DIRECTORY = "/var/lib/coredumpd"
+from coredumpd.paths import DEFAULT_CONFIG_PATH, DEFAULT_DIRECTORY, TEMPORARY_FILE_MODE
+
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -68,7 +68,8 @@ def open_spool(config_path: str | None, min_free: int = 0) -> int:
         space = os.fstatvfs(dir_fd)
         if space.f_bavail * space.f_frsize < min_free:
             return -1
-        return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, TEMPORARY_FILE_MODE,
+                       dir_fd=dir_fd)
     except OSError:
         return -1
     finally:

@@ -25,10 +25,10 @@ import sys
 
 from coredumpd.errors import ConfigError
 from coredumpd.ingest.args import PATTERN_ARGS
+from coredumpd.paths import SAVED_SYSCTL_PATH, make_directory
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 CORE_PIPE_LIMIT = "/proc/sys/kernel/core_pipe_limit"
-SAVED_PATH = "/var/lib/coredumpd/saved-sysctl"
 LAUNCHER_DIR = "/usr/local/lib/coredumpd"
 LAUNCHER = """#!{python} -IS
 # Written by `coredumpd install`: the kernel's core_pattern handler, started
@@ -107,7 +107,7 @@ def _write(path: str, value: str) -> None:
 
 
 def _save(saved_path: str, values: dict[str, str]) -> None:
-    os.makedirs(os.path.dirname(saved_path), mode=0o750, exist_ok=True)  # the store's mode
+    make_directory(os.path.dirname(saved_path))  # the store, with the store's mode
     temp = f"{saved_path}.tmp{os.getpid()}"
     with open(temp, "w", encoding="utf-8") as handle:
         json.dump(values, handle)
@@ -116,7 +116,7 @@ def _save(saved_path: str, values: dict[str, str]) -> None:
     os.replace(temp, saved_path)
 
 
-def install(config_path: str | None = None, saved_path: str = SAVED_PATH,
+def install(config_path: str | None = None, saved_path: str = SAVED_SYSCTL_PATH,
             handler: str | None = None, launcher_dir: str = LAUNCHER_DIR) -> str:
     """Register the handler (by default a fresh launcher in ``launcher_dir``);
     returns the pattern written.  Changes nothing in the kernel on error."""
@@ -140,7 +140,8 @@ def install(config_path: str | None = None, saved_path: str = SAVED_PATH,
     return pattern
 
 
-def uninstall(saved_path: str = SAVED_PATH, launcher_dir: str = LAUNCHER_DIR) -> dict[str, str]:
+def uninstall(saved_path: str = SAVED_SYSCTL_PATH,
+              launcher_dir: str = LAUNCHER_DIR) -> dict[str, str]:
     """Restore the values saved by :func:`install` and remove the launcher; returns them."""
     try:
         with open(saved_path, encoding="utf-8") as handle:

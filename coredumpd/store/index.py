@@ -27,11 +27,10 @@ from typing import Any, Self
 
 from coredumpd.errors import FormatError, StoreError
 from coredumpd.model import COLUMNS, AnalysisResult, AnalysisState, CoreState, CrashRecord, Facts
+from coredumpd.paths import FILE_MODE, make_directory
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
-DIRECTORY_MODE = 0o751  # others may traverse to the files an ACL opens to them
-INDEX_MODE = 0o640
 ID_LENGTH = 12
 JSON_FIELDS = ("facts", "analysis", "path_taken")
 FIELDS = COLUMNS  # the table's columns: the fields of coredumpd.model.CrashRecord, in order
@@ -69,27 +68,15 @@ def crash_id(boot_id: str, pid: int, timestamp_us: int, attempt: int = 0) -> str
     return hashlib.sha256(seed.encode()).hexdigest()[:ID_LENGTH]
 
 
-def ensure_directory(path: str, mode: int = DIRECTORY_MODE) -> None:
-    """Create a directory of the store with ``mode`` (umask-proof); leave an existing
-    one alone."""
-    try:
-        os.mkdir(path, mode)
-        os.chmod(path, mode)
-    except FileExistsError:
-        pass
-    except OSError as err:
-        raise StoreError(f"cannot create {path}: {err.strerror}") from err
-
-
 def _ensure_index_file(path: str) -> None:
     """Create the database file 0640 without following a symlink planted there."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, INDEX_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     except OSError as err:
         raise StoreError(f"cannot open index {path}: {err.strerror}") from err
     try:
         if os.fstat(fd).st_size == 0:
-            os.fchmod(fd, INDEX_MODE)
+            os.fchmod(fd, FILE_MODE)
     finally:
         os.close(fd)
 
@@ -98,12 +85,12 @@ class Index:
     """The SQLite index at ``path`` (``Config.index_path``)."""
 
     def __init__(self, path: str, create: bool = True) -> None:
-        """Open (``create``: and create, 0750 directory / 0640 file) the index."""
+        """Open (``create``: and create, with the modes of :mod:`coredumpd.paths`) the index."""
         self.path = path
         self.views = create  # a writer keeps the per-user views up to date
         self.view_errors: list[str] = []
         if create:
-            ensure_directory(os.path.dirname(os.path.abspath(path)))
+            make_directory(os.path.dirname(os.path.abspath(path)))
             _ensure_index_file(path)
         try:
             # create=False (readers such as corectl): read-only, never creates a file

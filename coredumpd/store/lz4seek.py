@@ -19,6 +19,7 @@ from typing import Self
 
 from coredumpd.elf.structs import ELFMAG
 from coredumpd.errors import StoreError
+from coredumpd.paths import TEMPORARY_FILE_MODE
 from coredumpd.source import ByteSource, RawFileSource
 from coredumpd.store.lz4format import (  # noqa: F401 (re-exported)
     BLOCK_ENTRY,
@@ -80,7 +81,8 @@ class _Spill:
 
     def __init__(self, directory: str) -> None:
         try:
-            self.fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            self.fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC,
+                              TEMPORARY_FILE_MODE)
         except OSError as err:
             raise StoreError(f"cannot create a spill file in {directory}: {err.strerror}") from err
         self.size = 0

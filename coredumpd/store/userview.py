@@ -23,20 +23,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from coredumpd.errors import StoreError
+from coredumpd.paths import FILE_MODE, make_directory, view_path
 from coredumpd.store.acl import grant_read
-from coredumpd.store.index import ensure_directory  # index imports us only lazily
 
-USERS_DIRECTORY = "users"
-USERS_DIRECTORY_MODE = 0o751  # traversable, not listable: one cannot see who crashed
-VIEW_MODE = 0o640
 ROOT_ONLY_FACTS = (("proc", "environ"), ("proc", "fds"))
 BUSY_TIMEOUT_S = 30.0
-
-
-def view_path(index_path: str, uid: int) -> str:
-    """``DIR/users/UID.sqlite`` beside the index at ``index_path``."""
-    return os.path.join(os.path.dirname(os.path.abspath(index_path)), USERS_DIRECTORY,
-                        f"{uid}.sqlite")
 
 
 def public_facts(facts: Any) -> Any:
@@ -78,7 +69,7 @@ def write_view(index_path: str, uid: int, schema: Iterable[str], version: int,
     lock is held: of two writers the later reads the index later, so the last view
     written holds every committed row.  The view's path."""
     path = view_path(index_path, uid)
-    ensure_directory(os.path.dirname(path), USERS_DIRECTORY_MODE)
+    make_directory(os.path.dirname(path))
     _ensure_view_file(path, uid)
     try:
         db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -110,11 +101,11 @@ def write_view(index_path: str, uid: int, schema: Iterable[str], version: int,
 def _ensure_view_file(path: str, uid: int) -> None:
     """Create the view 0640 (no symlink followed) and let ``uid`` read it."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, VIEW_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     except OSError as err:
         raise StoreError(f"cannot open the view {path}: {err.strerror}") from err
     try:
-        os.fchmod(fd, VIEW_MODE)
+        os.fchmod(fd, FILE_MODE)
         grant_read(fd, uid)
     finally:
         os.close(fd)

@@ -17,8 +17,8 @@ import tempfile
 import pytest
 
 from coredumpd.model import Facts
+from coredumpd.paths import view_path
 from coredumpd.store.index import Index
-from coredumpd.store.userview import view_path
 from tests.support.crash import compile_c, registered_handler
 
 pytestmark = pytest.mark.kernel

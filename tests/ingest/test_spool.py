@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from coredumpd import paths
 from coredumpd.ingest import spool
 from coredumpd.ingest.stream import CoreStream
 from coredumpd.store.lz4seek import SeekableLz4Reader, SeekableLz4Writer
@@ -86,12 +87,12 @@ def test_size_limit_applies_to_spooled_bytes(tmp_path):
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("", spool.DEFAULT_DIRECTORY),
+    ("", paths.DEFAULT_DIRECTORY),
     ("[Coredump]\nDirectory=/srv/cores\n", "/srv/cores"),
     ("[Coredump]\nDirectory = /a\nDirectory=/b ; comment\n", "/b"),
-    ("[Other]\nDirectory=/no\n[Coredump]\nStorage=none\n", spool.DEFAULT_DIRECTORY),
+    ("[Other]\nDirectory=/no\n[Coredump]\nStorage=none\n", paths.DEFAULT_DIRECTORY),
     ("[Coredump]\n# Directory=/commented\nDirectory=/x#not-a-comment\n", "/x#not-a-comment"),
-    ("[Coredump]\nDirectory=relative\n", spool.DEFAULT_DIRECTORY),
+    ("[Coredump]\nDirectory=relative\n", paths.DEFAULT_DIRECTORY),
 ])
 def test_configured_directory(tmp_path, text, expected):
     config = tmp_path / "c.conf"

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from coredumpd import paths
 from coredumpd.errors import ConfigError
 from coredumpd.pipeline import install
 from tests.support.kernel import CORE_PATTERN, CORE_PIPE_LIMIT, core_pattern
@@ -50,6 +51,20 @@ def test_install_then_uninstall_restores(tmp_path):
         assert _read(CORE_PATTERN) == "|/bin/false before"
         assert _read(CORE_PIPE_LIMIT) == "3"
         assert not saved.exists()
+
+
+@pytest.mark.kernel
+def test_install_creates_the_store_with_the_stores_mode(tmp_path):
+    """install runs before the first crash: the saved values' directory is the store,
+    and a user must be able to traverse it to the core its ACL opens (it was 0750)."""
+    store = tmp_path / "store"
+    with core_pattern("|/bin/false before", 3):
+        old_umask = os.umask(0o077)
+        try:
+            install.install(None, saved_path=str(store / "saved-sysctl"), handler="/x/coredumpd")
+        finally:
+            os.umask(old_umask)
+    assert store.stat().st_mode & 0o777 == paths.DIRECTORY_MODE == 0o751
 
 
 @pytest.mark.kernel

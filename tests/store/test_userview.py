@@ -6,8 +6,8 @@ import multiprocessing
 import os
 
 from coredumpd.model import CrashRecord, Facts
+from coredumpd.paths import view_path
 from coredumpd.store.index import Index
-from coredumpd.store.userview import view_path
 
 USERS = (1000, 1001)
 WORKERS = 4

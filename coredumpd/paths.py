@@ -1,0 +1,60 @@
+"""Where coredumpd keeps its files, and with which modes: the one place for both.
+
+The store (``Directory=``) is root's: root-owned files that a user reads only
+through an ACL entry naming them (:mod:`coredumpd.store.acl`), as
+systemd-coredump grants a user its own cores.  So
+
+- the store and ``users/`` are 0751: others may traverse them to the files an
+  ACL opens to them, but not list them (who crashed is not theirs to see);
+- cores, the index and the per-user views are 0640;
+- temporary files (spool, lz4 spill) are 0600 and unnamed.
+
+Imported by the handler while the kernel holds the crashed process, so it
+imports nothing but ``os`` and our errors.
+"""
+
+from __future__ import annotations
+
+import os
+
+from coredumpd.errors import StoreError
+
+DEFAULT_CONFIG_PATH = "/etc/coredumpd/coredumpd.conf"
+DEFAULT_DIRECTORY = "/var/lib/coredumpd"
+INDEX_NAME = "index.sqlite"
+USERS_DIRECTORY = "users"  # users/UID.sqlite: each user's view of the index
+SAVED_SYSCTL_PATH = os.path.join(DEFAULT_DIRECTORY, "saved-sysctl")  # `coredumpd install`
+
+DIRECTORY_MODE = 0o751
+FILE_MODE = 0o640
+TEMPORARY_FILE_MODE = 0o600
+
+
+def index_path(directory: str) -> str:
+    """The SQLite index of the store at ``directory``."""
+    return os.path.join(directory, INDEX_NAME)
+
+
+def view_path(index_file: str, uid: int) -> str:
+    """``DIR/users/UID.sqlite`` beside the index at ``index_file``."""
+    return os.path.join(os.path.dirname(os.path.abspath(index_file)), USERS_DIRECTORY,
+                        f"{uid}.sqlite")
+
+
+def make_directory(path: str, mode: int = DIRECTORY_MODE) -> bool:
+    """Create ``path`` (missing parents too) with ``mode`` whatever the umask; True when
+    created.  An existing directory keeps its mode: an administrator's choice."""
+    try:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            os.makedirs(parent, exist_ok=True)
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return False
+    except OSError as err:
+        raise StoreError(f"cannot create {path}: {err.strerror}") from err
+    try:
+        os.chmod(path, mode)  # the umask removed bits
+    except OSError as err:
+        raise StoreError(f"cannot set the mode of {path}: {err.strerror}") from err
+    return True
