@@ -9,20 +9,22 @@ dies) to the parent's reading after waitpid(), under three handlers:
 
 - discard: ``/bin/sh -c /bin/cat>/dev/null`` — the floor (the kernel's own work);
 - lz4 -1:  ``/usr/bin/lz4 -1 -q -f stdin DIR/core.%P.lz4``;
-- coredumpd: the launcher ``coredumpd install`` writes (``python -I -S``,
-  coredumpd.pipeline.install.write_launcher), here in the bench's directory,
+- coredumpd: started as the launcher ``coredumpd install`` writes starts it
+  (``python -I -S``, coredumpd.pipeline.install.write_launcher), here in the
+  bench's directory,
   with the default configuration (the analysis on) except where the first
   line of the output says otherwise: RateLimitBurst is raised so that every
   crash of the bench is stored, and the journal is off (sending to a private
   journal needs the handler's JournalNamespace=, not there yet: the bench must
   not write into the host's journal).  The next crash waits until the analysis
   of the previous one is done, so that no analysis competes with it.
-  ``--no-analysis`` measures with Analysis=no; ``--console-script`` the venv's
-  pip-generated ``coredumpd`` instead of the launcher.
+  ``--no-analysis`` measures with Analysis=no; ``--console-script`` starts it
+  as the venv's pip-generated ``coredumpd`` instead (``site`` runs).
 
-coredumpd's peak RSS and timings come from the index row (the handler records
-its getrusage() there when the store holds a ``.record-rusage`` file).  Each
-figure is the median of ``--runs`` crashes.  core_pattern is changed only
+The kernel runs the product's handler through tests/support/measured_handler.py,
+which writes the handler's timings and getrusage() into the index row
+(``facts.handler_rusage``) after the handler has finished.  Each figure is the
+median of ``--runs`` crashes.  core_pattern is changed only
 through tests.support.kernel.core_pattern (lock, restore).  Targets (issue 2):
 1 GiB reap <= 1.3x discard; tiny reap <= 25 ms; peak RSS <= 64 MiB; stored
 size <= lz4 -1's.
@@ -47,9 +49,10 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.provenance import measured_line
-from coredumpd.pipeline.install import build_pattern, write_launcher
+from coredumpd.pipeline.install import build_pattern
 from tests.support.crash import RegisteredHandler, compile_c, registered_handler
 from tests.support.kernel import core_pattern
+from tests.support.measured_handler import write_script
 
 DISCARD = "|/bin/sh -c /bin/cat>/dev/null"
 
@@ -119,7 +122,7 @@ def configuration(analysis: bool) -> str:
         "namespace yet; the host's journal is not written)")
 
 
-def bench_size(exe: str, mib: int, runs: int, work: pathlib.Path, launcher: str | None,
+def bench_size(exe: str, mib: int, runs: int, work: pathlib.Path, launcher: str,
                analysis: bool) -> tuple[list[float], list[float], int, list[float],
                                         list[dict[str, Any]]]:
     """``runs`` rounds of discard, lz4 -1 and coredumpd in turn: the machine's noise
@@ -132,10 +135,7 @@ def bench_size(exe: str, mib: int, runs: int, work: pathlib.Path, launcher: str 
     lz4_size = 0
     with registered_handler(work, directory=str(work / "store"), analysis=analysis,
                             **BENCH_SETTINGS) as handler:
-        pathlib.Path(handler.directory, ".record-rusage").touch()
-        pattern = handler.pattern
-        if launcher is not None:
-            pattern = build_pattern(launcher, handler.config_path)
+        pattern = build_pattern(launcher, handler.config_path)
         for _ in range(runs):
             discard.append(crash_once(exe, mib, DISCARD, str(work / "ts"))[1])
             latency, lz4_size = lz4_once(exe, mib, work)
@@ -157,7 +157,7 @@ Row = tuple[str, list[float], list[float], list[float], int, Any, int, float, fl
 def measure(options: argparse.Namespace, work: pathlib.Path) -> tuple[list[Row], list[str]]:
     """Both core sizes; the table rows and, per size, the analysis states of our rows."""
     exe = compile_c(str(REPO / "bench" / "reap_crasher.c"), work, flags=("-O2",))
-    launcher = None if options.console_script else write_launcher(str(work / "bin"))
+    launcher = write_script(str(work / "bin"), isolated=not options.console_script)
     table: list[Row] = []
     analysed: list[str] = []
     for label, mib in (("tiny", 0), (f"{options.big_mib} MiB", options.big_mib)):
@@ -188,7 +188,7 @@ def print_table(table: list[Row], runs: int) -> None:
               f"{held:6.1f} ms {cpu:6.2f} s {wait:5.1f} ms")
     print("\nratio = coredumpd / discard (medians of", runs, "runs);"
           " start = crash -> the handler's main() (kernel spawn + interpreter start);"
-          " held = handler start -> close(fd 0), as the handler measured it;"
+          " held = handler start (before coredumpd is imported) -> close(fd 0);"
           " CPU = the handler's user+system time;"
           " wait = close(fd 0) -> the crashed process exited (the handler sleeps on its pidfd)")
 

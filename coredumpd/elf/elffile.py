@@ -228,15 +228,6 @@ class ElfFile:
                 return phdr.p_offset + vaddr - phdr.p_vaddr
         return None
 
-    @property
-    def min_load_vaddr(self) -> int | None:
-        """Lowest PT_LOAD p_vaddr, page-aligned down (the load bias reference)."""
-        loads = [p for p in self.program_headers if p.p_type == L.PT.LOAD]
-        if not loads:
-            return None
-        first = min(loads, key=lambda p: p.p_vaddr)
-        return first.p_vaddr - (first.p_offset % max(first.p_align, 1) if first.p_align else 0)
-
     # ------------------------------------------------------------ notes
 
     def notes(self) -> Iterator[N.Note]:

@@ -28,18 +28,16 @@ import time
 
 from coredumpd.errors import CoredumpdError
 from coredumpd.ingest import procfs
-from coredumpd.ingest.args import RLIM_INFINITY, HandlerArgs, parse_args
-from coredumpd.ingest.changed import hold_changed_objects, read_held_objects
+from coredumpd.ingest.args import RLIM_INFINITY, parse_args
+from coredumpd.ingest.changed import hold_changed_objects
 from coredumpd.ingest.spool import open_spool
-from coredumpd.ingest.stream import SMALL_CORE, CoreStream, StreamResult
+from coredumpd.ingest.stream import SMALL_CORE, CoreStream
+from coredumpd.pipeline.state import CrashState
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Any
 
-    from coredumpd.ingest.output import TempCore
-
-AT_SECURE = 23
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # include/uapi/linux/fcntl.h
 PIPE_SIZE = 1 << 20
 # 4 MiB blocks, lz4's own default (-B7): measured smaller than `lz4 -1` on the bench's
@@ -52,46 +50,6 @@ COMPRESS_THREADS = 1  # lz4 releases the GIL: compression overlaps the pipe read
 # A spool is not worth the room the index row and the core need on a nearly full
 # file system: below this much free space the small core waits in memory instead.
 SPOOL_MIN_FREE = 64 << 20
-FACTS_VERSION = 1
-JOURNALD_COMMS = ("systemd-journal", "systemd-journald")
-
-
-class Crash:
-    """Everything the handler learns about one crash, phase by phase."""
-
-    def __init__(self, args: HandlerArgs) -> None:
-        self.args = args
-        self.config: Any = None  # coredumpd.config.Config, loaded when first needed
-        self.problems: list[str] = list(args.problems)
-        self.missing: dict[str, str] = {}
-        self.proc: dict[str, Any] = {}
-        self.sender: dict[str, Any] | None = None
-        self.pidfd_check: dict[str, Any] = {}
-        self.stream = StreamResult()
-        self.core_stream: CoreStream | None = None
-        self.temp: TempCore | None = None
-        self.writer: Any = None  # store.lz4seek.SeekableLz4Writer, imported late
-        self.dir_fd = -1
-        self.skip_core: str | None = None  # why no core is kept on purpose (state "none")
-        self.core_failure: str | None = None  # why storing it failed (state "missing")
-        self.held: dict[str, dict[str, Any]] = {}
-        self.timestamp_us = time.time_ns() // 1000
-        self.handler_started = time.monotonic()
-        self.released = 0.0  # monotonic time when fd 0 was closed
-        self.reap_wait_ms: float | None = None  # then waited for the process to exit
-        self.record_pid = 0  # the PID the index row and the file name carry
-        self.proc_pid = args.pid  # whose /proc we read; None once found not to be the crasher
-
-    @property
-    def pid(self) -> int | None:
-        return self.args.pid
-
-    def comm(self) -> str:
-        if self.proc.get("comm"):
-            return str(self.proc["comm"])
-        if self.stream.prpsinfo is not None and self.stream.prpsinfo.pr_fname:
-            return self.stream.prpsinfo.pr_fname
-        return "unknown"
 
 
 def _sanitize_process() -> None:
@@ -115,11 +73,18 @@ def _widen_pipe() -> None:
         pass  # not a pipe (run by hand) or no memory: the default size works too
 
 
-def handle(argv: list[str]) -> int:
-    """Run the handler for the kernel's ``argv`` (without argv[0]); exit status."""
+def handle(argv: list[str], started: float | None = None) -> int:
+    """Run the handler for the kernel's ``argv`` (without argv[0]); exit status.
+
+    ``started``: the monotonic time the process started, if the caller took it."""
+    return run(argv, started).status
+
+
+def run(argv: list[str], started: float | None = None) -> CrashState:
+    """:func:`handle`, returning the crash's state (``status``, ``row_id``...)."""
     _sanitize_process()
     _widen_pipe()
-    crash = Crash(parse_args(argv))
+    crash = CrashState(parse_args(argv), started)
     try:
         _phase_held(crash)
     except Exception as err:  # noqa: BLE001 - the core must still be stored
@@ -132,10 +97,11 @@ def handle(argv: list[str]) -> int:
         crash.problems.append(f"storing the buffered core: {type(err).__name__}: {err}")
     crash.stream.decode_notes()
     from coredumpd.pipeline import store_crash  # heavy imports only now
-    return store_crash.finish(crash)
+    crash.status = store_crash.finish(crash)
+    return crash
 
 
-def _phase_held(crash: Crash) -> None:
+def _phase_held(crash: CrashState) -> None:
     """While the kernel holds the process: /proc, the core (whole if small), the sender.
 
     A small core is only buffered here; config, store and lz4 writer (and their
@@ -154,7 +120,7 @@ def _phase_held(crash: Crash) -> None:
         crash.held = hold_changed_objects(crash.proc_pid, crash.proc, crash.missing)
 
 
-def _hold_small_core(crash: Crash) -> bool:
+def _hold_small_core(crash: CrashState) -> bool:
     """Copy a small core into a spool file (in memory only when no spool file can be
     had, e.g. before the storage directory exists); True when all of it was read."""
     assert crash.core_stream is not None
@@ -164,13 +130,13 @@ def _hold_small_core(crash: Crash) -> bool:
     return crash.core_stream.spool(spool_fd, SMALL_CORE)
 
 
-def _store_buffered(crash: Crash) -> None:
+def _store_buffered(crash: CrashState) -> None:
     """After the release: a buffered small core goes to the store now."""
-    ensure_config(crash)
+    config = crash.load_config()
     if crash.dir_fd < 0:
         try:
             from coredumpd.ingest.output import open_directory
-            crash.dir_fd = open_directory(crash.config.directory)
+            crash.dir_fd = open_directory(config.directory)
         except CoredumpdError as err:
             crash.problems.append(str(err))
             return
@@ -179,20 +145,7 @@ def _store_buffered(crash: Crash) -> None:
         _drain(crash)
 
 
-def ensure_config(crash: Crash) -> Any:
-    """Load the configuration once (the defaults, with a problem, if it is broken)."""
-    if crash.config is None:
-        from coredumpd.config import Config, load_config
-        try:
-            crash.config = load_config(crash.args.config_path)
-            crash.problems.extend(crash.config.warnings)
-        except CoredumpdError as err:
-            crash.problems.append(f"configuration: {err}; using the defaults")
-            crash.config = Config()
-    return crash.config
-
-
-def _check_pidfd(crash: Crash) -> None:
+def _check_pidfd(crash: CrashState) -> None:
     """Make sure /proc/PID is the process the kernel called us for.
 
     With ``%F`` the kernel gives a pidfd of the crashing process: its fdinfo
@@ -223,16 +176,16 @@ def _check_pidfd(crash: Crash) -> None:
         crash.proc_pid = None
 
 
-def _core_limit(crash: Crash) -> int | None:
+def _core_limit(crash: CrashState) -> int | None:
     """Bytes we may store: ExternalSizeMax and RLIMIT_CORE (``%c``), like a file core."""
-    limit: int = crash.config.external_size_max
+    limit: int = crash.load_config().external_size_max
     rlimit = crash.args.rlimit_core
     if rlimit is not None and rlimit != RLIM_INFINITY:
         limit = min(limit, rlimit)
     return limit
 
 
-def _core_wanted(crash: Crash) -> bool:
+def _core_wanted(crash: CrashState) -> bool:
     """False when RLIMIT_CORE (``%c``) is below a page: the process asked for no core."""
     rlimit = crash.args.rlimit_core
     if rlimit is not None and rlimit < os.sysconf("SC_PAGE_SIZE"):
@@ -241,9 +194,9 @@ def _core_wanted(crash: Crash) -> bool:
     return True
 
 
-def _prepare_store(crash: Crash) -> None:
+def _prepare_store(crash: CrashState) -> None:
     """Configuration, storage directory, unnamed file and lz4 writer."""
-    config = ensure_config(crash)
+    config = crash.load_config()
     if config.storage == "none":
         crash.skip_core = "Storage=none"  # still written (unnamed) for the analysis
     from coredumpd.ingest.output import TempCore, open_directory  # not needed for small cores
@@ -257,7 +210,7 @@ def _prepare_store(crash: Crash) -> None:
         crash.core_failure = f"cannot create the core file: {err}"
 
 
-def _drain(crash: Crash) -> None:
+def _drain(crash: CrashState) -> None:
     if crash.writer is None or crash.core_stream is None:
         return
     crash.stream = crash.core_stream.drain_into(crash.writer, _core_limit(crash))
@@ -265,7 +218,7 @@ def _drain(crash: Crash) -> None:
         crash.core_failure = crash.stream.write_error
 
 
-def _read_sender(crash: Crash) -> None:
+def _read_sender(crash: CrashState) -> None:
     sender = crash.stream.sender()
     if sender is None or sender[1] <= 0:
         return
@@ -274,7 +227,7 @@ def _read_sender(crash: Crash) -> None:
     crash.sender.update({"si_code": code, "si_uid": uid})
 
 
-def _release_kernel(crash: Crash) -> None:
+def _release_kernel(crash: CrashState) -> None:
     """Close the pipe: the kernel reaps the crashed process now.
 
     Then wait (bounded) until it has exited before working on: measured here,
@@ -312,69 +265,3 @@ def _wait_exited(pidfd: int, timeout_ms: int) -> float:
     except OSError:
         pass
     return (time.monotonic() - started) * 1000
-
-
-def read_boot_id() -> str:
-    from coredumpd.store.naming import read_boot_id as naming_boot_id
-    try:
-        return naming_boot_id()
-    except CoredumpdError:
-        return "0" * 32
-
-
-def best_pid(crash: Crash) -> int:
-    """``%P``; else the core's NT_PRPSINFO pr_pid; else our own PID (a unique number)."""
-    if crash.args.pid is not None:
-        return crash.args.pid
-    if crash.stream.prpsinfo is not None and crash.stream.prpsinfo.pr_pid > 0:
-        crash.problems.append("no %P: PID taken from the core's NT_PRPSINFO")
-        return crash.stream.prpsinfo.pr_pid
-    crash.problems.append("no %P and no NT_PRPSINFO: the handler's PID stands in")
-    return os.getpid()
-
-
-def crasher_kind(crash: Crash) -> str | None:
-    """``pid1``, ``init.scope`` or ``journald`` when the crash is of one of those."""
-    if crash.args.pid == 1:
-        return "pid1"
-    if crash.proc.get("unit") == "init.scope":
-        return "init.scope"
-    exe = crash.proc.get("exe") or ""
-    if crash.comm() in JOURNALD_COMMS or exe.endswith("/systemd-journald"):
-        return "journald"
-    return None
-
-
-def build_facts(crash: Crash) -> dict[str, Any]:
-    """The ``facts`` JSON of the index (docs/ARCHITECTURE.md "Facts")."""
-    args_facts = crash.args.facts()
-    args_facts["comm"] = crash.comm()
-    return {
-        "version": FACTS_VERSION, "args": args_facts, "boot_id": read_boot_id(),
-        "handler_pid": os.getpid(), "proc": crash.proc,
-        "mapped_objects": read_held_objects(crash.held, crash.missing),
-        "sender": crash.sender, "stream": crash.stream.summary(),
-        "pidfd_check": crash.pidfd_check, "problems": crash.problems,
-        "missing": crash.missing,
-    }
-
-
-def at_secure(crash: Crash) -> int | None:
-    value = crash.stream.auxv_value(AT_SECURE)
-    if value is None:
-        for a_type, a_val in crash.proc.get("auxv") or []:
-            if a_type == AT_SECURE:
-                return int(a_val)
-    return value
-
-
-def grant_user_access(crash: Crash) -> bool:
-    """ACL for the crashing user when systemd-coredump would grant it."""
-    from coredumpd.ingest.output import grant_read, may_grant_user
-    status = crash.proc.get("status") or {}
-    if not may_grant_user(crash.args.dump_mode, crash.args.uid, at_secure(crash),
-                          status.get("Uid"), status.get("Gid")):
-        return False
-    assert crash.temp is not None and crash.args.uid is not None
-    grant_read(crash.temp.fd, crash.args.uid)
-    return True

@@ -42,14 +42,6 @@ PATTERN_MAX = 127
 PIPE_LIMIT = 16
 
 
-def handler_path() -> str:
-    """Absolute path of the ``coredumpd`` console script being run (or the venv's)."""
-    argv0 = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if os.path.basename(argv0) == "coredumpd" and os.access(argv0, os.X_OK):
-        return argv0
-    return os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "coredumpd")
-
-
 def launcher_paths() -> list[str]:
     """Where the package and its dependencies are: what ``site`` would have added."""
     import site

@@ -9,10 +9,8 @@ has read the core.
 from __future__ import annotations
 
 import sys
-import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
-STARTED = time.monotonic()  # for the handler's own timing record (bench/reap_latency.py)
 
 if TYPE_CHECKING:
     import argparse

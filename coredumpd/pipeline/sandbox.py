@@ -33,11 +33,9 @@ memory cap, garbage output — :func:`run_analysis` returns
 ``{"state": "failed", "error": "analysis failed: <reason>"}``; it never raises
 for a bad core, so the caller keeps the stored core and its index row.
 
-Test hook: when the *parent's* environment has ``COREDUMPD_SANDBOX_TEST_HOOK``
-(``crash``, ``hang``, ``sleep``, ``oom``, ``big-result``, ``garbage``,
-``ids``, ``exit``), the child runs that misbehaviour instead of the analysis.
-Only tests set it; the kernel starts the handler with an empty environment,
-so it cannot be set in production.
+The tests start another child module (``child_command``: tests/support/sandbox_hooks.py)
+that goes through the same limits, preload and drop, then misbehaves on purpose
+instead of analysing.
 """
 
 from __future__ import annotations
@@ -52,6 +50,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from coredumpd.config import Config
@@ -60,7 +59,6 @@ from coredumpd.model import AnalysisResult, AnalysisState
 RESULT_MAX = 32 << 20  # bytes of JSON accepted from the child
 STDERR_TAIL = 2000  # bytes of the child's stderr kept for the error message
 SYSTEM_UID_MAX = 999  # Debian's login.defs SYS_UID_MAX; systemd's SYSTEM_UID_MAX
-TEST_HOOK_ENV = "COREDUMPD_SANDBOX_TEST_HOOK"
 CHILD_MODULE = "coredumpd.pipeline.sandbox_child"
 HEADER = struct.Struct("<Q")  # length of the request JSON that follows
 assert HEADER.size == 8
@@ -113,9 +111,9 @@ def _open_core(core_path: str) -> int:
 
 
 def _child_argv(config: Config, fd: int, creds: tuple[int, int] | None,
-                read_all: bool) -> list[str]:
+                read_all: bool, child_command: Sequence[str]) -> list[str]:
     cpu = max(1, int(config.analysis_timeout) + 1)
-    argv = [sys.executable, "-I", "-B", "-m", CHILD_MODULE,
+    argv = [sys.executable, "-I", "-B", *child_command,
             "--fd", str(fd), "--memory-max", str(config.analysis_memory_max),
             "--cpu-seconds", str(cpu)]
     if creds is not None:
@@ -134,11 +132,13 @@ def _regular_user(facts: dict[str, Any] | None) -> bool:
 
 
 def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
-                 exe: str | None, root: str = "/") -> dict[str, Any]:
+                 exe: str | None, root: str = "/",
+                 child_command: Sequence[str] = ("-m", CHILD_MODULE)) -> dict[str, Any]:
     """Analyse ``core_path`` (raw ELF or our seekable lz4) in the sandbox.
 
     Returns the analysis result dict (docs/ARCHITECTURE.md), or a ``failed``
     result saying why.  Never raises for a bad core or a misbehaving child.
+    ``child_command``: what the child's interpreter runs (``-m MODULE [ARG...]``).
     """
     started = time.monotonic()
     try:
@@ -146,23 +146,23 @@ def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
         core_fd = _open_core(core_path)
     except (LookupError, OSError) as err:
         return failed(f"cannot start: {err}", started)
-    request = {"facts": facts, "exe": exe, "root": root,
-               "hook": os.environ.get(TEST_HOOK_ENV)}
+    request = {"facts": facts, "exe": exe, "root": root}
     try:
         read_all = creds is not None and not _regular_user(facts)
-        return _supervise(config, core_fd, request, creds, read_all, started)
+        return _supervise(config, core_fd, request, creds, read_all, child_command, started)
     finally:
         os.close(core_fd)
 
 
 def _supervise(config: Config, core_fd: int, request: dict[str, Any],
                creds: tuple[int, int] | None, read_all: bool,
-               started: float) -> dict[str, Any]:
+               child_command: Sequence[str], started: float) -> dict[str, Any]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     deadline = started + config.analysis_timeout
     try:
         child = subprocess.Popen(
-            _child_argv(config, theirs.fileno(), creds, read_all), pass_fds=[theirs.fileno()],
+            _child_argv(config, theirs.fileno(), creds, read_all, child_command),
+            pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env={}, cwd="/", start_new_session=True)
     except OSError as err:

@@ -3,29 +3,27 @@
 Started by :func:`coredumpd.pipeline.sandbox.run_analysis` (see its module for
 the design): sets its limits, imports the analysis while still root, drops its
 privileges, then receives the core fd and the facts over the socket given as
-``--fd``, runs :func:`coredumpd.analysis.analyze` (or a test hook) and sends the
-result back as JSON.  Nothing from the core is read before the drop.
+``--fd``, runs :func:`coredumpd.analysis.analyze` and sends the result back as
+JSON.  :func:`child_main` takes that work as an argument: the tests' misbehaving
+child (tests/support/sandbox_hooks.py) goes through the same steps.  Nothing from the core is read before the drop.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import json
 import os
 import resource
 import socket
 import sys
-import time
+from collections.abc import Callable
 from typing import Any
 
-from coredumpd.pipeline.sandbox import HEADER, RESULT_MAX, TEST_HOOK_ENV, failed
+from coredumpd.pipeline.sandbox import HEADER, failed
 
 # <linux/prctl.h>
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
-PR_GET_NO_NEW_PRIVS = 39
-PR_GET_DUMPABLE = 3
 PR_SET_KEEPCAPS = 8
 CLONE_NEWNET = 0x40000000  # <linux/sched.h>
 CAP_DAC_READ_SEARCH = 2  # <linux/capability.h>
@@ -185,67 +183,17 @@ def _analyze_fd(core_fd: int, request: dict[str, Any]) -> dict[str, Any]:
         source.close()
 
 
-def _run_hook(hook: str, sock: socket.socket, core_fd: int) -> dict[str, Any] | None:
-    """Misbehave on purpose (tests only, see the module docstring)."""
-    if hook.startswith("orphan:"):  # a grandchild that outlives us, then hang
-        if os.fork() == 0:
-            os.execv("/bin/sleep", ["sleep", hook.partition(":")[2]])
-        hook = "sleep"
-    if hook == "crash":
-        ctypes.string_at(0)  # SIGSEGV in the interpreter, like a bug in a C extension would
-    elif hook == "hang":
-        while True:
-            pass
-    elif hook == "sleep":
-        time.sleep(1e6)
-    elif hook == "oom":
-        hoard = []
-        while True:
-            hoard.append(bytearray(64 << 20))
-    elif hook == "exit":
-        os._exit(3)
-    elif hook == "garbage":
-        sock.sendall(b"{not json")
-        return None
-    elif hook == "big-result":
-        return {"state": "done", "padding": "x" * (RESULT_MAX + 1)}
-    elif hook == "ids":
-        return {"state": "done", "ids": _identity(core_fd)}
-    raise ValueError(f"unknown {TEST_HOOK_ENV}={hook!r}")
+Work = Callable[[dict[str, Any], socket.socket, int], dict[str, Any] | None]
 
 
-def _identity(core_fd: int) -> dict[str, Any]:
-    """What the sandbox looks like from inside (for the tests)."""
-    try:
-        os.close(os.open(f"/proc/self/fd/{core_fd}", os.O_RDONLY))
-        reopen = "opened"
-    except OSError as err:
-        reopen = errno.errorcode.get(err.errno or 0, str(err))
-    try:
-        os.listdir("/root")
-        read_root = "yes"
-    except OSError as err:
-        read_root = errno.errorcode.get(err.errno or 0, str(err))
-    try:
-        socket.create_connection(("127.0.0.1", 9), timeout=1).close()
-        network = "connected"
-    except OSError as err:
-        network = errno.errorcode.get(err.errno or 0, str(err))
-    return {"core_magic": os.pread(core_fd, 4, 0).hex(), "reopen_core": reopen,
-            "read_root": read_root, "network": network,
-            "rlimit_fsize": resource.getrlimit(resource.RLIMIT_FSIZE),
-            "resuid": os.getresuid(), "resgid": os.getresgid(), "groups": os.getgroups(),
-            "no_new_privs": _prctl(PR_GET_NO_NEW_PRIVS, 0),
-            "dumpable": _prctl(PR_GET_DUMPABLE, 0),
-            "rlimit_as": resource.getrlimit(resource.RLIMIT_AS),
-            "rlimit_core": resource.getrlimit(resource.RLIMIT_CORE),
-            "rlimit_cpu": resource.getrlimit(resource.RLIMIT_CPU),
-            "pgid_is_pid": os.getpgid(0) == os.getpid(), "cwd": os.getcwd(),
-            "environ": dict(os.environ), "fds": sorted(int(n) for n in os.listdir("/proc/self/fd")),
-            "status": open("/proc/self/status", encoding="ascii").read()}
+def _analyze_request(request: dict[str, Any], _sock: socket.socket,
+                     core_fd: int) -> dict[str, Any]:
+    return _analyze_fd(core_fd, request)
 
 
-def _child_main(argv: list[str]) -> int:
+def child_main(argv: list[str], work: Work = _analyze_request) -> int:
+    """Limits, preload, drop, receive; then ``work(request, socket, core_fd)`` and send
+    its result (None: ``work`` answered on the socket itself)."""
     options = dict(zip(argv[0::2], argv[1::2], strict=False))
     sock = socket.socket(fileno=int(options["--fd"]))
     _set_limits(int(options["--memory-max"]), int(options["--cpu-seconds"]))
@@ -255,8 +203,7 @@ def _child_main(argv: list[str]) -> int:
     _drop_privileges(uid, gid, "--read-all" in argv)
     request, core_fd = _receive(sock)
     try:
-        hook = request.get("hook")
-        result = _run_hook(hook, sock, core_fd) if hook else _analyze_fd(core_fd, request)
+        result = work(request, sock, core_fd)
     except MemoryError:
         result = failed(f"out of memory (AnalysisMemoryMax={options['--memory-max']})")
     except Exception as err:  # noqa: BLE001 - analyze() must not raise; say what did
@@ -268,4 +215,4 @@ def _child_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1:]))
+    sys.exit(child_main(sys.argv[1:]))

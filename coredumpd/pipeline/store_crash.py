@@ -14,14 +14,12 @@ import contextlib
 import fcntl
 import os
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from coredumpd.elf.layouts import signal_name
 from coredumpd.errors import CoredumpdError
 from coredumpd.model import AnalysisState, CoreState, CrashRecord, Facts
-from coredumpd.pipeline import handler as H
+from coredumpd.pipeline.state import CrashState
 from coredumpd.report.journal import kmsg_line, write_kmsg
 from coredumpd.store.index import Index
 from coredumpd.store.naming import core_filename
@@ -30,16 +28,16 @@ ANALYZE_JOB_MODULE = "coredumpd.pipeline.analyze_job"
 ANALYSIS_NICE = 10
 
 
-def finish(crash: H.Crash) -> int:
+def finish(crash: CrashState) -> int:
     """Store what phase 1 gathered; exit status (0 unless nothing could be stored)."""
     stats = _finish_core(crash)
-    crash.record_pid = H.best_pid(crash)
-    facts = H.build_facts(crash)
+    crash.record_pid = crash.best_pid()
+    facts = crash.build_facts()
     if crash.dir_fd < 0:
         write_kmsg(_kmsg(crash, "not stored: " + "; ".join(crash.problems[-2:])))
         return 1
     try:
-        index = Index(crash.config.index_path)
+        index = Index(crash.load_config().index_path)
     except CoredumpdError as err:
         crash.problems.append(f"index: {err}")
         write_kmsg(_kmsg(crash, f"index unusable: {err}"))
@@ -51,7 +49,8 @@ def finish(crash: H.Crash) -> int:
         row_id = _insert(crash, index, record)
     if row_id is None:
         return 1
-    for step in (_special_crasher, _enforce_retention, _spawn_analysis, _record_rusage):
+    crash.row_id = row_id
+    for step in (_special_crasher, _enforce_retention, _spawn_analysis):
         try:  # the row exists: a failing step must not stop the others
             step(crash, index, row_id, record)
         except Exception as err:  # noqa: BLE001
@@ -75,11 +74,11 @@ def _store_lock(dir_fd: int) -> Iterator[None]:
         fcntl.flock(dir_fd, fcntl.LOCK_UN)
 
 
-def _kmsg(crash: H.Crash, text: str) -> str:
+def _kmsg(crash: CrashState, text: str) -> str:
     return kmsg_line(crash.args.pid, crash.comm(), crash.args.uid, crash.args.signal, text)
 
 
-def _insert(crash: H.Crash, index: Index, record: dict[str, Any]) -> Any:
+def _insert(crash: CrashState, index: Index, record: dict[str, Any]) -> Any:
     """Insert the row; if that fails (a full disk), drop the core and try once more."""
     try:
         return index.insert(CrashRecord(**record))
@@ -100,7 +99,7 @@ def _insert(crash: H.Crash, index: Index, record: dict[str, Any]) -> Any:
         return None
 
 
-def _drop_core(crash: H.Crash) -> None:
+def _drop_core(crash: CrashState) -> None:
     """Free the unnamed file's blocks now (a failed core on a full disk)."""
     if crash.writer is not None:
         crash.writer.abort()
@@ -111,7 +110,7 @@ def _drop_core(crash: H.Crash) -> None:
         crash.temp = None
 
 
-def _finish_core(crash: H.Crash) -> Any:
+def _finish_core(crash: CrashState) -> Any:
     if crash.writer is None:
         return None
     if crash.core_failure is not None:
@@ -126,9 +125,9 @@ def _finish_core(crash: H.Crash) -> Any:
         return None
 
 
-def _apply_rate_limit(crash: H.Crash, index: Index) -> None:
+def _apply_rate_limit(crash: CrashState, index: Index) -> None:
     """More than RateLimitBurst crashes of one executable in the interval: no core."""
-    config = crash.config
+    config = crash.load_config()
     exe = crash.proc.get("exe") or crash.comm()
     since_us = crash.timestamp_us - int(config.rate_limit_interval * 1_000_000)
     try:
@@ -141,7 +140,7 @@ def _apply_rate_limit(crash: H.Crash, index: Index) -> None:
                            f"{config.rate_limit_interval:g}s (RateLimitBurst={config.rate_limit_burst})")
 
 
-def _core_state(crash: H.Crash, stored: bool) -> tuple[CoreState, str | None]:
+def _core_state(crash: CrashState, stored: bool) -> tuple[CoreState, str | None]:
     reason = crash.stream.truncated
     if crash.core_failure is not None:
         return CoreState.MISSING, crash.core_failure
@@ -152,7 +151,7 @@ def _core_state(crash: H.Crash, stored: bool) -> tuple[CoreState, str | None]:
     return (CoreState.TRUNCATED, reason) if reason else (CoreState.PRESENT, None)
 
 
-def _check_keep_free(crash: H.Crash, index: Index, stored_size: int) -> None:
+def _check_keep_free(crash: CrashState, index: Index, stored_size: int) -> None:
     """Vacuum older cores, then keep this one only if KeepFree still holds.
 
     As systemd-coredump (coredump-vacuum.c), with the new file's blocks
@@ -160,7 +159,7 @@ def _check_keep_free(crash: H.Crash, index: Index, stored_size: int) -> None:
     """
     from coredumpd.store import retention
     try:
-        result = retention.vacuum(crash.config, index)
+        result = retention.vacuum(crash.load_config(), index)
     except CoredumpdError as err:
         crash.problems.append(f"retention: {err}")
         return
@@ -169,7 +168,7 @@ def _check_keep_free(crash: H.Crash, index: Index, stored_size: int) -> None:
                            f" with the core of {stored_size} bytes written; not kept")
 
 
-def _record(crash: H.Crash, index: Index, stats: Any, facts: dict[str, Any]) -> dict[str, Any]:
+def _record(crash: CrashState, index: Index, stats: Any, facts: dict[str, Any]) -> dict[str, Any]:
     args, proc, stream = crash.args, crash.proc, crash.stream
     siginfo = stream.siginfo
     comm = crash.comm()
@@ -187,7 +186,7 @@ def _record(crash: H.Crash, index: Index, stats: Any, facts: dict[str, Any]) -> 
         "core_path": None, "core_size": stream.size,
         "stored_size": stats.stored_size if stats is not None else None,
         "facts": Facts.from_json(facts), "analysis_state": AnalysisState.PENDING,
-        "path_taken": {"crasher": H.crasher_kind(crash), "journal": "pending"},
+        "path_taken": {"crasher": crash.crasher_kind(), "journal": "pending"},
     }
     if stats is not None and crash.skip_core is None and crash.core_failure is None:
         _check_keep_free(crash, index, stats.stored_size)
@@ -204,7 +203,7 @@ def _unified_cgroup(text: str | None) -> str | None:
     return text
 
 
-def _link_core(crash: H.Crash, record: dict[str, Any]) -> None:
+def _link_core(crash: CrashState, record: dict[str, Any]) -> None:
     temp = crash.temp
     if temp is None or not record["core_state"].stored:
         if temp is not None:
@@ -214,7 +213,7 @@ def _link_core(crash: H.Crash, record: dict[str, Any]) -> None:
     name = core_filename(crash.comm(), crash.args.uid or 0, record["boot_id"],
                          record["pid"], crash.timestamp_us)
     try:
-        H.grant_user_access(crash)
+        _grant_user_access(crash)
         temp.link(name)
     except CoredumpdError as err:
         crash.problems.append(str(err))
@@ -222,12 +221,24 @@ def _link_core(crash: H.Crash, record: dict[str, Any]) -> None:
         record["facts"] = record["facts"].replace(problems=crash.problems)
         record["stored_size"] = None
         return
-    record["core_path"] = os.path.join(crash.config.directory, name)
+    record["core_path"] = os.path.join(crash.load_config().directory, name)
 
 
-def _special_crasher(crash: H.Crash, index: Index, row_id: Any, record: dict[str, Any]) -> None:
+def _grant_user_access(crash: CrashState) -> bool:
+    """ACL for the crashing user when systemd-coredump would grant it."""
+    from coredumpd.ingest.output import grant_read, may_grant_user
+    status = crash.proc.get("status") or {}
+    if not may_grant_user(crash.args.dump_mode, crash.args.uid, crash.at_secure(),
+                          status.get("Uid"), status.get("Gid")):
+        return False
+    assert crash.temp is not None and crash.args.uid is not None
+    grant_read(crash.temp.fd, crash.args.uid)
+    return True
+
+
+def _special_crasher(crash: CrashState, index: Index, row_id: Any, record: dict[str, Any]) -> None:
     """PID 1, init.scope, journald: a /dev/kmsg line now, whatever the journal does."""
-    kind = H.crasher_kind(crash)
+    kind = crash.crasher_kind()
     if kind is None:
         return
     where = record["core_path"] or f"no core ({record['core_reason']})"
@@ -237,19 +248,20 @@ def _special_crasher(crash: H.Crash, index: Index, row_id: Any, record: dict[str
     index.update(row_id, path_taken=path_taken)
 
 
-def _enforce_retention(crash: H.Crash, index: Index, row_id: Any,
+def _enforce_retention(crash: CrashState, index: Index, row_id: Any,
                        record: dict[str, Any]) -> None:
     """MaxUse with the new core counted (it is never the one removed)."""
     if record["core_path"]:
         from coredumpd.store import retention
-        retention.vacuum(crash.config, index, exclude=os.path.basename(record["core_path"]))
+        retention.vacuum(crash.load_config(), index, exclude=os.path.basename(record["core_path"]))
 
 
-def _spawn_analysis(crash: H.Crash, index: Index, row_id: Any, record: dict[str, Any]) -> None:
+def _spawn_analysis(crash: CrashState, index: Index, row_id: Any, record: dict[str, Any]) -> None:
     """Double fork: a niced session leader-less grandchild the kernel never waits for."""
     argv = [sys.executable, "-m", ANALYZE_JOB_MODULE, "--id", str(row_id)]
-    if crash.config.path:
-        argv += ["--config", crash.config.path]
+    config_path = crash.load_config().path
+    if config_path:
+        argv += ["--config", config_path]
     keep_fd = -1
     if crash.temp is not None and crash.temp.fd >= 0 and record["core_path"] is None \
             and crash.stream.size > 0:
@@ -271,22 +283,3 @@ def _detached_exec(argv: list[str]) -> None:
         os.execv(argv[0], argv)
     finally:
         os._exit(127)
-
-
-def _record_rusage(crash: H.Crash, index: Index, row_id: Any, record: dict[str, Any]) -> None:
-    """Handler timings and peak RSS, in the facts, when the bench asks for them."""
-    if not os.path.exists(os.path.join(crash.config.directory, ".record-rusage")):
-        return
-    import resource
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    from coredumpd.pipeline.main import STARTED
-    measures = {"maxrss_kib": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime,
-                "main_monotonic": STARTED, "released_monotonic": crash.released,
-                "held_ms": (crash.released - crash.handler_started) * 1000,
-                "reap_wait_ms": crash.reap_wait_ms,
-                "total_ms": (time.monotonic() - crash.handler_started) * 1000,
-                "signal_name": signal_name(crash.args.signal or 0)}
-    stored = index.get(row_id)
-    facts = stored.facts.to_json() if stored is not None and stored.facts is not None else {}
-    facts["handler_rusage"] = measures
-    index.update(row_id, facts=facts)

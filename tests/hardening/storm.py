@@ -13,8 +13,8 @@ the core is streamed), then the rows are awaited with the pattern restored.
 Then every crash is checked: one index row per PID (none lost, none
 duplicated), the stored file passes ``lz4 -t`` and decompresses to exactly
 ``core_size`` bytes, and :meth:`Core.open` on it finds the crashed thread.
-The handlers' peak RSS comes from ``facts.handler_rusage`` (the handler
-records it when the store has a ``.record-rusage`` file).
+The handlers' peak RSS comes from ``facts.handler_rusage``: the kernel runs
+the handler through tests/support/measured_handler.py, which records it.
 
 Used by tests/hardening/test_storm.py and bench/hardening_report.py.
 """
@@ -32,6 +32,7 @@ from typing import Any
 
 from tests.support.crash import compile_c, handler_pattern, write_config
 from tests.support.kernel import core_pattern
+from tests.support.measured_handler import write_script
 
 STORM_C = r"""
 #include <stdlib.h>
@@ -119,8 +120,8 @@ def run_storm(workdir: str | os.PathLike[str], count: int = 64, large: int = 4,
     work = pathlib.Path(workdir)
     store = work / "store"
     store.mkdir(parents=True, exist_ok=True)
-    (store / ".record-rusage").touch()
     config_path = os.path.join(tempfile.mkdtemp(prefix="cdh", dir="/tmp"), "c.conf")
+    handler = write_script(os.path.dirname(config_path), isolated=False)
     settings = {"analysis": False, "rate_limit_burst": count * 2} | config
     write_config(config_path, str(store), **settings)
     program = compile_c(STORM_C, work, name="storm")
@@ -130,7 +131,7 @@ def run_storm(workdir: str | os.PathLike[str], count: int = 64, large: int = 4,
     os.close(barrier_read)
     try:
         _wait_until_filled(crashers, large_mib)
-        with core_pattern(handler_pattern(config_path), pipe_limit or count + 16):
+        with core_pattern(handler_pattern(config_path, handler), pipe_limit or count + 16):
             locked = time.monotonic()
             os.close(barrier_write)
             barrier_write = -1

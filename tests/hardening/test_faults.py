@@ -47,7 +47,7 @@ def leftovers(directory: str) -> list[str]:
     """Files in the store that are neither the index nor a core that verifies."""
     names = []
     for name in sorted(os.listdir(directory)):
-        if name.startswith("index.sqlite") or name == ".record-rusage":
+        if name.startswith("index.sqlite"):
             continue
         names.append(name)
     return names

@@ -111,9 +111,10 @@ def write_config(path: str | os.PathLike[str], directory: str, **overrides: Any)
     pathlib.Path(path).write_text("\n".join(lines) + "\n")
 
 
-def handler_pattern(config_path: str | None = None) -> str:
-    """The core_pattern registering the venv's handler (what `coredumpd install` writes)."""
-    pattern = f"|{HANDLER} {SPECIFIERS}"
+def handler_pattern(config_path: str | None = None, handler: str = HANDLER) -> str:
+    """The core_pattern registering the venv's handler (what `coredumpd install` writes),
+    or ``handler`` (e.g. tests/support/measured_handler.write_script's)."""
+    pattern = f"|{handler} {SPECIFIERS}"
     if config_path:
         pattern += f" --config {config_path}"
     return pattern

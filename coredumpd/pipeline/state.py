@@ -1,0 +1,142 @@
+"""The handler's per-crash state: what both phases of one crash read and write.
+
+Phase 1 (:mod:`coredumpd.pipeline.handler`, while the kernel holds the crashed
+process) fills it; phase 2 (:mod:`coredumpd.pipeline.store_crash`, after the
+release) reads it to make the crash durable.  Both import this module, never
+each other (systemd keeps the same in one struct, src/coredump/coredump-context.h).
+
+Imported during phase 1, so it imports no more than that phase already needs
+(no ``dataclasses``, ``typing`` or configuration at import time).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from coredumpd.errors import CoredumpdError
+from coredumpd.ingest.changed import read_held_objects
+from coredumpd.ingest.stream import StreamResult
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from coredumpd.config import Config
+    from coredumpd.ingest.args import HandlerArgs
+    from coredumpd.ingest.output import TempCore
+    from coredumpd.ingest.stream import CoreStream
+    from coredumpd.store.lz4seek import SeekableLz4Writer
+
+AT_SECURE = 23  # <linux/auxvec.h>
+FACTS_VERSION = 1
+JOURNALD_COMMS = ("systemd-journal", "systemd-journald")
+
+
+class CrashState:
+    """Everything the handler learns about one crash, phase by phase.
+
+    ``started`` is the monotonic time the handler started (its caller's reading;
+    now if not given): the handler itself needs none, a caller that measures it may.
+    """
+
+    def __init__(self, args: HandlerArgs, started: float | None = None) -> None:
+        self.args = args
+        self.started = time.monotonic() if started is None else started
+        self.config: Config | None = None  # loaded when first needed (load_config)
+        self.problems: list[str] = list(args.problems)
+        self.missing: dict[str, str] = {}
+        self.proc: dict[str, Any] = {}
+        self.sender: dict[str, Any] | None = None
+        self.pidfd_check: dict[str, Any] = {}
+        self.stream = StreamResult()
+        self.core_stream: CoreStream | None = None
+        self.temp: TempCore | None = None
+        self.writer: SeekableLz4Writer | None = None
+        self.dir_fd = -1
+        self.skip_core: str | None = None  # why no core is kept on purpose (state "none")
+        self.core_failure: str | None = None  # why storing it failed (state "missing")
+        self.held: dict[str, dict[str, Any]] = {}
+        self.timestamp_us = time.time_ns() // 1000
+        self.released = 0.0  # monotonic time when fd 0 was closed
+        self.reap_wait_ms: float | None = None  # then waited for the process to exit
+        self.record_pid = 0  # the PID the index row and the file name carry
+        self.proc_pid = args.pid  # whose /proc we read; None once found not to be the crasher
+        self.row_id: str | None = None  # the index row, once inserted
+        self.status = 0  # the handler's exit status, once finished
+
+    @property
+    def pid(self) -> int | None:
+        return self.args.pid
+
+    def comm(self) -> str:
+        """The crashed process's comm: /proc, else NT_PRPSINFO, else ``unknown``."""
+        if self.proc.get("comm"):
+            return str(self.proc["comm"])
+        if self.stream.prpsinfo is not None and self.stream.prpsinfo.pr_fname:
+            return self.stream.prpsinfo.pr_fname
+        return "unknown"
+
+    def load_config(self) -> Config:
+        """The configuration, loaded once (the defaults, with a problem, if it is broken)."""
+        if self.config is None:
+            from coredumpd.config import Config, load_config
+            try:
+                self.config = load_config(self.args.config_path)
+                self.problems.extend(self.config.warnings)
+            except CoredumpdError as err:
+                self.problems.append(f"configuration: {err}; using the defaults")
+                self.config = Config()
+        return self.config
+
+    def best_pid(self) -> int:
+        """``%P``; else the core's NT_PRPSINFO pr_pid; else our own PID (a unique number)."""
+        if self.args.pid is not None:
+            return self.args.pid
+        if self.stream.prpsinfo is not None and self.stream.prpsinfo.pr_pid > 0:
+            self.problems.append("no %P: PID taken from the core's NT_PRPSINFO")
+            return self.stream.prpsinfo.pr_pid
+        self.problems.append("no %P and no NT_PRPSINFO: the handler's PID stands in")
+        return os.getpid()
+
+    def crasher_kind(self) -> str | None:
+        """``pid1``, ``init.scope`` or ``journald`` when the crash is of one of those."""
+        if self.args.pid == 1:
+            return "pid1"
+        if self.proc.get("unit") == "init.scope":
+            return "init.scope"
+        exe = self.proc.get("exe") or ""
+        if self.comm() in JOURNALD_COMMS or exe.endswith("/systemd-journald"):
+            return "journald"
+        return None
+
+    def at_secure(self) -> int | None:
+        """AT_SECURE from the core's auxv, else from /proc/PID/auxv."""
+        value = self.stream.auxv_value(AT_SECURE)
+        if value is None:
+            for a_type, a_val in self.proc.get("auxv") or []:
+                if a_type == AT_SECURE:
+                    return int(a_val)
+        return value
+
+    def build_facts(self) -> dict[str, Any]:
+        """The ``facts`` JSON of the index (docs/ARCHITECTURE.md "Facts")."""
+        args_facts = self.args.facts()
+        args_facts["comm"] = self.comm()
+        return {
+            "version": FACTS_VERSION, "args": args_facts, "boot_id": read_boot_id(),
+            "handler_pid": os.getpid(), "proc": self.proc,
+            "mapped_objects": read_held_objects(self.held, self.missing),
+            "sender": self.sender, "stream": self.stream.summary(),
+            "pidfd_check": self.pidfd_check, "problems": self.problems,
+            "missing": self.missing,
+        }
+
+
+def read_boot_id() -> str:
+    """This boot's ID, or zeros when the kernel does not say."""
+    from coredumpd.store.naming import read_boot_id as naming_boot_id
+    try:
+        return naming_boot_id()
+    except CoredumpdError:
+        return "0" * 32

@@ -1,0 +1,101 @@
+"""The sandbox child with a misbehaviour instead of the analysis (tests only).
+
+``python -I -B -m tests.support.sandbox_hooks HOOK --fd N ...``: started by
+``coredumpd.pipeline.sandbox.run_analysis(..., child_command=command(HOOK))``,
+it goes through the product child's own steps
+(:func:`coredumpd.pipeline.sandbox_child.child_main`: limits, preload, privilege
+drop, request), then misbehaves for real: ``crash`` (SIGSEGV in the
+interpreter), ``hang``, ``sleep``, ``orphan:N`` (a grandchild ``sleep N``, then
+sleep), ``oom``, ``exit``, ``garbage``, ``big-result``, or ``ids`` (report
+what the sandbox looks like from inside).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import pathlib
+import resource
+import socket
+import sys
+import time
+from typing import Any
+
+from coredumpd.pipeline import sandbox_child as child
+from coredumpd.pipeline.sandbox import RESULT_MAX
+
+MODULE = "tests.support.sandbox_hooks"
+PR_GET_DUMPABLE = 3  # <linux/prctl.h>
+PR_GET_NO_NEW_PRIVS = 39
+
+
+def command(hook: str) -> tuple[str, ...]:
+    """The ``child_command`` of run_analysis that runs ``hook``."""
+    return ("-m", MODULE, hook)
+
+
+def run_hook(hook: str, sock: socket.socket, core_fd: int) -> dict[str, Any] | None:
+    """Misbehave on purpose."""
+    if hook.startswith("orphan:"):  # a grandchild that outlives us, then hang
+        if os.fork() == 0:
+            os.execv("/bin/sleep", ["sleep", hook.partition(":")[2]])
+        hook = "sleep"
+    if hook == "crash":
+        ctypes.string_at(0)  # SIGSEGV in the interpreter, like a bug in a C extension would
+    elif hook == "hang":
+        while True:
+            pass
+    elif hook == "sleep":
+        time.sleep(1e6)
+    elif hook == "oom":
+        hoard = []
+        while True:
+            hoard.append(bytearray(64 << 20))
+    elif hook == "exit":
+        os._exit(3)
+    elif hook == "garbage":
+        sock.sendall(b"{not json")
+        return None
+    elif hook == "big-result":
+        return {"state": "done", "padding": "x" * (RESULT_MAX + 1)}
+    elif hook == "ids":
+        return {"state": "done", "ids": _identity(core_fd)}
+    raise ValueError(f"unknown hook {hook!r}")
+
+
+def _identity(core_fd: int) -> dict[str, Any]:
+    """What the sandbox looks like from inside."""
+    try:
+        os.close(os.open(f"/proc/self/fd/{core_fd}", os.O_RDONLY))
+        reopen = "opened"
+    except OSError as err:
+        reopen = errno.errorcode.get(err.errno or 0, str(err))
+    try:
+        os.listdir("/root")
+        read_root = "yes"
+    except OSError as err:
+        read_root = errno.errorcode.get(err.errno or 0, str(err))
+    try:
+        socket.create_connection(("127.0.0.1", 9), timeout=1).close()
+        network = "connected"
+    except OSError as err:
+        network = errno.errorcode.get(err.errno or 0, str(err))
+    return {"core_magic": os.pread(core_fd, 4, 0).hex(), "reopen_core": reopen,
+            "read_root": read_root, "network": network,
+            "rlimit_fsize": resource.getrlimit(resource.RLIMIT_FSIZE),
+            "resuid": os.getresuid(), "resgid": os.getresgid(), "groups": os.getgroups(),
+            "no_new_privs": child._prctl(PR_GET_NO_NEW_PRIVS, 0),
+            "dumpable": child._prctl(PR_GET_DUMPABLE, 0),
+            "rlimit_as": resource.getrlimit(resource.RLIMIT_AS),
+            "rlimit_core": resource.getrlimit(resource.RLIMIT_CORE),
+            "rlimit_cpu": resource.getrlimit(resource.RLIMIT_CPU),
+            "pgid_is_pid": os.getpgid(0) == os.getpid(), "cwd": os.getcwd(),
+            "environ": dict(os.environ), "fds": sorted(int(n) for n in os.listdir("/proc/self/fd")),
+            "status": pathlib.Path("/proc/self/status").read_text(encoding="ascii")}
+
+
+if __name__ == "__main__":
+    hook_name = sys.argv[1]
+    sys.exit(child.child_main(sys.argv[2:], lambda _request, sock, core_fd:
+                              run_hook(hook_name, sock, core_fd)))
