@@ -1,21 +1,16 @@
 """The model of an x86-64 Linux ELF core: header, segments, threads, notes, memory.
 
-Read with the declared layouts of :mod:`coredumpd.elf.layouts` through a
-:class:`~coredumpd.source.ByteSource`, so a stored lz4 core is read
-without decompressing it whole.  lief is not used for cores: it copies the
-file, cuts notes over 1 MiB, stops NT_FILE at 6000 entries and reads
-NT_SIGINFO's fields in the wrong order.
+Read through a :class:`~coredumpd.source.ByteSource`, so a stored lz4 core is
+read without decompressing it whole.  The head (header, program headers,
+notes) is parsed by :mod:`coredumpd.elf.head`, the same parser the handler's
+stream uses, and the notes decoded by :func:`coredumpd.elf.notes.decode_core_notes`.
 
 Only the ELF header must be valid (else :class:`FormatError`).  Past it the
 core is hostile: every count and offset is checked, what cannot be parsed is
 described in :attr:`Core.problems` (with file offsets), partial results are
 kept, and a core shorter than its program headers say sets
-:attr:`Core.truncated`.
-
-Note order follows the kernel's ``write_note_info()`` (fs/binfmt_elf.c): for
-each thread NT_PRSTATUS, then (first thread only) NT_PRPSINFO, NT_SIGINFO,
-NT_AUXV, NT_FILE, then that thread's regsets (NT_PRFPREG, NT_X86_XSTATE...).
-The first thread is the one that took the fatal signal (the dumper).
+:attr:`Core.truncated`.  The first thread is the one that took the fatal
+signal (the dumper).
 """
 
 from __future__ import annotations
@@ -23,17 +18,22 @@ from __future__ import annotations
 import bisect
 import dataclasses
 
+from coredumpd.elf import head as H
 from coredumpd.elf import layouts as L
-from coredumpd.elf import notes as N
-from coredumpd.elf.notes import FileMapping, PrPsInfo, PrStatus, SigInfo
+from coredumpd.elf.notes import (
+    FileMapping,
+    PrPsInfo,
+    PrStatus,
+    SigInfo,
+    ThreadState,
+    decode_core_notes,
+)
 from coredumpd.errors import CoredumpdError, FormatError, MemoryReadError
 from coredumpd.source import ByteSource
 
 __all__ = ["Core", "ElfHeader", "FileMapping", "PrPsInfo", "PrStatus", "Segment", "SigInfo",
            "ThreadState"]
 
-MAX_PHNUM = 1 << 20  # 16 x max_map_count (65530 by default); 56 MiB of headers
-MAX_NOTES_BYTES = 64 << 20  # all PT_NOTE segments: ~11 KiB per thread, NT_FILE ~100 B per VMA
 MAX_READ = 256 << 20  # one read_memory() call
 
 
@@ -81,38 +81,6 @@ class Segment:
         ))
 
 
-@dataclasses.dataclass
-class ThreadState:
-    """One thread: its NT_PRSTATUS, registers by name, NT_PRFPREG bytes if present.
-
-    ``name`` is not in kernel cores; the analysis may fill it from facts.
-    ``regsets`` holds the other per-thread notes (NT_X86_XSTATE...) by type.
-    """
-
-    tid: int
-    prstatus: PrStatus
-    registers: dict[str, int]
-    fpregs: bytes | None = None
-    name: str | None = None
-    regsets: dict[int, bytes] = dataclasses.field(default_factory=dict)
-
-
-def _parse_ehdr(raw: bytes) -> tuple[int, ...]:
-    if len(raw) < L.EHDR.size:
-        raise FormatError(f"core is {len(raw)} bytes, shorter than an ELF header", 0)
-    fields = L.EHDR.unpack_from(raw)
-    ident: bytes = fields[0]
-    if ident[:4] != L.ELFMAG:
-        raise FormatError("not an ELF file (bad magic)", 0)
-    if ident[4] != L.ELFCLASS64 or ident[5] != L.ELFDATA2LSB:
-        raise FormatError(f"not ELF64 little-endian (class {ident[4]}, data {ident[5]})", 4)
-    if fields[1] != L.ET.CORE:
-        raise FormatError(f"not a core file (e_type {fields[1]})", 16)
-    if fields[2] != L.EM_X86_64:
-        raise FormatError(f"not an x86-64 core (e_machine {fields[2]})", 18)
-    return tuple(fields[1:])
-
-
 class Core:
     """An opened core.  Build with :meth:`Core.open`; never raises past the ELF header."""
 
@@ -139,10 +107,17 @@ class Core:
         The core's TIDs are in the crashed process's PID namespace
         (``fill_prstatus()`` uses ``task_pid_vnr``), so pass ``%i``, not ``%I``.
         """
-        fields = _parse_ehdr(source.pread(0, L.EHDR.size))
+        fields = H.parse_ehdr(source.pread(0, L.EHDR.size))
+        wrong_type = H.core_type_problem(fields)
+        if wrong_type is not None:
+            raise FormatError(*wrong_type)
         core = cls(source, ElfHeader(*fields))
-        core._read_program_headers()
-        core._read_notes()
+        head = H.parse_head(core._pread)
+        core.ehdr = ElfHeader(*head.fields)
+        core.problems += head.problems
+        core.truncated = head.truncated
+        core._take_program_headers(head)
+        core._take_notes(head)
         core._check_crashing_thread(expected_tid)
         stored_truncated = getattr(source, "truncated", None)
         if stored_truncated:
@@ -163,42 +138,19 @@ class Core:
             self._problem(f"cannot read {size} bytes: {err}", offset)
             return b""
 
-    def _resolve_phnum(self) -> int:
-        """e_phnum, or section header 0's sh_info when e_phnum is PN_XNUM (elf(5))."""
-        ehdr = self.ehdr
-        if ehdr.e_phnum != L.PN_XNUM:
-            return ehdr.e_phnum
-        raw = self._pread(ehdr.e_shoff, L.SHDR.size) if ehdr.e_shoff else b""
-        if len(raw) < L.SHDR.size:
-            self._problem("PN_XNUM but section header 0 is missing", ehdr.e_shoff)
-            self.truncated = self.truncated or bool(ehdr.e_shoff)
-            return 0
-        sh_info = L.SHDR.unpack_from(raw)[7]
-        self.ehdr = dataclasses.replace(ehdr, e_phnum=sh_info)
-        return int(sh_info)
-
-    def _read_program_headers(self) -> None:
-        ehdr = self.ehdr
-        phnum = self._resolve_phnum()
-        if phnum and ehdr.e_phentsize != L.PHDR.size:
-            self._problem(f"e_phentsize is {ehdr.e_phentsize}, not {L.PHDR.size}", 0x36)
-            return
-        if phnum > MAX_PHNUM:
-            self._problem(f"{phnum} program headers, reading only {MAX_PHNUM}", ehdr.e_phoff)
-            phnum = MAX_PHNUM
-        wanted = phnum * L.PHDR.size
-        raw = self._pread(ehdr.e_phoff, wanted) if wanted else b""
-        if len(raw) < wanted:
-            self.truncated = True
-            self._problem(f"program headers cut: {len(raw) // L.PHDR.size} of {phnum} present",
-                          ehdr.e_phoff + len(raw))
-        for (p_type, p_flags, p_offset, p_vaddr, _paddr, p_filesz, p_memsz,
-             _align) in L.PHDR.iter_unpack(raw[:len(raw) - len(raw) % L.PHDR.size]):
+    def _take_program_headers(self, head: H.CoreHead) -> None:
+        for p_type, p_flags, p_offset, p_vaddr, _paddr, p_filesz, p_memsz, _align in head.phdrs:
             if p_type == L.PT.LOAD:
                 self.segments.append(Segment(p_vaddr, p_memsz, p_offset, p_filesz, p_flags))
             elif p_type == L.PT.NOTE:
                 self.note_segments.append((p_offset, p_filesz))
         self._index_segments()
+
+    def _take_notes(self, head: H.CoreHead) -> None:
+        notes = decode_core_notes(head.notes)
+        self.threads, self.prpsinfo, self.siginfo = notes.threads, notes.prpsinfo, notes.siginfo
+        self.auxv, self.files = dict(notes.auxv), notes.files
+        self.problems += notes.problems
 
     def _index_segments(self) -> None:
         self.segments.sort(key=lambda segment: segment.vaddr)
@@ -220,75 +172,6 @@ class Core:
             self.truncated = True
             self._problem(f"core truncated: segments need {data_end} bytes, "
                           f"the core has {self.source.size}", self.source.size)
-
-    def _read_notes(self) -> None:
-        budget = MAX_NOTES_BYTES
-        for offset, filesz in self.note_segments:
-            if filesz > budget:
-                self._problem(f"PT_NOTE of {filesz} bytes over the note budget, cut", offset)
-                filesz = budget
-            budget -= filesz
-            data = self._pread(offset, filesz)
-            if len(data) < filesz:
-                self.truncated = True
-                self._problem(f"PT_NOTE cut: {len(data)} of {filesz} bytes", offset + len(data))
-            self._parse_note_segment(data, offset)
-
-    def _parse_note_segment(self, data: bytes, offset: int) -> None:
-        try:
-            for note in N.iter_notes(data, offset):
-                self._take_note(note)
-        except FormatError as err:
-            self._problem(f"notes stop: {err}")
-
-    def _take_note(self, note: N.Note) -> None:
-        """Dispatch one note; a bad note is a problem, never an exception."""
-        try:
-            if note.name == "CORE":
-                self._take_core_note(note)
-            elif note.name == "LINUX" and self.threads:
-                self.threads[-1].regsets[note.type] = note.desc
-        except CoredumpdError as err:
-            self._problem(f"note type {note.type:#x} unreadable: {err}")
-
-    def _take_core_note(self, note: N.Note) -> None:
-        if note.type == L.NT.PRSTATUS:
-            status = N.decode_prstatus(note.desc, note.offset)
-            self.threads.append(ThreadState(status.pr_pid, status, dict(status.registers)))
-        elif note.type == L.NT.PRFPREG:
-            self._take_thread_regset(note, fpregs=True)
-        elif note.type == L.NT.PRPSINFO:
-            self._take_once("prpsinfo", N.decode_prpsinfo(note.desc, note.offset), note)
-        elif note.type == L.NT.SIGINFO:
-            self._take_once("siginfo", N.decode_siginfo(note.desc, note.offset), note)
-        elif note.type == L.NT.AUXV:
-            if self.auxv:
-                self._problem("second NT_AUXV ignored", note.offset)
-            else:
-                self.auxv = dict(N.decode_auxv(note.desc, note.offset))
-        elif note.type == L.NT.FILE:
-            if self.files:
-                self._problem("second NT_FILE ignored", note.offset)
-            else:
-                self.files = N.decode_file_note(note.desc, note.offset)
-        else:
-            self._take_thread_regset(note, fpregs=False)
-
-    def _take_thread_regset(self, note: N.Note, fpregs: bool) -> None:
-        if not self.threads:
-            self._problem(f"note type {note.type:#x} before any NT_PRSTATUS", note.offset)
-            return
-        thread = self.threads[-1]
-        if fpregs:
-            thread.fpregs = note.desc
-        else:
-            thread.regsets[note.type] = note.desc
-
-    def _take_once(self, attribute: str, value: object, note: N.Note) -> None:
-        if getattr(self, attribute) is not None:
-            self._problem(f"second note type {note.type:#x} ignored", note.offset)
-        else:
-            setattr(self, attribute, value)
 
     def _check_crashing_thread(self, expected_tid: int | None) -> None:
         if not self.threads:

@@ -239,3 +239,89 @@ def find_build_id(data: bytes, base: int = 0) -> bytes | None:
     except FormatError:
         return None
     return None
+
+
+@dataclasses.dataclass
+class ThreadState:
+    """One thread: its NT_PRSTATUS, registers by name, NT_PRFPREG bytes if present.
+
+    ``name`` is not in kernel cores; the analysis may fill it from facts.
+    ``regsets`` holds the other per-thread notes (NT_X86_XSTATE...) by type.
+    """
+
+    tid: int
+    prstatus: PrStatus
+    registers: dict[str, int]
+    fpregs: bytes | None = None
+    name: str | None = None
+    regsets: dict[int, bytes] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class CoreNotes:
+    """The decoded notes of a core (its PT_NOTE segments), first thread = the dumper.
+
+    Note order follows the kernel's ``write_note_info()`` (fs/binfmt_elf.c): for
+    each thread NT_PRSTATUS, then (first thread only) NT_PRPSINFO, NT_SIGINFO,
+    NT_AUXV, NT_FILE, then that thread's regsets (NT_PRFPREG, NT_X86_XSTATE...).
+    A note that cannot be decoded is a line in ``problems``, never an exception.
+    """
+
+    threads: list[ThreadState] = dataclasses.field(default_factory=list)
+    prpsinfo: PrPsInfo | None = None
+    siginfo: SigInfo | None = None
+    auxv: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    files: list[FileMapping] = dataclasses.field(default_factory=list)
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    def _problem(self, message: str, offset: int) -> None:
+        self.problems.append(f"{message} (at offset {offset:#x})")
+
+
+def decode_core_notes(segments: list[tuple[int, bytes]]) -> CoreNotes:
+    """Decode the PT_NOTE segments given as (file offset, bytes)."""
+    result = CoreNotes()
+    for offset, data in segments:
+        try:
+            for note in iter_notes(data, offset):
+                _take_note(result, note)
+        except FormatError as err:
+            result.problems.append(f"notes stop: {err}")
+    return result
+
+
+def _take_note(result: CoreNotes, note: Note) -> None:
+    try:
+        if note.name == "CORE":
+            _take_core_note(result, note)
+        elif note.name == "LINUX" and result.threads:
+            result.threads[-1].regsets[note.type] = note.desc
+    except FormatError as err:
+        result.problems.append(f"note type {note.type:#x} unreadable: {err}")
+
+
+def _take_core_note(result: CoreNotes, note: Note) -> None:
+    if note.type == L.NT.PRSTATUS:
+        status = decode_prstatus(note.desc, note.offset)
+        result.threads.append(ThreadState(status.pr_pid, status, dict(status.registers)))
+    elif note.type == L.NT.PRPSINFO:
+        _take_once(result, "prpsinfo", decode_prpsinfo(note.desc, note.offset), note)
+    elif note.type == L.NT.SIGINFO:
+        _take_once(result, "siginfo", decode_siginfo(note.desc, note.offset), note)
+    elif note.type == L.NT.AUXV:
+        _take_once(result, "auxv", decode_auxv(note.desc, note.offset), note)
+    elif note.type == L.NT.FILE:
+        _take_once(result, "files", decode_file_note(note.desc, note.offset), note)
+    elif not result.threads:
+        result._problem(f"note type {note.type:#x} before any NT_PRSTATUS", note.offset)
+    elif note.type == L.NT.PRFPREG:
+        result.threads[-1].fpregs = note.desc
+    else:
+        result.threads[-1].regsets[note.type] = note.desc
+
+
+def _take_once(result: CoreNotes, attribute: str, value: object, note: Note) -> None:
+    if getattr(result, attribute):
+        result._problem(f"second note type {note.type:#x} ignored", note.offset)
+    else:
+        setattr(result, attribute, value)

@@ -3,22 +3,18 @@
 The kernel writes a core strictly in order (fs/binfmt_elf.c elf_core_dump()):
 the ELF header, the program headers (the PT_NOTE one first), all notes, then
 the segment data page by page.  So the head — header, program headers, notes —
-is read into memory first (bounded by :data:`MAX_HEAD`) and decoded with
-:mod:`coredumpd.elf.notes` before the bulk arrives; the bulk then goes from the
-pipe straight into the lz4 writer's block buffers
-(:meth:`~coredumpd.store.lz4seek.SeekableLz4Writer.copy_from`), never held whole.
-
-With more than 65534 program headers ``e_phnum`` is PN_XNUM and the real count
-is in section header 0, which the kernel writes *after* the segment data
-(``elf_core_write_extra_data``).  Since the program headers are contiguous from
-``e_phoff`` up to the notes, the count is inferred from the first program
-header (PT_NOTE): ``(p_offset - e_phoff) / e_phentsize``.
+is read into memory first (bounded by :data:`MAX_HEAD`) and parsed by
+:mod:`coredumpd.elf.head` (the parser ``Core.open`` uses too, PN_XNUM included)
+before the bulk arrives; the bulk then goes from the pipe straight into the lz4
+writer's block buffers (:meth:`~coredumpd.store.lz4seek.SeekableLz4Writer.copy_from`),
+never held whole.  The notes are decoded (:func:`coredumpd.elf.notes.decode_core_notes`)
+only after the kernel has been released.
 
 Small cores (up to :data:`SMALL_CORE`) are first copied as they come into an
 unnamed spool file (:meth:`CoreStream.spool`, :mod:`coredumpd.ingest.spool`)
 so that the handler can release the kernel before it imports the lz4 writer or
 decodes notes (:mod:`coredumpd.elf.notes` pulls in ``dataclasses``); only
-``os``, ``struct`` and the declared layouts are needed until then.  Larger
+``os``, ``struct``, the declared layouts and the head parser are needed until then.  Larger
 cores are streamed into the lz4 writer as they come.
 
 Nothing here raises on hostile or short input: problems are collected in
@@ -30,7 +26,8 @@ from __future__ import annotations
 import os
 
 from coredumpd.elf import structs as L
-from coredumpd.errors import CoredumpdError
+from coredumpd.elf.head import core_type_problem, parse_head
+from coredumpd.errors import CoredumpdError, FormatError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -59,14 +56,13 @@ class StreamResult:
         self.expected_size: int | None = None  # from the program headers
         self.is_elf = False
         self.phnum = 0
-        self.segments: list[tuple[int, int, int, int, int, int]] = []  # PHDR fields
-        self.threads: list[dict[str, Any]] = []  # tid, si_signo, registers (first = dumper)
+        self.threads: list[N.ThreadState] = []  # first = the dumper
         self.siginfo: N.SigInfo | None = None
         self.prpsinfo: N.PrPsInfo | None = None
         self.auxv: list[tuple[int, int]] = []
         self.files: list[N.FileMapping] = []
         self.problems: list[str] = []
-        self.raw_notes: list[tuple[bytes, int]] = []  # (PT_NOTE bytes, file offset)
+        self.notes: list[tuple[int, bytes]] = []  # (file offset, PT_NOTE bytes)
         self.notes_decoded = False
         self.truncated: str | None = None
         self.eof = False  # the kernel closed its end: we saw the whole stream
@@ -77,8 +73,11 @@ class StreamResult:
         if self.notes_decoded:
             return
         self.notes_decoded = True
-        for data, offset in self.raw_notes:
-            _decode_notes(data, offset, self)
+        from coredumpd.elf.notes import decode_core_notes
+        notes = decode_core_notes(self.notes)
+        self.threads, self.siginfo, self.prpsinfo = notes.threads, notes.siginfo, notes.prpsinfo
+        self.auxv, self.files = notes.auxv, notes.files
+        self.problems += notes.problems
 
     def sender(self) -> tuple[int, int, int] | None:
         """(si_code, si_pid, si_uid) when a process sent the fatal signal (si_code <= 0).
@@ -86,7 +85,7 @@ class StreamResult:
         Read straight from NT_SIGINFO with the declared layouts, without
         decoding the other notes, because it is needed while the process is held.
         """
-        for data, _offset in self.raw_notes:
+        for _offset, data in self.notes:
             for note_type, start, end in _walk_notes(data):
                 if note_type == L.NT_SIGINFO and end - start >= L.SIGINFO_SIZE:
                     _signo, _errno, code = L.SIGINFO_HEAD.unpack_from(data, start)
@@ -107,7 +106,7 @@ class StreamResult:
         sig = self.siginfo
         return {
             "size": self.size, "expected_size": self.expected_size, "is_elf": self.is_elf,
-            "phnum": self.phnum, "threads": [t["tid"] for t in self.threads],
+            "phnum": self.phnum, "threads": [t.tid for t in self.threads],
             "siginfo": None if sig is None else {
                 "si_signo": sig.si_signo, "si_code": sig.si_code, "si_errno": sig.si_errno,
                 "si_addr": sig.si_addr, "si_pid": sig.si_pid, "si_uid": sig.si_uid},
@@ -122,6 +121,16 @@ class _Head:
         self.fd = fd
         self.data = bytearray()
         self.eof = False
+        self.error: str | None = None  # a failed read, which ended the stream
+
+    def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` of the stream, reading on as needed; short at
+        its end (the head parser's reader)."""
+        try:
+            self.fill(offset + size)
+        except _StreamFailed as err:
+            self.error = str(err)
+        return bytes(self.data[offset:offset + size])
 
     def fill(self, wanted: int) -> bool:
         """Read until ``wanted`` bytes are held; False if the stream ends first."""
@@ -150,10 +159,9 @@ class CoreStream:
         self.fd = fd
         self.head = _Head(fd)
         self.result = StreamResult()
-        try:
-            _parse_head(self.head, self.result)
-        except _StreamFailed as err:
-            self.result.problems.append(str(err))
+        _parse_head(self.head, self.result)
+        if self.head.error:
+            self.result.problems.append(self.head.error)
         self.result.size = len(self.head.data)
         self.result.eof = self.head.eof
         self.spool_fd = -1
@@ -315,69 +323,23 @@ def _check_complete(result: StreamResult, limit: int | None) -> None:
 
 
 def _parse_head(head: _Head, result: StreamResult) -> None:
-    if not head.fill(L.EHDR.size):
-        result.problems.append(f"stream ended after {len(head.data)} bytes, in the ELF header")
-        return
-    fields = L.EHDR.unpack_from(head.data)
-    ident, e_type, e_machine = fields[0], fields[1], fields[2]
-    if ident[:4] != L.ELFMAG or ident[4] != L.ELFCLASS64 or ident[5] != L.ELFDATA2LSB:
-        result.problems.append(f"not a little-endian ELF64 file (starts {bytes(ident[:8])!r})")
+    try:
+        parsed = parse_head(head.read, MAX_HEAD)
+    except FormatError as err:
+        if len(head.data) < L.EHDR.size:
+            result.problems.append(f"stream ended after {len(head.data)} bytes, in the ELF header")
+        else:
+            result.problems.append(str(err))
         return
     result.is_elf = True
-    if e_type != L.ET_CORE or e_machine != L.EM_X86_64:
-        result.problems.append(f"e_type {e_type}, e_machine {e_machine}: not an x86-64 core")
-    e_phoff, e_phentsize, e_phnum = fields[5], fields[9], fields[10]
-    if e_phentsize != L.PHDR.size:
-        result.problems.append(f"e_phentsize {e_phentsize} is not {L.PHDR.size}")
-        return
-    phnum = _resolve_phnum(head, result, e_phoff, e_phnum)
-    if phnum and _read_phdrs(head, result, e_phoff, phnum):
-        _read_notes(head, result)
-
-
-def _resolve_phnum(head: _Head, result: StreamResult, e_phoff: int, e_phnum: int) -> int:
-    if e_phnum != L.PN_XNUM:
-        return e_phnum
-    if e_phoff > MAX_HEAD or not head.fill(e_phoff + L.PHDR.size):
-        result.problems.append("PN_XNUM and no first program header")
-        return 0
-    p_type, _flags, p_offset = L.PHDR.unpack_from(head.data, e_phoff)[:3]
-    if p_type != L.PT_NOTE or p_offset < e_phoff:
-        result.problems.append(f"PN_XNUM but the first program header is type {p_type:#x}")
-        return 0
-    e_shoff = L.EHDR.unpack_from(head.data)[6]
-    if e_phoff < e_shoff and e_shoff + L.SHDR.size <= p_offset and head.fill(e_shoff + L.SHDR.size):
-        return int(L.SHDR.unpack_from(head.data, e_shoff)[7])  # a writer that put it early
-    return int((p_offset - e_phoff) // L.PHDR.size)
-
-
-def _read_phdrs(head: _Head, result: StreamResult, e_phoff: int, phnum: int) -> bool:
-    end = e_phoff + phnum * L.PHDR.size
-    if end > MAX_HEAD:
-        result.problems.append(f"{phnum} program headers at {e_phoff:#x} exceed {MAX_HEAD} bytes")
-        return False
-    if not head.fill(end):
-        result.problems.append(f"stream ended at {len(head.data):#x} in the program headers")
-        return False
-    result.phnum = phnum
-    result.segments = [L.PHDR.unpack_from(head.data, e_phoff + i * L.PHDR.size)[:6]
-                       for i in range(phnum)]
-    ends = [offset + filesz for p_type, _f, offset, _v, _p, filesz in result.segments
-            if p_type in (L.PT_LOAD, L.PT_NOTE)]
-    result.expected_size = max(ends, default=end)
-    return True
-
-
-def _read_notes(head: _Head, result: StreamResult) -> None:
-    for p_type, _flags, offset, _vaddr, _paddr, filesz in result.segments:
-        if p_type != L.PT_NOTE:
-            continue
-        if offset + filesz > MAX_HEAD:
-            result.problems.append(f"notes at {offset:#x} ({filesz} bytes) exceed {MAX_HEAD}")
-            continue
-        if not head.fill(offset + filesz):
-            result.problems.append(f"stream ended at {len(head.data):#x} in the notes")
-        result.raw_notes.append((bytes(head.data[offset:offset + filesz]), offset))
+    wrong_type = core_type_problem(parsed.fields)
+    if wrong_type is not None:
+        result.problems.append(f"{wrong_type[0]} (at offset {wrong_type[1]:#x})")
+    result.problems += parsed.problems
+    result.phnum = parsed.phnum
+    result.notes = parsed.notes
+    if len(parsed.phdrs) == parsed.phnum:  # else: cut or refused, the size is unknown
+        result.expected_size = parsed.expected_size()
 
 
 def _walk_notes(data: bytes) -> Iterator[tuple[int, int, int]]:
@@ -391,31 +353,3 @@ def _walk_notes(data: bytes) -> Iterator[tuple[int, int, int]]:
             return
         yield note_type, start, end
         position = (end + 3) & ~3
-
-
-def _decode_notes(data: bytes, base: int, result: StreamResult) -> None:
-    from coredumpd.elf import notes as N
-    try:
-        for note in N.iter_notes(data, base):
-            _decode_note(note, result)
-    except CoredumpdError as err:
-        result.problems.append(str(err))
-
-
-def _decode_note(note: N.Note, result: StreamResult) -> None:
-    from coredumpd.elf import notes as N
-    try:
-        if note.type == L.NT_PRSTATUS:
-            status = N.decode_prstatus(note.desc, note.offset)
-            result.threads.append({"tid": status.pr_pid, "si_signo": status.si_signo,
-                                   "registers": status.registers})
-        elif note.type == L.NT_SIGINFO and result.siginfo is None:
-            result.siginfo = N.decode_siginfo(note.desc, note.offset)
-        elif note.type == L.NT_AUXV and not result.auxv:
-            result.auxv = N.decode_auxv(note.desc, note.offset)
-        elif note.type == L.NT_FILE and not result.files:
-            result.files = N.decode_file_note(note.desc, note.offset)
-        elif note.type == L.NT_PRPSINFO and result.prpsinfo is None:
-            result.prpsinfo = N.decode_prpsinfo(note.desc, note.offset)
-    except CoredumpdError as err:
-        result.problems.append(str(err))

@@ -37,7 +37,7 @@ def test_simple_core_parsed_and_stored_exactly(tmp_path):
     data = W.simple_core()
     result, stored = _store(data, tmp_path)
     assert result.is_elf and result.truncated is None and result.problems == []
-    assert [t["tid"] for t in result.threads] == [100, 101]
+    assert [t.tid for t in result.threads] == [100, 101]
     assert result.siginfo.si_signo == 11 and result.siginfo.si_addr == 0x10
     assert result.files[0].path == "/bin/prog"
     assert result.auxv_value(L.AT.PAGESZ) == W.PAGE
@@ -53,7 +53,7 @@ def test_pn_xnum_count_from_section_header(tmp_path):
     data = W.core([W.note("CORE", L.NT.PRSTATUS, W.prstatus(7))],
                   [W.Load(0x1000, b"\x22" * W.PAGE)], pn_xnum=True, extra_phdrs=3)
     result, _ = _store(data, tmp_path)
-    assert result.phnum == 5 and result.threads[0]["tid"] == 7 and result.truncated is None
+    assert result.phnum == 5 and result.threads[0].tid == 7 and result.truncated is None
 
 
 @pytest.mark.parametrize("cut", ["ehdr", "phdrs", "notes", "segment"])

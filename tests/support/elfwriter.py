@@ -72,17 +72,20 @@ class Load:
 
 
 def core(notes: list[bytes], loads: list[Load], pn_xnum: bool = False,
-         extra_phdrs: int = 0) -> bytes:
+         extra_phdrs: int = 0, section_header: str = "end", sh_info: int | None = None) -> bytes:
     """A complete core: ELF header, phdrs (PT_NOTE first), notes, page-aligned data.
 
-    ``pn_xnum`` stores the phdr count in section header 0 (elf(5));
-    ``extra_phdrs`` adds PT_NULL headers (to reach PN_XNUM counts cheaply).
+    ``pn_xnum`` stores the phdr count in section header 0 (elf(5)), placed where
+    the kernel puts it, after the segment data (``section_header="end"``,
+    fs/binfmt_elf.c elf_core_write_extra_data()), or between the program headers
+    and the notes (``"early"``); ``sh_info`` overrides the count written there (to
+    lie).  ``extra_phdrs`` adds PT_NULL headers (to reach PN_XNUM counts cheaply).
     """
     phnum = 1 + len(loads) + extra_phdrs
     note_data = b"".join(notes)
     phoff = L.EHDR.size
-    shoff = phoff + phnum * L.PHDR.size if pn_xnum else 0
-    notes_offset = phoff + phnum * L.PHDR.size + (L.SHDR.size if pn_xnum else 0)
+    early = pn_xnum and section_header == "early"
+    notes_offset = phoff + phnum * L.PHDR.size + (L.SHDR.size if early else 0)
     offset = _align(notes_offset + len(note_data), PAGE)
     phdrs = [L.PHDR.pack(L.PT.NOTE, 0, notes_offset, 0, 0, len(note_data), 0, 4)]
     body = bytearray()
@@ -92,13 +95,18 @@ def core(notes: list[bytes], loads: list[Load], pn_xnum: bool = False,
                                  len(load.data), memsz, PAGE))
         body += load.data + bytes(_align(len(load.data), PAGE) - len(load.data))
     phdrs += [L.PHDR.pack(L.PT.NULL, 0, 0, 0, 0, 0, 0, 0)] * extra_phdrs
+    shoff = 0
+    if pn_xnum:
+        shoff = phoff + phnum * L.PHDR.size if early else offset + len(body)
     ident = L.ELFMAG + bytes([L.ELFCLASS64, L.ELFDATA2LSB, 1]) + bytes(9)
     ehdr = L.EHDR.pack(ident, L.ET.CORE, L.EM_X86_64, 1, 0, phoff, shoff, 0, L.EHDR.size,
                        L.PHDR.size, L.PN_XNUM if pn_xnum else phnum,
                        L.SHDR.size if pn_xnum else 0, 1 if pn_xnum else 0, 0)
-    shdr = L.SHDR.pack(0, 0, 0, 0, 0, 0, 0, phnum, 0, 0) if pn_xnum else b""
-    head = ehdr + b"".join(phdrs) + shdr + note_data
-    return head + bytes(offset - len(head)) + bytes(body)
+    shdr = L.SHDR.pack(0, 0, 0, 0, 0, 0, 0, phnum if sh_info is None else sh_info, 0, 0) \
+        if pn_xnum else b""
+    head = ehdr + b"".join(phdrs) + (shdr if early else b"") + note_data
+    tail = shdr if pn_xnum and not early else b""
+    return head + bytes(offset - len(head)) + bytes(body) + tail
 
 
 def simple_core(tids: tuple[int, ...] = (100, 101), stack: bytes = b"\x11" * PAGE,
