@@ -17,7 +17,13 @@ import struct
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from coredumpd.arch import FrameRecord, PltLayout, Registers, SignalFrame, WordReader
+from coredumpd.arch.interface import (
+    FrameRecord,
+    PltLayout,
+    Registers,
+    SignalFrame,
+    WordReader,
+)
 
 # struct elf_prstatus: pr_info {si_signo si_code si_errno}, pr_cursig, pad,
 # pr_sigpend, pr_sighold, pr_pid pr_ppid pr_pgrp pr_sid, pr_utime pr_stime
