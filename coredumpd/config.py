@@ -38,6 +38,23 @@ def parse_timespan(text: str) -> float:
     return float(match.group(1)) * _TIME_SUFFIXES[match.group(2)]
 
 
+# systemd's log_namespace_name_valid() (src/basic/syslog-util.c): a file name that fits
+# "/var/log/journal/<machine-id>.<namespace>" (255 - 32 - 1 characters), a unit
+# instance name (letters, digits, ":-_.\\" and "@"), no unsafe characters (the
+# backslash) and no glob characters.
+_NAMESPACE_MAX = 255 - 32 - 1
+_NAMESPACE_CHARS = re.compile(r"[A-Za-z0-9:_.@-]+")
+
+
+def parse_journal_namespace(text: str) -> str:
+    """A journal namespace name as systemd accepts it (``LogNamespace=``)."""
+    if (not _NAMESPACE_CHARS.fullmatch(text) or text in (".", "..")
+            or len(text) > _NAMESPACE_MAX):
+        raise ConfigError(f"invalid journal namespace {text!r} (expected up to "
+                          f"{_NAMESPACE_MAX} of A-Z a-z 0-9 : _ . @ -)")
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Settings for the handler, the analysis and corectl."""
@@ -59,6 +76,7 @@ class Config:
     analysis_user: str = "nobody"
     journal: bool = True
     journal_timeout: float = 0.5
+    journal_namespace: str | None = None  # None: the default journal
     warnings: tuple[str, ...] = ()
 
     @property
@@ -81,6 +99,7 @@ _KEYS: dict[str, tuple[str, object]] = {
     "AnalysisUser": ("analysis_user", str),
     "Journal": ("journal", lambda v: _parse_bool(v)),
     "JournalTimeoutSec": ("journal_timeout", parse_timespan),
+    "JournalNamespace": ("journal_namespace", parse_journal_namespace),
 }
 
 

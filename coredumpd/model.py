@@ -403,6 +403,8 @@ class Facts(Versioned):
     pidfd_check: dict[str, Any] = {}
     problems: list[str] = []
     missing: dict[str, str] = {}
+    # where pid, uid, gid come from: "%P"/"%u"/"%g", "NT_PRPSINFO", or None (unknown)
+    id_sources: dict[str, str | None] = {}
 
     @property
     def tid(self) -> int | None:

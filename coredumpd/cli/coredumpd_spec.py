@@ -107,6 +107,14 @@ CONFIG_KEYS = (
     ("Journal=", "Whether to write one journal entry per crash (yes or no). Default yes."),
     ("JournalTimeoutSec=", ("How long a journal write may block before it is given up "
                            "(the core is stored regardless). Default 0.5s.")),
+    ("JournalNamespace=", ("The journal namespace the entries go to, as LogNamespace= in "
+                          "systemd.exec(5): the journald serving "
+                          "/run/systemd/journal.NAMESPACE/socket; journalctl --namespace=NAMESPACE "
+                          "reads them, and coredumpctl -D on that namespace's journal "
+                          "directory (/var/log/journal/MACHINE-ID.NAMESPACE). "
+                          "Names as systemd accepts them: letters, digits and "
+                          ":_.@-, at most 222 characters. Default empty: the "
+                          "default journal.")),
 )
 
 CONF = Program(

@@ -62,12 +62,15 @@ def report(config: Config, record: CrashRecord) -> dict[str, object]:
         path_taken["journal"] = "skipped: Journal=no"
     else:
         fields = journal.journal_fields(record)
-        path_taken["journal"] = journal.send(fields, timeout=config.journal_timeout)
+        path_taken["journal"] = journal.send(
+            fields, timeout=config.journal_timeout,
+            path=journal.journal_socket_path(config.journal_namespace))
     if path_taken["journal"] != "sent" and "kmsg" not in path_taken:
         where = record.core_path or f"no core ({record.core_reason})"
-        line = journal.kmsg_line(record.pid, record.comm or "unknown", record.uid,
-                                 record.signal, f"stored {where}; journal "
-                                 f"{path_taken['journal']}; root cause {record.root_cause}")
+        line = journal.kmsg_line(journal.known_pid(record), record.comm or "unknown",
+                                 record.uid, record.signal,
+                                 f"stored {where}; journal {path_taken['journal']}; "
+                                 f"root cause {record.root_cause}")
         path_taken["kmsg"] = "written" if journal.write_kmsg(line) else "failed"
     path_taken["analysis"] = record.analysis.state.value if record.analysis else None
     return path_taken

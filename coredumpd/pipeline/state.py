@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 AT_SECURE = 23  # <linux/auxvec.h>
 FACTS_VERSION = 1
 JOURNALD_COMMS = ("systemd-journal", "systemd-journald")
+# The kernel's specifier of each id; the core's NT_PRPSINFO has pr_<id> for each
+# (it stands in when the argument is missing: run by hand, a pattern without it).
+ID_SPECIFIERS = {"pid": "%P", "uid": "%u", "gid": "%g"}
 
 
 class CrashState:
@@ -61,6 +64,8 @@ class CrashState:
         self.released = 0.0  # monotonic time when fd 0 was closed
         self.reap_wait_ms: float | None = None  # then waited for the process to exit
         self.record_pid = 0  # the PID the index row and the file name carry
+        self.ids: dict[str, int | None] = {}  # pid, uid, gid: see resolve_ids()
+        self.id_sources: dict[str, str | None] = {}
         self.proc_pid = args.pid  # whose /proc we read; None once found not to be the crasher
         self.row_id: str | None = None  # the index row, once inserted
         self.status = 0  # the handler's exit status, once finished
@@ -89,15 +94,26 @@ class CrashState:
                 self.config = Config()
         return self.config
 
-    def best_pid(self) -> int:
-        """``%P``; else the core's NT_PRPSINFO pr_pid; else our own PID (a unique number)."""
-        if self.args.pid is not None:
-            return self.args.pid
-        if self.stream.prpsinfo is not None and self.stream.prpsinfo.pr_pid > 0:
-            self.problems.append("no %P: PID taken from the core's NT_PRPSINFO")
-            return self.stream.prpsinfo.pr_pid
-        self.problems.append("no %P and no NT_PRPSINFO: the handler's PID stands in")
-        return os.getpid()
+    def resolve_ids(self) -> None:
+        """PID, UID and GID of the crash, each with its source (``id_sources``).
+
+        ``%P %u %g`` first; else the core's NT_PRPSINFO ``pr_pid pr_uid pr_gid``
+        (the kernel's fill_psinfo() writes them as the process saw them: its own
+        PID namespace and user namespace); else unknown (source None), and the
+        index row's PID is the handler's own (a unique number).
+        """
+        info = self.stream.prpsinfo
+        for field, specifier in ID_SPECIFIERS.items():
+            value = getattr(self.args, field)
+            source = specifier if value is not None else None
+            if value is None and info is not None and (field != "pid" or info.pr_pid > 0):
+                value, source = getattr(info, f"pr_{field}"), "NT_PRPSINFO"
+                self.problems.append(f"no {specifier}: {field} taken from the core's NT_PRPSINFO")
+            elif value is None:
+                self.problems.append(f"no {specifier} and no NT_PRPSINFO: {field} unknown")
+            self.ids[field] = value
+            self.id_sources[field] = source
+        self.record_pid = self.ids["pid"] if self.ids["pid"] is not None else os.getpid()
 
     def crasher_kind(self) -> str | None:
         """``pid1``, ``init.scope`` or ``journald`` when the crash is of one of those."""
@@ -129,7 +145,7 @@ class CrashState:
             "mapped_objects": read_held_objects(self.held, self.missing),
             "sender": self.sender, "stream": self.stream.summary(),
             "pidfd_check": self.pidfd_check, "problems": self.problems,
-            "missing": self.missing,
+            "missing": self.missing, "id_sources": self.id_sources,
         }
 
 

@@ -31,7 +31,7 @@ ANALYSIS_NICE = 10
 def finish(crash: CrashState) -> int:
     """Store what phase 1 gathered; exit status (0 unless nothing could be stored)."""
     stats = _finish_core(crash)
-    crash.record_pid = crash.best_pid()
+    crash.resolve_ids()
     facts = crash.build_facts()
     if crash.dir_fd < 0:
         write_kmsg(_kmsg(crash, "not stored: " + "; ".join(crash.problems[-2:])))
@@ -75,7 +75,8 @@ def _store_lock(dir_fd: int) -> Iterator[None]:
 
 
 def _kmsg(crash: CrashState, text: str) -> str:
-    return kmsg_line(crash.args.pid, crash.comm(), crash.args.uid, crash.args.signal, text)
+    return kmsg_line(crash.ids.get("pid"), crash.comm(), crash.ids.get("uid"), crash.args.signal,
+                     text)
 
 
 def _insert(crash: CrashState, index: Index, record: dict[str, Any]) -> Any:
@@ -174,7 +175,7 @@ def _record(crash: CrashState, index: Index, stats: Any, facts: dict[str, Any]) 
     comm = crash.comm()
     record: dict[str, Any] = {
         "pid": crash.record_pid, "tid": args.tid,
-        "ns_pid": args.ns_pid, "uid": args.uid, "gid": args.gid,
+        "ns_pid": args.ns_pid, "uid": crash.ids["uid"], "gid": crash.ids["gid"],
         "signal": args.signal if args.signal is not None else (siginfo.si_signo if siginfo else 0),
         "si_code": siginfo.si_code if siginfo else None,
         "fault_address": siginfo.si_addr if siginfo else None,

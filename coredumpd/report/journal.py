@@ -14,6 +14,14 @@ speaks journald's native protocol (systemd.io/JOURNAL_NATIVE_PROTOCOL) on a
 non-blocking AF_UNIX datagram socket, waiting at most ``timeout`` seconds for
 room, and passes entries too large for one datagram as a sealed memfd, as
 libsystemd does.  No systemd library is imported.
+
+``JournalNamespace=NS`` sends to that journal namespace's journald instead
+(systemd's layout: ``/run/systemd/journal.NS/socket``, sd_journal_open_namespace(3)).
+
+An entry carries the coredump MESSAGE_ID only when it has what systemd's
+coredumpctl needs to list it: a PID, a UID and a GID (coredumpctl 252 aborts
+in parse_uid() on an entry without ``COREDUMP_UID``).  Otherwise it is an
+ordinary message that ``journalctl`` shows and ``coredumpctl`` ignores.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from coredumpd.model import AnalysisResult, CoreState, CrashRecord, FrameStyle, 
 MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
 PRIORITY_CRIT = 2
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
-SOCKET_ENV = "COREDUMPD_JOURNAL_SOCKET"  # tests point the handler at another socket
+NAMESPACE_SOCKET = "/run/systemd/journal.{namespace}/socket"
 KMSG = "/dev/kmsg"
 SYSLOG_IDENTIFIER = "coredumpd"
 MAX_FRAMES = 64
@@ -42,8 +50,15 @@ LENGTH = struct.Struct("<Q")  # native protocol: binary-safe field length
 SEALS = ("F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_WRITE", "F_SEAL_SEAL")
 
 
-def journal_socket_path() -> str:
-    return os.environ.get(SOCKET_ENV) or JOURNAL_SOCKET
+# coredumpctl parses these unconditionally (src/coredump/coredumpctl.c: print_list())
+LISTED_BY_COREDUMPCTL = ("COREDUMP_PID", "COREDUMP_UID", "COREDUMP_GID", "COREDUMP_SIGNAL")
+
+
+def journal_socket_path(namespace: str | None = None) -> str:
+    """journald's native socket: the default journal's, or that of ``namespace``."""
+    if namespace:
+        return NAMESPACE_SOCKET.format(namespace=namespace)
+    return JOURNAL_SOCKET
 
 
 def _escape(text: str) -> str:
@@ -51,8 +66,16 @@ def _escape(text: str) -> str:
     return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 
+def _process(pid: Any, comm: str, uid: Any) -> str:
+    """ "Process PID (COMM) of user UID", leaving out what is not known."""
+    words = ["Process"] + ([str(pid)] if pid is not None else []) + [f"({comm})"]
+    if uid is not None:
+        words += ["of user", str(uid)]
+    return " ".join(words)
+
+
 def headline(pid: Any, comm: str, uid: Any) -> str:
-    return f"Process {pid} ({comm}) of user {uid} dumped core."
+    return f"{_process(pid, comm, uid)} dumped core."
 
 
 # systemd's elf-util.c: "#%-2u 0x%016" PRIx64 " %s (%s + 0x%" PRIx64 ")"
@@ -85,22 +108,34 @@ def root_cause_text(analysis: AnalysisResult | None) -> str:
 
 
 def message(record: CrashRecord) -> str:
-    parts = [headline(record.pid, record.comm or "unknown", record.uid)]
+    parts = [headline(known_pid(record), record.comm or "unknown", record.uid)]
     for extra in (root_cause_text(record.analysis), stack_trace(record.analysis)):
         if extra:
             parts.append(extra)
     return "\n\n".join(parts)
 
 
+def known_pid(record: CrashRecord) -> int | None:
+    """The record's PID, or None where it is only the handler's stand-in (no %P and
+    no NT_PRPSINFO: the facts' ``id_sources`` say so)."""
+    sources = record.facts.id_sources if record.facts is not None else {}
+    if "pid" in sources and sources["pid"] is None:
+        return None
+    return record.pid
+
+
 def journal_fields(record: CrashRecord) -> dict[str, str]:
-    """systemd-coredump's COREDUMP_* fields for a crash record (with its analysis)."""
+    """systemd-coredump's COREDUMP_* fields for a crash record (with its analysis).
+
+    Without a PID, UID or GID the entry goes out without the coredump MESSAGE_ID:
+    coredumpctl could not list it (see the module docstring)."""
     from coredumpd.elf.layouts import signal_name
     proc = (record.facts.proc if record.facts is not None else None) or {}
     signo = record.signal or 0
     fields: dict[str, Any] = {
         "MESSAGE": message(record), "MESSAGE_ID": MESSAGE_ID,
         "PRIORITY": PRIORITY_CRIT, "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
-        "COREDUMP_PID": record.pid, "COREDUMP_TID": record.tid,
+        "COREDUMP_PID": known_pid(record), "COREDUMP_TID": record.tid,
         "COREDUMP_UID": record.uid, "COREDUMP_GID": record.gid,
         "COREDUMP_SIGNAL": signo, "COREDUMP_SIGNAL_NAME": signal_name(signo),
         "COREDUMP_TIMESTAMP": record.timestamp_us, "COREDUMP_RLIMIT": record.rlimit_core,
@@ -119,7 +154,10 @@ def journal_fields(record: CrashRecord) -> dict[str, str]:
         fields["COREDUMP_ENVIRON"] = "\n".join(proc["environ"])
     # Empty values are left out: systemd's coredumpctl prints them as empty lines
     # (an empty "Unit:"), where systemd-coredump itself omits what it does not know.
-    return {key: str(value) for key, value in fields.items() if value not in (None, "")}
+    known = {key: str(value) for key, value in fields.items() if value not in (None, "")}
+    if not all(key in known for key in LISTED_BY_COREDUMPCTL):
+        del known["MESSAGE_ID"]
+    return known
 
 
 def _encode_field(key: str, value: str) -> bytes:
@@ -195,7 +233,7 @@ def kmsg_line(pid: Any, comm: str, uid: Any, signo: Any, text: str) -> str:
     """One printk line: ``<3>coredumpd: Process 1 (systemd) of user 0 dumped core (SIGSEGV): …``."""
     from coredumpd.elf.layouts import signal_name
     name = signal_name(signo) if isinstance(signo, int) else "?"
-    return _escape(f"Process {pid} ({comm}) of user {uid} dumped core ({name}): {text}")[:900]
+    return _escape(f"{_process(pid, comm, uid)} dumped core ({name}): {text}")[:900]
 
 
 def write_kmsg(line: str, priority: int = 3) -> bool:

@@ -4,8 +4,8 @@ Installing Debian's systemd-coredump would rewrite kernel.core_pattern and
 core_pipe_limit (its sysctl.d file) under every other test, so we fetch the
 package with ``apt-get download`` and unpack it with ``dpkg -x`` into a cache
 directory; its ``coredumpctl`` runs from there against the installed
-libsystemd-shared (same systemd version).  Also starts a real
-systemd-journald when none listens (tests/support/journald.py).
+libsystemd-shared (same systemd version).  It reads the private journals of
+the tests (tests/support/journald.py) with ``-D DIRECTORY``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import subprocess
 import tempfile
 
 import pytest
-
-from tests.support import journald
 
 CACHE = pathlib.Path("/var/cache/coredumpd-tests/systemd-coredump")
 
@@ -48,15 +46,6 @@ def coredumpctl() -> str:
         subprocess.run(["dpkg", "-x", str(deb), unpacked], check=True)
         os.replace(unpacked, CACHE)  # atomic: concurrent runs see all or nothing
     return str(binary)
-
-
-def ensure_journald() -> None:
-    """A listening systemd-journald, started standalone when none listens."""
-    if journald.ensure():
-        return
-    if os.geteuid() != 0:
-        pytest.skip("no systemd-journald listening and not root to start one")
-    pytest.fail("systemd-journald did not start listening on its socket")
 
 
 def _no_core() -> None:

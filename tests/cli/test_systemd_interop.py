@@ -2,7 +2,8 @@
 
 systemd's coredumpctl comes from Debian's systemd-coredump package unpacked
 with dpkg -x (tests/cli/systemd_tools.py), never installed: installing it
-would rewrite kernel.core_pattern.  journald is the real daemon.
+would rewrite kernel.core_pattern.  journald is the real daemon, a private
+one (tests/support/journald.py): coredumpctl reads its files with -D.
 """
 
 from __future__ import annotations
@@ -20,40 +21,49 @@ from coredumpd.cli.corectl import ExitStatus, main
 from coredumpd.report import schema
 from tests.cli import systemd_tools
 from tests.cli.conftest import SEGV, crash_table
+from tests.support import journald
 
 pytestmark = pytest.mark.kernel
 
 
-def _wait_for_coredumpctl(pid: int) -> str:
+def _session_journal() -> journald.PrivateJournal:
+    journal = journald.session_journal()
+    if journal is None:
+        pytest.skip("no private systemd-journald (needs root, unshare, systemd-journald)")
+    return journal
+
+
+def _wait_for_coredumpctl(directory: str, pid: int) -> str:
     """coredumpctl info PID once journald has the entry (it is sent after the analysis)."""
     deadline = time.monotonic() + 30
-    result = systemd_tools.run_coredumpctl("info", str(pid))
+    result = systemd_tools.run_coredumpctl("-D", directory, "info", str(pid))
     while result.returncode != 0 and time.monotonic() < deadline:
         time.sleep(0.2)
-        result = systemd_tools.run_coredumpctl("info", str(pid))
+        result = systemd_tools.run_coredumpctl("-D", directory, "info", str(pid))
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def test_our_crash_shows_in_systemd_coredumpctl(fresh_store, programs_dir) -> None:
-    systemd_tools.ensure_journald()
+    directory = _session_journal().directory  # fresh_store's entries go there
     systemd_tools.coredumpctl()  # download before taking the core_pattern lock
     from tests.support.crash import compile_c
 
     program = compile_c(SEGV, programs_dir, name="interop")
     row = fresh_store.crash([program], timeout=120)
-    info = _wait_for_coredumpctl(row["pid"])
+    info = _wait_for_coredumpctl(directory, row["pid"])
     assert f"PID: {row['pid']} (interop)" in info
     assert "Signal: 11 (SEGV)" in info
     assert f"Executable: {program}" in info
-    listing = systemd_tools.run_coredumpctl("list", str(row["pid"]))
+    listing = systemd_tools.run_coredumpctl("-D", directory, "list", str(row["pid"]))
     assert listing.returncode == 0, listing.stderr
     line = listing.stdout.splitlines()[-1].split()
     assert str(row["pid"]) in line and "SIGSEGV" in line and program in line
     # systemd's coredumpctl reads our seekable lz4 (a standard frame + a skippable one)
     systemd_copy = os.path.join(programs_dir, "systemd-core")
     ours = os.path.join(programs_dir, "corectl-core")
-    dumped = systemd_tools.run_coredumpctl("dump", str(row["pid"]), "-o", systemd_copy)
+    dumped = systemd_tools.run_coredumpctl("-D", directory, "dump", str(row["pid"]), "-o",
+                                           systemd_copy)
     assert dumped.returncode == 0, dumped.stderr
     assert main(["--config", fresh_store.config_path, "dump", row["id"], "-o", ours],
                 env={}) == ExitStatus.OK
@@ -61,10 +71,11 @@ def test_our_crash_shows_in_systemd_coredumpctl(fresh_store, programs_dir) -> No
         assert theirs.read() == mine.read()
 
 
-def test_foreign_journal_entries_do_not_disturb_corectl(fresh_store, programs_dir, capsys) -> None:
+def test_foreign_journal_entries_do_not_disturb_corectl(fresh_store, programs_dir,
+                                                       private_journal, capsys) -> None:
     """systemd 252's coredumpctl aborts on an entry without COREDUMP_UID; corectl
-    reads its own index, not the journal, so the same entry cannot reach it."""
-    systemd_tools.ensure_journald()
+    reads its own index, not the journal, so the same entry cannot reach it.  (In a
+    journal of this test's own: no other test's coredumpctl may meet that entry.)"""
     from tests.support.crash import compile_c
 
     foreign_pid = 4_000_000 + os.getpid() % 100_000  # no such PID: only our entry has it
@@ -72,13 +83,15 @@ def test_foreign_journal_entries_do_not_disturb_corectl(fresh_store, programs_di
     fields = (f"MESSAGE=Process {foreign_pid} (foreign) dumped core.\n"
               "MESSAGE_ID=fc2e22bc6ee647b6b90729ab34a250b1\nPRIORITY=2\n"
               f"COREDUMP_PID={foreign_pid}\nCOREDUMP_SIGNAL=11\nCOREDUMP_COMM=foreign\n")
-    subprocess.run(["logger", "--journald"], input=fields, text=True, check=True)
+    private_journal.run_as_default(["logger", "--journald"], input=fields, check=True)
+    private_journal.wait_entry(f"COREDUMP_PID={foreign_pid}")
     row = fresh_store.crash([compile_c(SEGV, programs_dir, name="neighbour")], timeout=120)
     argv = ["--config", fresh_store.config_path, "--json", "list"]
     assert main(argv, env={}) == ExitStatus.OK
     entries = json.loads(capsys.readouterr().out)
     assert [e["pid"] for e in entries] == [row["pid"]]
-    systemd = systemd_tools.run_coredumpctl("list", str(foreign_pid))
+    systemd = systemd_tools.run_coredumpctl("-D", private_journal.directory, "list",
+                                            str(foreign_pid))
     # Recorded, not required: a later systemd may have fixed parse_uid().
     print("systemd coredumpctl on the foreign entry:", systemd.returncode, systemd.stderr)
 

@@ -5,9 +5,9 @@ hand with a core on stdin as `coredumpd` allows) and reads the real index."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +17,7 @@ import pytest
 
 from tests.hardening.helpers import crash_under, kmsg_lines, rows_for, tmpfs, uptime_us
 from tests.hardening.storm import _index_rows, as_json, verify_core
+from tests.support import journald
 from tests.support.crash import HANDLER, compile_c, handler_pattern, write_config
 
 pytestmark = pytest.mark.fault_case  # every test here is a fault around the real handler
@@ -138,52 +139,37 @@ def test_read_only_storage_the_handler_finishes_and_tells_the_kernel_log(tmp_pat
     assert any(f"Process {pid} " in line for line in kmsg_lines(since))
 
 
-def _analyze_job(config: str, row_id: str, journal_socket: str,
-                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {"COREDUMPD_JOURNAL_SOCKET": journal_socket}
+def _analyze_job(config: str, row_id: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "coredumpd.pipeline.analyze_job", "--id",
-                           str(row_id), "--config", config], env=env, timeout=timeout,
+                           str(row_id), "--config", config], env={}, timeout=timeout,
                           capture_output=True, text=True, check=False)
-
-
-def _deaf_socket(path: str) -> socket.socket:
-    """A datagram socket bound where journald's would be, never read, queue full."""
-    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    deaf.bind(path)
-    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sender.setblocking(False)
-    try:
-        while True:
-            sender.sendto(b"MESSAGE=filler\n", path)
-    except BlockingIOError:
-        pass
-    finally:
-        sender.close()
-    return deaf
 
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("journal", ["deaf", "stopped"])
 def test_journal_not_reading_or_stopped_the_job_finishes(tmp_path, journal):
     program = compile_c(NULL_DEREF, tmp_path, name=f"journal{journal}")
-    config = store_config(tmp_path, str(tmp_path / "store"), journal=True,
-                          journal_timeout="1s")
-    pid, _, _ = crash_under(handler_pattern(config), [program])
-    row = rows_for(config, pid, timeout=120, analysed=True)[0]
-    path = str(tmp_path / "journal.sock")
-    deaf = _deaf_socket(path) if journal == "deaf" else None
-    try:
+    with contextlib.ExitStack() as stack:
+        if journal == "deaf":  # bound where its journald would be, never read, queue full
+            namespace = stack.enter_context(journald.deaf_namespace())
+        else:
+            namespace = journald.unserved_namespace()
+        config = store_config(tmp_path, str(tmp_path / "store"), journal=True,
+                              journal_timeout="1s", journal_namespace=namespace)
+        since = uptime_us()
+        pid, _, _ = crash_under(handler_pattern(config), [program])
+        row = rows_for(config, pid, timeout=120, analysed=True)[0]
         started = time.monotonic()
-        job = _analyze_job(config, row["id"], path)
+        job = _analyze_job(config, row["id"])  # once more, by hand: it must finish too
         elapsed = time.monotonic() - started
-    finally:
-        if deaf is not None:
-            deaf.close()
     assert job.returncode == 0, job.stderr
     row = rows_for(config, pid)[0]
     path_taken = as_json(row["path_taken"])
-    assert path_taken["journal"] != "sent", path_taken
+    outcome = "timeout" if journal == "deaf" else "unreachable: ENOENT"
+    assert path_taken["journal"] == outcome, path_taken
     assert path_taken.get("kmsg") == "written", path_taken
+    assert any(f"Process {pid} " in line and f"journal {outcome};" in line
+               for line in kmsg_lines(since))
     print(f"journal {journal}: analysis job finished in {elapsed:.1f} s: {path_taken}")
 
 

@@ -1,4 +1,4 @@
-"""The handler end to end: the real kernel pipe, real programs, real journald.
+"""The handler end to end: the real kernel pipe, real programs, a real (private) journald.
 
 Raw cores are captured with a plain ``cat`` handler, then fed to ``coredumpd``
 exactly as the kernel would (stdin, argv, fds 1/2 closed, empty environment),
@@ -7,11 +7,10 @@ so the stored file can be compared with the bytes the kernel produced.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -94,10 +93,10 @@ def test_stored_core_equals_raw_core(tmp_path, kind):
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("signal_name", sorted(S.SIGNALS))
-def test_real_crash_is_stored_indexed_and_journaled(tmp_path, signal_name):
+def test_real_crash_is_stored_indexed_and_journaled(tmp_path, private_journal, signal_name):
     exe = compile_c(S.SIGNALS[signal_name], tmp_path, name=f"crash-{signal_name.lower()}")
-    journal_up = journald.ensure()  # a socket file with no journald behind it is no journal
-    with registered_handler(tmp_path, rate_limit_burst=1000, analysis_timeout=60) as handler:
+    with registered_handler(tmp_path, rate_limit_burst=1000, analysis_timeout=60,
+                            journal_namespace=private_journal.namespace) as handler:
         row = handler.crash([exe], timeout=120)
     assert row["signal"] == {"SIGSEGV": 11, "SIGABRT": 6, "SIGFPE": 8, "SIGBUS": 7,
                              "SIGILL": 4}[signal_name]
@@ -109,25 +108,13 @@ def test_real_crash_is_stored_indexed_and_journaled(tmp_path, signal_name):
     facts = row["facts"]
     assert facts["pidfd_check"].get("verified") is True  # %F given by this kernel
     assert facts["proc"]["maps"] and facts["proc"]["status"]["NSpid"] == [row["pid"]]
-    if journal_up:
-        assert path_taken["journal"] == "sent"
-        entry = _journal_entry(row["pid"])
-        assert entry["MESSAGE_ID"] == "fc2e22bc6ee647b6b90729ab34a250b1"
-        assert entry["COREDUMP_SIGNAL"] == str(row["signal"])
-        assert entry["COREDUMP_FILENAME"] == row["core_path"]
-        assert entry["MESSAGE"].startswith(f"Process {row['pid']} (")
-
-
-def _journal_entry(pid):
-    for _ in range(100):
-        out = subprocess.run(["journalctl", "-o", "json", "--no-pager", "--all",
-                              "MESSAGE_ID=fc2e22bc6ee647b6b90729ab34a250b1",
-                              f"COREDUMP_PID={pid}"], capture_output=True, text=True,
-                             check=False)
-        if out.stdout.strip():
-            return json.loads(out.stdout.splitlines()[-1])
-        time.sleep(0.05)
-    raise AssertionError(f"no journal entry for pid {pid}")
+    assert facts["id_sources"] == {"pid": "%P", "uid": "%u", "gid": "%g"}
+    assert path_taken["journal"] == "sent"
+    entry = private_journal.wait_entry("MESSAGE_ID=fc2e22bc6ee647b6b90729ab34a250b1",
+                                       f"COREDUMP_PID={row['pid']}")
+    assert entry["COREDUMP_SIGNAL"] == str(row["signal"])
+    assert entry["COREDUMP_FILENAME"] == row["core_path"]
+    assert entry["MESSAGE"].startswith(f"Process {row['pid']} (")
 
 
 @pytest.fixture(scope="module")
@@ -142,30 +129,20 @@ def small_raw_core(tmp_path_factory):
 @pytest.mark.parametrize("journal_socket", ["absent", "deaf"])
 def test_pid1_and_journald_crashes_are_stored_without_the_journal(
         tmp_path, small_raw_core, who, journal_socket):
-    sock_path = str(tmp_path / "journal.sock")
-    deaf = None
-    if journal_socket == "deaf":
-        deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        deaf.bind(sock_path)
-        for _ in range(64):  # fill its queue: it never reads
-            try:
-                deaf.sendto(b"MESSAGE=x\n", sock_path)
-            except BlockingIOError:
-                break
-    stand_in = None if who == "pid1" else S.stand_in(tmp_path, "systemd-journald")
-    pid = 1 if who == "pid1" else stand_in.pid
-    env = {"COREDUMPD_JOURNAL_SOCKET": sock_path}
-    try:
-        with registered_handler(tmp_path, journal_timeout=0.2) as handler:
-            status = S.run_as_kernel(small_raw_core, S.kernel_args(pid), handler.config_path,
-                                     env=env, timeout=30)
-            row = handler.wait_row(pid, timeout=60)
-    finally:
+    with contextlib.ExitStack() as stack:
+        if journal_socket == "deaf":  # a socket that never reads, its queue full
+            namespace = stack.enter_context(journald.deaf_namespace(fill=64))
+        else:
+            namespace = journald.unserved_namespace()
+        stand_in = None if who == "pid1" else S.stand_in(tmp_path, "systemd-journald")
         if stand_in is not None:
-            stand_in.kill()
-            stand_in.wait()
-        if deaf is not None:
-            deaf.close()
+            stack.callback(lambda: (stand_in.kill(), stand_in.wait()))
+        pid = 1 if who == "pid1" else stand_in.pid
+        handler = stack.enter_context(registered_handler(tmp_path, journal_timeout=0.2,
+                                                         journal_namespace=namespace))
+        status = S.run_as_kernel(small_raw_core, S.kernel_args(pid), handler.config_path,
+                                 timeout=30)
+        row = handler.wait_row(pid, timeout=60)
     assert status == 0
     assert row["core_state"] == "present" and os.path.exists(row["core_path"])
     path_taken = row["path_taken"]
@@ -204,20 +181,57 @@ def test_bad_input_is_stored_and_flagged(tmp_path, small_raw_core, case):
         assert reader.pread(0, len(payload) + 1) == payload
 
 
+def _only_row(handler, timeout=60):
+    deadline = time.monotonic() + timeout
+    found = []
+    while len(found) != 1 or found[0]["analysis_state"] == "pending":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no analysed row in {handler.directory}: {found}")
+        time.sleep(0.1)
+        found = S.rows(handler) if os.path.exists(handler.config.index_path) else []
+    return found[0]
+
+
 @pytest.mark.kernel
 @pytest.mark.parametrize("args", [[], ["nonsense"], ["12", "x", "y"]])
-def test_missing_or_wrong_arguments(tmp_path, small_raw_core, args):
-    with registered_handler(tmp_path) as handler:
+def test_missing_or_wrong_arguments(tmp_path, small_raw_core, private_journal, args):
+    """Ids the kernel did not give come from the core's NT_PRPSINFO; the entry is
+    one that coredumpctl reads, and no message says "None"."""
+    with registered_handler(tmp_path, journal_namespace=private_journal.namespace) as handler:
         status = S.run_as_kernel(small_raw_core, args, handler.config_path, timeout=30)
-        deadline = time.monotonic() + 60
-        found = []
-        while not found and time.monotonic() < deadline:
-            found = S.rows(handler) if os.path.exists(handler.config.index_path) else []
-            time.sleep(0.1)
-    assert status == 0 and len(found) == 1
-    facts = found[0]["facts"]
+        row = _only_row(handler)
+    assert status == 0
+    facts = row["facts"]
     assert any("argument" in problem for problem in facts["problems"])
-    assert found[0]["core_state"] == "present"
+    assert row["core_state"] == "present"
+    crashed_pid = int(small_raw_core.name.split(".")[1])  # core.%P of the cat handler
+    assert (row["uid"], row["gid"]) == (0, 0)
+    assert facts["id_sources"]["uid"] == facts["id_sources"]["gid"] == "NT_PRPSINFO"
+    if not args:
+        assert row["pid"] == crashed_pid and facts["id_sources"]["pid"] == "NT_PRPSINFO"
+    entry = private_journal.wait_entry(f"COREDUMP_ID={row['id']}")
+    assert entry["MESSAGE_ID"] == "fc2e22bc6ee647b6b90729ab34a250b1"
+    assert entry["COREDUMP_UID"] == "0" and entry["COREDUMP_GID"] == "0"
+    assert "None" not in entry["MESSAGE"].splitlines()[0]
+
+
+@pytest.mark.kernel
+def test_no_arguments_and_no_notes_no_coredump_message_id(tmp_path, private_journal):
+    """Neither %P/%u/%g nor NT_PRPSINFO: stored and journaled, but not as a coredump
+    entry (coredumpctl 252 aborts on one without COREDUMP_UID), and never "None"."""
+    path = tmp_path / "garbage"
+    path.write_bytes(os.urandom(50000))
+    with registered_handler(tmp_path, journal_namespace=private_journal.namespace) as handler:
+        status = S.run_as_kernel(path, [], handler.config_path, timeout=30)
+        row = _only_row(handler)
+    assert status == 0 and row["core_state"] == "truncated"
+    assert row["uid"] is None and row["gid"] is None
+    assert row["facts"]["id_sources"] == {"pid": None, "uid": None, "gid": None}
+    entry = private_journal.wait_entry(f"COREDUMP_ID={row['id']}")
+    assert "MESSAGE_ID" not in entry and "COREDUMP_PID" not in entry
+    assert "COREDUMP_UID" not in entry
+    assert entry["MESSAGE"].startswith("Process (")
+    assert "None" not in entry["MESSAGE"]
 
 
 @pytest.mark.kernel

@@ -18,8 +18,9 @@ says otherwise; ``-pthread`` always) and returns the executable's path.
 ``registered_handler(tmp_path, **config_overrides)`` writes a configuration
 file (``Directory=tmp_path/cores`` unless overridden; keyword names are the
 fields of :class:`coredumpd.config.Config`, e.g. ``storage="none"``,
-``external_size_max=1 << 20``, ``journal=False``) and yields a
-:class:`RegisteredHandler`:
+``external_size_max=1 << 20``, ``journal=False``; the journal entries go to the
+run's private journald unless ``journal_namespace`` names another, see
+:func:`write_config`) and yields a :class:`RegisteredHandler`:
 
 - ``crash(argv, *, env=None, cwd=None, wait_analysis=True, timeout=60,
   rlimit_core=RLIM_INFINITY, pidfile=None)`` runs the program with
@@ -59,6 +60,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from coredumpd.model import CrashRecord
+from tests.support import journald
 from tests.support.kernel import core_pattern
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -101,7 +103,14 @@ def _ini_value(value: Any) -> str:
 
 
 def write_config(path: str | os.PathLike[str], directory: str, **overrides: Any) -> None:
-    """Write a [Coredump] INI file; keyword names are Config field names."""
+    """Write a [Coredump] INI file; keyword names are Config field names.
+
+    The journal is never the host's: without ``journal_namespace`` the entries go to
+    the run's private journald (:func:`tests.support.journald.session_journal`),
+    or, where none can run, ``Journal=no``.  ``journal=True`` without a namespace
+    is refused.
+    """
+    overrides = {**overrides, **_journal_settings(overrides)}
     keys = _ini_keys()
     lines = ["[Coredump]", f"Directory={directory}"]
     for field, value in overrides.items():
@@ -109,6 +118,18 @@ def write_config(path: str | os.PathLike[str], directory: str, **overrides: Any)
             raise TypeError(f"unknown Config field {field!r}")
         lines.append(f"{keys[field]}={_ini_value(value)}")
     pathlib.Path(path).write_text("\n".join(lines) + "\n")
+
+
+def _journal_settings(overrides: dict[str, Any]) -> dict[str, Any]:
+    if overrides.get("journal_namespace") or overrides.get("journal") is False:
+        return {}
+    if overrides.get("journal") is True:
+        raise ValueError("journal=True needs journal_namespace=: tests never write into the "
+                         "host's journal (tests/support/journald.py)")
+    session = journald.session_journal()
+    if session is None:
+        return {"journal": False}
+    return {"journal_namespace": session.namespace}
 
 
 def handler_pattern(config_path: str | None = None, handler: str = HANDLER) -> str:
