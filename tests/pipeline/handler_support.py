@@ -99,4 +99,11 @@ def run_as_kernel(stdin_path: str | os.PathLike[str] | None, args: list[str],
 
 def rows(handler: RegisteredHandler) -> list[dict[str, Any]]:
     index = handler.index
-    return [_row_dict(r) for r in index.find([])]
+    try:
+        return [_row_dict(r) for r in index.find([])]
+    finally:
+        # Left open, the next Index opened in this process while a handler writes
+        # failed with "database disk image is malformed" (seen here); likely
+        # _ensure_index_file's close() dropping this connection's POSIX locks
+        # (sqlite.org/howtocorrupt.html, 2.2).
+        index.close()
