@@ -3,6 +3,8 @@ and on the real host: two snapshots with nothing in between are equal."""
 
 from __future__ import annotations
 
+import os
+
 from tests.support import hostcheck
 from tests.support.hostcheck import HostState
 
@@ -37,9 +39,18 @@ def test_each_kind_of_change_is_named() -> None:
     assert any(line.startswith("/var/lib/coredumpd: was null") for line in changed)
 
 
-def test_another_checkouts_entries_are_noted_not_counted() -> None:
-    changed, notes = hostcheck.differences(_state(), _state({"c4": OTHERS}))
-    assert changed == [] and len(notes) == 1 and "another checkout" in notes[0]
+def test_another_runs_entries_are_noted_not_counted(tmp_path) -> None:
+    hostcheck.note_store(str(tmp_path / "store"))
+    pytest_elsewhere = {"_CMDLINE": ".venv/bin/python -m pytest -q", "_PID": "1"}
+    pytest_here = {**pytest_elsewhere, "_PID": str(os.getpid())}
+    gone_writer = {"_CMDLINE": None, "COREDUMP_FILENAME": "/tmp/elsewhere/core.x.lz4"}
+    our_store = {"_CMDLINE": None, "COREDUMP_FILENAME": f"{tmp_path}/store/core.x.lz4"}
+    default_store = {"_CMDLINE": None, "COREDUMP_FILENAME": "/var/lib/coredumpd/core.x.lz4"}
+    after = _state({"c4": OTHERS, "c5": pytest_elsewhere, "c6": gone_writer,
+                    "c7": pytest_here, "c8": our_store, "c9": default_store, "c10": {}})
+    changed, notes = hostcheck.differences(_state(), after)
+    assert len(notes) == 3 and all("another run" in note for note in notes)
+    assert len(changed) == 4  # ours, and what nobody can be shown to have written
 
 
 def test_real_host_snapshots_agree() -> None:

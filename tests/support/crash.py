@@ -60,7 +60,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from coredumpd.model import CrashRecord
-from tests.support import journald
+from tests.support import hostcheck, journald
 from tests.support.kernel import core_pattern
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -111,6 +111,7 @@ def write_config(path: str | os.PathLike[str], directory: str, **overrides: Any)
     is refused.
     """
     overrides = {**overrides, **_journal_settings(overrides)}
+    hostcheck.note_store(directory)
     keys = _ini_keys()
     lines = ["[Coredump]", f"Directory={directory}"]
     for field, value in overrides.items():

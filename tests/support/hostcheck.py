@@ -11,9 +11,12 @@ takes a :func:`snapshot` when the session starts and fails the run with
 
 journalctl reads the journal files and needs no running journald, so this
 works on a machine with or without one.  Several checkouts may share a
-development machine (and its journal): an entry written by another
-checkout's coredumpd (its ``_CMDLINE`` names its own path) is reported, not
-counted against this run.
+development machine (and its journal): a new entry that is positively
+another run's is reported, not counted against this run — its writer's
+``_CMDLINE`` names another checkout, or is another process's pytest, or its
+core file lies outside every store this run configured
+(:func:`note_store`) and outside /var/lib/coredumpd.  Every other new entry
+counts, whoever wrote it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ SYSCTLS = {
 STORE = "/var/lib/coredumpd"
 ENTRY_FIELDS = ("COREDUMP_PID", "COREDUMP_EXE", "COREDUMP_FILENAME", "_CMDLINE", "_PID",
                 "_SOURCE_REALTIME_TIMESTAMP")
+_STORES: set[str] = set()
+
+
+def note_store(directory: str) -> None:
+    """A store directory this run configured (tests.support.crash.write_config)."""
+    _STORES.add(os.path.abspath(directory).rstrip("/") + "/")
 
 
 @dataclasses.dataclass
@@ -127,10 +136,18 @@ def _describe(entry: dict[str, Any]) -> str:
             f" written by {entry.get('_CMDLINE')!r}")
 
 
-def _another_checkout(entry: dict[str, Any]) -> bool:
-    """Sent by another checkout's coredumpd (a shared machine), not by this run."""
+def _another_run(entry: dict[str, Any]) -> bool:
+    """Positively written by another test run on a shared machine, not by this one."""
     cmdline = str(entry.get("_CMDLINE") or "")
-    return "coredumpd" in cmdline and REPO + "/" not in cmdline
+    if entry.get("_PID") == str(os.getpid()) or REPO + "/" in cmdline:
+        return False
+    if "coredumpd" in cmdline or "/.venv/" in cmdline:
+        return True  # another checkout's handler or analysis job
+    if " -m pytest" in cmdline:
+        return True  # another pytest process (this one's _PID is ours)
+    filename = str(entry.get("COREDUMP_FILENAME") or "")
+    return filename.startswith("/") and not filename.startswith(STORE + "/") and \
+        not any(filename.startswith(store) for store in _STORES)
 
 
 def differences(before: HostState, after: HostState) -> tuple[list[str], list[str]]:
@@ -142,9 +159,8 @@ def differences(before: HostState, after: HostState) -> tuple[list[str], list[st
     for cursor, entry in after.journal.items():
         if cursor in before.journal:
             continue
-        if _another_checkout(entry):
-            notes.append(f"host journal: new coredump entry from another checkout: "
-                         f"{_describe(entry)}")
+        if _another_run(entry):
+            notes.append(f"host journal: new coredump entry of another run: {_describe(entry)}")
         else:
             changed.append(f"host journal: new coredump entry {_describe(entry)}")
     for cursor, entry in before.journal.items():
