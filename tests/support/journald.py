@@ -59,6 +59,9 @@ AS_DEFAULT = ('mount --bind "$1" "$2" && mount -t tmpfs tmpfs /run/systemd && '
               'mkdir /run/systemd/journal && : > /run/systemd/journal/socket && '
               'mount --bind "$2/socket" /run/systemd/journal/socket && shift 2 && exec "$@"')
 _NUMBERS = itertools.count()
+# journald makes /run/systemd/journal.NAMESPACE; /run/systemd itself goes again
+# at the end if it was not there before (a machine without systemd).
+_RUN_SYSTEMD_EXISTED = os.path.isdir("/run/systemd")
 
 
 def listening(path: str = JOURNAL_SOCKET) -> bool:
@@ -127,7 +130,6 @@ class PrivateJournal:
         os.makedirs(os.path.join(self.root, "log", "journal"))
         os.makedirs(os.path.join(self.root, "run"))
         self.process: subprocess.Popen[bytes] | None = None
-        self._made_run_systemd = not os.path.isdir("/run/systemd")
 
     @property
     def socket_path(self) -> str:
@@ -181,11 +183,8 @@ class PrivateJournal:
     def close(self) -> None:
         """Stop it and remove everything it made: its files, its /run directory."""
         self.stop()
-        shutil.rmtree(self.runtime_directory, ignore_errors=True)
+        _remove_runtime(self.runtime_directory)
         shutil.rmtree(self.root, ignore_errors=True)
-        if self._made_run_systemd:
-            with contextlib.suppress(OSError):
-                os.rmdir("/run/systemd")
 
     def run_as_default(self, argv: list[str], **options: Any) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` with this journal as its default journal (see AS_DEFAULT);
@@ -232,6 +231,13 @@ class PrivateJournal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _remove_runtime(directory: str) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    if not _RUN_SYSTEMD_EXISTED:
+        with contextlib.suppress(OSError):  # still in use: the last one removes it
+            os.rmdir("/run/systemd")
 
 
 def _machine_id() -> str:
@@ -293,7 +299,7 @@ def deaf_namespace(fill: int | None = None) -> Iterator[str]:
         yield namespace
     finally:
         deaf.close()
-        shutil.rmtree(runtime, ignore_errors=True)
+        _remove_runtime(runtime)
 
 
 if __name__ == "__main__":
