@@ -211,7 +211,7 @@ def _link_core(crash: CrashState, record: dict[str, Any]) -> None:
             temp.discard()  # unnamed: vanishes once the analysis job closes it
         record["stored_size"] = None  # nothing of it stays on disk
         return
-    name = core_filename(crash.comm(), crash.args.uid or 0, record["boot_id"],
+    name = core_filename(crash.comm(), crash.ids.get("uid") or 0, record["boot_id"],
                          record["pid"], crash.timestamp_us)
     try:
         _grant_user_access(crash)
