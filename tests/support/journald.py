@@ -186,14 +186,15 @@ class PrivateJournal:
         _remove_runtime(self.runtime_directory)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def run_as_default(self, argv: list[str], **options: Any) -> subprocess.CompletedProcess[str]:
+    def run_as_default(self, argv: list[str], check: bool = True,
+                       **options: Any) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` with this journal as its default journal (see AS_DEFAULT);
-        ``options`` go to subprocess.run (``input=``, ``check=``...)."""
+        ``options`` go to subprocess.run (``input=``, ``capture_output=``...)."""
         stage = tempfile.mkdtemp(dir=self.root)
         try:
             return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
                                    AS_DEFAULT, "sh", self.runtime_directory, stage, *argv],
-                                  text=True, **options)
+                                  text=True, check=check, **options)
         finally:
             os.rmdir(stage)
 
