@@ -43,7 +43,7 @@ SYSCTLS = {
 }
 STORE = "/var/lib/coredumpd"
 ENTRY_FIELDS = ("COREDUMP_PID", "COREDUMP_EXE", "COREDUMP_FILENAME", "_CMDLINE", "_PID",
-                "_SOURCE_REALTIME_TIMESTAMP")
+                "_COMM", "SYSLOG_IDENTIFIER", "_SOURCE_REALTIME_TIMESTAMP")
 _STORES: set[str] = set()
 
 
@@ -133,7 +133,8 @@ def snapshot() -> HostState:
 
 def _describe(entry: dict[str, Any]) -> str:
     return (f"COREDUMP_PID={entry.get('COREDUMP_PID')} COREDUMP_EXE={entry.get('COREDUMP_EXE')}"
-            f" written by {entry.get('_CMDLINE')!r}")
+            f" written by {entry.get('_CMDLINE')!r} (_PID={entry.get('_PID')}, "
+            f"SYSLOG_IDENTIFIER={entry.get('SYSLOG_IDENTIFIER')})")
 
 
 def _another_run(entry: dict[str, Any]) -> bool:
