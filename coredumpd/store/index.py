@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
@@ -69,14 +70,31 @@ def crash_id(boot_id: str, pid: int, timestamp_us: int, attempt: int = 0) -> str
 
 
 def _ensure_index_file(path: str) -> None:
-    """Create the database file 0640 without following a symlink planted there."""
+    """Create the database file 0640 without following a symlink planted there.
+
+    An existing file is only lstat()ed, never opened: closing any descriptor of
+    the database file drops every POSIX lock this process holds on it
+    (fcntl(2)), so opening and closing it here while another Index of this
+    process is connected would let other processes take the database from
+    under that connection (sqlite.org/howtocorrupt.html, 2.2).
+    """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        if not stat.S_ISLNK(os.lstat(path).st_mode):
+            return
+        raise StoreError(f"cannot open index {path}: it is a symbolic link")
+    except FileNotFoundError:
+        pass
     except OSError as err:
         raise StoreError(f"cannot open index {path}: {err.strerror}") from err
     try:
-        if os.fstat(fd).st_size == 0:
-            os.fchmod(fd, FILE_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     FILE_MODE)
+    except FileExistsError:
+        return  # another process created it in between
+    except OSError as err:
+        raise StoreError(f"cannot open index {path}: {err.strerror}") from err
+    try:
+        os.fchmod(fd, FILE_MODE)  # the umask may have narrowed it
     finally:
         os.close(fd)
 

@@ -262,3 +262,28 @@ def test_an_analysis_of_a_newer_version_is_a_problem_not_a_crash(index):
 def test_the_index_refuses_a_record_without_pid_or_time(index):
     with pytest.raises(StoreError, match="needs pid"):
         index.insert(CrashRecord(pid=None, timestamp_us=1))
+
+
+def test_a_second_index_in_one_process_keeps_the_first_ones_locks(tmp_path):
+    """Closing any fd of the database file drops all of this process's POSIX locks on it
+    (fcntl(2); sqlite.org/howtocorrupt.html 2.2): opening a second Index must not do that,
+    or another process may take the database from under the first connection."""
+    import subprocess
+    import sys
+    path = str(tmp_path / "index.sqlite")
+    first = Index(path)
+    try:
+        first._db.execute("BEGIN")
+        first._db.execute("SELECT count(*) FROM crashes").fetchone()  # holds a shared lock
+        second = Index(path)
+        second.close()
+        # Another process asks for the exclusive lock that changing the journal mode needs:
+        # it must be refused while the first connection's transaction is open.
+        probe = ("import sqlite3,sys; d=sqlite3.connect(sys.argv[1], timeout=0);"
+                 "print(d.execute('PRAGMA journal_mode=DELETE').fetchone()[0])")
+        result = subprocess.run([sys.executable, "-c", probe, path], capture_output=True,
+                                text=True, check=False)
+        assert result.stdout.strip() != "delete", "the first connection's lock was dropped"
+        first._db.execute("COMMIT")
+    finally:
+        first.close()
