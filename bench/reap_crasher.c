@@ -1,12 +1,14 @@
 /* The crashing program of bench/reap_latency.py.
  *
- *   reap_crasher MIB TIMESTAMP_FILE
+ *   reap_crasher MIB TIMESTAMP_FILE [unlink]
  *
  * Allocates MIB MiB whose pages are 25% zero (touched, so they are dumped),
  * 25% random (incompressible) and 50% text (compressible), writes its
  * CLOCK_MONOTONIC time to TIMESTAMP_FILE just before dying, then crashes with
  * SIGSEGV.  The parent takes its own CLOCK_MONOTONIC time after waitpid(): the
  * difference is the crash -> reap latency that the core handler causes.
+ * With "unlink" it removes its own executable first, so that the handler keeps a
+ * copy of it (coredumpd/store/binaries.py).
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -29,7 +31,11 @@ static unsigned long long xorshift(unsigned long long *s)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) { fprintf(stderr, "usage: %s MIB TIMESTAMP_FILE\n", argv[0]); return 2; }
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s MIB TIMESTAMP_FILE [unlink]\n", argv[0]);
+        return 2;
+    }
+    if (argc == 4 && strcmp(argv[3], "unlink") == 0 && unlink(argv[0]) != 0) return 3;
     size_t pages = (size_t)strtoul(argv[1], NULL, 10) * (1024 * 1024 / PAGE);
     unsigned char *memory = pages ? malloc(pages * PAGE) : NULL;
     unsigned long long seed = 0x9E3779B97F4A7C15ULL;

@@ -1,6 +1,7 @@
 """Crash -> reap latency of core handlers, coredumpd's peak RSS and stored size.
 
-    sudo .venv/bin/python bench/reap_latency.py [--big-mib 1024] [--runs 3]
+    sudo .venv/bin/python bench/reap_latency.py [--big-mib 1024] [--runs 3] [--tiny-only]
+        [--deleted-exe]
 
 One run measures, for a tiny-core program and one with a BIG-MIB MiB core
 (pages 25% zero, 25% random, 50% text: bench/reap_crasher.c), the time from
@@ -20,6 +21,10 @@ dies) to the parent's reading after waitpid(), under three handlers:
   of the previous one is done, so that no analysis competes with it.
   ``--no-analysis`` measures with Analysis=no; ``--console-script`` starts it
   as the venv's pip-generated ``coredumpd`` instead (``site`` runs).
+  ``--deleted-exe``: under coredumpd the program runs from a fresh copy that
+  unlinks itself before crashing, so the handler keeps a copy of it in the
+  store (issue 10; the copy is removed after each crash so that every crash
+  makes one); the disk a kept copy takes is printed.
 
 The kernel runs the product's handler through tests/support/measured_handler.py,
 which writes the handler's timings and getrusage() into the index row
@@ -57,14 +62,21 @@ from tests.support.measured_handler import write_script
 DISCARD = "|/bin/sh -c /bin/cat>/dev/null"
 
 
-def crash_once(exe: str, mib: int, pattern: str, stamp: str) -> tuple[int, float]:
+def crash_once(exe: str, mib: int, pattern: str, stamp: str,
+               unlink: bool = False) -> tuple[int, float]:
     """Crash ``exe`` under ``pattern``; (pid, seconds from its last timestamp to reap).
 
-    The program's timestamp stays in ``stamp`` for the caller."""
+    The program's timestamp stays in ``stamp`` for the caller; with ``unlink`` it
+    runs from a copy of ``exe`` that it removes before crashing."""
     def unlimited_core() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
+    argv = [exe, str(mib), stamp]
+    if unlink:
+        argv[0] = f"{exe}.running"
+        shutil.copy2(exe, argv[0])
+        argv.append("unlink")
     with core_pattern(pattern, 16):
-        proc = subprocess.Popen([exe, str(mib), stamp], preexec_fn=unlimited_core)  # noqa: PLW1509
+        proc = subprocess.Popen(argv, preexec_fn=unlimited_core)  # noqa: PLW1509
         proc.wait()
         reaped = time.clock_gettime(time.CLOCK_MONOTONIC)
     return proc.pid, reaped - float(pathlib.Path(stamp).read_text())
@@ -94,9 +106,9 @@ def lz4_once(exe: str, mib: int, work: pathlib.Path) -> tuple[float, int]:
 
 
 def coredumpd_once(exe: str, mib: int, work: pathlib.Path, handler: RegisteredHandler,
-                   pattern: str) -> tuple[float, dict[str, Any]]:
+                   pattern: str, unlink: bool = False) -> tuple[float, dict[str, Any]]:
     """One crash under coredumpd; (reap latency, its index row once analysed)."""
-    pid, latency = crash_once(exe, mib, pattern, str(work / "ts"))
+    pid, latency = crash_once(exe, mib, pattern, str(work / "ts"), unlink)
     crashed_at = float((work / "ts").read_text())
     row = handler.wait_row(pid, wait_analysis=handler.config.analysis, timeout=600)
     deadline = time.monotonic() + 60
@@ -108,6 +120,13 @@ def coredumpd_once(exe: str, mib: int, work: pathlib.Path, handler: RegisteredHa
     row["crashed_at"] = crashed_at
     if row.get("core_path"):
         os.unlink(str(row["core_path"]))
+    kept = [entry.get("kept") for entry in
+            ((row.get("facts") or {}).get("mapped_objects") or {}).values()]
+    row["kept_disk"] = [os.stat(path).st_blocks * 512 for path in kept if path]
+    row["kept_size"] = [os.stat(path).st_size for path in kept if path]
+    for path in kept:
+        if path:
+            os.unlink(path)  # the next crash must make its own copy
     return latency, row
 
 
@@ -123,7 +142,7 @@ def configuration(analysis: bool) -> str:
 
 
 def bench_size(exe: str, mib: int, runs: int, work: pathlib.Path, launcher: str,
-               analysis: bool) -> tuple[list[float], list[float], int, list[float],
+               analysis: bool, unlink: bool = False) -> tuple[list[float], list[float], int, list[float],
                                         list[dict[str, Any]]]:
     """``runs`` rounds of discard, lz4 -1 and coredumpd in turn: the machine's noise
     (it is large here: one discard run of 1 GiB took 0.6 s, the next 3.3 s) then
@@ -140,7 +159,7 @@ def bench_size(exe: str, mib: int, runs: int, work: pathlib.Path, launcher: str,
             discard.append(crash_once(exe, mib, DISCARD, str(work / "ts"))[1])
             latency, lz4_size = lz4_once(exe, mib, work)
             lz4.append(latency)
-            latency, row = coredumpd_once(exe, mib, work, handler, pattern)
+            latency, row = coredumpd_once(exe, mib, work, handler, pattern, unlink)
             ours.append(latency)
             rows.append(row)
     return discard, lz4, lz4_size, ours, rows
@@ -160,9 +179,12 @@ def measure(options: argparse.Namespace, work: pathlib.Path) -> tuple[list[Row],
     launcher = write_script(str(work / "bin"), isolated=not options.console_script)
     table: list[Row] = []
     analysed: list[str] = []
-    for label, mib in (("tiny", 0), (f"{options.big_mib} MiB", options.big_mib)):
+    sizes = [("tiny", 0)] + ([] if options.tiny_only else
+                             [(f"{options.big_mib} MiB", options.big_mib)])
+    for label, mib in sizes:
         discard, lz4, lz4_size, ours, rows = bench_size(exe, mib, options.runs, work, launcher,
-                                                        not options.no_analysis)
+                                                        not options.no_analysis,
+                                                        options.deleted_exe)
         usage = [(r.get("facts") or {}).get("handler_rusage", {}) for r in rows]
         rss = max((u.get("maxrss_kib", 0) for u in usage), default=0)
         held = statistics.median([u.get("held_ms", 0.0) for u in usage] or [0.0])
@@ -174,6 +196,12 @@ def measure(options: argparse.Namespace, work: pathlib.Path) -> tuple[list[Row],
         table.append((label, discard, lz4, ours, lz4_size, stored, rss, held, cpu, start, wait))
         states = collections.Counter(str(row.get("analysis_state")) for row in rows)
         analysed.append(f"{label}: {dict(states)}")
+        if options.deleted_exe:
+            disk = [size for row in rows for size in row["kept_disk"]]
+            size = [size for row in rows for size in row["kept_size"]]
+            analysed.append(f"{label}: kept copies {len(disk)} of {len(rows)} crashes, "
+                            f"{max(size, default=0)} bytes each, "
+                            f"{max(disk, default=0)} bytes on disk")
     return table, analysed
 
 
@@ -198,6 +226,9 @@ def main() -> int:
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-analysis", action="store_true", help="Analysis=no")
+    parser.add_argument("--tiny-only", action="store_true", help="only the tiny core")
+    parser.add_argument("--deleted-exe", action="store_true",
+                        help="the program deletes its executable: the handler keeps a copy")
     parser.add_argument("--console-script", action="store_true",
                         help="register the venv's console script instead of the launcher")
     options = parser.parse_args()

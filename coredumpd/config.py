@@ -66,6 +66,7 @@ class Config:
     external_size_max: int = 32 << 30
     max_use: int | None = None  # None: 10% of the file system, at most 4G
     keep_free: int | None = None  # None: 15% of the file system, at most 4G
+    binaries_max_use: int = 1 << 30  # kept copies of mapped files (store/binaries.py)
     # Rate limit per executable: more than rate_limit_burst crashes within
     # rate_limit_interval seconds keep metadata and backtrace, not the core.
     rate_limit_interval: float = 60.0
@@ -91,6 +92,7 @@ _KEYS: dict[str, tuple[str, object]] = {
     "ExternalSizeMax": ("external_size_max", parse_size),
     "MaxUse": ("max_use", parse_size),
     "KeepFree": ("keep_free", parse_size),
+    "BinariesMaxUse": ("binaries_max_use", parse_size),
     "RateLimitIntervalSec": ("rate_limit_interval", parse_timespan),
     "RateLimitBurst": ("rate_limit_burst", int),
     "Analysis": ("analysis", lambda v: _parse_bool(v)),

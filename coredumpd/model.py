@@ -307,11 +307,19 @@ class Module(Record):
     deleted: bool = False
     replaced: bool = False
     modified_in_place: bool = False
+    state: str | None = None  # same|deleted|replaced|modified|other-namespace
+    kept: str | None = None  # path of the kept copy of the mapped file, or null
 
     def flags(self) -> list[str]:
-        """``deleted``, ``replaced``, ``modified in place``: what changed since it was mapped."""
-        return [flag.replace("_", " ") for flag in ("deleted", "replaced", "modified_in_place")
-                if getattr(self, flag)]
+        """``deleted``, ``replaced``, ``modified in place``, ``other namespace``: what changed
+        since it was mapped; then ``kept: PATH`` when the store holds the mapped copy."""
+        flags = [flag.replace("_", " ") for flag in ("deleted", "replaced", "modified_in_place")
+                 if getattr(self, flag)]
+        if self.state == "other-namespace":
+            flags.append("other namespace")
+        if self.kept:
+            flags.append(f"kept: {self.kept}")
+        return flags
 
 
 class SignalInfo(Record):

@@ -23,6 +23,7 @@ DEFAULT_CONFIG_PATH = "/etc/coredumpd/coredumpd.conf"
 DEFAULT_DIRECTORY = "/var/lib/coredumpd"
 INDEX_NAME = "index.sqlite"
 USERS_DIRECTORY = "users"  # users/UID.sqlite: each user's view of the index
+BINARIES_DIRECTORY = "binaries"  # binaries/XX/REST: kept copies of mapped files, by build-id
 SAVED_SYSCTL_PATH = os.path.join(DEFAULT_DIRECTORY, "saved-sysctl")  # `coredumpd install`
 
 DIRECTORY_MODE = 0o751
@@ -33,6 +34,11 @@ TEMPORARY_FILE_MODE = 0o600
 def index_path(directory: str) -> str:
     """The SQLite index of the store at ``directory``."""
     return os.path.join(directory, INDEX_NAME)
+
+
+def binaries_path(directory: str) -> str:
+    """``DIR/binaries``: the kept copies of the store at ``directory`` (store/binaries.py)."""
+    return os.path.join(directory, BINARIES_DIRECTORY)
 
 
 def view_path(index_file: str, uid: int) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from coredumpd import model
 from coredumpd.elf import layouts as L
 from coredumpd.elf.notes import SigInfo
+from coredumpd.image.modules import module_state
 from coredumpd.image.types import Module
 from coredumpd.symbolize.disasm import Instruction
 from coredumpd.symbolize.types import Symbol
@@ -65,7 +66,7 @@ def module_record(module: Module) -> model.Module:
         load_bias=module.load_bias, build_id=hex_id(module.build_id),
         file_build_id=hex_id(module.file_build_id), debug_file=module.debug_path,
         deleted=module.deleted, replaced=module.replaced,
-        modified_in_place=module.modified_in_place,
+        modified_in_place=module.modified_in_place, state=module_state(module), kept=module.kept,
     )
 
 

@@ -95,6 +95,11 @@ CONFIG_KEYS = (
                 "system, at most 4G.")),
     ("KeepFree=", ("Keep at least this much of the file system free. Default 15% of the "
                   "file system, at most 4G.")),
+    ("BinariesMaxUse=", ("Copies of the executables and libraries a crashed process ran "
+                         "that its paths no longer give (deleted, replaced, a container's "
+                         "own files), kept once per build-id under DIRECTORY/binaries, may "
+                         "use at most this much disk; they count towards MaxUse and go when "
+                         "no stored core needs them. 0 keeps none. Default 1G.")),
     ("RateLimitIntervalSec=", ("Interval of the per-executable rate limit (s, min, h, d). "
                               "Default 60s.")),
     ("RateLimitBurst=", ("More crashes of one executable than this within the interval "

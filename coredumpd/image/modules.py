@@ -137,14 +137,34 @@ def _file_changes(module: Module, facts: dict[str, Any]) -> None:
     start_us, mtime_ns = proc.get("start_time_us"), mapped.get("mtime_ns")
     if isinstance(start_us, int) and isinstance(mtime_ns, int) and mtime_ns > start_us * 1000 + start_time_slack_ns():
         module.modified_in_place = True
-    mapped_objects = dict_or_empty(facts.get("mapped_objects"))
-    reason = dict_or_empty(mapped_objects.get(module.path)).get("reason")
+    mapped_object = dict_or_empty(dict_or_empty(facts.get("mapped_objects")).get(module.path))
+    reason = mapped_object.get("reason")
     if reason == "deleted":
         module.deleted = True
     elif reason == "replaced":
         module.replaced = True
     elif reason == "modified":
         module.modified_in_place = True
+    state = record.get("state") or reason
+    module.state = state if isinstance(state, str) else None
+    kept = mapped_object.get("kept")
+    module.kept = kept if isinstance(kept, str) and os.path.isfile(kept) else None
+
+
+def module_state(module: Module) -> str:
+    """The verdict of CONTRACT.md ``modules``: the dump-time one, else what the
+    analysis found (flags set from the facts, the build-ids, the relocated pages)."""
+    if module.modified_in_place:
+        return "modified"
+    if module.state in ("deleted", "replaced", "other-namespace"):
+        return module.state
+    if module.deleted and module.replaced:
+        return "replaced"
+    if module.deleted:
+        return "deleted"
+    if module.replaced:
+        return "replaced"
+    return module.state or "same"
 
 
 def _judge_file(space: CoreView, module: Module, candidate: str,
@@ -173,8 +193,10 @@ def _trust(space: CoreView, module: Module, candidate: str, header_in_core: bool
         else:
             module.problems.append(f"{candidate} has build-id {module.file_build_id.hex()}, "
                                    f"the process mapped {module.build_id.hex()}")
-            # another file is at the path now (deleted may hold too); not for --exe copies
-            module.replaced = module.replaced or candidate.endswith(module.path)
+            # another file is at the path now (deleted may hold too); not for --exe copies,
+            # nor for a container's own file that the host's path does not give
+            module.replaced = module.replaced or (candidate.endswith(module.path)
+                                                  and module.state != "other-namespace")
     elif module.build_id:
         module.problems.append(f"{candidate} has no build-id, the process mapped "
                                f"{module.build_id.hex()}")
@@ -196,7 +218,8 @@ def _judge_by_header_page(space: CoreView, module: Module, candidate: str,
         module.problems.append("no build-id: the file matched by its first page only")
     else:
         module.problems.append(f"{candidate} differs from the mapped file (first page)")
-        module.replaced = module.replaced or candidate.endswith(module.path)
+        module.replaced = module.replaced or (candidate.endswith(module.path)
+                                              and module.state != "other-namespace")
 
 
 def _is_other_file(candidate: str) -> bool:
@@ -218,10 +241,10 @@ def _build_module(space: CoreView, path: str, group: list[Mapping],
                     deleted=any(m.deleted for m in group))
     header_at = next((m.start for m in group if m.file_offset == 0), None)
     headers = _headers_from_core(space, header_at) if header_at is not None else None
-    candidate = exe or resolve_in_root(path, root)
+    _file_changes(module, facts)
+    candidate = module.kept or exe or resolve_in_root(path, root)
     if headers is None and _is_other_file(candidate):
         return None
-    _file_changes(module, facts)
     phdrs = headers[1] if headers else []
     if headers is not None:
         module.load_bias = _or(_load_bias(phdrs, group, space.page_size), start)

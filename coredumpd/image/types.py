@@ -67,6 +67,8 @@ class Module:
     deleted: bool = False  # "(deleted)" in maps
     replaced: bool = False  # the path on disk now is another file (inode/build-id)
     modified_in_place: bool = False  # same inode, changed after the process started
+    state: str | None = None  # same|deleted|replaced|modified|other-namespace (CONTRACT.md)
+    kept: str | None = None  # the store's copy of the mapped file (store/binaries.py)
     problems: list[str] = dataclasses.field(default_factory=list)
 
     def __contains__(self, address: int) -> bool:

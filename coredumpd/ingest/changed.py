@@ -18,15 +18,22 @@ from coredumpd.ingest import procfs
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 MAX_HELD = 64
+# Verdicts whose mapped file the host path no longer gives: a copy is kept (store/binaries.py).
+# A file "modified" in place is not: its inode holds the new bytes, not what ran.
+KEEP_VERDICTS = ("deleted", "replaced", "other-namespace")
 
 
-def _change_reason(entry: dict[str, Any], files: dict[str, Any],
-                   start_time_ns: int | None) -> str | None:
-    stats = files.get(entry["path"]) or {}
-    now, mapped = stats.get("now") or {}, stats.get("mapped") or {}
+def verdict(entry: dict[str, Any], record: dict[str, Any], start_time_ns: int | None) -> str | None:
+    """``same|deleted|replaced|modified|other-namespace`` for one mapped file (CONTRACT.md
+    ``modules``), from the stats of ``record`` (procfs.read_files); None when unknown.
+
+    ``modified`` here is the timestamp evidence only; the analysis adds what the core's
+    relocated pages say (image/relocated.py)."""
+    now, mapped = record.get("now") or {}, record.get("mapped") or {}
     if entry.get("deleted"):  # unlinked; a new file at the path means it was replaced
         return "replaced" if "inode" in now else "deleted"
     if "inode" not in mapped:
@@ -37,22 +44,29 @@ def _change_reason(entry: dict[str, Any], files: dict[str, Any],
         return "replaced"
     if start_time_ns is not None and mapped["mtime_ns"] > start_time_ns + start_time_slack_ns():
         return "modified"
-    return None
+    host = record.get("host")
+    if host is not None and (host.get("dev"), host.get("inode")) != (mapped["dev"],
+                                                                   mapped["inode"]):
+        return "other-namespace"  # the process's own file; the host's path names another
+    return "same"
 
 
 def hold_changed_objects(pid: int, proc: dict[str, Any],
                          missing: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Open the changed mapped files: path -> {"reason", "fd"} (at most MAX_HELD)."""
+    """Give every mapped file its ``state`` (:func:`verdict`) in ``proc["files"]``, and open
+    those that are not ``same``: path -> {"reason", "fd"} (at most MAX_HELD)."""
     files = proc.get("files") or {}
     start_us = proc.get("start_time_us")
     start_ns = None if start_us is None else start_us * 1000
     held: dict[str, dict[str, Any]] = {}
     for entry in proc.get("maps") or []:
         path = entry["path"]
-        if entry["inode"] == 0 or not path.startswith("/") or path in held:
+        record = files.get(path)
+        if entry["inode"] == 0 or not path.startswith("/") or path in held or \
+                not isinstance(record, dict) or "state" in record:
             continue
-        reason = _change_reason(entry, files, start_ns)
-        if reason is None:
+        reason = record["state"] = verdict(entry, record, start_ns)
+        if reason in (None, "same"):
             continue
         if len(held) >= MAX_HELD:
             missing["mapped_objects"] = f"more than {MAX_HELD} changed objects"
@@ -67,9 +81,13 @@ def hold_changed_objects(pid: int, proc: dict[str, Any],
     return held
 
 
-def read_held_objects(held: dict[str, dict[str, Any]],
-                      missing: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Version facts of each held object (``mapped_objects`` of the facts); closes the fds."""
+def read_held_objects(held: dict[str, dict[str, Any]], missing: dict[str, str],
+                      keep: Callable[[int, str | None], str] | None = None,
+                      ) -> dict[str, dict[str, Any]]:
+    """Version facts of each held object (``mapped_objects`` of the facts); closes the fds.
+
+    ``keep(fd, build_id) -> path`` copies a file whose verdict is in KEEP_VERDICTS into
+    the store of kept binaries (``kept``: its path; ``not_kept``: why not)."""
     from coredumpd.elf.elffile import version_info
     from coredumpd.errors import CoredumpdError
     result: dict[str, dict[str, Any]] = {}
@@ -83,6 +101,11 @@ def read_held_objects(held: dict[str, dict[str, Any]],
                 entry.update(version_info(fd))
             except (CoredumpdError, OSError, ValueError) as err:
                 entry["error"] = str(err)
+            try:
+                if keep is not None and item["reason"] in KEEP_VERDICTS:
+                    entry["kept"] = keep(fd, entry.get("build_id"))
+            except (CoredumpdError, OSError) as err:
+                entry["not_kept"] = str(err)
             finally:
                 os.close(fd)
                 item["fd"] = None

@@ -171,14 +171,25 @@ def map_files_name(entry: dict[str, Any]) -> str:
     return f"{entry['start']:x}-{entry['end']:x}"
 
 
+def _same_view(pid: int) -> bool:
+    """True when PID resolves paths as the handler does: same mount namespace, root ``/``."""
+    try:
+        return os.readlink(proc(pid, "ns", "mnt")) == os.readlink(proc("self", "ns", "mnt")) \
+            and os.readlink(proc(pid, "root")) == "/"
+    except OSError:
+        return False
+
+
 def read_files(pid: int, maps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """For each mapped file: what is mapped (via map_files/) and what is on disk now.
 
     "now" is looked up through /proc/PID/root, i.e. in the crashed process's
-    mount namespace and chroot.
+    mount namespace and chroot; "host" (only when those differ from the
+    handler's) is the same path as this machine's tools would open it.
     """
     files: dict[str, dict[str, Any]] = {}
     root = proc(pid, "root")
+    same_view = _same_view(pid)
     for entry in maps:
         path = entry["path"]
         if entry["inode"] == 0 or not path.startswith("/") or path in files:
@@ -187,6 +198,8 @@ def read_files(pid: int, maps: list[dict[str, Any]]) -> dict[str, dict[str, Any]
             "now": _stat_or_error(root + path),
             "mapped": _stat_or_error(proc(pid, "map_files", map_files_name(entry))),
         }
+        if not same_view:
+            files[path]["host"] = _stat_or_error(path)
     return files
 
 

@@ -20,6 +20,7 @@ from coredumpd.ingest.stream import StreamResult
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from coredumpd.config import Config
@@ -142,11 +143,21 @@ class CrashState:
         return {
             "version": FACTS_VERSION, "args": args_facts, "boot_id": read_boot_id(),
             "handler_pid": os.getpid(), "proc": self.proc,
-            "mapped_objects": read_held_objects(self.held, self.missing),
+            "mapped_objects": read_held_objects(self.held, self.missing, self._keeper()),
             "sender": self.sender, "stream": self.stream.summary(),
             "pidfd_check": self.pidfd_check, "problems": self.problems,
             "missing": self.missing, "id_sources": self.id_sources,
         }
+
+    def _keeper(self) -> Callable[[int, str | None], str] | None:
+        """Keeps copies of changed mapped files in the store (after the release only)."""
+        if not self.held or self.released == 0.0:
+            return None
+        config = self.load_config()
+        if config.binaries_max_use <= 0:
+            return None
+        from coredumpd.store.binaries import BinaryStore
+        return BinaryStore(config.directory, config.binaries_max_use).keep
 
 
 def read_boot_id() -> str:

@@ -233,7 +233,7 @@ def _modules(analysis: AnalysisResult, style: Style) -> list[str]:
     out = [style.bold("Modules:")]
     for module in analysis.modules:
         build_id = escape(module.build_id) if module.build_id else "no build-id"
-        flags = f"  [{', '.join(module.flags())}]" if module.flags() else ""
+        flags = f"  [{escape(', '.join(module.flags()))}]" if module.flags() else ""
         text = f"  {_pc(module.start)}-{_pc(module.end)}  {escape(module.path)}  {build_id}{flags}"
         out.append(style.yellow(text) if flags else text)
     return out + [""]

@@ -15,6 +15,8 @@ Modelled on systemd's src/coredump/coredump-vacuum.c:
   the result says ``satisfied=False`` and the caller decides (the handler does
   not store a new core below KeepFree).
 - The core just written is excluded (systemd's ``exclude_fd``).
+- Kept copies of mapped files (:mod:`coredumpd.store.binaries`) count towards
+  MaxUse; one is removed once no stored core refers to it.
 
 Files are stat-ed and unlinked relative to a directory fd opened with
 O_NOFOLLOW, without following symlinks; only regular files directly inside the
@@ -33,6 +35,7 @@ from collections.abc import Iterable, Iterator
 from coredumpd.config import Config
 from coredumpd.errors import StoreError
 from coredumpd.model import CoreState, CrashRecord
+from coredumpd.store.binaries import BinaryStore
 from coredumpd.store.index import Index
 from coredumpd.store.naming import parse_core_filename
 
@@ -53,6 +56,7 @@ class StoredCore:
     timestamp_us: int
     disk_bytes: int
     crash_id: str | None
+    kept: tuple[str, ...] = ()  # kept copies of its mapped files (store/binaries.py)
 
 
 @dataclasses.dataclass
@@ -61,7 +65,7 @@ class VacuumResult:
 
     removed: list[StoredCore] = dataclasses.field(default_factory=list)
     freed_bytes: int = 0
-    used_bytes: int = 0  # by cores, after vacuuming
+    used_bytes: int = 0  # by cores and kept binaries, after vacuuming
     max_use: int = 0
     keep_free: int = 0
     free_bytes: int = 0
@@ -156,7 +160,7 @@ def stored_cores(index: Index, store: StoreDirectory) -> list[StoredCore]:
         info = store.stat_core(name) if name else None
         if name and info:
             cores[name] = StoredCore(name, record.uid, record.timestamp_us or 0,
-                                     info.st_blocks * 512, record.id)
+                                     info.st_blocks * 512, record.id, _kept(record))
     for name in store.names():
         parsed = parse_core_filename(name)
         if name in cores or parsed is None:
@@ -166,6 +170,13 @@ def stored_cores(index: Index, store: StoreDirectory) -> list[StoredCore]:
             cores[name] = StoredCore(name, parsed.uid, info.st_mtime_ns // 1000,
                                      info.st_blocks * 512, None)
     return sorted(cores.values(), key=lambda core: (core.timestamp_us, core.name))
+
+
+def _kept(record: CrashRecord) -> tuple[str, ...]:
+    """The kept copies a crash refers to (``facts.mapped_objects[path].kept``)."""
+    objects = record.facts.mapped_objects if record.facts is not None else {}
+    return tuple(entry["kept"] for entry in (objects or {}).values()
+                 if isinstance(entry, dict) and isinstance(entry.get("kept"), str))
 
 
 def _pick_victim(cores: list[StoredCore], exclude: str | None) -> StoredCore | None:
@@ -222,9 +233,11 @@ def _vacuum(index: Index, directory: StoreDirectory, max_use: int | None,
                 index, core, directory, f"removed by vacuum: older than {older_than:g} s"))
     fs_size, _ = directory.file_system()
     result.max_use, result.keep_free = default_limits(fs_size, max_use, keep_free)
+    binaries = BinaryStore(directory.path, 0)
     while True:
+        result.freed_bytes += binaries.remove_unreferenced({p for c in cores for p in c.kept})
         _, result.free_bytes = directory.file_system()
-        result.used_bytes = sum(c.disk_bytes for c in cores)
+        result.used_bytes = sum(c.disk_bytes for c in cores) + binaries.usage()
         over = _over_limits(result)
         if not over:
             break

@@ -1,0 +1,116 @@
+"""The binaries that ran (issue 10): a deleted executable, a replaced one, a container's own.
+
+Each scenario crashes a real program through the kernel and the coredumpd handler
+(programs/ran/run.sh).  The handler gives every mapped file a verdict and keeps a
+copy of the files the host path no longer gives (store/binaries.py); the analysis
+names the frames from that copy.  The reference is gdb on the same core and the kept
+copy: every frame of the crashed thread that gdb shows must carry gdb's name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+
+from tests.annotate.crashing import PROGRAMS, Crash, crash
+
+pytestmark = pytest.mark.kernel
+
+GDB_FRAME = re.compile(r"^#(\d+)\s+(?:0x[0-9a-f]+ in )?(\S+) \(", re.MULTILINE)
+
+
+def _run(scenario: Any, tmp_path: Any, how: str) -> tuple[Any, Crash]:
+    out = scenario("ran")
+    result = crash(["/bin/sh", str(PROGRAMS / "ran" / "run.sh"), str(out), how], tmp_path,
+                   pidfile=str(out / "prog.pid"))
+    assert result.via == "handler"
+    return out, result
+
+
+def _main_module(result: Crash) -> dict[str, Any]:
+    frames = result.analysis["threads"][0]["frames"]
+    main = next(frame for frame in frames if frame["symbol"] == "main")
+    return next(module for module in result.analysis["modules"]
+                if module["path"] == main["module"])
+
+
+def _gdb_names(result: Crash, binary: str, tmp_path: Any) -> list[str]:
+    from coredumpd.store.lz4seek import open_core_source
+    source = open_core_source(result.core_path)
+    raw = tmp_path / "core.raw"
+    with open(raw, "wb") as handle:
+        offset = 0
+        while offset < source.size:
+            chunk = source.pread(offset, 1 << 20)
+            handle.write(chunk)
+            offset += len(chunk)
+    text = subprocess.run(["gdb", "-batch", "-nx", "-ex", "set pagination off",
+                           "-ex", "echo BACKTRACE\\n", "-ex", "bt", binary, str(raw)],
+                          capture_output=True, text=True, check=True).stdout
+    text = text.split("BACKTRACE\n", 1)[1]  # gdb prints frame 0 when it loads the core too
+    return [name for _index, name in GDB_FRAME.findall(text)]
+
+
+def _check_frames_as_gdb(result: Crash, kept: str, tmp_path: Any) -> None:
+    gdb = _gdb_names(result, kept, tmp_path)
+    assert gdb[:3] == ["ran_crash", "ran_middle", "main"], gdb
+    ours = [frame["symbol"] for frame in result.analysis["threads"][0]["frames"]]
+    assert ours[:len(gdb)] == gdb
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_deleted_or_replaced_executable_named_from_the_kept_copy(scenario, tmp_path, how):
+    out, result = _run(scenario, tmp_path, how)
+    module = _main_module(result)
+    assert module["path"] == str(out / "prog")
+    assert module["state"] == how
+    kept = module["kept"]
+    assert kept and os.path.isfile(kept)
+    assert kept.endswith(module["build_id"][2:]) and module["file_build_id"] == module["build_id"]
+    assert os.path.dirname(os.path.dirname(kept)) == os.path.join(
+        os.path.dirname(result.core_path), "binaries")
+    _check_frames_as_gdb(result, kept, tmp_path)
+    assert "library-modified-in-place" not in result.ids
+    assert "null-deref" in result.ids
+    assert "library-replaced" in result.ids  # the right annotation: the program ran an old copy
+    libc = next(m for m in result.analysis["modules"] if "/libc.so" in m["path"])
+    assert libc["state"] == "same" and libc["kept"] is None
+
+
+def test_container_program_named_from_its_own_file(scenario, tmp_path):
+    """unshare -m, the program bind-mounted over /usr/bin/true: the host's /usr/bin/true
+    is another file; the frames come from the container's, which is not "replaced"."""
+    out, result = _run(scenario, tmp_path, "container")
+    module = _main_module(result)
+    assert module["path"] == "/usr/bin/true"
+    assert module["state"] == "other-namespace"
+    assert module["kept"] and not module["replaced"] and not module["deleted"]
+    with open(out / "prog", "rb") as mine, open(module["kept"], "rb") as kept:
+        assert mine.read() == kept.read()
+    _check_frames_as_gdb(result, module["kept"], tmp_path)
+    assert "library-replaced" not in result.ids
+    assert "library-modified-in-place" not in result.ids
+    assert "null-deref" in result.ids
+    files = result.facts["proc"]["files"]
+    assert files["/usr/bin/true"]["state"] == "other-namespace"
+    assert files["/usr/bin/true"]["host"]["inode"] != files["/usr/bin/true"]["mapped"]["inode"]
+
+
+def test_one_kept_copy_for_many_crashes(scenario, tmp_path):
+    """Content-addressed: two crashes of the same deleted build share one copy."""
+    out = scenario("ran")
+    shutil.copy2(out / "prog", out / "prog.orig")
+    kept = []
+    for _ in range(2):
+        shutil.copy2(out / "prog.orig", out / "prog")
+        result = crash(["/bin/sh", str(PROGRAMS / "ran" / "run.sh"), str(out), "deleted"],
+                       tmp_path, pidfile=str(out / "prog.pid"))
+        kept.append(_main_module(result)["kept"])
+    assert kept[0] == kept[1] and os.path.isfile(kept[0])
+    binaries = os.path.dirname(os.path.dirname(kept[0]))
+    assert [len(files) for _d, _s, files in os.walk(binaries)] == [0, 1]
