@@ -42,7 +42,8 @@ def modified_after_start(ctx: AnalysisContext, module: Module) -> bool:
     """The handler judged it "modified", or the mapped file's mtime is clearly after the
     process started: the start time is known to a clock tick only (proc(5) starttime),
     so a file written just before a fork (a program built and run at once) is not."""
-    if mapped_object(ctx, module.path).get("reason") == "modified":
+    if mapped_object(ctx, module.path).get("reason") == "modified" or \
+            module.relocation_evidence:
         return True
     mapped, _now = file_record(ctx, module.path)
     start_us = E.fact(ctx, "proc", "start_time_us")

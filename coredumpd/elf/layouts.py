@@ -149,11 +149,16 @@ class AT(enum.IntEnum):
 class DT(enum.IntEnum):
     NULL = 0
     NEEDED = 1
+    PLTGOT = 3
+    HASH = 4
     STRTAB = 5
     SYMTAB = 6
+    RELA = 7
     STRSZ = 10
     SONAME = 14
+    REL = 17
     DEBUG = 21
+    JMPREL = 23
     GNU_HASH = 0x6FFFFEF5
     VERSYM = 0x6FFFFFF0
     VERDEF = 0x6FFFFFFC

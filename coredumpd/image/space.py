@@ -35,6 +35,7 @@ from coredumpd.image.modules import (
     resolve_in_root,
     vdso_module,
 )
+from coredumpd.image.relocated import dynamic_evidence
 from coredumpd.image.types import Mapping, Module
 
 __all__ = ["ProcessAddressSpace", "build_address_space", "mappings_from_core",
@@ -243,6 +244,20 @@ def build_address_space(core: Core, facts: dict[str, Any] | None = None, root: s
     if vdso is not None:
         space._add_module(vdso)
     space._index_modules()
+    for module in space.modules:
+        _check_relocated(space, module)
     return space
+
+
+def _check_relocated(space: ProcessAddressSpace, module: Module) -> None:
+    """Mark a module whose relocated ``.dynamic`` in the core is not its file's now."""
+    if module.is_vdso or module.host_path is None:
+        return
+    elf = space.open_elf(module)
+    if elf is None:
+        return
+    module.relocation_evidence = dynamic_evidence(space.core, module, elf)
+    if module.relocation_evidence:
+        module.modified_in_place = True
 
 

@@ -69,6 +69,8 @@ class Module:
     modified_in_place: bool = False  # same inode, changed after the process started
     state: str | None = None  # same|deleted|replaced|modified|other-namespace (CONTRACT.md)
     kept: str | None = None  # the store's copy of the mapped file (store/binaries.py)
+    # why the core's relocated pages say the file changed after loading (image/relocated.py)
+    relocation_evidence: list[str] = dataclasses.field(default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)
 
     def __contains__(self, address: int) -> bool:

@@ -10,7 +10,6 @@ copy: every frame of the crashed thread that gdb shows must carry gdb's name.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from typing import Any
@@ -20,9 +19,6 @@ import pytest
 from tests.annotate.crashing import PROGRAMS, Crash, crash
 
 pytestmark = pytest.mark.kernel
-
-GDB_FRAME = re.compile(r"^#(\d+)\s+(?:0x[0-9a-f]+ in )?(\S+) \(", re.MULTILINE)
-
 
 def _run(scenario: Any, tmp_path: Any, how: str) -> tuple[Any, Crash]:
     out = scenario("ran")
@@ -39,7 +35,17 @@ def _main_module(result: Crash) -> dict[str, Any]:
                 if module["path"] == main["module"])
 
 
+GDB_FRAMES = """
+frame = gdb.newest_frame()
+while frame is not None:
+    if frame.type() != gdb.INLINE_FRAME:  # folded into the physical frame that holds it
+        print("FRAME", frame.name())
+    frame = frame.older()
+"""
+
+
 def _gdb_names(result: Crash, binary: str, tmp_path: Any) -> list[str]:
+    """The function of each physical frame of the crashed thread, as gdb names it."""
     from coredumpd.store.lz4seek import open_core_source
     source = open_core_source(result.core_path)
     raw = tmp_path / "core.raw"
@@ -49,18 +55,32 @@ def _gdb_names(result: Crash, binary: str, tmp_path: Any) -> list[str]:
             chunk = source.pread(offset, 1 << 20)
             handle.write(chunk)
             offset += len(chunk)
-    text = subprocess.run(["gdb", "-batch", "-nx", "-ex", "set pagination off",
-                           "-ex", "echo BACKTRACE\\n", "-ex", "bt", binary, str(raw)],
+    script = tmp_path / "frames.py"
+    script.write_text(GDB_FRAMES)
+    text = subprocess.run(["gdb", "-batch", "-nx", "-ex", "set pagination off", "-x",
+                           str(script), binary, str(raw)],
                           capture_output=True, text=True, check=True).stdout
-    text = text.split("BACKTRACE\n", 1)[1]  # gdb prints frame 0 when it loads the core too
-    return [name for _index, name in GDB_FRAME.findall(text)]
+    return [line.split(" ", 1)[1] for line in text.splitlines() if line.startswith("FRAME ")]
+
+
+def _plain(name: str | None) -> str | None:
+    """One spelling for gdb's DWARF names and our ELF ones: ``__GI__dl_catch_exception`` and
+    ``_dl_catch_exception``, ``___dlopen`` and ``dlopen`` (aliases of one address)."""
+    if name is None:
+        return None
+    return name.removeprefix("__GI_").lstrip("_")
+
+
+def _same_names_as_gdb(result: Crash, gdb: list[str]) -> None:
+    ours = [frame["symbol"] for frame in result.analysis["threads"][0]["frames"]]
+    assert [_plain(name) for name in ours[:len(gdb)]] == [_plain(name) for name in gdb], \
+        (ours, gdb)
 
 
 def _check_frames_as_gdb(result: Crash, kept: str, tmp_path: Any) -> None:
     gdb = _gdb_names(result, kept, tmp_path)
     assert gdb[:3] == ["ran_crash", "ran_middle", "main"], gdb
-    ours = [frame["symbol"] for frame in result.analysis["threads"][0]["frames"]]
-    assert ours[:len(gdb)] == gdb
+    _same_names_as_gdb(result, gdb)
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
@@ -114,3 +134,26 @@ def test_one_kept_copy_for_many_crashes(scenario, tmp_path):
     assert kept[0] == kept[1] and os.path.isfile(kept[0])
     binaries = os.path.dirname(os.path.dirname(kept[0]))
     assert [len(files) for _d, _s, files in os.walk(binaries)] == [0, 1]
+
+
+def test_library_overwritten_in_place_found_from_relocated_pages(scenario, tmp_path):
+    """incidents/library-overwritten-in-place.txt in milliseconds: ``cp -p`` of the same
+    bytes over the mapped libzk.so.2 (same inode, old mtime kept), then a dlopen: the
+    loader reads the library's DT_SONAME through its .dynamic, now unrelocated."""
+    out = scenario("incident")
+    result = crash(["/bin/sh", str(PROGRAMS / "incident" / "run.sh"), str(out)], tmp_path,
+                   pidfile=str(out / "worker.pid"))
+    assert result.via == "handler"
+    lib = str(out / "libzk.so.2")
+    assert result.facts["proc"]["files"][lib]["state"] == "same"  # no timestamp says it
+    assert result.ids[0] == "library-modified-in-place", result.ids
+    evidence = result.evidence("library-modified-in-place")
+    assert "DT_STRTAB" in evidence and "unrelocated" in evidence
+    assert "library-replaced" not in result.ids
+    module = next(m for m in result.analysis["modules"] if m["path"] == lib)
+    assert module["state"] == "modified" and module["kept"] is None
+    others = [m for m in result.analysis["modules"] if m["path"] != lib]
+    assert all(m["state"] == "same" for m in others), others
+    gdb = _gdb_names(result, str(out / "worker"), tmp_path)  # the library's bytes are the same
+    assert gdb[0] == "strcmp" and "_dl_map_object" in gdb and "main" in gdb, gdb
+    _same_names_as_gdb(result, gdb)

@@ -6,7 +6,10 @@ pages, so after the copy they show the new file's bytes while the relocated
 and written pages (GOT, data) still hold the old layout: code, tables and
 offsets no longer agree (incidents/library-overwritten-in-place.txt: the
 loader read a string-table offset, 0x2559, as a pointer).  The evidence is the
-same inode mapped and on disk, modified after the process started.  The core
+module's relocated ``.dynamic`` in the core that no longer matches the file
+(image/relocated.py: found without any timestamp, also when the copy happened
+milliseconds before the crash or kept the old mtime), or the same inode mapped
+and on disk, modified after the process started.  The core
 holds only the first page and written pages of the file, and that first page
 itself comes from the page cache at dump time, so code and symbols read from
 disk for this module are the new build's, not what ran.
@@ -30,6 +33,7 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         if mapped.get("inode") is not None and mapped.get("inode") == now.get("inode"):
             lines.append(f"{module.path}: same inode {mapped['inode']} mapped and on disk, "
                          "so the file was rewritten, not replaced")
+        lines.extend(module.relocation_evidence)
         lines.extend(C.stat_lines(ctx, module))
         if module.build_id and module.build_id == module.file_build_id:
             lines.append("the core's copy of the ELF header page was read from the page cache "
