@@ -21,10 +21,11 @@ dies) to the parent's reading after waitpid(), under three handlers:
   of the previous one is done, so that no analysis competes with it.
   ``--no-analysis`` measures with Analysis=no; ``--console-script`` starts it
   as the venv's pip-generated ``coredumpd`` instead (``site`` runs).
-  ``--deleted-exe``: under coredumpd the program runs from a fresh copy that
-  unlinks itself before crashing, so the handler keeps a copy of it in the
-  store (issue 10; the copy is removed after each crash so that every crash
-  makes one); the disk a kept copy takes is printed.
+  ``--deleted-exe``: each round also crashes, under coredumpd, the program run
+  from a fresh copy that unlinks itself before crashing, so the handler keeps a
+  copy of it in the store (issue 10; the copy is removed after each crash so
+  that every crash makes one): the row "exe deleted", interleaved with the
+  plain one; the disk a kept copy takes is printed.
 
 The kernel runs the product's handler through tests/support/measured_handler.py,
 which writes the handler's timings and getrusage() into the index row
@@ -141,16 +142,22 @@ def configuration(analysis: bool) -> str:
         "namespace yet; the host's journal is not written)")
 
 
+Variant = tuple[list[float], list[dict[str, Any]]]  # coredumpd's latencies and rows
+
+
 def bench_size(exe: str, mib: int, runs: int, work: pathlib.Path, launcher: str,
-               analysis: bool, unlink: bool = False) -> tuple[list[float], list[float], int, list[float],
-                                        list[dict[str, Any]]]:
+               analysis: bool, deleted_exe: bool = False,
+               ) -> tuple[list[float], list[float], int, dict[bool, Variant]]:
     """``runs`` rounds of discard, lz4 -1 and coredumpd in turn: the machine's noise
     (it is large here: one discard run of 1 GiB took 0.6 s, the next 3.3 s) then
-    falls on the three alike instead of on whichever ran during a bad minute."""
+    falls on the three alike instead of on whichever ran during a bad minute.
+    With ``deleted_exe`` each round also crashes under coredumpd a program that
+    deleted its executable (variant True; False is the plain crash)."""
     discard: list[float] = []
     lz4: list[float] = []
-    ours: list[float] = []
-    rows: list[dict[str, Any]] = []
+    variants: dict[bool, Variant] = {False: ([], [])}
+    if deleted_exe:
+        variants[True] = ([], [])
     lz4_size = 0
     with registered_handler(work, directory=str(work / "store"), analysis=analysis,
                             **BENCH_SETTINGS) as handler:
@@ -159,10 +166,11 @@ def bench_size(exe: str, mib: int, runs: int, work: pathlib.Path, launcher: str,
             discard.append(crash_once(exe, mib, DISCARD, str(work / "ts"))[1])
             latency, lz4_size = lz4_once(exe, mib, work)
             lz4.append(latency)
-            latency, row = coredumpd_once(exe, mib, work, handler, pattern, unlink)
-            ours.append(latency)
-            rows.append(row)
-    return discard, lz4, lz4_size, ours, rows
+            for unlink, (ours, rows) in variants.items():
+                latency, row = coredumpd_once(exe, mib, work, handler, pattern, unlink)
+                ours.append(latency)
+                rows.append(row)
+    return discard, lz4, lz4_size, variants
 
 
 def _ms(values: list[float]) -> str:
@@ -171,6 +179,19 @@ def _ms(values: list[float]) -> str:
 
 Row = tuple[str, list[float], list[float], list[float], int, Any, int, float, float, float,
             float]
+
+
+def _row(label: str, discard: list[float], lz4: list[float], lz4_size: int,
+         ours: list[float], rows: list[dict[str, Any]]) -> Row:
+    usage = [(r.get("facts") or {}).get("handler_rusage", {}) for r in rows]
+    rss = max((u.get("maxrss_kib", 0) for u in usage), default=0)
+    held = statistics.median([u.get("held_ms", 0.0) for u in usage] or [0.0])
+    cpu = statistics.median([u.get("cpu_s", 0.0) for u in usage] or [0.0])
+    wait = statistics.median([u.get("reap_wait_ms") or 0.0 for u in usage] or [0.0])
+    start = statistics.median([(u.get("main_monotonic", 0.0) - float(str(r["crashed_at"])))
+                               * 1000 for u, r in zip(usage, rows, strict=True)] or [0.0])
+    stored = rows[-1].get("stored_size") if rows else None
+    return (label, discard, lz4, ours, lz4_size, stored, rss, held, cpu, start, wait)
 
 
 def measure(options: argparse.Namespace, work: pathlib.Path) -> tuple[list[Row], list[str]]:
@@ -182,36 +203,30 @@ def measure(options: argparse.Namespace, work: pathlib.Path) -> tuple[list[Row],
     sizes = [("tiny", 0)] + ([] if options.tiny_only else
                              [(f"{options.big_mib} MiB", options.big_mib)])
     for label, mib in sizes:
-        discard, lz4, lz4_size, ours, rows = bench_size(exe, mib, options.runs, work, launcher,
-                                                        not options.no_analysis,
-                                                        options.deleted_exe)
-        usage = [(r.get("facts") or {}).get("handler_rusage", {}) for r in rows]
-        rss = max((u.get("maxrss_kib", 0) for u in usage), default=0)
-        held = statistics.median([u.get("held_ms", 0.0) for u in usage] or [0.0])
-        cpu = statistics.median([u.get("cpu_s", 0.0) for u in usage] or [0.0])
-        wait = statistics.median([u.get("reap_wait_ms") or 0.0 for u in usage] or [0.0])
-        start = statistics.median([(u.get("main_monotonic", 0.0) - float(str(r["crashed_at"])))
-                                   * 1000 for u, r in zip(usage, rows, strict=True)] or [0.0])
-        stored = rows[-1].get("stored_size") if rows else None
-        table.append((label, discard, lz4, ours, lz4_size, stored, rss, held, cpu, start, wait))
-        states = collections.Counter(str(row.get("analysis_state")) for row in rows)
-        analysed.append(f"{label}: {dict(states)}")
-        if options.deleted_exe:
-            disk = [size for row in rows for size in row["kept_disk"]]
-            size = [size for row in rows for size in row["kept_size"]]
-            analysed.append(f"{label}: kept copies {len(disk)} of {len(rows)} crashes, "
-                            f"{max(size, default=0)} bytes each, "
-                            f"{max(disk, default=0)} bytes on disk")
+        discard, lz4, lz4_size, variants = bench_size(exe, mib, options.runs, work, launcher,
+                                                      not options.no_analysis,
+                                                      options.deleted_exe)
+        for unlink, (ours, rows) in variants.items():
+            name = f"{label}, exe deleted" if unlink else label
+            table.append(_row(name, discard, lz4, lz4_size, ours, rows))
+            states = collections.Counter(str(row.get("analysis_state")) for row in rows)
+            analysed.append(f"{name}: {dict(states)}")
+            if unlink:
+                disk = [size for row in rows for size in row["kept_disk"]]
+                size = [size for row in rows for size in row["kept_size"]]
+                analysed.append(f"{name}: kept copies {len(disk)} of {len(rows)} crashes, "
+                                f"{max(size, default=0)} bytes each, "
+                                f"{max(disk, default=0)} bytes on disk")
     return table, analysed
 
 
 def print_table(table: list[Row], runs: int) -> None:
-    print(f"{'core':>10} {'discard':>12} {'lz4 -1':>12} {'coredumpd':>12} {'ratio':>6} "
+    print(f"{'core':>18} {'discard':>12} {'lz4 -1':>12} {'coredumpd':>12} {'ratio':>6} "
           f"{'lz4 size':>12} {'our size':>12} {'peak RSS':>10} {'start':>9} {'held':>9} "
           f"{'CPU':>8} {'wait':>8}")
     for label, discard, lz4, ours, lz4_size, stored, rss, held, cpu, start, wait in table:
         ratio = statistics.median(ours) / statistics.median(discard)
-        print(f"{label:>10} {_ms(discard)} {_ms(lz4)} {_ms(ours)} {ratio:6.2f} "
+        print(f"{label:>18} {_ms(discard)} {_ms(lz4)} {_ms(ours)} {ratio:6.2f} "
               f"{lz4_size:12d} {stored!s:>12} {rss / 1024:7.1f} MiB {start:6.1f} ms "
               f"{held:6.1f} ms {cpu:6.2f} s {wait:5.1f} ms")
     print("\nratio = coredumpd / discard (medians of", runs, "runs);"
