@@ -1,24 +1,62 @@
 """The configuration file, an INI file shaped like systemd's coredump.conf.
 
 See man/coredumpd.conf.5 and CONTRACT.md.  Sizes take systemd's suffixes
-(K, M, G, T, base 1024); time spans take s, min, h, d.  Unknown keys are
-ignored with a warning list so that newer files still load in older versions.
+(K, M, G, T, base 1024); time spans take s, min, h, d.  Unknown keys and
+sections are ignored with a warning so that newer files still load in older
+versions.
+
+Every key is one row of :data:`KEYS` (section, name, Config field, parser), so
+a new key or section is one row and one :class:`Config` field.  The file is
+read by :func:`read_ini`, a small reader that keeps each value's line number
+(configparser does not), so that every complaint names the file, the line and
+the key.  Two ways to load it:
+
+- :func:`load_config` (``strict=True``, for ``coredumpd install`` and corectl):
+  any value that cannot be read is a :class:`ConfigFileError` listing them all;
+- ``strict=False`` (the handler, at crash time): such a value keeps its default
+  and is listed in :attr:`Config.errors`, so that a typo never loses a crash.
 """
 
 from __future__ import annotations
 
-import configparser
 import dataclasses
 import os
 import re
+from collections.abc import Callable
 
 from coredumpd.errors import ConfigError
 from coredumpd.paths import DEFAULT_CONFIG_PATH, DEFAULT_DIRECTORY, index_path
 
 SECTION = "Coredump"
+MAX_CONFIG_BYTES = 1 << 20  # a configuration file larger than this is not one
 
 _SIZE_SUFFIXES = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 _TIME_SUFFIXES = {"": 1, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ConfigFileError(ConfigError):
+    """The configuration file cannot be used: unreadable, or values that cannot be read.
+
+    ``problems`` holds one :class:`ConfigProblem` per bad line (empty when the
+    file itself cannot be read)."""
+
+    def __init__(self, message: str, problems: tuple[ConfigProblem, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigProblem:
+    """One line of the file that cannot be used, and why."""
+
+    path: str
+    line: int
+    key: str | None  # None for a line that is not KEY=VALUE at all
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path} line {self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 
 
 def parse_size(text: str) -> int:
@@ -55,6 +93,41 @@ def parse_journal_namespace(text: str) -> str:
     return text
 
 
+def parse_count(text: str) -> int:
+    """A non-negative decimal integer."""
+    if not re.fullmatch(r"\s*\d+\s*", text):
+        raise ConfigError(f"invalid number {text!r} (expected a whole number, e.g. 10)")
+    return int(text)
+
+
+def parse_bool(text: str) -> bool:
+    """yes/no, true/false, on/off, 1/0 (systemd's parse_boolean)."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off"):
+        return False
+    raise ConfigError(f"invalid boolean {text!r} (expected yes or no)")
+
+
+def parse_absolute_path(text: str) -> str:
+    if not os.path.isabs(text):
+        raise ConfigError(f"{text!r} is not an absolute path")
+    return text
+
+
+def parse_storage(text: str) -> str:
+    if text not in ("external", "none"):
+        raise ConfigError(f"invalid storage {text!r} (expected external or none)")
+    return text
+
+
+def parse_user(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", text):
+        raise ConfigError(f"invalid user name {text!r}")
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Settings for the handler, the analysis and corectl."""
@@ -78,81 +151,170 @@ class Config:
     journal: bool = True
     journal_timeout: float = 0.5
     journal_namespace: str | None = None  # None: the default journal
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # unknown keys and sections, repeated keys
+    errors: tuple[str, ...] = ()  # values not read (strict=False): their defaults are used
 
     @property
     def index_path(self) -> str:
         return index_path(self.directory)
 
 
-_KEYS: dict[str, tuple[str, object]] = {
-    "Directory": ("directory", str),
-    "Storage": ("storage", str),
-    "ProcessSizeMax": ("process_size_max", parse_size),
-    "ExternalSizeMax": ("external_size_max", parse_size),
-    "MaxUse": ("max_use", parse_size),
-    "KeepFree": ("keep_free", parse_size),
-    "BinariesMaxUse": ("binaries_max_use", parse_size),
-    "RateLimitIntervalSec": ("rate_limit_interval", parse_timespan),
-    "RateLimitBurst": ("rate_limit_burst", int),
-    "Analysis": ("analysis", lambda v: _parse_bool(v)),
-    "AnalysisTimeoutSec": ("analysis_timeout", parse_timespan),
-    "AnalysisMemoryMax": ("analysis_memory_max", parse_size),
-    "AnalysisUser": ("analysis_user", str),
-    "Journal": ("journal", lambda v: _parse_bool(v)),
-    "JournalTimeoutSec": ("journal_timeout", parse_timespan),
-    "JournalNamespace": ("journal_namespace", parse_journal_namespace),
-}
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One configuration key: where it is, which Config field it sets, how it is read."""
+
+    section: str
+    name: str
+    field: str
+    parse: Callable[[str], object]
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "yes", "true", "on"):
-        return True
-    if lowered in ("0", "no", "false", "off"):
-        return False
-    raise ConfigError(f"invalid boolean {text!r}")
+KEYS: tuple[Key, ...] = (
+    Key(SECTION, "Directory", "directory", parse_absolute_path),
+    Key(SECTION, "Storage", "storage", parse_storage),
+    Key(SECTION, "ProcessSizeMax", "process_size_max", parse_size),
+    Key(SECTION, "ExternalSizeMax", "external_size_max", parse_size),
+    Key(SECTION, "MaxUse", "max_use", parse_size),
+    Key(SECTION, "KeepFree", "keep_free", parse_size),
+    Key(SECTION, "BinariesMaxUse", "binaries_max_use", parse_size),
+    Key(SECTION, "RateLimitIntervalSec", "rate_limit_interval", parse_timespan),
+    Key(SECTION, "RateLimitBurst", "rate_limit_burst", parse_count),
+    Key(SECTION, "Analysis", "analysis", parse_bool),
+    Key(SECTION, "AnalysisTimeoutSec", "analysis_timeout", parse_timespan),
+    Key(SECTION, "AnalysisMemoryMax", "analysis_memory_max", parse_size),
+    Key(SECTION, "AnalysisUser", "analysis_user", parse_user),
+    Key(SECTION, "Journal", "journal", parse_bool),
+    Key(SECTION, "JournalTimeoutSec", "journal_timeout", parse_timespan),
+    Key(SECTION, "JournalNamespace", "journal_namespace", parse_journal_namespace),
+)
+_BY_NAME = {(key.section, key.name): key for key in KEYS}
+_FIELDS = {field.name for field in dataclasses.fields(Config)}
+assert all(key.field in _FIELDS for key in KEYS), "every key sets a Config field"
 
 
-def config_keys() -> tuple[str, ...]:
-    """The keys of the [Coredump] section, for the man page and its check."""
-    return tuple(_KEYS)
+def config_keys(section: str = SECTION) -> tuple[str, ...]:
+    """The keys of ``section``, for the man page and its check."""
+    return tuple(key.name for key in KEYS if key.section == section)
 
 
-def load_config(path: str | None = None) -> Config:
+def default_value(field: str) -> object:
+    """The default of a :class:`Config` field (what a value that cannot be read becomes)."""
+    return getattr(Config(), field)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One ``KEY=VALUE`` line: its section, key, value (comment removed) and line number."""
+
+    section: str | None
+    key: str
+    value: str
+    line: int
+
+
+def read_ini(text: str, path: str) -> tuple[list[Entry], list[ConfigProblem]]:
+    """The ``KEY=VALUE`` lines of an INI text with their line numbers, and the lines
+    that are neither that, a ``[Section]``, a comment (``#``, ``;``) nor empty."""
+    entries: list[Entry] = []
+    problems: list[ConfigProblem] = []
+    section: str | None = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif "=" in line and line.split("=", 1)[0].strip():
+            key, value = (part.strip() for part in line.split("=", 1))
+            entries.append(Entry(section, key, strip_inline_comment(value), number))
+        else:
+            problems.append(ConfigProblem(path, number, None,
+                                          f"not KEY=VALUE or [Section]: {line[:60]!r}"))
+    return entries, problems
+
+
+def strip_inline_comment(value: str) -> str:
+    """``#`` or ``;`` after white space starts a comment (as configparser's
+    inline_comment_prefixes did): ``Directory=/x   # where``."""
+    for index, char in enumerate(value):
+        if char in "#;" and index > 0 and value[index - 1].isspace():
+            return value[:index].rstrip()
+    return value
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigFileError(f"configuration file {path} is over {MAX_CONFIG_BYTES} bytes")
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigFileError(f"cannot read configuration file {path}: {err}") from err
+
+
+def _apply(entries: list[Entry], path: str) -> tuple[dict[str, object], list[str],
+                                                      list[ConfigProblem]]:
+    """Field values from the entries; warnings; values that could not be read."""
+    values: dict[str, object] = {}
+    warnings: list[str] = []
+    problems: list[ConfigProblem] = []
+    seen: dict[tuple[str | None, str], int] = {}
+    for entry in entries:
+        if entry.section is None:
+            problems.append(ConfigProblem(path, entry.line, entry.key,
+                                          f"outside any section (expected [{SECTION}] first)"))
+            continue
+        key = _BY_NAME.get((entry.section, entry.key))
+        if key is None:
+            warnings.append(f"{path} line {entry.line}: unknown key {entry.key!r} in "
+                            f"[{entry.section}] ignored")
+            continue
+        if (entry.section, entry.key) in seen:
+            warnings.append(f"{path} line {entry.line}: {entry.key} repeats line "
+                            f"{seen[entry.section, entry.key]}; the last one counts")
+        seen[entry.section, entry.key] = entry.line
+        if entry.value == "":
+            values.pop(key.field, None)  # empty means "the default", as in coredump.conf
+            continue
+        try:
+            values[key.field] = key.parse(entry.value)
+        except ConfigError as err:
+            values.pop(key.field, None)
+            problems.append(ConfigProblem(path, entry.line, f"{key.name}={entry.value}", str(err)))
+    return values, warnings, problems
+
+
+def load_config(path: str | None = None, *, strict: bool = True) -> Config:
     """Load ``path`` (or the default file when it exists); defaults otherwise.
 
     An explicitly named file that does not exist is an error; the default file
-    may be absent.
+    may be absent.  ``strict``: a value or line that cannot be read is a
+    :class:`ConfigFileError` naming each key and line; else that key keeps its
+    default, and the problem is listed in ``errors``.  An unreadable file is an
+    error in both modes (the caller decides: the handler uses the defaults).
     """
     explicit = path is not None
     path = path or DEFAULT_CONFIG_PATH
     if not os.path.exists(path):
         if explicit:
-            raise ConfigError(f"configuration file {path} does not exist")
+            raise ConfigFileError(f"configuration file {path} does not exist")
         return Config()
-    parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    try:
-        with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle)
-    except (OSError, UnicodeDecodeError, configparser.Error) as err:
-        raise ConfigError(f"cannot read configuration file {path}: {err}") from err
-    values: dict[str, object] = {"path": os.path.abspath(path)}
-    warnings: list[str] = []
-    if parser.has_section(SECTION):
-        for key, raw in parser.items(SECTION):
-            raw = raw.strip()
-            if key not in _KEYS:
-                warnings.append(f"{path}: unknown key {key!r} in [{SECTION}] ignored")
-                continue
-            if raw == "":
-                continue  # empty means "the default", as in coredump.conf
-            field, convert = _KEYS[key]
-            values[field] = convert(raw)  # type: ignore[operator]
-    config = Config(**values, warnings=tuple(warnings))  # type: ignore[arg-type]
-    if config.storage not in ("external", "none"):
-        raise ConfigError(f"{path}: Storage={config.storage} (expected external or none)")
-    if not os.path.isabs(config.directory):
-        raise ConfigError(f"{path}: Directory={config.directory} is not an absolute path")
-    return config
+    entries, problems = read_ini(_read_text(path), path)
+    values, warnings, bad_values = _apply(entries, path)
+    problems = sorted(problems + bad_values, key=lambda problem: problem.line)
+    if problems and strict:
+        raise ConfigFileError("; ".join(str(problem) for problem in problems), tuple(problems))
+    errors = tuple(f"{problem}; ignored" if problem.key is None else
+                   f"{problem}; {_default_text(problem.key)}" for problem in problems)
+    return Config(path=os.path.abspath(path), warnings=tuple(warnings), errors=errors,
+                  **values)  # type: ignore[arg-type]
+
+
+def _default_text(key_and_value: str) -> str:
+    name = key_and_value.split("=", 1)[0]
+    for key in KEYS:
+        if key.name == name:
+            default = default_value(key.field)
+            return f"the default {name}={'(automatic)' if default is None else default} is used"
+    return "the default is used"

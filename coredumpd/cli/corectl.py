@@ -22,7 +22,7 @@ from coredumpd.cli.commands import Context, NoMatch
 from coredumpd.cli.corectl_spec import CORECTL
 from coredumpd.cli.exitcodes import ExitStatus
 from coredumpd.cli.spec import build_parser
-from coredumpd.config import load_config
+from coredumpd.config import ConfigFileError, load_config
 from coredumpd.errors import CoredumpdError
 
 __all__ = ["ExitStatus", "main", "parser"]
@@ -89,6 +89,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return ExitStatus.INTERRUPTED
+    except ConfigFileError as err:  # the user's to fix, like a bad command line
+        _report(args, f"config error: {err}")
+        return ExitStatus.USAGE
     except CoredumpdError as err:
         _report(args, str(err))
         return ExitStatus.ERROR

@@ -145,8 +145,10 @@ CORECTL = Program(
         Section("EXIT STATUS", items=(
             ("0", "Success."),
             ("1", "No crash matched (\"No coredumps found.\" on standard error)."),
-            ("2", "Usage error (unknown option, missing argument)."),
-            ("3", ("Any other error: configuration, store, unreadable core; printed as "
+            ("2", ("Usage error (unknown option, missing argument), or a configuration "
+                  "file that is missing or has a value that cannot be read: \"corectl: "
+                  "error: config error: FILE line N: KEY=VALUE: why\".")),
+            ("3", ("Any other error: store, unreadable core, bad time; printed as "
                   "\"corectl: error: ...\".")),
             ("4", "The crash matched but its core is not stored (missing or none)."),
             ("130", "Interrupted (Ctrl-C)."),

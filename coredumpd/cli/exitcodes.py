@@ -10,7 +10,7 @@ class ExitStatus(enum.IntEnum):
 
     OK = 0
     NO_MATCH = 1  # "No coredumps found.", as coredumpctl
-    USAGE = 2  # argparse's status for a bad command line
+    USAGE = 2  # argparse's status for a bad command line; also a bad configuration file
     ERROR = 3  # configuration, store, unreadable core...
     NO_CORE = 4  # the crash matched but its core is not stored
     INTERRUPTED = 130  # 128 + SIGINT, as shells report it

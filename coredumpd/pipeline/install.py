@@ -114,6 +114,7 @@ def install(config_path: str | None = None, saved_path: str = SAVED_SYSCTL_PATH,
     returns the pattern written.  Changes nothing in the kernel on error."""
     if config_path is not None and not os.path.isfile(config_path):
         raise ConfigError(f"configuration file {config_path} does not exist")
+    validate_config(config_path)
     build_pattern(handler or os.path.join(launcher_dir, "coredumpd"), config_path)  # fits?
     if handler is None:
         try:
@@ -130,6 +131,16 @@ def install(config_path: str | None = None, saved_path: str = SAVED_SYSCTL_PATH,
     except OSError as err:
         raise ConfigError(f"cannot register the handler: {err}") from err
     return pattern
+
+
+def validate_config(config_path: str | None) -> None:
+    """Refuse a configuration the handler could not read whole (ConfigFileError names
+    each bad key and line): at crash time such a value would silently be its default."""
+    from coredumpd.config import ConfigFileError, load_config
+    try:
+        load_config(config_path, strict=True)
+    except ConfigFileError as err:
+        raise ConfigFileError(f"{err} (nothing installed)", err.problems) from err
 
 
 def uninstall(saved_path: str = SAVED_SYSCTL_PATH,

@@ -48,6 +48,7 @@ class CrashState:
         self.args = args
         self.started = time.monotonic() if started is None else started
         self.config: Config | None = None  # loaded when first needed (load_config)
+        self.config_errors: list[str] = []  # what of it could not be read (defaults used)
         self.problems: list[str] = list(args.problems)
         self.missing: dict[str, str] = {}
         self.proc: dict[str, Any] = {}
@@ -84,15 +85,20 @@ class CrashState:
         return "unknown"
 
     def load_config(self) -> Config:
-        """The configuration, loaded once (the defaults, with a problem, if it is broken)."""
+        """The configuration, loaded once and never fatal: a value that cannot be read
+        keeps its default, an unreadable file gives the defaults; ``config_errors``
+        says which (the row's problems and a kmsg line carry them)."""
         if self.config is None:
             from coredumpd.config import Config, load_config
             try:
-                self.config = load_config(self.args.config_path)
+                self.config = load_config(self.args.config_path, strict=False)
                 self.problems.extend(self.config.warnings)
+                self.config_errors.extend(f"configuration: {error}"
+                                          for error in self.config.errors)
             except CoredumpdError as err:
-                self.problems.append(f"configuration: {err}; using the defaults")
+                self.config_errors.append(f"configuration: {err}; all defaults are used")
                 self.config = Config()
+            self.problems.extend(self.config_errors)
         return self.config
 
     def resolve_ids(self) -> None:

@@ -50,7 +50,7 @@ def finish(crash: CrashState) -> int:
     if row_id is None:
         return 1
     crash.row_id = row_id
-    for step in (_special_crasher, _enforce_retention, _spawn_analysis):
+    for step in (_special_crasher, _report_config_errors, _enforce_retention, _spawn_analysis):
         try:  # the row exists: a failing step must not stop the others
             step(crash, index, row_id, record)
         except Exception as err:  # noqa: BLE001
@@ -247,6 +247,17 @@ def _special_crasher(crash: CrashState, index: Index, row_id: Any, record: dict[
     path_taken = {"crasher": kind, "kmsg": "written" if ok else "failed",
                   "journal": "skipped: journald crashed" if kind == "journald" else "pending"}
     index.update(row_id, path_taken=path_taken)
+
+
+def _report_config_errors(crash: CrashState, index: Index, row_id: Any,
+                          record: dict[str, Any]) -> None:
+    """A configuration value that could not be read was replaced by its default: the
+    row's facts say so already; a /dev/kmsg line tells whoever reads the kernel log."""
+    if not crash.config_errors:
+        return
+    where = record["core_path"] or f"no core ({record['core_reason']})"
+    write_kmsg(_kmsg(crash, f"{'; '.join(crash.config_errors)}; stored {where},"
+                            f" index row {row_id}"))
 
 
 def _enforce_retention(crash: CrashState, index: Index, row_id: Any,

@@ -29,16 +29,28 @@ def test_usage_error_exits_two(capsys: pytest.CaptureFixture[str]) -> None:
 def test_missing_config_file_is_an_error(capsys: pytest.CaptureFixture[str],
                                          tmp_path: pathlib.Path) -> None:
     status = main(["--config", str(tmp_path / "nope.conf"), "list"], env={})
-    assert status == ExitStatus.ERROR
+    assert status == ExitStatus.USAGE
     err = capsys.readouterr().err
-    assert err.startswith("corectl: error: configuration file") and "Traceback" not in err
+    assert err.startswith("corectl: error: config error: configuration file")
+    assert "Traceback" not in err
 
 
 def test_invalid_config_value(capsys: pytest.CaptureFixture[str],
                               tmp_path: pathlib.Path) -> None:
     config = write_config(tmp_path, "Storage=floppy\n")
-    assert main(["--config", config, "list"], env={}) == ExitStatus.ERROR
+    assert main(["--config", config, "list"], env={}) == ExitStatus.USAGE
     assert "Storage=floppy" in capsys.readouterr().err
+
+
+def test_config_typo_is_a_config_error_with_the_usage_status(
+        capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -> None:
+    """Not "internal error: ValueError" (issue 9): the key, the line, status 2."""
+    config = write_config(tmp_path, "RateLimitBurst=abc\n")
+    for argv in (["list"], ["--json", "show"], ["vacuum"]):
+        assert main(["--config", config, *argv], env={}) == ExitStatus.USAGE == 2
+        err = capsys.readouterr().err
+        assert err == (f"corectl: error: config error: {config} line 3: RateLimitBurst=abc:"
+                       " invalid number 'abc' (expected a whole number, e.g. 10)\n")
 
 
 def test_empty_store_says_no_coredumps_found(capsys: pytest.CaptureFixture[str],
@@ -54,7 +66,7 @@ def test_empty_store_says_no_coredumps_found(capsys: pytest.CaptureFixture[str],
 def test_config_from_the_environment(capsys: pytest.CaptureFixture[str],
                                      tmp_path: pathlib.Path) -> None:
     env = {"COREDUMPD_CONFIG": str(tmp_path / "missing.conf")}
-    assert main(["list"], env=env) == ExitStatus.ERROR
+    assert main(["list"], env=env) == ExitStatus.USAGE
     assert "missing.conf" in capsys.readouterr().err
     # --config wins over the environment
     assert main(["--config", write_config(tmp_path), "list"], env=env) == ExitStatus.NO_MATCH
@@ -110,7 +122,7 @@ def test_copy_core_reports_progress() -> None:
 def test_debug_flag_adds_the_traceback(capsys: pytest.CaptureFixture[str],
                                        tmp_path: pathlib.Path) -> None:
     argv = ["--config", str(tmp_path / "nope.conf"), "list"]
-    assert main([*argv, "--debug"], env={}) == ExitStatus.ERROR
+    assert main([*argv, "--debug"], env={}) == ExitStatus.USAGE
     err = capsys.readouterr().err
-    assert "Traceback (most recent call last)" in err and "ConfigError" in err
+    assert "Traceback (most recent call last)" in err and "ConfigFileError" in err
     assert err.rstrip().endswith("nope.conf does not exist")

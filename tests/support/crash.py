@@ -91,9 +91,10 @@ def compile_c(source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     return str(exe)
 
 
-def _ini_keys() -> dict[str, str]:
-    from coredumpd import config as C
-    return {field: key for key, (field, _conv) in C._KEYS.items()}
+def _ini_keys() -> dict[str, tuple[str, str]]:
+    """Config field -> (section, key)."""
+    from coredumpd.config import KEYS
+    return {key.field: (key.section, key.name) for key in KEYS}
 
 
 def _ini_value(value: Any) -> str:
@@ -113,11 +114,14 @@ def write_config(path: str | os.PathLike[str], directory: str, **overrides: Any)
     overrides = {**overrides, **_journal_settings(overrides)}
     hostcheck.note_store(directory)
     keys = _ini_keys()
-    lines = ["[Coredump]", f"Directory={directory}"]
+    sections: dict[str, list[str]] = {"Coredump": [f"Directory={directory}"]}
     for field, value in overrides.items():
         if field not in keys:
             raise TypeError(f"unknown Config field {field!r}")
-        lines.append(f"{keys[field]}={_ini_value(value)}")
+        section, key = keys[field]
+        sections.setdefault(section, []).append(f"{key}={_ini_value(value)}")
+    lines = [line for section, entries in sections.items()
+             for line in (f"[{section}]", *entries)]
     pathlib.Path(path).write_text("\n".join(lines) + "\n")
 
 
