@@ -13,23 +13,29 @@ take it.  ``path_taken`` in the row records what happened.
 ``--core-fd`` is an inherited descriptor of a core that was not kept
 (Storage=none, rate limit): it is analysed through ``/proc/self/fd/N`` and
 vanishes when this job exits.
+
+In a storm, many jobs start at once: each waits for an analysis slot
+(:mod:`coredumpd.pipeline.slots`) before importing anything heavy, so only a
+few analyses (and their sandboxes) hold memory at a time.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from coredumpd.config import Config, load_config
-from coredumpd.errors import CoredumpdError, FormatError
-from coredumpd.model import AnalysisResult, CrashRecord
-from coredumpd.report import journal
-from coredumpd.store.index import Index
+from coredumpd.pipeline import slots
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from coredumpd.config import Config
+    from coredumpd.model import AnalysisResult, CrashRecord
 
 
 def analyse(config: Config, record: CrashRecord, core_fd: int | None) -> AnalysisResult:
     """The analysis result for a crash, or a ``failed`` result saying why not."""
+    from coredumpd.errors import FormatError
+    from coredumpd.model import AnalysisResult
     if not config.analysis:
         return AnalysisResult.failed("disabled by Analysis=no")
     core_path = record.core_path or (f"/proc/self/fd/{core_fd}" if core_fd else None)
@@ -54,6 +60,7 @@ def analyse(config: Config, record: CrashRecord, core_fd: int | None) -> Analysi
 
 def report(config: Config, record: CrashRecord) -> dict[str, object]:
     """Send the journal entry (or the kmsg line); return the updated path_taken."""
+    from coredumpd.report import journal
     path_taken = dict(record.path_taken or {})
     kind = path_taken.get("crasher")
     if kind == "journald":
@@ -77,6 +84,9 @@ def report(config: Config, record: CrashRecord) -> dict[str, object]:
 
 
 def run(row_id: str, config_path: str | None, core_fd: int | None) -> int:
+    from coredumpd.config import load_config
+    from coredumpd.model import AnalysisResult
+    from coredumpd.store.index import Index
     config = load_config(config_path, strict=False)  # the handler's reading of it
     index = Index(config.index_path)
     record = index.get(row_id)
@@ -93,6 +103,11 @@ def run(row_id: str, config_path: str | None, core_fd: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    slots.hold_slot("analysis", slots.analysis_slots())
+    import argparse
+
+    from coredumpd.errors import CoredumpdError
+    from coredumpd.report import journal
     parser = argparse.ArgumentParser(prog="coredumpd-analyze-job")
     parser.add_argument("--id", required=True)
     parser.add_argument("--config")

@@ -32,6 +32,7 @@ from coredumpd.ingest.args import RLIM_INFINITY, parse_args
 from coredumpd.ingest.changed import hold_changed_objects
 from coredumpd.ingest.spool import open_spool
 from coredumpd.ingest.stream import SMALL_CORE, CoreStream
+from coredumpd.pipeline import slots
 from coredumpd.pipeline.state import CrashState
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -83,6 +84,7 @@ def handle(argv: list[str], started: float | None = None) -> int:
 def run(argv: list[str], started: float | None = None) -> CrashState:
     """:func:`handle`, returning the crash's state (``status``, ``row_id``...)."""
     _sanitize_process()
+    slots.hold_slot("handler", slots.handler_slots())  # at once if main() took it
     _widen_pipe()
     crash = CrashState(parse_args(argv), started)
     try:

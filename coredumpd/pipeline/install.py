@@ -6,8 +6,14 @@ given.  The kernel keeps at most 127 bytes (CORENAME_MAX_SIZE is 128 with the
 NUL, fs/coredump.c) and splits the pattern at spaces without quoting, so a
 longer pattern or a path with a space is refused before anything changes.
 ``core_pipe_limit`` must be > 0 so that /proc/PID survives until the handler
-closes the pipe (FACTS.md); 16 is systemd's value.  The values found are saved
-(JSON) and restored by ``uninstall``.
+closes the pipe (FACTS.md).  It is also the most crashes the kernel hands over
+at once: over it, a crash is dropped before any handler runs ("over
+core_pipe_limit, skipping core dump"; systemd's 16 lost 11 of 64 crashes in a
+storm here).  So :data:`PIPE_LIMIT` is high — 1 per 32 MiB of RAM, 64 to 1024
+— and the handlers' memory is bounded by their own back-pressure instead
+(:mod:`coredumpd.pipeline.slots`): a few work, the rest wait at ~3 MiB each,
+so even the limit's worth of waiting handlers stays near a tenth of the RAM.
+The values found are saved (JSON) and restored by ``uninstall``.
 
 The registered ``coredumpd`` is a launcher written by ``install``
 (:data:`LAUNCHER_DIR`): the same entry point as the console script, but started
@@ -39,7 +45,22 @@ from coredumpd.pipeline.main import main
 sys.exit(main())
 """
 PATTERN_MAX = 127
-PIPE_LIMIT = 16
+PIPE_LIMIT_MIN = 64  # a storm of 64 at once (issue 9) loses nothing, even on a small machine
+PIPE_LIMIT_MAX = 1024
+RAM_PER_WAITING_HANDLER = 32 << 20  # one allowed per 32 MiB: ~3 MiB each, under 10% of RAM
+
+
+def pipe_limit(meminfo: str = "/proc/meminfo") -> int:
+    """kernel.core_pipe_limit for this machine: MemTotal / 32 MiB, within 64..1024."""
+    try:
+        with open(meminfo, encoding="ascii") as handle:
+            kib = next(int(line.split()[1]) for line in handle if line.startswith("MemTotal:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return PIPE_LIMIT_MIN
+    return min(PIPE_LIMIT_MAX, max(PIPE_LIMIT_MIN, (kib << 10) // RAM_PER_WAITING_HANDLER))
+
+
+PIPE_LIMIT = pipe_limit()
 
 
 def launcher_paths() -> list[str]:

@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
         return _admin(argv)
+    from coredumpd.pipeline import slots  # wait for a slot before the handler's imports
+    slots.protect_standard_fds()
+    slots.hold_slot("handler", slots.handler_slots())
     from coredumpd.pipeline.handler import handle
     return handle(argv)
 

@@ -44,7 +44,7 @@ def test_install_then_uninstall_restores(tmp_path):
         pattern = install.install(str(config), saved_path=str(saved), handler="/x/coredumpd")
         assert _read(CORE_PATTERN) == pattern
         assert pattern.startswith("|/x/coredumpd %P %i ") and pattern.endswith(str(config))
-        assert _read(CORE_PIPE_LIMIT) == "16"
+        assert _read(CORE_PIPE_LIMIT) == str(install.PIPE_LIMIT)
         install.install(str(config), saved_path=str(saved), handler="/x/coredumpd")  # again
         assert json.loads(saved.read_text())["core_pattern"] == "|/bin/false before"
         install.uninstall(saved_path=str(saved), launcher_dir=str(tmp_path / "none"))
@@ -81,6 +81,37 @@ def test_cli_refuses_long_pattern_and_changes_nothing(tmp_path):
         assert "coredumpd: error:" in out.stderr and "127" in out.stderr
         assert _read(CORE_PATTERN) == "|/bin/false untouched"
         assert _read(CORE_PIPE_LIMIT) == "5"
+
+
+@pytest.mark.parametrize(("mem_total_kib", "limit"), [
+    (512 << 10, 64), (2 << 20, 64), (24 << 20, 768), (64 << 20, 1024)])
+def test_pipe_limit_scales_with_memory(tmp_path, mem_total_kib, limit):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal:       {mem_total_kib} kB\nMemFree:  1 kB\n")
+    assert install.pipe_limit(str(meminfo)) == limit
+    assert install.pipe_limit(str(tmp_path / "none")) == install.PIPE_LIMIT_MIN
+
+
+@pytest.mark.kernel
+def test_install_refuses_a_config_it_cannot_read_and_changes_nothing(tmp_path):
+    """A typo names its key and line, and nothing is installed (issue 9)."""
+    config = tmp_path / "c.conf"
+    config.write_text("[Coredump]\nDirectory=/var/crash\nRateLimitBurst=abc\n")
+    with core_pattern("|/bin/false untouched", 5):
+        out = subprocess.run([sys.executable, "-m", "coredumpd.pipeline.main", "install",
+                              "--config", str(config)], check=False, capture_output=True,
+                             text=True)
+        assert out.returncode == 1
+        assert out.stderr == (f"coredumpd: error: {config} line 3: RateLimitBurst=abc: invalid"
+                              " number 'abc' (expected a whole number, e.g. 10)"
+                              " (nothing installed)\n")
+        assert _read(CORE_PATTERN) == "|/bin/false untouched"
+        assert _read(CORE_PIPE_LIMIT) == "5"
+        with pytest.raises(ConfigError, match=r"line 2: Storage=floppy: "):
+            config.write_text("[Coredump]\nStorage=floppy\n")
+            install.install(str(config), saved_path=str(tmp_path / "saved"), handler="/x/c")
+        assert _read(CORE_PATTERN) == "|/bin/false untouched"
+        assert not (tmp_path / "saved").exists()
 
 
 def test_uninstall_without_saved_values(tmp_path):
