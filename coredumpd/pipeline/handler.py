@@ -17,7 +17,10 @@ journald, and a detached, niced child (:mod:`coredumpd.pipeline.analyze_job`)
 for the analysis and the journal entry.  Nothing here needs PID 1 or journald.
 
 The kernel starts us with fds 1 and 2 closed, an empty environment, cwd /
-and RLIMIT_CORE 1 (FACTS.md).
+and RLIMIT_CORE 1 (FACTS.md).  Before phase 1 the handler holds one of a few
+slots (:mod:`coredumpd.pipeline.slots`; ``main()`` waits for it before even
+importing this module): in a storm the rest wait, small, while the kernel
+holds their processes.
 """
 
 from __future__ import annotations

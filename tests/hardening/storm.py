@@ -1,20 +1,29 @@
-"""A crash storm through the real kernel pipe and the real handler.
+"""A crash storm through the real kernel pipe and the handler as installed.
 
-``run_storm(workdir, count=64, large=4, large_mib=192)`` compiles a program
-that fills ``N`` MiB of memory (pages that compress like real heaps: a counter
-and a repeated pattern) and then waits on a shared pipe; ``count`` copies are
-started, the pipe is closed so that all of them crash at the same moment
-(SIGSEGV), and ``kernel.core_pipe_limit`` is set above ``count`` (FACTS.md:
-above the limit the kernel drops cores silently).  The lock on core_pattern
-is held only from the release of the barrier until every crasher is reaped
-(the kernel reaps a crasher when its handler has closed the pipe, i.e. when
-the core is streamed), then the rows are awaited with the pattern restored.
+``run_storm(workdir, count=64, large=4, large_mib=192, programs="distinct")``
+compiles a program that fills ``N`` MiB of memory (pages that compress like
+real heaps: a counter and a repeated pattern) and then waits on a shared pipe;
+``count`` copies are started — each from its own copy of the executable
+(``programs="distinct"``: 64 programs, the rate limit never applies) or all
+from one (``"one"``: RateLimitBurst applies) — and the pipe is closed so that
+all of them crash at the same moment (SIGSEGV).
+
+The handler is registered by the product's own ``coredumpd install --config
+FILE`` (:func:`tests.support.crash.installed`): its launcher, its
+core_pattern and its core_pipe_limit, untouched — the storm must pass with
+what a user gets.  The configuration is the default one except
+``Directory=`` (a temporary store) and ``Journal=no`` (the host's journal must
+not receive the test's crashes), plus what the caller passes.  The lock on
+core_pattern is held from the release of the barrier until every crasher is
+reaped; then ``uninstall`` runs and the values found before are restored.
 
 Then every crash is checked: one index row per PID (none lost, none
-duplicated), the stored file passes ``lz4 -t`` and decompresses to exactly
+duplicated), each present core passes ``lz4 -t`` and decompresses to exactly
 ``core_size`` bytes, and :meth:`Core.open` on it finds the crashed thread.
-The handlers' peak RSS comes from ``facts.handler_rusage``: the kernel runs
-the handler through tests/support/measured_handler.py, which records it.
+Memory is sampled from /proc meanwhile (:class:`MemorySampler`): the peak sum
+of the handlers' RSS and PSS at one moment, the most handlers alive at once,
+each handler's own peak (VmHWM), and the same for the analysis jobs with
+their sandboxes.
 
 Used by tests/hardening/test_storm.py and bench/hardening_report.py.
 """
@@ -25,14 +34,14 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from typing import Any
 
-from tests.support.crash import compile_c, handler_pattern, write_config
-from tests.support.kernel import core_pattern
-from tests.support.measured_handler import write_script
+from tests.support.crash import compile_c, installed, write_config
 
 STORM_C = r"""
 #include <stdlib.h>
@@ -62,12 +71,24 @@ class StormResult:
     stored: int  # rows whose core verified (lz4 -t, size, Core.open)
     lost: list[int]  # PIDs without a row
     duplicated: list[int]  # PIDs with more than one row
-    bad: list[str]  # what failed verification, per core
+    bad: list[str]  # rows whose core is not stored or does not verify
     large_cores_mib: list[int]  # uncompressed sizes of the large cores
-    handler_max_rss_mib: float | None  # the largest handler's peak RSS
-    handler_rss_sum_mib: float | None  # sum over all handlers (all ran at once at most)
+    handler_max_rss_mib: float | None  # the largest handler's peak RSS (VmHWM)
+    handler_rss_sum_mib: float | None  # peak of the handlers' RSS summed at one moment
     lock_held_s: float
     wall_s: float
+    pipe_limit: int = 0  # kernel.core_pipe_limit while the storm ran (install's)
+    pipe_limit_found: int = 0  # before install (read under the lock)
+    pipe_limit_after: int = 0  # after uninstall (idem): must be the one found
+    handler_pss_sum_mib: float | None = None  # peak of the handlers' PSS at one moment
+    handlers_alive_max: int = 0  # most handler processes seen at one moment
+    handlers_working_max: int = 0  # of those, most over WORKING_RSS_MIB (past the wait)
+    analysis_rss_sum_mib: float | None = None  # peak RSS sum of analysis jobs + sandboxes
+    analysis_max_rss_mib: float | None = None
+    analysis_alive_max: int = 0  # analysis jobs (waiting or working)
+    sandboxes_alive_max: int = 0  # their sandbox children (only working jobs start one)
+    core_states: dict[str, int] = dataclasses.field(default_factory=dict)
+    core_reasons: list[str] = dataclasses.field(default_factory=list)  # of unstored cores
     analysis_states: dict[str, int] = dataclasses.field(default_factory=dict)
     analysis_errors: list[str] = dataclasses.field(default_factory=list)
 
@@ -75,10 +96,90 @@ class StormResult:
         return dataclasses.asdict(self)
 
 
-def _start_crashers(program: str, count: int, large: int, large_mib: int,
+ANALYSIS_JOB = b"coredumpd.pipeline.analyze_job"
+SANDBOX_CHILD = b"coredumpd.pipeline.sandbox_child"
+# A handler waiting for its slot has imported nothing but pipeline.main and slots:
+# 7.8 MiB RSS measured (python -IS); one past this has its slot and works.
+WORKING_RSS_MIB = 12
+
+
+class MemorySampler(threading.Thread):
+    """Every ``interval`` s: the handlers (command line runs ``launcher``) and the analysis
+    processes alive, their RSS and PSS summed; each process's peak RSS (VmHWM)."""
+
+    def __init__(self, launcher: str, config_path: str, interval: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.launcher = launcher.encode()
+        self.config_path = config_path.encode()  # on our analysis jobs' command lines
+        self.interval = interval
+        self.stopping = threading.Event()
+        self.peaks: dict[str, dict[str, float]] = {
+            kind: {"rss_sum": 0.0, "pss_sum": 0.0, "alive": 0, "working": 0, "max_rss": 0.0}
+            for kind in ("handler", "analysis", "sandbox")}
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+    def _kinds(self) -> dict[str, str]:
+        """PID -> kind of ours; other engineers' handlers and analyses may run too: ours
+        run our launcher, or name our config, or are the sandbox of a job of ours."""
+        kinds: dict[str, str] = {}
+        sandboxes: dict[str, str] = {}  # pid -> parent pid
+        for pid in (name for name in os.listdir("/proc") if name.isdigit()):
+            try:
+                words = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if self.launcher in words:
+                    kinds[pid] = "handler"
+                elif ANALYSIS_JOB in words and self.config_path in words:
+                    kinds[pid] = "analysis"
+                elif any(SANDBOX_CHILD in word for word in words):
+                    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+                    sandboxes[pid] = stat.rsplit(")", 1)[1].split()[1]
+            except OSError:
+                continue
+        kinds.update({pid: "sandbox" for pid, parent in sandboxes.items()
+                      if kinds.get(parent) == "analysis"})
+        return kinds
+
+    def sample(self) -> None:
+        totals = {kind: {"rss_sum": 0.0, "pss_sum": 0.0, "alive": 0, "working": 0}
+                  for kind in self.peaks}
+        for pid, kind in self._kinds().items():
+            status = _kib_fields(f"/proc/{pid}/status", ("VmRSS", "VmHWM"))
+            rollup = _kib_fields(f"/proc/{pid}/smaps_rollup", ("Pss",))
+            totals[kind]["alive"] += 1
+            totals[kind]["working"] += status.get("VmRSS", 0) > WORKING_RSS_MIB << 10
+            totals[kind]["rss_sum"] += status.get("VmRSS", 0) / 1024
+            totals[kind]["pss_sum"] += rollup.get("Pss", 0) / 1024
+            peak = self.peaks[kind]
+            peak["max_rss"] = max(peak["max_rss"], status.get("VmHWM", 0) / 1024)
+        for kind, total in totals.items():
+            for key, value in total.items():
+                self.peaks[kind][key] = max(self.peaks[kind][key], value)
+
+
+def _kib_fields(path: str, names: tuple[str, ...]) -> dict[str, int]:
+    try:
+        text = pathlib.Path(path).read_text()
+    except OSError:
+        return {}
+    found = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in names and rest.split():
+            found[key] = int(rest.split()[0])
+    return found
+
+
+def _start_crashers(programs: list[str], large: int, large_mib: int,
                     barrier_read: int) -> list[subprocess.Popen[bytes]]:
     crashers = []
-    for number in range(count):
+    for number, program in enumerate(programs):
         mib = large_mib if number < large else 1
         crashers.append(subprocess.Popen(
             [program, str(mib), str(barrier_read)], pass_fds=[barrier_read],
@@ -113,48 +214,89 @@ def _wait_until_filled(crashers: list[subprocess.Popen[bytes]], large_mib: int) 
     raise TimeoutError("the storm's crashers did not reach the barrier")
 
 
+def _programs(work: pathlib.Path, count: int, programs: str) -> list[str]:
+    """``count`` paths: copies of one executable (``distinct``) or the same one."""
+    program = compile_c(STORM_C, work, name="storm")
+    if programs == "one":
+        return [program] * count
+    copies = []
+    for number in range(count):
+        copy = work / f"storm{number:02d}"
+        shutil.copy2(program, copy)
+        copies.append(str(copy))
+    return copies
+
+
 def run_storm(workdir: str | os.PathLike[str], count: int = 64, large: int = 4,
-              large_mib: int = 192, pipe_limit: int | None = None,
+              large_mib: int = 192, programs: str = "distinct",
               wait_analysis: bool = False, **config: Any) -> StormResult:
-    """Crash ``count`` processes at once under the handler; verify what was stored."""
+    """Crash ``count`` processes at once under the installed handler; verify what was
+    stored.  ``config``: Config fields that differ from the defaults (Journal=no and
+    the store's Directory are always set)."""
     work = pathlib.Path(workdir)
     store = work / "store"
     store.mkdir(parents=True, exist_ok=True)
-    config_path = os.path.join(tempfile.mkdtemp(prefix="cdh", dir="/tmp"), "c.conf")
-    handler = write_script(os.path.dirname(config_path), isolated=False)
-    settings = {"analysis": False, "rate_limit_burst": count * 2} | config
-    write_config(config_path, str(store), **settings)
-    program = compile_c(STORM_C, work, name="storm")
+    short = tempfile.mkdtemp(prefix="cdh", dir="/tmp")  # the pattern's 127 bytes
+    config_path = os.path.join(short, "c.conf")
+    write_config(config_path, str(store), **({"journal": False} | config))
+    paths = _programs(work, count, programs)
     started = time.monotonic()
     barrier_read, barrier_write = os.pipe()
-    crashers = _start_crashers(program, count, large, large_mib, barrier_read)
+    crashers = _start_crashers(paths, large, large_mib, barrier_read)
     os.close(barrier_read)
+    sampler: MemorySampler | None = None
     try:
         _wait_until_filled(crashers, large_mib)
-        with core_pattern(handler_pattern(config_path, handler), pipe_limit or count + 16):
+        with installed(config_path) as installation:
+            sampler = MemorySampler(installation.launcher, config_path)
+            sampler.start()
             locked = time.monotonic()
             os.close(barrier_write)
             barrier_write = -1
             statuses = [crasher.wait(timeout=600) for crasher in crashers]
             lock_held = time.monotonic() - locked
+        pids = [c.pid for c, status in zip(crashers, statuses, strict=True) if status == -11]
+        rows = _wait_rows(config_path, set(pids), timeout=600, analysed=wait_analysis)
     finally:
+        if sampler is not None:
+            sampler.stop()
         if barrier_write >= 0:
             os.close(barrier_write)
         for crasher in crashers:
             if crasher.poll() is None:
                 crasher.kill()
                 crasher.wait()
-    pids = [c.pid for c, status in zip(crashers, statuses, strict=True) if status == -11]
-    rows = _wait_rows(config_path, set(pids), timeout=300, analysed=wait_analysis)
     result = _verify(pids, rows, config_path)
+    _add_memory(result, sampler)
     for row in rows:
         state = str(row.get("analysis_state"))
         result.analysis_states[state] = result.analysis_states.get(state, 0) + 1
         if state == "failed":
             result.analysis_errors.append(str(row.get("analysis_error")))
+    result.pipe_limit = int(installation.installed[1])
+    result.pipe_limit_found = int(installation.found[1])
+    assert installation.after_uninstall is not None
+    result.pipe_limit_after = int(installation.after_uninstall[1])
     result.lock_held_s = round(lock_held, 2)
     result.wall_s = round(time.monotonic() - started, 2)
+    shutil.rmtree(short, ignore_errors=True)
     return result
+
+
+def _add_memory(result: StormResult, sampler: MemorySampler | None) -> None:
+    if sampler is None:
+        return
+    handler, analysis = sampler.peaks["handler"], sampler.peaks["analysis"]
+    sandbox = sampler.peaks["sandbox"]
+    result.handler_max_rss_mib = round(handler["max_rss"], 1) or None
+    result.handler_rss_sum_mib = round(handler["rss_sum"], 1) or None
+    result.handler_pss_sum_mib = round(handler["pss_sum"], 1) or None
+    result.handlers_alive_max = int(handler["alive"])
+    result.handlers_working_max = int(handler["working"])
+    result.analysis_rss_sum_mib = round(analysis["rss_sum"] + sandbox["rss_sum"], 1) or None
+    result.analysis_max_rss_mib = round(max(analysis["max_rss"], sandbox["max_rss"]), 1) or None
+    result.analysis_alive_max = int(analysis["alive"])
+    result.sandboxes_alive_max = int(sandbox["alive"])
 
 
 def _index_rows(config_path: str) -> list[dict[str, Any]]:
@@ -214,9 +356,14 @@ def _verify(pids: list[int], rows: list[dict[str, Any]], config_path: str) -> St
     bad: list[str] = []
     stored = 0
     large: list[int] = []
-    rss: list[float] = []
+    states: dict[str, int] = {}
+    reasons: list[str] = []
     for pid in pids:
         for row in by_pid.get(pid, [])[:1]:
+            state = str(row.get("core_state"))
+            states[state] = states.get(state, 0) + 1
+            if state != "present":
+                reasons.append(str(row.get("core_reason")))
             problem = verify_core(row)
             if problem:
                 bad.append(f"pid {pid}: {problem}")
@@ -224,17 +371,13 @@ def _verify(pids: list[int], rows: list[dict[str, Any]], config_path: str) -> St
                 stored += 1
             if (row.get("core_size") or 0) > 64 << 20:
                 large.append(row["core_size"] >> 20)
-            usage = as_json(row.get("facts")).get("handler_rusage") or {}
-            if "maxrss_kib" in usage:
-                rss.append(usage["maxrss_kib"] / 1024)
     return StormResult(
         crashed=len(pids), rows=len(rows), stored=stored,
         lost=sorted(set(pids) - set(by_pid)),
         duplicated=sorted(pid for pid, found in by_pid.items() if len(found) > 1),
-        bad=bad, large_cores_mib=sorted(large),
-        handler_max_rss_mib=round(max(rss), 1) if rss else None,
-        handler_rss_sum_mib=round(sum(rss), 1) if rss else None,
-        lock_held_s=0.0, wall_s=0.0)
+        bad=bad, large_cores_mib=sorted(large), handler_max_rss_mib=None,
+        handler_rss_sum_mib=None, lock_held_s=0.0, wall_s=0.0,
+        core_states=states, core_reasons=reasons)
 
 
 def verify_core(row: dict[str, Any]) -> str | None:

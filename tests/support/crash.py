@@ -60,13 +60,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from coredumpd.model import CrashRecord
+from coredumpd.pipeline import install
 from tests.support import hostcheck, journald
 from tests.support.kernel import core_pattern
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HANDLER = str(pathlib.Path(sys.executable).parent / "coredumpd")
 SPECIFIERS = "%P %i %p %u %g %s %t %c %h %d %F"
-PIPE_LIMIT = 16
+PIPE_LIMIT = install.PIPE_LIMIT  # what `coredumpd install` sets
 DEFAULT_FLAGS = ("-g", "-O0", "-fno-omit-frame-pointer")
 
 
@@ -220,6 +221,40 @@ class RegisteredHandler:
             if close:
                 close()
         return rows[-1] if rows else {}
+
+
+@dataclasses.dataclass
+class Installation:
+    """What :func:`installed` did: the launcher, the kernel settings found before
+    install, those install set, and those uninstall left (read under the lock)."""
+
+    launcher: str
+    found: tuple[str, str]  # (core_pattern, core_pipe_limit) before install
+    installed: tuple[str, str]
+    after_uninstall: tuple[str, str] | None = None
+
+
+@contextlib.contextmanager
+def installed(config_path: str) -> Iterator[Installation]:
+    """``coredumpd install --config CONFIG_PATH`` as a user runs it (its launcher, its
+    core_pattern, its core_pipe_limit), for the block; then ``uninstall``, and the
+    lock of tests/support/kernel.py restores whatever was there before.  The
+    launcher and the saved values live in a short /tmp directory, not under
+    /usr/local/lib or /var/lib/coredumpd."""
+    from tests.support.kernel import current_settings, settings_restored
+    short = tempfile.mkdtemp(prefix="cdi", dir="/tmp")
+    saved, launchers = os.path.join(short, "saved"), os.path.join(short, "lib")
+    try:
+        with settings_restored() as found:
+            install.install(config_path, saved_path=saved, launcher_dir=launchers)
+            done = Installation(os.path.join(launchers, "coredumpd"), found, current_settings())
+            try:
+                yield done
+            finally:
+                install.uninstall(saved_path=saved, launcher_dir=launchers)
+                done.after_uninstall = current_settings()
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def _status(returncode: int) -> int:

@@ -45,6 +45,25 @@ def core_pattern(pattern: str, pipe_limit: int | None = None) -> Iterator[None]:
     """
     if len(pattern.encode()) > PATTERN_MAX:
         raise ValueError(f"core_pattern over {PATTERN_MAX} bytes: {pattern!r}")
+    with settings_restored():
+        if pipe_limit is not None:
+            _write(CORE_PIPE_LIMIT, str(pipe_limit))
+        _write(CORE_PATTERN, pattern)
+        yield
+
+
+def current_settings() -> tuple[str, str]:
+    """(core_pattern, core_pipe_limit) now; stable only while the lock is held."""
+    return _read(CORE_PATTERN), _read(CORE_PIPE_LIMIT)
+
+
+@contextlib.contextmanager
+def settings_restored() -> Iterator[tuple[str, str]]:
+    """Hold the lock; on any exit put core_pattern and core_pipe_limit back as found.
+
+    For a block that lets the product set them itself (``coredumpd install``);
+    yields the values found.
+    """
     lock = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -57,10 +76,7 @@ def core_pattern(pattern: str, pipe_limit: int | None = None) -> Iterator[None]:
 
         atexit.register(restore)
         try:
-            if pipe_limit is not None:
-                _write(CORE_PIPE_LIMIT, str(pipe_limit))
-            _write(CORE_PATTERN, pattern)
-            yield
+            yield saved_pattern, saved_limit
         finally:
             restore()
             atexit.unregister(restore)
