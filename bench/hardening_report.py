@@ -58,10 +58,10 @@ FAULT_TESTS = ["tests/hardening/test_faults.py", "tests/hardening/test_security.
 
 
 # Where the storm departs from the default configuration beyond what run_storm itself
-# sets (Journal=no: the host's journal must not receive the bench's crashes): nothing.
+# sets (the run's private journal: the host's must not receive the bench's crashes).
 STORM_SETTINGS: dict[str, Any] = {}
 STORM_CONFIGURATION = ("registered by `coredumpd install` (its core_pipe_limit), the default "
-                       "configuration except Journal=no (no private journal namespace yet); "
+                       "configuration except JournalNamespace= (the run's private journald); "
                        "distinct programs, so the rate limit does not apply")
 
 

@@ -12,8 +12,9 @@ The handler is registered by the product's own ``coredumpd install --config
 FILE`` (:func:`tests.support.crash.installed`): its launcher, its
 core_pattern and its core_pipe_limit, untouched — the storm must pass with
 what a user gets.  The configuration is the default one except
-``Directory=`` (a temporary store) and ``Journal=no`` (the host's journal must
-not receive the test's crashes), plus what the caller passes.  The lock on
+``Directory=`` (a temporary store) and ``JournalNamespace=`` (the run's private
+journald, tests/support/journald.py: the host's journal must not receive the
+test's crashes), plus what the caller passes.  The lock on
 core_pattern is held from the release of the barrier until every crasher is
 reaped; then ``uninstall`` runs and the values found before are restored.
 
@@ -231,14 +232,14 @@ def run_storm(workdir: str | os.PathLike[str], count: int = 64, large: int = 4,
               large_mib: int = 192, programs: str = "distinct",
               wait_analysis: bool = False, **config: Any) -> StormResult:
     """Crash ``count`` processes at once under the installed handler; verify what was
-    stored.  ``config``: Config fields that differ from the defaults (Journal=no and
-    the store's Directory are always set)."""
+    stored.  ``config``: Config fields that differ from the defaults (the store's
+    Directory and the private journal are always set)."""
     work = pathlib.Path(workdir)
     store = work / "store"
     store.mkdir(parents=True, exist_ok=True)
     short = tempfile.mkdtemp(prefix="cdh", dir="/tmp")  # the pattern's 127 bytes
     config_path = os.path.join(short, "c.conf")
-    write_config(config_path, str(store), **({"journal": False} | config))
+    write_config(config_path, str(store), **config)  # journal: the run's private one
     paths = _programs(work, count, programs)
     started = time.monotonic()
     barrier_read, barrier_write = os.pipe()

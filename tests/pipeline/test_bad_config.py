@@ -60,7 +60,8 @@ def test_typo_after_install_keeps_the_default_and_stores_the_core(tmp_path):
     store = tmp_path / "store"
     short = pathlib.Path(tempfile.mkdtemp(prefix="cdc", dir="/tmp"))  # 127-byte pattern
     config = short / "c.conf"
-    write_config(config, str(store), journal=False)  # [Coredump], Directory=, Journal=no
+    write_config(config, str(store))  # [Coredump], Directory=, the private journal: 3 lines
+    assert len(config.read_text().splitlines()) == 3
     program = compile_c("int main(void) { *(volatile int *)0 = 1; return 0; }", tmp_path)
     kmsg = _kmsg_at_end()
     try:
