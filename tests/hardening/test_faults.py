@@ -248,8 +248,8 @@ def test_rate_limit_holds_when_the_crashes_come_at_once(tmp_path):
     the limit matters; counting before the others are indexed would let all in)."""
     from tests.hardening.storm import run_storm
 
-    result = run_storm(tmp_path, count=6, large=0, rate_limit_burst=2,
-                       rate_limit_interval="1h")
+    result = run_storm(tmp_path, count=6, large=0, programs="one", rate_limit_burst=2,
+                       rate_limit_interval="1h", analysis=False)
     assert result.crashed == 6 and result.rows == 6
     assert result.lost == [] and result.duplicated == []
     assert result.stored == 2, result.bad
