@@ -13,9 +13,15 @@ fixtures/cores/expected.py ``plain_name``): not a glibc-internal ``__GI_``
 alias; fewest leading underscores (``read`` over ``__read`` and
 ``__libc_read``); GLOBAL, WEAK, LOCAL (as elfutils' ``dwfl_module_addrsym``:
 ``raise`` over ``gsignal``); shortest; alphabetical.
-Version suffixes (``@GLIBC_2.2.5``) are dropped; C++ names are demangled as
-gdb does, with binutils' ``bfd_demangle`` (libiberty, through ctypes), else
-with the C++ runtime's ``__cxa_demangle``.
+Version suffixes (``@GLIBC_2.2.5``) are dropped; C++ and Rust names are
+demangled as gdb does, with binutils' ``bfd_demangle`` (libiberty, through
+ctypes), else (C++ only) with the C++ runtime's ``__cxa_demangle``.  Rust
+names come in two manglings (libiberty's rust-demangle.c handles both): the
+legacy one, an Itanium ``_ZN…E`` path ending in a ``17h<16 hex digits>``
+hash, and v0 (``_R…``, RFC 2603), which rustc's std uses today.  gdb asks
+for them without ``DMGL_VERBOSE`` (gdb/rust-lang.c, ``gdb_demangle(mangled,
+DMGL_PARAMS | DMGL_ANSI)``), so the legacy hash and v0's crate
+disambiguators (``std[e28293b1aa0f68bd]``) are left out.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import bisect
 import dataclasses
 import functools
 import os
+import re
 import struct
 import sys
 from typing import Any, NamedTuple
@@ -55,6 +62,8 @@ ST_NAME = struct.Struct("<I")
 LIBBFD_GLOBS = ("/usr/lib/x86_64-linux-gnu/libbfd*.so*", "/usr/lib64/libbfd*.so*",
                 "/usr/lib/libbfd*.so*")
 DMGL_PARAMS, DMGL_ANSI, DMGL_VERBOSE = 1, 2, 8  # include/demangle.h
+# libiberty rust-demangle.c: a legacy Rust path ends with "17h" and 16 hex digits, then "E"
+RUST_LEGACY = re.compile(r"^_ZN.*17h[0-9a-f]{16}E$")
 
 
 @functools.cache
@@ -92,11 +101,14 @@ def _demanglers() -> list[tuple[str, Any]]:
     return found
 
 
-def _call_demangler(kind: str, function: Any, raw: bytes) -> str | None:
+def _call_demangler(kind: str, function: Any, raw: bytes, rust: bool) -> str | None:
     import ctypes
 
     if kind == "bfd":
-        pointer = function(None, raw, DMGL_PARAMS | DMGL_ANSI | DMGL_VERBOSE)
+        options = DMGL_PARAMS | DMGL_ANSI | (0 if rust else DMGL_VERBOSE)
+        pointer = function(None, raw, options)
+    elif rust:
+        return None  # __cxa_demangle knows only C++: a Rust name stays mangled
     else:
         status = ctypes.c_int(0)
         pointer = function(raw, None, None, ctypes.byref(status))
@@ -121,12 +133,14 @@ def _libc() -> Any:
 
 @functools.lru_cache(maxsize=65536)
 def demangle(name: str) -> str:
-    """The C++ demangled form of ``name``, as gdb prints it (unchanged if not mangled)."""
-    if not name.startswith("_Z") or len(name) > MAX_DEMANGLE:
+    """The demangled form of a C++ or Rust ``name``, as gdb prints it (unchanged if not
+    mangled): ``panic::lookup`` for ``_ZN5panic6lookup17h06e10958f83e97f8E``."""
+    if not name.startswith(("_Z", "_R")) or len(name) > MAX_DEMANGLE:
         return name
+    rust = name.startswith("_R") or RUST_LEGACY.match(name) is not None
     raw = name.encode("utf-8", "surrogateescape")
     for kind, function in _demanglers():
-        result = _call_demangler(kind, function, raw)
+        result = _call_demangler(kind, function, raw, rust)
         if result is not None:
             return result
     return name
