@@ -128,10 +128,12 @@ def test_signal_sent_by_another_process(program, tmp_path):
         assert "watchdog" in evidence
 
 
-def test_signal_raised_by_itself_is_not_sent(program, tmp_path):
+def test_signal_raised_by_itself_is_sent_by_itself(program, tmp_path):
     result = crash([program("killed"), "self"], tmp_path)
-    assert "signal-sent" not in result.ids
-    assert result.ids == []  # raise(SIGSEGV) is no fault: nothing to explain
+    assert result.ids == ["signal-sent"]  # CONTRACT.md: raise() is a signal sent, too
+    annotation = result.annotation("signal-sent")
+    assert "by the process itself: raise() called from main" in annotation["title"]
+    assert "the process's own pid" in result.evidence("signal-sent")
 
 
 def test_plain_abort_is_silent(program, tmp_path):

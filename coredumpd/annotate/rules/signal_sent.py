@@ -1,29 +1,49 @@
-"""signal-sent: another process sent the fatal signal (kill(2), tgkill(2), sigqueue(3)).
+"""signal-sent: the fatal signal was sent on purpose (kill(2), tgkill(2), sigqueue(3)).
 
 A signal sent by a process carries si_code <= 0 (SI_USER from kill(),
 SI_TKILL from tgkill(), SI_QUEUE from sigqueue(); include/uapi/asm-generic/
 siginfo.h) with the sender's pid and real uid (pid as seen in the receiver's
-PID namespace).  A signal the process sent itself (raise(), abort()) is not
-this rule's business: its sender is one of its own threads.  The handler
-records the sender's command at dump time if it was still alive
-(``facts.sender``).
+PID namespace).  The handler records the sender's command at dump time if it
+was still alive (``facts.sender``).
+
+The sender may be the process itself (``kill(getpid(), …)``, ``raise()``,
+``pthread_kill()``; perl's ``kill "SEGV", $$``, bash's ``kill -ABRT $$``):
+si_pid is then its own pid (the kernel puts the sender's tgid there,
+kernel/signal.c ``prepare_kill_siginfo``).  The function that sent it is the
+caller of the C library's sending call, found on the stack of the thread that
+made it.  ``abort()`` also raises its SIGABRT itself, but that is an abort,
+told by the abort rules: with ``abort`` on the stack this rule stays silent
+(CONTRACT.md).
 """
 
 from __future__ import annotations
 
 from coredumpd.annotate import evidence as E
-from coredumpd.annotate.context import AnalysisContext, Annotation
+from coredumpd.annotate.context import AnalysisContext, Annotation, ThreadTrace
 
 RULE_ID = "signal-sent"
+# glibc 2.36's functions between a program and the kill/tgkill system call
+# (signal/kill.c, sysdeps/posix/raise.c, nptl/pthread_kill.c, sysdeps/unix/sysv/linux/sigqueue.c)
+SENDING_FUNCTIONS = frozenset({
+    "kill", "raise", "gsignal", "tgkill", "tkill", "killpg", "sigqueue", "pthread_kill",
+    "__pthread_kill_implementation", "__pthread_kill_internal", "pthread_sigqueue",
+    "syscall",
+})
+ABORT_FUNCTIONS = frozenset({"abort", "__GI_abort", "__libc_abort"})
+SELF_ADVICE = ("The process did not fault: it sent the signal to itself on purpose. Look at "
+               "the code that sent it (a deliberate crash, an in-process watchdog, a test, a "
+               "script's kill of its own $$) and at why it decided to.")
+OTHER_ADVICE = ("The process did not fault: it was killed on purpose with a signal that dumps "
+                "core. Find out why the sender did it (a watchdog, a supervisor's timeout, an "
+                "admin's kill -SEGV/-ABRT/-QUIT).")
 
 
 def check(ctx: AnalysisContext) -> list[Annotation]:
     fault = E.fault(ctx)
     if fault is None or fault.code > 0 or fault.sender_pid is None:
         return []
-    own = E.thread_tids(ctx)
-    if fault.sender_pid in own or fault.sender_pid == E.global_pid(ctx):
-        return []  # raise()/abort()/pthread_kill() by the process itself
+    if _is_own_pid(ctx, fault.sender_pid):
+        return _self_sent(ctx, fault)
     lines = [(f"{fault.name} was sent with {fault.code_name} by pid {fault.sender_pid}, "
              f"uid {fault.sender_uid}")]
     sender = E.fact(ctx, "sender")
@@ -35,14 +55,65 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     else:
         lines.append("the sender had exited by dump time (or was in another PID namespace)")
     return [Annotation(
-        RULE_ID,
-        f"{fault.name} was sent by another process (pid {fault.sender_pid})",
-        "high",
-        tuple(lines),
-        "The process did not fault: it was killed on purpose with a signal that dumps core. "
-        "Find out why the sender did it (a watchdog, a supervisor's timeout, an admin's kill "
-        "-SEGV/-ABRT/-QUIT).",
-    )]
+        RULE_ID, f"{fault.name} was sent by another process (pid {fault.sender_pid})", "high",
+        tuple(lines), OTHER_ADVICE)]
+
+
+def _is_own_pid(ctx: AnalysisContext, pid: int) -> bool:
+    return pid != 0 and (pid in E.thread_tids(ctx) or pid == E.global_pid(ctx)
+                         or pid == E.namespace_pid(ctx))
+
+
+def _self_sent(ctx: AnalysisContext, fault: E.Fault) -> list[Annotation]:
+    crashed = ctx.crashed
+    if crashed is not None and any(symbol.name in ABORT_FUNCTIONS for symbol in crashed.symbols):
+        return []  # abort()'s own raise(SIGABRT): an abort, not a kill
+    lines = [(f"{fault.name} was sent with {fault.code_name} by pid {fault.sender_pid}, "
+             f"uid {fault.sender_uid}: the process's own pid")]
+    found = _sending_call(ctx)
+    if found is None:
+        lines.append("no thread's stack holds the call that sent it (kill, raise, tgkill, "
+                     "pthread_kill, sigqueue)")
+        title = f"{fault.name} was sent by the process itself"
+    else:
+        thread, call, caller = found
+        lines.append(f"thread {thread.tid}: frame #{thread.frames[call].index} "
+                     f"{thread.symbols[call].name}() sent it")
+        lines.append(f"called from {_describe(thread, caller)}")
+        title = (f"{fault.name} was sent by the process itself: {thread.symbols[call].name}() "
+                 f"called from {_function(thread, caller)}")
+    return [Annotation(RULE_ID, title, "high", tuple(lines), SELF_ADVICE)]
+
+
+def _sending_call(ctx: AnalysisContext) -> tuple[ThreadTrace, int, int] | None:
+    """(thread, outermost sending frame, its caller) on the crashed thread, else any thread:
+    kill(getpid()) from one thread may be delivered to another."""
+    threads = sorted(ctx.threads, key=lambda thread: not thread.crashed)
+    for thread in threads:
+        call = None
+        for position, symbol in enumerate(thread.symbols):
+            if symbol.name in SENDING_FUNCTIONS and E.is_libc(thread.modules[position]):
+                call = position
+            elif call is not None:
+                return thread, call, position
+    return None
+
+
+def _function(thread: ThreadTrace, position: int) -> str:
+    symbol, module = thread.symbols[position], thread.modules[position]
+    if symbol.name:
+        return symbol.name
+    frame = thread.frames[position]
+    return f"{module.name}+{frame.pc - module.load_bias:#x}" if module else f"{frame.pc:#x}"
+
+
+def _describe(thread: ThreadTrace, position: int) -> str:
+    frame, symbol, module = (thread.frames[position], thread.symbols[position],
+                             thread.modules[position])
+    name = f"{symbol.name}+{symbol.offset:#x}" if symbol.name else _function(thread, position)
+    place = f" ({symbol.file}:{symbol.line})" if symbol.file and symbol.line else ""
+    inside = f" in {module.path}" if module is not None else ""
+    return f"frame #{frame.index} {name}{place}{inside}"
 
 
 def _sender_line(sender: dict[str, object], si_pid: int) -> str:
