@@ -38,6 +38,8 @@ SPECIFICITY = (
     "seccomp-violation",
     "pid1-signal-semantics",
     "init-crash",
+    "uncaught-exception",
+    "rust-panic",
     "abort-message",
     "crash-in-allocator",
     "stack-overflow",

@@ -10,6 +10,17 @@ do not share a signature and one assertion always gets the same one.
 Unsymbolized frames in glibc, the loader or the C++ runtime are dropped too:
 their offsets change with every update of those libraries.
 
+Language runtimes add their own machinery between the bug and abort(), and
+it is skipped the same way (Socorro's ``irrelevant_signature_re.txt`` and
+``prefix_signature_re.txt`` are the reference): the C++ terminate path and
+the exception runtime (``std::terminate()``, ``__cxa_throw``, the unwinder,
+``std::__throw_*`` helpers), and Rust's panic machinery — ``std::panicking``,
+``core::panicking``, the panic runtimes, ``expect_failed``/``unwrap_failed``
+and, in a thread that panicked, every frame of std/core/alloc above the
+code that panicked (:mod:`coredumpd.annotate.rustpanic`) — plus Rust's
+process start (``std::rt::lang_start``, the ``FnOnce::call_once`` shim).
+Two panics in one function then group together, a panic elsewhere does not.
+
 A frame is named ``module!function``; without a symbol,
 ``module+0xOFFSET`` with the offset from the module's load bias (a
 link-time address: the same for every run despite ASLR).  The signal number
@@ -22,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from coredumpd.annotate import rustpanic
 from coredumpd.annotate.context import AnalysisContext, ThreadTrace
 from coredumpd.annotate.evidence import fault
 
@@ -47,6 +59,19 @@ SKIPPED = frozenset({
     "__libc_start_main", "__libc_start_call_main", "_start", "start_thread", "clone",
     "clone3",
 })
+RUNTIME_MACHINERY = re.compile(r"""^(?:
+    std::terminate\(\) | std::__terminate\(\) | __cxxabiv1::__terminate\(.*\)
+  | __gnu_cxx::__verbose_terminate_handler\(\)
+  | __cxa_(?:throw|rethrow|call_terminate|call_unexpected|begin_catch|end_catch)
+  | __gxx_personality_v0 | _Unwind_\w+ | std::rethrow_exception\(.*\) | std::__throw_\w+\(.*\)
+  | (?:std|core)::panicking::.* | (?:__rustc::)?rust_begin_unwind | (?:__rustc::)?rust_panic
+  | (?:__rustc::)?__rust_(?:start_panic|abort|panic_cleanup|drop_panic|foreign_exception)
+  | panic_abort::.* | panic_unwind::.* | std::process::abort | std::sys::(?:pal::unix::)?abort_internal
+  | std::sys::backtrace::__rust_(?:end|begin)_short_backtrace.*
+  | core::option::(?:expect_failed|unwrap_failed) | core::result::unwrap_failed
+  | core::cell::panic_already_\w+ | core::slice::index::slice_\w+_fail | core::str::slice_error_fail\w*
+  | std::rt::lang_start(?:_internal)?(?:::.*)? | core::ops::function::FnOnce::call_once.*
+)$""", re.VERBOSE)
 SYSTEM_LIBRARIES = ("libc.so", "ld-linux", "libpthread.so", "libstdc++.so", "libgcc_s.so")
 SKIPPED_PREFIXES = ("__strcpy_chk", "__memcpy_chk", "__memset_chk", "__sprintf_chk",
                     "__snprintf_chk", "__vsnprintf_chk", "__read_chk", "__strcat_chk")
@@ -75,7 +100,8 @@ def signature_of(ctx: AnalysisContext) -> tuple[str, list[str]]:
 def normalized_frames(thread: ThreadTrace, count: int = TOP_FRAMES) -> list[str]:
     """The top ``count`` frames worth grouping on (all frames if every one is skipped)."""
     names = [_frame_name(thread, index) for index in range(len(thread.frames))]
-    kept = [name for index, name in enumerate(names) if not _skipped(thread, index)]
+    panicked = any(rustpanic.PANICKING.search(symbol.name or "") for symbol in thread.symbols)
+    kept = [name for index, name in enumerate(names) if not _skipped(thread, index, panicked)]
     chosen = kept or names
     unique: list[str] = []
     for name in chosen:  # collapse recursion: a repeated frame counts once
@@ -84,12 +110,15 @@ def normalized_frames(thread: ThreadTrace, count: int = TOP_FRAMES) -> list[str]
     return unique[:count]
 
 
-def _skipped(thread: ThreadTrace, index: int) -> bool:
-    """Crash machinery by name; or an unsymbolized frame inside the C library or loader,
-    whose offset changes with every glibc update (Sentry: libc frames are not "in-app")."""
+def _skipped(thread: ThreadTrace, index: int, panicked: bool = False) -> bool:
+    """Crash machinery by name (in a thread that panicked, all of Rust's standard library);
+    or an unsymbolized frame inside the C library or loader, whose offset changes with
+    every glibc update (Sentry: libc frames are not "in-app")."""
     name = _base_name(thread.symbols[index].name) if index < len(thread.symbols) else None
     if name is not None:
-        return name in SKIPPED or name.startswith(SKIPPED_PREFIXES)
+        return (name in SKIPPED or name.startswith(SKIPPED_PREFIXES)
+                or RUNTIME_MACHINERY.match(name) is not None
+                or (panicked and rustpanic.is_runtime(name)))
     module = thread.modules[index] if index < len(thread.modules) else None
     return module is not None and module.name.startswith(SYSTEM_LIBRARIES)
 

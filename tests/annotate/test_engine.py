@@ -10,7 +10,8 @@ from coredumpd.annotate.context import Annotation
 # CONTRACT.md "Annotation ids"
 CONTRACT_IDS = ("abort-hlt", "pid1-signal-semantics", "init-crash", "symbol-version-miss",
                 "library-replaced", "library-modified-in-place", "abort-message", "null-deref",
-                "bad-jump", "stack-overflow", "general-protection", "signal-sent")
+                "bad-jump", "stack-overflow", "general-protection", "signal-sent",
+                "uncaught-exception", "rust-panic")
 
 
 def _annotation(rule_id, evidence=("e",)):

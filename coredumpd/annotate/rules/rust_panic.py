@@ -1,0 +1,116 @@
+"""rust-panic: a Rust panic aborted the process (panic=abort, or a panic that cannot unwind).
+
+With ``panic = "abort"`` every panic ends in ``std::process::abort()`` after the
+panic hook printed "thread 'main' panicked at FILE:LINE:COL:" and the message
+to a stderr that is usually gone.  With the default ``panic = "unwind"`` an
+uncaught panic exits with status 101 and leaves no core; it aborts only when
+it cannot unwind: out of an ``extern "C"`` function, or while another panic
+is being cleaned up.  Either way the crashed thread holds abort() under the
+panic machinery of std and core, and under them the code that panicked
+(:mod:`coredumpd.annotate.rustpanic` says how each part is read).
+"""
+
+from __future__ import annotations
+
+from coredumpd.annotate import rustpanic
+from coredumpd.annotate.context import AnalysisContext, Annotation, ThreadTrace
+
+RULE_ID = "rust-panic"
+ABORT_FUNCTIONS = frozenset({"abort"})
+TITLE_MAX = 100
+ADVICE = ("Fix the condition the panic reports at the panic site (the first frame of your "
+          "code under the panic machinery): handle the None/Err, check the index, or let the "
+          "error propagate with ? instead of unwrap()/expect().")
+
+
+def check(ctx: AnalysisContext) -> list[Annotation]:
+    thread = ctx.crashed
+    if thread is None:
+        return []
+    found = _panic_frames(thread)
+    if found is None:
+        return []
+    panicking, site = found
+    names = [symbol.name or "" for symbol in thread.symbols]
+    kind = rustpanic.kind_of(names[site - 1::-1] if site > 0 else [])
+    words = rustpanic.stack_words(ctx.space, thread.frames[panicking].sp, _stack_top(thread,
+                                                                                      site))
+    location = rustpanic.find_location(ctx.space, words)
+    exclude = frozenset(_file_pointers(ctx, location))
+    message = rustpanic.find_message(ctx.space, words, exclude)
+    lines = [(f"abort() was called by Rust's panic machinery: frame #"
+             f"{thread.frames[panicking].index} {thread.symbols[panicking].name}")]
+    if kind is not None:
+        lines.append(f"kind: {kind[0]} (the panic started in {kind[1]})")
+    if location is not None:
+        lines.append(f"panicked at {location} (a core::panic::Location at "
+                     f"{location.address:#x}, pointed to from the panic frames' stack)")
+    if message is not None:
+        lines.append(f"message: \"{_one_line(message.text)}\" ({_message_source(thread, message)})")
+    else:
+        lines.append("message: not found on the panic frames' stack")
+    lines.append(_site_line(thread, site))
+    return [Annotation(RULE_ID, _title(kind, message), "high", tuple(lines), ADVICE)]
+
+
+def _panic_frames(thread: ThreadTrace) -> tuple[int, int] | None:
+    """(position of the youngest panicking frame, of the panic site) when abort() was
+    called by the panic runtime: only Rust runtime frames between abort and the site."""
+    abort = next((position for position, symbol in enumerate(thread.symbols)
+                  if symbol.name in ABORT_FUNCTIONS), None)
+    if abort is None:
+        return None
+    panicking = None
+    for position in range(abort + 1, len(thread.frames)):
+        name = thread.symbols[position].name
+        if not rustpanic.is_runtime(name):
+            return (panicking, position) if panicking is not None else None
+        if panicking is None and rustpanic.PANICKING.search(name or ""):
+            panicking = position
+    return None
+
+
+def _stack_top(thread: ThreadTrace, site: int) -> int:
+    """The panic frames' stack ends where the site's frame begins."""
+    return thread.frames[site].sp
+
+
+def _file_pointers(ctx: AnalysisContext, location: rustpanic.Location | None) -> list[int]:
+    if location is None:
+        return []
+    pointer = rustpanic._word(ctx.space, location.address)
+    return [pointer] if pointer is not None else []
+
+
+def _message_source(thread: ThreadTrace, message: rustpanic.Text) -> str:
+    position = rustpanic.frame_holding(thread, message.holder)
+    frame = (f"frame #{thread.frames[position].index} {thread.symbols[position].name}"
+             if position is not None else "the panic frames")
+    what = ("a String on the heap, the payload the panic hook formatted" if message.owned
+            else "a &str")
+    return f"{what}, at {message.address:#x}, pointed to from {frame}'s stack at " \
+        f"{message.holder:#x}"
+
+
+def _site_line(thread: ThreadTrace, site: int) -> str:
+    frame, symbol, module = thread.frames[site], thread.symbols[site], thread.modules[site]
+    name = f"{symbol.name}+{symbol.offset:#x}" if symbol.name else f"{frame.pc:#x}"
+    place = f" ({symbol.file}:{symbol.line})" if symbol.file and symbol.line else ""
+    inside = f" in {module.path}" if module is not None else ""
+    return f"panic site: frame #{frame.index} {name}{place}{inside}"
+
+
+def _title(kind: tuple[str, str] | None, message: rustpanic.Text | None) -> str:
+    title = "Rust panic"
+    text = _one_line(message.text) if message is not None else ""
+    said = text.lower().startswith((kind[0].lower() if kind else "", "called `"))
+    if kind is not None and not said:  # the message may already say it
+        title += f": {kind[0]}"
+    if text:
+        text = text if len(text) <= TITLE_MAX else text[:TITLE_MAX - 1] + "…"
+        title += f": {text}"
+    return title
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split("\n")).strip()
