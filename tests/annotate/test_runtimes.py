@@ -296,3 +296,44 @@ def test_rust_signature_groups_by_panicking_function(rust_abort, tmp_path):
     assert index.analysis["signature"] == formatted.analysis["signature"]
     assert expect.analysis["signature_frames"][0].endswith("!panics::lookup")
     assert expect.analysis["signature"] != index.analysis["signature"]
+
+
+# ------------------------------------------------------------------ the fixture cores
+
+
+def fixture_analysis(name: str) -> dict:
+    from coredumpd.store.lz4seek import open_core_source
+    from tests.support.analysis import analyze_json
+    from tests.support.fixtures import load_fixture
+
+    fixture = load_fixture(name)
+    source = open_core_source(str(fixture.core_path))
+    try:
+        return analyze_json(source, exe=str(fixture.binary_path))
+    finally:
+        source.close()
+
+
+def test_fixture_cxx_exception():
+    """fixtures/cores/cxx-exception (a bare core: no dump-time facts)."""
+    analysis = fixture_analysis("cxx-exception")
+    assert [a["id"] for a in analysis["annotations"]] == ["uncaught-exception"]
+    annotation = analysis["annotations"][0]
+    assert annotation["title"] == ("Uncaught C++ exception std::runtime_error: config file "
+                                   "missing: /etc/app.conf")
+    evidence = "\n".join(annotation["evidence"])
+    assert "thrown from frame #7 config::Loader::load(int) const+0x" in evidence
+    assert 'what(): "config file missing: /etc/app.conf"' in evidence
+    assert analysis["signature_frames"][0].endswith("!config::Loader::load(int) const")
+
+
+def test_fixture_rust_panic():
+    analysis = fixture_analysis("rust-panic")
+    assert [a["id"] for a in analysis["annotations"]] == ["rust-panic"]
+    annotation = analysis["annotations"][0]
+    assert annotation["title"] == "Rust panic: Option::expect() on a None value: the key must be set"
+    evidence = "\n".join(annotation["evidence"])
+    assert "panicked at rust_panic.rs:5:16" in evidence
+    assert "panic site: frame #15 rust_panic::lookup+0x4b (rust_panic.rs:5)" in evidence
+    assert analysis["signature_frames"][:2] == ["rust-panic!rust_panic::lookup",
+                                                "rust-panic!rust_panic::main"]

@@ -59,7 +59,7 @@ DEFAULT_CACHE = pathlib.Path("/var/cache/coredumpd-tests/fixtures")
 # update) and where regenerated fixtures go.
 MANIFEST_ENV = "COREDUMPD_TEST_FIXTURE_MANIFEST"
 CACHE_ENV = "COREDUMPD_TEST_FIXTURE_CACHE"
-REGENERATION_TOOLS = ("gcc", "g++", "objcopy", "setarch", "gdb", "eu-stack", "eu-readelf",
+REGENERATION_TOOLS = ("gcc", "g++", "rustc", "objcopy", "setarch", "gdb", "eu-stack", "eu-readelf",
                       "c++filt")
 REGENERATION_TIMEOUT = 1800  # seconds; all twelve fixtures take about 10 s here
 
@@ -363,7 +363,7 @@ def cache_key(names: list[str], manifest: dict[str, Any]) -> str:
     sources = [FIXTURES_DIR / name for name in GENERATOR_FILES]
     for path in sorted(sources) + sorted((FIXTURES_DIR / "src").iterdir()):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    for tool in ("gcc", "g++", "gdb", "eu-stack"):
+    for tool in ("gcc", "g++", "rustc", "gdb", "eu-stack"):
         digest.update(_tool_version(tool).encode() + b"\0")
     return f"{file_build_id(LIBC) or 'no-libc'}-{digest.hexdigest()[:16]}"
 
