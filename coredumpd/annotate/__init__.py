@@ -11,10 +11,15 @@ groups repeats.  The ids (stable, CONTRACT.md) and when each fires:
                             lacks what the copy on disk has
 ``library-modified-in-place`` a mapped ELF file rewritten in place (same inode,
                             mtime clearly after the process start)
-``signal-sent``             si_code <= 0 from a pid that is not the process
+``signal-sent``             si_code <= 0 from another pid, or from the process
+                            itself with no abort() on the stack (kill, raise)
 ``seccomp-violation``       SIGSYS SYS_SECCOMP
 ``pid1-signal-semantics``   PID 1 of a (non-initial) PID namespace
 ``init-crash``              the global PID 1
+``uncaught-exception``      abort() from libstdc++'s terminate path with a C++
+                            exception header in reach (:mod:`.cxxabi`)
+``rust-panic``              abort() under std/core panicking frames
+                            (:mod:`.rustpanic`)
 ``abort-message``           glibc's ``__abort_msg`` is set: assertion, heap
                             corruption, stack smashing, fortify, other
 ``crash-in-allocator``      a fault inside malloc/free/realloc (glibc)

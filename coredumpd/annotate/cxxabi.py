@@ -74,7 +74,7 @@ class ThrownException:
     """One C++ exception found in a core (addresses are the process's)."""
 
     unwind_header: int  # &__cxa_exception.unwindHeader
-    dependent: bool  # found through a __cxa_dependent_exception (rethrow_exception)
+    dependent: int | None  # &unwindHeader of the __cxa_dependent_exception it was found by
     thrown_object: int
     type_info: int
     mangled_type: str  # std::type_info::__name, e.g. "St13runtime_error"
@@ -96,10 +96,10 @@ def exception_at(space: AddressSpace, unwind_header: int,
     """The exception whose ``unwindHeader`` is at ``unwind_header``, or None when the
     bytes there are not a C++ exception of this runtime."""
     exception_class = read_word(space, unwind_header)
-    dependent = exception_class == DEPENDENT_CLASS
-    if exception_class != PRIMARY_CLASS and not dependent:
+    dependent = unwind_header if exception_class == DEPENDENT_CLASS else None
+    if exception_class != PRIMARY_CLASS and dependent is None:
         return None
-    if dependent:  # __cxa_dependent_exception.primaryException: the primary's object
+    if dependent is not None:  # __cxa_dependent_exception.primaryException: the primary's object
         primary_object = read_word(space, unwind_header - UNWIND_HEADER_OFFSET)
         if not primary_object:
             return None

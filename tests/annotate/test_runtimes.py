@@ -167,6 +167,19 @@ def test_exception_leaving_noexcept(cxx_program, tmp_path):
     assert "thrown from frame #" in evidence and "load_config(char const*)" in evidence
 
 
+def test_uncaught_rethrown_exception_ptr(cxx_program, tmp_path):
+    result, stderr = crash_with_stderr([cxx_program, "rethrow"], tmp_path)
+    assert "throwing an instance of 'std::out_of_range'" in stderr
+    assert "what():  slot 9 of 4" in stderr
+    assert result.ids == ["uncaught-exception"]
+    assert result.annotation("uncaught-exception")["title"] == \
+        "Uncaught C++ exception std::out_of_range: slot 9 of 4"
+    evidence = result.evidence("uncaught-exception")
+    assert "derived from std::logic_error <- std::exception" in evidence
+    assert "std::rethrow_exception(std::__exception_ptr::exception_ptr)" in evidence
+    assert "thrown from frame #7 main+0x" in evidence
+
+
 @pytest.mark.parametrize("how", ["terminate", "abort"])
 def test_no_exception_no_annotation(cxx_program, tmp_path, how):
     """std::terminate() without an exception, abort() from C++: no uncaught exception."""

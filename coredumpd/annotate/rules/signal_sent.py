@@ -87,7 +87,8 @@ def _self_sent(ctx: AnalysisContext, fault: E.Fault) -> list[Annotation]:
 
 def _sending_call(ctx: AnalysisContext) -> tuple[ThreadTrace, int, int] | None:
     """(thread, outermost sending frame, its caller) on the crashed thread, else any thread:
-    kill(getpid()) from one thread may be delivered to another."""
+    kill(getpid()) from one thread may be delivered to another (the sender is then on
+    its stack only if it had not left kill() when the kernel stopped it for the dump)."""
     threads = sorted(ctx.threads, key=lambda thread: not thread.crashed)
     for thread in threads:
         call = None

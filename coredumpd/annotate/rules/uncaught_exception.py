@@ -61,13 +61,15 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         _path_line(thread, abort, outermost),
         (f"a C++ exception header at {exception.unwind_header - cxxabi.UNWIND_HEADER_OFFSET:#x}"
          f" (libstdc++ __cxa_exception; unwindHeader.exception_class \"GNUCC++\\0\" at "
-         f"{exception.unwind_header:#x}), {where}"),
+         f"{exception.unwind_header:#x}), {'its dependent ' if exception.dependent else ''}"
+         f"{where}"),
         (f"type: {exception.type_name} (std::type_info at {exception.type_info:#x}, name "
          f"\"{exception.mangled_type}\"{_bases_text(exception)})"),
     ]
-    if exception.dependent:
-        lines.append("rethrown with std::rethrow_exception (a dependent exception): the "
-                     "type and message are the original exception's")
+    if exception.dependent is not None:
+        lines.append(f"reached through a dependent exception (std::rethrow_exception; "
+                     f"exception_class \"GNUCC++\\1\" at {exception.dependent:#x}) that "
+                     "points to it: the type and message are the original exception's")
     if exception.message is not None:
         lines.append(f"what(): \"{_one_line(exception.message)}\" ({exception.message_source})")
     else:

@@ -4,6 +4,7 @@
 //   int       a thrown int (no what())
 //   other     std::runtime_error thrown by parse_port(), another function
 //   noexcept  ConfigError leaving check_config(), which is noexcept
+//   rethrow   a std::out_of_range kept in a std::exception_ptr, rethrown by main()
 //   terminate std::terminate() called without an exception
 //   abort     abort() from C++ code
 #include <cstdlib>
@@ -30,6 +31,14 @@ __attribute__((noinline)) void parse_port(const char *text) {
     throw std::runtime_error(std::string("not a port: ") + text);
 }
 
+__attribute__((noinline)) std::exception_ptr capture() {
+    try {
+        throw std::out_of_range("slot 9 of 4");
+    } catch (...) {
+        return std::current_exception();
+    }
+}
+
 __attribute__((noinline)) void check_config(const char *how) noexcept { load_config(how); }
 
 int main(int argc, char **argv) {
@@ -38,6 +47,8 @@ int main(int argc, char **argv) {
         parse_port("80x");
     else if (!std::strcmp(how, "noexcept"))
         check_config(how);
+    else if (!std::strcmp(how, "rethrow"))
+        std::rethrow_exception(capture());
     else if (!std::strcmp(how, "terminate"))
         std::terminate();
     else if (!std::strcmp(how, "abort"))
