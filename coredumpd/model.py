@@ -210,7 +210,7 @@ class Frame(Record):
     """
 
     index: int
-    pc: int
+    pc: int | None  # None for an interpreted frame (``language``), which has no pc
     module: str | None = None
     build_id: str | None = None
     offset: int | None = None
@@ -222,6 +222,10 @@ class Frame(Record):
     repeat: int = 1  # >1: a folded run of this recursive frame
     cycle: int = 1  # >1: one of a run of ``cycle`` frames repeated ``repeat`` times
     cfa: int | None = None  # canonical frame address: gdb's "frame at" (info frame)
+    # a call inlined into the physical frame that follows it (gdb's INLINE frame): the
+    # same pc, the inlined function's name and line; no cfa of its own
+    inlined: bool = False
+    language: str | None = None  # "python": a frame of the interpreted program, not native
 
     @property
     def module_name(self) -> str | None:
@@ -253,6 +257,9 @@ class FrameStyle(Record):
     trust: str | None = " [{trust}]"
     repeat: str | None = " ({note})"
     escape: Callable[[Any], str] = str
+    no_pc: str | None = None  # replaces the pc of an inlined or interpreted frame
+    inlined: str | None = " [inlined]"  # replaces the trust of an inlined frame
+    interpreted: str = "{language}"  # the module part of an interpreted (Python) frame
 
 
 def format_frame(frame: Frame, style: FrameStyle) -> str:
@@ -264,24 +271,36 @@ def format_frame(frame: Frame, style: FrameStyle) -> str:
     symbol = text(frame.symbol) if frame.symbol else style.unknown_symbol
     if frame.symbol and frame.symbol_offset and style.symbol_offset is not None:
         symbol += style.symbol_offset.format(frame.symbol_offset)
-    name = frame.module_name
-    if name is None and style.no_module is not None:
-        where = style.no_module
-    else:
-        name = text(name) if name else style.unknown_module
-        where = style.module_offset.format(module=name, offset=frame.offset) \
-            if isinstance(frame.offset, int) else style.module_no_offset.format(module=name)
     pc = f"0x{frame.pc:016x}" if isinstance(frame.pc, int) and frame.pc >= 0 else "-"
+    if (frame.inlined or frame.language) and style.no_pc is not None:
+        pc = style.no_pc  # gdb prints no pc for an inlined frame
     line = f"#{text(frame.index):<{style.index_width}} " + \
-        style.separator.join((pc, symbol, f"({where})"))
+        style.separator.join((pc, symbol, f"({_where(frame, style)})"))
     if frame.file and style.source is not None:
         line += style.source.format(file=text(frame.file), line=text(frame.line))
-    if style.trust is not None:
+    if frame.inlined and style.inlined is not None:
+        line += style.inlined
+    elif style.trust is not None:
         line += style.trust.format(trust=text(frame.trust))
     note = frame.repeat_note()
     if note and style.repeat is not None:
         line += style.repeat.format(note=note)
     return line
+
+
+def _where(frame: Frame, style: FrameStyle) -> str:
+    """The module part of a frame line: ``libc.so.6 + 0x2724a``, or the language of an
+    interpreted frame (``python``)."""
+    text = style.escape
+    if frame.language:
+        return style.interpreted.format(language=text(frame.language))
+    name = frame.module_name
+    if name is None and style.no_module is not None:
+        return style.no_module
+    name = text(name) if name else style.unknown_module
+    if isinstance(frame.offset, int):
+        return style.module_offset.format(module=name, offset=frame.offset)
+    return style.module_no_offset.format(module=name)
 
 
 class Thread(Record):

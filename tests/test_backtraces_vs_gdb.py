@@ -4,7 +4,12 @@ For every fixture (fixtures/cores/, see its README.md) and every thread, the
 frames of ``coredumpd.analysis.analyze_json()`` must equal ``expected.json``, which
 make_cores.py derived from gdb 13's frames with these rules, and nothing looser:
 
-* gdb's INLINE frames are folded into the physical frame that holds them;
+* gdb's INLINE frames are frames for us too (``inlined: true``), in gdb's
+  order, with gdb's pc, file and line; the physical frame after them has gdb's
+  line for it (the call site of the outermost inlined call).  An inlined
+  frame's name is gdb's DWARF name, which gdb qualifies by the DIE's parents
+  (``std::__invoke_impl<…>``) where we print the DW_AT_name (``__invoke_impl<…>``)
+  or the demangled linkage name, and prefixes with ``__GI_`` where we do not;
   TAILCALL frames (synthesized from DW_TAG_call_site, not on the stack) are
   dropped; ``<signal handler called>`` is our signal frame, symbol
   ``__restore_rt``; frames above ``main`` come from the same gdb with
@@ -16,8 +21,7 @@ make_cores.py derived from gdb 13's frames with these rules, and nothing looser:
   chosen among aliases by ``fixtures/cores/expected.py:plain_name`` (``abort``,
   not gdb's DWARF ``__GI_abort``; ``__libc_start_main``, not
   ``__libc_start_main_impl``), demangled by c++filt for C++;
-* the same file and line wherever gdb has them: the line of the innermost
-  (inlined) frame, what the DWARF line table says for the lookup pc.  Paths
+* the same file and line wherever gdb has them.  Paths
   compare by trailing components (gdb prints the line table's
   ``./nptl/pthread_kill.c``; a symbolizer may join it with DW_AT_comp_dir);
 * frame 0 is found from the core's registers (trust ``context``).
@@ -112,12 +116,25 @@ def describe(frame: dict[str, Any]) -> str:
             f"{frame.get('file')}:{frame.get('line')} [{frame.get('module')}]")
 
 
+def same_inlined_name(ours: str | None, gdb: str) -> bool:
+    """gdb's name of an inlined function, ours: equal once gdb's ``__GI_`` is dropped, or
+    gdb's is ours qualified by namespaces or classes (``std::`` + ``__invoke_r<…>``)."""
+    gdb = gdb.removeprefix("__GI_")
+    return ours is not None and (ours == gdb or gdb.endswith("::" + ours))
+
+
 def frame_mismatches(ours: dict[str, Any], expected: dict[str, Any], fixture_binary: str,
                      original_binary: str) -> list[str]:
     problems = []
     if ours.get("pc") != expected["pc"]:
         problems.append("pc")
-    if ours.get("symbol") != expected["symbol"]:
+    if bool(ours.get("inlined")) != expected["inlined"]:
+        problems.append(f"inlined {ours.get('inlined')} != {expected['inlined']}")
+    if expected["inlined"]:
+        if not same_inlined_name(ours.get("symbol"), expected["gdb_names"][-1]):
+            problems.append(f"symbol {ours.get('symbol')!r} is not gdb's "
+                            f"{expected['gdb_names'][-1]!r}")
+    elif ours.get("symbol") != expected["symbol"]:
         problems.append(f"symbol {ours.get('symbol')!r} != {expected['symbol']!r}")
     if ours.get("module") not in expected_module(fixture_binary, original_binary,
                                                  expected["module"]):
@@ -226,7 +243,9 @@ def test_expected_names_are_gdbs_functions() -> None:
         for thread in fixture.expected:
             for frame in thread["frames"]:
                 gdb_name = frame["gdb_names"][-1]
-                if frame["signal_frame"]:
+                if frame["inlined"]:  # a DWARF name, not an ELF symbol: same_inlined_name
+                    assert frame["symbol"] is None and gdb_name, (name, frame)
+                elif frame["signal_frame"]:
                     assert frame["symbol"] == "__restore_rt", (name, frame)
                 elif gdb_name is None:
                     assert frame["symbol"] is None, (name, frame)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from coredumpd import model
 from coredumpd.analysis import shape
 from coredumpd.annotate.context import AnalysisContext, Symbolizer, ThreadTrace
 from coredumpd.elf.core import Core, ThreadState
@@ -153,9 +154,31 @@ def thread_record(trace: ThreadTrace) -> Thread:
     return Thread(
         tid=trace.tid, crashed=trace.crashed, name=trace.name,
         stop_reason=trace.stop_reason, registers=trace.registers,
-        frames=[shape.frame_record(frame, module, symbol) for frame, module, symbol
-                in zip(trace.frames, trace.modules, trace.symbols, strict=True)],
-    )
+        frames=frame_records(trace))
+
+
+def frame_records(trace: ThreadTrace) -> list[model.Frame]:
+    """The thread's frames as gdb numbers them: inlined calls are frames of their own.
+
+    A folded run or cycle of physical frames (``repeat``, ``cycle``) stays folded: its
+    frames with their inlined calls are a cycle of that many shown frames.
+    """
+    physical = list(zip(trace.frames, trace.modules, trace.symbols, strict=True))
+    records: list[model.Frame] = []
+    position = 0
+    while position < len(physical):
+        first = physical[position][0]
+        span = first.cycle if first.repeat > 1 and first.cycle > 1 else 1
+        group = [record for frame, module, symbol in physical[position:position + span]
+                 for record in shape.frame_records(frame, module, symbol)]
+        if first.repeat > 1 and len(group) > span:
+            for record in group:
+                record.repeat, record.cycle = first.repeat, len(group)
+        records += group
+        position += span
+    for index, record in enumerate(records):
+        record.index = index
+    return records
 
 
 def _annotate(ctx: AnalysisContext, result: AnalysisResult) -> None:

@@ -45,6 +45,23 @@ def frame_record(frame: Frame, module: Module | None, symbol: Symbol) -> model.F
     )
 
 
+def frame_records(frame: Frame, module: Module | None, symbol: Symbol) -> list[model.Frame]:
+    """The physical frame and the calls inlined into it, innermost first, as gdb shows
+    them: the innermost at the line the line table gives for the pc, each outer one
+    (the physical frame last) at the call site of the one inside it."""
+    physical = frame_record(frame, module, symbol)
+    records = []
+    file, line = symbol.file, symbol.line
+    for call in reversed(symbol.inlined):
+        records.append(physical.replace(symbol=call.name, symbol_offset=None, file=file,
+                                        line=line, cfa=None, inlined=True))
+        file, line = call.call_file, call.call_line
+    if symbol.inlined:
+        physical.file, physical.line = file, line
+    records.append(physical)
+    return records
+
+
 def expand_frames(frames: list[model.Frame]) -> list[model.Frame]:
     """The frames as the stack held them: a ``repeat`` run of one frame n times, a
     ``cycle`` of k frames (each with the same ``repeat`` n) n times in order."""

@@ -18,7 +18,8 @@ _STR_OR_NULL = {"type": ["string", "null"]}
 _TIMESTAMP = {"type": ["string", "null"],
               "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"}
 _CORE_STATE = {"enum": [state.value for state in CoreState]}
-_TRUST = {"enum": ["context", "cfi", "frame-pointer", "scan"]}
+# interpreter: a Python frame, read from the interpreter's own frame objects
+_TRUST = {"enum": ["context", "cfi", "frame-pointer", "scan", "interpreter"]}
 
 LIST_ENTRY: dict[str, Any] = {
     "type": "object",
@@ -51,10 +52,11 @@ FRAME: dict[str, Any] = {
     "required": ["index", "pc", "module", "build_id", "offset", "symbol", "symbol_offset",
                  "file", "line", "trust"],
     "properties": {
-        "index": _INT, "pc": _INT, "module": _STR_OR_NULL, "build_id": _STR_OR_NULL,
+        "index": _INT, "pc": _INT_OR_NULL, "module": _STR_OR_NULL, "build_id": _STR_OR_NULL,
         "offset": _INT_OR_NULL, "symbol": _STR_OR_NULL, "symbol_offset": _INT_OR_NULL,
         "file": _STR_OR_NULL, "line": _INT_OR_NULL, "trust": _TRUST,
         "repeat": _INT, "cycle": _INT, "cfa": _INT_OR_NULL,
+        "inlined": {"type": "boolean"}, "language": _STR_OR_NULL,
     },
 }
 

@@ -184,11 +184,14 @@ def _metadata(show: dict[str, Any], user: str | None, group: str | None) -> list
     return [_field(label, value) for label, value in lines if value not in ("", "-", "- (-)")]
 
 
-# ``#0   0x00007f…  abort+368  (libc.so.6+0x2611f)  stdlib/abort.c:107  [context]``
+# ``#0   0x00007f…  abort+368  (libc.so.6+0x2611f)  stdlib/abort.c:107  [context]``;
+# an inlined or a Python frame has no pc of its own (gdb prints none either):
+# ``#1                       operator()  (cxx+0x123d)  cxx_methods.cc:23  [inlined]``
+# ``#9                       middle  (python)  /srv/app.py:5  [interpreter]``
 FRAME_STYLE = FrameStyle(separator="  ", symbol_offset="+{}", module_offset="{module}+{offset:#x}",
                          module_no_offset="{module}+-", no_module="no module",
                          source="  {file}:{line}", trust="  [{trust}]", repeat="  ({note})",
-                         escape=escape)
+                         escape=escape, no_pc=" " * 18, inlined="  [inlined]")
 
 
 def _pc(value: Any) -> str:

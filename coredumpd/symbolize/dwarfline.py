@@ -345,6 +345,12 @@ def read_line_program(data: bytes, offset: int, strings: tuple[bytes, bytes]
     return _run(header, Reader(data, header.program_start, header.program_end))
 
 
+def read_line_files(data: bytes, offset: int, strings: tuple[bytes, bytes]) -> dict[int, str]:
+    """The file list of the line program at ``offset`` (what DW_AT_call_file indexes:
+    from 0 in DWARF 5, from 1 before)."""
+    return _header(data, offset, strings).files
+
+
 def _run(h: _Header, reader: Reader) -> list[tuple[int, int, list[LineRow]]]:
     """The line-number state machine (DWARF 5, 6.2.5)."""
     sequences: list[tuple[int, int, list[LineRow]]] = []

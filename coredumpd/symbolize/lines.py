@@ -19,7 +19,7 @@ from coredumpd.elf.elffile import (
     Section,
 )
 from coredumpd.errors import CoredumpdError, FormatError
-from coredumpd.symbolize import dwarfline
+from coredumpd.symbolize import dwarfinline, dwarfline
 
 MAX_CU_SCAN = 50_000
 TOP_DIE_WINDOW = 1 << 20  # bytes of a unit read to find its top DIE
@@ -84,6 +84,7 @@ class DwarfLines:
         self._aranges: tuple[list[int], list[tuple[int, int]]] | None = None
         self._unit_ranges: list[tuple[int, int, int]] | None = None
         self._units: dict[int, dwarfline.UnitLines | None] = {}
+        self._dies: dict[int, dwarfinline.UnitDies | None] = {}
         self._windows: dict[str, SectionWindow] = {}
         try:
             self._elf = ElfFile.open(path)
@@ -121,6 +122,43 @@ class DwarfLines:
         except CoredumpdError as err:
             self.error, self.available = f"{self.path}: DWARF unreadable: {err}", False
             return None
+
+    def inlined(self, address: int) -> list[dwarfinline.InlinedCall]:
+        """The inlined calls holding link-time ``address``, outermost first (never raises:
+        [] when there are none or the DWARF cannot say)."""
+        if not self.available:
+            return []
+        try:
+            offset = self._unit_offset(address)
+            if offset is None:
+                return []
+            if offset not in self._dies:
+                self._dies[offset] = self._load_dies(offset)
+            dies = self._dies[offset]
+            return dies.inlined_at(address) if dies is not None else []
+        except CoredumpdError as err:
+            self.error = f"{self.path}: DWARF DIEs unreadable: {err}"
+            return []
+
+    def _load_dies(self, offset: int) -> dwarfinline.UnitDies | None:
+        if ".debug_info" in self._sections:
+            info = self._sections[".debug_info"]
+            length, offset_size = dwarfline.Reader(info, offset).initial_length()
+            info = info[offset:offset + length + (4 if offset_size == 4 else 12)]
+        else:
+            info = self._unit_bytes(".debug_info", offset, MAX_SECTION_READ)
+        top = dwarfline.read_unit_top(info, self._section(".debug_abbrev"), 0)
+        strings = (self._section(".debug_line_str"), self._section(".debug_str"))
+        files: dict[int, str] = {}
+        if top.stmt_list is not None:
+            files = dwarfline.read_line_files(
+                self._unit_bytes(".debug_line", top.stmt_list, MAX_SECTION_READ), 0, strings)
+        sections = dwarfinline.Sections(
+            abbrev=self._section(".debug_abbrev"), strings=strings[1], line_strings=strings[0],
+            ranges=self._section(".debug_ranges"), rnglists=self._section(".debug_rnglists"),
+            str_offsets=self._section(".debug_str_offsets"),
+            addresses=self._section(".debug_addr"))
+        return dwarfinline.UnitDies(info, offset, sections, files)
 
     def _unit_offset(self, address: int) -> int | None:
         if self._aranges is None:

@@ -153,6 +153,14 @@ def plain_name(raw: str) -> str:
     return demangle(raw.split("@", 1)[0])
 
 
+def inlined_name(raw: str | None) -> str | None:
+    """An inlined function's DWARF name as frames show names: demangled, without
+    glibc's ``__GI_`` prefix (gdb prints ``__GI___libc_read``, we ``__libc_read``)."""
+    if not raw:
+        return None
+    return plain_name(raw).removeprefix("__GI_")
+
+
 class _Alias(NamedTuple):
     raw: str
     base: str  # raw without its version
@@ -374,10 +382,13 @@ class Symbolizer:
         found = info.table.lookup(address)
         row = info.lines.lookup(address) if lines and info.lines is not None else None
         file, line = (row.file, row.line) if row is not None and row.line else (None, None)
+        inlined = tuple(dataclasses.replace(call, name=inlined_name(call.name))
+                        for call in info.lines.inlined(address)) \
+            if file and info.lines is not None else ()
         if found is None:
-            return Symbol(None, 0, None, file, line)
+            return Symbol(None, 0, None, file, line, inlined)
         start, raw = found
-        return Symbol(plain_name(raw), address - start, raw, file, line)
+        return Symbol(plain_name(raw), address - start, raw, file, line, inlined)
 
     def address_of(self, name: str, module: Module | None = None) -> int | None:
         """Runtime address of ``name`` in ``module``, or in the first module defining it."""

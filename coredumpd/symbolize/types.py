@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from coredumpd.symbolize.dwarfinline import InlinedCall
+
 
 @dataclasses.dataclass(frozen=True)
 class Symbol:
@@ -14,4 +16,7 @@ class Symbol:
     raw_name: str | None = None  # as in the symbol table (mangled, versioned)
     file: str | None = None
     line: int | None = None
-    inlined: tuple[str, ...] = ()
+    # the calls inlined at the address, outermost first (DW_TAG_inlined_subroutine):
+    # file:line above is the innermost one's; each call's call_file:call_line is
+    # where the function around it called it
+    inlined: tuple[InlinedCall, ...] = ()

@@ -45,7 +45,7 @@ def test_analysis_result_round_trips_through_json_text() -> None:
 def test_json_keys_follow_the_documented_order() -> None:
     assert list(FRAME.to_json()) == ["index", "pc", "module", "build_id", "offset", "symbol",
                                      "symbol_offset", "file", "line", "trust", "repeat", "cycle",
-                                     "cfa"]
+                                     "cfa", "inlined", "language"]
     assert list(RESULT.to_json())[:4] == ["version", "state", "error", "duration_ms"]
     assert RESULT.to_json()["state"] == "done" and type(RESULT.to_json()["state"]) is str
 

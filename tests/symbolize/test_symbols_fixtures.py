@@ -58,7 +58,12 @@ def test_every_expected_frame_symbolizes_like_gdb(opened):
     symbolizer = Symbolizer(space)
     checked = 0
     for thread in fixture.expected:
+        inlined: list[dict] = []  # gdb's inlined frames before the physical one, innermost first
         for frame in thread["frames"]:
+            if frame["inlined"]:
+                inlined.append(frame)
+                continue
+            group, inlined = inlined, []
             lookup_pc = frame["pc"] if frame["exact_pc"] or frame["signal_frame"] else frame["pc"] - 1
             module = space.module_at(lookup_pc)
             symbol = symbolizer.symbolize(module, lookup_pc)
@@ -71,8 +76,14 @@ def test_every_expected_frame_symbolizes_like_gdb(opened):
             assert symbol.name == frame["symbol"], (where, symbol)
             if frame["symbol"] is not None:
                 assert symbol.offset == frame["symbol_offset"], (where, symbol)
-            if frame["line"] is not None:
-                assert same_file(symbol.file, frame["file"]), (where, symbol)
-                assert symbol.line == frame["line"], (where, symbol)
+            innermost = group[0] if group else frame  # the line table's line is the innermost's
+            if innermost["line"] is not None:
+                assert same_file(symbol.file, innermost["file"]), (where, symbol)
+                assert symbol.line == innermost["line"], (where, symbol)
+            # each inlined call was made at the line gdb shows for the frame around it
+            assert len(symbol.inlined) == len(group), (where, symbol)
+            for call, caller in zip(reversed(symbol.inlined), [*group, frame][1:], strict=True):
+                assert same_file(call.call_file, caller["file"]), (where, call, caller)
+                assert call.call_line == caller["line"], (where, call, caller)
             checked += 1
     assert checked
