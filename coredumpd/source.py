@@ -44,6 +44,9 @@ class RawFileSource:
     def size(self) -> int:
         return self._size
 
+    def fileno(self) -> int:
+        return self._fd
+
     def pread(self, offset: int, size: int) -> bytes:
         if offset < 0 or size < 0:
             raise ValueError(f"negative offset or size: {offset}, {size}")
@@ -62,6 +65,47 @@ class RawFileSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def file_descriptor(source: ByteSource) -> int | None:
+    """The open descriptor of a raw core file (a :class:`RawFileSource`), or None."""
+    return source.fileno() if isinstance(source, RawFileSource) else None
+
+
+COPY_BLOCK = 1 << 20
+
+
+def copy_to_memfd(source: ByteSource, name: str = "coredumpd-core", limit: int | None = None
+                  ) -> int:
+    """The uncompressed bytes of ``source`` in a sealed memfd (memfd_create(2)); the
+    caller closes the descriptor.
+
+    For tools that want a core as a file (pystack opens a path): the memfd's file
+    mode is 0777, so another uid can open it through ``/proc/self/fd/N``, and the
+    seals keep it from changing.  It costs memory the size of the core (tmpfs
+    pages) while it is open.  Raises StoreError past ``limit`` bytes or when the
+    memfd cannot be written (e.g. RLIMIT_FSIZE 0: EFBIG).
+    """
+    import fcntl
+
+    if limit is not None and source.size > limit:
+        raise StoreError(f"core of {source.size} bytes is over the {limit}-byte limit "
+                         "for a decompressed copy")
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        for offset in range(0, source.size, COPY_BLOCK):
+            data = memoryview(source.pread(offset, COPY_BLOCK))
+            while data:
+                data = data[os.write(fd, data):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW |
+                    fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    except OSError as err:
+        os.close(fd)
+        raise StoreError(f"cannot copy the core into a memfd: {err.strerror}") from err
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class BytesSource:

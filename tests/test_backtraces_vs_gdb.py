@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.analysis import expand_json
+from tests.support.analysis import expand_json, native_json
 from tests.support.fixtures import FIXTURES_DIR, fixture_names, load_fixture
 
 # Unwinding all ~800 frames of the stack-overflow fixture is the point of that
@@ -79,8 +79,9 @@ def analysis_of(name: str) -> dict[str, Any]:
 
 def expand_repeats(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A collapsed run (``repeat`` n) stands for n identical frames, a cycle for n
-    instances of its frames."""
-    return expand_json(frames)
+    instances of its frames; Python frames are not gdb's (fixture ``python``: they
+    are compared with pystack's in tests/analysis/test_python_frames.py)."""
+    return native_json(expand_json(frames))
 
 
 def normalize_path(path: str) -> str:
@@ -247,9 +248,10 @@ def test_expected_names_are_gdbs_functions() -> None:
                     assert frame["symbol"] is None and gdb_name, (name, frame)
                 elif frame["signal_frame"]:
                     assert frame["symbol"] == "__restore_rt", (name, frame)
-                elif gdb_name is None:
+                elif gdb_name is None:  # pc 0, or a function of a module without .symtab
                     assert frame["symbol"] is None, (name, frame)
-                    assert frame["pc"] == 0 or "libstdc++" in frame["module"], (name, frame)
+                    assert frame["pc"] == 0 or any(stripped in frame["module"] for stripped in (
+                        "libstdc++", "_ctypes", "libffi")), (name, frame)
                 elif RUST_SYMBOL.match(frame["raw_symbol"]):
                     assert same_rust_function(frame["symbol"], gdb_name), (name, frame)
                 elif frame["raw_symbol"].startswith("_Z"):

@@ -11,7 +11,9 @@ Stages, each isolated so that one failing never loses the others (STYLE.md
    and symbolized frame by frame;
 4. the root-cause rules and the crash signature (:mod:`coredumpd.annotate`,
    imported lazily: their absence is a problem, not a failure);
-5. the disassembly around the crash pc.
+5. the disassembly around the crash pc;
+6. for a CPython process, the Python frames among the native ones
+   (:mod:`coredumpd.analysis.python`, pystack).
 
 Never raises on a bad core: ``state`` becomes ``failed`` with ``error`` and
 the partial result stays.
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from coredumpd import model
-from coredumpd.analysis import shape
+from coredumpd.analysis import python, shape
 from coredumpd.annotate.context import AnalysisContext, Symbolizer, ThreadTrace
 from coredumpd.elf.core import Core, ThreadState
 from coredumpd.image.types import AddressSpace, Module
@@ -230,8 +232,8 @@ def _signal(core: Core, facts: Facts) -> SignalInfo | None:
     return shape.signal_record(core.siginfo, signo if isinstance(signo, int) else None)
 
 
-def _analyze_core(core: Core, facts: Facts | None, exe: str | None, root: str, caps: Caps,
-                  result: AnalysisResult) -> None:
+def _analyze_core(core: Core, source: ByteSource, facts: Facts | None, exe: str | None,
+                  root: str, caps: Caps, result: AnalysisResult) -> None:
     problems = result.problems
     problems.extend(core.problems)
     result.crashed_tid = core.threads[0].tid if core.threads else None
@@ -252,6 +254,8 @@ def _analyze_core(core: Core, facts: Facts | None, exe: str | None, root: str, c
                                unwinder, problems)
                   for index, thread in enumerate(_ordered_threads(core, caps, problems))]
         result.threads = [thread_record(trace) for trace in traces]
+        _stage(problems, "python frames",
+               lambda: python.add_python_frames(source, space, symbolizer, result.threads))
         ctx = AnalysisContext(core, raw, space, symbolizer, traces, core.siginfo)
         _annotate(ctx, result)
         if traces:
@@ -270,7 +274,7 @@ def analyze(source: ByteSource, facts: Facts | None = None, exe: str | None = No
     result = AnalysisResult()
     try:
         core = Core.open(source, expected_tid=facts.tid if facts is not None else None)
-        _analyze_core(core, facts, exe, root, caps or Caps(), result)
+        _analyze_core(core, source, facts, exe, root, caps or Caps(), result)
     except Exception as err:  # the contract: a failed state, never a raise
         log.debug("analysis failed", exc_info=True)
         result.state = AnalysisState.FAILED

@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import select
 import signal
 import socket
@@ -111,16 +112,70 @@ def _open_core(core_path: str) -> int:
 
 
 def _child_argv(config: Config, fd: int, creds: tuple[int, int] | None,
-                read_all: bool, child_command: Sequence[str]) -> list[str]:
+                read_all: bool, child_command: Sequence[str], python: bool = False) -> list[str]:
     cpu = max(1, int(config.analysis_timeout) + 1)
     argv = [sys.executable, "-I", "-B", *child_command,
             "--fd", str(fd), "--memory-max", str(config.analysis_memory_max),
             "--cpu-seconds", str(cpu)]
     if creds is not None:
         argv += ["--uid", str(creds[0]), "--gid", str(creds[1])]
+    if python:
+        argv += ["--python", "1"]  # preload pystack before the drop
     if read_all:
         argv.append("--read-all")  # last: the options before it come in pairs
     return argv
+
+
+PYTHON_NAME = re.compile(r"python\d*(\.\d+)*m?|libpython\d.*\.so.*")
+
+
+def looks_like_python(facts: dict[str, Any] | None, exe: str | None) -> bool:
+    """The crashed program is a CPython interpreter, by the names of its executable
+    and of its mapped files (``python3.11``, ``libpython3.11.so.1.0``).
+
+    Names only: the parent runs as root and parses nothing the crashed process
+    wrote.  The analysis itself decides by the ``_PyRuntime`` symbol
+    (coredumpd/analysis/python.py); a guess wrong either way costs a copy of the
+    core or a problem line, never a wrong frame.
+    """
+    proc = (facts or {}).get("proc") or {}
+    paths = [exe, proc.get("exe")] + [entry.get("path") for entry in proc.get("maps") or []
+                                      if isinstance(entry, dict)]
+    return any(isinstance(path, str) and PYTHON_NAME.fullmatch(path.rsplit("/", 1)[-1])
+               for path in paths)
+
+
+def _core_for_pystack(core_fd: int, config: Config) -> int:
+    """A sealed memfd with the raw core, in place of ``core_fd`` (closed), for pystack.
+
+    pystack opens the core by path: inside the sandbox a root-only core cannot be
+    reopened through /proc/self/fd (EACCES) and a stored core is lz4, which the
+    child cannot decompress into a file (RLIMIT_FSIZE 0 makes even a memfd write
+    fail with EFBIG).  A memfd made here is mode 0777 and sealed.  Costs the core's
+    size in memory for the analysis' duration, and the decompression.  On any
+    failure the original descriptor is kept (the analysis then says why there are
+    no Python frames).
+    """
+    from coredumpd.errors import CoredumpdError
+    from coredumpd.source import ByteSource, RawFileSource, copy_to_memfd
+    from coredumpd.store.lz4reader import SeekableLz4Reader
+
+    try:
+        source: ByteSource
+        if os.pread(core_fd, 4, 0) == b"\x7fELF":
+            source = RawFileSource("the core", os.dup(core_fd))  # closes its own dup
+        else:
+            source = SeekableLz4Reader(core_fd)  # reads a dup of it
+    except (CoredumpdError, OSError):
+        return core_fd
+    try:
+        copy = copy_to_memfd(source, limit=config.analysis_memory_max)
+    except (CoredumpdError, OSError):
+        return core_fd
+    finally:
+        source.close()
+    os.close(core_fd)
+    return copy
 
 
 def _regular_user(facts: dict[str, Any] | None) -> bool:
@@ -146,22 +201,27 @@ def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
         core_fd = _open_core(core_path)
     except (LookupError, OSError) as err:
         return failed(f"cannot start: {err}", started)
+    python = looks_like_python(facts, exe)
+    if python:
+        core_fd = _core_for_pystack(core_fd, config)
     request = {"facts": facts, "exe": exe, "root": root}
     try:
         read_all = creds is not None and not _regular_user(facts)
-        return _supervise(config, core_fd, request, creds, read_all, child_command, started)
+        return _supervise(config, core_fd, request, creds, read_all, child_command, started,
+                          python)
     finally:
         os.close(core_fd)
 
 
 def _supervise(config: Config, core_fd: int, request: dict[str, Any],
                creds: tuple[int, int] | None, read_all: bool,
-               child_command: Sequence[str], started: float) -> dict[str, Any]:
+               child_command: Sequence[str], started: float,
+               python: bool = False) -> dict[str, Any]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     deadline = started + config.analysis_timeout
     try:
         child = subprocess.Popen(
-            _child_argv(config, theirs.fileno(), creds, read_all, child_command),
+            _child_argv(config, theirs.fileno(), creds, read_all, child_command, python),
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env={}, cwd="/", start_new_session=True)

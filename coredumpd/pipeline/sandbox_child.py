@@ -72,7 +72,7 @@ PRELOAD_STDLIB = ("zlib", "lzma", "bz2", "hashlib", "binascii", "unicodedata", "
 THIRD_PARTY = ("capstone", "lz4")
 
 
-def _preload() -> None:
+def _preload(python: bool = False) -> None:
     """Import the analysis while we can still read the interpreter's files.
 
     After the drop, an import of a module not loaded yet fails when the
@@ -85,12 +85,12 @@ def _preload() -> None:
 
     for name in ("ascii", "latin-1", "utf-8", "utf-16", "utf-32", "idna", "cp437"):
         codecs.lookup(name)
-    for name in PRELOAD_STDLIB + THIRD_PARTY:
+    for name in PRELOAD_STDLIB + THIRD_PARTY + (("pystack",) if python else ()):
         try:
             package = importlib.import_module(name)
         except ImportError:
             continue
-        if name in THIRD_PARTY:
+        if name in THIRD_PARTY or name == "pystack":
             _import_all(package)
     _import_all(importlib.import_module("coredumpd"), skip=("coredumpd.cli",))
 
@@ -197,7 +197,7 @@ def child_main(argv: list[str], work: Work = _analyze_request) -> int:
     options = dict(zip(argv[0::2], argv[1::2], strict=False))
     sock = socket.socket(fileno=int(options["--fd"]))
     _set_limits(int(options["--memory-max"]), int(options["--cpu-seconds"]))
-    _preload()
+    _preload("--python" in options)  # a Python crash: pystack too (~24 ms)
     uid = int(options["--uid"]) if "--uid" in options else None
     gid = int(options["--gid"]) if "--gid" in options else None
     _drop_privileges(uid, gid, "--read-all" in argv)

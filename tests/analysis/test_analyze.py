@@ -18,7 +18,7 @@ from coredumpd.model import AnalysisResult
 from coredumpd.source import BytesSource
 from coredumpd.store.lz4seek import open_core_source
 from coredumpd.unwind.types import Caps
-from tests.support.analysis import analyze_json, expand_json
+from tests.support.analysis import analyze_json, expand_json, native_json
 from tests.support.fixtures import Fixture, fixture_names, load_fixture
 
 FRAME_KEYS = {"index", "pc", "module", "build_id", "offset", "symbol", "symbol_offset", "file",
@@ -35,7 +35,7 @@ def run(fixture: Fixture) -> dict[str, Any]:
 
 
 def expanded(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return expand_json(frames)
+    return native_json(expand_json(frames))  # gdb has no Python frames
 
 
 @pytest.mark.parametrize("name", fixture_names())

@@ -245,3 +245,54 @@ def test_real_analysis_of_a_stored_core_in_the_sandbox(monkeypatch, tmp_path):
     assert result["state"] == "done", result.get("error")
     symbols = [frame["symbol"] for frame in result["threads"][0]["frames"]]
     assert "abort" in symbols and "main" in symbols
+
+
+def test_python_core_in_the_sandbox_gets_pystacks_frames(monkeypatch, tmp_path):
+    """The python fixture (lz4, root-only) analysed as nobody: the parent hands the child
+    a sealed memfd of the raw core, which pystack opens through /proc/self/fd."""
+    import json
+
+    source = FIXTURES / "python" / "core.lz4"
+    core = tmp_path / "core.lz4"
+    core.write_bytes(source.read_bytes())
+    core.chmod(0o640)
+    reference = json.loads((FIXTURES / "python" / "pystack.json").read_text())
+    result = run(monkeypatch, str(core), None, facts={"proc": {"exe": "/usr/bin/python3.11"}},
+                 analysis_timeout=120.0, analysis_memory_max=2 << 30)
+    assert result["state"] == "done", result.get("error")
+    ours = [(f["file"], f["line"], f["symbol"]) for f in result["threads"][0]["frames"]
+            if f["language"] == "python"]
+    assert ours == [(f["file"], f["line"], f["function"])
+                    for f in reversed(reference[0]["frames"])]
+
+
+def test_python_crashes_are_told_by_names_only():
+    maps = [{"path": "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"}]
+    assert sandbox.looks_like_python({"proc": {"exe": "/usr/bin/python3.11"}}, None)
+    assert sandbox.looks_like_python(None, "/opt/venv/bin/python")
+    assert sandbox.looks_like_python({"proc": {"exe": "/usr/bin/blender", "maps": maps}}, None)
+    assert not sandbox.looks_like_python({"proc": {"exe": "/usr/bin/pythonista-tool"}}, None)
+    assert not sandbox.looks_like_python({"proc": {"exe": "/usr/bin/perl"}}, "/usr/bin/perl")
+
+
+def test_memfd_copy_is_the_raw_core_sealed(tmp_path):
+    import fcntl
+
+    from coredumpd.store.lz4seek import open_core_source
+
+    fd = os.open(FIXTURES / "python" / "core.lz4", os.O_RDONLY)
+    copy = sandbox._core_for_pystack(fd, Config())
+    try:
+        assert copy != fd
+        source = open_core_source(str(FIXTURES / "python" / "core.lz4"))
+        try:
+            size = os.fstat(copy).st_size
+            assert size == source.size and os.pread(copy, size, 0) == source.pread(0, size)
+        finally:
+            source.close()
+        seals = fcntl.fcntl(copy, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SEAL
+        with pytest.raises(OSError):
+            os.pwrite(copy, b"x", 0)
+    finally:
+        os.close(copy)

@@ -3,7 +3,7 @@
 :func:`analyze_json` takes the facts as JSON and returns the result's JSON, the
 shape the index stores and the sandbox sends; :func:`expand_json` unfolds the
 JSON frames of a thread as :func:`coredumpd.analysis.shape.expand_frames` does
-for records.
+for records; :func:`native_json` leaves out the interpreted frames.
 """
 
 from __future__ import annotations
@@ -26,3 +26,9 @@ def analyze_json(source: ByteSource, facts: dict[str, Any] | None = None,
 
 def expand_json(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [frame.to_json() for frame in expand_frames([Frame.from_json(f) for f in frames])]
+
+
+def native_json(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The machine-code frames, which gdb and eu-stack show: interpreted (Python)
+    frames left out (tests/analysis/test_python_frames.py compares those with pystack)."""
+    return [frame for frame in frames if not frame.get("language")]
