@@ -35,6 +35,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from coredumpd.errors import CoredumpdError, FormatError
 from coredumpd.model import Frame, Thread
 from coredumpd.source import ByteSource, copy_to_memfd, file_descriptor
 
@@ -53,7 +54,7 @@ def interpreter_executable(space: Any, symbolizer: Any) -> str | None:
         return None
     main = next((module for module in modules if module.is_main), None)
     if main is None or main.host_path is None:
-        raise OSError("the interpreter's executable is not readable here")
+        raise CoredumpdError("the interpreter's executable is not readable here")
     return str(main.host_path)
 
 
@@ -72,11 +73,16 @@ def core_path(source: ByteSource, memory_limit: int | None = None) -> Iterator[s
 
 
 def read_stacks(path: str, executable: str) -> list[Any]:
-    """pystack's threads (``PyThread``) of the core at ``path``."""
+    """pystack's threads (``PyThread``) of the core at ``path``; pystack's errors (a core
+    whose interpreter state it cannot read) become :class:`FormatError`."""
     from pystack import _pystack  # the C++ extension: ~24 ms to import, so only here
+    from pystack.errors import PystackError
 
-    threads: list[Any] = _pystack.get_process_threads_for_core(
-        path, executable, None, _pystack.NativeReportingMode.OFF)
+    try:
+        threads: list[Any] = _pystack.get_process_threads_for_core(
+            path, executable, None, _pystack.NativeReportingMode.OFF)
+    except (PystackError, RuntimeError, OSError) as err:
+        raise FormatError(f"pystack: {type(err).__name__}: {err}") from err
     return threads
 
 
