@@ -38,14 +38,14 @@ def _main_module(result: Crash) -> dict[str, Any]:
 GDB_FRAMES = """
 frame = gdb.newest_frame()
 while frame is not None:
-    if frame.type() != gdb.INLINE_FRAME:  # folded into the physical frame that holds it
-        print("FRAME", frame.name())
+    print("FRAME", frame.name())  # inlined calls too: they are frames of ours as well
     frame = frame.older()
 """
 
 
 def _gdb_names(result: Crash, binary: str, tmp_path: Any) -> list[str]:
-    """The function of each physical frame of the crashed thread, as gdb names it."""
+    """The function of each frame of the crashed thread (inlined calls included), as gdb
+    names it."""
     from coredumpd.store.lz4seek import open_core_source
     source = open_core_source(result.core_path)
     raw = tmp_path / "core.raw"
