@@ -183,6 +183,17 @@ def frame_records(trace: ThreadTrace) -> list[model.Frame]:
     return records
 
 
+def number_as_shown(traces: list[ThreadTrace], threads: list[Thread]) -> None:
+    """Give each unwound frame the number its record is shown with, so that a rule's
+    "frame #N" is the report's #N although inlined calls and Python frames (frames of
+    their own in the report) come between the physical frames."""
+    for trace, thread in zip(traces, threads, strict=True):
+        physical = [record for record in thread.frames
+                    if not record.inlined and not record.language]
+        for frame, record in zip(trace.frames, physical, strict=True):
+            frame.index = record.index
+
+
 def _annotate(ctx: AnalysisContext, result: AnalysisResult) -> None:
     problems = result.problems
     try:
@@ -256,6 +267,7 @@ def _analyze_core(core: Core, source: ByteSource, facts: Facts | None, exe: str 
         result.threads = [thread_record(trace) for trace in traces]
         _stage(problems, "python frames",
                lambda: python.add_python_frames(source, space, symbolizer, result.threads))
+        number_as_shown(traces, result.threads)
         ctx = AnalysisContext(core, raw, space, symbolizer, traces, core.siginfo)
         _annotate(ctx, result)
         if traces:
