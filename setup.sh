@@ -18,7 +18,8 @@ fi
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 APT_PACKAGES=(gcc g++ make gdb elfutils lz4 xz-utils libc6-dbg util-linux acl
-              systemd man-db groff-base groff python3 python3-venv python3-dev)
+              systemd man-db groff-base groff python3 python3-venv python3-dev
+              postgresql)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \

@@ -28,6 +28,7 @@ from coredumpd.errors import ConfigError
 from coredumpd.paths import DEFAULT_CONFIG_PATH, DEFAULT_DIRECTORY, index_path
 
 SECTION = "Coredump"
+FLEET_SECTION = "Fleet"  # publishing to a fleet database (docs/FLEET.md)
 MAX_CONFIG_BYTES = 1 << 20  # a configuration file larger than this is not one
 
 _SIZE_SUFFIXES = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
@@ -151,6 +152,8 @@ class Config:
     journal: bool = True
     journal_timeout: float = 0.5
     journal_namespace: str | None = None  # None: the default journal
+    fleet_database: str = ""  # [Fleet] Database=: libpq URI; "" = no publishing
+    fleet_host: str = ""  # [Fleet] Host=: the host name reported; "" = this host's
     warnings: tuple[str, ...] = ()  # unknown keys and sections, repeated keys
     errors: tuple[str, ...] = ()  # values not read (strict=False): their defaults are used
 
@@ -186,6 +189,8 @@ KEYS: tuple[Key, ...] = (
     Key(SECTION, "Journal", "journal", parse_bool),
     Key(SECTION, "JournalTimeoutSec", "journal_timeout", parse_timespan),
     Key(SECTION, "JournalNamespace", "journal_namespace", parse_journal_namespace),
+    Key(FLEET_SECTION, "Database", "fleet_database", str),
+    Key(FLEET_SECTION, "Host", "fleet_host", str),
 )
 _BY_NAME = {(key.section, key.name): key for key in KEYS}
 _FIELDS = {field.name for field in dataclasses.fields(Config)}
@@ -195,6 +200,11 @@ assert all(key.field in _FIELDS for key in KEYS), "every key sets a Config field
 def config_keys(section: str = SECTION) -> tuple[str, ...]:
     """The keys of ``section``, for the man page and its check."""
     return tuple(key.name for key in KEYS if key.section == section)
+
+
+def fleet_keys() -> tuple[str, ...]:
+    """The keys of the [Fleet] section."""
+    return config_keys(FLEET_SECTION)
 
 
 def default_value(field: str) -> object:

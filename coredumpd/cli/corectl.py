@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 
-from coredumpd.cli import commands, cores
+from coredumpd.cli import commands, cores, fleet
 from coredumpd.cli.commands import Context, NoMatch
 from coredumpd.cli.corectl_spec import CORECTL
 from coredumpd.cli.exitcodes import ExitStatus
@@ -30,7 +30,7 @@ __all__ = ["ExitStatus", "main", "parser"]
 COMMANDS: dict[str, Callable[[Context], int]] = {
     "list": commands.cmd_list, "show": commands.cmd_show, "dump": cores.cmd_dump,
     "debug": cores.cmd_debug, "analyze": cores.cmd_analyze, "delete": commands.cmd_delete,
-    "vacuum": commands.cmd_vacuum,
+    "vacuum": commands.cmd_vacuum, "fleet": fleet.cmd_fleet,
 }
 
 

@@ -110,13 +110,36 @@ VACUUM = Command(
     ),
 )
 
+FLEET = Command(
+    "fleet", "crashes of every host, from the fleet database",
+    "Reads the fleet database named by [Fleet] Database= (see coredumpd.conf(5)), where "
+    "the coredumpd of every host publishes its crashes. fleet groups prints one row per "
+    "signature, the most frequent first: the frames that make the signature (as Socorro "
+    "writes them, innermost first: parse_header | main) with its hash, the root cause, the "
+    "number of crashes and of distinct hosts, first and last seen, the versions seen and "
+    "the newest example (host and crash id; the core stays on that host). fleet list "
+    "prints one row per crash of every host, newest last, selected by the MATCH forms of "
+    "list.",
+    (
+        Option(("view",), "groups or list", metavar="groups|list"),
+        _MATCH,
+        Option(("-S", "--since"), "only crashes at or after DATE (as for list)",
+               metavar="DATE"),
+        Option(("-U", "--until"), "only crashes at or before DATE", metavar="DATE"),
+        Option(("-n", "--lines"), "list: only the N newest crashes", metavar="N", type=int,
+               dest="lines"),
+    ),
+)
+
 CORECTL = Program(
     name="corectl", section=1,
     summary="browse and analyse the crashes stored by coredumpd",
     synopsis=("[OPTIONS] list [MATCH...]", "[OPTIONS] show|info [MATCH...]",
               "[OPTIONS] dump [MATCH...] -o FILE", "[OPTIONS] debug [MATCH...]",
               "[OPTIONS] analyze CORE [--exe PATH]", "[OPTIONS] delete MATCH...",
-              "[OPTIONS] vacuum [--max-use SIZE] [--keep-free SIZE] [--older-than AGE]"),
+              "[OPTIONS] vacuum [--max-use SIZE] [--keep-free SIZE] [--older-than AGE]",
+              "[OPTIONS] fleet groups [--since DATE] [MATCH...]",
+              "[OPTIONS] fleet list [MATCH...]"),
     description=(
         ("corectl reads the index of crashes kept by coredumpd(8), like coredumpctl(1) "
         "reads the journal. It reads the SQLite index in the storage directory, not the "
@@ -126,7 +149,7 @@ CORECTL = Program(
         "from the crashed process (command name, command line, paths, strings from "
         "memory) has its control characters escaped before it is printed."),
     ),
-    commands=(LIST, SHOW, DUMP, DEBUG, ANALYZE, DELETE, VACUUM),
+    commands=(LIST, SHOW, DUMP, DEBUG, ANALYZE, DELETE, VACUUM, FLEET),
     shared_options=SHARED_OPTIONS,
     extra_sections=(
         Section("MATCHES", (
@@ -141,7 +164,12 @@ CORECTL = Program(
             "and more; show and analyze print one object with the metadata, core, "
             "analysis, annotations, threads (frames with pc, module, build_id, offset, "
             "symbol, symbol_offset, file, line, trust), modules, disassembly and "
-            "registers. Strings in JSON are escaped by JSON itself."),)),
+            "registers. fleet groups prints an array of objects with signature (the hash), "
+            "frames, root_cause, crashes, hosts, first_seen, last_seen, versions and "
+            "example (host, id); fleet list an array of objects with timestamp, host, id, "
+            "machine_id, container_id, pid, uid, signal_name, comm, exe, core_state, "
+            "core_path, root_cause, signature and frames. Strings in JSON are escaped by "
+            "JSON itself."),)),
         Section("EXIT STATUS", items=(
             ("0", "Success."),
             ("1", "No crash matched (\"No coredumps found.\" on standard error)."),
@@ -171,6 +199,7 @@ CORECTL = Program(
             ("corectl --json list uid=1000", "crashes of user 1000 as JSON."),
             ("corectl dump 1234 -o core.1234", "the raw core of PID 1234."),
             ("corectl analyze ./core --exe ./prog", "analyse a core from elsewhere."),
+            ("corectl fleet groups -S 1d", "what crashed across the fleet in the last day."),
         )),
     ),
     see_also=("coredumpd(8)", "coredumpd.conf(5)", "coredumpctl(1)", "gdb(1)", "core(5)"),

@@ -63,7 +63,7 @@ STORMS = (
 COREDUMPD = Program(
     name="coredumpd", section=8,
     summary="store every crash and explain it (kernel.core_pattern handler)",
-    synopsis=("install [--config FILE]", "uninstall",
+    synopsis=("install [--config FILE]", "uninstall", "publish [--config FILE]",
               "%P %i %p %u %g %s %t %c %h %d %F [--config FILE]"),
     description=(
         ("coredumpd is a handler for kernel.core_pattern, a replacement for "
@@ -90,6 +90,17 @@ COREDUMPD = Program(
         Command("uninstall", "restore the previous kernel.core_pattern",
                 "Restores kernel.core_pattern and kernel.core_pipe_limit as install "
                 "found them."),
+        Command("publish", "send the fleet outbox to the database now",
+                "With a fleet database configured ([Fleet] Database= in "
+                "coredumpd.conf(5)), every analysed crash's record (metadata, "
+                "signature, annotations, the crashed thread's frames, modules with "
+                "build-ids and packages, the host's identity; never the core's memory or "
+                "the environment) waits in an outbox in the storage directory and is sent "
+                "in batches after each crash. publish drains the outbox once, by hand, "
+                "creating or migrating the database's schema first when this user may, and "
+                "says how many records it sent and how many still wait. It exits with 1 "
+                "when the database could not take them; they stay in the outbox.",
+                (Option(("--config",), "configuration file", metavar="FILE"),)),
     ),
     extra_sections=(
         Section("HANDLER ARGUMENTS", (
@@ -157,6 +168,14 @@ CONFIG_KEYS = (
                           "default journal.")),
 )
 
+# Documentation of each [Fleet] key; coredumpd.config.fleet_keys() must list exactly these.
+FLEET_KEYS = (
+    ("Database=", ("The fleet database, a libpq connection URI such as "
+                  "postgresql://coredumpd@db.example:5432/crashes. Empty (the default): "
+                  "crashes are not published.")),
+    ("Host=", ("The host name reported with each crash. Default: this host's name.")),
+)
+
 CONF = Program(
     name="coredumpd.conf", section=5,
     summary="coredumpd configuration file",
@@ -175,6 +194,9 @@ CONF = Program(
     ),
     extra_sections=(
         Section("OPTIONS", items=CONFIG_KEYS),
+        Section("[FLEET] SECTION", (
+            ("Publishing to a fleet database (PostgreSQL) and reading it with corectl "
+            "fleet; see coredumpd(8) publish."),), items=FLEET_KEYS),
         Section("EXAMPLE", (
             "[Coredump]\nDirectory=/var/lib/coredumpd\nStorage=external\nMaxUse=2G",)),
     ),

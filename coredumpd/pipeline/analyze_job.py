@@ -8,7 +8,9 @@ go: loads the index row, analyses the core in the sandbox
 (``analysis``, ``analysis_state``/``analysis_error``, ``root_cause``,
 ``signature``), then sends the crash's one journal entry (never for a crash of
 journald itself), falling back to a /dev/kmsg line when the journal cannot
-take it.  ``path_taken`` in the row records what happened.
+take it.  ``path_taken`` in the row records what happened.  With a fleet
+database configured it queues the crash's fleet record in the outbox and
+drains the outbox (:mod:`coredumpd.fleet.publisher`).
 
 ``--core-fd`` is an inherited descriptor of a core that was not kept
 (Storage=none, rate limit): it is analysed through ``/proc/self/fd/N`` and
@@ -97,9 +99,25 @@ def run(row_id: str, config_path: str | None, core_fd: int | None) -> int:
     except Exception as err:  # noqa: BLE001 - a broken analysis must not lose the entry
         result = AnalysisResult.failed(f"analysis crashed: {type(err).__name__}: {err}")
     record.set_analysis(result)
+    path_taken = report(config, record)
+    if config.fleet_database:
+        from coredumpd.fleet.publisher import enqueue
+        path_taken["fleet"] = enqueue(config, record)
     # one update, after the journal: a reader that sees the analysis sees the outcome too
-    index.update(record.id, **record.analysis_columns(), path_taken=report(config, record))
+    index.update(record.id, **record.analysis_columns(), path_taken=path_taken)
+    if path_taken.get("fleet") == "queued":
+        publish(config)
     return 0
+
+
+def publish(config: Config) -> None:
+    """Drain the fleet outbox now that the crash is stored (this job is detached: a
+    database that is down or slow keeps only this process waiting, never a crash)."""
+    try:
+        from coredumpd.fleet.publisher import drain_after_crash
+        drain_after_crash(config)
+    except Exception as err:  # noqa: BLE001 - the record waits in the outbox
+        journal.write_kmsg(f"fleet publishing failed, records wait in the outbox: {err}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The ``coredumpd`` console script: ``install``, ``uninstall``, or the handler.
+"""The ``coredumpd`` console script: ``install``, ``uninstall``, ``publish``, or the handler.
 
 When the kernel runs it (any first argument other than a subcommand), it goes
 straight to :func:`coredumpd.pipeline.handler.handle` with as few imports as
@@ -15,7 +15,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy kno
 if TYPE_CHECKING:
     import argparse
 
-SUBCOMMANDS = ("install", "uninstall", "-h", "--help")
+SUBCOMMANDS = ("install", "uninstall", "publish", "-h", "--help")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--config", metavar="FILE",
                          help="the handler started by the kernel uses FILE")
     commands.add_parser("uninstall", help="restore the previous kernel.core_pattern")
+    publish = commands.add_parser("publish", help="send the fleet outbox to the database now")
+    publish.add_argument("--config", metavar="FILE", help="configuration file")
     return parser
+
+
+def _publish(config_path: str | None) -> int:
+    """``coredumpd publish``: one drain of the outbox, what it did on stdout."""
+    from coredumpd.config import load_config
+    from coredumpd.fleet.publisher import drain
+    result = drain(load_config(config_path))
+    print(f"published {result.sent} records ({result.sent - result.stored} were already "
+          f"in the database); {result.waiting} waiting, {result.rejected} rejected")
+    if result.error is not None:
+        print(f"coredumpd: error: {result.error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _admin(argv: list[str]) -> int:
@@ -36,6 +51,8 @@ def _admin(argv: list[str]) -> int:
     from coredumpd.pipeline import install
     options = build_parser().parse_args(argv)
     try:
+        if options.command == "publish":
+            return _publish(options.config)
         if options.command == "install":
             pattern = install.install(options.config)
             print(f"kernel.core_pattern = {pattern}")

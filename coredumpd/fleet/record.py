@@ -1,0 +1,219 @@
+"""The fleet record: what one crash tells the fleet database, built from a CrashRecord.
+
+It carries the index row's metadata, the annotations (id, title, confidence,
+advice), the signature and its frames, the crashed thread's frames, the
+modules with their build-ids and package (the ELF package note,
+systemd's "Package Metadata for Core Files", https://systemd.io/ELF_PACKAGE_METADATA/),
+and who holds the core: machine-id, host name, container id.
+
+Never the core's memory: no registers, no disassembly, no annotation evidence
+(evidence quotes bytes read from the process, such as abort messages or
+exception texts), no facts (environment, /proc maps).  The core itself stays
+on the host; ``core_path`` says where.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from typing import Any, ClassVar
+
+from coredumpd.errors import CoredumpdError
+from coredumpd.model import CrashRecord, Frame, Module, Record, Versioned
+
+MACHINE_ID_PATH = "/etc/machine-id"
+# binutils' --package-metadata: owner "FDO", type NT_FDO_PACKAGING_METADATA
+FDO_OWNER = "FDO"
+NT_FDO_PACKAGING_METADATA = 0xCAFE1A7E
+PACKAGE_KEYS = ("type", "name", "version", "architecture", "os", "osVersion")
+MAX_PACKAGE_NOTE = 4096
+# The row's columns a fleet reader may need (never facts, never the analysis JSON).
+ROW_FIELDS = ("pid", "tid", "ns_pid", "uid", "gid", "signal", "si_code", "fault_address",
+              "comm", "exe", "cmdline", "unit", "cgroup", "core_path", "core_state",
+              "core_reason", "core_size", "stored_size", "analysis_state")
+# Container runtimes name their cgroups after the 64-hex container id: docker-ID.scope,
+# /docker/ID, crio-ID.scope, libpod-ID.scope, cri-containerd-ID.scope, /kubepods/.../ID.
+CONTAINER_ID = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?(?:/|$)")
+
+
+class FleetModule(Record):
+    """A mapped file: where, which build, which package."""
+
+    path: str
+    build_id: str | None = None
+    package: dict[str, str] | None = None  # the ELF package note's keys
+
+
+class FleetRecord(Versioned):
+    """One crash as the fleet database stores it (the ``record`` column)."""
+
+    version: int = 1
+    crash_id: str = ""
+    machine_id: str = ""
+    host: str = ""
+    boot_id: str = ""
+    container_id: str | None = None
+    timestamp_us: int = 0
+    signal_name: str | None = None
+    row: dict[str, Any] = {}  # noqa: RUF012 - a record field (copied per instance)
+    root_cause: str | None = None
+    signature: str | None = None
+    signature_frames: list[str] = []  # noqa: RUF012 - a record field (copied per instance)
+    annotations: list[dict[str, Any]] = []  # noqa: RUF012 - a record field (copied per instance)
+    frames: list[Frame] = []  # noqa: RUF012 - a record field (copied per instance)
+    modules: list[FleetModule] = []  # noqa: RUF012 - a record field (copied per instance)
+    product_version: str | None = None  # the executable's package version, else its build-id
+    _readers: ClassVar[dict[str, Any]] = {"frames": Frame, "modules": FleetModule}
+
+
+def read_machine_id(path: str = MACHINE_ID_PATH) -> str:
+    """/etc/machine-id (machine-id(5)), or "" when it cannot be read."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def container_id(cgroup: str) -> str | None:
+    """The container id in a cgroup path, where a runtime put one."""
+    match = CONTAINER_ID.search(cgroup or "")
+    return match.group(1) if match else None
+
+
+def package_note(path: str, build_id: str | None) -> dict[str, str] | None:
+    """The package note of the ELF file at ``path``, only when its build-id is ``build_id``
+    (a file replaced since the crash describes another build)."""
+    from coredumpd.elf.elffile import ElfFile
+
+    try:
+        with ElfFile.open(path) as elf:
+            file_id = elf.build_id
+            if build_id is None or file_id is None or file_id.hex() != build_id:
+                return None
+            for note in elf.notes():
+                if note.name == FDO_OWNER and note.type == NT_FDO_PACKAGING_METADATA:
+                    return _package_json(note.desc)
+    except (CoredumpdError, OSError):
+        return None
+    return None
+
+
+def _package_json(desc: bytes) -> dict[str, str] | None:
+    try:
+        data = json.loads(desc[:MAX_PACKAGE_NOTE].rstrip(b"\0").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {key: str(data[key]) for key in PACKAGE_KEYS if isinstance(data.get(key), str)}
+
+
+def _modules(record: CrashRecord) -> list[FleetModule]:
+    analysis = record.analysis
+    if analysis is None:
+        return []
+    seen: set[str] = set()
+    modules = []
+    for module in analysis.modules:
+        if module.path in seen:  # one row per mapping in the analysis, one per file here
+            continue
+        seen.add(module.path)
+        modules.append(FleetModule(path=module.path, build_id=module.build_id,
+                                   package=_package_of(module)))
+    return modules
+
+
+def _package_of(module: Module) -> dict[str, str] | None:
+    if module.deleted or module.replaced or not module.path.startswith("/"):
+        return None
+    return package_note(module.path, module.build_id)
+
+
+def _product_version(record: CrashRecord, modules: list[FleetModule]) -> str | None:
+    for module in modules:
+        if module.path == record.exe:
+            if module.package and module.package.get("version"):
+                return module.package["version"]
+            return f"build-id {module.build_id[:12]}" if module.build_id else None
+    return None
+
+
+def _crashed_frames(record: CrashRecord) -> list[Frame]:
+    analysis = record.analysis
+    if analysis is None:
+        return []
+    for thread in analysis.threads:
+        if thread.crashed:
+            return list(thread.frames)
+    return list(analysis.threads[0].frames) if analysis.threads else []
+
+
+def _annotations(record: CrashRecord) -> list[dict[str, Any]]:
+    analysis = record.analysis
+    if analysis is None:
+        return []
+    return [{"id": a.id, "title": a.title, "confidence": a.confidence, "advice": a.advice}
+            for a in analysis.annotations]
+
+
+def _signal_name(record: CrashRecord) -> str | None:
+    analysis = record.analysis
+    if analysis is not None and analysis.signal is not None and analysis.signal.name:
+        return analysis.signal.name
+    if record.signal is None:
+        return None
+    from coredumpd.elf.layouts import signal_name
+    return signal_name(record.signal)
+
+
+def build_record(record: CrashRecord, host: str = "", machine_id: str | None = None) -> \
+        FleetRecord:
+    """The fleet record of an analysed crash; ``host`` "" means this host's name."""
+    modules = _modules(record)
+    analysis = record.analysis
+    columns = record.to_json()
+    return FleetRecord(
+        crash_id=record.id, machine_id=read_machine_id() if machine_id is None else machine_id,
+        host=host or default_host(), boot_id=record.boot_id,
+        container_id=container_id(record.cgroup), timestamp_us=record.timestamp_us or 0,
+        signal_name=_signal_name(record), row={name: columns[name] for name in ROW_FIELDS},
+        root_cause=record.root_cause or None, signature=record.signature or None,
+        signature_frames=list(analysis.signature_frames) if analysis is not None else [],
+        annotations=_annotations(record), frames=_crashed_frames(record), modules=modules,
+        product_version=_product_version(record, modules))
+
+
+def record_json(record: FleetRecord) -> str:
+    """The record as JSON that PostgreSQL's jsonb accepts: no NUL characters and no lone
+    surrogates (strings from the crashed process may hold both)."""
+    return json.dumps(_clean(record.to_json()), separators=(",", ":"))
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        if "\0" in value:
+            value = value.replace("\0", "\\x00")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return value
+    if isinstance(value, dict):
+        return {_clean(key): _clean(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    return value
+
+
+def readable_frames(frames: list[str]) -> str:
+    """Signature frames as Socorro writes a signature: ``parse_header | main``
+    (the function without its module; an unsymbolized frame keeps module+offset)."""
+    return " | ".join(frame.split("!", 1)[1] if "!" in frame else frame for frame in frames)
+
+
+def default_host() -> str:
+    """The name this host reports when ``Host=`` is empty."""
+    return socket.gethostname() or os.uname().nodename
