@@ -71,7 +71,7 @@ SELECT r->>'machine_id', r->>'crash_id', r->>'host', r->>'container_id',
        FROM jsonb_array_elements_text(r->'signature_frames') WITH ORDINALITY AS s(f, n)),
     r->>'product_version', r
 FROM jsonb_array_elements(%s::jsonb) AS r
-ON CONFLICT (machine_id, crash_id) DO NOTHING
+ON CONFLICT DO NOTHING  -- no conflict target: a target would need SELECT on its columns
 """
 
 

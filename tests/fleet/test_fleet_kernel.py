@@ -1,0 +1,169 @@
+"""Crashes through the real kernel on several stores (hosts), one PostgreSQL server."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from coredumpd.cli.corectl import main as corectl
+from coredumpd.fleet.outbox import lock_path
+from coredumpd.fleet.schema import SCHEMA
+from tests.support.crash import RegisteredHandler, compile_c, registered_handler
+from tests.support.postgres import PostgresServer
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+
+COREDUMPD = str(pathlib.Path(sys.executable).parent / "coredumpd")
+PROGRAM = r"""
+#include <string.h>
+__attribute__((noinline)) int parse_header(const char *p) { return *(volatile const int *)p; }
+__attribute__((noinline)) int parse_body(const char *p) { return *(volatile const int *)p + 1; }
+int main(int argc, char **argv) {
+    const char *p = 0;
+    if (argc > 1 && strcmp(argv[1], "body") == 0)
+        return parse_body(p);
+    return parse_header(p);
+}
+"""
+PACKAGE = '{"type":"deb","name":"fleet-demo","version":"1.2-3"}'
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return compile_c(PROGRAM, tmp_path_factory.mktemp("prog"), name="fleetdemo",
+                     flags=("-g", "-O1", "-fno-omit-frame-pointer", "-Xlinker",
+                            f"--package-metadata={PACKAGE}"))
+
+
+def stop_drainers(directory: str) -> None:
+    """End a publisher still retrying in a test's store (its pid is in the lock file)."""
+    path = lock_path(directory)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="ascii") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return  # nobody holds it
+        except BlockingIOError:
+            pid = int(lock.read().strip() or 0)
+    if pid > 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def hosts(tmp_path: pathlib.Path, dsn: str, *names: str) -> Iterator[list[RegisteredHandler]]:
+    with contextlib.ExitStack() as stack:
+        handlers = [stack.enter_context(registered_handler(
+            tmp_path / name, fleet_database=dsn, fleet_host=name, journal=False,
+            rate_limit_burst=1000)) for name in names]
+        for handler in handlers:
+            stack.callback(stop_drainers, handler.directory)
+        yield handlers
+
+
+def published(dsn: str) -> list[tuple[str, str]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT host, crash_id FROM {SCHEMA}.crashes").fetchall()
+
+
+def wait_published(dsn: str, count: int, timeout: float = 120) -> list[tuple[str, str]]:
+    deadline = time.monotonic() + timeout
+    rows = []
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psycopg.OperationalError):
+            rows = published(dsn)
+            if len(rows) >= count:
+                return rows
+        time.sleep(0.2)
+    raise TimeoutError(f"{len(rows)} of {count} records published after {timeout}s")
+
+
+def run_corectl(capsys: pytest.CaptureFixture[str], handler: RegisteredHandler,
+                *argv: str) -> tuple[int, str]:
+    status = corectl(["--config", handler.config_path, "--no-pager", *argv],
+                     env={"COLUMNS": "80"})
+    return status, capsys.readouterr().out
+
+
+def test_two_hosts_same_function_one_group(tmp_path: pathlib.Path, program: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    with PostgresServer() as server:
+        dsn = server.dsn(server.create_database())
+        with hosts(tmp_path, dsn, "alpha", "beta") as (alpha, beta):
+            crashes = [alpha.crash([program]), beta.crash([program]),
+                       beta.crash([program, "body"])]
+            wait_published(dsn, 3)
+            status, out = run_corectl(capsys, alpha, "--json", "fleet", "groups")
+            assert status == 0
+            groups = json.loads(out)
+            assert [(g["frames"], g["crashes"], g["hosts"]) for g in groups] == [
+                ("parse_header | main", 2, 2), ("parse_body | main", 1, 1)]
+            header = groups[0]
+            assert header["signature"] == crashes[0]["signature"] == crashes[1]["signature"]
+            assert header["root_cause"] == "null-deref"
+            assert header["versions"] == ["1.2-3"]
+            assert header["example"] in ({"host": "alpha", "id": crashes[0]["id"]},
+                                         {"host": "beta", "id": crashes[1]["id"]})
+            assert header["first_seen"] <= header["last_seen"]
+
+            status, out = run_corectl(capsys, beta, "fleet", "groups", "--since", "1h")
+            lines = out.splitlines()
+            assert status == 0 and max(len(line) for line in lines) <= 80
+            assert "parse_header | main" in out and "2 signatures, 3 crashes." in out
+
+            def listed(*matches: str) -> list[tuple[str, str]]:
+                status, out = run_corectl(capsys, alpha, "--json", "fleet", "list", *matches)
+                return [(c["host"], c["id"]) for c in json.loads(out)] if status == 0 else []
+
+            ids = [(name, c["id"]) for name, c in zip(("alpha", "beta", "beta"), crashes)]
+            assert listed() == ids  # oldest first
+            assert listed("host=beta") == ids[1:]
+            assert listed(crashes[2]["id"]) == ids[2:]
+            assert listed("fleetdemo") == listed(program) == ids  # COMM, executable path
+            assert listed(str(crashes[0]["pid"])) == ids[:1]  # PID
+            assert listed("COREDUMP_SIGNAL=11", "root_cause=null-deref") == ids
+            assert listed("host=gamma") == []
+            status, out = run_corectl(capsys, alpha, "fleet", "list", "host=alpha")
+            assert status == 0 and "alpha" in out and "1 crash on 1 host." in out
+
+
+def test_database_stopped_during_a_crash_storm(tmp_path: pathlib.Path, program: str) -> None:
+    with PostgresServer() as server:
+        dsn = server.dsn(server.create_database())
+        with hosts(tmp_path, dsn, "alpha", "beta") as handlers:
+            caught = [handlers[n % 2].crash([program]) for n in range(4)]
+            wait_published(dsn, 4)
+            server.stop()
+            caught += [handlers[n % 2].crash([program, "body"]) for n in range(6)]
+            for handler in handlers:  # the records wait in each store's outbox
+                with contextlib.closing(sqlite3.connect(
+                        os.path.join(handler.directory, "fleet-outbox.sqlite"))) as outbox:
+                    assert outbox.execute("SELECT count(*) FROM outbox").fetchone()[0] == 3
+            server.start()
+            rows = wait_published(dsn, 10)  # the publishers retrying in the background
+            for handler in handlers:
+                done = subprocess.run([COREDUMPD, "publish", "--config", handler.config_path],
+                                      capture_output=True, text=True, check=True)
+                assert "0 waiting, 0 rejected" in done.stdout
+            rows = published(dsn)
+            expected = sorted((("alpha", "beta")[n % 2], row["id"]) for n, row in
+                              enumerate(caught[:4]))
+            expected += sorted((("alpha", "beta")[n % 2], row["id"]) for n, row in
+                               enumerate(caught[4:]))
+            assert sorted(rows) == sorted(expected)  # every record, once
+            assert len(set(rows)) == len(rows) == 10
+
+
