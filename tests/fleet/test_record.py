@@ -5,10 +5,25 @@ from __future__ import annotations
 import json
 import pathlib
 
-from coredumpd.fleet.record import (FleetRecord, build_record, container_id, package_note,
-                                    readable_frames, record_json)
-from coredumpd.model import (AnalysisResult, Annotation, CrashRecord, DisassemblyLine, Facts,
-                             Frame, Module, SignalInfo, Thread)
+from coredumpd.fleet.record import (
+    FleetRecord,
+    build_record,
+    container_id,
+    package_note,
+    readable_frames,
+    record_json,
+)
+from coredumpd.model import (
+    AnalysisResult,
+    Annotation,
+    CrashRecord,
+    DisassemblyLine,
+    Facts,
+    Frame,
+    Module,
+    SignalInfo,
+    Thread,
+)
 from tests.support.crash import compile_c
 
 DOCKER_ID = "4f" * 32
