@@ -4,7 +4,10 @@
 # under a lock and always restore it.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import coredumpd, pytest' 2>/dev/null; then
+# The fleet tests run a real PostgreSQL server (initdb/pg_ctl) through psycopg:
+# a venv made before they existed still needs both.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import coredumpd, pytest, psycopg' 2>/dev/null \
+        || ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     ./setup.sh --deps-only
 fi
 # No host journald is started: tests that need one run their own, private
