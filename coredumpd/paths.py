@@ -7,7 +7,7 @@ systemd-coredump grants a user its own cores.  So
 - the store and ``users/`` are 0751: others may traverse them to the files an
   ACL opens to them, but not list them (who crashed is not theirs to see);
 - cores, the index and the per-user views are 0640;
-- temporary files (spool, lz4 spill) are 0600 and unnamed.
+- temporary files (spool, lz4 spill) are 0600 and unnamed; the fleet outbox is 0600.
 
 Imported by the handler while the kernel holds the crashed process, so it
 imports nothing but ``os`` and our errors.
@@ -25,6 +25,10 @@ INDEX_NAME = "index.sqlite"
 USERS_DIRECTORY = "users"  # users/UID.sqlite: each user's view of the index
 BINARIES_DIRECTORY = "binaries"  # binaries/XX/REST: kept copies of mapped files, by build-id
 SAVED_SYSCTL_PATH = os.path.join(DEFAULT_DIRECTORY, "saved-sysctl")  # `coredumpd install`
+# the fleet outbox (coredumpd.fleet.outbox) and its drainer's lock: root's alone, 0600
+# (records hold command lines), like the temporary files
+FLEET_OUTBOX_NAME = "fleet-outbox.sqlite"
+FLEET_LOCK_NAME = "fleet-outbox.lock"
 
 DIRECTORY_MODE = 0o751
 FILE_MODE = 0o640

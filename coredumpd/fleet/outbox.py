@@ -18,10 +18,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, Self
 
 from coredumpd.fleet import FleetError
+from coredumpd.paths import FLEET_LOCK_NAME, FLEET_OUTBOX_NAME, TEMPORARY_FILE_MODE
 
-FILE_NAME = "fleet-outbox.sqlite"
-LOCK_NAME = "fleet-outbox.lock"
-FILE_MODE = 0o600
 BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
@@ -43,11 +41,11 @@ class Waiting(NamedTuple):
 
 
 def outbox_path(directory: str) -> str:
-    return os.path.join(directory, FILE_NAME)
+    return os.path.join(directory, FLEET_OUTBOX_NAME)
 
 
 def lock_path(directory: str) -> str:
-    return os.path.join(directory, LOCK_NAME)
+    return os.path.join(directory, FLEET_LOCK_NAME)
 
 
 class Outbox:
@@ -56,7 +54,8 @@ class Outbox:
     def __init__(self, directory: str) -> None:
         self.path = outbox_path(directory)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         TEMPORARY_FILE_MODE)
             os.close(fd)
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                        isolation_level=None)

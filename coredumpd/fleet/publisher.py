@@ -32,6 +32,7 @@ from coredumpd.fleet.outbox import Outbox, Waiting, lock_path
 from coredumpd.fleet.record import build_record, record_json
 from coredumpd.fleet.schema import INSERT_SQL, ensure_schema
 from coredumpd.model import CrashRecord
+from coredumpd.paths import TEMPORARY_FILE_MODE
 
 BATCH_SIZE = 500
 CONNECT_TIMEOUT_S = 10
@@ -97,7 +98,9 @@ def drain_after_crash(config: Config) -> DrainResult | None:
     another drained is never left behind."""
     result = None
     while True:
-        with open(lock_path(config.directory), "a+", encoding="ascii") as lock:
+        fd = os.open(lock_path(config.directory), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     TEMPORARY_FILE_MODE)
+        with os.fdopen(fd, "r+", encoding="ascii") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
