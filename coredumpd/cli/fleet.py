@@ -3,8 +3,8 @@
 The queries are :mod:`coredumpd.fleet.queries`; this module connects with the
 configured ``[Fleet] Database=`` (a reader needs SELECT only) and renders
 their rows: JSON as the queries return them, or text that fits the terminal
-(one group in two lines: counts, times, root cause and the signature's frames;
-then the hash, versions and an example).  Host names, paths and frames came
+(a group's first line: counts, last seen, root cause and the signature's
+frames; then first seen, an example and the hash; then the versions seen).  Host names, paths and frames came
 from other machines' crashed processes: escaped like every such string.
 """
 
@@ -26,6 +26,7 @@ from coredumpd.report.escape import escape
 VIEWS = ("groups", "list")
 DEFAULT_WIDTH = 80
 HASH_SHOWN = 12
+DETAIL_INDENT = "    "  # the lines under a group's first
 GROUP_HEADER = ("CRASHES", "HOSTS", "LAST SEEN", "ROOT CAUSE", "SIGNATURE")
 LIST_HEADER = ("TIME", "HOST", "ID", "PID", "SIG", "EXE", "ROOT CAUSE")
 
@@ -89,7 +90,6 @@ def render_groups(groups: Sequence[dict[str, Any]], width: int, legend: bool = T
     """Two lines per signature, at most ``width`` columns."""
     widths = (7, 5, 16, max(10, max((len(escape(g["root_cause"] or "-")) for g in groups),
                                     default=10)))
-    lead = sum(widths) + len(widths)  # where SIGNATURE starts
     out = []
     if legend:
         out.append(_fit(" ".join(c.ljust(w) for c, w in zip(GROUP_HEADER, widths)) +
@@ -97,14 +97,16 @@ def render_groups(groups: Sequence[dict[str, Any]], width: int, legend: bool = T
     for group in groups:
         cells = (str(group["crashes"]).rjust(widths[0]), str(group["hosts"]).rjust(widths[1]),
                  _local(group["last_seen"]), escape(group["root_cause"] or "-").ljust(widths[3]))
-        frames = escape(group["frames"] or "(no signature: the analysis found no frames)")
+        frames = escape(group["frames"] or "(no signature)")
         out.append(_fit(" ".join(cells) + " " + frames, width))
         example = group["example"]
         details = [f"first {_local(group['first_seen'])}",
-                   f"hash {(group['signature'] or '-')[:HASH_SHOWN]}",
-                   f"versions {escape(', '.join(group['versions'])) or '-'}",
-                   f"e.g. {escape(example['host'] or '-')} {example['id'] or '-'}"]
-        out.append(_fit(" " * min(14, lead) + "  ".join(details), width))
+                   f"e.g. {escape(example['host'] or '-')} {example['id'] or '-'}",
+                   f"hash {(group['signature'] or '-')[:HASH_SHOWN]}"]
+        out.append(_fit(DETAIL_INDENT + "  ".join(details), width))
+        if group["versions"]:
+            out.append(_fit(f"{DETAIL_INDENT}versions {escape(', '.join(group['versions']))}",
+                            width))
     if legend:
         crashes = sum(g["crashes"] for g in groups)
         out += ["", (f"{len(groups)} signature{'s' if len(groups) != 1 else ''}, "

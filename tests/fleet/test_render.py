@@ -19,7 +19,7 @@ def test_groups_fit_the_width_and_escape() -> None:
         text = render_groups([GROUP], width)
         assert max(len(line) for line in text.splitlines()) <= width
     text = render_groups([GROUP], 200)
-    assert "12345" in text and "678" in text and "hash 9c1f3e0a7b2d " in text
+    assert "12345" in text and "678" in text and "hash 9c1f3e0a7b2d" in text
     assert "versions 1.2-3, 1.2-4" in text and "\x1b" not in text
     assert text.endswith("1 signature, 12345 crashes.\n")
 
