@@ -114,6 +114,8 @@ COREDUMPD = Program(
             ("/etc/coredumpd/coredumpd.conf", "configuration, see coredumpd.conf(5)."),
             ("/var/lib/coredumpd/", ("stored cores (core.COMM.UID.BOOTID.PID.USEC.lz4) and "
              "index.sqlite, the index of crashes.")),
+            ("/var/lib/coredumpd/fleet-outbox.sqlite", ("fleet records waiting to be sent "
+             "to the fleet database (publish).")),
             ("/proc/sys/kernel/core_pattern", "where install registers the handler."),
         )),
         Section("EXIT STATUS", (
