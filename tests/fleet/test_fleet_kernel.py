@@ -83,7 +83,8 @@ def wait_published(dsn: str, count: int, timeout: float = 120) -> list[tuple[str
     deadline = time.monotonic() + timeout
     rows = []
     while time.monotonic() < deadline:
-        with contextlib.suppress(psycopg.OperationalError):
+        # down (OperationalError), or no schema before the first publish (UndefinedTable)
+        with contextlib.suppress(psycopg.OperationalError, psycopg.errors.UndefinedTable):
             rows = published(dsn)
             if len(rows) >= count:
                 return rows
@@ -167,3 +168,21 @@ def test_database_stopped_during_a_crash_storm(tmp_path: pathlib.Path, program: 
             assert len(set(rows)) == len(rows) == 10
 
 
+
+
+def test_a_slow_database_delays_no_crash(tmp_path: pathlib.Path, program: str) -> None:
+    """The table locked by another session: inserts hang, crashes are still stored and
+    analysed at once; the records arrive when the lock goes."""
+    with PostgresServer() as server:
+        dsn = server.dsn(server.create_database())
+        with hosts(tmp_path, dsn, "alpha") as (alpha,):
+            alpha.crash([program])
+            wait_published(dsn, 1)
+            with psycopg.connect(dsn) as blocker:
+                blocker.execute(f"LOCK TABLE {SCHEMA}.crashes IN ACCESS EXCLUSIVE MODE")
+                rows = [alpha.crash([program, "body"]) for _ in range(2)]
+                assert all(row["analysis_state"] == "done" for row in rows)
+                assert all(row["path_taken"]["fleet"] == "queued" for row in rows)
+                blocker.rollback()  # the lock goes
+            published_ids = {crash_id for _host, crash_id in wait_published(dsn, 3)}
+            assert {row["id"] for row in rows} <= published_ids
