@@ -106,6 +106,7 @@ def run(row_id: str, config_path: str | None, core_fd: int | None) -> int:
     # one update, after the journal: a reader that sees the analysis sees the outcome too
     index.update(record.id, **record.analysis_columns(), path_taken=path_taken)
     if path_taken.get("fleet") == "queued":
+        slots.release_slot("analysis")  # a database that is down must not hold analyses up
         publish(config)
     return 0
 
@@ -117,6 +118,7 @@ def publish(config: Config) -> None:
         from coredumpd.fleet.publisher import drain_after_crash
         drain_after_crash(config)
     except Exception as err:  # noqa: BLE001 - the record waits in the outbox
+        from coredumpd.report import journal
         journal.write_kmsg(f"fleet publishing failed, records wait in the outbox: {err}")
 
 

@@ -94,6 +94,14 @@ def hold_slot(kind: str, count: int, directory: str = SLOT_DIRECTORY) -> bool:
         os.close(dir_fd)
 
 
+def release_slot(kind: str) -> None:
+    """Give back the slot of ``kind`` before the process ends (work that needs no slot,
+    such as waiting for the fleet database, must not keep one from others)."""
+    fd = _held.pop(kind, None)
+    if fd is not None and fd >= 0:
+        os.close(fd)  # closing the only descriptor of the open file drops its flock
+
+
 def _try_slots(slots: list[int]) -> int:
     for fd in slots:
         try:

@@ -18,7 +18,7 @@ def test_fleet_section_is_read(tmp_path: pathlib.Path) -> None:
     config = load_config(str(path))
     assert config.fleet_database == "postgresql://coredumpd@db.example:5432/crashes"
     assert config.fleet_host == "web-1"
-    assert config.warnings == (f"{path}: unknown key 'Port' in [Fleet] ignored",)
+    assert config.warnings == (f"{path} line 6: unknown key 'Port' in [Fleet] ignored",)
     path.write_text("[Fleet]\nDatabase=\nHost=\n")
     config = load_config(str(path))
     assert (config.fleet_database, config.fleet_host) == ("", "")  # off; this host's name

@@ -46,6 +46,27 @@ def test_third_holder_waits_for_a_slot(tmp_path):
     assert os.stat(directory).st_mode & 0o777 == 0o700
 
 
+RELEASER = """
+import sys
+from coredumpd.pipeline import slots
+slots.hold_slot("t", 1, sys.argv[1])
+slots.release_slot("t")  # what the analysis job does before waiting for the fleet database
+print("released", flush=True)
+sys.stdin.read()  # still alive
+"""
+
+
+def test_a_released_slot_is_free_while_its_holder_lives(tmp_path):
+    directory = tmp_path / "slots"
+    releaser = subprocess.Popen([sys.executable, "-c", RELEASER, str(directory)], text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert releaser.stdout.readline() == "released\n"
+    assert slots.hold_slot("t", 1, str(directory)) is True  # at once, not waiting
+    slots.release_slot("t")
+    releaser.stdin.close()
+    releaser.wait()
+
+
 def test_no_usable_directory_means_no_waiting(tmp_path):
     open_to_all = tmp_path / "open"
     open_to_all.mkdir()
