@@ -120,9 +120,9 @@ def fill(text: str, crash_id: str, host: int, timestamp_us: int, version: str) -
 TEMPLATES: list[str] = []  # made before the workers fork, outside the timed ingest
 
 
-def worker(args: tuple[str, int, int, int, int, int, int]) -> int:
+def worker(args: tuple[str, int, int, int, int, int, int, int]) -> int:
     """Publish ``count`` records as hosts ``worker_no`` + k*workers; returns records sent."""
-    dsn, worker_no, workers, count, hosts, batch, days = args
+    dsn, worker_no, workers, count, hosts, batch, days, run = args
     rng = random.Random(worker_no)
     templates = TEMPLATES
     signatures = len(templates)
@@ -136,7 +136,7 @@ def worker(args: tuple[str, int, int, int, int, int, int]) -> int:
         host = rng.choice(own_hosts)
         size = min(batch, count - sent)
         chosen = rng.choices(range(signatures), weights=weights, k=size)
-        records = [fill(templates[sig], f"{worker_no:02x}{sent + i:010x}", host,
+        records = [fill(templates[sig], f"{run:01x}{worker_no:02x}{sent + i:09x}", host,
                         now_us - rng.randrange(days * DAY_US), rng.choice(VERSIONS))
                    for i, sig in enumerate(chosen)]
         send_batch(conn, records)
@@ -145,10 +145,12 @@ def worker(args: tuple[str, int, int, int, int, int, int]) -> int:
     return sent
 
 
-def ingest(dsn: str, options: argparse.Namespace, records: int, batch: int) -> float:
+def ingest(dsn: str, options: argparse.Namespace, records: int, batch: int,
+           run: int = 0) -> float:
+    """Records/s of one ingest; ``run`` keeps each ingest's crash ids apart."""
     per_worker = [records // options.workers + (1 if n < records % options.workers else 0)
                   for n in range(options.workers)]
-    jobs = [(dsn, n, options.workers, per_worker[n], options.hosts, batch, options.days)
+    jobs = [(dsn, n, options.workers, per_worker[n], options.hosts, batch, options.days, run)
             for n in range(options.workers)]
     started = time.monotonic()
     with multiprocessing.get_context("fork").Pool(options.workers) as pool:
@@ -209,7 +211,7 @@ def main() -> int:
         rate = ingest(dsn, options, options.records, options.batch)
         print(f"ingest: {rate:,.0f} records/s (batches of {options.batch})", flush=True)
         if options.steady:
-            steady = ingest(dsn, options, options.steady, 1)
+            steady = ingest(dsn, options, options.steady, 1, run=1)
             print(f"ingest: {steady:,.0f} records/s (one record per transaction, "
                   f"{options.steady} records)", flush=True)
         with server.connect("crashes") as conn:
