@@ -5,11 +5,11 @@ Runs (as root: it swaps kernel.core_pattern through tests.support.kernel, which
 locks, saves and restores it):
 
 1. the crash storm (tests/hardening/storm.py): N processes crashing at once,
-   some with large cores, under the handler in the default configuration
-   (the analysis on; exceptions printed: RateLimitBurst raised so that every
-   crash is stored, the journal off until the handler can send to a private
-   journal namespace) — crashed, index rows, stored and verified, lost,
-   duplicated, analysed, handler peak RSS;
+   some with large cores, registered by ``coredumpd install`` in the default
+   configuration (the analysis and the journal on; the journal is the run's
+   private journald namespace, never the host's: STORM_CONFIGURATION, printed)
+   — crashed, index rows, stored and verified, lost, duplicated, analysed,
+   handler peak RSS;
 2. the fault and security cases: the tests marked ``fault_case`` in
    tests/hardening/test_faults.py, test_security.py and test_sandbox.py, each
    of which injects a fault or a hostile input into the real handler or the

@@ -12,13 +12,13 @@ dies) to the parent's reading after waitpid(), under three handlers:
 - lz4 -1:  ``/usr/bin/lz4 -1 -q -f stdin DIR/core.%P.lz4``;
 - coredumpd: started as the launcher ``coredumpd install`` writes starts it
   (``python -I -S``, coredumpd.pipeline.install.write_launcher), here in the
-  bench's directory,
-  with the default configuration (the analysis on) except where the first
-  line of the output says otherwise: RateLimitBurst is raised so that every
-  crash of the bench is stored, and the journal is off (sending to a private
-  journal needs the handler's JournalNamespace=, not there yet: the bench must
-  not write into the host's journal).  The next crash waits until the analysis
-  of the previous one is done, so that no analysis competes with it.
+  bench's directory, with the default configuration (the analysis and the
+  journal on) except where the first line of the output says otherwise:
+  RateLimitBurst is raised so that every crash of the bench is stored, and the
+  journal entries go to a systemd-journald namespace the bench starts
+  (JournalNamespace=), never to the host's journal.  The next crash waits
+  until the analysis of the previous one is done (and its entry sent), so that
+  none competes with it.
   ``--no-analysis`` measures with Analysis=no; ``--console-script`` starts it
   as the venv's pip-generated ``coredumpd`` instead (``site`` runs).
   ``--deleted-exe``: each round also crashes, under coredumpd, the program run
@@ -54,7 +54,7 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.provenance import measured_line
+from bench.provenance import measured_line, private_journal
 from coredumpd.pipeline.install import build_pattern
 from tests.support.crash import RegisteredHandler, compile_c, registered_handler
 from tests.support.kernel import core_pattern
@@ -132,21 +132,20 @@ def coredumpd_once(exe: str, mib: int, work: pathlib.Path, handler: RegisteredHa
 
 
 # Where the bench departs from the default configuration (and says so).
-BENCH_SETTINGS: dict[str, Any] = {"rate_limit_burst": 100000, "journal": False}
+BENCH_SETTINGS: dict[str, Any] = {"rate_limit_burst": 100000}
 
 
-def configuration(analysis: bool) -> str:
+def configuration(analysis: bool, journal: str) -> str:
     return ("coredumpd: the default configuration (Analysis=yes) except " if analysis else
             "coredumpd: the default configuration except Analysis=no, ") + (
-        "RateLimitBurst=100000 (every crash stored), Journal=no (no private journal "
-        "namespace yet; the host's journal is not written)")
+        f"RateLimitBurst=100000 (every crash stored); {journal}")
 
 
 Variant = tuple[list[float], list[dict[str, Any]]]  # coredumpd's latencies and rows
 
 
 def bench_size(exe: str, mib: int, runs: int, work: pathlib.Path, launcher: str,
-               analysis: bool, deleted_exe: bool = False,
+               settings: dict[str, Any], deleted_exe: bool = False,
                ) -> tuple[list[float], list[float], int, dict[bool, Variant]]:
     """``runs`` rounds of discard, lz4 -1 and coredumpd in turn: the machine's noise
     (it is large here: one discard run of 1 GiB took 0.6 s, the next 3.3 s) then
@@ -159,8 +158,7 @@ def bench_size(exe: str, mib: int, runs: int, work: pathlib.Path, launcher: str,
     if deleted_exe:
         variants[True] = ([], [])
     lz4_size = 0
-    with registered_handler(work, directory=str(work / "store"), analysis=analysis,
-                            **BENCH_SETTINGS) as handler:
+    with registered_handler(work, directory=str(work / "store"), **settings) as handler:
         pattern = build_pattern(launcher, handler.config_path)
         for _ in range(runs):
             discard.append(crash_once(exe, mib, DISCARD, str(work / "ts"))[1])
@@ -194,7 +192,8 @@ def _row(label: str, discard: list[float], lz4: list[float], lz4_size: int,
     return (label, discard, lz4, ours, lz4_size, stored, rss, held, cpu, start, wait)
 
 
-def measure(options: argparse.Namespace, work: pathlib.Path) -> tuple[list[Row], list[str]]:
+def measure(options: argparse.Namespace, work: pathlib.Path,
+            settings: dict[str, Any]) -> tuple[list[Row], list[str]]:
     """Both core sizes; the table rows and, per size, the analysis states of our rows."""
     exe = compile_c(str(REPO / "bench" / "reap_crasher.c"), work, flags=("-O2",))
     launcher = write_script(str(work / "bin"), isolated=not options.console_script)
@@ -204,8 +203,7 @@ def measure(options: argparse.Namespace, work: pathlib.Path) -> tuple[list[Row],
                              [(f"{options.big_mib} MiB", options.big_mib)])
     for label, mib in sizes:
         discard, lz4, lz4_size, variants = bench_size(exe, mib, options.runs, work, launcher,
-                                                      not options.no_analysis,
-                                                      options.deleted_exe)
+                                                      settings, options.deleted_exe)
         for unlink, (ours, rows) in variants.items():
             name = f"{label}, exe deleted" if unlink else label
             table.append(_row(name, discard, lz4, lz4_size, ours, rows))
@@ -247,14 +245,19 @@ def main() -> int:
     parser.add_argument("--console-script", action="store_true",
                         help="register the venv's console script instead of the launcher")
     options = parser.parse_args()
-    print(measured_line(configuration(not options.no_analysis)))
     work = pathlib.Path(tempfile.mkdtemp(prefix="reap", dir="/var/tmp"))
     try:
-        table, analysed = measure(options, work)
+        with private_journal() as journal:
+            print(measured_line(configuration(not options.no_analysis, journal.description)))
+            settings = {"analysis": not options.no_analysis, **BENCH_SETTINGS,
+                        **journal.settings}
+            table, analysed = measure(options, work, settings)
+            journal_line = journal.entries_line()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table(table, options.runs)
     print("analysis states of coredumpd's rows:", "; ".join(analysed))
+    print(journal_line)
     return 0
 
 
