@@ -96,8 +96,8 @@ def coredumpd_analyze(core_path: str, exe: str) -> Trace:
         analysis = analyze(source, None, exe)
     finally:
         source.close()
-    return {thread["tid"]: [(frame["pc"], frame["symbol"]) for frame in thread["frames"]]
-            for thread in analysis["threads"]}
+    return {thread.tid: [(frame.pc, frame.symbol) for frame in thread.frames]
+            for thread in analysis.threads}
 
 
 def drgn_backtraces(core_path: str, exe: str) -> Trace:
