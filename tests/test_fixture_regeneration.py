@@ -6,6 +6,9 @@ A library update is simulated the way the loader sees one: the suite is pointed
 libc build-id of two fixtures is another one.  The comparison tests then run in
 a child pytest, with ``CI=true`` as CI runs them, and a private cache directory
 (``COREDUMPD_TEST_FIXTURE_CACHE``), so that the fixtures are really made again.
+The child's outcome is read from its summary line, not its exit status: the
+child's own end-of-run host check (tests/conftest.py) may blame a concurrent
+run on the machine, which the parent's host check judges anyway.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ def updated_manifest(tmp_path: pathlib.Path) -> pathlib.Path:
 
 def run_comparisons(manifest: pathlib.Path, cache: pathlib.Path, ci: bool,
                     path: str | None = None,
-                    selection: list[str] = COMPARISONS) -> tuple[int, str, dict[str, int]]:
+                    selection: list[str] = COMPARISONS) -> tuple[str, dict[str, int]]:
+    """Run the comparison tests of ``UPDATED`` in a child pytest; its output and its
+    outcome counts (passed, failed, skipped, error...)."""
     env = {key: value for key, value in os.environ.items() if key != "CI"}
     env |= {MANIFEST_ENV: str(manifest), CACHE_ENV: str(cache)}
     if ci:
@@ -56,19 +61,19 @@ def run_comparisons(manifest: pathlib.Path, cache: pathlib.Path, ci: bool,
         [sys.executable, "-m", "pytest", "-v", "-rs", "-p", "no:cacheprovider",
          "-k", " or ".join(UPDATED), *selection],
         cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=600)
-    summary = result.stdout.strip().splitlines()[-1]
-    counts = {word: int(number) for number, word in re.findall(r"(\d+) (\w+)", summary)}
-    counts.pop("deselected", None)
-    counts.pop("warning", None)
-    counts.pop("warnings", None)
-    return result.returncode, result.stdout + result.stderr, counts
+    summaries = [line for line in result.stdout.splitlines()
+                 if re.match(r"^=+ .*\d+ (passed|failed|skipped|error).* in [\d.]+s", line)]
+    assert summaries, result.stdout + result.stderr
+    counts = {word: int(number) for number, word in re.findall(r"(\d+) (\w+)", summaries[-1])}
+    for word in ("deselected", "warning", "warnings"):
+        counts.pop(word, None)
+    return result.stdout + result.stderr, counts
 
 
 @pytest.mark.kernel
 def test_after_a_libc_update_the_comparisons_run_against_regenerated_gdb_references(tmp_path):
     cache = tmp_path / "cache"
-    code, output, counts = run_comparisons(updated_manifest(tmp_path), cache, ci=True)
-    assert code == 0, output
+    output, counts = run_comparisons(updated_manifest(tmp_path), cache, ci=True)
     assert set(counts) == {"passed"}, output  # nothing skipped, nothing failed
     for case in ("test_thread_matches_gdb[abort-0]", "test_thread_matches_gdb[threads-3]",
                  "test_exact_frames_come_from_context[threads]",
@@ -93,9 +98,9 @@ def test_after_a_libc_update_the_comparisons_run_against_regenerated_gdb_referen
     physical = next(f for f in expected[0]["frames"] if not f["inlined"])  # an ELF name
     physical["symbol"] = "not_what_gdb_said"
     (made / "threads" / "expected.json").write_text(json.dumps(expected))
-    code, output, counts = run_comparisons(updated_manifest(tmp_path), cache, ci=True,
-                                           selection=COMPARISONS[:1])
-    assert code != 0 and counts == {"failed": 1, "passed": 4}, output
+    output, counts = run_comparisons(updated_manifest(tmp_path), cache, ci=True,
+                                     selection=COMPARISONS[:1])
+    assert counts == {"failed": 1, "passed": 4}, output
     assert "not_what_gdb_said" in output
 
 
@@ -104,11 +109,11 @@ def test_when_they_cannot_be_regenerated_ci_fails_and_elsewhere_they_skip(tmp_pa
     it is skipped with it.  Never a silent pass."""
     manifest = updated_manifest(tmp_path)
     selection = COMPARISONS[:2]
-    code, output, counts = run_comparisons(manifest, tmp_path / "cache", ci=True,
-                                           path="/nonexistent", selection=selection)
-    assert code != 0 and counts == {"failed": 7}, output
+    output, counts = run_comparisons(manifest, tmp_path / "cache", ci=True,
+                                     path="/nonexistent", selection=selection)
+    assert counts == {"failed": 7}, output
     assert "gdb" in output and "not found on PATH" in output and "CI is set" in output
-    code, output, counts = run_comparisons(manifest, tmp_path / "cache", ci=False,
-                                           path="/nonexistent", selection=selection)
-    assert code == 0 and counts == {"skipped": 7}, output
+    output, counts = run_comparisons(manifest, tmp_path / "cache", ci=False,
+                                     path="/nonexistent", selection=selection)
+    assert counts == {"skipped": 7}, output
     assert "cannot regenerate the fixtures here" in output
