@@ -91,12 +91,15 @@ def coredumpd_backtraces_lines(core_path: str, exe: str) -> Trace:
 
 
 def coredumpd_analyze(core_path: str, exe: str) -> Trace:
+    """The whole analysis; its physical frames, to compare with eu-stack's (the analysis
+    also shows inlined calls and Python frames, which eu-stack does not)."""
     source = RawFileSource(core_path)
     try:
         analysis = analyze(source, None, exe)
     finally:
         source.close()
-    return {thread.tid: [(frame.pc, frame.symbol) for frame in thread.frames]
+    return {thread.tid: [(frame.pc, frame.symbol) for frame in thread.frames
+                         if frame.pc is not None and not frame.inlined and not frame.language]
             for thread in analysis.threads}
 
 
