@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -58,10 +59,31 @@ PROGRAMS = (
 DURATION = re.compile(r'("duration_ms": ?)\d+|(duration: )\d+( ms)')
 
 
+@functools.cache
+def _checkouts_fixtures_ran_in() -> tuple[str, ...]:
+    """The checkouts in which make_cores.py ran the fixture programs (MANIFEST ``run_path``).
+
+    Those paths are inside the cores (NT_FILE, the command line) and so in every output;
+    when this checkout happens to live at one of them, replacing only :data:`REPO` would
+    turn the core's own paths into ``<repo>`` too, and the goldens would pass or fail by
+    where the repository was cloned.  Every such path becomes ``<repo>``.
+    """
+    manifest = json.loads((REPO / "fixtures" / "cores" / "MANIFEST.json").read_text())
+    found = set()
+    for name, entry in manifest["fixtures"].items():
+        run_path = str(entry.get("run_path") or "")
+        suffix = f"/fixtures/cores/{name}/{entry.get('binary', name)}"
+        if run_path.endswith(suffix):
+            found.add(run_path.removesuffix(suffix))
+    return tuple(sorted(found, key=len, reverse=True))
+
+
 def normalise(text: str) -> str:
     """What varies between two runs of the same code on the same input, made fixed."""
     text = DURATION.sub(lambda m: f"{m[1]}0" if m[1] else f"{m[2]}0{m[3]}", text)
-    return text.replace(str(REPO), "<repo>")
+    for checkout in (str(REPO), *_checkouts_fixtures_ran_in()):
+        text = text.replace(checkout, "<repo>")
+    return text
 
 
 @contextlib.contextmanager
