@@ -430,6 +430,8 @@ class Facts(Versioned):
     pidfd_check: dict[str, Any] = {}
     problems: list[str] = []
     missing: dict[str, str] = {}
+    # engine, id, pod, namespace_pid, own_mount_namespace, root (ingest/container.py)
+    container: dict[str, Any] | None = None
     # where pid, uid, gid come from: "%P"/"%u"/"%g", "NT_PRPSINFO", or None (unknown)
     id_sources: dict[str, str | None] = {}
 
@@ -490,6 +492,12 @@ class CrashRecord(Record):
     _readers: ClassVar[dict[str, Any]] = {"core_state": CoreState, "analysis_state": AnalysisState, "facts": Facts,
                 "analysis": AnalysisResult}
     _transient: ClassVar[tuple[str, ...]] = ("problems",)
+
+    @property
+    def container(self) -> dict[str, Any]:
+        """The facts' ``container`` (engine, id…), empty when it ran on the host."""
+        container = self.facts.container if self.facts is not None else None
+        return container if isinstance(container, dict) else {}
 
     def set_analysis(self, result: AnalysisResult) -> None:
         """Take the analysis ``result``: its state, error, root cause and signature."""

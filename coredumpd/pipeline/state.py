@@ -146,13 +146,14 @@ class CrashState:
         """The ``facts`` JSON of the index (docs/ARCHITECTURE.md "Facts")."""
         args_facts = self.args.facts()
         args_facts["comm"] = self.comm()
+        from coredumpd.ingest.container import describe as describe_container  # not held
         return {
             "version": FACTS_VERSION, "args": args_facts, "boot_id": read_boot_id(),
             "handler_pid": os.getpid(), "proc": self.proc,
             "mapped_objects": read_held_objects(self.held, self.missing, self._keeper()),
             "sender": self.sender, "stream": self.stream.summary(),
             "pidfd_check": self.pidfd_check, "problems": self.problems,
-            "missing": self.missing, "id_sources": self.id_sources,
+            "missing": self.missing, "container": describe_container(self.proc), "id_sources": self.id_sources,
         }
 
     def _keeper(self) -> Callable[[int, str | None], str] | None:

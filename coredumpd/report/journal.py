@@ -149,6 +149,10 @@ def journal_fields(record: CrashRecord) -> dict[str, str]:
         "COREDUMP_ID": record.id, "COREDUMP_CORE_STATE": record.core_state,
         "COREDUMP_ROOT_CAUSE": record.root_cause, "COREDUMP_SIGNATURE": record.signature,
         "COREDUMP_NS_PID": record.ns_pid,
+        "COREDUMP_CONTAINER_ID": record.container.get("id"),
+        "COREDUMP_CONTAINER_ENGINE": record.container.get("engine"),
+        "COREDUMP_CONTAINER_POD": record.container.get("pod"),
+        "COREDUMP_CONTAINER_ROOT": record.container.get("root"),
     }
     if proc.get("environ"):
         fields["COREDUMP_ENVIRON"] = "\n".join(proc["environ"])

@@ -171,7 +171,8 @@ def _metadata(show: dict[str, Any], user: str | None, group: str | None) -> list
         ("Signal", signal), ("Timestamp", format_time(show.get("timestamp"))),
         ("Command Line", escape_cmdline(show["argv"]) if show.get("argv")
          else escape(show.get("cmdline"))), ("Executable", escape(show.get("exe"))),
-        ("Unit", escape(show.get("unit"))), ("Hostname", escape(show.get("hostname"))),
+        ("Unit", escape(show.get("unit"))), ("Container", _container(show.get("container"))),
+        ("Hostname", escape(show.get("hostname"))),
         ("Storage", storage), ("Core Size", format_size(core.get("size"))),
         ("Size on Disk", format_size(core.get("stored_size"))),
         ("Analysis", escape(analysis.get("state"))
@@ -182,6 +183,21 @@ def _metadata(show: dict[str, Any], user: str | None, group: str | None) -> list
         lines.append(("Sent by", (f"PID {escape(sender.get('pid'))} "
                       f"({escape(sender.get('comm'))}), UID {escape(sender.get('uid'))}")))
     return [_field(label, value) for label, value in lines if value not in ("", "-", "- (-)")]
+
+
+def _container(container: Any) -> str:
+    """``docker 0123456789ab…, PID 1 inside, root overlay …`` or "" on the host."""
+    if not isinstance(container, dict) or not container:
+        return ""
+    parts = [" ".join(escape(container[key]) for key in ("engine", "id") if container.get(key))
+             or "own namespaces"]
+    if container.get("pod"):
+        parts.append(f"pod {escape(container['pod'])}")
+    if container.get("namespace_pid") is not None:
+        parts.append(f"PID {escape(container['namespace_pid'])} inside")
+    if container.get("root"):
+        parts.append(f"root {escape(container['root'])}")
+    return ", ".join(parts)
 
 
 # ``#0   0x00007f…  abort+368  (libc.so.6+0x2611f)  stdlib/abort.c:107  [context]``;

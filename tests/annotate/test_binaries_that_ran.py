@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -20,10 +21,10 @@ from tests.annotate.crashing import PROGRAMS, Crash, crash
 
 pytestmark = pytest.mark.kernel
 
-def _run(scenario: Any, tmp_path: Any, how: str) -> tuple[Any, Crash]:
+def _run(scenario: Any, tmp_path: Any, how: str, *more: str) -> tuple[Any, Crash]:
     out = scenario("ran")
-    result = crash(["/bin/sh", str(PROGRAMS / "ran" / "run.sh"), str(out), how], tmp_path,
-                   pidfile=str(out / "prog.pid"))
+    result = crash(["/bin/sh", str(PROGRAMS / "ran" / "run.sh"), str(out), how, *more],
+                   tmp_path, pidfile=str(out / "prog.pid"))
     assert result.via == "handler"
     return out, result
 
@@ -102,10 +103,36 @@ def test_deleted_or_replaced_executable_named_from_the_kept_copy(scenario, tmp_p
     assert libc["state"] == "same" and libc["kept"] is None
 
 
-def test_container_program_named_from_its_own_file(scenario, tmp_path):
-    """unshare -m, the program bind-mounted over /usr/bin/true: the host's /usr/bin/true
-    is another file; the frames come from the container's, which is not "replaced"."""
-    out, result = _run(scenario, tmp_path, "container")
+CONTAINER_ID = "c0ffee" + "5" * 58
+
+
+@pytest.fixture
+def docker_cgroup():
+    """A cgroup v2 directory shaped like docker's (systemd driver), removed afterwards."""
+    unified = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") else \
+        "/sys/fs/cgroup"
+    parent = os.path.join(unified, f"coredumpd-test-{os.getpid()}.slice")
+    path = os.path.join(parent, f"docker-{CONTAINER_ID}.scope")
+    try:
+        os.makedirs(path)
+    except OSError as err:
+        pytest.skip(f"cannot make a cgroup under {unified}: {err}")
+    yield path
+    for directory in (path, parent):
+        for _ in range(100):  # the crashed process leaves its cgroup when it is reaped
+            try:
+                os.rmdir(directory)
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+def test_container_program_named_from_its_own_file(scenario, tmp_path, docker_cgroup):
+    """unshare -m, the program bind-mounted over /usr/bin/true, in a cgroup shaped like a
+    docker container's: the host's /usr/bin/true is another file; the frames come from the
+    container's, which is not "replaced"; the container's id is in the row's facts, the
+    JSON and the journal fields."""
+    out, result = _run(scenario, tmp_path, "container", docker_cgroup)
     module = _main_module(result)
     assert module["path"] == "/usr/bin/true"
     assert module["state"] == "other-namespace"
@@ -119,6 +146,17 @@ def test_container_program_named_from_its_own_file(scenario, tmp_path):
     files = result.facts["proc"]["files"]
     assert files["/usr/bin/true"]["state"] == "other-namespace"
     assert files["/usr/bin/true"]["host"]["inode"] != files["/usr/bin/true"]["mapped"]["inode"]
+    container = result.facts["container"]
+    assert container["engine"] == "docker" and container["id"] == CONTAINER_ID
+    assert container["own_mount_namespace"] and container["root"]
+    from coredumpd.model import CrashRecord
+    from coredumpd.report import journal, jsonout
+    record = CrashRecord.from_json(result.row)
+    assert jsonout.list_object(record)["container_id"] == CONTAINER_ID
+    assert jsonout.show_object(record)["container"]["engine"] == "docker"
+    fields = journal.journal_fields(record)
+    assert fields["COREDUMP_CONTAINER_ID"] == CONTAINER_ID
+    assert fields["COREDUMP_CONTAINER_ENGINE"] == "docker"
 
 
 def test_one_kept_copy_for_many_crashes(scenario, tmp_path):
