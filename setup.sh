@@ -17,7 +17,7 @@ fi
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
-APT_PACKAGES=(gcc g++ make gdb elfutils lz4 xz-utils libc6-dbg util-linux acl
+APT_PACKAGES=(gcc g++ make gdb elfutils debuginfod lz4 xz-utils libc6-dbg util-linux acl
               systemd man-db groff-base groff python3 python3-venv python3-dev
               postgresql)
 missing=()

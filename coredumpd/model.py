@@ -328,6 +328,7 @@ class Module(Record):
     modified_in_place: bool = False
     state: str | None = None  # same|deleted|replaced|modified|other-namespace
     kept: str | None = None  # path of the kept copy of the mapped file, or null
+    symbols_from: str | None = None  # file | kept copy | debug file | debuginfod | core
 
     def flags(self) -> list[str]:
         """``deleted``, ``replaced``, ``modified in place``, ``other namespace``: what changed
@@ -338,6 +339,8 @@ class Module(Record):
             flags.append("other namespace")
         if self.kept:
             flags.append(f"kept: {self.kept}")
+        if self.symbols_from == "debuginfod":
+            flags.append("symbols from debuginfod")
         return flags
 
 

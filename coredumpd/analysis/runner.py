@@ -31,6 +31,7 @@ from coredumpd import model
 from coredumpd.analysis import python, shape
 from coredumpd.annotate.context import AnalysisContext, Symbolizer, ThreadTrace
 from coredumpd.elf.core import Core, ThreadState
+from coredumpd.image.debuginfod import Debuginfod
 from coredumpd.image.types import AddressSpace, Module
 from coredumpd.model import (
     AnalysisResult,
@@ -244,7 +245,8 @@ def _signal(core: Core, facts: Facts) -> SignalInfo | None:
 
 
 def _analyze_core(core: Core, source: ByteSource, facts: Facts | None, exe: str | None,
-                  root: str, caps: Caps, result: AnalysisResult) -> None:
+                  root: str, caps: Caps, result: AnalysisResult,
+                  debuginfod: Debuginfod | None = None) -> None:
     problems = result.problems
     problems.extend(core.problems)
     result.crashed_tid = core.threads[0].tid if core.threads else None
@@ -252,7 +254,7 @@ def _analyze_core(core: Core, source: ByteSource, facts: Facts | None, exe: str 
     from coredumpd.image.space import build_address_space
 
     raw = facts.to_json() if facts is not None else {}  # rules and modules read the JSON
-    space = build_address_space(core, raw, root, exe)
+    space = build_address_space(core, raw, root, exe, debuginfod=debuginfod)
     symbolizer = make_symbolizer(space, problems)
     unwinder = Unwinder(space, caps)
     try:
@@ -280,13 +282,16 @@ def _analyze_core(core: Core, source: ByteSource, facts: Facts | None, exe: str 
 
 
 def analyze(source: ByteSource, facts: Facts | None = None, exe: str | None = None,
-            root: str = "/", caps: Caps | None = None) -> AnalysisResult:
-    """Analyse one core; the result of docs/ARCHITECTURE.md.  Never raises."""
+            root: str = "/", caps: Caps | None = None,
+            debuginfod: Debuginfod | None = None) -> AnalysisResult:
+    """Analyse one core; the result of docs/ARCHITECTURE.md.  Never raises.
+
+    ``debuginfod``: a client (image/debuginfod.py) for the files this machine lacks."""
     started = time.monotonic()
     result = AnalysisResult()
     try:
         core = Core.open(source, expected_tid=facts.tid if facts is not None else None)
-        _analyze_core(core, source, facts, exe, root, caps or Caps(), result)
+        _analyze_core(core, source, facts, exe, root, caps or Caps(), result, debuginfod)
     except Exception as err:  # the contract: a failed state, never a raise
         log.debug("analysis failed", exc_info=True)
         result.state = AnalysisState.FAILED

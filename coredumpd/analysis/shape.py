@@ -84,6 +84,7 @@ def module_record(module: Module) -> model.Module:
         file_build_id=hex_id(module.file_build_id), debug_file=module.debug_path,
         deleted=module.deleted, replaced=module.replaced,
         modified_in_place=module.modified_in_place, state=module_state(module), kept=module.kept,
+        symbols_from=module.symbols_from,
     )
 
 

@@ -179,6 +179,33 @@ def cmd_delete(ctx: Context) -> int:
     return ExitStatus.OK
 
 
+def cmd_reanalyze(ctx: Context) -> int:
+    """Analyse stored crashes again and store the new results (root: the sandbox and the
+    index are root's).  With DEBUGINFOD_URLS, what the last analysis lacked is fetched
+    first, here, into elfutils' cache, which the sandboxed analysis then reads."""
+    if os.geteuid() != 0:
+        raise CoredumpdError("reanalyze needs root: it rewrites the index")
+    records = find_records(ctx, ctx.args.match)
+    from coredumpd.image.debuginfod import Debuginfod
+    from coredumpd.pipeline.analyze_job import analyse, prefetch
+    from coredumpd.store.index import Index
+
+    debuginfod = Debuginfod.from_env(ctx.env)
+    index = Index(ctx.config.index_path)
+    try:
+        for record in records:
+            for problem in prefetch(debuginfod, record) if debuginfod else []:
+                ctx.warn(escape(problem))
+            record.set_analysis(analyse(ctx.config, record, None, debuginfod))
+            index.update(record.id, **record.analysis_columns())
+            error = f" ({escape(record.analysis_error)})" if record.analysis_error else ""
+            ctx.stdout.write(f"{escape(record.id)}: analysis {escape(record.analysis_state)}"
+                             f"{error}, root cause {escape(record.root_cause or '-')}\n")
+    finally:
+        _close(index)
+    return ExitStatus.OK
+
+
 def cmd_vacuum(ctx: Context) -> int:
     if os.geteuid() != 0:
         raise CoredumpdError("vacuum needs root: it deletes the cores of every user")

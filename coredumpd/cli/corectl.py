@@ -31,6 +31,7 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
     "list": commands.cmd_list, "show": commands.cmd_show, "dump": cores.cmd_dump,
     "debug": cores.cmd_debug, "analyze": cores.cmd_analyze, "delete": commands.cmd_delete,
     "vacuum": commands.cmd_vacuum, "fleet": fleet.cmd_fleet,
+    "reanalyze": commands.cmd_reanalyze,
 }
 
 

@@ -89,6 +89,20 @@ ANALYZE = Command(
     ),
 )
 
+REANALYZE = Command(
+    "reanalyze", "analyse stored crashes again",
+    "Runs the analysis of every matching stored crash again, in the same sandbox as "
+    "the first one, and stores the new result (root only). Useful after installing "
+    "debug files, after a debuginfod server got the files of a build, or with newer "
+    "rules. When DEBUGINFOD_URLS is set, the debug files and executables the last "
+    "analysis lacked are fetched by build-id first, into elfutils' cache "
+    "(DEBUGINFOD_CACHE_PATH, else $XDG_CACHE_HOME/debuginfod_client, else "
+    "~/.cache/debuginfod_client; DEBUGINFOD_TIMEOUT, DEBUGINFOD_MAXTIME and "
+    "DEBUGINFOD_MAXSIZE apply), and show says for each module where its symbols came "
+    "from.",
+    (Option(("match",), "what to reanalyse, as for list", metavar="MATCH", nargs="+"),),
+)
+
 DELETE = Command(
     "delete", "delete crashes and their cores",
     "Deletes every matching crash: its index row and its stored core.",
@@ -136,7 +150,8 @@ CORECTL = Program(
     summary="browse and analyse the crashes stored by coredumpd",
     synopsis=("[OPTIONS] list [MATCH...]", "[OPTIONS] show|info [MATCH...]",
               "[OPTIONS] dump [MATCH...] -o FILE", "[OPTIONS] debug [MATCH...]",
-              "[OPTIONS] analyze CORE [--exe PATH]", "[OPTIONS] delete MATCH...",
+              "[OPTIONS] analyze CORE [--exe PATH]", "[OPTIONS] reanalyze MATCH...",
+              "[OPTIONS] delete MATCH...",
               "[OPTIONS] vacuum [--max-use SIZE] [--keep-free SIZE] [--older-than AGE]",
               "[OPTIONS] fleet groups [--since DATE] [MATCH...]",
               "[OPTIONS] fleet list [MATCH...]"),
@@ -149,7 +164,7 @@ CORECTL = Program(
         "from the crashed process (command name, command line, paths, strings from "
         "memory) has its control characters escaped before it is printed."),
     ),
-    commands=(LIST, SHOW, DUMP, DEBUG, ANALYZE, DELETE, VACUUM, FLEET),
+    commands=(LIST, SHOW, DUMP, DEBUG, ANALYZE, REANALYZE, DELETE, VACUUM, FLEET),
     shared_options=SHARED_OPTIONS,
     extra_sections=(
         Section("MATCHES", (

@@ -32,7 +32,8 @@ def build_id_path(build_id: bytes, debug_dir: str = DEBUG_DIRS[0]) -> str:
     return os.path.join(debug_dir, ".build-id", text[:2], text[2:] + ".debug")
 
 
-def _same_build_id(path: str, build_id: bytes) -> bool:
+def same_build_id(path: str, build_id: bytes) -> bool:
+    """True when the ELF file at ``path`` has ``build_id``."""
     try:
         with ElfFile.open(path) as elf:
             return elf.build_id == build_id
@@ -61,7 +62,7 @@ def find_debug_file(host_path: str | None, build_id: bytes | None, debuglink: tu
     if build_id:
         for debug_dir in dirs:
             candidate = build_id_path(build_id, debug_dir)
-            if os.path.isfile(candidate) and _same_build_id(candidate, build_id):
+            if os.path.isfile(candidate) and same_build_id(candidate, build_id):
                 return candidate
     if debuglink and host_path:
         name, crc = debuglink
@@ -72,7 +73,7 @@ def find_debug_file(host_path: str | None, build_id: bytes | None, debuglink: tu
             if candidate != host_path and os.path.isfile(candidate):
                 found = _crc32(candidate)
                 if found == crc or (found is None and build_id and
-                                    _same_build_id(candidate, build_id)):
+                                    same_build_id(candidate, build_id)):
                     return candidate
     return None
 

@@ -22,7 +22,8 @@ from coredumpd.elf.core import Core
 from coredumpd.elf.elffile import ElfFile, ProgramHeader, parse_program_headers
 from coredumpd.elf.notes import find_build_id
 from coredumpd.errors import CoredumpdError
-from coredumpd.image.debuginfo import find_debug_file
+from coredumpd.image.debuginfo import find_debug_file, same_build_id
+from coredumpd.image.debuginfod import Debuginfod
 from coredumpd.image.types import Mapping, Module
 
 VDSO = "[vdso]"
@@ -149,6 +150,40 @@ def _file_changes(module: Module, facts: dict[str, Any]) -> None:
     module.state = state if isinstance(state, str) else None
     kept = mapped_object.get("kept")
     module.kept = kept if isinstance(kept, str) and os.path.isfile(kept) else None
+
+
+def use_debuginfod(space: CoreView, module: Module, client: Debuginfod,
+                   problems: list[str]) -> None:
+    """What this machine lacks for ``module``, by its build-id from debuginfod (or its
+    cache): the executable or library itself, then its debug file."""
+    if module.is_vdso or not module.build_id:
+        return
+    build_id = module.build_id.hex()
+    if module.host_path is None:
+        path = client.find(build_id, "executable", problems)
+        if path is not None:
+            _judge_file(space, module, path, True, "/")
+    if module.host_path is not None and module.debug_path is None:
+        path = client.find(build_id, "debuginfo", problems)
+        if path is not None and same_build_id(path, module.build_id):
+            module.debug_path = path
+
+
+def symbols_source(module: Module, cache: str | None) -> str | None:
+    """Where the module's symbols come from: ``debug file``, ``debuginfod`` (its cache),
+    ``kept copy``, ``file`` (the path on this machine), ``core`` (vDSO); None: nowhere."""
+    def cached(path: str | None) -> bool:
+        return cache is not None and path is not None and \
+            path.startswith(cache.rstrip("/") + "/")
+    if module.is_vdso:
+        return "core" if module.build_id else None
+    if module.debug_path is not None:
+        return "debuginfod" if cached(module.debug_path) else "debug file"
+    if module.host_path is None:
+        return None
+    if cached(module.host_path):
+        return "debuginfod"
+    return "kept copy" if module.host_path == module.kept else "file"
 
 
 def module_state(module: Module) -> str:

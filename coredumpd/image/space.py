@@ -26,6 +26,7 @@ from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
 from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import CoredumpdError, MemoryReadError
+from coredumpd.image.debuginfod import Debuginfod
 from coredumpd.image.modules import (
     VDSO,
     build_module,
@@ -33,6 +34,8 @@ from coredumpd.image.modules import (
     group_file_mappings,
     main_path,
     resolve_in_root,
+    symbols_source,
+    use_debuginfod,
     vdso_module,
 )
 from coredumpd.image.relocated import dynamic_evidence
@@ -215,12 +218,14 @@ def mappings_from_facts(maps: list[dict[str, Any]]) -> list[Mapping]:
 
 
 def build_address_space(core: Core, facts: dict[str, Any] | None = None, root: str = "/",
-                        exe: str | None = None, max_bytes: int = 0) -> ProcessAddressSpace:
+                        exe: str | None = None, max_bytes: int = 0,
+                        debuginfod: Debuginfod | None = None) -> ProcessAddressSpace:
     """Mappings, modules and memory of the crashed process (docs/ARCHITECTURE.md).
 
     ``root`` is where the process's ``/`` is on this machine (default: the
     facts' ``proc.root``); ``exe`` a copy of the executable to use instead of
-    the mapped path (still checked by build-id).
+    the mapped path (still checked by build-id); ``debuginfod`` fills in, by
+    build-id, files and debug files this machine lacks (image/debuginfod.py).
     """
     facts = dict_or_empty(facts)
     proc = dict_or_empty(facts.get("proc"))
@@ -245,7 +250,10 @@ def build_address_space(core: Core, facts: dict[str, Any] | None = None, root: s
         space._add_module(vdso)
     space._index_modules()
     for module in space.modules:
+        if debuginfod is not None:
+            use_debuginfod(space, module, debuginfod, space.problems)
         _check_relocated(space, module)
+        module.symbols_from = symbols_source(module, debuginfod.cache if debuginfod else None)
     return space
 
 

@@ -71,6 +71,7 @@ class Module:
     kept: str | None = None  # the store's copy of the mapped file (store/binaries.py)
     # why the core's relocated pages say the file changed after loading (image/relocated.py)
     relocation_evidence: list[str] = dataclasses.field(default_factory=list)
+    symbols_from: str | None = None  # file | kept copy | debug file | debuginfod | core
     problems: list[str] = dataclasses.field(default_factory=list)
 
     def __contains__(self, address: int) -> bool:

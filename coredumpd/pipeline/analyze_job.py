@@ -31,11 +31,16 @@ from coredumpd.pipeline import slots
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from coredumpd.config import Config
+    from coredumpd.image.debuginfod import Debuginfod
     from coredumpd.model import AnalysisResult, CrashRecord
 
 
-def analyse(config: Config, record: CrashRecord, core_fd: int | None) -> AnalysisResult:
-    """The analysis result for a crash, or a ``failed`` result saying why not."""
+def analyse(config: Config, record: CrashRecord, core_fd: int | None,
+            debuginfod: Debuginfod | None = None) -> AnalysisResult:
+    """The analysis result for a crash, or a ``failed`` result saying why not.
+
+    ``debuginfod``: its cache is read by the analysis (``corectl reanalyze`` fetched
+    into it first: :func:`prefetch`)."""
     from coredumpd.errors import FormatError
     from coredumpd.model import AnalysisResult
     if not config.analysis:
@@ -51,13 +56,31 @@ def analyse(config: Config, record: CrashRecord, core_fd: int | None) -> Analysi
     except ImportError:  # the sandbox is optional: analyse in this (niced) process
         from coredumpd.analysis import analyze
         from coredumpd.store.lz4seek import open_core_source
-        return analyze(open_core_source(core_path), record.facts, record.exe)
+        return analyze(open_core_source(core_path), record.facts, record.exe,
+                       debuginfod=debuginfod)
     facts = record.facts.to_json() if record.facts is not None else None
-    answer = run_analysis(config, core_path, facts, record.exe)
+    answer = run_analysis(config, core_path, facts, record.exe,
+                          debuginfod=debuginfod.settings() if debuginfod else None)
     try:  # the sandbox answers in JSON: read it once, here
         return AnalysisResult.from_json(answer)
     except FormatError as err:
         return AnalysisResult.failed(f"analysis failed: unreadable result: {err}")
+
+
+def prefetch(debuginfod: Debuginfod, record: CrashRecord) -> list[str]:
+    """Fetch into the debuginfod cache what the last analysis of ``record`` lacked: the
+    debug file of each module without one, the file of each module this machine does
+    not have (by the build-id the core gave).  Runs here, not in the sandbox; problems."""
+    problems: list[str] = []
+    for module in record.analysis.modules if record.analysis is not None else []:
+        build_id = module.build_id
+        if not isinstance(build_id, str) or module.path == "[vdso]":
+            continue
+        if module.file_build_id != build_id and not module.kept:
+            debuginfod.find(build_id, "executable", problems)
+        if not module.debug_file:
+            debuginfod.find(build_id, "debuginfo", problems)
+    return problems
 
 
 def report(config: Config, record: CrashRecord) -> dict[str, object]:

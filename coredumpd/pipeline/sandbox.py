@@ -188,12 +188,15 @@ def _regular_user(facts: dict[str, Any] | None) -> bool:
 
 def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
                  exe: str | None, root: str = "/",
-                 child_command: Sequence[str] = ("-m", CHILD_MODULE)) -> dict[str, Any]:
+                 child_command: Sequence[str] = ("-m", CHILD_MODULE),
+                 debuginfod: dict[str, Any] | None = None) -> dict[str, Any]:
     """Analyse ``core_path`` (raw ELF or our seekable lz4) in the sandbox.
 
     Returns the analysis result dict (docs/ARCHITECTURE.md), or a ``failed``
     result saying why.  Never raises for a bad core or a misbehaving child.
     ``child_command``: what the child's interpreter runs (``-m MODULE [ARG...]``).
+    ``debuginfod``: ``Debuginfod.settings()`` — the child reads that cache, fetches nothing
+    (the caller fetched what was missing: the child has no network business).
     """
     started = time.monotonic()
     try:
@@ -204,7 +207,7 @@ def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
     python = looks_like_python(facts, exe)
     if python:
         core_fd = _core_for_pystack(core_fd, config)
-    request = {"facts": facts, "exe": exe, "root": root}
+    request = {"facts": facts, "exe": exe, "root": root, "debuginfod": debuginfod}
     try:
         read_all = creds is not None and not _regular_user(facts)
         return _supervise(config, core_fd, request, creds, read_all, child_command, started,

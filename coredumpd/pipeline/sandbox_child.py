@@ -175,10 +175,16 @@ def _analyze_fd(core_fd: int, request: dict[str, Any]) -> dict[str, Any]:
     from coredumpd.store.lz4seek import open_core_source
 
     facts = request.get("facts")
+    settings = request.get("debuginfod")
+    client = None
+    if isinstance(settings, dict) and isinstance(settings.get("cache"), str):
+        from coredumpd.image.debuginfod import Debuginfod
+        client = Debuginfod((), settings["cache"])  # the cache only
     source = open_core_source(core_fd)
     try:
         return analyze(source, Facts.from_json(facts) if facts is not None else None,
-                       request.get("exe"), request.get("root") or "/").to_json()
+                       request.get("exe"), request.get("root") or "/",
+                       debuginfod=client).to_json()
     finally:
         source.close()
 

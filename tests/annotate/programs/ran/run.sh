@@ -5,6 +5,7 @@
 #   container run it as /usr/bin/true in its own mount namespace (a bind mount), so the
 #             host's /usr/bin/true is another file (in cgroup directory CGROUP when
 #             given, e.g. one shaped like docker's);
+#   plain     nothing;
 # then SIGUSR1 it: it crashes.
 cd "$1" || exit 2
 rm -f prog.pid
