@@ -57,11 +57,17 @@ DUMP = Command(
     "dump", "write the raw ELF core of the newest matching crash",
     "Decompresses the stored core into FILE (or standard output when it is not a "
     "terminal). A progress bar is shown on a terminal for big cores. corectl refuses "
-    "to write a core to a terminal.",
+    "to write a core to a terminal. With --with-binaries, -o names a directory that "
+    "receives the core (DIR/core) and the executable and libraries the process ran, "
+    "at the paths it mapped them from: the copies coredumpd kept where the files on "
+    "disk changed (deleted, replaced, a container's own), else this machine's files; "
+    "gdb -ex 'set sysroot DIR' DIR/EXE DIR/core then reads exactly those.",
     (
         _MATCH,
         Option(("-o", "--output"), "write the core to FILE (\"-\": standard output)",
                metavar="FILE"),
+        Option(("--with-binaries",), "also write the binaries that ran; -o is a directory",
+               action="store_true"),
     ),
 )
 
@@ -69,7 +75,10 @@ DEBUG = Command(
     "debug", "run a debugger on the executable and the core",
     "Decompresses the core of the newest matching crash into a private temporary file, "
     "runs the debugger (gdb, or $COREDUMPD_DEBUGGER) as DEBUGGER EXE CORE, and removes "
-    "the file when the debugger exits. corectl exits with the debugger's status.",
+    "the file when the debugger exits. corectl exits with the debugger's status. When "
+    "a file the process ran changed since (deleted, replaced, a container's own), the "
+    "executable is the copy coredumpd kept, and gdb gets a sysroot of those files "
+    "(set sysroot), so it reads the binaries that ran without being told.",
     (
         _MATCH,
         Option(("--debugger",), "the debugger command, split like a shell would "
@@ -149,7 +158,8 @@ CORECTL = Program(
     name="corectl", section=1,
     summary="browse and analyse the crashes stored by coredumpd",
     synopsis=("[OPTIONS] list [MATCH...]", "[OPTIONS] show|info [MATCH...]",
-              "[OPTIONS] dump [MATCH...] -o FILE", "[OPTIONS] debug [MATCH...]",
+              "[OPTIONS] dump [MATCH...] -o FILE", "[OPTIONS] dump MATCH -o DIR --with-binaries",
+              "[OPTIONS] debug [MATCH...]",
               "[OPTIONS] analyze CORE [--exe PATH]", "[OPTIONS] reanalyze MATCH...",
               "[OPTIONS] delete MATCH...",
               "[OPTIONS] vacuum [--max-use SIZE] [--keep-free SIZE] [--older-than AGE]",

@@ -96,6 +96,8 @@ def _open_output(ctx: Context, name: str | None) -> BinaryIO:
 def cmd_dump(ctx: Context) -> int:
     record = newest_record(ctx, ctx.args.match)
     path = stored_core_path(ctx, record)
+    if ctx.args.with_binaries:
+        return _dump_with_binaries(ctx, record, path)
     target = _open_output(ctx, ctx.args.output)
     source = open_source(path)
     try:
@@ -107,6 +109,37 @@ def cmd_dump(ctx: Context) -> int:
     finally:
         source.close()
         target.close()
+    return ExitStatus.OK
+
+
+def _dump_with_binaries(ctx: Context, record: CrashRecord, path: str) -> int:
+    """``dump -o DIR --with-binaries``: DIR/core and the binaries that ran, as a sysroot."""
+    from coredumpd.cli import binaries
+
+    directory = ctx.args.output
+    if not directory or directory == "-":
+        raise CoredumpdError("--with-binaries needs -o DIR (a directory)")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if os.listdir(directory):
+            raise CoredumpdError(f"{escape(directory)} is not empty")
+        core_file = os.path.join(directory, "core")
+        source = open_source(path)
+        try:
+            with _open_output(ctx, core_file) as target:
+                copy_core(source, target)
+        finally:
+            source.close()
+        files = binaries.ran_files(record)
+        for problem in binaries.lay_out(files, directory, copy=True):
+            ctx.warn(escape(problem))
+    except OSError as err:
+        raise CoredumpdError(f"cannot write {escape(directory)}: {err.strerror}") from err
+    main = next((item for item in files if item.main and item.source), None)
+    exe = shlex.quote(os.path.join(directory, main.path.lstrip("/"))) if main else "EXE"
+    root = shlex.quote(os.path.abspath(directory))
+    ctx.stdout.write(f"gdb -ex {shlex.quote('set sysroot ' + root)} {exe} "
+                     f"{shlex.quote(core_file)}\n")
     return ExitStatus.OK
 
 
@@ -134,14 +167,33 @@ def cmd_debug(ctx: Context) -> int:
                 copy_core(source, target)
         finally:
             source.close()
-        if isinstance(exe, str) and os.path.isfile(exe):
-            argv += [exe, core_file]
+        program, sysroot = _binaries_for_debugger(record, workdir, argv[0])
+        if sysroot is not None:
+            argv += ["-iex", f"set sysroot {sysroot}"]  # before gdb loads anything
+        if isinstance(program, str) and os.path.isfile(program):
+            argv += [program, core_file]
         else:
             ctx.warn(f"executable {escape(exe)} not found; debugging the core alone")
             argv += ["-c", core_file] if os.path.basename(argv[0]) == "gdb" else [core_file]
         return _run_debugger(argv)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _binaries_for_debugger(record: CrashRecord, workdir: str,
+                           debugger: str) -> tuple[str | None, str | None]:
+    """(executable, sysroot) for the debugger: the kept copy of a changed executable, and
+    for gdb a sysroot of links to the binaries that ran when any of them changed."""
+    from coredumpd.cli import binaries
+
+    files = binaries.ran_files(record)
+    main = next((item for item in files if item.main), None)
+    exe = main.source if main is not None and main.source else record.exe
+    if not binaries.changed(files) or os.path.basename(debugger) != "gdb":
+        return exe, None
+    root = os.path.join(workdir, "root")
+    binaries.lay_out(files, root, copy=False)
+    return exe, root
 
 
 def _run_debugger(argv: list[str]) -> int:

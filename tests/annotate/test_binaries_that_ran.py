@@ -9,6 +9,8 @@ copy: every frame of the crashed thread that gdb shows must carry gdb's name.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -195,3 +197,54 @@ def test_library_overwritten_in_place_found_from_relocated_pages(scenario, tmp_p
     gdb = _gdb_names(result, str(out / "worker"), tmp_path)  # the library's bytes are the same
     assert gdb[0] == "strcmp" and "_dl_map_object" in gdb and "main" in gdb, gdb
     _same_names_as_gdb(result, gdb)
+
+
+def _gdb_output(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def test_dump_with_binaries_is_a_sysroot_for_gdb(scenario, tmp_path):
+    """corectl dump -o DIR --with-binaries: the core and the files that ran, the deleted
+    executable from its kept copy; gdb with that sysroot names the frames and reads every
+    library from DIR."""
+    from coredumpd.cli.corectl import main as corectl
+    out, result = _run(scenario, tmp_path, "deleted")
+    directory = tmp_path / "sysroot"
+    env = {"COREDUMPD_CONFIG": _config_of(result)}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert corectl(["dump", result.row["id"], "-o", str(directory), "--with-binaries"],
+                       env) == 0
+    exe = directory / str(out / "prog").lstrip("/")
+    assert exe.is_file() and (directory / "core").is_file()
+    assert str(directory) in printed.getvalue() and "set sysroot" in printed.getvalue()
+    text = _gdb_output(["gdb", "-batch", "-nx", "-ex", f"set sysroot {directory}",
+                        "-ex", "echo BACKTRACE\\n", "-ex", "bt", "-ex", "info sharedlibrary",
+                        str(exe), str(directory / "core")])
+    after = text.split("BACKTRACE\n", 1)[1]
+    assert "ran_crash" in after and "ran_middle" in after and "main" in after
+    libraries = [line for line in after.splitlines() if ".so" in line and line.startswith("0x")]
+    assert libraries and all(str(directory) in line for line in libraries), after
+
+
+def test_debug_reads_the_binaries_that_ran(scenario, tmp_path, capfd):
+    """corectl debug on a crash whose executable was replaced: gdb gets the kept copy and
+    a sysroot without being told; the frames are the old build's (ran_*), not other_*."""
+    from coredumpd.cli.corectl import main as corectl
+    _out, result = _run(scenario, tmp_path, "replaced")
+    status = corectl(["debug", result.row["id"], "--debugger",
+                      "gdb -batch -nx -ex 'echo BACKTRACE\\n' -ex bt"],
+                     {"COREDUMPD_CONFIG": _config_of(result)})
+    assert status == 0
+    text = capfd.readouterr().out.split("BACKTRACE\n", 1)[1]
+    assert "ran_crash" in text and "ran_middle" in text and "other_" not in text
+
+
+def _config_of(result: Crash) -> str:
+    """A configuration naming the store that holds ``result`` (the handler's own file is
+    gone with its ``registered_handler``)."""
+    directory = os.path.dirname(result.core_path)
+    path = os.path.join(os.path.dirname(directory), "corectl.conf")
+    with open(path, "w") as handle:
+        handle.write(f"[Coredump]\nDirectory={directory}\n")
+    return path
