@@ -90,7 +90,8 @@ ANALYZE = Command(
     "analyze", "analyse any core file, no store needed",
     "Runs the whole analysis (unwinding, symbols, root-cause rules) on CORE, a raw "
     "ELF core or a core stored by coredumpd (seekable lz4), and prints it like show. "
-    "Useful for cores from other machines.",
+    "Useful for cores from other machines. With DEBUGINFOD_URLS set, debug files and "
+    "executables this machine lacks are fetched by build-id, as reanalyze does.",
     (
         Option(("core",), "the core file (raw ELF or coredumpd's .lz4)", metavar="CORE"),
         Option(("--exe",), "the executable that crashed (default: from the core)",

@@ -231,7 +231,9 @@ def cmd_analyze(ctx: Context) -> int:
     source = open_source(path)
     try:
         record = core_record(source, path)
-        result = analyze(source, facts=None, exe=ctx.args.exe)
+        from coredumpd.image.debuginfod import Debuginfod  # DEBUGINFOD_URLS: fetch what lacks
+        result = analyze(source, facts=None, exe=ctx.args.exe,
+                         debuginfod=Debuginfod.from_env(ctx.env))
     finally:
         source.close()
     if ctx.args.exe:

@@ -111,6 +111,16 @@ def test_reanalyze_fetches_debug_info_from_debuginfod(tmp_path):
         gdb = _gdb_names(result, str(out / "prog.full"), tmp_path)
         assert gdb[:3] == ["ran_crash", "ran_middle", "main"], gdb
         _same_names_as_gdb(result, gdb)
+        analyzed = io.StringIO()  # corectl analyze of the raw core: in-process, it fetches
+        env["DEBUGINFOD_CACHE_PATH"] = str(tmp_path / "cache2")
+        (tmp_path / "db2").mkdir()
+        with debuginfod_server(str(out / "served"), str(tmp_path / "db2"), build_id) as url:
+            env["DEBUGINFOD_URLS"] = url
+            with contextlib.redirect_stdout(analyzed):
+                assert corectl(["--no-pager", "--json", "analyze", str(tmp_path / "core.raw"),
+                                "--exe", prog], env) == 0
+        assert (tmp_path / "cache2" / build_id / "debuginfo").is_file()
+        assert '"symbol": "ran_crash"' in analyzed.getvalue()
         shown = io.StringIO()
         with contextlib.redirect_stdout(shown):
             corectl(["--config", handler.config_path, "--no-pager", "show", row["id"]], {})
