@@ -42,6 +42,7 @@ from coredumpd.model import (
     Thread,
 )
 from coredumpd.source import ByteSource
+from coredumpd.store.modcache import ModuleCache
 from coredumpd.symbolize import disasm
 from coredumpd.symbolize.types import Symbol
 from coredumpd.unwind.types import Caps, Frame
@@ -112,10 +113,11 @@ def _thread_names(core: Core, facts: Facts) -> dict[int, str]:
     return names
 
 
-def make_symbolizer(space: AddressSpace, problems: list[str]) -> CachedSymbolizer:
+def make_symbolizer(space: AddressSpace, problems: list[str],
+                    cache: ModuleCache | None = None) -> CachedSymbolizer:
     try:
         symbols = importlib.import_module("coredumpd.symbolize.symbols")
-        return CachedSymbolizer(symbols.Symbolizer(space))
+        return CachedSymbolizer(symbols.Symbolizer(space, cache=cache))
     except Exception as err:  # noqa: BLE001 - symbols are an optional stage
         problems.append(f"symbolizer unavailable: {type(err).__name__}: {err}")
         return CachedSymbolizer(NoSymbols())
@@ -246,7 +248,8 @@ def _signal(core: Core, facts: Facts) -> SignalInfo | None:
 
 def _analyze_core(core: Core, source: ByteSource, facts: Facts | None, exe: str | None,
                   root: str, caps: Caps, result: AnalysisResult,
-                  debuginfod: Debuginfod | None = None) -> None:
+                  debuginfod: Debuginfod | None = None,
+                  cache: ModuleCache | None = None) -> None:
     problems = result.problems
     problems.extend(core.problems)
     result.crashed_tid = core.threads[0].tid if core.threads else None
@@ -255,7 +258,7 @@ def _analyze_core(core: Core, source: ByteSource, facts: Facts | None, exe: str 
 
     raw = facts.to_json() if facts is not None else {}  # rules and modules read the JSON
     space = build_address_space(core, raw, root, exe, debuginfod=debuginfod)
-    symbolizer = make_symbolizer(space, problems)
+    symbolizer = make_symbolizer(space, problems, cache)
     unwinder = Unwinder(space, caps)
     try:
         problems.extend(space.problems)
@@ -283,15 +286,19 @@ def _analyze_core(core: Core, source: ByteSource, facts: Facts | None, exe: str 
 
 def analyze(source: ByteSource, facts: Facts | None = None, exe: str | None = None,
             root: str = "/", caps: Caps | None = None,
-            debuginfod: Debuginfod | None = None) -> AnalysisResult:
+            debuginfod: Debuginfod | None = None,
+            cache: ModuleCache | None = None) -> AnalysisResult:
     """Analyse one core; the result of docs/ARCHITECTURE.md.  Never raises.
 
-    ``debuginfod``: a client (image/debuginfod.py) for the files this machine lacks."""
+    ``debuginfod``: a client (image/debuginfod.py) for the files this machine lacks.
+    ``cache`` keeps what is derived from each module (symbol tables, answers) across
+    analyses, by build-id (:mod:`coredumpd.store.modcache`); the result is the same."""
     started = time.monotonic()
     result = AnalysisResult()
     try:
         core = Core.open(source, expected_tid=facts.tid if facts is not None else None)
-        _analyze_core(core, source, facts, exe, root, caps or Caps(), result, debuginfod)
+        _analyze_core(core, source, facts, exe, root, caps or Caps(), result, debuginfod,
+                      cache)
     except Exception as err:  # the contract: a failed state, never a raise
         log.debug("analysis failed", exc_info=True)
         result.state = AnalysisState.FAILED

@@ -226,14 +226,17 @@ def core_record(source: ByteSource, path: str) -> CrashRecord:
 
 def cmd_analyze(ctx: Context) -> int:
     from coredumpd.analysis import analyze
+    from coredumpd.store.modcache import ModuleCache
 
     path = ctx.args.core
     source = open_source(path)
     try:
         record = core_record(source, path)
         from coredumpd.image.debuginfod import Debuginfod  # DEBUGINFOD_URLS: fetch what lacks
+        # the store's module cache, read and filled only by the store's owner
         result = analyze(source, facts=None, exe=ctx.args.exe,
-                         debuginfod=Debuginfod.from_env(ctx.env))
+                         debuginfod=Debuginfod.from_env(ctx.env),
+                         cache=ModuleCache(ctx.config.directory))
     finally:
         source.close()
     if ctx.args.exe:

@@ -56,8 +56,9 @@ def analyse(config: Config, record: CrashRecord, core_fd: int | None,
     except ImportError:  # the sandbox is optional: analyse in this (niced) process
         from coredumpd.analysis import analyze
         from coredumpd.store.lz4seek import open_core_source
+        from coredumpd.store.modcache import ModuleCache
         return analyze(open_core_source(core_path), record.facts, record.exe,
-                       debuginfod=debuginfod)
+                       debuginfod=debuginfod, cache=ModuleCache(config.directory))
     facts = record.facts.to_json() if record.facts is not None else None
     answer = run_analysis(config, core_path, facts, record.exe,
                           debuginfod=debuginfod.settings() if debuginfod else None)

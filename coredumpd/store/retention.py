@@ -17,6 +17,8 @@ Modelled on systemd's src/coredump/coredump-vacuum.c:
 - The core just written is excluded (systemd's ``exclude_fd``).
 - Kept copies of mapped files (:mod:`coredumpd.store.binaries`) count towards
   MaxUse; one is removed once no stored core refers to it.
+- The module cache (:mod:`coredumpd.store.modcache`) counts towards MaxUse too;
+  it is emptied before any core is removed (it is made again on demand).
 
 Files are stat-ed and unlinked relative to a directory fd opened with
 O_NOFOLLOW, without following symlinks; only regular files directly inside the
@@ -37,6 +39,7 @@ from coredumpd.errors import StoreError
 from coredumpd.model import CoreState, CrashRecord
 from coredumpd.store.binaries import BinaryStore
 from coredumpd.store.index import Index
+from coredumpd.store.modcache import ModuleCache
 from coredumpd.store.naming import parse_core_filename
 
 PAGE_SIZE = 4096
@@ -234,13 +237,18 @@ def _vacuum(index: Index, directory: StoreDirectory, max_use: int | None,
     fs_size, _ = directory.file_system()
     result.max_use, result.keep_free = default_limits(fs_size, max_use, keep_free)
     binaries = BinaryStore(directory.path, 0)
+    modules = ModuleCache(directory.path, writable=False)
     while True:
         result.freed_bytes += binaries.remove_unreferenced({p for c in cores for p in c.kept})
         _, result.free_bytes = directory.file_system()
-        result.used_bytes = sum(c.disk_bytes for c in cores) + binaries.usage()
+        cached = modules.usage()
+        result.used_bytes = sum(c.disk_bytes for c in cores) + binaries.usage() + cached
         over = _over_limits(result)
         if not over:
             break
+        if cached:  # derived from files, made again on demand: goes before any core
+            result.freed_bytes += modules.trim(0)
+            continue
         victim = _pick_victim(cores, exclude)
         if victim is None:
             result.satisfied = False

@@ -26,6 +26,7 @@ disambiguators (``std[e28293b1aa0f68bd]``) are left out.
 
 from __future__ import annotations
 
+import array
 import bisect
 import dataclasses
 import functools
@@ -47,6 +48,8 @@ from coredumpd.elf.elffile import (
 from coredumpd.errors import CoredumpdError, FormatError
 from coredumpd.image import debuginfo
 from coredumpd.image.types import AddressSpace, Module
+from coredumpd.store.modcache import ModuleCache, file_identity
+from coredumpd.symbolize.dwarfinline import InlinedCall
 from coredumpd.symbolize.lines import DwarfLines
 from coredumpd.symbolize.types import Symbol
 
@@ -56,6 +59,7 @@ MAX_DEMANGLE = 4096
 CODE_TYPES = frozenset({STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE})
 NAMED_TYPES = frozenset({STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE, STT_OBJECT})
 RELA = struct.Struct("<QQq")  # Elf64_Rela
+FORMAT = 1  # of SymbolTable.columns() and of a module's cached answers
 ST_NAME = struct.Struct("<I")
 
 
@@ -230,6 +234,37 @@ class SymbolTable:
         self._order = sorted(range(len(values)), key=values.__getitem__)
         self.starts = [values[number] for number in self._order]
 
+    def columns(self) -> tuple[Any, ...]:
+        """Everything the table holds as bytes: its columns as arrays of 8-byte words,
+        which load at C speed (:mod:`coredumpd.store.modcache`); names are indexed first."""
+        self.address_of("")
+        columns = [array.array("Q", column).tobytes() for column in (
+            self._heads, self._values, self._sizes, self._table_of, self._order)]
+        return (FORMAT, self._tables, columns, self._names)
+
+    @classmethod
+    def from_columns(cls, columns: Any) -> SymbolTable | None:
+        """The table :meth:`columns` gave, or None when ``columns`` is not one."""
+        if not isinstance(columns, tuple) or len(columns) != 4 or columns[0] != FORMAT \
+                or not isinstance(columns[2], list) or len(columns[2]) != 5 \
+                or not isinstance(columns[3], dict):
+            return None
+        table = cls()
+        table._tables = [tuple(entry) for entry in columns[1]]
+        lists = []
+        for raw in columns[2]:
+            words = array.array("Q")
+            words.frombytes(raw)
+            lists.append(words.tolist())
+        table._heads, table._values, table._sizes, table._table_of, table._order = lists
+        table._names = columns[3]
+        count = len(table._heads)
+        if any(len(column) != count for column in lists) or (count and (
+                max(table._table_of) >= len(table._tables) or max(table._order) >= count)):
+            return None
+        table.starts = [table._values[number] for number in table._order]
+        return table
+
     def _is_code(self, number: int) -> bool:
         head = self._heads[number]
         shndx = head >> 48
@@ -312,6 +347,13 @@ class SymbolTable:
         return sum(1 for number in range(len(self._heads)) if self._is_code(number))
 
 
+def _debuglink(elf: ElfFile) -> tuple[str, int] | None:
+    try:
+        return elf.debuglink
+    except CoredumpdError:
+        return None
+
+
 def _cstring(table: bytes, offset: int) -> str:
     end = table.find(b"\0", offset)
     if offset >= len(table):
@@ -353,21 +395,35 @@ def _plt_entries(elf: ElfFile, dynsym: tuple[bytes, bytes]) -> \
     return starts, st_names, layout.entry_size
 
 
+# what symbolize() said about one link-time address: symbol start, raw and plain name
+# (None: no symbol), file, line, inlined calls as (name, call file, call line)
+Answer = tuple[int | None, str | None, str | None, str | None, int | None,
+               tuple[tuple[str | None, str | None, int | None], ...]]
+
+
 @dataclasses.dataclass
 class _ModuleInfo:
     table: SymbolTable
     lines: DwarfLines | None
     problems: list[str]
+    lines_from: str | None = None  # "debug" or "module": the file DWARF lines are read from
+    lines_opened: bool = True  # False: ``lines`` is opened on the first answer not cached
+    answers: dict[tuple[int, bool], Answer] = dataclasses.field(default_factory=dict)
+    cache_key: bytes | None = None  # the module file's build-id, when its answers are kept
+    cache_files: list[Any] = dataclasses.field(default_factory=list)
+    debuglink: tuple[str, int] | None = None
+    changed: bool = False  # answers or tables the cache does not hold yet
 
 
 class Symbolizer:
     """Symbols and lines for the modules of an address space, cached per module."""
 
     def __init__(self, space: AddressSpace, debug_dirs: tuple[str, ...] = debuginfo.DEBUG_DIRS,
-                 root: str = "/") -> None:
+                 root: str = "/", cache: ModuleCache | None = None) -> None:
         self.space = space
         self.debug_dirs = debug_dirs
         self.root = root
+        self.cache = cache  # a module's tables and answers, kept across crashes by build-id
         self._modules: dict[tuple[str, int], _ModuleInfo] = {}
 
     def symbolize(self, module: Module | None, lookup_pc: int, lines: bool = True) -> Symbol:
@@ -379,16 +435,42 @@ class Symbolizer:
             return Symbol(None)
         info = self._info(module)
         address = lookup_pc - module.load_bias
-        found = info.table.lookup(address)
-        row = info.lines.lookup(address) if lines and info.lines is not None else None
-        file, line = (row.file, row.line) if row is not None and row.line else (None, None)
-        inlined = tuple(dataclasses.replace(call, name=inlined_name(call.name))
-                        for call in info.lines.inlined(address)) \
-            if file and info.lines is not None else ()
-        if found is None:
+        answer = info.answers.get((address, lines))
+        if answer is None:
+            answer = info.answers[(address, lines)] = self._answer(info, address, lines)
+            info.changed = True
+        start, raw, name, file, line, calls = answer
+        inlined = tuple(InlinedCall(*call) for call in calls)
+        if start is None:
             return Symbol(None, 0, None, file, line, inlined)
+        return Symbol(name, address - start, raw, file, line, inlined)
+
+    def _answer(self, info: _ModuleInfo, address: int, lines: bool) -> Answer:
+        found = info.table.lookup(address)
+        dwarf = self._dwarf(info) if lines else None
+        row = dwarf.lookup(address) if dwarf is not None else None
+        file, line = (row.file, row.line) if row is not None and row.line else (None, None)
+        calls = tuple((inlined_name(call.name), call.call_file, call.call_line)
+                      for call in dwarf.inlined(address)) \
+            if file and dwarf is not None else ()
+        if found is None:
+            return (None, None, None, file, line, calls)
         start, raw = found
-        return Symbol(plain_name(raw), address - start, raw, file, line, inlined)
+        return (start, raw, plain_name(raw), file, line, calls)
+
+    def _dwarf(self, info: _ModuleInfo) -> DwarfLines | None:
+        """The module's DWARF lines, opened now when its tables came from the cache."""
+        if not info.lines_opened:
+            info.lines_opened = True
+            path = info.cache_files[1 if info.lines_from == "debug" else 0] \
+                if info.lines_from else None
+            if path is not None:
+                lines = DwarfLines(path[0])
+                if lines.available:
+                    info.lines = lines
+                else:
+                    lines.close()
+        return info.lines
 
     def address_of(self, name: str, module: Module | None = None) -> int | None:
         """Runtime address of ``name`` in ``module``, or in the first module defining it."""
@@ -402,10 +484,57 @@ class Symbolizer:
         return self._info(module).problems
 
     def close(self) -> None:
+        """Close the modules' files; what the cache does not hold yet is written to it."""
         for info in self._modules.values():
             if info.lines is not None:
                 info.lines.close()
+            if self.cache is not None and info.cache_key is not None and info.changed:
+                self._keep(info)
         self._modules.clear()
+
+    def _keep(self, info: _ModuleInfo) -> None:
+        assert self.cache is not None and info.cache_key is not None
+        self.cache.store(info.cache_key, {
+            "format": FORMAT, "root": self.root, "debug_dirs": list(self.debug_dirs),
+            "files": info.cache_files, "debuglink": info.debuglink,
+            "lines_from": info.lines_from, "problems": info.problems,
+            "symbols": info.table.columns(), "answers": info.answers})
+
+    def _cache_key(self, module: Module) -> bytes | None:
+        """The build-id to keep ``module``'s tables under: a file on disk, not the vDSO."""
+        if self.cache is None or module.is_vdso or module.host_path is None:
+            return None
+        return module.file_build_id or None
+
+    def _cached(self, module: Module, key: bytes) -> _ModuleInfo | None:
+        """The module's info from the cache, when the files it was derived from are the
+        files this analysis would read (a build-id alone is only a claim)."""
+        assert self.cache is not None and module.host_path is not None
+        entry = self.cache.load(key)
+        if (entry is None or entry.get("format") != FORMAT or entry.get("root") != self.root
+                or tuple(entry.get("debug_dirs") or ()) != self.debug_dirs):
+            return None
+        files, debuglink = entry.get("files"), entry.get("debuglink")
+        here = file_identity(module.host_path)
+        if (not isinstance(files, list) or len(files) != 2 or here is None
+                or files[0] is None or tuple(files[0][1:]) != here[1:]):
+            return None
+        debug_path = module.debug_path
+        if debug_path is None:
+            debug_path = debuginfo.find_debug_file(
+                module.host_path, module.build_id or module.file_build_id,
+                tuple(debuglink) if debuglink else None, self.root, self.debug_dirs)
+        debug_then = files[1]
+        if (debug_path is None) != (debug_then is None) or (
+                debug_path is not None and file_identity(debug_path) != tuple(debug_then)):
+            return None
+        table = SymbolTable.from_columns(entry.get("symbols"))
+        answers, problems = entry.get("answers"), entry.get("problems")
+        if table is None or not isinstance(answers, dict) or not isinstance(problems, list):
+            return None
+        module.debug_path = debug_path
+        return _ModuleInfo(table, None, problems, entry.get("lines_from"), False, answers,
+                           key, [here, files[1]], debuglink)
 
     # ------------------------------------------------------------ per module
 
@@ -429,6 +558,11 @@ class Symbolizer:
             return None
 
     def _load(self, module: Module) -> _ModuleInfo:
+        key = self._cache_key(module)
+        if key is not None:
+            cached = self._cached(module, key)
+            if cached is not None:
+                return cached
         table = SymbolTable()
         problems: list[str] = []
         elf = self._open(module)
@@ -439,7 +573,16 @@ class Symbolizer:
             except CoredumpdError as err:
                 problems.append(f"{module.path}: symbols unreadable: {err}")
         table.finish()
-        return _ModuleInfo(table, lines, problems)
+        info = _ModuleInfo(table, lines, problems)
+        if key is not None and elf is not None and module.host_path is not None:
+            host = file_identity(module.host_path)
+            debug = file_identity(module.debug_path) if module.debug_path else None
+            if host is not None and (debug is not None or module.debug_path is None):
+                info.cache_key, info.cache_files, info.changed = key, [host, debug], True
+                info.debuglink = _debuglink(elf)
+                info.lines_from = None if lines is None else \
+                    "debug" if lines.path == module.debug_path else "module"
+        return info
 
     def _load_tables(self, module: Module, elf: ElfFile | None, table: SymbolTable,
                      problems: list[str]) -> DwarfLines | None:
