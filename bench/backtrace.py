@@ -15,7 +15,9 @@ Two tables per core, each comparing like with like:
   for, interpreter start and imports included): ``eu-stack`` and ``eu-stack -s``
   against ``corectl analyze CORE --exe EXE``, coredumpd's command for a core
   file (the full analysis a user gets: every thread, file:line, annotations,
-  the report), and drgn as a Python script; plus, labelled as such, a script
+  the report) without a store, with the store's module cache cold (emptied
+  before each run) and warm (filled by one run before the clock), and drgn as
+  a Python script; plus, labelled as such, a script
   doing only coredumpd's names-only backtraces (no shipped command does only
   that);
 * **in-process** (the median time of the call inside a fresh process per run,
@@ -38,14 +40,17 @@ drgn comes from PyPI (``pip install drgn``); without it its rows say so.
 from __future__ import annotations
 
 import argparse
+import compileall
 import cProfile
 import json
 import pathlib
 import pstats
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -157,10 +162,42 @@ def timed(action: Callable[[], Any], runs: int) -> tuple[float, Any]:
     return statistics.median(durations), result
 
 
-def process_wall(argv: list[str], runs: int, check: bool = True) -> float:
+def process_wall(argv: list[str], runs: int, check: bool = True,
+                 prepare: Callable[[], Any] | None = None) -> float:
     """Median wall time of ``argv``; with ``check``, a run that fails stops the bench
-    (eu-stack exits non-zero on cores normally, so it is run unchecked)."""
-    return timed(lambda: subprocess.run(argv, capture_output=True, check=check), runs)[0]
+    (eu-stack exits non-zero on cores normally, so it is run unchecked).  ``prepare``
+    runs before each run, off the clock."""
+    durations = []
+    for _ in range(runs):
+        if prepare is not None:
+            prepare()
+        started = time.perf_counter()
+        subprocess.run(argv, capture_output=True, check=check)
+        durations.append(time.perf_counter() - started)
+    return statistics.median(durations)
+
+
+def corectl_rows(core: str, exe: str, runs: int, scratch: pathlib.Path) -> list[Row]:
+    """``corectl analyze`` without a store (no module cache), then with a store whose
+    module cache is empty before each run (cold) and filled by a first run (warm)."""
+    store = scratch / "store"
+    store.mkdir(exist_ok=True)
+    rows = []
+    for label, directory in (("no store, no module cache", scratch / "missing"),
+                             ("module cache cold", store), ("module cache warm", store)):
+        config = scratch / "coredumpd.conf"
+        config.write_text(f"[Coredump]\nDirectory={directory}\n")
+        argv = [CORECTL, "--config", str(config), "analyze", core, "--exe", exe]
+        prepare = None
+        if label.endswith("cold"):
+            def prepare() -> None:
+                shutil.rmtree(store / "cache", ignore_errors=True)
+        elif label.endswith("warm"):
+            subprocess.run(argv, capture_output=True, check=True)
+        rows.append((f"corectl analyze CORE --exe EXE ({label})",
+                     process_wall(argv, runs, prepare=prepare), ""))
+    shutil.rmtree(store / "cache", ignore_errors=True)
+    return rows
 
 
 def cold_in_process(function: str, core: str, exe: str, runs: int) -> tuple[float, Trace]:
@@ -244,9 +281,9 @@ def process_rows(core: str, exe: str, runs: int) -> tuple[list[Row], Trace]:
     eu_wall, eu_trace = timed(lambda: eu_stack_backtraces(core, exe), runs)
     eu_lines, _ = timed(lambda: eu_stack_backtraces(core, exe, source=True), runs)
     rows = [("eu-stack --core (names)", eu_wall, describe(eu_trace, None)),
-            ("eu-stack -s --core (names, file:line)", eu_lines, ""),
-            ("corectl analyze CORE --exe EXE (coredumpd's command: full analysis)",
-             process_wall([CORECTL, "analyze", core, "--exe", exe], runs), "")]
+            ("eu-stack -s --core (names, file:line)", eu_lines, "")]
+    with tempfile.TemporaryDirectory(prefix="cdbench-") as scratch:
+        rows += corectl_rows(core, exe, runs, pathlib.Path(scratch))
     if has_drgn():
         rows.append(("drgn, a Python script (names)",
                      process_wall(drgn_process_argv(core, exe), runs), ""))
@@ -300,6 +337,9 @@ def main() -> int:
     parser.add_argument("--profile", metavar="NAME", help="cProfile analyze() on one input")
     options = parser.parse_args()
     manifest = json.loads((options.cache / "MANIFEST.json").read_text())
+    # measured as installed: with bytecode (PYTHONDONTWRITEBYTECODE would make every
+    # corectl process compile the package again, ~50 ms)
+    compileall.compile_dir(str(REPO / "coredumpd"), quiet=1)
     print(measured_line("coredumpd's default analysis (no configuration file needed)"))
     for name, entry in sorted(manifest.items()):
         core = str(options.cache / name / entry["core"])
