@@ -36,7 +36,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from bench.provenance import measured_line
-from coredumpd.pipeline.handler import BLOCK_SIZE, COMPRESS_THREADS, PIPE_SIZE
+from coredumpd.pipeline.handler import PIPE_SIZE
+from coredumpd.pipeline.intake import BLOCK_SIZE, COMPRESS_THREADS
 
 PAGE = 4096
 F_SETPIPE_SZ = 1031  # fcntl.h

@@ -29,6 +29,7 @@ SAVED_SYSCTL_PATH = os.path.join(DEFAULT_DIRECTORY, "saved-sysctl")  # `coredump
 # (records hold command lines), like the temporary files
 FLEET_OUTBOX_NAME = "fleet-outbox.sqlite"
 FLEET_LOCK_NAME = "fleet-outbox.lock"
+DEFAULT_SOCKET_PATH = "/run/coredumpd/coredump.socket"  # `coredumpd serve`
 
 DIRECTORY_MODE = 0o751
 FILE_MODE = 0o640

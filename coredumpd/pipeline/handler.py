@@ -31,11 +31,12 @@ import time
 
 from coredumpd.errors import CoredumpdError
 from coredumpd.ingest import procfs
-from coredumpd.ingest.args import RLIM_INFINITY, parse_args
+from coredumpd.ingest.args import parse_args
 from coredumpd.ingest.changed import hold_changed_objects
 from coredumpd.ingest.spool import open_spool
 from coredumpd.ingest.stream import SMALL_CORE, CoreStream
 from coredumpd.pipeline import slots
+from coredumpd.pipeline.intake import core_wanted, drain, prepare_store, read_sender
 from coredumpd.pipeline.state import CrashState
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -44,13 +45,8 @@ if TYPE_CHECKING:
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # include/uapi/linux/fcntl.h
 PIPE_SIZE = 1 << 20
-# 4 MiB blocks, lz4's own default (-B7): measured smaller than `lz4 -1` on the bench's
-# 1 GiB core (1 MiB blocks: 0.03% larger) and 13% less CPU; a read decompresses one block.
-BLOCK_SIZE = 4 << 20
 REAP_WAIT_MS = 100  # at most this long for the released process to exit (a ptraced one may not)
 AFTER_RELEASE_NICE = 5  # phase 2 must not take the CPU from the reaped process's parent
-COMPRESS_THREADS = 1  # lz4 releases the GIL: compression overlaps the pipe reads; more
-# threads measured no faster on 2 CPUs shared with the dumping process
 # A spool is not worth the room the index row and the core need on a nearly full
 # file system: below this much free space the small core waits in memory instead.
 SPOOL_MIN_FREE = 64 << 20
@@ -117,10 +113,10 @@ def _phase_held(crash: CrashState) -> None:
         crash.proc = procfs.collect_process(crash.proc_pid, crash.missing)
     crash.core_stream = CoreStream(0)
     crash.stream = crash.core_stream.result
-    if _core_wanted(crash) and not _hold_small_core(crash):
-        _prepare_store(crash)
-        _drain(crash)
-    _read_sender(crash)
+    if core_wanted(crash) and not _hold_small_core(crash):
+        prepare_store(crash)
+        drain(crash)
+    read_sender(crash)
     if crash.proc_pid is not None and crash.proc.get("maps"):
         crash.held = hold_changed_objects(crash.proc_pid, crash.proc, crash.missing)
 
@@ -145,9 +141,9 @@ def _store_buffered(crash: CrashState) -> None:
         except CoredumpdError as err:
             crash.problems.append(str(err))
             return
-    if crash.writer is None and crash.core_failure is None and _core_wanted(crash):
-        _prepare_store(crash)
-        _drain(crash)
+    if crash.writer is None and crash.core_failure is None and core_wanted(crash):
+        prepare_store(crash)
+        drain(crash)
 
 
 def _check_pidfd(crash: CrashState) -> None:
@@ -179,57 +175,6 @@ def _check_pidfd(crash: CrashState) -> None:
         crash.problems.append(f"/proc/{args.pid} is not the crashed process ({check});"
                               " /proc facts not recorded")
         crash.proc_pid = None
-
-
-def _core_limit(crash: CrashState) -> int | None:
-    """Bytes we may store: ExternalSizeMax and RLIMIT_CORE (``%c``), like a file core."""
-    limit: int = crash.load_config().external_size_max
-    rlimit = crash.args.rlimit_core
-    if rlimit is not None and rlimit != RLIM_INFINITY:
-        limit = min(limit, rlimit)
-    return limit
-
-
-def _core_wanted(crash: CrashState) -> bool:
-    """False when RLIMIT_CORE (``%c``) is below a page: the process asked for no core."""
-    rlimit = crash.args.rlimit_core
-    if rlimit is not None and rlimit < os.sysconf("SC_PAGE_SIZE"):
-        crash.skip_core = f"RLIMIT_CORE is {rlimit}, below a page: no core requested"
-        return False
-    return True
-
-
-def _prepare_store(crash: CrashState) -> None:
-    """Configuration, storage directory, unnamed file and lz4 writer."""
-    config = crash.load_config()
-    if config.storage == "none":
-        crash.skip_core = "Storage=none"  # still written (unnamed) for the analysis
-    from coredumpd.ingest.output import TempCore, open_directory  # not needed for small cores
-    try:
-        if crash.dir_fd < 0:
-            crash.dir_fd = open_directory(config.directory)
-        crash.temp = TempCore(crash.dir_fd)
-        from coredumpd.store.lz4seek import SeekableLz4Writer
-        crash.writer = SeekableLz4Writer(crash.temp.fd, BLOCK_SIZE, threads=COMPRESS_THREADS)
-    except (CoredumpdError, OSError) as err:
-        crash.core_failure = f"cannot create the core file: {err}"
-
-
-def _drain(crash: CrashState) -> None:
-    if crash.writer is None or crash.core_stream is None:
-        return
-    crash.stream = crash.core_stream.drain_into(crash.writer, _core_limit(crash))
-    if crash.stream.write_error:
-        crash.core_failure = crash.stream.write_error
-
-
-def _read_sender(crash: CrashState) -> None:
-    sender = crash.stream.sender()
-    if sender is None or sender[1] <= 0:
-        return
-    code, pid, uid = sender
-    crash.sender = procfs.collect_sender(pid, crash.missing)
-    crash.sender.update({"si_code": code, "si_uid": uid})
 
 
 def _release_kernel(crash: CrashState) -> None:

@@ -31,7 +31,7 @@ import sys
 
 from coredumpd.errors import ConfigError
 from coredumpd.ingest.args import PATTERN_ARGS
-from coredumpd.paths import SAVED_SYSCTL_PATH, make_directory
+from coredumpd.paths import DEFAULT_SOCKET_PATH, SAVED_SYSCTL_PATH, make_directory
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 CORE_PIPE_LIMIT = "/proc/sys/kernel/core_pipe_limit"
@@ -145,7 +145,8 @@ def install(config_path: str | None = None, saved_path: str = SAVED_SYSCTL_PATH,
     pattern = build_pattern(handler, config_path)
     try:
         current = {"core_pattern": _read(CORE_PATTERN), "core_pipe_limit": _read(CORE_PIPE_LIMIT)}
-        if not current["core_pattern"].startswith(f"|{handler} ") or not os.path.exists(saved_path):
+        ours = current["core_pattern"].startswith((f"|{handler} ", f"@@{DEFAULT_SOCKET_PATH}"))
+        if not ours or not os.path.exists(saved_path):
             _save(saved_path, current)  # never save our own pattern as "the previous one"
         _write(CORE_PIPE_LIMIT, str(PIPE_LIMIT))
         _write(CORE_PATTERN, pattern)
@@ -164,12 +165,38 @@ def validate_config(config_path: str | None) -> None:
         raise ConfigFileError(f"{err} (nothing installed)", err.problems) from err
 
 
+def install_mode(config_path: str | None = None, mode: str | None = None,
+                 saved_path: str = SAVED_SYSCTL_PATH) -> str:
+    """``coredumpd install [--socket|--pipe]``: the pipe handler first (registered, the
+    previous values saved), then for the socket a supervised server that switches
+    core_pattern to ``@@PATH`` once it accepts.  ``mode`` None: the socket where the
+    kernel has it (Linux 6.16+), else the pipe.  Returns the core_pattern in force."""
+    from coredumpd.ingest.coredump_socket import kernel_supports_socket
+    from coredumpd.pipeline.daemon import start_supervisor, stop_supervisor
+    if mode is None:
+        mode = "socket" if kernel_supports_socket() else "pipe"
+    if mode == "socket" and not kernel_supports_socket():
+        raise ConfigError(f"this kernel ({os.uname().release}) has no coredump socket"
+                          " (Linux 6.16 or later); use --pipe")
+    stop_supervisor(saved_path)  # an earlier install --socket: started afresh or not at all
+    pattern = install(config_path, saved_path)
+    if mode == "socket":
+        if not start_supervisor(saved_path, config_path, DEFAULT_SOCKET_PATH):
+            raise ConfigError("coredumpd serve did not start accepting; the pipe handler "
+                              f"stays registered ({pattern})")
+        pattern = _read(CORE_PATTERN)
+    return pattern
+
+
 def uninstall(saved_path: str = SAVED_SYSCTL_PATH,
               launcher_dir: str = LAUNCHER_DIR) -> dict[str, str]:
     """Restore the values saved by :func:`install` and remove the launcher; returns them."""
+    from coredumpd.pipeline.daemon import stop_supervisor
+    stop_supervisor(saved_path)  # what install started, before the pattern it restores
     try:
         with open(saved_path, encoding="utf-8") as handle:
             saved = json.load(handle)
+        saved.pop("supervisor", None)
         _write(CORE_PATTERN, saved["core_pattern"])
         _write(CORE_PIPE_LIMIT, saved["core_pipe_limit"])
         os.unlink(saved_path)

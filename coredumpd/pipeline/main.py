@@ -1,4 +1,5 @@
-"""The ``coredumpd`` console script: ``install``, ``uninstall``, ``publish``, or the handler.
+"""The ``coredumpd`` console script: ``install``, ``uninstall``, ``serve``, ``publish``,
+or the handler.
 
 When the kernel runs it (any first argument other than a subcommand), it goes
 straight to :func:`coredumpd.pipeline.handler.handle` with as few imports as
@@ -15,7 +16,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy kno
 if TYPE_CHECKING:
     import argparse
 
-SUBCOMMANDS = ("install", "uninstall", "publish", "-h", "--help")
+SUBCOMMANDS = ("install", "uninstall", "serve", "publish", "-h", "--help")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,9 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     install = commands.add_parser("install", help="register the handler in kernel.core_pattern")
     install.add_argument("--config", metavar="FILE",
                          help="the handler started by the kernel uses FILE")
+    mode = install.add_mutually_exclusive_group()
+    mode.add_argument("--socket", dest="mode", action="store_const", const="socket",
+                      help="the kernel's coredump socket, served by coredumpd serve --supervise")
+    mode.add_argument("--pipe", dest="mode", action="store_const", const="pipe",
+                      help="the pipe handler")
     commands.add_parser("uninstall", help="restore the previous kernel.core_pattern")
     publish = commands.add_parser("publish", help="send the fleet outbox to the database now")
     publish.add_argument("--config", metavar="FILE", help="configuration file")
+    _serve_parser(commands.add_parser("serve", help="the capture server on the coredump socket"))
     return parser
 
 
@@ -46,6 +53,38 @@ def _publish(config_path: str | None) -> int:
     return 0
 
 
+def _serve_parser(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--config", metavar="FILE", help="the configuration file")
+    serve.add_argument("--supervise", action="store_true",
+                       help="run under a supervisor that keeps the pipe handler registered "
+                            "whenever the server does not accept")
+    serve.add_argument("--socket", metavar="PATH", default=None,
+                       help="where to listen (default /run/coredumpd/coredump.socket)")
+    serve.add_argument("--workers", metavar="N", type=int, default=None,
+                       help="crashes served at once")
+    serve.add_argument("--handler", metavar="PATH",
+                       help="with --supervise: the pipe handler to register when the server "
+                            "does not accept (default: the launcher install writes)")
+    serve.add_argument("--restart-sec", metavar="SECONDS", type=float, default=1.0,
+                       help="with --supervise: wait before restarting a server that ended")
+    serve.add_argument("--listen-fd", metavar="FD", type=int,
+                       help="serve on this inherited listening socket (the supervisor's)")
+    serve.add_argument("--ready-fd", metavar="FD", type=int,
+                       help="write one byte to this fd once accepting, then close it")
+
+
+def _serve(options: argparse.Namespace) -> int:
+    from coredumpd.pipeline import serve, supervise
+    workers = options.workers or serve.DEFAULT_WORKERS
+    socket_path = options.socket or supervise.DEFAULT_SOCKET
+    if options.supervise:
+        return supervise.supervise(socket_path, options.config, options.handler, workers,
+                                   options.restart_sec)
+    if options.listen_fd is not None:
+        return serve.serve(None, options.config, workers, options.listen_fd, options.ready_fd)
+    return serve.serve(socket_path, options.config, workers, ready_fd=options.ready_fd)
+
+
 def _admin(argv: list[str]) -> int:
     from coredumpd.errors import CoredumpdError
     from coredumpd.pipeline import install
@@ -53,8 +92,10 @@ def _admin(argv: list[str]) -> int:
     try:
         if options.command == "publish":
             return _publish(options.config)
+        if options.command == "serve":
+            return _serve(options)
         if options.command == "install":
-            pattern = install.install(options.config)
+            pattern = install.install_mode(options.config, options.mode)
             print(f"kernel.core_pattern = {pattern}")
             print(f"kernel.core_pipe_limit = {install.PIPE_LIMIT}")
         else:

@@ -71,6 +71,8 @@ class CrashState:
         self.proc_pid = args.pid  # whose /proc we read; None once found not to be the crasher
         self.row_id: str | None = None  # the index row, once inserted
         self.status = 0  # the handler's exit status, once finished
+        self.front_door = "pipe"  # how the kernel handed the core over: pipe or socket
+        self.decision: str | None = None  # socket only: kernel (streamed) or reject
 
     @property
     def pid(self) -> int | None:
@@ -152,8 +154,10 @@ class CrashState:
             "handler_pid": os.getpid(), "proc": self.proc,
             "mapped_objects": read_held_objects(self.held, self.missing, self._keeper()),
             "sender": self.sender, "stream": self.stream.summary(),
-            "pidfd_check": self.pidfd_check, "problems": self.problems,
-            "missing": self.missing, "container": describe_container(self.proc), "id_sources": self.id_sources,
+            "pidfd_check": self.pidfd_check, "front_door": self.front_door,
+            "decision": self.decision, "problems": self.problems,
+            "missing": self.missing, "container": describe_container(self.proc),
+            "id_sources": self.id_sources,
         }
 
     def _keeper(self) -> Callable[[int, str | None], str] | None:

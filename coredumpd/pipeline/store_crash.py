@@ -43,7 +43,7 @@ def finish(crash: CrashState) -> int:
         write_kmsg(_kmsg(crash, f"index unusable: {err}"))
         return 1
     with _store_lock(crash.dir_fd):  # rate limit, KeepFree and insert decided atomically
-        _apply_rate_limit(crash, index)
+        apply_rate_limit(crash, index)
         record = _record(crash, index, stats, facts)
         _link_core(crash, record)
         row_id = _insert(crash, index, record)
@@ -126,7 +126,7 @@ def _finish_core(crash: CrashState) -> Any:
         return None
 
 
-def _apply_rate_limit(crash: CrashState, index: Index) -> None:
+def apply_rate_limit(crash: CrashState, index: Index) -> None:
     """More than RateLimitBurst crashes of one executable in the interval: no core."""
     config = crash.load_config()
     exe = crash.proc.get("exe") or crash.comm()

@@ -1,0 +1,229 @@
+"""coredumpd serve on the kernel's coredump socket, through the real kernel.
+
+Every test holds the core_pattern lock (tests.support.kernel.core_pattern) for
+the whole time a supervisor runs: the supervisor switches the pattern between
+the test's pipe handler and ``@@SOCKET``, and the lock's restore puts the
+machine's pattern back whatever happens.  The journal is off (Journal=no): the
+host's journal is not written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import time
+
+import pytest
+
+from coredumpd.elf.core import Core
+from coredumpd.ingest import coredump_socket
+from coredumpd.pipeline import socket_handler
+from coredumpd.store.lz4seek import SeekableLz4Reader
+from tests.support.crash import HANDLER, compile_c, registered_handler
+from tests.support.kernel import CORE_PATTERN, core_pattern
+
+pytestmark = pytest.mark.skipif(not coredump_socket.kernel_supports_socket(),
+                                reason="no coredump socket before Linux 6.16")
+
+TINY = "int main(void){ *(volatile int *)0 = 1; }"
+
+
+def _pattern() -> str:
+    with open(CORE_PATTERN, encoding="utf-8") as handle:
+        return handle.read().rstrip("\n")
+
+
+def _wait_pattern(wanted: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _pattern() != wanted:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"core_pattern is {_pattern()!r}, not {wanted!r}")
+        time.sleep(0.02)
+
+
+class Supervised:
+    def __init__(self, process: subprocess.Popen[bytes], socket_path: str) -> None:
+        self.process = process
+        self.socket_pattern = f"@@{socket_path}"
+
+    def server_pid(self) -> int:
+        """The supervisor's child: the server."""
+        children = pathlib_read(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return int(children.split()[0])
+
+
+def pathlib_read(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+@contextlib.contextmanager
+def supervised(handler, restart_sec: float = 2.0, workers: int | None = None):
+    """``coredumpd serve --supervise`` for ``handler``'s store, under the pattern lock."""
+    socket_path = f"/run/cdtest-{os.getpid()}.sock"
+    argv = [HANDLER, "serve", "--supervise", "--socket", socket_path,
+            "--config", handler.config_path, "--handler", HANDLER,
+            "--restart-sec", str(restart_sec)]
+    if workers:
+        argv += ["--workers", str(workers)]
+    with core_pattern(handler.pattern, 16):
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        try:
+            supervisor = Supervised(process, socket_path)
+            _wait_pattern(supervisor.socket_pattern)
+            yield supervisor
+        finally:
+            process.terminate()
+            process.wait(120)
+        assert _pattern() == handler.pattern  # the supervisor put the pipe back itself
+
+
+@contextlib.contextmanager
+def serving(tmp_path, restart_sec: float = 2.0, workers: int | None = None, **config):
+    """A store (Journal=no) and a supervised server for it: (handler, supervisor)."""
+    with registered_handler(tmp_path, journal=False, **config) as handler, \
+            supervised(handler, restart_sec, workers) as supervisor:
+        yield handler, supervisor
+
+
+def _crash(exe: str, *args: str) -> int:
+    """Run ``exe`` until it dies of its signal (RLIMIT_CORE unlimited); its PID."""
+    def unlimited() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
+    proc = subprocess.Popen([exe, *args], preexec_fn=unlimited,  # noqa: PLW1509
+                            stdout=subprocess.DEVNULL)
+    proc.wait(120)
+    assert proc.returncode < 0
+    return proc.pid
+
+
+PATTERNED = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <pthread.h>
+#include <unistd.h>
+static void *idle(void *arg) { (void)arg; pause(); return 0; }
+int main(int argc, char **argv) {
+    size_t size = 3u << 20;  /* several lz4 blocks' worth of known bytes */
+    unsigned char *p = malloc(size);
+    for (size_t i = 0; i < size; i++) p[i] = (unsigned char)(i * 2654435761u >> 13);
+    FILE *f = fopen(argv[1], "w"); fprintf(f, "%lu %lu\n", (unsigned long)p, size); fclose(f);
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) pthread_create(&t[i], 0, idle, 0);
+    usleep(20000);
+    *(volatile int *)0 = p[size / 2] + argc;
+}
+"""
+
+
+@pytest.mark.kernel
+def test_socket_crash_is_stored_whole_and_analysed(tmp_path):
+    """The kernel's bytes, as stored: lz4 -d gives the whole core (as long as its
+    program headers say), and the heap the program filled reads back exactly."""
+    exe = compile_c(PATTERNED, tmp_path, name="socketprog")
+    where = tmp_path / "where"
+    with serving(tmp_path, rate_limit_burst=1000) as (handler, _supervisor):
+        pid = _crash(exe, str(where))
+        row = handler.wait_row(pid, timeout=120)
+    assert row["facts"]["front_door"] == "socket" and row["facts"]["decision"] == "kernel"
+    assert row["core_state"] == "present" and row["signal"] == 11
+    assert row["exe"] == exe and row["comm"] == "socketprog"
+    assert row["facts"]["pidfd_check"]["verified"] is True
+    assert row["tid"] == pid and row["ns_pid"] == pid and row["uid"] == 0
+    assert row["analysis_state"] == "done"
+    crashed = [t for t in row["analysis"]["threads"] if t["crashed"]]
+    assert crashed[0]["frames"][0]["symbol"] == "main"
+    assert len(row["analysis"]["threads"]) == 3
+    restored = subprocess.run(["lz4", "-d", "-c", row["core_path"]], capture_output=True,
+                              check=True).stdout
+    assert len(restored) == row["core_size"] == row["facts"]["stream"]["expected_size"]
+    address, size = (int(word) for word in where.read_text().split())
+    expected = bytes((i * 2654435761 >> 13) & 0xFF for i in range(size))
+    with SeekableLz4Reader(row["core_path"]) as reader:
+        assert reader.truncated is None
+        assert reader.pread(0, len(restored)) == restored
+        core = Core.open(reader)
+        assert core.read_memory(address, size) == expected
+
+
+@pytest.mark.kernel
+def test_rate_limited_crash_is_rejected_with_a_row_and_no_dump(tmp_path):
+    exe = compile_c(TINY, tmp_path, name="limited")
+    with serving(tmp_path, rate_limit_burst=2, analysis=False) as (handler, _supervisor):
+        rows = []  # one after the other: the decision counts the rows already written
+        for _ in range(4):
+            rows.append(handler.wait_row(_crash(exe), wait_analysis=False, timeout=60))
+    assert [r["facts"]["decision"] for r in rows] == ["kernel", "kernel", "reject", "reject"]
+    for row in rows[2:]:
+        assert row["core_state"] == "none" and "rate limited" in row["core_reason"]
+        assert row["core_size"] == 0 and not row["core_path"]
+        assert row["signal"] == 11  # from the pidfd's exit code: no core was written
+    assert all(r["core_state"] == "present" for r in rows[:2])
+
+
+@pytest.mark.kernel
+def test_rlimit_core_zero_is_rejected(tmp_path):
+    exe = compile_c(TINY, tmp_path, name="nocore")
+    with serving(tmp_path, analysis=False) as (handler, _supervisor):
+        proc = subprocess.Popen([exe], preexec_fn=lambda: resource.setrlimit(  # noqa: PLW1509
+            resource.RLIMIT_CORE, (0, 0)))
+        proc.wait(60)
+        row = handler.wait_row(proc.pid, wait_analysis=False)
+    assert row["facts"]["decision"] == "reject" and row["core_state"] == "none"
+    assert "RLIMIT_CORE" in row["core_reason"]
+
+
+def test_pidfd_check_refuses_another_process():
+    """A pidfd names one process: not another PID, and not a reaped one."""
+    first = subprocess.Popen(["sleep", "30"])
+    second = subprocess.Popen(["sleep", "30"])
+    pidfd = os.pidfd_open(first.pid)
+    try:
+        assert socket_handler.verify_pidfd(pidfd, first.pid)["verified"] is True
+        assert socket_handler.verify_pidfd(pidfd, second.pid)["verified"] is False
+        first.kill()
+        first.wait()  # reaped: its PID is free for anyone now
+        check = socket_handler.verify_pidfd(pidfd, first.pid)
+        assert check["verified"] is False and check["pidfd_pid"] == -1
+    finally:
+        os.close(pidfd)
+        second.kill()
+        second.wait()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSEGV"])
+def test_server_death_puts_the_pipe_back_and_no_crash_is_lost(tmp_path, how):
+    exe = compile_c(TINY, tmp_path, name="whiledown")
+    with serving(tmp_path, restart_sec=3.0, analysis=False,
+                 rate_limit_burst=1000) as (handler, supervisor):
+        server = supervisor.server_pid()
+        os.kill(server, getattr(signal, how))  # SIGSEGV: the kernel's own dump path
+        _wait_pattern(handler.pattern, timeout=10)
+        down_pid = _crash(exe)  # while no server accepts
+        _wait_pattern(supervisor.socket_pattern, timeout=30)  # restarted
+        assert supervisor.server_pid() != server
+        up_pid = _crash(exe)
+        down = handler.wait_row(down_pid, wait_analysis=False)
+        up = handler.wait_row(up_pid, wait_analysis=False)
+    assert down["facts"]["front_door"] == "pipe" and down["core_state"] == "present"
+    assert up["facts"]["front_door"] == "socket" and up["core_state"] == "present"
+
+
+@pytest.mark.kernel
+def test_storm_of_64_in_socket_mode_all_stored(tmp_path):
+    programs = [compile_c(TINY, tmp_path, name=f"storm{i:02d}") for i in range(64)]
+    def unlimited() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
+    with serving(tmp_path, workers=4, analysis=False) as (handler, _supervisor):
+        procs = [subprocess.Popen([exe], preexec_fn=unlimited)  # noqa: PLW1509
+                 for exe in programs]
+        for proc in procs:
+            proc.wait(300)
+        rows = [handler.wait_row(p.pid, wait_analysis=False, timeout=300) for p in procs]
+    assert len(rows) == 64
+    assert all(r["core_state"] == "present" for r in rows)
+    assert {r["facts"]["front_door"] for r in rows} == {"socket"}
