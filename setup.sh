@@ -68,9 +68,18 @@ mandb -q 2>/dev/null || true
 log "checking that systemd-journald listens"
 .venv/bin/python -m tests.support.journald || log "no journald: crashes are stored and indexed, not journaled"
 
-log "registering the handler in kernel.core_pattern"
+# Where the kernel has the coredump socket (Linux 6.16+), `coredumpd install`
+# registers the pipe handler, then starts `coredumpd serve --supervise`, which
+# switches core_pattern to the socket once the server accepts (and back to the
+# pipe whenever it does not); elsewhere the pipe handler stays.
+log "registering coredumpd in kernel.core_pattern"
 .venv/bin/coredumpd install
-echo "kernel.core_pattern = $(cat /proc/sys/kernel/core_pattern)"
+pattern=$(cat /proc/sys/kernel/core_pattern)
+case "$pattern" in
+    @@*) log "mode: socket (coredumpd serve --supervise on ${pattern#@@}; the pipe handler whenever it does not accept)" ;;
+    *) log "mode: pipe handler" ;;
+esac
+echo "kernel.core_pattern = $pattern"
 
 log "crashing the demo program"
 demo_dir=$(mktemp -d)

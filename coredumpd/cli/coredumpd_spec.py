@@ -63,7 +63,9 @@ STORMS = (
 COREDUMPD = Program(
     name="coredumpd", section=8,
     summary="store every crash and explain it (kernel.core_pattern handler)",
-    synopsis=("install [--config FILE]", "uninstall", "publish [--config FILE]",
+    synopsis=("install [--config FILE] [--socket | --pipe]", "uninstall",
+              "serve [--config FILE] [--supervise] [--socket PATH] [--workers N]",
+              "publish [--config FILE]",
               "%P %i %p %u %g %s %t %c %h %d %F [--config FILE]"),
     description=(
         ("coredumpd is a handler for kernel.core_pattern, a replacement for "
@@ -84,12 +86,64 @@ COREDUMPD = Program(
                 "remembering the previous values. Fails, changing nothing, when the "
                 "pattern would exceed the kernel's 128-byte limit, or when the "
                 "configuration file has a line or value it cannot read (the message "
-                "names the file, the line and the key).",
+                "names the file, the line and the key). With --socket (the default where "
+                "the kernel has the coredump socket, Linux 6.16 and later) it then starts "
+                "coredumpd serve --supervise, detached, which switches kernel.core_pattern "
+                "to @@/run/coredumpd/coredump.socket once the server accepts; install "
+                "waits for that and fails, leaving the pipe handler registered, if it does "
+                "not happen within 30 seconds. With --pipe the pipe handler stays "
+                "registered and a server that an earlier install started is stopped.",
                 (Option(("--config",), "the handler started by the kernel uses FILE",
-                        metavar="FILE"),)),
+                        metavar="FILE"),
+                 Option(("--socket",), "hand cores over through the kernel's coredump socket"),
+                 Option(("--pipe",), "hand cores over through the pipe handler"))),
         Command("uninstall", "restore the previous kernel.core_pattern",
-                "Restores kernel.core_pattern and kernel.core_pipe_limit as install "
-                "found them."),
+                "Stops the supervised server that install started (it was recorded with "
+                "its PID and start time, so no other process is signalled), then restores "
+                "kernel.core_pattern and kernel.core_pipe_limit as install found them. It "
+                "stops nothing it did not start."),
+        Command("serve", "the capture server on the kernel's coredump socket",
+                "Listens on an AF_UNIX stream socket of its own (no socket activation) "
+                "for kernel.core_pattern = @@PATH. Each connection is one crash: while the "
+                "kernel waits for the answer to its request, the server reads /proc/PID "
+                "(checked against the connection's pidfd, so that a reused PID cannot mix "
+                "two processes up) and decides before the kernel writes a byte: the core "
+                "is streamed (COREDUMP_KERNEL) or, for a crash that the rate limit would "
+                "not keep or whose RLIMIT_CORE is below a page, rejected "
+                "(COREDUMP_REJECT): the index row is written with the reason and no dump "
+                "is made. The core goes through the same lz4 writer, index, journal entry "
+                "and sandboxed analysis as with the pipe handler. One forked worker serves "
+                "one crash, at most --workers at once; further crashes wait in the "
+                "kernel's accept queue (backlog 4096), none is dropped and memory stays "
+                "bounded. The server and its workers are not dumpable: the kernel "
+                "ignores RLIMIT_CORE for socket patterns, and a server dumping into its "
+                "own socket would wait for itself. Without --supervise the server does "
+                "not touch kernel.core_pattern. SIGTERM stops accepting, serves the "
+                "queue and exits.",
+                (Option(("--config",), "the configuration file", metavar="FILE"),
+                 Option(("--supervise",), (
+                     "run a supervisor that holds the listening socket, starts the server, "
+                     "sets kernel.core_pattern to @@PATH once the server accepts and puts "
+                     "the pipe handler back the moment it exits (killed, crashed), then "
+                     "restarts it. A crash while no server accepts goes to the pipe "
+                     "handler; crashes already queued on the socket wait for the next "
+                     "server. SIGTERM puts the pipe handler back, then stops the server."
+                     " This is what coredumpd.service runs.")),
+                 Option(("--socket",), ("where to listen (default "
+                                        "/run/coredumpd/coredump.socket)"), metavar="PATH"),
+                 Option(("--workers",), ("crashes served at once (default twice the CPUs, "
+                                         "at least 4)"), metavar="N"),
+                 Option(("--handler",), ("with --supervise: the pipe handler to register "
+                                         "while no server accepts (default the launcher "
+                                         "that install writes)"), metavar="PATH"),
+                 Option(("--restart-sec",), ("with --supervise: wait before restarting a "
+                                             "server that ended, doubled after each quick "
+                                             "failure up to 30 (default 1)"),
+                        metavar="SECONDS"),
+                 Option(("--listen-fd",), ("serve on this inherited listening socket (how "
+                                           "the supervisor starts the server)"), metavar="FD"),
+                 Option(("--ready-fd",), ("write one byte to this file descriptor once "
+                                          "accepting, then close it"), metavar="FD"))),
         Command("publish", "send the fleet outbox to the database now",
                 "With a fleet database configured ([Fleet] Database= in "
                 "coredumpd.conf(5)), every analysed crash's record (metadata, "
@@ -117,9 +171,14 @@ COREDUMPD = Program(
             ("/var/lib/coredumpd/fleet-outbox.sqlite", ("fleet records waiting to be sent "
              "to the fleet database (publish).")),
             ("/proc/sys/kernel/core_pattern", "where install registers the handler."),
+            ("/run/coredumpd/coredump.socket", "the socket coredumpd serve listens on."),
+            ("coredumpd.service", ("the systemd unit (systemd/ in the source tree): "
+             "coredumpd serve --supervise with Restart=always, and ExecStopPost= "
+             "coredumpd install --pipe so that the pipe handler is registered whenever "
+             "the unit is not running.")),
         )),
         Section("EXIT STATUS", (
-            ("install and uninstall exit with 0 on success and non-zero with a message "
+            ("install, uninstall and serve exit with 0 on success and non-zero with a message "
             "on standard error otherwise. As a handler, coredumpd stores what it "
             "received whatever happens; its exit status is not seen by anyone."),)),
     ),

@@ -58,13 +58,15 @@ def running_supervisor(saved_path: str) -> int | None:
 
 
 def start_supervisor(saved_path: str, config_path: str | None, socket_path: str,
-                     wait_sec: float = 30.0) -> bool:
+                     handler: str | None = None, wait_sec: float = 30.0) -> bool:
     """Start ``coredumpd serve --supervise``, record it; True once core_pattern is the
     socket (the server accepts) within ``wait_sec``."""
     argv = [sys.executable, "-m", "coredumpd.pipeline.main", "serve", "--supervise",
             "--socket", socket_path]
     if config_path:
         argv += ["--config", os.path.abspath(config_path)]
+    if handler:
+        argv += ["--handler", handler]
     process = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
     values = _load(saved_path)

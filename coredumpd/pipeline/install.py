@@ -145,7 +145,7 @@ def install(config_path: str | None = None, saved_path: str = SAVED_SYSCTL_PATH,
     pattern = build_pattern(handler, config_path)
     try:
         current = {"core_pattern": _read(CORE_PATTERN), "core_pipe_limit": _read(CORE_PIPE_LIMIT)}
-        ours = current["core_pattern"].startswith((f"|{handler} ", f"@@{DEFAULT_SOCKET_PATH}"))
+        ours = current["core_pattern"].startswith((f"|{handler} ", "@@"))
         if not ours or not os.path.exists(saved_path):
             _save(saved_path, current)  # never save our own pattern as "the previous one"
         _write(CORE_PIPE_LIMIT, str(PIPE_LIMIT))
@@ -166,10 +166,12 @@ def validate_config(config_path: str | None) -> None:
 
 
 def install_mode(config_path: str | None = None, mode: str | None = None,
-                 saved_path: str = SAVED_SYSCTL_PATH) -> str:
+                 saved_path: str = SAVED_SYSCTL_PATH, handler: str | None = None,
+                 socket_path: str = DEFAULT_SOCKET_PATH) -> str:
     """``coredumpd install [--socket|--pipe]``: the pipe handler first (registered, the
     previous values saved), then for the socket a supervised server that switches
-    core_pattern to ``@@PATH`` once it accepts.  ``mode`` None: the socket where the
+    core_pattern to ``@@PATH`` once it accepts (an ``@@`` pattern found is never saved
+    as the previous one once values are saved: it is ours, or nobody serves it).  ``mode`` None: the socket where the
     kernel has it (Linux 6.16+), else the pipe.  Returns the core_pattern in force."""
     from coredumpd.ingest.coredump_socket import kernel_supports_socket
     from coredumpd.pipeline.daemon import start_supervisor, stop_supervisor
@@ -179,9 +181,9 @@ def install_mode(config_path: str | None = None, mode: str | None = None,
         raise ConfigError(f"this kernel ({os.uname().release}) has no coredump socket"
                           " (Linux 6.16 or later); use --pipe")
     stop_supervisor(saved_path)  # an earlier install --socket: started afresh or not at all
-    pattern = install(config_path, saved_path)
+    pattern = install(config_path, saved_path, handler)
     if mode == "socket":
-        if not start_supervisor(saved_path, config_path, DEFAULT_SOCKET_PATH):
+        if not start_supervisor(saved_path, config_path, socket_path, handler):
             raise ConfigError("coredumpd serve did not start accepting; the pipe handler "
                               f"stays registered ({pattern})")
         pattern = _read(CORE_PATTERN)

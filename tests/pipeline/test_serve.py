@@ -227,3 +227,52 @@ def test_storm_of_64_in_socket_mode_all_stored(tmp_path):
     assert len(rows) == 64
     assert all(r["core_state"] == "present" for r in rows)
     assert {r["facts"]["front_door"] for r in rows} == {"socket"}
+
+
+@pytest.mark.kernel
+def test_install_socket_then_uninstall_stops_what_it_started(tmp_path):
+    from coredumpd.pipeline import daemon, install
+    exe = compile_c(TINY, tmp_path, name="installed")
+    saved = tmp_path / "saved-sysctl"
+    socket_path = f"/run/cdtest-install-{os.getpid()}.sock"
+    with registered_handler(tmp_path, journal=False, analysis=False) as handler, \
+            core_pattern("core", 16):
+        pattern = install.install_mode(handler.config_path, "socket", saved_path=str(saved),
+                                       handler=HANDLER, socket_path=socket_path)
+        supervisor = daemon.running_supervisor(str(saved))
+        try:
+            assert pattern == _pattern() == f"@@{socket_path}" and supervisor is not None
+            row = handler.wait_row(_crash(exe), wait_analysis=False)
+            assert row["facts"]["front_door"] == "socket"
+            restored = install.uninstall(str(saved), launcher_dir=str(tmp_path / "none"))
+        finally:
+            daemon.stop_supervisor(str(saved))
+        assert restored["core_pattern"] == _pattern() == "core"
+        assert not os.path.exists(f"/proc/{supervisor}") or \
+            "Z" in pathlib_read(f"/proc/{supervisor}/stat").split()[2]
+        assert not os.path.exists(socket_path)
+
+
+def test_shipped_unit_runs_the_supervisor_and_puts_the_pipe_back():
+    """coredumpd.service: Restart=always, the supervisor as ExecStart, the pipe handler
+    registered by ExecStopPost; each command line is one our parser accepts."""
+    import configparser
+    import pathlib
+    import shlex
+
+    from coredumpd.pipeline.main import build_parser
+    unit = pathlib.Path(__file__).resolve().parents[2] / "systemd" / "coredumpd.service"
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(unit.read_text())
+    service = parser["Service"]
+    assert service["Restart"] == "always" and service["KillMode"] == "mixed"
+    start = build_parser().parse_args(shlex.split(service["ExecStart"])[1:])
+    assert start.command == "serve" and start.supervise
+    stop = build_parser().parse_args(shlex.split(service["ExecStopPost"])[1:])
+    assert stop.command == "install" and stop.mode == "pipe"
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                            text=True, check=False)
+    problems = [line for line in result.stderr.splitlines()
+                if "is not executable" not in line]  # /usr/local/bin/coredumpd: not here
+    assert problems == []
