@@ -71,6 +71,7 @@ def handle_connection(conn: socket.socket, config_path: str | None,
             _collect_held(crash, info, pidfd)
             flags = _decide(crash)
             S.send_ack(conn, flags)
+            crash.timings_ms["acked"] = _since(crash.started)
             crash.decision = "kernel" if flags == S.COREDUMP_KERNEL else "reject"
             if flags == S.COREDUMP_KERNEL:
                 _stream(crash, conn)
@@ -78,12 +79,17 @@ def handle_connection(conn: socket.socket, config_path: str | None,
             crash.problems.append(f"while the process was held: {type(err).__name__}: {err}")
         conn.close()
         crash.released = time.monotonic()
+        crash.timings_ms["released"] = _since(crash.started)
         _after_release(crash, pidfd, flags)
     finally:
         conn.close()
         os.close(pidfd)
     crash.status = store_crash.finish(crash)
     return crash
+
+
+def _since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)
 
 
 def _args(info: S.PidfdInfo, pidfd: int, config_path: str | None) -> HandlerArgs:

@@ -73,6 +73,7 @@ class CrashState:
         self.status = 0  # the handler's exit status, once finished
         self.front_door = "pipe"  # how the kernel handed the core over: pipe or socket
         self.decision: str | None = None  # socket only: kernel (streamed) or reject
+        self.timings_ms: dict[str, float] = {}  # socket only: accept -> decision, -> release
 
     @property
     def pid(self) -> int | None:
@@ -155,7 +156,9 @@ class CrashState:
             "mapped_objects": read_held_objects(self.held, self.missing, self._keeper()),
             "sender": self.sender, "stream": self.stream.summary(),
             "pidfd_check": self.pidfd_check, "front_door": self.front_door,
-            "decision": self.decision, "problems": self.problems,
+            "pidfd_check": self.pidfd_check, "front_door": self.front_door,
+            "decision": self.decision, "timings_ms": self.timings_ms,
+            "problems": self.problems,
             "missing": self.missing, "container": describe_container(self.proc),
             "id_sources": self.id_sources,
         }
