@@ -64,7 +64,7 @@ def handle_connection(conn: socket.socket, config_path: str | None,
         if not info.dumping:
             raise NotACrash(f"peer pid {info.pid} is not dumping core (mask {info.coredump_mask})")
         crash = CrashState(_args(info, pidfd, config_path), started)
-        crash.front_door = "socket"
+        crash.front_door, crash.args_source = "socket", "pidfd"
         flags = S.COREDUMP_KERNEL
         try:
             S.read_request(conn)

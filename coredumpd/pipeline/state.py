@@ -72,6 +72,7 @@ class CrashState:
         self.row_id: str | None = None  # the index row, once inserted
         self.status = 0  # the handler's exit status, once finished
         self.front_door = "pipe"  # how the kernel handed the core over: pipe or socket
+        self.args_source: str | None = None  # where args came from, if not the specifiers
         self.decision: str | None = None  # socket only: kernel (streamed) or reject
         self.timings_ms: dict[str, float] = {}  # socket only: accept -> decision, -> release
 
@@ -107,7 +108,7 @@ class CrashState:
     def resolve_ids(self) -> None:
         """PID, UID and GID of the crash, each with its source (``id_sources``).
 
-        ``%P %u %g`` first; else the core's NT_PRPSINFO ``pr_pid pr_uid pr_gid``
+        ``%P %u %g`` first (the socket door's pidfd: ``args_source``); else the core's NT_PRPSINFO ``pr_pid pr_uid pr_gid``
         (the kernel's fill_psinfo() writes them as the process saw them: its own
         PID namespace and user namespace); else unknown (source None), and the
         index row's PID is the handler's own (a unique number).
@@ -115,7 +116,7 @@ class CrashState:
         info = self.stream.prpsinfo
         for field, specifier in ID_SPECIFIERS.items():
             value = getattr(self.args, field)
-            source = specifier if value is not None else None
+            source = (self.args_source or specifier) if value is not None else None
             if value is None and info is not None and (field != "pid" or info.pr_pid > 0):
                 value, source = getattr(info, f"pr_{field}"), "NT_PRPSINFO"
                 self.problems.append(f"no {specifier}: {field} taken from the core's NT_PRPSINFO")

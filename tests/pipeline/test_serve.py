@@ -3,8 +3,8 @@
 Every test holds the core_pattern lock (tests.support.kernel.core_pattern) for
 the whole time a supervisor runs: the supervisor switches the pattern between
 the test's pipe handler and ``@@SOCKET``, and the lock's restore puts the
-machine's pattern back whatever happens.  The journal is off (Journal=no): the
-host's journal is not written.
+machine's pattern back whatever happens.  Journal entries go to the run's
+private journald (tests.support.crash.write_config), never the host's.
 """
 
 from __future__ import annotations
@@ -83,10 +83,36 @@ def supervised(handler, restart_sec: float = 2.0, workers: int | None = None):
 
 @contextlib.contextmanager
 def serving(tmp_path, restart_sec: float = 2.0, workers: int | None = None, **config):
-    """A store (Journal=no) and a supervised server for it: (handler, supervisor)."""
-    with registered_handler(tmp_path, journal=False, **config) as handler, \
-            supervised(handler, restart_sec, workers) as supervisor:
-        yield handler, supervisor
+    """A store and a supervised server for it: (handler, supervisor)."""
+    with registered_handler(tmp_path, **config) as handler:
+        try:
+            with supervised(handler, restart_sec, workers) as supervisor:
+                yield handler, supervisor
+        finally:
+            wait_for_handlers(handler.config_path)
+
+
+def wait_for_handlers(config_path: str, timeout: float = 60) -> None:
+    """Until no process runs with ``config_path`` (pipe handlers, analysis jobs).
+
+    While a test's pattern is registered, any crash on the machine (another
+    test run's too) goes to it; a handler that the kernel started just before
+    the pattern was restored may still be loading its configuration.  The file
+    must outlive it, or the handler falls back to the default store."""
+    needle = config_path.encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = False
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                        busy = busy or needle in handle.read()
+                except OSError:
+                    continue
+        if not busy:
+            return
+        time.sleep(0.1)
 
 
 def _crash(exe: str, *args: str) -> int:
@@ -120,18 +146,20 @@ int main(int argc, char **argv) {
 
 
 @pytest.mark.kernel
-def test_socket_crash_is_stored_whole_and_analysed(tmp_path):
+def test_socket_crash_is_stored_whole_analysed_and_journaled(tmp_path, private_journal):
     """The kernel's bytes, as stored: lz4 -d gives the whole core (as long as its
     program headers say), and the heap the program filled reads back exactly."""
     exe = compile_c(PATTERNED, tmp_path, name="socketprog")
     where = tmp_path / "where"
-    with serving(tmp_path, rate_limit_burst=1000) as (handler, _supervisor):
+    with serving(tmp_path, rate_limit_burst=1000,
+                 journal_namespace=private_journal.namespace) as (handler, _supervisor):
         pid = _crash(exe, str(where))
         row = handler.wait_row(pid, timeout=120)
     assert row["facts"]["front_door"] == "socket" and row["facts"]["decision"] == "kernel"
     assert row["core_state"] == "present" and row["signal"] == 11
     assert row["exe"] == exe and row["comm"] == "socketprog"
     assert row["facts"]["pidfd_check"]["verified"] is True
+    assert row["facts"]["id_sources"] == {"pid": "pidfd", "uid": "pidfd", "gid": "pidfd"}
     assert row["tid"] == pid and row["ns_pid"] == pid and row["uid"] == 0
     assert row["analysis_state"] == "done"
     crashed = [t for t in row["analysis"]["threads"] if t["crashed"]]
@@ -147,6 +175,10 @@ def test_socket_crash_is_stored_whole_and_analysed(tmp_path):
         assert reader.pread(0, len(restored)) == restored
         core = Core.open(reader)
         assert core.read_memory(address, size) == expected
+    entry = private_journal.wait_entry(f"COREDUMP_ID={row['id']}")
+    assert entry["MESSAGE_ID"] == "fc2e22bc6ee647b6b90729ab34a250b1"
+    assert entry["COREDUMP_PID"] == str(pid) and entry["COREDUMP_SIGNAL_NAME"] == "SIGSEGV"
+    assert entry["COREDUMP_FILENAME"] == row["core_path"]
 
 
 @pytest.mark.kernel
@@ -235,8 +267,7 @@ def test_install_socket_then_uninstall_stops_what_it_started(tmp_path):
     exe = compile_c(TINY, tmp_path, name="installed")
     saved = tmp_path / "saved-sysctl"
     socket_path = f"/run/cdtest-install-{os.getpid()}.sock"
-    with registered_handler(tmp_path, journal=False, analysis=False) as handler, \
-            core_pattern("core", 16):
+    with registered_handler(tmp_path, analysis=False) as handler, core_pattern("core", 16):
         pattern = install.install_mode(handler.config_path, "socket", saved_path=str(saved),
                                        handler=HANDLER, socket_path=socket_path)
         supervisor = daemon.running_supervisor(str(saved))
@@ -247,6 +278,7 @@ def test_install_socket_then_uninstall_stops_what_it_started(tmp_path):
             restored = install.uninstall(str(saved), launcher_dir=str(tmp_path / "none"))
         finally:
             daemon.stop_supervisor(str(saved))
+            wait_for_handlers(handler.config_path)
         assert restored["core_pattern"] == _pattern() == "core"
         assert not os.path.exists(f"/proc/{supervisor}") or \
             "Z" in pathlib_read(f"/proc/{supervisor}/stat").split()[2]
