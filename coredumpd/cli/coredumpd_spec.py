@@ -143,7 +143,11 @@ COREDUMPD = Program(
                  Option(("--listen-fd",), ("serve on this inherited listening socket (how "
                                            "the supervisor starts the server)"), metavar="FD"),
                  Option(("--ready-fd",), ("write one byte to this file descriptor once "
-                                          "accepting, then close it"), metavar="FD"))),
+                                          "accepting, then close it"), metavar="FD"),
+                 Option(("--fallback",), ("the core_pattern to put back, from the server's "
+                                          "own @@PATH, if its supervisor dies before it (the "
+                                          "server then gets SIGTERM: PR_SET_PDEATHSIG)"),
+                        metavar="PATTERN"))),
         Command("publish", "send the fleet outbox to the database now",
                 "With a fleet database configured ([Fleet] Database= in "
                 "coredumpd.conf(5)), every analysed crash's record (metadata, "

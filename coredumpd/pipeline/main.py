@@ -71,6 +71,8 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
                        help="serve on this inherited listening socket (the supervisor's)")
     serve.add_argument("--ready-fd", metavar="FD", type=int,
                        help="write one byte to this fd once accepting, then close it")
+    serve.add_argument("--fallback", metavar="PATTERN",
+                       help="the core_pattern to put back if the supervisor dies first")
 
 
 def _serve(options: argparse.Namespace) -> int:
@@ -81,7 +83,8 @@ def _serve(options: argparse.Namespace) -> int:
         return supervise.supervise(socket_path, options.config, options.handler, workers,
                                    options.restart_sec)
     if options.listen_fd is not None:
-        return serve.serve(None, options.config, workers, options.listen_fd, options.ready_fd)
+        return serve.serve(options.socket, options.config, workers, options.listen_fd,
+                           options.ready_fd, options.fallback)
     return serve.serve(socket_path, options.config, workers, ready_fd=options.ready_fd)
 
 

@@ -41,7 +41,11 @@ from coredumpd.report.journal import kmsg_line, write_kmsg
 
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 by default since 5.4)
 DEFAULT_WORKERS = max(4, 2 * (os.cpu_count() or 1))
-PR_SET_DUMPABLE = 4  # include/uapi/linux/prctl.h
+PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+PR_SET_DUMPABLE = 4
+FORK_RETRIES = 50  # fork(2) failing with EAGAIN/ENOMEM: wait, do not drop the crash
+CORE_PATTERN = "/proc/sys/kernel/core_pattern"
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 SOCKET_MODE = 0o600  # the kernel connects with its own credentials; nobody else may
 
 
@@ -49,11 +53,15 @@ class _Stop(Exception):
     pass
 
 
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}, {value})")
+
+
 def make_undumpable() -> None:
     """prctl(PR_SET_DUMPABLE, 0): a crash of this process writes no core (see above)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0)")
+    _prctl(PR_SET_DUMPABLE, 0)
 
 
 def bind_listener(path: str) -> socket.socket:
@@ -103,10 +111,11 @@ class Server:
 
     def run(self, ready_fd: int | None = None) -> int:
         """Serve until SIGTERM/SIGINT; then serve the queue, wait for the workers, return 0."""
-        for signo in (signal.SIGTERM, signal.SIGINT):
+        for signo in STOP_SIGNALS:
             signal.signal(signo, _raise_stop)
-        _notify_ready(ready_fd)
         try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            _notify_ready(ready_fd)
             while True:
                 self._wait_for_slot()
                 conn, _ = self.listener.accept()
@@ -155,12 +164,22 @@ class Server:
 
     def _fork_worker(self, conn: socket.socket) -> None:
         started = time.monotonic()
-        pid = os.fork()
+        pid = _fork()
         if pid == 0:
             _worker(self.listener, conn, self.config_path, started)
         conn.close()
         self.children.add(pid)
         self.served += 1
+
+
+def _fork() -> int:
+    """os.fork(), retried while the system is out of processes or memory."""
+    for _attempt in range(FORK_RETRIES):
+        try:
+            return os.fork()
+        except (BlockingIOError, MemoryError):
+            time.sleep(0.1)
+    return os.fork()
 
 
 def _worker(listener: socket.socket, conn: socket.socket, config_path: str | None,
@@ -178,6 +197,20 @@ def _worker(listener: socket.socket, conn: socket.socket, config_path: str | Non
                              f"capture worker failed: {type(err).__name__}: {err}"))
     finally:
         os._exit(status)
+
+
+def _orphan_fallback(own: str, fallback: str) -> None:
+    """Our supervisor is gone: core_pattern from our ``own`` back to ``fallback``."""
+    try:
+        with open(CORE_PATTERN, encoding="utf-8") as handle:
+            if handle.read().rstrip("\n") != own:
+                return
+        with open(CORE_PATTERN, "w", encoding="utf-8") as handle:
+            handle.write(fallback)
+    except OSError:
+        return
+    write_kmsg(kmsg_line(os.getpid(), "coredumpd-serve", 0, 0,
+                         "supervisor gone; core_pattern back to the pipe handler"))
 
 
 def _raise_stop(signo: int, frame: object) -> None:
@@ -202,9 +235,23 @@ def _notify_ready(ready_fd: int | None) -> None:
 
 
 def serve(socket_path: str | None, config_path: str | None, workers: int,
-          listen_fd: int | None = None, ready_fd: int | None = None) -> int:
-    """``coredumpd serve``: the server on ``socket_path`` or an inherited ``listen_fd``."""
+          listen_fd: int | None = None, ready_fd: int | None = None,
+          fallback: str | None = None) -> int:
+    """``coredumpd serve``: the server on ``socket_path``, or on an inherited ``listen_fd``
+    bound there (by the supervisor).
+
+    ``fallback``: the pipe pattern to put back if the supervisor (our parent) dies
+    before us — it would not be there to do it when we end.  We get SIGTERM then
+    (PR_SET_PDEATHSIG), serve the queue, and switch core_pattern from our socket
+    back to ``fallback`` on the way out."""
     make_undumpable()
+    # Held until Server.run has its handlers: a SIGTERM now is served, not fatal.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    supervisor = os.getppid()
+    if fallback is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != supervisor:  # it died before the prctl
+            os.kill(os.getpid(), signal.SIGTERM)
     if listen_fd is not None:
         listener = socket.socket(fileno=listen_fd)
     elif socket_path is not None:
@@ -216,6 +263,8 @@ def serve(socket_path: str | None, config_path: str | None, workers: int,
     try:
         return server.run(ready_fd)
     finally:
+        if fallback is not None and socket_path is not None and os.getppid() != supervisor:
+            _orphan_fallback(f"@@{os.path.abspath(socket_path)}", fallback)
         listener.close()
         if listen_fd is None and socket_path is not None:
             try:

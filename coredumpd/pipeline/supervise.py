@@ -133,8 +133,9 @@ class Supervisor:
 
     def _server_argv(self, listen_fd: int, ready_fd: int) -> list[str]:
         argv = [sys.executable, "-m", "coredumpd.pipeline.main", "serve",
-                "--listen-fd", str(listen_fd), "--ready-fd", str(ready_fd),
-                "--workers", str(self.workers)]
+                "--listen-fd", str(listen_fd), "--socket", self.socket_path,
+                "--ready-fd", str(ready_fd),
+                "--workers", str(self.workers), "--fallback", self.pipe]
         if self.config_path:
             argv += ["--config", self.config_path]
         return argv

@@ -308,3 +308,20 @@ def test_shipped_unit_runs_the_supervisor_and_puts_the_pipe_back():
     problems = [line for line in result.stderr.splitlines()
                 if "is not executable" not in line]  # /usr/local/bin/coredumpd: not here
     assert problems == []
+
+
+@pytest.mark.kernel
+def test_supervisor_killed_the_server_puts_the_pipe_back(tmp_path):
+    """SIGKILL to the supervisor: its server gets SIGTERM (PR_SET_PDEATHSIG), serves
+    its queue and switches core_pattern back to the pipe itself; crashes stay stored."""
+    exe = compile_c(TINY, tmp_path, name="orphaned")
+    with serving(tmp_path, analysis=False) as (handler, supervisor):
+        server = supervisor.server_pid()
+        supervisor.process.kill()
+        _wait_pattern(handler.pattern, timeout=30)
+        deadline = time.monotonic() + 30
+        while os.path.exists(f"/proc/{server}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{server}")
+        row = handler.wait_row(_crash(exe), wait_analysis=False)
+    assert row["facts"]["front_door"] == "pipe" and row["core_state"] == "present"
