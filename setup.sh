@@ -73,7 +73,10 @@ log "checking that systemd-journald listens"
 # switches core_pattern to the socket once the server accepts (and back to the
 # pipe whenever it does not); elsewhere the pipe handler stays.
 log "registering coredumpd in kernel.core_pattern"
-.venv/bin/coredumpd install
+.venv/bin/coredumpd install || {
+    log "the socket server did not start accepting: registering the pipe handler"
+    .venv/bin/coredumpd install --pipe
+}
 pattern=$(cat /proc/sys/kernel/core_pattern)
 case "$pattern" in
     @@*) log "mode: socket (coredumpd serve --supervise on ${pattern#@@}; the pipe handler whenever it does not accept)" ;;
