@@ -180,6 +180,9 @@ def install_mode(config_path: str | None = None, mode: str | None = None,
     if mode == "socket" and not kernel_supports_socket():
         raise ConfigError(f"this kernel ({os.uname().release}) has no coredump socket"
                           " (Linux 6.16 or later); use --pipe")
+    if config_path is not None and not os.path.isfile(config_path):
+        raise ConfigError(f"configuration file {config_path} does not exist")
+    validate_config(config_path)  # as install() checks, before anything changes
     build_pattern(handler or os.path.join(LAUNCHER_DIR, "coredumpd"), config_path)  # fits?
     stop_supervisor(saved_path)  # an earlier install --socket: started afresh or not at all
     pattern = install(config_path, saved_path, handler)
