@@ -157,7 +157,6 @@ class CrashState:
             "mapped_objects": read_held_objects(self.held, self.missing, self._keeper()),
             "sender": self.sender, "stream": self.stream.summary(),
             "pidfd_check": self.pidfd_check, "front_door": self.front_door,
-            "pidfd_check": self.pidfd_check, "front_door": self.front_door,
             "decision": self.decision, "timings_ms": self.timings_ms,
             "problems": self.problems,
             "missing": self.missing, "container": describe_container(self.proc),
