@@ -26,7 +26,8 @@ analysis is not counted (it belongs to neither).
 
 core_pattern is changed only through tests.support.kernel.core_pattern (lock,
 restore).  Configuration: the default (Analysis=yes) except what
-:data:`bench.reap_latency.BENCH_SETTINGS` says (printed first).
+:data:`bench.reap_latency.BENCH_SETTINGS` says (printed first); the journal goes
+to a private journald namespace (bench.provenance.private_journal).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.provenance import measured_line
+from bench.provenance import measured_line, private_journal
 from bench.reap_latency import BENCH_SETTINGS, DISCARD, configuration, crash_once
 from coredumpd.pipeline.install import build_pattern, write_launcher
 from tests.support.crash import RegisteredHandler, compile_c, registered_handler
@@ -96,7 +97,7 @@ def reap(options: argparse.Namespace, work: pathlib.Path) -> None:
           " (median / discard median)")
     for label, mib in (("tiny", 0), (f"{options.big_mib} MiB", options.big_mib)):
         times: dict[str, list[float]] = {"discard": [], "pipe": [], "socket": []}
-        with registered_handler(work, directory=str(work / "store"), **BENCH_SETTINGS) as handler, \
+        with registered_handler(work, directory=str(work / "store"), **options.settings) as handler, \
                 server(handler, socket_path):
             pipe = build_pattern(launcher, handler.config_path)
             for _ in range(options.rounds):
@@ -148,7 +149,7 @@ def storm(options: argparse.Namespace, work: pathlib.Path) -> None:
 
     def unlimited() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
-    with registered_handler(work, directory=str(work / "store"), **BENCH_SETTINGS) as handler, \
+    with registered_handler(work, directory=str(work / "store"), **options.settings) as handler, \
             server(handler, socket_path, options.workers) as process, \
             core_pattern(f"@@{socket_path}", 16):
         started = time.monotonic()
@@ -177,7 +178,7 @@ def _server_cpu(pid: int) -> float:
 def reject(options: argparse.Namespace, work: pathlib.Path) -> None:
     exe = compile_c(str(REPO / "bench" / "reap_crasher.c"), work, flags=("-O2",))
     socket_path = f"/run/cdbench-{os.getpid()}.sock"
-    settings = {**BENCH_SETTINGS, "rate_limit_burst": options.runs}
+    settings = {**options.settings, "rate_limit_burst": options.runs}
     print(f"reject: RateLimitBurst={options.runs} (the first {options.runs} crashes are stored,"
           " the next ones rejected)")
     results: dict[str, list[tuple[float, float, float]]] = {"kernel": [], "reject": []}
@@ -218,10 +219,13 @@ def main() -> int:
     reject_parser.add_argument("--runs", type=int, default=10)
     reject_parser.add_argument("--mib", type=int, default=64)
     options = parser.parse_args()
-    print(measured_line(configuration(True)))
     work = pathlib.Path(tempfile.mkdtemp(prefix="sockbench", dir="/var/tmp"))
     try:
-        {"reap": reap, "storm": storm, "reject": reject}[options.command](options, work)
+        with private_journal() as journal:
+            print(measured_line(configuration(True, journal.description)))
+            options.settings = {**BENCH_SETTINGS, **journal.settings}
+            {"reap": reap, "storm": storm, "reject": reject}[options.command](options, work)
+            print(journal.entries_line())
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
