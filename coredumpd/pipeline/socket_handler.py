@@ -66,10 +66,13 @@ def handle_connection(conn: socket.socket, config_path: str | None,
         crash = CrashState(_args(info, pidfd, config_path), started)
         crash.front_door, crash.args_source = "socket", "pidfd"
         flags = S.COREDUMP_KERNEL
+        crash.timings_ms["worker"] = _since(crash.started)
         try:
             S.read_request(conn)
             _collect_held(crash, info, pidfd)
+            crash.timings_ms["proc_read"] = _since(crash.started)
             flags = _decide(crash)
+            crash.timings_ms["decided"] = _since(crash.started)
             S.send_ack(conn, flags)
             crash.timings_ms["acked"] = _since(crash.started)
             crash.decision = "kernel" if flags == S.COREDUMP_KERNEL else "reject"
