@@ -9,15 +9,13 @@ FIELD=VALUE), over the columns of the fleet table.
 from __future__ import annotations
 
 import datetime
-import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from coredumpd.errors import StoreError
 from coredumpd.fleet import FleetError
 from coredumpd.fleet.schema import SCHEMA
-from coredumpd.store.index import ID_LENGTH, JOURNAL_FIELDS
+from coredumpd.store.index import match_kind
 
 # FIELD=VALUE names (lower case, or systemd's COREDUMP_* through the index's
 # table) -> fleet columns; integer columns compare as numbers.
@@ -66,27 +64,21 @@ def _time_clauses(since_us: int | None, until_us: int | None) -> tuple[list[str]
 
 
 def classify(match: str) -> tuple[str, Any]:
-    """(column, value) for one MATCH, as ``corectl list`` reads it."""
-    if "=" in match:
-        field, value = match.split("=", 1)
-        name = JOURNAL_FIELDS.get(field.upper(), field.lower())
-        column = COLUMNS.get(name)
-        if column is None:
-            raise StoreError(f"unknown field {field!r} in match {match!r} (the fleet has: "
-                             f"{', '.join(sorted(COLUMNS))})")
-        if column in INTEGER_COLUMNS:
-            try:
-                return column, int(value, 0)
-            except ValueError as err:
-                raise StoreError(f"{field} needs a number, not {value!r}") from err
-        return column, value
-    if "/" in match:
-        return "exe", os.path.abspath(match)
-    if re.fullmatch(rf"[0-9a-f]{{{ID_LENGTH}}}", match):
-        return "crash_id|comm", match
-    if re.fullmatch(r"[0-9]+", match):
-        return "pid", int(match)
-    return "comm", match
+    """(column, value) for one MATCH, as ``corectl list`` reads it (store.index.match_kind)."""
+    kind, value = match_kind(match)
+    if kind != "field":
+        return {"id": "crash_id|comm", "exe": "exe", "pid": "pid", "comm": "comm"}[kind], value
+    field, name, text = value
+    column = COLUMNS.get(name)
+    if column is None:
+        raise StoreError(f"unknown field {field!r} in match {match!r} (the fleet has: "
+                         f"{', '.join(sorted(COLUMNS))})")
+    if column in INTEGER_COLUMNS:
+        try:
+            return column, int(text, 0)
+        except ValueError as err:
+            raise StoreError(f"{field} needs a number, not {text!r}") from err
+    return column, text
 
 
 def match_clauses(matches: Sequence[str]) -> tuple[list[str], list[Any]]:

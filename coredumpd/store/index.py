@@ -361,26 +361,37 @@ def record_from_row(row: Mapping[str, Any]) -> CrashRecord:
     return CrashRecord(**values, problems=problems)
 
 
-def _classify(match: str) -> tuple[str, Any]:
-    """(column, value) for one MATCH argument, as coredumpctl's add_match."""
+def match_kind(match: str) -> tuple[str, Any]:
+    """How coredumpctl's add_match reads one MATCH argument, for every store of crashes:
+    ``("field", (FIELD, record field name, VALUE))`` for FIELD=VALUE (journal names such
+    as COREDUMP_PID mapped), ``("exe", absolute path)``, ``("id", text)`` (an ID, which
+    may also be a COMM), ``("pid", int)`` or ``("comm", text)``."""
     if "=" in match:
         field, value = match.split("=", 1)
-        column = JOURNAL_FIELDS.get(field.upper(), field.lower())
-        if column not in FIELDS or column in JSON_FIELDS:
-            raise StoreError(f"unknown field {field!r} in match {match!r}")
-        if column in _INTEGER_FIELDS:
-            try:
-                return column, _to_row_fields({column: int(value, 0)})[column]
-            except ValueError as err:
-                raise StoreError(f"{field} needs a number, not {value!r}") from err
-        return column, value
+        return "field", (field, JOURNAL_FIELDS.get(field.upper(), field.lower()), value)
     if "/" in match:
         return "exe", os.path.abspath(match)
     if re.fullmatch(rf"[0-9a-f]{{{ID_LENGTH}}}", match):
-        return "id|comm", match
+        return "id", match
     if re.fullmatch(r"[0-9]+", match):
         return "pid", int(match)
     return "comm", match
+
+
+def _classify(match: str) -> tuple[str, Any]:
+    """(column, value) for one MATCH argument, as coredumpctl's add_match."""
+    kind, value = match_kind(match)
+    if kind != "field":
+        return ("id|comm" if kind == "id" else kind), value
+    field, column, text = value
+    if column not in FIELDS or column in JSON_FIELDS:
+        raise StoreError(f"unknown field {field!r} in match {match!r}")
+    if column in _INTEGER_FIELDS:
+        try:
+            return column, _to_row_fields({column: int(text, 0)})[column]
+        except ValueError as err:
+            raise StoreError(f"{field} needs a number, not {text!r}") from err
+    return column, text
 
 
 def _match_clauses(matches: Iterable[str]) -> tuple[list[str], list[Any]]:
