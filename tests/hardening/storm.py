@@ -83,7 +83,7 @@ class StormResult:
     pipe_limit_after: int = 0  # after uninstall (idem): must be the one found
     handler_pss_sum_mib: float | None = None  # peak of the handlers' PSS at one moment
     handlers_alive_max: int = 0  # most handler processes seen at one moment
-    handlers_working_max: int = 0  # of those, most over WORKING_RSS_MIB (past the wait)
+    handlers_working_max: int = 0  # of those, most holding a handler slot at once
     analysis_rss_sum_mib: float | None = None  # peak RSS sum of analysis jobs + sandboxes
     analysis_max_rss_mib: float | None = None
     analysis_alive_max: int = 0  # analysis jobs (waiting or working)
@@ -150,11 +150,15 @@ class MemorySampler(threading.Thread):
     def sample(self) -> None:
         totals = {kind: {"rss_sum": 0.0, "pss_sum": 0.0, "alive": 0, "working": 0}
                   for kind in self.peaks}
+        holders = _handler_slot_holders()  # one snapshot: /proc is read pid by pid
         for pid, kind in self._kinds().items():
             status = _kib_fields(f"/proc/{pid}/status", ("VmRSS", "VmHWM"))
             rollup = _kib_fields(f"/proc/{pid}/smaps_rollup", ("Pss",))
             totals[kind]["alive"] += 1
-            totals[kind]["working"] += status.get("VmRSS", 0) > WORKING_RSS_MIB << 10
+            if kind == "handler":
+                totals[kind]["working"] += pid in holders
+            else:
+                totals[kind]["working"] += status.get("VmRSS", 0) > WORKING_RSS_MIB << 10
             totals[kind]["rss_sum"] += status.get("VmRSS", 0) / 1024
             totals[kind]["pss_sum"] += rollup.get("Pss", 0) / 1024
             peak = self.peaks[kind]
@@ -325,6 +329,31 @@ def as_json(value: Any) -> Any:
     if isinstance(value, str):
         return json.loads(value)
     return {} if value is None else value
+
+
+def _handler_slot_holders() -> set[str]:
+    """PIDs holding a handler slot (coredumpd.pipeline.slots) in one read of /proc/locks.
+
+    A handler holds its slot until it exits.  Counting "working" handlers by their RSS,
+    pid after pid, could see one that was about to exit and, a moment later, the one
+    that took its slot: five at once with four slots.  /proc/locks lists every holder
+    in one read ("1: FLOCK  ADVISORY  WRITE PID MAJ:MIN:INODE 0 EOF"; waiters are
+    the "->" lines).
+    """
+    from coredumpd.pipeline.slots import SLOT_DIRECTORY
+    inodes: set[str] = set()
+    for path in pathlib.Path(SLOT_DIRECTORY).glob("handler.[0-9]*"):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        inodes.add(f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}")
+    holders: set[str] = set()
+    for line in pathlib.Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and "->" not in fields and fields[5] in inodes:
+            holders.add(fields[4])
+    return holders
 
 
 def _as_dict(record: Any) -> dict[str, Any]:
