@@ -260,8 +260,17 @@ def test_ctrl_c_exits_130_without_a_traceback(crash_store: CrashStore,
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)  # opening it for writing blocks until a reader comes: a sure wait
-    child = subprocess.Popen([*CORECTL, *crash_store.argv("dump", "-o", str(fifo))],
-                             stderr=subprocess.PIPE, text=True)
+    # A suite started as a background job (``./test.sh &``) inherits SIGINT ignored,
+    # and execve keeps an ignored signal ignored (signal(7)): Python in the child would
+    # install no KeyboardInterrupt handler and the SIGINT below would do nothing.  A
+    # caught signal goes back to the default at execve, so with a handler here the
+    # child starts as from a terminal, whatever started the suite.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        child = subprocess.Popen([*CORECTL, *crash_store.argv("dump", "-o", str(fifo))],
+                                 stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # until corectl sits in open() of the fifo
         try:
