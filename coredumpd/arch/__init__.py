@@ -14,7 +14,7 @@ layer, the process image, the unwinder and the rules all read it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from coredumpd.arch.interface import (
     Arch,
@@ -26,16 +26,33 @@ from coredumpd.arch.interface import (
 )
 from coredumpd.errors import FormatError
 
-__all__ = ["Arch", "FrameRecord", "PltLayout", "Registers", "SignalFrame", "WordReader",
-           "dwarf_named", "dwarf_numbered", "for_machine"]
+__all__ = ["Arch", "FrameRecord", "PltLayout", "Registers", "SignalFrame",
+           "WordReader", "dwarf_named", "dwarf_numbered", "for_machine", "for_registers"]
+
+
+def machines() -> tuple[Arch, ...]:
+    """Every architecture coredumpd has a module for."""
+    from coredumpd.arch import x86_64
+
+    return (x86_64.ARCH,)
+
 
 def for_machine(e_machine: int) -> Arch:
     """The architecture of a core or ELF file with this ``e_machine``."""
-    from coredumpd.arch import x86_64
-
-    if e_machine == x86_64.ARCH.e_machine:
-        return x86_64.ARCH
+    for arch in machines():
+        if arch.e_machine == e_machine:
+            return arch
     raise FormatError(f"no architecture module for e_machine {e_machine}")
+
+
+def for_registers(names: Collection[str]) -> Arch | None:
+    """The architecture whose ``pr_reg`` names any of ``names``, or None.
+
+    For a thread of a stored analysis, which keeps its registers by name and
+    records no ``e_machine``: the names are the machine's own (``rip``, ``pc``).
+    """
+    return next((arch for arch in machines()
+                 if any(name in arch.prstatus_registers for name in names)), None)
 
 
 def dwarf_numbered(arch: Arch, registers: Mapping[str, int]) -> Registers:

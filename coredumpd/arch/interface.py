@@ -71,6 +71,7 @@ class Arch(Protocol):
 
     prstatus: struct.Struct  # struct elf_prstatus
     prstatus_registers: tuple[str, ...]  # pr_reg in order (struct user_regs_struct)
+    register_display_order: tuple[str, ...]  # pr_reg's names in the order a report lists them
 
     dwarf_registers: tuple[str, ...]  # DWARF register number -> name
     pc_column: int  # DWARF number of the pc (or of the return-address column)

@@ -38,6 +38,14 @@ PRSTATUS_REGISTERS = (
     "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
 )
 assert len(PRSTATUS_REGISTERS) == 27
+# How a report lists them: pc, sp, fp, the general registers as gdb's ``info
+# registers`` does, flags, segments, then orig_rax (the syscall being made).
+REGISTER_DISPLAY_ORDER = (
+    "rip", "rsp", "rbp", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9",
+    "r10", "r11", "r12", "r13", "r14", "r15", "eflags", "cs", "ss", "ds", "es",
+    "fs", "gs", "fs_base", "gs_base", "orig_rax",
+)
+assert sorted(REGISTER_DISPLAY_ORDER) == sorted(PRSTATUS_REGISTERS)
 
 # DWARF register numbers (psABI figure 3.36); 16 is the return-address column.
 DWARF_REGISTERS = (
@@ -80,6 +88,7 @@ class X86_64:
 
     prstatus: struct.Struct = PRSTATUS
     prstatus_registers: tuple[str, ...] = PRSTATUS_REGISTERS
+    register_display_order: tuple[str, ...] = REGISTER_DISPLAY_ORDER
 
     dwarf_registers: tuple[str, ...] = DWARF_REGISTERS
     pc_column: int = RIP

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from coredumpd.arch import Arch, dwarf_named, dwarf_numbered, for_machine, x86_64
+from coredumpd.arch import Arch, dwarf_named, dwarf_numbered, for_machine, for_registers, x86_64
 from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
 from coredumpd.errors import FormatError
@@ -131,6 +131,19 @@ def test_call_recognition_matches_capstone() -> None:
         if is_call:
             assert ARCH.may_end_with_call(code, len(code)), code.hex()
             assert len(code) in ARCH.call_lengths
+
+
+def test_register_display_order_lists_every_pr_reg_register_once() -> None:
+    order = ARCH.register_display_order
+    assert sorted(order) == sorted(ARCH.prstatus_registers) and len(set(order)) == len(order)
+    assert order[:3] == (ARCH.pc_name, ARCH.sp_name, ARCH.fp_name)
+
+
+def test_registers_name_their_machine() -> None:
+    assert for_registers(ARCH.prstatus_registers) is ARCH
+    assert for_registers({"rsp": 1, "made_up": 2}) is ARCH
+    assert for_registers({"pc": 1, "x29": 2}) is None  # aarch64's: no module yet
+    assert for_registers(()) is None
 
 
 # -- the signal frame on a real core ---------------------------------------------------

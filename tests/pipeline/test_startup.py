@@ -13,7 +13,7 @@ from coredumpd.pipeline import handler
 
 HEAVY = ("coredumpd.ingest.output", "coredumpd.store.acl", "dataclasses", "inspect", "configparser", "sqlite3", "json", "concurrent.futures",
          "lz4.frame", "coredumpd.config", "coredumpd.elf.notes", "coredumpd.store.lz4seek",
-         "coredumpd.store.index", "lief", "capstone", "elftools", "systemd")
+         "coredumpd.store.index", "coredumpd.arch", "lief", "capstone", "elftools", "systemd")
 
 
 def test_handler_module_imports_nothing_heavy():
