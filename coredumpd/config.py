@@ -149,6 +149,7 @@ class Config:
     analysis_timeout: float = 120.0
     analysis_memory_max: int = 2 << 30
     analysis_user: str = "nobody"
+    analysis_cache: bool = True  # the module cache (DIR/cache) for the handler's analyses
     journal: bool = True
     journal_timeout: float = 0.5
     journal_namespace: str | None = None  # None: the default journal
@@ -186,6 +187,7 @@ KEYS: tuple[Key, ...] = (
     Key(SECTION, "AnalysisTimeoutSec", "analysis_timeout", parse_timespan),
     Key(SECTION, "AnalysisMemoryMax", "analysis_memory_max", parse_size),
     Key(SECTION, "AnalysisUser", "analysis_user", parse_user),
+    Key(SECTION, "AnalysisCache", "analysis_cache", parse_bool),
     Key(SECTION, "Journal", "journal", parse_bool),
     Key(SECTION, "JournalTimeoutSec", "journal_timeout", parse_timespan),
     Key(SECTION, "JournalNamespace", "journal_namespace", parse_journal_namespace),

@@ -220,6 +220,15 @@ CONFIG_KEYS = (
                             "Default 120s.")),
     ("AnalysisMemoryMax=", "Address-space limit of the analysis process. Default 2G."),
     ("AnalysisUser=", "User the analysis runs as. Default nobody."),
+    ("AnalysisCache=", ("Whether the analyses keep what they derive from system files "
+                        "(symbol tables, and names and source lines of the addresses looked "
+                        "up) in DIRECTORY/cache by build-id, so that the next crash mapping "
+                        "the same libc does not read it again (yes or no). The sandboxed "
+                        "analysis never writes there: it reads the entries through "
+                        "read-only descriptors, and the root parent derives the missing "
+                        "ones from the files alone (files owned by root, writable by no one "
+                        "else, in directories likewise), so that no core can poison them. "
+                        "Counted by vacuum, at most 64M. Default yes.")),
     ("Journal=", "Whether to write one journal entry per crash (yes or no). Default yes."),
     ("JournalTimeoutSec=", ("How long a journal write may block before it is given up "
                            "(the core is stored regardless). Default 0.5s.")),

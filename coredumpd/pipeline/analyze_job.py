@@ -23,8 +23,10 @@ few analyses (and their sandboxes) hold memory at a time.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable
 
 from coredumpd.pipeline import slots
 
@@ -40,17 +42,33 @@ def analyse(config: Config, record: CrashRecord, core_fd: int | None,
     """The analysis result for a crash, or a ``failed`` result saying why not.
 
     ``debuginfod``: its cache is read by the analysis (``corectl reanalyze`` fetched
-    into it first: :func:`prefetch`)."""
+    into it first: :func:`prefetch`).  What the module cache lacked is kept before
+    this returns."""
+    result, keep = analyse_and_keep(config, record, core_fd, debuginfod)
+    keep()
+    return result
+
+
+def _nothing_to_keep() -> int:
+    return 0
+
+
+def analyse_and_keep(config: Config, record: CrashRecord, core_fd: int | None,
+                     debuginfod: Debuginfod | None = None
+                     ) -> tuple[AnalysisResult, Callable[[], int]]:
+    """:func:`analyse`, and a call that derives and writes the module cache entries the
+    analysis lacked (run it once the result is stored: nobody waits for it)."""
     from coredumpd.errors import FormatError
     from coredumpd.model import AnalysisResult
     if not config.analysis:
-        return AnalysisResult.failed("disabled by Analysis=no")
+        return AnalysisResult.failed("disabled by Analysis=no"), _nothing_to_keep
     core_path = record.core_path or (f"/proc/self/fd/{core_fd}" if core_fd else None)
     if core_path is None:
-        return AnalysisResult.failed(f"no core ({record.core_reason})")
+        return AnalysisResult.failed(f"no core ({record.core_reason})"), _nothing_to_keep
     if (record.core_size or 0) > config.process_size_max:
         return AnalysisResult.failed(f"core of {record.core_size} bytes is over "
-                                     f"ProcessSizeMax={config.process_size_max}")
+                                     f"ProcessSizeMax={config.process_size_max}"), \
+            _nothing_to_keep
     try:
         from coredumpd.pipeline.sandbox import run_analysis
     except ImportError:  # the sandbox is optional: analyse in this (niced) process
@@ -58,14 +76,25 @@ def analyse(config: Config, record: CrashRecord, core_fd: int | None,
         from coredumpd.store.lz4seek import open_core_source
         from coredumpd.store.modcache import ModuleCache
         return analyze(open_core_source(core_path), record.facts, record.exe,
-                       debuginfod=debuginfod, cache=ModuleCache(config.directory))
+                       debuginfod=debuginfod,
+                       cache=ModuleCache(config.directory) if config.analysis_cache else None
+                       ), _nothing_to_keep
+    from coredumpd.pipeline.sandbox_cache import Offer
     facts = record.facts.to_json() if record.facts is not None else None
-    answer = run_analysis(config, core_path, facts, record.exe,
-                          debuginfod=debuginfod.settings() if debuginfod else None)
+    offer = Offer(config.directory, facts, "/") if config.analysis_cache else None
+    try:
+        answer = run_analysis(config, core_path, facts, record.exe,
+                              debuginfod=debuginfod.settings() if debuginfod else None,
+                              entries=offer)
+    finally:
+        if offer is not None:
+            offer.close()
+    lookups = answer.pop("module_lookups", None)
+    keep = functools.partial(offer.remember, lookups) if offer is not None else _nothing_to_keep
     try:  # the sandbox answers in JSON: read it once, here
-        return AnalysisResult.from_json(answer)
+        return AnalysisResult.from_json(answer), keep
     except FormatError as err:
-        return AnalysisResult.failed(f"analysis failed: unreadable result: {err}")
+        return AnalysisResult.failed(f"analysis failed: unreadable result: {err}"), keep
 
 
 def prefetch(debuginfod: Debuginfod, record: CrashRecord) -> list[str]:
@@ -73,15 +102,23 @@ def prefetch(debuginfod: Debuginfod, record: CrashRecord) -> list[str]:
     debug file of each module without one, the file of each module this machine does
     not have (by the build-id the core gave).  Runs here, not in the sandbox; problems."""
     problems: list[str] = []
+    for build_id, kind in _lacking(record):
+        debuginfod.find(build_id, kind, problems)
+    return problems
+
+
+def _lacking(record: CrashRecord) -> list[tuple[str, str]]:
+    """(build-id, kind) of what the last analysis of ``record`` lacked (see prefetch)."""
+    lacking: list[tuple[str, str]] = []
     for module in record.analysis.modules if record.analysis is not None else []:
         build_id = module.build_id
         if not isinstance(build_id, str) or module.path == "[vdso]":
             continue
         if module.file_build_id != build_id and not module.kept:
-            debuginfod.find(build_id, "executable", problems)
+            lacking.append((build_id, "executable"))
         if not module.debug_file:
-            debuginfod.find(build_id, "debuginfo", problems)
-    return problems
+            lacking.append((build_id, "debuginfo"))
+    return lacking
 
 
 def report(config: Config, record: CrashRecord) -> dict[str, object]:
@@ -118,8 +155,9 @@ def run(row_id: str, config_path: str | None, core_fd: int | None) -> int:
     record = index.get(row_id)
     if record is None:
         return 1
+    keep = _nothing_to_keep
     try:
-        result = analyse(config, record, core_fd)
+        result, keep = analyse_and_keep(config, record, core_fd)
     except Exception as err:  # noqa: BLE001 - a broken analysis must not lose the entry
         result = AnalysisResult.failed(f"analysis crashed: {type(err).__name__}: {err}")
     record.set_analysis(result)
@@ -129,10 +167,20 @@ def run(row_id: str, config_path: str | None, core_fd: int | None) -> int:
         path_taken["fleet"] = enqueue(config, record)
     # one update, after the journal: a reader that sees the analysis sees the outcome too
     index.update(record.id, **record.analysis_columns(), path_taken=path_taken)
+    _keep_quietly(keep)
     if path_taken.get("fleet") == "queued":
         slots.release_slot("analysis")  # a database that is down must not hold analyses up
         publish(config)
     return 0
+
+
+def _keep_quietly(keep: Callable[[], int]) -> None:
+    """Write the module cache entries; a failure costs the next analysis time, no more."""
+    try:
+        keep()
+    except Exception as err:  # noqa: BLE001 - the crash is stored and analysed already
+        from coredumpd.report import journal
+        journal.write_kmsg(f"module cache not written: {type(err).__name__}: {err}")
 
 
 def publish(config: Config) -> None:

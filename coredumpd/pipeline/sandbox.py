@@ -26,6 +26,10 @@ So it runs in a child process that
   of the crashing user can ptrace it or open ``/proc/PID/fd`` to reach that fd
   (ptrace_may_access(), kernel/ptrace.c).
 
+With the core come read-only fds of the module cache entries of the system
+files the process mapped; the child never writes the cache, the parent derives
+what it lacked from the files alone (:mod:`coredumpd.pipeline.sandbox_cache`).
+
 The parent reads the result (JSON, at most :data:`RESULT_MAX` bytes) from the
 same socket, with a wall-clock deadline (AnalysisTimeoutSec) after which the
 child's whole process group is killed.  Whatever goes wrong — crash, hang,
@@ -56,6 +60,10 @@ from typing import Any
 
 from coredumpd.config import Config
 from coredumpd.model import AnalysisResult, AnalysisState
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from coredumpd.pipeline.sandbox_cache import Offer
 
 RESULT_MAX = 32 << 20  # bytes of JSON accepted from the child
 STDERR_TAIL = 2000  # bytes of the child's stderr kept for the error message
@@ -189,7 +197,8 @@ def _regular_user(facts: dict[str, Any] | None) -> bool:
 def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
                  exe: str | None, root: str = "/",
                  child_command: Sequence[str] = ("-m", CHILD_MODULE),
-                 debuginfod: dict[str, Any] | None = None) -> dict[str, Any]:
+                 debuginfod: dict[str, Any] | None = None,
+                 entries: Offer | None = None) -> dict[str, Any]:
     """Analyse ``core_path`` (raw ELF or our seekable lz4) in the sandbox.
 
     Returns the analysis result dict (docs/ARCHITECTURE.md), or a ``failed``
@@ -197,6 +206,9 @@ def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
     ``child_command``: what the child's interpreter runs (``-m MODULE [ARG...]``).
     ``debuginfod``: ``Debuginfod.settings()`` — the child reads that cache, fetches nothing
     (the caller fetched what was missing: the child has no network business).
+    ``entries``: module cache entries passed to the child as read-only fds
+    (:mod:`coredumpd.pipeline.sandbox_cache`); the result then holds
+    ``module_lookups``, the child's report for :meth:`Offer.remember`.
     """
     started = time.monotonic()
     try:
@@ -207,16 +219,19 @@ def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
     python = looks_like_python(facts, exe)
     if python:
         core_fd = _core_for_pystack(core_fd, config)
-    request = {"facts": facts, "exe": exe, "root": root, "debuginfod": debuginfod}
+    request: dict[str, Any] = {"facts": facts, "exe": exe, "root": root,
+                               "debuginfod": debuginfod}
+    if entries is not None:
+        request["module_cache"] = entries.build_ids
     try:
         read_all = creds is not None and not _regular_user(facts)
-        return _supervise(config, core_fd, request, creds, read_all, child_command, started,
-                          python)
+        return _supervise(config, [core_fd, *(entries.fds if entries else [])], request, creds,
+                          read_all, child_command, started, python)
     finally:
         os.close(core_fd)
 
 
-def _supervise(config: Config, core_fd: int, request: dict[str, Any],
+def _supervise(config: Config, fds: list[int], request: dict[str, Any],
                creds: tuple[int, int] | None, read_all: bool,
                child_command: Sequence[str], started: float,
                python: bool = False) -> dict[str, Any]:
@@ -234,7 +249,7 @@ def _supervise(config: Config, core_fd: int, request: dict[str, Any],
         return failed(f"cannot start: {err}", started)
     theirs.close()
     try:
-        output, stderr, timed_out = _exchange(ours, child, core_fd, request, deadline)
+        output, stderr, timed_out = _exchange(ours, child, fds, request, deadline)
     finally:
         ours.close()
     if timed_out:
@@ -247,13 +262,14 @@ def _supervise(config: Config, core_fd: int, request: dict[str, Any],
     return _verdict(child.returncode, output, stderr, config, started)
 
 
-def _exchange(sock: socket.socket, child: subprocess.Popen[bytes], core_fd: int,
+def _exchange(sock: socket.socket, child: subprocess.Popen[bytes], fds: list[int],
               request: dict[str, Any], deadline: float) -> tuple[bytes, bytes, bool]:
-    """Send the request, collect result and stderr until both end and the child exits."""
+    """Send the request (with the core's fd first), collect result and stderr until both
+    end and the child exits."""
     payload = json.dumps(request, default=str).encode()
     try:
         sock.settimeout(max(0.001, deadline - time.monotonic()))
-        socket.send_fds(sock, [HEADER.pack(len(payload))], [core_fd])
+        socket.send_fds(sock, [HEADER.pack(len(payload))], fds)
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
     except OSError:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from coredumpd.pipeline.sandbox import HEADER, failed
+from coredumpd.pipeline.sandbox_cache import MAX_PASSED, PassedModuleCache
 
 # <linux/prctl.h>
 PR_SET_DUMPABLE = 4
@@ -151,13 +152,15 @@ def _drop_privileges(uid: int | None, gid: int | None, read_all: bool) -> None:
 
 
 def _receive(sock: socket.socket) -> tuple[dict[str, Any], int]:
-    header, fds, _, _ = socket.recv_fds(sock, HEADER.size, 1)
+    """The request and the core fd; the module cache entries' fds that follow the core's
+    are put in the request as ``entry_fds`` (build-id hex -> fd)."""
+    header, fds, _, _ = socket.recv_fds(sock, HEADER.size, 1 + MAX_PASSED)
     while len(header) < HEADER.size:
         more = sock.recv(HEADER.size - len(header))
         if not more:
             raise EOFError("request header cut short")
         header += more
-    if len(fds) != 1:
+    if not fds:
         raise EOFError("no core fd in the request")
     (length,) = HEADER.unpack(header)
     payload = bytearray()
@@ -166,7 +169,14 @@ def _receive(sock: socket.socket) -> tuple[dict[str, Any], int]:
         if not more:
             raise EOFError("request cut short")
         payload += more
-    return json.loads(payload), fds[0]
+    request = json.loads(payload)
+    names = request.get("module_cache") if isinstance(request, dict) else None
+    if isinstance(names, list) and len(names) == len(fds) - 1:
+        request["entry_fds"] = dict(zip(names, fds[1:], strict=True))
+    else:
+        for fd in fds[1:]:
+            os.close(fd)
+    return request, fds[0]
 
 
 def _analyze_fd(core_fd: int, request: dict[str, Any]) -> dict[str, Any]:
@@ -180,13 +190,19 @@ def _analyze_fd(core_fd: int, request: dict[str, Any]) -> dict[str, Any]:
     if isinstance(settings, dict) and isinstance(settings.get("cache"), str):
         from coredumpd.image.debuginfod import Debuginfod
         client = Debuginfod((), settings["cache"])  # the cache only
+    entries = request.get("entry_fds")
+    cache = PassedModuleCache({bytes.fromhex(name): fd for name, fd in entries.items()}) \
+        if isinstance(entries, dict) else None
     source = open_core_source(core_fd)
     try:
-        return analyze(source, Facts.from_json(facts) if facts is not None else None,
-                       request.get("exe"), request.get("root") or "/",
-                       debuginfod=client).to_json()
+        result = analyze(source, Facts.from_json(facts) if facts is not None else None,
+                         request.get("exe"), request.get("root") or "/",
+                         debuginfod=client, cache=cache).to_json()
     finally:
         source.close()
+    if cache is not None:  # what the parent may derive and keep (sandbox_cache.py)
+        result["module_lookups"] = cache.report()
+    return result
 
 
 Work = Callable[[dict[str, Any], socket.socket, int], dict[str, Any] | None]

@@ -72,8 +72,18 @@ class ModuleCache:
             with open(self._entry(build_id), "rb") as handle:
                 if os.fstat(handle.fileno()).st_uid != _owner_of_cache(self.path):
                     return None
-                blob = marshal.load(handle)
-        except (OSError, EOFError, ValueError, TypeError):
+                data = handle.read(MAX_ENTRY_BYTES + 1)
+        except OSError:
+            return None
+        return self.decode(data, build_id)
+
+    @staticmethod
+    def decode(data: bytes, build_id: bytes) -> dict[str, Any] | None:
+        """The payload of an entry's bytes, or None when they are not an entry of
+        ``build_id`` in this format (the bytes come from an entry the owner wrote)."""
+        try:
+            blob = marshal.loads(data)
+        except (EOFError, ValueError, TypeError):
             return None
         if (not isinstance(blob, dict) or blob.get("version") != FORMAT_VERSION
                 or blob.get("build_id") != build_id or not isinstance(blob.get("payload"), dict)):

@@ -35,8 +35,14 @@ def command(hook: str) -> tuple[str, ...]:
     return ("-m", MODULE, hook)
 
 
-def run_hook(hook: str, sock: socket.socket, core_fd: int) -> dict[str, Any] | None:
+def run_hook(hook: str, sock: socket.socket, core_fd: int,
+             request: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Misbehave on purpose."""
+    if hook == "lie":  # a child taken over by its core: a report of its own making
+        return {"state": "done", "module_lookups": ((request or {}).get("facts") or {})["lies"]}
+    if hook == "entries":
+        return {"state": "done", "entries": {name: _try_entry(fd) for name, fd in
+                                             ((request or {}).get("entry_fds") or {}).items()}}
     if hook.startswith("orphan:"):  # a grandchild that outlives us, then hang
         if os.fork() == 0:
             os.execv("/bin/sleep", ["sleep", hook.partition(":")[2]])
@@ -62,6 +68,23 @@ def run_hook(hook: str, sock: socket.socket, core_fd: int) -> dict[str, Any] | N
     elif hook == "ids":
         return {"state": "done", "ids": _identity(core_fd)}
     raise ValueError(f"unknown hook {hook!r}")
+
+
+def _errno(action: Any) -> str:
+    try:
+        action()
+    except OSError as err:
+        return errno.errorcode.get(err.errno or 0, str(err))
+    return "ok"
+
+
+def _try_entry(fd: int) -> dict[str, str]:
+    """What the child can do with a module cache entry's descriptor."""
+    directory = os.path.dirname(os.readlink(f"/proc/self/fd/{fd}"))
+    return {"read": _errno(lambda: os.pread(fd, 16, 0)),
+            "write": _errno(lambda: os.pwrite(fd, b"poison", 0)),
+            "reopen": _errno(lambda: os.close(os.open(f"/proc/self/fd/{fd}", os.O_WRONLY))),
+            "directory": _errno(lambda: os.listdir(directory))}
 
 
 def _identity(core_fd: int) -> dict[str, Any]:
@@ -97,5 +120,5 @@ def _identity(core_fd: int) -> dict[str, Any]:
 
 if __name__ == "__main__":
     hook_name = sys.argv[1]
-    sys.exit(child.child_main(sys.argv[2:], lambda _request, sock, core_fd:
-                              run_hook(hook_name, sock, core_fd)))
+    sys.exit(child.child_main(sys.argv[2:], lambda request, sock, core_fd:
+                              run_hook(hook_name, sock, core_fd, request)))
