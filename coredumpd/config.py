@@ -123,6 +123,16 @@ def parse_storage(text: str) -> str:
     return text
 
 
+def parse_urls(text: str) -> tuple[str, ...]:
+    """Space-separated http:// or https:// URLs, as DEBUGINFOD_URLS holds them."""
+    urls = tuple(text.split())
+    for url in urls:
+        if not re.fullmatch(r"https?://[^/?#\s]+(/\S*)?", url):
+            raise ConfigError(f"invalid URL {url!r} (expected http://HOST[:PORT][/PATH] "
+                              "or https://…, separated by spaces)")
+    return urls
+
+
 def parse_user(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", text):
         raise ConfigError(f"invalid user name {text!r}")
@@ -150,6 +160,7 @@ class Config:
     analysis_memory_max: int = 2 << 30
     analysis_user: str = "nobody"
     analysis_cache: bool = True  # the module cache (DIR/cache) for the handler's analyses
+    debuginfod_urls: tuple[str, ...] = ()  # servers the handler's analysis asks; () = none
     journal: bool = True
     journal_timeout: float = 0.5
     journal_namespace: str | None = None  # None: the default journal
@@ -188,6 +199,7 @@ KEYS: tuple[Key, ...] = (
     Key(SECTION, "AnalysisMemoryMax", "analysis_memory_max", parse_size),
     Key(SECTION, "AnalysisUser", "analysis_user", parse_user),
     Key(SECTION, "AnalysisCache", "analysis_cache", parse_bool),
+    Key(SECTION, "DebuginfodURLs", "debuginfod_urls", parse_urls),
     Key(SECTION, "Journal", "journal", parse_bool),
     Key(SECTION, "JournalTimeoutSec", "journal_timeout", parse_timespan),
     Key(SECTION, "JournalNamespace", "journal_namespace", parse_journal_namespace),

@@ -229,6 +229,17 @@ CONFIG_KEYS = (
                         "ones from the files alone (files owned by root, writable by no one "
                         "else, in directories likewise), so that no core can poison them. "
                         "Counted by vacuum, at most 64M. Default yes.")),
+    ("DebuginfodURLs=", ("debuginfod servers the handler's analysis asks for the debug "
+                         "files and executables this machine lacks, by build-id: "
+                         "space-separated http:// or https:// URLs, as DEBUGINFOD_URLS "
+                         "(which the handler never sees: the kernel starts it with an "
+                         "empty environment). The files are fetched by the analysis job "
+                         "after the crash is stored (never while the kernel holds the "
+                         "process), into DIRECTORY/debuginfod/BUILD-ID/ (elfutils' "
+                         "layout), and the analysis runs again when something came; each "
+                         "connection waits at most 10s and all of it at most "
+                         "AnalysisTimeoutSec. Not found is asked again at the next crash. "
+                         "Default empty: no server is asked.")),
     ("Journal=", "Whether to write one journal entry per crash (yes or no). Default yes."),
     ("JournalTimeoutSec=", ("How long a journal write may block before it is given up "
                            "(the core is stored regardless). Default 0.5s.")),

@@ -119,7 +119,10 @@ class Debuginfod:
             length = int(response.headers.get("Content-Length") or 0)
             if self.maxsize and length > self.maxsize:
                 raise ValueError(f"{length} bytes over DEBUGINFOD_MAXSIZE={self.maxsize}")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            directory = os.path.dirname(path)
+            if not os.path.isdir(directory):  # readable by the analysis whatever the umask
+                os.makedirs(directory, exist_ok=True)
+                os.chmod(directory, 0o755)
             self._save(response, path)
         return True
 

@@ -8,7 +8,10 @@ go: loads the index row, analyses the core in the sandbox
 (``analysis``, ``analysis_state``/``analysis_error``, ``root_cause``,
 ``signature``), then sends the crash's one journal entry (never for a crash of
 journald itself), falling back to a /dev/kmsg line when the journal cannot
-take it.  ``path_taken`` in the row records what happened.  With a fleet
+take it.  ``path_taken`` in the row records what happened.  With
+``DebuginfodURLs=`` it fetches by build-id what the analysis lacked and analyses
+again when something came (:func:`handler_debuginfod`); after the row it writes
+the module cache entries the analysis lacked (:mod:`.sandbox_cache`).  With a fleet
 database configured it queues the crash's fleet record in the outbox and
 drains the outbox (:mod:`coredumpd.fleet.publisher`).
 
@@ -121,6 +124,43 @@ def _lacking(record: CrashRecord) -> list[tuple[str, str]]:
     return lacking
 
 
+DEBUGINFOD_DIRECTORY = "debuginfod"  # DIR/debuginfod: what the handler's analyses fetched
+DEBUGINFOD_CONNECT_S = 10.0  # the longest wait for a connection or for the next data
+
+
+def handler_debuginfod(config: Config) -> Debuginfod | None:
+    """The client of ``DebuginfodURLs=`` (None when empty): the kernel starts the
+    handler with an empty environment, so DEBUGINFOD_URLS is never its business.  Files
+    land in ``DIR/debuginfod`` in elfutils' layout; waits are bounded by
+    AnalysisTimeoutSec, and each connection or read by 10 s."""
+    if not config.debuginfod_urls:
+        return None
+    from coredumpd.image.debuginfod import Debuginfod
+    from coredumpd.paths import make_directory
+    cache = os.path.join(config.directory, DEBUGINFOD_DIRECTORY)
+    from coredumpd.errors import StoreError
+    try:
+        make_directory(cache, 0o711)  # the sandbox reads files by build-id, lists nothing
+    except StoreError:
+        return None  # nowhere to put what would be fetched: the analysis as without
+    return Debuginfod(config.debuginfod_urls, cache,
+                      timeout=min(DEBUGINFOD_CONNECT_S, config.analysis_timeout),
+                      maxtime=config.analysis_timeout)
+
+
+def fetch_lacking(debuginfod: Debuginfod, record: CrashRecord, result: AnalysisResult,
+                  problems: list[str]) -> bool:
+    """Fetch what ``result`` lacked and the cache does not hold yet (a miss is asked
+    again at the next crash: the server may have it by then); True when something new
+    came.  Failures other than "not found" go to ``problems``."""
+    record.set_analysis(result)
+    fetched = False
+    for build_id, kind in _lacking(record):
+        if debuginfod.cached(build_id, kind) is None:
+            fetched = debuginfod.find(build_id, kind, problems) is not None or fetched
+    return fetched
+
+
 def report(config: Config, record: CrashRecord) -> dict[str, object]:
     """Send the journal entry (or the kmsg line); return the updated path_taken."""
     from coredumpd.report import journal
@@ -157,7 +197,13 @@ def run(row_id: str, config_path: str | None, core_fd: int | None) -> int:
         return 1
     keep = _nothing_to_keep
     try:
-        result, keep = analyse_and_keep(config, record, core_fd)
+        debuginfod = handler_debuginfod(config)
+        result, keep = analyse_and_keep(config, record, core_fd, debuginfod)
+        fetching: list[str] = []
+        if debuginfod is not None and result.state == "done" \
+                and fetch_lacking(debuginfod, record, result, fetching):
+            result, keep = analyse_and_keep(config, record, core_fd, debuginfod)
+        result.problems += fetching
     except Exception as err:  # noqa: BLE001 - a broken analysis must not lose the entry
         result = AnalysisResult.failed(f"analysis crashed: {type(err).__name__}: {err}")
     record.set_analysis(result)
