@@ -73,6 +73,13 @@ PRELOAD_STDLIB = ("zlib", "lzma", "bz2", "hashlib", "binascii", "unicodedata", "
 THIRD_PARTY = ("capstone", "lz4")
 
 
+# The layers above the analysis (docs/ARCHITECTURE.md): never imported by it.  Importing
+# them anyway cost every sandbox ~100 ms of CPU (the handler's modules, SQLite, the
+# journal, the fleet), the larger part of a small core's whole analysis.
+ABOVE_ANALYSIS = ("coredumpd.cli", "coredumpd.pipeline", "coredumpd.fleet", "coredumpd.report",
+                  "coredumpd.analysis.__main__")
+
+
 def _preload(python: bool = False) -> None:
     """Import the analysis while we can still read the interpreter's files.
 
@@ -93,7 +100,7 @@ def _preload(python: bool = False) -> None:
             continue
         if name in THIRD_PARTY or name == "pystack":
             _import_all(package)
-    _import_all(importlib.import_module("coredumpd"), skip=("coredumpd.cli",))
+    _import_all(importlib.import_module("coredumpd"), skip=ABOVE_ANALYSIS)
 
 
 def _import_all(package: Any, skip: tuple[str, ...] = ()) -> None:
