@@ -212,21 +212,32 @@ def run(row_id: str, config_path: str | None, core_fd: int | None) -> int:
         from coredumpd.fleet.publisher import enqueue
         path_taken["fleet"] = enqueue(config, record)
     # one update, after the journal: a reader that sees the analysis sees the outcome too
+    path_taken["module_cache"] = _keep_quietly(keep)
+    # this job's CPU and its sandbox's (waited for), for what a storm of analyses costs
+    path_taken["analysis_cpu_ms"] = _cpu_ms()
     index.update(record.id, **record.analysis_columns(), path_taken=path_taken)
-    _keep_quietly(keep)
     if path_taken.get("fleet") == "queued":
         slots.release_slot("analysis")  # a database that is down must not hold analyses up
         publish(config)
     return 0
 
 
-def _keep_quietly(keep: Callable[[], int]) -> None:
-    """Write the module cache entries; a failure costs the next analysis time, no more."""
+def _keep_quietly(keep: Callable[[], int]) -> str:
+    """Write the module cache entries (before the row, so that a reader who sees the
+    analysis sees its whole cost); a failure costs the next analysis time, no more."""
     try:
-        keep()
+        return f"{keep()} written"
     except Exception as err:  # noqa: BLE001 - the crash is stored and analysed already
-        from coredumpd.report import journal
-        journal.write_kmsg(f"module cache not written: {type(err).__name__}: {err}")
+        return f"not written: {type(err).__name__}: {err}"
+
+
+def _cpu_ms() -> int:
+    import resource
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return round(total * 1000)
 
 
 def publish(config: Config) -> None:
