@@ -77,4 +77,5 @@ def test_no_usable_directory_means_no_waiting(tmp_path):
 
 def test_counts():
     assert 4 <= slots.handler_slots() <= 16
-    assert slots.analysis_slots() >= 2
+    cpus = os.cpu_count() or 1
+    assert 1 <= slots.analysis_slots() < max(2, cpus)  # a CPU left for the next capture
