@@ -300,6 +300,9 @@ def report(options: argparse.Namespace, names: list[str], work: pathlib.Path,
         print(f"  analysis CPU {result['cpu_s']:.2f} s (median {result['cpu_median_ms']:.0f} ms"
               f" per crash); at most {result['jobs_max']} jobs and "
               f"{result['sandboxes_max']} sandboxes alive; nice {result['nice']}")
+        for row in result["rows_data"]:
+            if row.get("analysis_state") != "done":
+                print(f"  not done: pid {row.get('pid')}: {row.get('analysis_error')}")
         print(f"  tiny crash -> reap, idle:            {_ms(result['idle'])}")
         print(f"  tiny crash -> reap, during analyses: {_ms(result['during'])}")
     reference = next((r for r in results if r["name"] == "cold"), results[0])

@@ -40,13 +40,15 @@ from __future__ import annotations
 import os
 import re
 import stat
+import time
 from typing import Any
 
 from coredumpd.store.modcache import MAX_ENTRY_BYTES, ModuleCache, cache_path
 
 MAX_PASSED = 64  # entries passed to one child (SCM_MAX_FD is 253)
 MAX_MODULES = 64  # modules reported by one child
-MAX_LOOKUPS = 4096  # addresses of one module reported by one child
+MAX_LOOKUPS = 4096  # addresses reported by one child, all modules together
+DERIVE_SECONDS = 10.0  # the parent's time for deriving one report's answers
 BUILD_ID = re.compile(r"[0-9a-f]{2,128}")
 ADDRESS_LIMIT = 1 << 64
 
@@ -152,6 +154,7 @@ def _valid_report(reported: object, files: dict[str, bytes]) -> list[tuple[str, 
     if not isinstance(reported, list):
         return []
     valid = []
+    budget = MAX_LOOKUPS  # a core that made its child ask for much gets little derived
     for item in reported[:MAX_MODULES]:
         if not isinstance(item, dict):
             continue
@@ -159,9 +162,10 @@ def _valid_report(reported: object, files: dict[str, bytes]) -> list[tuple[str, 
         if not isinstance(path, str) or path not in files or build_id != files[path].hex() \
                 or not isinstance(lookups, list):
             continue
-        addresses = [(pair[0], pair[1]) for pair in lookups[:MAX_LOOKUPS]
+        addresses = [(pair[0], pair[1]) for pair in lookups[:budget]
                      if isinstance(pair, list) and len(pair) == 2 and type(pair[0]) is int
                      and 0 <= pair[0] < ADDRESS_LIMIT and isinstance(pair[1], bool)]
+        budget -= len(addresses)
         valid.append((path, files[path], addresses))
     return valid
 
@@ -184,6 +188,7 @@ def derive_entries(directory: str, modules: list[tuple[str, bytes, list[tuple[in
     if not cache.writable:
         return 0
     symbolizer = Symbolizer(_NoModules(), cache=cache)  # type: ignore[arg-type]
+    deadline = time.monotonic() + DERIVE_SECONDS
     written = 0
     try:
         for path, build_id, lookups in modules:
@@ -194,6 +199,8 @@ def derive_entries(directory: str, modules: list[tuple[str, bytes, list[tuple[in
                 continue  # its debug file is not root's alone: not parsed here
             symbolizer.problems(module)  # the tables (from the entry when it has them)
             for address, lines in lookups:
+                if time.monotonic() > deadline:
+                    break  # what was derived is kept; the rest another time
                 symbolizer.symbolize(module, address, lines)
             written += 1
     finally:

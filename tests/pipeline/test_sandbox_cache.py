@@ -173,3 +173,13 @@ def test_analysis_cache_no_keeps_nothing(tmp_path):
         time.sleep(1.0)  # the job, still running after the row, would write the entry now
     assert "abort" in [frame["symbol"] for frame in row["analysis"]["threads"][0]["frames"]]
     assert not os.path.exists(os.path.join(handler.directory, "cache"))
+
+
+def test_a_report_asks_for_at_most_max_lookups_in_all():
+    """A core that makes its child ask about every address gets little derived: the
+    parent's work for one report is bounded (and by DERIVE_SECONDS too)."""
+    build_id = b"\x01" * 20
+    many = [[address, True] for address in range(3 * sandbox_cache.MAX_LOOKUPS)]
+    report = [{"path": LIBC, "build_id": build_id.hex(), "lookups": many}] * 3
+    valid = sandbox_cache._valid_report(report, {LIBC: build_id})
+    assert sum(len(lookups) for _, _, lookups in valid) == sandbox_cache.MAX_LOOKUPS
