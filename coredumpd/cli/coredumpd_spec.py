@@ -223,10 +223,12 @@ CONFIG_KEYS = (
                             "Default 120s.")),
     ("AnalysisMemoryMax=", "Address-space limit of the analysis process. Default 2G."),
     ("AnalysisUser=", "User the analysis runs as. Default nobody."),
-    ("AnalysisCache=", ("Whether the analyses keep what they derive from system files "
-                        "(symbol tables, and names and source lines of the addresses looked "
-                        "up) in DIRECTORY/cache by build-id, so that the next crash mapping "
-                        "the same libc does not read it again (yes or no). The sandboxed "
+    ("AnalysisCache=", ("Whether the handler's analyses (and corectl reanalyze) use the "
+                        "module cache in DIRECTORY/cache, which corectl analyze uses too: "
+                        "what is derived from system files (symbol tables, and names and "
+                        "source lines of the addresses looked up), by build-id, so that the "
+                        "next crash mapping the same libc does not read it again (yes or "
+                        "no). The sandboxed "
                         "analysis never writes there: it reads the entries through "
                         "read-only descriptors, and the root parent derives the missing "
                         "ones from the files alone (files owned by root, writable by no one "
