@@ -17,8 +17,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Self
 
+from coredumpd.errors import StoreError
 from coredumpd.fleet import FleetError
 from coredumpd.paths import FLEET_LOCK_NAME, FLEET_OUTBOX_NAME, TEMPORARY_FILE_MODE
+from coredumpd.store.sqlitefile import open_database
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -54,14 +56,12 @@ class Outbox:
     def __init__(self, directory: str) -> None:
         self.path = outbox_path(directory)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                         TEMPORARY_FILE_MODE)
-            os.close(fd)
-            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
-                                       isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = open_database(self.path, TEMPORARY_FILE_MODE, "the fleet outbox",
+                                     BUSY_TIMEOUT_MS)
             self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as err:
+        except StoreError as err:
+            raise FleetError(str(err)) from err
+        except sqlite3.Error as err:
             raise FleetError(f"cannot open the fleet outbox {self.path}: {err}") from err
 
     def close(self) -> None:
@@ -84,9 +84,11 @@ class Outbox:
                            "ORDER BY enqueued_us, crash_id LIMIT ?", (count,))
         return [Waiting(str(crash_id), str(record)) for crash_id, record in rows]
 
-    def remove(self, crash_ids: Sequence[str]) -> None:
-        """Forget records the database committed."""
-        self._many("DELETE FROM outbox WHERE crash_id = ?", [(i,) for i in crash_ids])
+    def remove(self, sent: Sequence[Waiting]) -> None:
+        """Forget records the database committed: only as they were sent (a reanalysis
+        may have replaced one since, and that one still has to go)."""
+        self._many("DELETE FROM outbox WHERE crash_id = ? AND record = ?",
+                   [(item.crash_id, item.record) for item in sent])
 
     def failed(self, crash_ids: Sequence[str], error: str) -> None:
         """Count a failed attempt (the records stay waiting)."""

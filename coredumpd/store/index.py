@@ -21,14 +21,13 @@ import json
 import os
 import re
 import sqlite3
-import stat
-import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
 
 from coredumpd.errors import FormatError, StoreError
 from coredumpd.model import COLUMNS, AnalysisResult, AnalysisState, CoreState, CrashRecord, Facts
 from coredumpd.paths import FILE_MODE, make_directory
+from coredumpd.store.sqlitefile import open_database
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
@@ -69,36 +68,6 @@ def crash_id(boot_id: str, pid: int, timestamp_us: int, attempt: int = 0) -> str
     return hashlib.sha256(seed.encode()).hexdigest()[:ID_LENGTH]
 
 
-def _ensure_index_file(path: str) -> None:
-    """Create the database file 0640 without following a symlink planted there.
-
-    An existing file is only lstat()ed, never opened: closing any descriptor of
-    the database file drops every POSIX lock this process holds on it
-    (fcntl(2)), so opening and closing it here while another Index of this
-    process is connected would let other processes take the database from
-    under that connection (sqlite.org/howtocorrupt.html, 2.2).
-    """
-    try:
-        if not stat.S_ISLNK(os.lstat(path).st_mode):
-            return
-        raise StoreError(f"cannot open index {path}: it is a symbolic link")
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        raise StoreError(f"cannot open index {path}: {err.strerror}") from err
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     FILE_MODE)
-    except FileExistsError:
-        return  # another process created it in between
-    except OSError as err:
-        raise StoreError(f"cannot open index {path}: {err.strerror}") from err
-    try:
-        os.fchmod(fd, FILE_MODE)  # the umask may have narrowed it
-    finally:
-        os.close(fd)
-
-
 class Index:
     """The SQLite index at ``path`` (``Config.index_path``)."""
 
@@ -109,16 +78,8 @@ class Index:
         self.view_errors: list[str] = []
         if create:
             make_directory(os.path.dirname(os.path.abspath(path)))
-            _ensure_index_file(path)
+        self._db = open_database(path, FILE_MODE, "index", BUSY_TIMEOUT_MS, create)
         try:
-            # create=False (readers such as corectl): read-only, never creates a file
-            target = path if create else f"file:{urllib.parse.quote(path)}?mode=ro"
-            self._db = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, uri=not create,
-                                       isolation_level=None, check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if create:
-                self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
             self._migrate(create)
         except sqlite3.Error as err:
             raise StoreError(f"cannot open index {path}: {err}") from err

@@ -104,6 +104,6 @@ def rows(handler: RegisteredHandler) -> list[dict[str, Any]]:
     finally:
         # Left open, the next Index opened in this process while a handler writes
         # failed with "database disk image is malformed" (seen here); likely
-        # _ensure_index_file's close() dropping this connection's POSIX locks
+        # a close() of the file dropping this connection's POSIX locks
         # (sqlite.org/howtocorrupt.html, 2.2).
         index.close()
