@@ -197,13 +197,39 @@ def cmd_reanalyze(ctx: Context) -> int:
             for problem in prefetch(debuginfod, record) if debuginfod else []:
                 ctx.warn(escape(problem))
             record.set_analysis(analyse(ctx.config, record, None, debuginfod))
-            index.update(record.id, **record.analysis_columns())
+            index.update(record.id, **record.analysis_columns(), **_queue_for_fleet(ctx, record))
             error = f" ({escape(record.analysis_error)})" if record.analysis_error else ""
             ctx.stdout.write(f"{escape(record.id)}: analysis {escape(record.analysis_state)}"
                              f"{error}, root cause {escape(record.root_cause or '-')}\n")
     finally:
         _close(index)
+    if ctx.config.fleet_database:
+        _publish_reanalysed(ctx)
     return ExitStatus.OK
+
+
+def _queue_for_fleet(ctx: Context, record: CrashRecord) -> dict[str, Any]:
+    """With a fleet database: the new analysis's record queued in the outbox (it replaces
+    the published one there); the row's new ``path_taken``."""
+    if not ctx.config.fleet_database:
+        return {}
+    from coredumpd.fleet.publisher import enqueue
+    path_taken = dict(record.path_taken or {})
+    path_taken["fleet"] = enqueue(ctx.config, record)
+    if path_taken["fleet"] != "queued":
+        ctx.warn(f"{escape(record.id)}: not queued for the fleet database: "
+                 f"{escape(path_taken['fleet'])}")
+    return {"path_taken": path_taken}
+
+
+def _publish_reanalysed(ctx: Context) -> None:
+    """One drain of the outbox, now (no retries: what the database does not take waits
+    in the outbox for the next crash's drain or ``coredumpd publish``)."""
+    from coredumpd.fleet.publisher import drain
+    result = drain(ctx.config)
+    ctx.stdout.write(f"fleet: published {result.sent} records; {result.waiting} waiting\n")
+    if result.error is not None:
+        ctx.warn(f"fleet: {escape(result.error)}")
 
 
 def cmd_vacuum(ctx: Context) -> int:

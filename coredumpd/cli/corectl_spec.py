@@ -109,7 +109,9 @@ REANALYZE = Command(
     "(DEBUGINFOD_CACHE_PATH, else $XDG_CACHE_HOME/debuginfod_client, else "
     "~/.cache/debuginfod_client; DEBUGINFOD_TIMEOUT, DEBUGINFOD_MAXTIME and "
     "DEBUGINFOD_MAXSIZE apply), and show says for each module where its symbols came "
-    "from.",
+    "from. With a fleet database configured ([Fleet] Database=), the new analysis is "
+    "published at once and replaces the crash's earlier record there (its group is "
+    "recounted); what the database does not take waits in the outbox.",
     (Option(("match",), "what to reanalyse, as for list", metavar="MATCH", nargs="+"),),
 )
 

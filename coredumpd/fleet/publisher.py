@@ -3,10 +3,13 @@
 :func:`enqueue` runs in the detached analysis job, after the crash was
 stored and analysed: it never raises and never connects.  :func:`drain`
 sends the waiting records, :data:`BATCH_SIZE` per statement, and removes a
-batch from the outbox only after the database committed it.  The insert is
-idempotent on (machine_id, crash_id) (``ON CONFLICT DO NOTHING``): a batch
-sent twice, because the connection broke after the commit or two drainers
-raced, stores each crash once.
+batch from the outbox only after the database committed it (and only the
+records as they were sent: a reanalysis queued meanwhile stays).  The insert
+is idempotent on the crash id (``ON CONFLICT DO NOTHING`` on (machine_id,
+crash_id, analyzed_at)): a batch sent twice, because the connection broke
+after the commit or two drainers raced, stores each crash once; a newer
+analysis of a crash (``corectl reanalyze``) replaces the older one
+(:mod:`coredumpd.fleet.schema`, version 2).
 
 A database that is down, slow (``statement_timeout``) or refusing (wrong
 password, no grant) costs nothing but a retry: the records wait.  The
@@ -171,7 +174,7 @@ class _Drain:
         except psycopg.Error as err:
             self.outbox.failed(ids, _oneline(err))
             raise FleetError(f"the fleet database refused a batch: {_oneline(err)}") from err
-        self.outbox.remove(ids)
+        self.outbox.remove(batch)
         self.sent += len(batch)
 
     def _send_one_by_one(self, batch: list[Waiting], batch_error: Exception) -> None:
@@ -188,7 +191,7 @@ class _Drain:
             except psycopg.Error as err:
                 raise FleetError(f"the fleet database refused a record: {_oneline(err)} "
                                  f"(after {_oneline(batch_error)})") from err
-            self.outbox.remove([item.crash_id])
+            self.outbox.remove([item])
             self.sent += 1
 
     def _call(self, function: Callable[[Any], Any], conn: Any) -> Any:

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import socket
+import time
 from typing import Any, ClassVar
 
 from coredumpd.errors import CoredumpdError
@@ -49,8 +50,10 @@ class FleetModule(Record):
 class FleetRecord(Versioned):
     """One crash as the fleet database stores it (the ``record`` column)."""
 
-    version: int = 1
+    VERSION: ClassVar[int] = 2  # 2: analyzed_us
+    version: int = 2
     crash_id: str = ""
+    analyzed_us: int = 0  # when this record was built: a newer analysis replaces an older
     machine_id: str = ""
     host: str = ""
     boot_id: str = ""
@@ -169,14 +172,17 @@ def _signal_name(record: CrashRecord) -> str | None:
     return signal_name(record.signal)
 
 
-def build_record(record: CrashRecord, host: str = "", machine_id: str | None = None) -> \
-        FleetRecord:
-    """The fleet record of an analysed crash; ``host`` "" means this host's name."""
+def build_record(record: CrashRecord, host: str = "", machine_id: str | None = None,
+                 analyzed_us: int | None = None) -> FleetRecord:
+    """The fleet record of an analysed crash; ``host`` "" means this host's name.
+    ``analyzed_us`` (default: now) orders the analyses of one crash: the database
+    keeps the newest (:mod:`coredumpd.fleet.schema`, version 2)."""
     modules = _modules(record)
     analysis = record.analysis
     columns = record.to_json()
     return FleetRecord(
         crash_id=record.id, machine_id=read_machine_id() if machine_id is None else machine_id,
+        analyzed_us=time.time_ns() // 1000 if analyzed_us is None else analyzed_us,
         host=host or default_host(), boot_id=record.boot_id,
         container_id=container_id(record.cgroup), timestamp_us=record.timestamp_us or 0,
         signal_name=_signal_name(record), row={name: columns[name] for name in ROW_FIELDS},

@@ -60,16 +60,51 @@ MIGRATIONS: tuple[str, ...] = (
         NULL;  -- the default compression then
     END $$;
     """,
+    # 1 -> 2: a reanalysis replaces the crash's record.  Each analysis is a row keyed by
+    # (machine_id, crash_id, analyzed_at): the same analysis sent twice is stored once
+    # (ON CONFLICT DO NOTHING, as before); a newer one is inserted, and the trigger
+    # deletes the older rows of its crash.  The trigger runs as the schema's owner
+    # (SECURITY DEFINER), so a publisher still needs INSERT alone.  Rows of version 1
+    # (and records of older publishers, the column's default) are older than any analysis.
+    f"""
+    ALTER TABLE {SCHEMA}.crashes
+        ADD COLUMN analyzed_at timestamptz NOT NULL DEFAULT '-infinity';
+    ALTER TABLE {SCHEMA}.crashes DROP CONSTRAINT crashes_pkey;
+    ALTER TABLE {SCHEMA}.crashes ADD PRIMARY KEY (machine_id, crash_id, analyzed_at);
+    CREATE FUNCTION {SCHEMA}.keep_newest_analysis() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+    BEGIN
+        -- Two transactions publishing analyses of the same crash wait for each other
+        -- here (one lock per host, taken in order), so the second's DELETE, which takes
+        -- a new snapshot (READ COMMITTED), sees the first's row.
+        PERFORM pg_advisory_xact_lock({ADVISORY_LOCK}, hashtext(machine_id))
+            FROM (SELECT DISTINCT machine_id FROM new_rows ORDER BY 1) AS hosts;
+        DELETE FROM {SCHEMA}.crashes AS older
+            USING (SELECT DISTINCT machine_id, crash_id FROM new_rows) AS n
+            WHERE older.machine_id = n.machine_id AND older.crash_id = n.crash_id
+              AND EXISTS (SELECT 1 FROM {SCHEMA}.crashes AS newer
+                          WHERE newer.machine_id = older.machine_id
+                            AND newer.crash_id = older.crash_id
+                            AND newer.analyzed_at > older.analyzed_at);
+        RETURN NULL;
+    END $body$;
+    REVOKE ALL ON FUNCTION {SCHEMA}.keep_newest_analysis() FROM PUBLIC;
+    CREATE TRIGGER crashes_keep_newest_analysis AFTER INSERT ON {SCHEMA}.crashes
+        REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.keep_newest_analysis();
+    """,
 )
 VERSION = len(MIGRATIONS)
 
 # One statement per batch: the records as one jsonb array, the columns computed here.
 INSERT_SQL = f"""
-INSERT INTO {SCHEMA}.crashes (machine_id, crash_id, host, container_id, crashed_at, pid, uid,
-    signal, signal_name, comm, exe, unit, core_state, root_cause, signature, frames,
-    product_version, record)
-SELECT r->>'machine_id', r->>'crash_id', r->>'host', r->>'container_id',
-    to_timestamp((r->>'timestamp_us')::bigint / 1e6),
+INSERT INTO {SCHEMA}.crashes (machine_id, crash_id, analyzed_at, host, container_id,
+    crashed_at, pid, uid, signal, signal_name, comm, exe, unit, core_state, root_cause,
+    signature, frames, product_version, record)
+SELECT r->>'machine_id', r->>'crash_id',
+    coalesce(timestamptz 'epoch' + (r->>'analyzed_us')::bigint * interval '1 microsecond',
+             '-infinity'),
+    r->>'host', r->>'container_id', to_timestamp((r->>'timestamp_us')::bigint / 1e6),
     (r->'row'->>'pid')::integer, (r->'row'->>'uid')::bigint, (r->'row'->>'signal')::integer,
     r->>'signal_name', r->'row'->>'comm', r->'row'->>'exe', r->'row'->>'unit',
     r->'row'->>'core_state', r->>'root_cause', coalesce(r->>'signature', ''),

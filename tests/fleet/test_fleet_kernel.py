@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import pathlib
@@ -19,7 +20,11 @@ import pytest
 
 from coredumpd.cli.corectl import main as corectl
 from coredumpd.fleet.outbox import lock_path
+from coredumpd.fleet.queries import groups as fleet_groups
 from coredumpd.fleet.schema import SCHEMA
+from tests.annotate.crashing import PROGRAMS
+from tests.cli.test_reanalyze_debuginfod import _build as build_stripped
+from tests.cli.test_reanalyze_debuginfod import debuginfod_server
 from tests.support.crash import RegisteredHandler, compile_c, registered_handler
 from tests.support.postgres import PostgresServer
 
@@ -186,3 +191,46 @@ def test_a_slow_database_delays_no_crash(tmp_path: pathlib.Path, program: str) -
                 blocker.rollback()  # the lock goes
             published_ids = {crash_id for _host, crash_id in wait_published(dsn, 3)}
             assert {row["id"] for row in rows} <= published_ids
+
+
+def group_counts(dsn: str) -> list[tuple[str | None, int, int]]:
+    with psycopg.connect(dsn) as conn:
+        return [(g["frames"], g["crashes"], g["hosts"]) for g in fleet_groups(conn)]
+
+
+def test_corectl_reanalyze_replaces_the_published_record(tmp_path: pathlib.Path) -> None:
+    """A stripped program crashes on two hosts: one group of unnamed frames.  Its debug
+    file comes (a real debuginfod); `corectl reanalyze` on one host publishes the new
+    analysis, which replaces that host's record and moves it to the named group; on the
+    other host too, and the old group is gone.  Never more rows than crashes."""
+    out = tmp_path / "ran"
+    _prog, build_id = build_stripped(out)
+    argv = ["/bin/sh", str(PROGRAMS / "ran" / "run.sh"), str(out), "plain"]
+    with PostgresServer() as server:
+        dsn = server.dsn(server.create_database())
+        with hosts(tmp_path, dsn, "alpha", "beta") as (alpha, beta):
+            rows = [alpha.crash(argv, pidfile=str(out / "prog.pid")),
+                    beta.crash(argv, pidfile=str(out / "prog.pid"))]
+            wait_published(dsn, 2)
+            ((unnamed, two, two_hosts),) = group_counts(dsn)
+            assert (two, two_hosts) == (2, 2) and "ran_crash" not in (unnamed or "")
+            with debuginfod_server(str(out / "served"), str(tmp_path), build_id) as url:
+                env = {"DEBUGINFOD_URLS": url, "DEBUGINFOD_CACHE_PATH": str(tmp_path / "c"),
+                       "DEBUGINFOD_TIMEOUT": "10", "PATH": os.environ.get("PATH", "")}
+                for handler, row, expected in (
+                        (alpha, rows[0], [("ran_crash | ran_middle | main", 1, 1),
+                                          (unnamed, 1, 1)]),
+                        (beta, rows[1], [("ran_crash | ran_middle | main", 2, 2)]),
+                        (beta, rows[1], [("ran_crash | ran_middle | main", 2, 2)])):
+                    stdout = io.StringIO()
+                    with contextlib.redirect_stdout(stdout):
+                        status = corectl(["--config", handler.config_path, "reanalyze",
+                                          row["id"]], env)
+                    assert status == 0
+                    assert "fleet: published 1 records; 0 waiting" in stdout.getvalue()
+                    counts = group_counts(dsn)
+                    assert sorted(counts, key=str) == sorted(expected, key=str), counts
+            assert sorted(published(dsn)) == sorted([("alpha", rows[0]["id"]),
+                                                     ("beta", rows[1]["id"])])
+            again = alpha.wait_row(rows[0]["pid"])
+            assert again["path_taken"]["fleet"] == "queued"

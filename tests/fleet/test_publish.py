@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import pathlib
 import subprocess
 import sys
+import threading
 
 import psycopg
 import pytest
@@ -17,7 +19,14 @@ from coredumpd.fleet.outbox import Outbox
 from coredumpd.fleet.publisher import drain, enqueue, send_batch
 from coredumpd.fleet.queries import crashes, groups
 from coredumpd.fleet.record import build_record, record_json
-from coredumpd.fleet.schema import SCHEMA, VERSION, current_version, ensure_schema
+from coredumpd.fleet.schema import (
+    INSERT_SQL,
+    MIGRATIONS,
+    SCHEMA,
+    VERSION,
+    current_version,
+    ensure_schema,
+)
 from tests.fleet.test_record import crash_record
 from tests.support.postgres import PostgresServer
 
@@ -78,15 +87,116 @@ def test_publishing_is_idempotent_on_the_crash_id(tmp_path: pathlib.Path,
                                                   fleet_dsn: str) -> None:
     config = config_for(tmp_path, fleet_dsn)
     queue(config, 3)
+    with Outbox(config.directory) as outbox:
+        sent = [item.record for item in outbox.oldest(10)]
     assert drain(config).stored == 3
-    queue(config, 5)  # three again (a reanalysis, a batch whose commit was not seen) + two
-    result = drain(config)
-    assert (result.sent, result.stored) == (5, 2)
-    with psycopg.connect(fleet_dsn) as conn:
+    with psycopg.connect(fleet_dsn) as conn:  # a batch whose commit was not seen, sent again
+        assert send_batch(conn, sent) == 0
         record = record_json(build_record(crash_record(), host="alpha"))
         assert send_batch(conn, [record, record]) == 1  # the same crash twice in one batch
         assert send_batch(conn, [record]) == 0
-    assert len(rows(fleet_dsn)) == 6
+    assert len(rows(fleet_dsn)) == 4
+
+
+def signatures(dsn: str) -> list[tuple[str, str, str | None, str]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT crash_id, signature, root_cause, frames FROM "
+                            f"{SCHEMA}.crashes ORDER BY crash_id").fetchall()
+
+
+def test_a_reanalysis_replaces_the_published_record(tmp_path: pathlib.Path,
+                                                    fleet_dsn: str) -> None:
+    """The newer analysis of a crash replaces the older, whatever order they arrive in,
+    and the groups are counted again: never two rows of one crash."""
+    config = config_for(tmp_path, fleet_dsn)
+    ids = queue(config, 3)
+    assert drain(config).stored == 3
+    with psycopg.connect(fleet_dsn) as conn:
+        assert [(g["signature"], g["crashes"]) for g in groups(conn)] == [
+            ("0123456789abcdef0123456789abcdef01234567", 3)]
+    first = crash_record()
+    first.id = ids[0]
+    published = record_json(build_record(first, host="alpha"))
+    newer = crash_record()  # symbols came: another signature, another root cause
+    newer.id, newer.pid, newer.root_cause = ids[0], 1000, "bad-jump"
+    assert newer.analysis is not None
+    newer.signature = newer.analysis.signature = "f" * 40
+    newer.analysis.signature_frames = ["prog!decode_frame", "prog!main"]
+    assert enqueue(config, newer) == "queued"
+    result = drain(config)
+    assert (result.sent, result.stored, result.waiting) == (1, 1, 0)
+    assert signatures(fleet_dsn) == [
+        (ids[0], "f" * 40, "bad-jump", "decode_frame | main"),
+        (ids[1], "0123456789abcdef0123456789abcdef01234567", "null-deref", "parse_header | main"),
+        (ids[2], "0123456789abcdef0123456789abcdef01234567", "null-deref", "parse_header | main")]
+    with psycopg.connect(fleet_dsn) as conn:
+        assert [(g["frames"], g["crashes"], g["hosts"]) for g in groups(conn)] == [
+            ("parse_header | main", 2, 1), ("decode_frame | main", 1, 1)]
+        send_batch(conn, [published])  # the older analysis, late: it does not come back
+        assert [g["crashes"] for g in groups(conn)] == [2, 1]
+    assert len(signatures(fleet_dsn)) == 3
+
+
+def test_a_reanalysis_queued_during_a_drain_is_not_lost(tmp_path: pathlib.Path,
+                                                        fleet_dsn: str) -> None:
+    config = config_for(tmp_path, fleet_dsn)
+    (crash_id,) = queue(config, 1)
+    with Outbox(config.directory) as outbox:
+        batch = outbox.oldest(10)  # a drainer took the first analysis...
+        queue(config, 1)  # ...the reanalysis replaced it in the outbox...
+        outbox.remove(batch)  # ...and the drainer forgets what it sent, only that
+        assert outbox.counts() == (1, 0)
+        assert outbox.oldest(10)[0].record != batch[0].record
+    assert drain(config).sent == 1
+    assert [row[2] for row in rows(fleet_dsn)] == [crash_id]
+
+
+def test_concurrent_analyses_of_one_crash_leave_one_row(fleet_dsn: str) -> None:
+    """Two publishers of one host in flight at once (a drain by hand beside the automatic
+    one, a reanalysis between them): the trigger's lock makes the later one see the other."""
+    record = crash_record()
+    older = record_json(build_record(record, host="alpha", machine_id="m" * 32,
+                                     analyzed_us=1))
+    newer = record_json(build_record(record, host="alpha", machine_id="m" * 32,
+                                     analyzed_us=2))
+    with psycopg.connect(fleet_dsn) as setup:
+        ensure_schema(setup)
+    with psycopg.connect(fleet_dsn) as first, psycopg.connect(fleet_dsn) as second:
+        with first.cursor() as cur:
+            cur.execute(INSERT_SQL, ("[" + newer + "]",))  # not committed yet
+        done: list[int] = []
+        thread = threading.Thread(target=lambda: done.append(send_batch(second, [older])))
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive()  # waits for the first's lock
+        first.commit()
+        thread.join(10)
+    assert done == [1]  # inserted, then deleted by its own trigger: the newer stays
+    with psycopg.connect(fleet_dsn) as conn:
+        assert conn.execute(f"SELECT analyzed_at FROM {SCHEMA}.crashes").fetchall() == [
+            (datetime.datetime(1970, 1, 1, 0, 0, 0, 2, tzinfo=datetime.UTC),)]
+
+
+def test_version_1_rows_are_migrated_and_replaced(fleet_dsn: str) -> None:
+    """A database of schema version 1 (rows without analyzed_at) taken to the current
+    version: its rows stay and count, and the next analysis of one replaces it."""
+    with psycopg.connect(fleet_dsn) as conn:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE SCHEMA {SCHEMA}")
+            cur.execute(f"CREATE TABLE {SCHEMA}.schema_version (version integer NOT NULL)")
+            cur.execute(f"INSERT INTO {SCHEMA}.schema_version VALUES (1)")
+            cur.execute(MIGRATIONS[0])
+            cur.execute(f"INSERT INTO {SCHEMA}.crashes (machine_id, crash_id, host, crashed_at, "
+                        "signature, record) VALUES ('m', 'c1', 'old', now(), 's1', '{}'), "
+                        "('m', 'c2', 'old', now(), 's1', '{}')")
+        conn.commit()
+        assert ensure_schema(conn) == 1 and current_version(conn) == VERSION
+        assert [g["crashes"] for g in groups(conn)] == [2]
+        record = crash_record()
+        record.id = "c1"
+        send_batch(conn, [record_json(build_record(record, host="new", machine_id="m"))])
+        assert sorted((g["signature"], g["crashes"]) for g in groups(conn)) == [
+            ("0123456789abcdef0123456789abcdef01234567", 1), ("s1", 1)]
 
 
 def test_a_database_that_is_down_loses_nothing(tmp_path: pathlib.Path) -> None:
