@@ -1,7 +1,7 @@
 """Fleet database at scale: ingest rate, and ``fleet groups`` latency over N records.
 
     .venv/bin/python bench/fleet.py [--records 1000000] [--hosts 1000] [--days 30]
-                                    [--batch 100] [--workers 2] [--runs 20]
+                                    [--batch 500] [--workers 2] [--runs 20]
 
 Starts its own PostgreSQL server (tests.support.postgres: Debian's initdb and
 pg_ctl in a temporary directory, Unix socket only) with the server's defaults
@@ -9,9 +9,11 @@ except ``max_wal_size`` (the first line of the output says which), and:
 
 1. Ingest.  ``--workers`` processes publish as ``--hosts`` simulated hosts
    (each its own machine-id and host name): a worker takes a host, makes a
-   batch of ``--batch`` records of it and sends it with
-   :func:`coredumpd.fleet.publisher.send_batch` — the statement every
-   publisher runs — on its own connection, until ``--records`` records are in.
+   batch of ``--batch`` records of it (default: the publisher's
+   :data:`~coredumpd.fleet.publisher.BATCH_SIZE`, what a drain sends) and sends
+   it with :func:`coredumpd.fleet.publisher.send_batch` — the statement and the
+   one transaction per batch of every publisher — on its own connection, until
+   ``--records`` records are in.
    Records are real fleet records (:func:`coredumpd.fleet.record.build_record`
    of a crash with 12 frames and 15 modules with build-ids and package notes,
    about 5 KB of JSON), one template per signature; per record the crash id,
@@ -47,7 +49,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.provenance import measured_line
-from coredumpd.fleet.publisher import connect, send_batch
+from coredumpd.fleet.publisher import BATCH_SIZE, connect, send_batch
 from coredumpd.fleet.queries import groups
 from coredumpd.fleet.record import FleetModule, build_record, record_json
 from coredumpd.fleet.schema import SCHEMA, ensure_schema
@@ -193,7 +195,7 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--signatures", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=BATCH_SIZE)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--steady", type=int, default=0,

@@ -145,13 +145,13 @@ def _product_version(record: CrashRecord, modules: list[FleetModule]) -> str | N
 
 
 def _crashed_frames(record: CrashRecord) -> list[Frame]:
+    """The crashed thread's frames, without ``cfa``: a stack address, read from the
+    process's registers, that no fleet reader needs."""
     analysis = record.analysis
-    if analysis is None:
+    if analysis is None or not analysis.threads:
         return []
-    for thread in analysis.threads:
-        if thread.crashed:
-            return list(thread.frames)
-    return list(analysis.threads[0].frames) if analysis.threads else []
+    thread = analysis.crashed_thread or analysis.threads[0]
+    return [frame.replace(cfa=None) for frame in thread.frames]
 
 
 def _annotations(record: CrashRecord) -> list[dict[str, Any]]:
@@ -195,7 +195,18 @@ def build_record(record: CrashRecord, host: str = "", machine_id: str | None = N
 def record_json(record: FleetRecord) -> str:
     """The record as JSON that PostgreSQL's jsonb accepts: no NUL characters and no lone
     surrogates (strings from the crashed process may hold both)."""
-    return json.dumps(_clean(record.to_json()), separators=(",", ":"))
+    data = record.to_json()
+    data["frames"] = [_compact_frame(frame) for frame in data["frames"]]
+    return json.dumps(_clean(data), separators=(",", ":"))
+
+
+def _compact_frame(frame: dict[str, Any]) -> dict[str, Any]:
+    """A frame without the keys that hold their default (Frame.from_json puts them
+    back): a fifth less JSON per record, which is what ingest spends its time on
+    (parsing, compressing and logging the record: docs/FLEET.md "Ingest")."""
+    defaults = Frame._defaults
+    return {key: value for key, value in frame.items()
+            if key not in defaults or value != defaults[key]}
 
 
 def _clean(value: Any) -> Any:
