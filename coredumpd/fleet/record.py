@@ -22,6 +22,7 @@ import time
 from typing import Any, ClassVar
 
 from coredumpd.errors import CoredumpdError
+from coredumpd.fleet import dpkg
 from coredumpd.model import CrashRecord, Frame, Module, Record, Versioned
 
 MACHINE_ID_PATH = "/etc/machine-id"
@@ -45,6 +46,7 @@ class FleetModule(Record):
     path: str
     build_id: str | None = None
     package: dict[str, str] | None = None  # the ELF package note's keys
+    package_from: str | None = None  # "note" (the ELF package note) or "dpkg" (its database)
 
 
 class FleetRecord(Versioned):
@@ -114,25 +116,60 @@ def _package_json(desc: bytes) -> dict[str, str] | None:
     return {key: str(data[key]) for key in PACKAGE_KEYS if isinstance(data.get(key), str)}
 
 
-def _modules(record: CrashRecord) -> list[FleetModule]:
+def _modules(record: CrashRecord, dpkg_admin: str) -> list[FleetModule]:
+    """One per mapped file, with its package: the ELF note where the file has one,
+    else dpkg's database where the file is still the one that ran (:func:`same_inode`)."""
     analysis = record.analysis
     if analysis is None:
         return []
-    seen: set[str] = set()
-    modules = []
+    modules: dict[str, FleetModule] = {}
+    ask_dpkg = []
     for module in analysis.modules:
-        if module.path in seen:  # one row per mapping in the analysis, one per file here
+        if module.path in modules:  # one row per mapping in the analysis, one per file here
             continue
-        seen.add(module.path)
-        modules.append(FleetModule(path=module.path, build_id=module.build_id,
-                                   package=_package_of(module)))
-    return modules
+        note = _package_of(module)
+        modules[module.path] = FleetModule(path=module.path, build_id=module.build_id,
+                                           package=note, package_from="note" if note else None)
+        if note is None and _package_candidate(module) and same_inode(record, module.path):
+            ask_dpkg.append(module.path)
+    for path, package in dpkg.packages(ask_dpkg, dpkg_admin).items() if ask_dpkg else ():
+        modules[path].package, modules[path].package_from = package, "dpkg"
+    return list(modules.values())
+
+
+def _package_candidate(module: Module) -> bool:
+    return not (module.deleted or module.replaced or module.modified_in_place) and \
+        module.path.startswith("/") and module.state in (None, "same")
 
 
 def _package_of(module: Module) -> dict[str, str] | None:
     if module.deleted or module.replaced or not module.path.startswith("/"):
         return None
     return package_note(module.path, module.build_id)
+
+
+def same_inode(record: CrashRecord, path: str) -> bool:
+    """Whether the file at ``path`` is, now, the inode the process mapped at dump time
+    (the handler's ``proc.files`` facts) and the process saw this machine's files (no
+    other mount namespace or root).  Then the package database still describes the file
+    that ran: dpkg writes every file of an upgraded package to a new inode.  Read at
+    analysis time, not in the capture, which must stay fast; and a reanalysis weeks
+    later, after an upgrade, gets no version rather than the new one."""
+    facts = record.facts
+    proc = facts.proc if facts is not None else {}
+    files = proc.get("files") if isinstance(proc, dict) else None
+    entry = files.get(path) if isinstance(files, dict) else None
+    if not isinstance(entry, dict) or "host" in entry:
+        return False
+    mapped = entry.get("mapped")
+    if not isinstance(mapped, dict) or not isinstance(mapped.get("inode"), int):
+        return False
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino, now.st_mtime_ns) == \
+        (mapped.get("dev"), mapped.get("inode"), mapped.get("mtime_ns"))
 
 
 def _product_version(record: CrashRecord, modules: list[FleetModule]) -> str | None:
@@ -173,11 +210,12 @@ def _signal_name(record: CrashRecord) -> str | None:
 
 
 def build_record(record: CrashRecord, host: str = "", machine_id: str | None = None,
-                 analyzed_us: int | None = None) -> FleetRecord:
+                 analyzed_us: int | None = None,
+                 dpkg_admin: str = dpkg.ADMIN_DIRECTORY) -> FleetRecord:
     """The fleet record of an analysed crash; ``host`` "" means this host's name.
     ``analyzed_us`` (default: now) orders the analyses of one crash: the database
     keeps the newest (:mod:`coredumpd.fleet.schema`, version 2)."""
-    modules = _modules(record)
+    modules = _modules(record, dpkg_admin)
     analysis = record.analysis
     columns = record.to_json()
     return FleetRecord(

@@ -234,3 +234,31 @@ def test_corectl_reanalyze_replaces_the_published_record(tmp_path: pathlib.Path)
                                                      ("beta", rows[1]["id"])])
             again = alpha.wait_row(rows[0]["pid"])
             assert again["path_taken"]["fleet"] == "queued"
+
+
+def test_debian_binaries_get_their_versions_from_dpkg(tmp_path: pathlib.Path) -> None:
+    """dash, Debian's /bin/sh, has no ELF package note: its crash through the kernel on two
+    hosts publishes the versions dpkg-query gives for dash and libc6, and the group's
+    versions are dash's."""
+    from tests.fleet.test_dpkg import dpkg_query
+
+    dash = os.path.realpath("/bin/sh")
+    libc = os.path.realpath("/usr/lib/x86_64-linux-gnu/libc.so.6")
+    argv = ["/bin/sh", "-c", "kill -SEGV $$"]
+    with PostgresServer() as server:
+        dsn = server.dsn(server.create_database())
+        with hosts(tmp_path, dsn, "alpha", "beta") as (alpha, beta):
+            rows = [alpha.crash(argv), beta.crash(argv)]
+            assert all(row["exe"] == dash for row in rows)
+            wait_published(dsn, 2)
+            with psycopg.connect(dsn) as conn:
+                records = [r for (r,) in conn.execute(
+                    f"SELECT record FROM {SCHEMA}.crashes ORDER BY host").fetchall()]
+                groups = fleet_groups(conn)
+    for record in records:
+        packages = {m["path"]: (m["package"], m.get("package_from"))
+                    for m in record["modules"]}
+        assert packages[dash] == (dpkg_query(dash), "dpkg")
+        assert packages[libc] == (dpkg_query(libc), "dpkg")
+        assert record["product_version"] == dpkg_query(dash)["version"]
+    assert [(g["hosts"], g["versions"]) for g in groups] == [(2, [dpkg_query(dash)["version"]])]
