@@ -1,14 +1,15 @@
 """The fleet record: what one crash tells the fleet database, built from a CrashRecord.
 
-It carries the index row's metadata, the annotations (id, title, confidence,
-advice), the signature and its frames, the crashed thread's frames, the
-modules with their build-ids and package (the ELF package note,
-systemd's "Package Metadata for Core Files", https://systemd.io/ELF_PACKAGE_METADATA/),
-and who holds the core: machine-id, host name, container id.
+It carries the index row's metadata, the annotations (id and confidence),
+the signature and its frames, the crashed thread's frames, the modules with
+their build-ids and package (the ELF package note, systemd's "Package
+Metadata for Core Files", https://systemd.io/ELF_PACKAGE_METADATA/, else
+dpkg's database: :mod:`coredumpd.fleet.dpkg`), and who holds the core: machine-id, host name, container id.
 
-Never the core's memory: no registers, no disassembly, no annotation evidence
-(evidence quotes bytes read from the process, such as abort messages or
-exception texts), no facts (environment, /proc maps).  The core itself stays
+Never the core's memory: no registers, no disassembly, no annotation evidence,
+titles or advice (evidence quotes bytes read from the process, and some titles
+too: the abort message, a panic message, an exception's what()), no facts
+(environment, /proc maps), no frame's ``cfa``.  The core itself stays
 on the host; ``core_path`` says where.
 """
 
@@ -195,7 +196,7 @@ def _annotations(record: CrashRecord) -> list[dict[str, Any]]:
     analysis = record.analysis
     if analysis is None:
         return []
-    return [{"id": a.id, "title": a.title, "confidence": a.confidence, "advice": a.advice}
+    return [{"id": a.id, "confidence": a.confidence}
             for a in analysis.annotations]
 
 

@@ -262,3 +262,39 @@ def test_debian_binaries_get_their_versions_from_dpkg(tmp_path: pathlib.Path) ->
         assert packages[libc] == (dpkg_query(libc), "dpkg")
         assert record["product_version"] == dpkg_query(dash)["version"]
     assert [(g["hosts"], g["versions"]) for g in groups] == [(2, [dpkg_query(dash)["version"]])]
+
+
+SECRET_PROGRAM = r"""
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+int main(void) {
+    char *secret = malloc(64);
+    strcpy(secret, "heap-secret-");
+    strcat(secret, getenv("FLEET_TOKEN"));  /* in memory only */
+    assert(secret[0] == 'x' && "assert-secret");
+    return 0;
+}
+"""
+
+
+def test_a_published_record_holds_no_memory_and_no_environment(tmp_path: pathlib.Path) -> None:
+    """A crash with a secret in its environment, on its heap and in its abort message
+    (which the analysis reads from memory and puts in its annotation): the record that
+    arrives in the database holds none of them."""
+    program = compile_c(SECRET_PROGRAM, tmp_path, name="fleetsecret", flags=("-g", "-O0"))
+    with PostgresServer() as server:
+        dsn = server.dsn(server.create_database())
+        with hosts(tmp_path, dsn, "alpha") as (alpha,):
+            row = alpha.crash([program], env={"FLEET_TOKEN": "env-token-5417",
+                                             "PATH": "/usr/bin:/bin"})
+            assert row["root_cause"] == "abort-message"  # the analysis read the message
+            assert any("assert-secret" in a["title"]
+                       for a in row["analysis"]["annotations"])
+            wait_published(dsn, 1)
+            with psycopg.connect(dsn) as conn:
+                ((text,),) = conn.execute(f"SELECT record::text FROM {SCHEMA}.crashes").fetchall()
+    for secret in ("env-token-5417", "heap-secret", "assert-secret", "FLEET_TOKEN",
+                   "PATH=", "registers", "disassembly", "evidence", "environ"):
+        assert secret not in text, secret
+    assert '"abort-message"' in text  # the root cause is there, by its id

@@ -259,6 +259,8 @@ def test_the_grants_of_docs_fleet_md(tmp_path: pathlib.Path, fleet_dsn: str,
                            host="beta")
     queue(publisher, 2, first=10)
     assert drain(publisher).stored == 2
+    queue(publisher, 1, first=10)  # a reanalysis: INSERT alone replaces the older record
+    assert drain(publisher).stored == 1
     with psycopg.connect(publisher.fleet_database) as conn, \
             pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute(f"SELECT * FROM {SCHEMA}.crashes")

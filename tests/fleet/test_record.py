@@ -41,7 +41,7 @@ def crash_record(exe: str = "/usr/bin/prog", build_id: str | None = "ab" * 20) -
         modules=[Module(path=exe, start=0x400000, end=0x402000, build_id=build_id),
                  Module(path=exe, start=0x402000, end=0x403000, build_id=build_id)],
         disassembly=[DisassemblyLine(address=0x401000, bytes="8b00", text="mov", current=True)],
-        annotations=[Annotation(id="null-deref", title="NULL pointer dereference",
+        annotations=[Annotation(id="null-deref", title="NULL pointer dereference: title from memory",
                                 confidence="high", evidence=("secret from memory",),
                                 advice="check the pointer")],
         signature="0123456789abcdef0123456789abcdef01234567",
@@ -75,7 +75,8 @@ def test_the_record_never_holds_memory_or_the_environment() -> None:
     crash.analysis.threads[1].frames[0].cfa = 0x7FFD_1234_5670  # a stack address
     text = record_json(build_record(crash, host="alpha", machine_id=""))
     assert '"cfa"' not in text and str(0x7FFD_1234_5670) not in text
-    for secret in ("hunter2", "environ", "secret from memory", "registers", "rax",
+    for secret in ("hunter2", "environ", "secret from memory", "title from memory",
+                   "registers", "rax",
                    "disassembly", "facts"):
         assert secret not in text
 
