@@ -11,7 +11,15 @@ when it is current (docs/FLEET.md "Access").
 
 The columns beside ``record`` (the whole fleet record, jsonb) are what the
 queries filter and group on; the database computes them from the record at
-insert (:data:`INSERT_SQL`), so a publisher sends nothing else.
+insert (:data:`INSERT_SQL`), so a publisher sends nothing else.  One batch is
+one statement and one transaction: measured against COPY into a staging table
+(with the columns from the client or computed in SQL), multi-row VALUES and
+unnest() of column arrays, this was the fastest; the server's time goes to
+parsing, compressing and indexing the records, not to the statement.
+
+Since version 2 a crash may be sent again with a newer analysis
+(``analyzed_at``): a statement trigger deletes the older rows of the crashes
+each insert brought, so the table holds one row per crash, the newest.
 """
 
 from __future__ import annotations
