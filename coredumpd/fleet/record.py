@@ -4,7 +4,8 @@ It carries the index row's metadata, the annotations (id and confidence),
 the signature and its frames, the crashed thread's frames, the modules with
 their build-ids and package (the ELF package note, systemd's "Package
 Metadata for Core Files", https://systemd.io/ELF_PACKAGE_METADATA/, else
-dpkg's database: :mod:`coredumpd.fleet.dpkg`), and who holds the core: machine-id, host name, container id.
+dpkg's database: :mod:`coredumpd.fleet.dpkg`), the time of the analysis, and
+who holds the core: machine-id, host name, container id.
 
 Never the core's memory: no registers, no disassembly, no annotation evidence,
 titles or advice (evidence quotes bytes read from the process, and some titles
