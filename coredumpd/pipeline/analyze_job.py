@@ -148,16 +148,28 @@ def handler_debuginfod(config: Config) -> Debuginfod | None:
                       maxtime=config.analysis_timeout)
 
 
+DEBUGINFOD_ASKS_MAX = 64  # files asked for one crash: a core's modules are its own claim
+
+
 def fetch_lacking(debuginfod: Debuginfod, record: CrashRecord, result: AnalysisResult,
-                  problems: list[str]) -> bool:
+                  problems: list[str], seconds: float) -> bool:
     """Fetch what ``result`` lacked and the cache does not hold yet (a miss is asked
     again at the next crash: the server may have it by then); True when something new
-    came.  Failures other than "not found" go to ``problems``."""
+    came.  Failures other than "not found" go to ``problems``.  At most
+    :data:`DEBUGINFOD_ASKS_MAX` files and ``seconds`` in all: a core claiming
+    thousands of modules, or a server that never answers, holds the slot no longer."""
+    import time
     record.set_analysis(result)
+    deadline = time.monotonic() + seconds
+    wanted = [(build_id, kind) for build_id, kind in _lacking(record)
+              if debuginfod.cached(build_id, kind) is None]
     fetched = False
-    for build_id, kind in _lacking(record):
-        if debuginfod.cached(build_id, kind) is None:
-            fetched = debuginfod.find(build_id, kind, problems) is not None or fetched
+    for number, (build_id, kind) in enumerate(wanted):
+        if number == DEBUGINFOD_ASKS_MAX or time.monotonic() > deadline:
+            problems.append(f"debuginfod: {len(wanted) - number} of {len(wanted)} files not "
+                            f"asked for (at most {DEBUGINFOD_ASKS_MAX}, {seconds:g} s)")
+            break
+        fetched = debuginfod.find(build_id, kind, problems) is not None or fetched
     return fetched
 
 
@@ -201,7 +213,8 @@ def run(row_id: str, config_path: str | None, core_fd: int | None) -> int:
         result, keep = analyse_and_keep(config, record, core_fd, debuginfod)
         fetching: list[str] = []
         if debuginfod is not None and result.state == "done" \
-                and fetch_lacking(debuginfod, record, result, fetching):
+                and fetch_lacking(debuginfod, record, result, fetching,
+                                  config.analysis_timeout):
             result, keep = analyse_and_keep(config, record, core_fd, debuginfod)
         result.problems += fetching
     except Exception as err:  # noqa: BLE001 - a broken analysis must not lose the entry

@@ -76,3 +76,44 @@ def test_urls_are_read_space_separated(tmp_path):
     path.write_text("[Coredump]\nDebuginfodURLs=http://a.example:8002 https://b.example/x\n")
     assert load_config(str(path)).debuginfod_urls == ("http://a.example:8002",
                                                       "https://b.example/x")
+
+
+def _lacking_everything(count: int):
+    from coredumpd.model import AnalysisResult, CrashRecord, Module
+    result = AnalysisResult()
+    result.modules = [Module(path=f"/lib/m{n}.so", start=0, end=1, build_id=f"{n:040x}",
+                             file_build_id=f"{n:040x}") for n in range(count)]
+    return CrashRecord(pid=1, timestamp_us=0), result
+
+
+def test_a_core_claiming_many_modules_gets_few_asked(tmp_path):
+    """Build-ids are the core's claims: at most DEBUGINFOD_ASKS_MAX files are asked for."""
+    from coredumpd.image.debuginfod import Debuginfod
+    from coredumpd.pipeline import analyze_job
+    record, result = _lacking_everything(100)
+    client = Debuginfod((f"http://127.0.0.1:{_free_port()}",), str(tmp_path), timeout=2)
+    problems: list[str] = []
+    assert not analyze_job.fetch_lacking(client, record, result, problems, 60)
+    assert sum(problem.startswith("debuginfod http://") for problem in problems) == \
+        analyze_job.DEBUGINFOD_ASKS_MAX
+    assert problems[-1] == "debuginfod: 36 of 100 files not asked for (at most 64, 60 s)"
+
+
+def test_a_server_that_never_answers_holds_the_job_no_longer_than_asked(tmp_path):
+    import socket
+    import time
+
+    from coredumpd.image.debuginfod import Debuginfod
+    from coredumpd.pipeline import analyze_job
+    record, result = _lacking_everything(10)
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        client = Debuginfod((url,), str(tmp_path), timeout=0.5)
+        problems: list[str] = []
+        started = time.monotonic()
+        analyze_job.fetch_lacking(client, record, result, problems, 1.0)
+        elapsed = time.monotonic() - started
+    assert elapsed < 2.5, elapsed
+    assert problems[-1].startswith("debuginfod: ") and "files not asked for" in problems[-1]
