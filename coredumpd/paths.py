@@ -24,6 +24,9 @@ DEFAULT_DIRECTORY = "/var/lib/coredumpd"
 INDEX_NAME = "index.sqlite"
 USERS_DIRECTORY = "users"  # users/UID.sqlite: each user's view of the index
 BINARIES_DIRECTORY = "binaries"  # binaries/XX/REST: kept copies of mapped files, by build-id
+# debuginfod/BUILD-ID/{debuginfo,executable}: what the handler's analyses fetched
+# (DebuginfodURLs=), in elfutils' cache layout
+DEBUGINFOD_DIRECTORY = "debuginfod"
 SAVED_SYSCTL_PATH = os.path.join(DEFAULT_DIRECTORY, "saved-sysctl")  # `coredumpd install`
 # the fleet outbox (coredumpd.fleet.outbox) and its drainer's lock: root's alone, 0600
 # (records hold command lines), like the temporary files
@@ -44,6 +47,11 @@ def index_path(directory: str) -> str:
 def binaries_path(directory: str) -> str:
     """``DIR/binaries``: the kept copies of the store at ``directory`` (store/binaries.py)."""
     return os.path.join(directory, BINARIES_DIRECTORY)
+
+
+def debuginfod_path(directory: str) -> str:
+    """``DIR/debuginfod``: the files the handler's analyses fetched by build-id."""
+    return os.path.join(directory, DEBUGINFOD_DIRECTORY)
 
 
 def view_path(index_file: str, uid: int) -> str:

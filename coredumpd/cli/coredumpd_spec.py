@@ -243,7 +243,9 @@ CONFIG_KEYS = (
                          "process), into DIRECTORY/debuginfod/BUILD-ID/ (elfutils' "
                          "layout), and the analysis runs again when something came; each "
                          "connection waits at most 10s and all of it at most "
-                         "AnalysisTimeoutSec. Not found is asked again at the next crash. "
+                         "AnalysisTimeoutSec, at most 64 files per crash. Not found is "
+                         "asked again at the next crash. The fetched files count towards "
+                         "MaxUse; vacuum removes them before any core. "
                          "Default empty: no server is asked.")),
     ("Journal=", "Whether to write one journal entry per crash (yes or no). Default yes."),
     ("JournalTimeoutSec=", ("How long a journal write may block before it is given up "

@@ -124,7 +124,6 @@ def _lacking(record: CrashRecord) -> list[tuple[str, str]]:
     return lacking
 
 
-DEBUGINFOD_DIRECTORY = "debuginfod"  # DIR/debuginfod: what the handler's analyses fetched
 DEBUGINFOD_CONNECT_S = 10.0  # the longest wait for a connection or for the next data
 
 
@@ -136,8 +135,8 @@ def handler_debuginfod(config: Config) -> Debuginfod | None:
     if not config.debuginfod_urls:
         return None
     from coredumpd.image.debuginfod import Debuginfod
-    from coredumpd.paths import make_directory
-    cache = os.path.join(config.directory, DEBUGINFOD_DIRECTORY)
+    from coredumpd.paths import debuginfod_path, make_directory
+    cache = debuginfod_path(config.directory)
     from coredumpd.errors import StoreError
     try:
         make_directory(cache, 0o711)  # the sandbox reads files by build-id, lists nothing

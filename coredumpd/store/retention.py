@@ -18,7 +18,9 @@ Modelled on systemd's src/coredump/coredump-vacuum.c:
 - Kept copies of mapped files (:mod:`coredumpd.store.binaries`) count towards
   MaxUse; one is removed once no stored core refers to it.
 - The module cache (:mod:`coredumpd.store.modcache`) counts towards MaxUse too;
-  it is emptied before any core is removed (it is made again on demand).
+  it is emptied before any core is removed (it is made again on demand), and so
+  are the files the analyses fetched from debuginfod (``DIR/debuginfod``: they
+  are fetched again when needed).
 
 Files are stat-ed and unlinked relative to a directory fd opened with
 O_NOFOLLOW, without following symlinks; only regular files directly inside the
@@ -28,6 +30,7 @@ store directory are ever removed.  Removing a core keeps its index row, marked
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import stat
@@ -37,6 +40,7 @@ from collections.abc import Iterable, Iterator
 from coredumpd.config import Config
 from coredumpd.errors import StoreError
 from coredumpd.model import CoreState, CrashRecord
+from coredumpd.paths import debuginfod_path
 from coredumpd.store.binaries import BinaryStore
 from coredumpd.store.index import Index
 from coredumpd.store.modcache import ModuleCache
@@ -224,6 +228,41 @@ def vacuum(config: Config, index: Index, max_use: int | None = None,
         directory.close()
 
 
+def _fetched_files(path: str) -> list[tuple[str, int]]:
+    """(path, bytes on disk) of the regular files under ``path`` (symlinks not followed)."""
+    found = []
+    for root, _, names in os.walk(path):
+        for name in names:
+            file = os.path.join(root, name)
+            try:
+                info = os.lstat(file)
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                found.append((file, info.st_blocks * 512))
+    return found
+
+
+def _fetched_usage(path: str) -> int:
+    return sum(size for _, size in _fetched_files(path))
+
+
+def _remove_fetched(path: str) -> int:
+    """Remove every fetched file (and the emptied build-id directories); bytes freed."""
+    freed = 0
+    for file, size in _fetched_files(path):
+        try:
+            os.unlink(file)
+        except OSError:
+            continue
+        freed += size
+    for root, directories, _ in os.walk(path, topdown=False):
+        for name in directories:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, name))
+    return freed
+
+
 def _vacuum(index: Index, directory: StoreDirectory, max_use: int | None,
             keep_free: int | None, older_than: float | None,
             exclude: str | None) -> VacuumResult:
@@ -242,12 +281,17 @@ def _vacuum(index: Index, directory: StoreDirectory, max_use: int | None,
         result.freed_bytes += binaries.remove_unreferenced({p for c in cores for p in c.kept})
         _, result.free_bytes = directory.file_system()
         cached = modules.usage()
-        result.used_bytes = sum(c.disk_bytes for c in cores) + binaries.usage() + cached
+        fetched = _fetched_usage(debuginfod_path(directory.path))
+        result.used_bytes = sum(c.disk_bytes for c in cores) + binaries.usage() + cached \
+            + fetched
         over = _over_limits(result)
         if not over:
             break
         if cached:  # derived from files, made again on demand: goes before any core
             result.freed_bytes += modules.trim(0)
+            continue
+        if fetched:  # fetched again when an analysis needs it: goes before any core
+            result.freed_bytes += _remove_fetched(debuginfod_path(directory.path))
             continue
         victim = _pick_victim(cores, exclude)
         if victim is None:

@@ -152,3 +152,29 @@ def test_vacuum_counts_the_cache_and_empties_it_before_any_core(tmp_path: pathli
         assert cache.usage() == 0 and result.freed_bytes >= used
     finally:
         index.close()
+
+
+def test_vacuum_counts_fetched_debug_files_and_removes_them_before_any_core(
+        tmp_path: pathlib.Path) -> None:
+    """DIR/debuginfod (DebuginfodURLs=) is part of the store: counted, emptied first."""
+    from coredumpd.config import Config
+    from coredumpd.store.index import Index
+    from coredumpd.store.retention import vacuum
+
+    directory = tmp_path / "store"
+    fetched = directory / "debuginfod" / ("ab" * 20)
+    fetched.mkdir(parents=True)
+    (fetched / "debuginfo").write_bytes(os.urandom(200_000))
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not ours")
+    (fetched / "executable").symlink_to(outside)  # never followed, never removed
+    config = Config(directory=str(directory))
+    index = Index(config.index_path)
+    try:
+        result = vacuum(config, index, max_use=0, keep_free=0)
+        assert result.used_bytes >= 200_000 and (fetched / "debuginfo").exists()
+        result = vacuum(config, index, max_use=4096, keep_free=0)
+        assert not (fetched / "debuginfo").exists() and result.freed_bytes >= 200_000
+        assert outside.read_bytes() == b"not ours"
+    finally:
+        index.close()
