@@ -11,7 +11,9 @@ handler as ``coredumpd install`` registers it, with the default configuration
 - ``no-cache``: ``AnalysisCache=no`` (what the handler did before its analyses had
   the module cache);
 - ``cold``: ``AnalysisCache=yes`` on a new store (the cache fills during the storm);
-- ``warm``: the same storm again on the ``cold`` variant's store.
+- ``warm``: the same storm again on the ``cold`` variant's store;
+- ``default``: the checkout's own defaults on a new store (to compare commits: run
+  this bench from an older checkout with its own venv).
 
 Printed per variant: the time from the crash (the barrier's release) until the last of
 the storm's analyses is stored (the index polled every 50 ms); the CPU its analyses
@@ -54,8 +56,10 @@ from tests.support.kernel import core_pattern
 
 DISCARD = "|/bin/sh -c /bin/cat>/dev/null"
 BENCH_SETTINGS: dict[str, Any] = {"rate_limit_burst": 100000}
-VARIANTS = {"no-cache": {"analysis_cache": False}, "cold": {"analysis_cache": True},
-            "warm": {"analysis_cache": True}}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "no-cache": {"analysis_cache": False}, "cold": {"analysis_cache": True},
+    "warm": {"analysis_cache": True},
+    "default": {}}  # the checkout's defaults, naming no key it may not know (A/B by commit)
 
 
 def crash_tiny(exe: str, stamp: pathlib.Path) -> tuple[int, float]:
@@ -265,7 +269,8 @@ def main() -> int:
     try:
         with private_journal() as journal:
             print(measured_line(f"coredumpd: the default configuration except Directory=, "
-                                f"the variant's AnalysisCache=, RateLimitBurst=100000 (every "
+                                f"the variant's AnalysisCache= (none for default), "
+                                f"RateLimitBurst=100000 (every "
                                 f"tiny crash stored), {journal.description}"))
             return report(options, names, work, {**journal.settings, **BENCH_SETTINGS})
     finally:
@@ -305,7 +310,7 @@ def report(options: argparse.Namespace, names: list[str], work: pathlib.Path,
                 print(f"  not done: pid {row.get('pid')}: {row.get('analysis_error')}")
         print(f"  tiny crash -> reap, idle:            {_ms(result['idle'])}")
         print(f"  tiny crash -> reap, during analyses: {_ms(result['during'])}")
-    reference = next((r for r in results if r["name"] == "cold"), results[0])
+    reference = next((r for r in results if r["name"] in ("cold", "default")), results[0])
     eu = eu_stack(reference["rows_data"], work)
     print(f"\neu-stack -s on the same {reference['rows']} cores one after the other: "
           f"{eu['wall_s']:.2f} s wall, {eu['cpu_s']:.2f} s CPU"
