@@ -1,6 +1,6 @@
 """coredumpd serve on the kernel's coredump socket: reap latency, storm, rejected crashes.
 
-    sudo .venv/bin/python bench/socket_capture.py reap [--big-mib 1024] [--rounds 7]
+    sudo .venv/bin/python bench/socket_capture.py reap [--big-mib 1024] [--rounds 7] [--tiny-only]
     sudo .venv/bin/python bench/socket_capture.py storm [--count 256]
     sudo .venv/bin/python bench/socket_capture.py reject [--runs 10]
 
@@ -95,8 +95,11 @@ def reap(options: argparse.Namespace, work: pathlib.Path) -> None:
     socket_path = f"/run/cdbench-{os.getpid()}.sock"
     print(f"{'core':>10} {'handler':>8}   {'min':>8} {'median':>8} {'max':>8}  ms   ratio"
           " (median / discard median)")
-    for label, mib in (("tiny", 0), (f"{options.big_mib} MiB", options.big_mib)):
+    sizes = [("tiny", 0)] + ([] if options.tiny_only else
+                             [(f"{options.big_mib} MiB", options.big_mib)])
+    for label, mib in sizes:
         times: dict[str, list[float]] = {"discard": [], "pipe": [], "socket": []}
+        steps: dict[str, list[float]] = {}
         with registered_handler(work, directory=str(work / "store"), **options.settings) as handler, \
                 server(handler, socket_path):
             pipe = build_pattern(launcher, handler.config_path)
@@ -106,12 +109,17 @@ def reap(options: argparse.Namespace, work: pathlib.Path) -> None:
                     pid, latency = crash_once(exe, mib, pattern, str(work / "ts"))
                     times[mode].append(latency)
                     row = _wait(handler, pid)
+                    if mode == "socket":
+                        for step, ms in ((row.get("facts") or {}).get("timings_ms") or {}).items():
+                            steps.setdefault(step, []).append(float(ms))
                     if row.get("core_state") != "present":
                         print(f"  {mode}: core {row.get('core_state')}: {row.get('core_reason')}")
         floor = statistics.median(times["discard"])
         for mode, values in times.items():
             print(f"{label:>10} {mode:>8}   {_spread(values)}      "
                   f"{statistics.median(values) / floor:5.2f}")
+        print(f"{'':>10} socket server, accept -> (median ms): " + ", ".join(
+            f"{step} {statistics.median(values):.1f}" for step, values in steps.items()))
     print(f"\n{options.rounds} interleaved rounds; latency = the program's last "
           "CLOCK_MONOTONIC reading -> the parent's after waitpid()")
 
@@ -212,6 +220,7 @@ def main() -> int:
     reap_parser = commands.add_parser("reap")
     reap_parser.add_argument("--big-mib", type=int, default=1024)
     reap_parser.add_argument("--rounds", type=int, default=7)
+    reap_parser.add_argument("--tiny-only", action="store_true", help="only the tiny core")
     storm_parser = commands.add_parser("storm")
     storm_parser.add_argument("--count", type=int, default=256)
     storm_parser.add_argument("--workers", type=int, default=None)
