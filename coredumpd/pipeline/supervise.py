@@ -36,7 +36,7 @@ from coredumpd.errors import ConfigError
 from coredumpd.paths import DEFAULT_SOCKET_PATH
 from coredumpd.pipeline import install
 from coredumpd.pipeline.serve import bind_listener
-from coredumpd.report.journal import kmsg_line, write_kmsg
+from coredumpd.report.journal import service_line, write_kmsg
 
 DEFAULT_SOCKET = DEFAULT_SOCKET_PATH
 READY_TIMEOUT_SEC = 30.0
@@ -97,9 +97,9 @@ class Supervisor:
                 status = self._run_server(listener.fileno())
                 if self.stopping:
                     break
-                write_kmsg(kmsg_line(os.getpid(), "coredumpd", 0, 0,
-                                     f"capture server ended ({status}); core_pattern is the "
-                                     f"pipe handler, restarting in {delay:g}s"))
+                write_kmsg(service_line(os.getpid(),
+                                        f"capture server ended ({status}); core_pattern is "
+                                        f"the pipe handler, restarting in {delay:g}s"))
                 delay = self.restart_sec if time.monotonic() - started > 60 \
                     else min(RESTART_MAX_SEC, max(delay, 0.1) * 2)
                 self._sleep(delay)

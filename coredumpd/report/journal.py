@@ -240,6 +240,13 @@ def kmsg_line(pid: Any, comm: str, uid: Any, signo: Any, text: str) -> str:
     return _escape(f"{_process(pid, comm, uid)} dumped core ({name}): {text}")[:900]
 
 
+def service_line(pid: int, text: str) -> str:
+    """One printk line about coredumpd itself (the server, a worker, the supervisor), not
+    about a crash: ``<3>coredumpd: [PID] capture server ended (…); …`` — written without
+    :func:`kmsg_line`'s "Process … dumped core (SIG…)", which would read as a crash."""
+    return _escape(f"[{pid}] {text}")[:900]
+
+
 def write_kmsg(line: str, priority: int = 3) -> bool:
     """Append ``line`` to the kernel log (/dev/kmsg, never blocks); False if impossible."""
     try:
