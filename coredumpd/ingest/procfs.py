@@ -95,6 +95,10 @@ class Collector:
             return None
 
 
+def read_comm(pid: int) -> str:
+    return _read_text(proc(pid, "comm")).rstrip("\n")
+
+
 def read_cmdline(pid: int) -> list[str]:
     raw = _read_bytes(proc(pid, "cmdline"))
     return [_text(part) for part in raw.split(b"\0")[:-1 if raw.endswith(b"\0") else None]]
@@ -306,7 +310,7 @@ def collect_process(pid: int, missing: dict[str, str], *, environ: bool = True) 
         return collector.get(f"proc.{key}", reader)
 
     out: dict[str, Any] = {}
-    out["comm"] = get("comm", lambda: _read_text(proc(pid, "comm")).rstrip("\n"))
+    out["comm"] = get("comm", lambda: read_comm(pid))
     out["exe"] = get("exe", lambda: os.readlink(proc(pid, "exe")))
     out["cmdline"] = get("cmdline", lambda: read_cmdline(pid))
     out["cwd"] = get("cwd", lambda: os.readlink(proc(pid, "cwd")))
@@ -340,7 +344,7 @@ def collect_sender(pid: int, missing: dict[str, str]) -> dict[str, Any]:
     uids = status.get("Uid") or [None]
     return {
         "pid": pid, "uid": uids[0],
-        "comm": get("sender.comm", lambda: _read_text(proc(pid, "comm")).rstrip("\n")),
+        "comm": get("sender.comm", lambda: read_comm(pid)),
         "exe": get("sender.exe", lambda: os.readlink(proc(pid, "exe"))),
         "cmdline": get("sender.cmdline", lambda: read_cmdline(pid)),
     }

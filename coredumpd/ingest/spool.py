@@ -56,17 +56,29 @@ def _strip_inline_comment(value: str) -> str:
 def open_spool(config_path: str | None, min_free: int = 0) -> int:
     """An unnamed file in the storage directory; -1 when no safe directory exists or
     its file system has less than ``min_free`` bytes free."""
+    return open_spool_in(configured_directory(config_path), min_free)
+
+
+def has_room(fd: int, min_free: int) -> bool:
+    """At least ``min_free`` bytes free on the file system of ``fd``."""
     try:
-        dir_fd = os.open(configured_directory(config_path),
-                         os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        space = os.fstatvfs(fd)
+    except OSError:
+        return False
+    return space.f_bavail * space.f_frsize >= min_free
+
+
+def open_spool_in(directory: str, min_free: int = 0) -> int:
+    """:func:`open_spool` in ``directory`` (the socket server has the configuration)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return -1
     try:
         info = os.fstat(dir_fd)
         if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             return -1
-        space = os.fstatvfs(dir_fd)
-        if space.f_bavail * space.f_frsize < min_free:
+        if not has_room(dir_fd, min_free):
             return -1
         return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, TEMPORARY_FILE_MODE,
                        dir_fd=dir_fd)

@@ -29,14 +29,20 @@ import fcntl
 import os
 import time
 
-from coredumpd.errors import CoredumpdError
 from coredumpd.ingest import procfs
 from coredumpd.ingest.args import parse_args
 from coredumpd.ingest.changed import hold_changed_objects
 from coredumpd.ingest.spool import open_spool
-from coredumpd.ingest.stream import SMALL_CORE, CoreStream
+from coredumpd.ingest.stream import CoreStream
 from coredumpd.pipeline import slots
-from coredumpd.pipeline.intake import core_wanted, drain, prepare_store, read_sender
+from coredumpd.pipeline.intake import (
+    core_wanted,
+    drain,
+    hold_small_core,
+    prepare_store,
+    read_sender,
+    store_buffered,
+)
 from coredumpd.pipeline.state import CrashState
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -93,7 +99,7 @@ def run(argv: list[str], started: float | None = None) -> CrashState:
     finally:
         _release_kernel(crash)
     try:
-        _store_buffered(crash)
+        store_buffered(crash)
     except Exception as err:  # noqa: BLE001
         crash.problems.append(f"storing the buffered core: {type(err).__name__}: {err}")
     crash.stream.decode_notes()
@@ -124,26 +130,7 @@ def _phase_held(crash: CrashState) -> None:
 def _hold_small_core(crash: CrashState) -> bool:
     """Copy a small core into a spool file (in memory only when no spool file can be
     had, e.g. before the storage directory exists); True when all of it was read."""
-    assert crash.core_stream is not None
-    spool_fd = open_spool(crash.args.config_path, min_free=SPOOL_MIN_FREE)
-    if spool_fd < 0:
-        return crash.core_stream.buffer(SMALL_CORE)
-    return crash.core_stream.spool(spool_fd, SMALL_CORE)
-
-
-def _store_buffered(crash: CrashState) -> None:
-    """After the release: a buffered small core goes to the store now."""
-    config = crash.load_config()
-    if crash.dir_fd < 0:
-        try:
-            from coredumpd.ingest.output import open_directory
-            crash.dir_fd = open_directory(config.directory)
-        except CoredumpdError as err:
-            crash.problems.append(str(err))
-            return
-    if crash.writer is None and crash.core_failure is None and core_wanted(crash):
-        prepare_store(crash)
-        drain(crash)
+    return hold_small_core(crash, open_spool(crash.args.config_path, min_free=SPOOL_MIN_FREE))
 
 
 def _check_pidfd(crash: CrashState) -> None:

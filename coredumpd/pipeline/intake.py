@@ -18,6 +18,7 @@ import os
 from coredumpd.errors import CoredumpdError
 from coredumpd.ingest import procfs
 from coredumpd.ingest.args import RLIM_INFINITY
+from coredumpd.ingest.stream import SMALL_CORE
 from coredumpd.pipeline.state import CrashState
 
 # 4 MiB blocks, lz4's own default (-B7): measured smaller than `lz4 -1` on the bench's
@@ -78,3 +79,27 @@ def read_sender(crash: CrashState) -> None:
     code, pid, uid = sender
     crash.sender = procfs.collect_sender(pid, crash.missing)
     crash.sender.update({"si_code": code, "si_uid": uid})
+
+
+def hold_small_core(crash: CrashState, spool_fd: int) -> bool:
+    """While the process is held: copy a small core into ``spool_fd`` (an unnamed file;
+    in memory when it is -1); True when all of it was read (the rest: :func:`drain`)."""
+    assert crash.core_stream is not None
+    if spool_fd < 0:
+        return crash.core_stream.buffer(SMALL_CORE)
+    return crash.core_stream.spool(spool_fd, SMALL_CORE)
+
+
+def store_buffered(crash: CrashState) -> None:
+    """After the release: a small core held by :func:`hold_small_core` goes to the store."""
+    config = crash.load_config()
+    if crash.dir_fd < 0:
+        try:
+            from coredumpd.ingest.output import open_directory
+            crash.dir_fd = open_directory(config.directory)
+        except CoredumpdError as err:
+            crash.problems.append(str(err))
+            return
+    if crash.writer is None and crash.core_failure is None and core_wanted(crash):
+        prepare_store(crash)
+        drain(crash)

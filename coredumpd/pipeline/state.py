@@ -93,17 +93,17 @@ class CrashState:
         keeps its default, an unreadable file gives the defaults; ``config_errors``
         says which (the row's problems and a kmsg line carry them)."""
         if self.config is None:
-            from coredumpd.config import Config, load_config
-            try:
-                self.config = load_config(self.args.config_path, strict=False)
-                self.problems.extend(self.config.warnings)
-                self.config_errors.extend(f"configuration: {error}"
-                                          for error in self.config.errors)
-            except CoredumpdError as err:
-                self.config_errors.append(f"configuration: {err}; all defaults are used")
-                self.config = Config()
-            self.problems.extend(self.config_errors)
+            self.adopt_config(*read_config(self.args.config_path))
+        assert self.config is not None
         return self.config
+
+    def adopt_config(self, config: Config, errors: tuple[str, ...]) -> None:
+        """Use ``config`` as read by :func:`read_config` (the socket server reads it once
+        for many crashes): its warnings and ``errors`` go to this crash's problems."""
+        self.config = config
+        self.problems.extend(config.warnings)
+        self.config_errors.extend(errors)
+        self.problems.extend(self.config_errors)
 
     def resolve_ids(self) -> None:
         """PID, UID and GID of the crash, each with its source (``id_sources``).
@@ -172,6 +172,17 @@ class CrashState:
             return None
         from coredumpd.store.binaries import BinaryStore
         return BinaryStore(config.directory, config.binaries_max_use).keep
+
+
+def read_config(path: str | None) -> tuple[Config, tuple[str, ...]]:
+    """The configuration at ``path``, never fatal (:meth:`CrashState.load_config`), and what
+    of it could not be read."""
+    from coredumpd.config import Config, load_config
+    try:
+        config = load_config(path, strict=False)
+    except CoredumpdError as err:
+        return Config(), (f"configuration: {err}; all defaults are used",)
+    return config, tuple(f"configuration: {error}" for error in config.errors)
 
 
 def read_boot_id() -> str:

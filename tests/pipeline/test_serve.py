@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import resource
 import signal
 import subprocess
@@ -22,7 +23,8 @@ from coredumpd.elf.core import Core
 from coredumpd.ingest import coredump_socket
 from coredumpd.pipeline import socket_handler
 from coredumpd.store.lz4seek import SeekableLz4Reader
-from tests.support.crash import HANDLER, compile_c, registered_handler
+from tests.hardening.helpers import kmsg_lines, uptime_us
+from tests.support.crash import HANDLER, compile_c, registered_handler, write_config
 from tests.support.kernel import CORE_PATTERN, core_pattern
 
 pytestmark = pytest.mark.skipif(not coredump_socket.kernel_supports_socket(),
@@ -159,6 +161,10 @@ def test_socket_crash_is_stored_whole_analysed_and_journaled(tmp_path, private_j
     assert row["core_state"] == "present" and row["signal"] == 11
     assert row["exe"] == exe and row["comm"] == "socketprog"
     assert row["facts"]["pidfd_check"]["verified"] is True
+    # read after the ack, while the kernel wrote the core (COREDUMP_WAIT held the process)
+    proc = row["facts"]["proc"]
+    assert proc["maps"] and proc["environ"] and proc["status"]["NSpid"] == [pid]
+    assert row["facts"]["timings_ms"]["acked"] <= row["facts"]["timings_ms"]["proc_read"]
     assert row["facts"]["id_sources"] == {"pid": "pidfd", "uid": "pidfd", "gid": "pidfd"}
     assert row["tid"] == pid and row["ns_pid"] == pid and row["uid"] == 0
     assert row["analysis_state"] == "done"
@@ -194,6 +200,22 @@ def test_rate_limited_crash_is_rejected_with_a_row_and_no_dump(tmp_path):
         assert row["core_size"] == 0 and not row["core_path"]
         assert row["signal"] == 11  # from the pidfd's exit code: no core was written
     assert all(r["core_state"] == "present" for r in rows[:2])
+
+
+@pytest.mark.kernel
+def test_an_edited_configuration_is_used_without_a_restart(tmp_path):
+    """The server reads the configuration once, and again when the file changed: the
+    worker already waiting with the old one sees the change after accept."""
+    exe = compile_c(TINY, tmp_path, name="reconfigured")
+    with serving(tmp_path, rate_limit_burst=1000, analysis=False) as (handler, _supervisor):
+        first = handler.wait_row(_crash(exe), wait_analysis=False, timeout=60)
+        write_config(handler.config_path, handler.directory, rate_limit_burst=1,
+                     analysis=False)
+        second = handler.wait_row(_crash(exe), wait_analysis=False, timeout=60)
+        third = handler.wait_row(_crash(exe), wait_analysis=False, timeout=60)
+    assert [r["facts"]["decision"] for r in (first, second, third)] == \
+        ["kernel", "reject", "reject"]
+    assert "RateLimitBurst=1)" in second["core_reason"]
 
 
 @pytest.mark.kernel
@@ -233,6 +255,7 @@ def test_server_death_puts_the_pipe_back_and_no_crash_is_lost(tmp_path, how):
     with serving(tmp_path, restart_sec=3.0, analysis=False,
                  rate_limit_burst=1000) as (handler, supervisor):
         server = supervisor.server_pid()
+        since = uptime_us()
         os.kill(server, getattr(signal, how))  # SIGSEGV: the kernel's own dump path
         _wait_pattern(handler.pattern, timeout=10)
         down_pid = _crash(exe)  # while no server accepts
@@ -243,6 +266,10 @@ def test_server_death_puts_the_pipe_back_and_no_crash_is_lost(tmp_path, how):
         up = handler.wait_row(up_pid, wait_analysis=False)
     assert down["facts"]["front_door"] == "pipe" and down["core_state"] == "present"
     assert up["facts"]["front_door"] == "socket" and up["core_state"] == "present"
+    said = [line for line in kmsg_lines(since) if "capture server ended" in line]
+    # a service message, not a crash report ("Process N (coredumpd) ... dumped core (SIG0)")
+    assert said and all("dumped core" not in line for line in said)
+    assert any(f"killed by signal {getattr(signal, how).value}" in line for line in said)
 
 
 @pytest.mark.kernel
@@ -259,6 +286,62 @@ def test_storm_of_64_in_socket_mode_all_stored(tmp_path):
     assert len(rows) == 64
     assert all(r["core_state"] == "present" for r in rows)
     assert {r["facts"]["front_door"] for r in rows} == {"socket"}
+
+
+def _wait_dumping(procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    """Until each process is dumping core (status ``CoreDumping: 1``) or gone."""
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if "CoreDumping:\t1" in pathlib_read(f"/proc/{proc.pid}/status"):
+                    break
+            except OSError:
+                break
+            time.sleep(0.01)
+
+
+@pytest.mark.kernel
+def test_stopped_server_serves_its_queue_first(tmp_path):
+    """SIGTERM while crashes wait in the accept queue (one worker, 16 crashes): the
+    workers serve the queue, the server forking more while connections wait."""
+    base = compile_c(TINY, tmp_path, name="queued")
+    programs = []
+    for number in range(16):
+        path = tmp_path / f"queued{number:02d}"
+        path.write_bytes(pathlib.Path(base).read_bytes())
+        path.chmod(0o755)
+        programs.append(str(path))
+    socket_path = f"/run/cdtest-queue-{os.getpid()}.sock"
+
+    def unlimited() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
+    with registered_handler(tmp_path, analysis=False) as handler:
+        ready_r, ready_w = os.pipe()
+        server = subprocess.Popen(
+            [HANDLER, "serve", "--socket", socket_path, "--config", handler.config_path,
+             "--workers", "1", "--ready-fd", str(ready_w)], pass_fds=(ready_w,),
+            stdin=subprocess.DEVNULL)
+        os.close(ready_w)
+        try:
+            assert os.read(ready_r, 1) == b"R"
+            with core_pattern(f"@@{socket_path}", 16):
+                crashers = [subprocess.Popen([exe], preexec_fn=unlimited)  # noqa: PLW1509
+                            for exe in programs]
+                _wait_dumping(crashers)  # one being served, the rest queued
+            server.terminate()
+            assert server.wait(120) == 0
+        finally:
+            os.close(ready_r)
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+        for crasher in crashers:
+            crasher.wait(60)
+        rows = [handler.wait_row(c.pid, wait_analysis=False, timeout=60) for c in crashers]
+        wait_for_handlers(handler.config_path)
+    assert all(r["core_state"] == "present" and r["facts"]["front_door"] == "socket"
+               for r in rows)
 
 
 @pytest.mark.kernel
