@@ -107,22 +107,28 @@ COREDUMPD = Program(
                 "stops nothing it did not start."),
         Command("serve", "the capture server on the kernel's coredump socket",
                 "Listens on an AF_UNIX stream socket of its own (no socket activation) "
-                "for kernel.core_pattern = @@PATH. Each connection is one crash: while the "
-                "kernel waits for the answer to its request, the server reads /proc/PID "
-                "(checked against the connection's pidfd, so that a reused PID cannot mix "
-                "two processes up) and decides before the kernel writes a byte: the core "
-                "is streamed (COREDUMP_KERNEL) or, for a crash that the rate limit would "
-                "not keep or whose RLIMIT_CORE is below a page, rejected "
-                "(COREDUMP_REJECT): the index row is written with the reason and no dump "
-                "is made. The core goes through the same lz4 writer, index, journal entry "
-                "and sandboxed analysis as with the pipe handler. One forked worker serves "
-                "one crash, at most --workers at once; further crashes wait in the "
-                "kernel's accept queue (backlog 4096), none is dropped and memory stays "
-                "bounded. The server and its workers are not dumpable: the kernel "
-                "ignores RLIMIT_CORE for socket patterns, and a server dumping into its "
-                "own socket would wait for itself. Without --supervise the server does "
-                "not touch kernel.core_pattern. SIGTERM stops accepting, serves the "
-                "queue and exits.",
+                "for kernel.core_pattern = @@PATH. Each connection is one crash, and the "
+                "server decides before the kernel writes a byte: the core is streamed "
+                "(COREDUMP_KERNEL) or, for a crash that the rate limit would not keep or "
+                "whose RLIMIT_CORE is below a page, rejected (COREDUMP_REJECT): the index "
+                "row is written with the reason and no dump is made. /proc/PID is read "
+                "while the kernel holds the process (checked against the connection's "
+                "pidfd, so that a reused PID cannot mix two processes up): a streamed "
+                "core is acknowledged with COREDUMP_WAIT, which keeps the process until "
+                "the server closes the connection, so /proc is read while the kernel "
+                "writes the core; for a rejected one, before the answer. The core goes "
+                "through the same lz4 writer, index, journal entry and sandboxed "
+                "analysis as with the pipe handler. The server keeps --workers forked "
+                "workers waiting, each with the configuration, the index and a spool file "
+                "already open; one serves one crash and exits, and the server forks the "
+                "next. The configuration is read once, and again when the file changes "
+                "(no restart needed). At most --workers crashes are served at once; "
+                "further crashes wait in the kernel's accept queue (backlog 4096), none is "
+                "dropped and memory stays bounded. The server and its workers are not "
+                "dumpable: the kernel ignores RLIMIT_CORE for socket patterns, and a "
+                "server dumping into its own socket would wait for itself. Without "
+                "--supervise the server does not touch kernel.core_pattern. SIGTERM stops "
+                "accepting, serves the queue and exits.",
                 (Option(("--config",), "the configuration file", metavar="FILE"),
                  Option(("--supervise",), (
                      "run a supervisor that holds the listening socket, starts the server, "
@@ -134,8 +140,9 @@ COREDUMPD = Program(
                      " This is what coredumpd.service runs.")),
                  Option(("--socket",), ("where to listen (default "
                                         "/run/coredumpd/coredump.socket)"), metavar="PATH"),
-                 Option(("--workers",), ("crashes served at once (default twice the CPUs, "
-                                         "at least 4)"), metavar="N"),
+                 Option(("--workers",), ("crashes served at once, the workers kept "
+                                         "waiting (default twice the CPUs, at least 4)"),
+                        metavar="N"),
                  Option(("--handler",), ("with --supervise: the pipe handler to register "
                                          "while no server accepts (default the launcher "
                                          "that install writes)"), metavar="PATH"),
