@@ -56,10 +56,15 @@ import socket
 import sys
 import time
 
-from coredumpd.config import Config
 from coredumpd.paths import DEFAULT_CONFIG_PATH
-from coredumpd.pipeline.socket_handler import Ready, file_identity, handle_connection, rehearse
-from coredumpd.pipeline.state import read_config
+from coredumpd.pipeline.socket_handler import (
+    Loaded,
+    Ready,
+    file_identity,
+    handle_connection,
+    load_config_file,
+    rehearse,
+)
 from coredumpd.report.journal import service_line, write_kmsg
 
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn (4096 by default since 5.4)
@@ -123,9 +128,6 @@ def preload() -> None:
     import coredumpd.store.retention  # noqa: F401
 
 
-Loaded = tuple[Config, tuple[str, ...], tuple[int, ...]]  # config, its errors, file identity
-
-
 class ConfigCache:
     """The configuration as the server read it; read again only when the file changed
     (its identity: device, inode, size, mtime, ctime), so that a worker does not parse
@@ -136,9 +138,9 @@ class ConfigCache:
         self.loaded: Loaded | None = None
 
     def get(self) -> Loaded:
-        identity = file_identity(self.path or DEFAULT_CONFIG_PATH)  # before reading: a
-        if self.loaded is None or self.loaded[2] != identity:  # later edit is seen as one
-            self.loaded = (*read_config(self.path), identity)
+        if self.loaded is None or \
+                self.loaded[2] != file_identity(self.path or DEFAULT_CONFIG_PATH):
+            self.loaded = load_config_file(self.path)
         return self.loaded
 
 

@@ -90,6 +90,23 @@ def file_identity(path: str) -> tuple[int, ...]:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
+Loaded = tuple[Config, tuple[str, ...], tuple[int, ...]]  # config, its errors, file identity
+STABLE_READS = 3
+
+
+def load_config_file(path: str | None) -> Loaded:
+    """:func:`read_config` with the file's identity, read again (up to STABLE_READS
+    times) when the file changed while it was read: an editor writing it in place must
+    not leave a worker with a half-read file (the defaults: another store)."""
+    name = path or DEFAULT_CONFIG_PATH
+    for _attempt in range(STABLE_READS):
+        identity = file_identity(name)
+        config, errors = read_config(path)
+        if file_identity(name) == identity:
+            break
+    return config, errors, identity
+
+
 class Ready:
     """What a worker opens before its crash arrives: the configuration (as the server
     read it: ``loaded``, and the file's identity then), the index, a spool file.
@@ -97,13 +114,9 @@ class Ready:
     :meth:`check` after ``accept`` costs a few stat calls: whatever changed since
     (the configuration edited, the index replaced, the disk filled) is done again."""
 
-    def __init__(self, config_path: str | None,
-                 loaded: tuple[Config, tuple[str, ...], tuple[int, ...]] | None = None) -> None:
+    def __init__(self, config_path: str | None, loaded: Loaded | None = None) -> None:
         self.config_path = config_path
-        if loaded is None:
-            identity = file_identity(config_path or DEFAULT_CONFIG_PATH)
-            loaded = (*read_config(config_path), identity)
-        self.config, self.config_errors, self.identity = loaded
+        self.config, self.config_errors, self.identity = loaded or load_config_file(config_path)
         self.index: Index | None = None
         self.index_error = ""
         self.index_identity: tuple[int, ...] = ()
