@@ -82,9 +82,16 @@ def read_sender(crash: CrashState) -> None:
 
 
 def hold_small_core(crash: CrashState, spool_fd: int) -> bool:
-    """While the process is held: copy a small core into ``spool_fd`` (an unnamed file;
-    in memory when it is -1); True when all of it was read (the rest: :func:`drain`)."""
+    """While the process is held: copy a small core into ``spool_fd`` (an unnamed file,
+    closed here if unused; in memory when it is -1); True when all of it was read (the
+    rest: :func:`drain`).  A core whose program headers say it is bigger than
+    SMALL_CORE goes straight to :func:`drain`."""
     assert crash.core_stream is not None
+    expected = crash.stream.expected_size
+    if expected is not None and expected > SMALL_CORE:  # its head says it is big: no detour
+        if spool_fd >= 0:                                # through the spool
+            os.close(spool_fd)
+        return False
     if spool_fd < 0:
         return crash.core_stream.buffer(SMALL_CORE)
     return crash.core_stream.spool(spool_fd, SMALL_CORE)
