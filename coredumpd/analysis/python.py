@@ -26,11 +26,19 @@ one group per evaluation-loop frame: each group goes just before (inner to) its
 output places them.  When the counts differ (a folded recursion of the loop, a
 thread the unwinder could not finish), all Python frames go before the innermost
 evaluation-loop frame, in order.
+
+pystack's C++ side logs through the ``logging`` module (logger ``pystack._pystack``).
+With no handler configured, logging's last resort writes WARNING and above to
+stderr, so a hostile or truncated core put "Failed to read PyObject data from
+address …" on the terminal of ``corectl analyze`` and in the analysis child's stderr.
+:func:`read_stacks` keeps those warnings instead, and the analysis says them in
+``problems`` (a reading that failed, or one that succeeded with warnings).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +51,7 @@ RUNTIME_SYMBOL = "_PyRuntime"  # CPython's global runtime state (Include/interna
 LANGUAGE = "python"
 TRUST = "interpreter"  # read from the interpreter's frame objects, not unwound
 COPY_MAX = 2 << 30  # bytes of a compressed core decompressed for pystack (RAM, as a memfd)
+PYSTACK_LOGGER = "pystack._pystack"  # pystack's src/pystack/_pystack/logging.cpp
 
 
 def interpreter_executable(space: Any, symbolizer: Any) -> str | None:
@@ -72,17 +81,52 @@ def core_path(source: ByteSource, memory_limit: int | None = None) -> Iterator[s
         os.close(copy)
 
 
-def read_stacks(path: str, executable: str) -> list[Any]:
+class _Kept(logging.Handler):
+    """Log records of WARNING and above, kept as text (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _pystack_warnings() -> Iterator[list[str]]:
+    """pystack's warnings while the block runs, kept instead of printed on stderr: a
+    handler on its logger means logging's last resort is not used (handlers that the
+    program configured still get them)."""
+    logger, kept = logging.getLogger(PYSTACK_LOGGER), _Kept()
+    logger.addHandler(kept)
+    try:
+        yield kept.messages
+    finally:
+        logger.removeHandler(kept)
+
+
+def summary(warnings: list[str]) -> str:
+    """``"Failed to read PyObject data from address 0x… (and 2 more)"``."""
+    more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+    return f"{warnings[0]}{more}"
+
+
+def read_stacks(path: str, executable: str, warnings: list[str] | None = None) -> list[Any]:
     """pystack's threads (``PyThread``) of the core at ``path``; pystack's errors (a core
-    whose interpreter state it cannot read) become :class:`FormatError`."""
+    whose interpreter state it cannot read) become :class:`FormatError`, which names its
+    first warning too.  pystack's warnings go to ``warnings``, never to stderr."""
     from pystack import _pystack  # the C++ extension: ~24 ms to import, so only here
     from pystack.errors import PystackError
 
-    try:
-        threads: list[Any] = _pystack.get_process_threads_for_core(
-            path, executable, None, _pystack.NativeReportingMode.OFF)
-    except (PystackError, RuntimeError, OSError) as err:
-        raise FormatError(f"pystack: {type(err).__name__}: {err}") from err
+    with _pystack_warnings() as said:
+        try:
+            threads: list[Any] = _pystack.get_process_threads_for_core(
+                path, executable, None, _pystack.NativeReportingMode.OFF)
+        except (PystackError, RuntimeError, OSError) as err:
+            also = f" (pystack warned: {summary(said)})" if said else ""
+            raise FormatError(f"pystack: {type(err).__name__}: {err}{also}") from err
+    if warnings is not None:
+        warnings.extend(said)
     return threads
 
 
@@ -147,17 +191,24 @@ def _group_start(native: list[Frame], position: int) -> int:
 
 
 def add_python_frames(source: ByteSource, space: Any, symbolizer: Any,
-                      threads: list[Thread], memory_limit: int | None = COPY_MAX) -> int:
+                      threads: list[Thread], memory_limit: int | None = COPY_MAX,
+                      problems: list[str] | None = None) -> int:
     """Put each thread's Python frames among its native ones; the number of Python frames
     added.  Raises (the caller's stage turns that into a problem line) when the process
-    is CPython and its stacks cannot be read; does nothing for other processes."""
+    is CPython and its stacks cannot be read; a reading with warnings (some objects out
+    of reach: the frames may be incomplete) is a line in ``problems``.  Does nothing
+    for other processes."""
     executable = interpreter_executable(space, symbolizer)
     if executable is None:
         return 0
     from pystack import _pystack
 
+    warnings: list[str] = []
     with core_path(source, memory_limit) as path:
-        stacks = read_stacks(path, executable)
+        stacks = read_stacks(path, executable, warnings)
+    if warnings and problems is not None:
+        problems.append(f"python frames: pystack read the interpreter with warnings, the "
+                        f"Python frames may be incomplete: {summary(warnings)}")
     by_tid = {thread.tid: thread for thread in threads}
     added = 0
     for stack in stacks:

@@ -271,7 +271,8 @@ def _analyze_core(core: Core, source: ByteSource, facts: Facts | None, exe: str 
                   for index, thread in enumerate(_ordered_threads(core, caps, problems))]
         result.threads = [thread_record(trace) for trace in traces]
         _stage(problems, "python frames",
-               lambda: python.add_python_frames(source, space, symbolizer, result.threads))
+               lambda: python.add_python_frames(source, space, symbolizer, result.threads,
+                                                problems=problems))
         number_as_shown(traces, result.threads)
         ctx = AnalysisContext(core, raw, space, symbolizer, traces, core.siginfo)
         _annotate(ctx, result)

@@ -85,6 +85,52 @@ def test_native_processes_get_no_python_frames_and_no_problem() -> None:
     assert not [p for p in result["problems"] if "python" in p]
 
 
+def test_pystack_warnings_stay_off_stderr_and_are_said_in_problems(tmp_path: pathlib.Path) -> None:
+    """The first half of the python fixture's core (a truncated core, as the fuzz runs
+    make): pystack cannot read the interpreter and logs "Failed to read PyObject data
+    from address …" on its way.  corectl analyze prints none of that on stderr; the
+    problem line of the Python frames says it."""
+    import subprocess
+    import sys
+
+    from coredumpd.store.lz4seek import open_core_source
+
+    fixture = load_fixture("python")
+    source = open_core_source(str(fixture.core_path))
+    try:
+        half = source.pread(0, source.size // 2)
+    finally:
+        source.close()
+    core = tmp_path / "half.core"
+    core.write_bytes(half)
+    run = subprocess.run([sys.executable, "-m", "coredumpd.cli.corectl", "--json", "analyze",
+                          str(core), "--exe", str(fixture.binary_path)],
+                         capture_output=True, text=True, check=False,
+                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    problems = [p for p in json.loads(run.stdout)["problems"] if p.startswith("python frames")]
+    assert len(problems) == 1 and "pystack: NotEnoughInformation" in problems[0], problems
+    assert "(pystack warned: Failed to read PyObject data from address 0x" in problems[0]
+
+
+def test_pystack_warnings_are_kept_and_summarised() -> None:
+    """What pystack logs while it reads (its logger, WARNING and above) is kept; the
+    handler that keeps it goes away with the block."""
+    import logging
+
+    logger = logging.getLogger(P.PYSTACK_LOGGER)
+    handlers = list(logger.handlers)
+    with P._pystack_warnings() as kept:
+        logger.warning("Failed to read PyObject data from address %#x", 0x7FFF0000)
+        logger.warning("second")
+        logger.info("not a warning")
+    assert logger.handlers == handlers
+    assert kept == ["Failed to read PyObject data from address 0x7fff0000", "second"]
+    assert P.summary(kept) == "Failed to read PyObject data from address 0x7fff0000 (and 1 more)"
+    assert P.summary(kept[:1]) == kept[0]
+
+
 def frame(index: int, symbol: str, **fields: Any) -> Frame:
     return Frame(index=index, pc=fields.pop("pc", 0x1000 + index), symbol=symbol, **fields)
 
