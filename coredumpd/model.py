@@ -491,6 +491,7 @@ class CrashRecord(Record):
     root_cause: str | None = ""
     signature: str | None = ""
     path_taken: dict[str, Any] | None = None
+    container_id: str = ""  # the facts' container id (ingest/container.py), for MATCH
     problems: list[str] = []  # what could not be read back from the index (not a column)
     _readers: ClassVar[dict[str, Any]] = {"core_state": CoreState, "analysis_state": AnalysisState, "facts": Facts,
                 "analysis": AnalysisResult}

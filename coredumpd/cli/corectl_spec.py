@@ -185,7 +185,12 @@ CORECTL = Program(
             "number), an executable path (contains a slash), FIELD=VALUE for a field of "
             "the index (e.g. uid=1000, signal_name=SIGSEGV, unit=x.service), or else a "
             "command name. Several matches of the same field are alternatives; matches "
-            "of different fields must all hold."),)),
+            "of different fields must all hold."),
+            ("CONTAINER_ID=ID (or COREDUMP_CONTAINER_ID=ID, the journal field's name) "
+            "selects the crashes of one container: ID is the container id that list --json "
+            "prints as container_id, found from the crashed process's cgroup (docker, "
+            "podman, containerd and Kubernetes, CRI-O: the full 64-digit id; "
+            "systemd-nspawn: the machine name). Like every FIELD=VALUE match it is exact."),)),
         Section("JSON OUTPUT", (
             ("With --json, list prints an array of objects with id, pid, uid, "
             "signal_name, timestamp (ISO 8601, UTC), comm, exe, core_state, root_cause "

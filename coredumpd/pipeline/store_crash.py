@@ -188,6 +188,7 @@ def _record(crash: CrashState, index: Index, stats: Any, facts: dict[str, Any]) 
         "stored_size": stats.stored_size if stats is not None else None,
         "facts": Facts.from_json(facts), "analysis_state": AnalysisState.PENDING,
         "path_taken": {"crasher": crash.crasher_kind(), "journal": "pending"},
+        "container_id": (facts.get("container") or {}).get("id"),
     }
     if stats is not None and crash.skip_core is None and crash.core_failure is None:
         _check_keep_free(crash, index, stats.stored_size)

@@ -12,6 +12,14 @@ number; a COMM otherwise.  Like sd_journal_add_match(3), matches on the same
 field are OR-ed and matches on different fields AND-ed (``list 12 34`` is PID 12
 or 34; ``list bash 12`` is COMM bash and PID 12).  An argument of 12 hex digits
 is tried as an ID *or* a COMM, since a COMM can look like an ID.
+``CONTAINER_ID=ID`` (or the journal's ``COREDUMP_CONTAINER_ID=ID``) selects the
+crashes of one container, by the id ingest/container.py found (the full id, or
+an nspawn machine's name), as the fleet's MATCH does.
+
+Schema versions: 1, the columns of the record; 2 adds ``container_id`` (filled
+from each row's facts by the migration).  A writer migrates an older index when
+it opens it; a reader (``create=False``) reads an older index or per-user view
+as it is, taking ``container_id`` from the facts (:data:`CONTAINER_ID_FROM_FACTS`).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from coredumpd.model import COLUMNS, AnalysisResult, AnalysisState, CoreState, C
 from coredumpd.paths import FILE_MODE, make_directory
 from coredumpd.store.sqlitefile import open_database
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 ID_LENGTH = 12
 JSON_FIELDS = ("facts", "analysis", "path_taken")
@@ -47,7 +55,7 @@ JOURNAL_FIELDS = {
     "COREDUMP_RLIMIT": "rlimit_core", "COREDUMP_HOSTNAME": "hostname", "COREDUMP_COMM": "comm",
     "COREDUMP_EXE": "exe", "COREDUMP_CMDLINE": "cmdline", "COREDUMP_CGROUP": "cgroup",
     "COREDUMP_UNIT": "unit", "COREDUMP_FILENAME": "core_path", "_BOOT_ID": "boot_id",
-    "COREDUMP_ROOT_CAUSE": "root_cause",
+    "COREDUMP_ROOT_CAUSE": "root_cause", "COREDUMP_CONTAINER_ID": "container_id",
 }
 _SQL_TYPES = {name: "INTEGER" if name in _INTEGER_FIELDS else "TEXT" for name in FIELDS}
 _SCHEMA = [
@@ -58,7 +66,19 @@ _SCHEMA = [
     "CREATE INDEX crashes_exe_time ON crashes (exe, timestamp_us)",
     "CREATE INDEX crashes_pid ON crashes (pid)",
     "CREATE INDEX crashes_comm ON crashes (comm)",
+    "CREATE INDEX crashes_container ON crashes (container_id)",
 ]
+# A row's container id from its facts JSON (the id is text; malformed facts give NULL):
+# how schema 2 fills the new column, and how a reader of schema 1 selects it.
+CONTAINER_ID_FROM_FACTS = ("CASE WHEN json_valid(facts) THEN CASE json_type(facts, "
+                           "'$.container.id') WHEN 'text' THEN json_extract(facts, "
+                           "'$.container.id') END END")
+# version -> the statements that take an index from the version before to it
+MIGRATIONS = {
+    2: ["ALTER TABLE crashes ADD COLUMN container_id TEXT",
+        f"UPDATE crashes SET container_id = {CONTAINER_ID_FROM_FACTS}",
+        "CREATE INDEX crashes_container ON crashes (container_id)"],
+}
 
 
 def crash_id(boot_id: str, pid: int, timestamp_us: int, attempt: int = 0) -> str:
@@ -75,6 +95,7 @@ class Index:
         """Open (``create``: and create, with the modes of :mod:`coredumpd.paths`) the index."""
         self.path = path
         self.views = create  # a writer keeps the per-user views up to date
+        self.schema = SCHEMA_VERSION  # the file's, once open (a reader may meet an older one)
         self.view_errors: list[str] = []
         if create:
             make_directory(os.path.dirname(os.path.abspath(path)))
@@ -134,7 +155,7 @@ class Index:
         self._refresh_view(self._uid_of(crash))
 
     def get(self, crash: str) -> CrashRecord | None:
-        rows = self._query("SELECT * FROM crashes WHERE id = ?", [crash])
+        rows = self._query(f"{self._select} WHERE id = ?", [crash])
         return rows[0] if rows else None
 
     def find(self, matches: Sequence[str] = (), since: int | None = None,
@@ -151,7 +172,15 @@ class Index:
                 clauses.append(clause)
                 params.append(value)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._query(f"SELECT * FROM crashes{where} ORDER BY timestamp_us, rowid", params)
+        return self._query(f"{self._select}{where} ORDER BY timestamp_us, rowid", params)
+
+    @property
+    def _select(self) -> str:
+        """The rows with every column of this schema, those of an older one included
+        (SQLite lets WHERE name a result column, so a match reads both alike)."""
+        if self.schema < 2:
+            return f"SELECT *, {CONTAINER_ID_FROM_FACTS} AS container_id FROM crashes"
+        return "SELECT * FROM crashes"
 
     def delete(self, crash: str) -> bool:
         """Remove the row of ``crash`` (not its core file); True when it existed."""
@@ -200,13 +229,19 @@ class Index:
         if version == SCHEMA_VERSION:
             return
         if not create:
-            raise StoreError(f"index {self.path} is not initialised")
+            if version == 0:
+                raise StoreError(f"index {self.path} is not initialised")
+            self.schema = version  # read as it is: a reader never writes
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            if self._db.execute("PRAGMA user_version").fetchone()[0] == 0:
-                for statement in _SCHEMA:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]  # now, locked
+            steps = [_SCHEMA] if version == 0 else \
+                [MIGRATIONS[step] for step in range(version + 1, SCHEMA_VERSION + 1)]
+            for statements in steps:
+                for statement in statements:
                     self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

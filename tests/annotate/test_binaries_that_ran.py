@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -159,6 +160,30 @@ def test_container_program_named_from_its_own_file(scenario, tmp_path, docker_cg
     fields = journal.journal_fields(record)
     assert fields["COREDUMP_CONTAINER_ID"] == CONTAINER_ID
     assert fields["COREDUMP_CONTAINER_ENGINE"] == "docker"
+    assert result.row["container_id"] == CONTAINER_ID  # an index column, for MATCH
+    _corectl_lists_by_container(tmp_path, result.row["id"])
+
+
+def _corectl_lists_by_container(tmp_path: Any, crash_id: str) -> None:
+    """``corectl list CONTAINER_ID=ID`` on the handler's store: that crash, and for
+    another id, "No coredumps found." with exit status 1."""
+    from coredumpd.cli.corectl import ExitStatus, main
+    from tests.support.crash import write_config
+
+    config = tmp_path / "corectl.conf"
+    write_config(config, str(tmp_path / "cores"))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["--config", str(config), "--json", "list", f"CONTAINER_ID={CONTAINER_ID}"],
+                      env=env)
+    assert status == ExitStatus.OK
+    listed = json.loads(out.getvalue())
+    assert [(e["id"], e["container_id"]) for e in listed] == [(crash_id, CONTAINER_ID)]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        status = main(["--config", str(config), "list", "COREDUMP_CONTAINER_ID=" + "0" * 64],
+                      env=env)
+    assert status == ExitStatus.NO_MATCH
 
 
 def test_one_kept_copy_for_many_crashes(scenario, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sqlite3
@@ -11,6 +12,7 @@ import pytest
 
 from coredumpd.errors import StoreError
 from coredumpd.model import AnalysisResult, AnalysisState, Annotation, CoreState, Facts
+from coredumpd.store import index as index_module
 from coredumpd.store.index import SCHEMA_VERSION, CrashRecord, Index, crash_id
 
 BOOT = "8d2a6e7f0c1b4a5e9f3d2c1b0a998877"
@@ -95,10 +97,14 @@ def populated(index):
         record(100, 1_000, comm="bash", exe="/usr/bin/bash", uid=1000),
         record(200, 2_000, comm="node", exe="/usr/bin/node", uid=0, unit="web.service"),
         record(300, 3_000, comm="bash", exe="/opt/bash", uid=1001),
-        record(100, 4_000, comm="sleep", exe="/usr/bin/sleep", uid=1000, signal=6),
+        record(100, 4_000, comm="sleep", exe="/usr/bin/sleep", uid=1000, signal=6,
+               container_id=DOCKER_ID),
     ]
     ids = [index.insert(r) for r in reversed(rows)]  # inserted out of order
     return index, list(reversed(ids))
+
+
+DOCKER_ID = "c0ffee" + "5" * 58
 
 
 def pids(records):
@@ -123,6 +129,10 @@ def test_find_newest_last(populated):
     (["signal=0x6"], [(100, 4_000)]),
     (["COREDUMP_COMM=node", "COREDUMP_COMM=sleep"], [(200, 2_000), (100, 4_000)]),
     (["nothing"], []),
+    ([f"CONTAINER_ID={DOCKER_ID}"], [(100, 4_000)]),
+    ([f"COREDUMP_CONTAINER_ID={DOCKER_ID}", "sleep"], [(100, 4_000)]),
+    ([f"container_id={DOCKER_ID}", "bash"], []),
+    (["CONTAINER_ID=c0ffee"], []),  # a FIELD=VALUE match is exact, as coredumpctl's
 ])
 def test_find_matches_like_coredumpctl(populated, matches, expected):
     index, _ = populated
@@ -287,3 +297,75 @@ def test_a_second_index_in_one_process_keeps_the_first_ones_locks(tmp_path):
         first._db.execute("COMMIT")
     finally:
         first.close()
+
+
+# -- schema 1 (before container_id), as an upgrade finds it -----------------------------
+
+def _schema_1_index(path) -> dict[str, str]:
+    """An index of schema 1 (the table without container_id), with rows whose facts
+    name a container, none, or cannot be read; {what: crash id}."""
+    create = index_module._SCHEMA[0].replace(", container_id TEXT", "")
+    assert "container_id" not in create
+    db = sqlite3.connect(path)
+    db.execute(create)
+    columns = [name for name in index_module.FIELDS if name != "container_id"]
+    docker = {"container": {"engine": "docker", "id": DOCKER_ID}, "version": 1}
+    facts = {"docker": json.dumps(docker), "host": '{"container": null, "version": 1}',
+             "garbage": "{not json", "no facts": None,
+             "number": '{"container": {"id": 7}, "version": 1}'}
+    ids = {}
+    for position, (what, text) in enumerate(facts.items()):
+        ids[what] = f"{position:012x}"
+        row = {name: None for name in columns} | {
+            "id": ids[what], "pid": 10 + position, "timestamp_us": position, "facts": text,
+            "core_state": "none", "analysis_state": "pending"}
+        db.execute(f"INSERT INTO crashes ({', '.join(columns)}) VALUES "
+                   f"({', '.join('?' * len(columns))})", [row[name] for name in columns])
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    return ids
+
+
+def _container_ids(index) -> dict[str, str]:
+    return {record.id: record.container_id for record in index.find()}
+
+
+def test_a_reader_reads_schema_1_as_it_is(tmp_path):
+    """corectl (create=False) on an index or per-user view no writer has migrated yet:
+    container_id comes from the facts, and CONTAINER_ID= matches on it."""
+    path = str(tmp_path / "index.sqlite")
+    ids = _schema_1_index(path)
+    with Index(path, create=False) as reader:
+        assert reader.schema == 1
+        assert _container_ids(reader) == {crash: DOCKER_ID if what == "docker" else ""
+                                         for what, crash in ids.items()}
+        assert [r.id for r in reader.find([f"CONTAINER_ID={DOCKER_ID}"])] == [ids["docker"]]
+        assert reader.get(ids["docker"]).container_id == DOCKER_ID
+        assert reader.get(ids["garbage"]).problems  # the facts column, as before
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1  # a reader never writes
+    db.close()
+
+
+def test_a_writer_migrates_schema_1_to_2(tmp_path):
+    path = str(tmp_path / "index.sqlite")
+    ids = _schema_1_index(path)
+    with Index(path) as writer:
+        assert writer.schema == SCHEMA_VERSION == 2
+        assert _container_ids(writer) == {crash: DOCKER_ID if what == "docker" else ""
+                                         for what, crash in ids.items()}
+        assert [r.id for r in writer.find([f"CONTAINER_ID={DOCKER_ID}"])] == [ids["docker"]]
+        new = writer.insert(record(99, 99, container_id="other"))
+        assert [r.id for r in writer.find(["CONTAINER_ID=other"])] == [new]
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    columns = [info[1] for info in db.execute("PRAGMA table_info(crashes)")]
+    assert columns == list(index_module.FIELDS)  # the same table as a new index's
+    indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "crashes_container" in indexes
+    assert db.execute("EXPLAIN QUERY PLAN SELECT id FROM crashes WHERE container_id = 'x'"
+                      ).fetchall()[0][-1].endswith("USING INDEX crashes_container (container_id=?)")
+    db.close()
+    with Index(path) as again:  # migrated once
+        assert len(again.find()) == len(ids) + 1
