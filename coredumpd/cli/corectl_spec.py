@@ -183,7 +183,7 @@ CORECTL = Program(
         Section("MATCHES", (
             ("A MATCH selects crashes as coredumpctl(1) does: a crash id, a PID (a "
             "number), an executable path (contains a slash), FIELD=VALUE for a field of "
-            "the index (e.g. uid=1000, signal_name=SIGSEGV, unit=x.service), or else a "
+            "the index (e.g. uid=1000, signal=11, unit=x.service), or else a "
             "command name. Several matches of the same field are alternatives; matches "
             "of different fields must all hold."),
             ("CONTAINER_ID=ID (or COREDUMP_CONTAINER_ID=ID, the journal field's name) "
