@@ -9,15 +9,17 @@ evidence lines look the same across rules.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
-from coredumpd.annotate.context import AnalysisContext
+from coredumpd.annotate.context import AnalysisContext, ThreadTrace
 from coredumpd.annotate.insn import DecodedInstruction, decode_one
 from coredumpd.elf import layouts as L
 from coredumpd.errors import CoredumpdError
 from coredumpd.image.types import Mapping, Module
 
 SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV = 4, 5, 6, 7, 8, 11
+TITLE_MAX = 100  # characters of a message quoted in an annotation's title
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,10 +220,48 @@ def first_frame_outside_libc(ctx: AnalysisContext, skip: frozenset[str] = frozen
     thread = ctx.crashed
     if thread is None:
         return None
-    for frame, symbol, module in zip(thread.frames, thread.symbols, thread.modules):
+    for position, (symbol, module) in enumerate(zip(thread.symbols, thread.modules)):
         if module is None or is_libc(module) or symbol.name in skip:
             continue
-        name = f"{symbol.name}+{symbol.offset:#x}" if symbol.name else f"{frame.pc:#x}"
-        place = f" ({symbol.file}:{symbol.line})" if symbol.file and symbol.line else ""
-        return f"frame #{frame.index} {name}{place} in {module.path}"
+        return describe_frame(thread, position)
     return None
+
+
+# ---- frames and messages of the crashed thread, for evidence lines ----
+
+def describe_frame(thread: ThreadTrace, position: int, unnamed: str | None = None) -> str:
+    """``frame #5 reset_stdio+0x38 (aborter.c:8) in /path``: the frame at ``position``
+    (``unnamed``, else its pc, when no symbol names it; no path outside every module)."""
+    frame, symbol, module = (thread.frames[position], thread.symbols[position],
+                             thread.modules[position])
+    name = f"{symbol.name}+{symbol.offset:#x}" if symbol.name else (unnamed or f"{frame.pc:#x}")
+    place = f" ({symbol.file}:{symbol.line})" if symbol.file and symbol.line else ""
+    inside = f" in {module.path}" if module is not None else ""
+    return f"frame #{frame.index} {name}{place}{inside}"
+
+
+def first_named(thread: ThreadTrace, names: frozenset[str], start: int = 0) -> int | None:
+    """The position of the youngest frame from ``start`` whose function is in ``names``."""
+    return next((position for position in range(start, len(thread.symbols))
+                 if thread.symbols[position].name in names), None)
+
+
+def runtime_frames_above(thread: ThreadTrace, position: int,
+                         is_runtime: Callable[[int], bool]) -> range:
+    """The positions of the unbroken run of callers of ``position`` that ``is_runtime``
+    claims: a language runtime's frames between abort() and the code that made it
+    abort, which is the frame at the run's ``stop`` (when the stack goes that far)."""
+    stop = position + 1
+    while stop < len(thread.frames) and is_runtime(stop):
+        stop += 1
+    return range(position + 1, stop)
+
+
+def one_line(text: str) -> str:
+    """A message from the process (an abort message, what(), a panic) on one line."""
+    return " ".join(text.split("\n")).strip()
+
+
+def shortened(text: str, limit: int = TITLE_MAX) -> str:
+    """``text`` cut to ``limit`` characters, the last of them an ellipsis."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"

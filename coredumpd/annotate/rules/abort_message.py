@@ -64,7 +64,7 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     if not message:
         return []
     kind, title, advice = classify(message)
-    lines = [f"glibc abort message ({kind}): \"{_one_line(message)}\"",
+    lines = [f"glibc abort message ({kind}): \"{E.one_line(message)}\"",
              (f"read from struct abort_msg_s at {pointer:#x}, pointed to by "
              f"{ABORT_MSG_SYMBOL} at {location:#x}")]
     caller = E.first_frame_outside_libc(ctx, SKIP)
@@ -99,18 +99,12 @@ def classify(message: str) -> tuple[str, str, str]:
 
 
 ASSERTION = re.compile(r"Assertion `(?P<expression>.*)' failed", re.DOTALL)
-TITLE_MAX = 100
 
 
 def _summary(message: str) -> str:
-    """The assertion's expression, or the message, cut to TITLE_MAX characters."""
+    """The assertion's expression, or the message, cut to E.TITLE_MAX characters."""
     match = ASSERTION.search(message)
-    text = _one_line(match.group("expression") if match else message)
-    return text if len(text) <= TITLE_MAX else text[:TITLE_MAX - 1] + "…"
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split("\n")).strip()
+    return E.shortened(E.one_line(match.group("expression") if match else message))
 
 
 SKIP = frozenset({"abort", "raise", "gsignal", "__pthread_kill_implementation",

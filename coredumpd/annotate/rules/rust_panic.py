@@ -12,12 +12,12 @@ panic machinery of std and core, and under them the code that panicked
 
 from __future__ import annotations
 
+from coredumpd.annotate import evidence as E
 from coredumpd.annotate import rustpanic
 from coredumpd.annotate.context import AnalysisContext, Annotation, ThreadTrace
 
 RULE_ID = "rust-panic"
 ABORT_FUNCTIONS = frozenset({"abort"})
-TITLE_MAX = 100
 ADVICE = ("Fix the condition the panic reports at the panic site (the first frame of your "
           "code under the panic machinery): handle the None/Err, check the index, or let the "
           "error propagate with ? instead of unwrap()/expect().")
@@ -46,7 +46,7 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
         lines.append(f"panicked at {location} (a core::panic::Location at "
                      f"{location.address:#x}, pointed to from the panic frames' stack)")
     if message is not None:
-        lines.append(f"message: \"{_one_line(message.text)}\" ({_message_source(thread, message)})")
+        lines.append(f"message: \"{E.one_line(message.text)}\" ({_message_source(thread, message)})")
     else:
         lines.append("message: not found on the panic frames' stack")
     lines.append(_site_line(thread, site))
@@ -56,18 +56,16 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
 def _panic_frames(thread: ThreadTrace) -> tuple[int, int] | None:
     """(position of the youngest panicking frame, of the panic site) when abort() was
     called by the panic runtime: only Rust runtime frames between abort and the site."""
-    abort = next((position for position, symbol in enumerate(thread.symbols)
-                  if symbol.name in ABORT_FUNCTIONS), None)
+    abort = E.first_named(thread, ABORT_FUNCTIONS)
     if abort is None:
         return None
-    panicking = None
-    for position in range(abort + 1, len(thread.frames)):
-        name = thread.symbols[position].name
-        if not rustpanic.is_runtime(name):
-            return (panicking, position) if panicking is not None else None
-        if panicking is None and rustpanic.PANICKING.search(name or ""):
-            panicking = position
-    return None
+    runtime = E.runtime_frames_above(
+        thread, abort, lambda position: rustpanic.is_runtime(thread.symbols[position].name))
+    if runtime.stop == len(thread.frames):
+        return None  # no site: unwinding stopped in the runtime
+    panicking = next((position for position in runtime
+                      if rustpanic.PANICKING.search(thread.symbols[position].name or "")), None)
+    return (panicking, runtime.stop) if panicking is not None else None
 
 
 def _stack_top(thread: ThreadTrace, site: int) -> int:
@@ -93,24 +91,15 @@ def _message_source(thread: ThreadTrace, message: rustpanic.Text) -> str:
 
 
 def _site_line(thread: ThreadTrace, site: int) -> str:
-    frame, symbol, module = thread.frames[site], thread.symbols[site], thread.modules[site]
-    name = f"{symbol.name}+{symbol.offset:#x}" if symbol.name else f"{frame.pc:#x}"
-    place = f" ({symbol.file}:{symbol.line})" if symbol.file and symbol.line else ""
-    inside = f" in {module.path}" if module is not None else ""
-    return f"panic site: frame #{frame.index} {name}{place}{inside}"
+    return f"panic site: {E.describe_frame(thread, site)}"
 
 
 def _title(kind: tuple[str, str] | None, message: rustpanic.Text | None) -> str:
     title = "Rust panic"
-    text = _one_line(message.text) if message is not None else ""
+    text = E.one_line(message.text) if message is not None else ""
     said = text.lower().startswith((kind[0].lower() if kind else "", "called `"))
     if kind is not None and not said:  # the message may already say it
         title += f": {kind[0]}"
     if text:
-        text = text if len(text) <= TITLE_MAX else text[:TITLE_MAX - 1] + "…"
-        title += f": {text}"
+        title += f": {E.shortened(text)}"
     return title
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split("\n")).strip()

@@ -109,12 +109,7 @@ def _function(thread: ThreadTrace, position: int) -> str:
 
 
 def _describe(thread: ThreadTrace, position: int) -> str:
-    frame, symbol, module = (thread.frames[position], thread.symbols[position],
-                             thread.modules[position])
-    name = f"{symbol.name}+{symbol.offset:#x}" if symbol.name else _function(thread, position)
-    place = f" ({symbol.file}:{symbol.line})" if symbol.file and symbol.line else ""
-    inside = f" in {module.path}" if module is not None else ""
-    return f"frame #{frame.index} {name}{place}{inside}"
+    return E.describe_frame(thread, position, unnamed=_function(thread, position))
 
 
 def _sender_line(sender: dict[str, object], si_pid: int) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from coredumpd.annotate import cxxabi
+from coredumpd.annotate import evidence as E
 from coredumpd.annotate.context import AnalysisContext, Annotation, ThreadTrace
 from coredumpd.image.types import Module
 
@@ -39,7 +40,6 @@ ANCHORS = TERMINATE_FUNCTIONS | THROW_FUNCTIONS | PERSONALITY
 ABORT_FUNCTIONS = frozenset({"abort"})
 RUNTIME_LIBRARIES = ("libstdc++.so", "libgcc_s.so", "libc++abi.so")
 MAX_STACK_WORDS = 4096
-TITLE_MAX = 100
 ADVICE = ("Catch the exception where it can be handled (or let main() catch and report it), "
           "or fix what made the throw site throw; its type and message say what failed. An "
           "exception leaving a noexcept function or a destructor always terminates.")
@@ -71,11 +71,11 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
                      f"exception_class \"GNUCC++\\1\" at {exception.dependent:#x}) that "
                      "points to it: the type and message are the original exception's")
     if exception.message is not None:
-        lines.append(f"what(): \"{_one_line(exception.message)}\" ({exception.message_source})")
+        lines.append(f"what(): \"{E.one_line(exception.message)}\" ({exception.message_source})")
     else:
         lines.append("what(): not readable from the core (a type whose message libstdc++'s "
                      "layouts do not describe)")
-    if _first_named(thread, PERSONALITY, abort) is not None:
+    if E.first_named(thread, PERSONALITY, abort) is not None:
         lines.append("std::terminate() was called by the personality routine "
                      "(__gxx_personality_v0) while it looked for a handler: the exception "
                      "reached a noexcept function (or a destructor) on its way up")
@@ -86,15 +86,14 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
 def _terminate_path(thread: ThreadTrace) -> tuple[int, int] | None:
     """(position of abort, of the outermost C++-runtime frame) when the C++ runtime called
     abort(): only runtime frames between abort and a named throw/terminate function."""
-    abort = _first_named(thread, ABORT_FUNCTIONS)
+    abort = E.first_named(thread, ABORT_FUNCTIONS)
     if abort is None:
         return None
-    for position in range(abort + 1, len(thread.frames)):
-        if not _is_runtime(thread, position):
-            return None
-        if thread.symbols[position].name in ANCHORS:
-            return abort, _outermost_runtime_frame(thread, position)
-    return None
+    runtime = E.runtime_frames_above(thread, abort,
+                                     lambda position: _is_runtime(thread, position))
+    if not any(thread.symbols[position].name in ANCHORS for position in runtime):
+        return None
+    return abort, runtime.stop - 1
 
 
 def _path_line(thread: ThreadTrace, abort: int, outermost: int) -> str:
@@ -104,24 +103,10 @@ def _path_line(thread: ThreadTrace, abort: int, outermost: int) -> str:
             + " <- ".join(named))
 
 
-def _first_named(thread: ThreadTrace, names: frozenset[str], start: int = 0) -> int | None:
-    return next((position for position in range(start, len(thread.symbols))
-                 if thread.symbols[position].name in names), None)
-
-
 def _is_runtime(thread: ThreadTrace, position: int) -> bool:
     module = thread.modules[position]
     name = thread.symbols[position].name
     return (name in ANCHORS or (module is not None and module.name.startswith(RUNTIME_LIBRARIES)))
-
-
-def _outermost_runtime_frame(thread: ThreadTrace, terminate: int) -> int:
-    """The last frame of the unbroken run of C++-runtime frames from std::terminate out
-    (``__cxa_throw``, the unwinder, the personality routine)."""
-    position = terminate
-    while position + 1 < len(thread.frames) and _is_runtime(thread, position + 1):
-        position += 1
-    return position
 
 
 def _find_exception(ctx: AnalysisContext, thread: ThreadTrace,
@@ -174,13 +159,8 @@ def _site_line(thread: ThreadTrace, outermost: int) -> str:
     position = outermost + 1
     if position >= len(thread.frames):
         return "the throw site is not on the stack (unwinding stopped in the C++ runtime)"
-    frame, symbol, module = (thread.frames[position], thread.symbols[position],
-                             thread.modules[position])
-    name = f"{symbol.name}+{symbol.offset:#x}" if symbol.name else f"{frame.pc:#x}"
-    place = f" ({symbol.file}:{symbol.line})" if symbol.file and symbol.line else ""
-    inside = f" in {module.path}" if module is not None else ""
     called = thread.symbols[outermost].name or "the C++ runtime"
-    return f"thrown from frame #{frame.index} {name}{place}{inside} (it called {called})"
+    return f"thrown from {E.describe_frame(thread, position)} (it called {called})"
 
 
 def _bases_text(exception: cxxabi.ThrownException) -> str:
@@ -193,11 +173,5 @@ def _bases_text(exception: cxxabi.ThrownException) -> str:
 def _title(exception: cxxabi.ThrownException) -> str:
     title = f"Uncaught C++ exception {exception.type_name}"
     if exception.message is not None:
-        message = _one_line(exception.message)
-        message = message if len(message) <= TITLE_MAX else message[:TITLE_MAX - 1] + "…"
-        title += f": {message}"
+        title += f": {E.shortened(E.one_line(exception.message))}"
     return title
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split("\n")).strip()
