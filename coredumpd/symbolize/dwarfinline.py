@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import Callable
 
 from coredumpd.errors import FormatError
-from coredumpd.symbolize.dwarfline import Reader
+from coredumpd.symbolize.dwarfline import Reader, abbreviations, read_unit_header
 
 # Tags (DWARF 5, 7.5.4)
 DW_TAG_class_type, DW_TAG_lexical_block, DW_TAG_structure_type = 0x02, 0x0B, 0x13
@@ -106,22 +106,8 @@ Abbrevs = dict[int, tuple[int, bool, list[tuple[int, int, int]]]]
 
 def parse_abbrevs(data: bytes, offset: int) -> Abbrevs:
     """The abbreviation table at ``offset``: code -> (tag, has children, [(at, form, const)])."""
-    reader = Reader(data, offset)
-    table: Abbrevs = {}
-    while len(table) < 1 << 16:
-        code = reader.uleb()
-        if code == 0:
-            break
-        tag, children = reader.uleb(), bool(reader.unsigned(1))
-        specs = []
-        while True:
-            attribute, form = reader.uleb(), reader.uleb()
-            if attribute == 0 and form == 0:
-                break
-            specs.append((attribute, form, reader.sleb() if form == DW_FORM_implicit_const
-                          else 0))
-        table[code] = (tag, children, specs)
-    return table
+    return {code: (tag, children, specs)
+            for code, tag, children, specs in abbreviations(data, offset)}
 
 
 class UnitDies:
@@ -136,21 +122,11 @@ class UnitDies:
                  files: dict[int, str]) -> None:
         self.data, self.unit_offset, self.sections, self.files = data, unit_offset, sections, files
         reader = Reader(data, 0)
-        length, self.offset_size = reader.initial_length()
-        self.end = min(len(data), reader.position + length)
-        self.version = reader.unsigned(2)
+        self.version, self.offset_size, self.address_size, abbrev_offset = \
+            read_unit_header(reader)
+        self.end = reader.end
         if not 2 <= self.version <= 5:
             raise FormatError(f"unit version {self.version}", unit_offset)
-        if self.version >= 5:
-            unit_type, self.address_size = reader.unsigned(1), reader.unsigned(1)
-            abbrev_offset = reader.unsigned(self.offset_size)
-            if unit_type in (4, 5):  # skeleton, split_compile: dwo_id
-                reader.take(8)
-            elif unit_type in (2, 6):  # type units
-                reader.take(8 + self.offset_size)
-        else:
-            abbrev_offset = reader.unsigned(self.offset_size)
-            self.address_size = reader.unsigned(1)
         if self.address_size not in (4, 8):
             raise FormatError(f"address size {self.address_size}", unit_offset)
         self.abbrevs = parse_abbrevs(sections.abbrev, abbrev_offset)
@@ -161,7 +137,6 @@ class UnitDies:
         self.base_address = 0
         self._dies = 0
         self._scopes: list[tuple[_Die, int | None]] | None = None
-        reader.end = self.end
         top = self._die(reader, {DW_AT_low_pc, DW_AT_str_offsets_base, DW_AT_addr_base,
                                  DW_AT_rnglists_base})
         if top is not None:

@@ -17,6 +17,7 @@ import bisect
 import dataclasses
 import os
 import struct
+from collections.abc import Iterator
 
 from coredumpd.errors import FormatError
 
@@ -143,15 +144,18 @@ class UnitTop:
     high_pc: int | None
 
 
-def _abbrev(abbrev: bytes, offset: int, code: int) -> list[tuple[int, int, int]]:
-    """Attribute specs (attribute, form, implicit const) of abbreviation ``code``."""
+AttributeSpecs = list[tuple[int, int, int]]  # (attribute, form, implicit const)
+
+
+def abbreviations(abbrev: bytes, offset: int) -> Iterator[tuple[int, int, bool, AttributeSpecs]]:
+    """The abbreviation table at ``offset`` of ``.debug_abbrev`` (DWARF 5, 7.5.3), entry by
+    entry, at most MAX_ABBREVS: (code, tag, has children, attribute specs)."""
     reader = Reader(abbrev, offset)
     for _ in range(MAX_ABBREVS):
-        entry_code = reader.uleb()
-        if entry_code == 0:
-            break
-        reader.uleb()  # tag
-        reader.unsigned(1)  # children
+        code = reader.uleb()
+        if code == 0:
+            return
+        tag, children = reader.uleb(), bool(reader.unsigned(1))
         specs = []
         while True:
             attribute, form = reader.uleb(), reader.uleb()
@@ -159,9 +163,35 @@ def _abbrev(abbrev: bytes, offset: int, code: int) -> list[tuple[int, int, int]]
                 break
             specs.append((attribute, form, reader.sleb() if form == DW_FORM_implicit_const
                           else 0))
+        yield code, tag, children, specs
+
+
+def _abbrev(abbrev: bytes, offset: int, code: int) -> AttributeSpecs:
+    """Attribute specs of abbreviation ``code`` (the table read only up to it)."""
+    for entry_code, _tag, _children, specs in abbreviations(abbrev, offset):
         if entry_code == code:
             return specs
     raise FormatError(f"abbreviation {code} not found", offset)
+
+
+def read_unit_header(reader: Reader) -> tuple[int, int, int, int]:
+    """(version, offset size, address size, abbreviation offset) of the unit header at
+    ``reader`` in ``.debug_info`` (DWARF 5, 7.5.1; versions 2-4 have no unit type).  The
+    reader is left at the unit's first DIE, its end at the unit's end."""
+    length, offset_size = reader.initial_length()
+    reader.end = min(reader.end, reader.position + length)
+    version = reader.unsigned(2)
+    if version >= 5:
+        unit_type, address_size = reader.unsigned(1), reader.unsigned(1)
+        abbrev_offset = reader.unsigned(offset_size)
+        if unit_type in (4, 5):  # skeleton, split_compile: dwo_id
+            reader.take(8)
+        elif unit_type in (2, 6):  # type units: signature, type offset
+            reader.take(8 + offset_size)
+    else:
+        abbrev_offset = reader.unsigned(offset_size)
+        address_size = reader.unsigned(1)
+    return version, offset_size, address_size, abbrev_offset
 
 
 def _form_value(reader: Reader, form: int, offset_size: int, address_size: int,
@@ -200,19 +230,7 @@ def _form_value(reader: Reader, form: int, offset_size: int, address_size: int,
 def read_unit_top(info: bytes, abbrev: bytes, offset: int) -> UnitTop:
     """The top DIE of the unit at ``offset`` in ``.debug_info`` (DWARF 7.5.1)."""
     reader = Reader(info, offset)
-    length, offset_size = reader.initial_length()
-    reader.end = min(reader.end, reader.position + length)
-    version = reader.unsigned(2)
-    if version >= 5:
-        unit_type, address_size = reader.unsigned(1), reader.unsigned(1)
-        abbrev_offset = reader.unsigned(offset_size)
-        if unit_type in (4, 5):  # skeleton, split_compile: dwo_id
-            reader.take(8)
-        elif unit_type in (2, 6):  # type units: signature, type offset
-            reader.take(8 + offset_size)
-    else:
-        abbrev_offset = reader.unsigned(offset_size)
-        address_size = reader.unsigned(1)
+    version, offset_size, address_size, abbrev_offset = read_unit_header(reader)
     values: dict[int, tuple[int, int | None]] = {}
     for attribute, form, implicit in _abbrev(abbrev, abbrev_offset, reader.uleb()):
         value = implicit if form == DW_FORM_implicit_const else _form_value(
