@@ -43,7 +43,7 @@ from coredumpd.model import (
 )
 from coredumpd.source import ByteSource
 from coredumpd.store.modcache import ModuleCache
-from coredumpd.symbolize import disasm
+from coredumpd.symbolize import decoded, disasm
 from coredumpd.symbolize.types import Symbol
 from coredumpd.unwind.types import Caps, Frame
 from coredumpd.unwind.unwinder import Unwinder
@@ -260,6 +260,7 @@ def _analyze_core(core: Core, source: ByteSource, facts: Facts | None, exe: str 
     space = build_address_space(core, raw, root, exe, debuginfod=debuginfod)
     symbolizer = make_symbolizer(space, problems, cache)
     unwinder = Unwinder(space, caps)
+    decoded.load(cache)  # capstone's answers of earlier analyses: capstone stays unimported
     try:
         problems.extend(space.problems)
         result.modules = [shape.module_record(module) for module in space.modules]
@@ -283,6 +284,7 @@ def _analyze_core(core: Core, source: ByteSource, facts: Facts | None, exe: str 
         symbolizer.close()  # process in the sandbox, but corectl and tests loop)
         unwinder.close()
         space.close()
+        decoded.keep(cache)
 
 
 def analyze(source: ByteSource, facts: Facts | None = None, exe: str | None = None,

@@ -10,18 +10,27 @@ address it computed from the crashed thread's registers.  capstone's detail
 mode gives operands and their access (``CS_AC_READ``/``CS_AC_WRITE``); the
 effective address is ``base + index * scale + disp`` (Intel SDM vol. 1,
 3.7.5 "Specifying an Offset"), with ``rip`` meaning the next instruction.
+
+What capstone says about an instruction is reduced to a :data:`Plain` record (no
+register values in it) and remembered by :mod:`coredumpd.symbolize.decoded`, so
+that a warm analysis decodes without importing capstone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
-import capstone  # type: ignore[import-untyped]
-from capstone import x86
+from typing import Any
 
 from coredumpd.errors import CoredumpdError
 from coredumpd.image.types import AddressSpace
+from coredumpd.symbolize.decoded import MEMO
 from coredumpd.symbolize.disasm import engine
+
+# capstone's x86 detail without its objects: (address, size, mnemonic, op_str, bytes,
+# operands as (memory?, access, base, index, scale, disp), names of registers read)
+Operand = tuple[bool, int, str | None, str | None, int, int]
+Plain = tuple[int, int, str, str, bytes, tuple[Operand, ...], tuple[str, ...]]
+CS_AC_READ, CS_AC_WRITE = 1, 2  # capstone.h cs_ac_type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,14 +75,42 @@ def decode_one(space: AddressSpace, address: int,
     code = _read_code(space, address)
     if not code:
         return None
+    arch = space.arch
+    key = ("detail", arch.capstone_arch, arch.capstone_mode, address, code)
+    plain = MEMO.get(key)
+    if plain is None:
+        plain = _plain(arch.capstone_arch, arch.capstone_mode, code, address)
+        MEMO.put(key, plain or ())
+    if not plain:  # remembered as () when capstone could not decode the bytes
+        return None
+    return _decoded(plain, registers or {}, arch.pc_name)
+
+
+def _plain(capstone_arch: str, capstone_mode: str, code: bytes, address: int) -> Plain | None:
+    """What capstone's detail mode says about the first instruction of ``code``."""
+    import capstone  # type: ignore[import-untyped]
+    from capstone import x86
+
     try:
-        cs = engine(space.arch.capstone_arch, space.arch.capstone_mode, detail=True)
+        cs = engine(capstone_arch, capstone_mode, detail=True)
         insn = next(cs.disasm(code, address, 1), None)
+        if insn is None:
+            return None
+        operands = tuple(_plain_operand(insn, operand, x86.X86_OP_MEM)
+                         for operand in insn.operands)
+        read, _written = insn.regs_access()
+        return (insn.address, insn.size, insn.mnemonic, insn.op_str, bytes(insn.bytes),
+                operands, tuple(insn.reg_name(r) for r in read))
     except capstone.CsError:
         return None
-    if insn is None:
-        return None
-    return _decoded(insn, registers or {}, space.arch.pc_name)
+
+
+def _plain_operand(insn: Any, operand: Any, memory_type: int) -> Operand:
+    if operand.type != memory_type:
+        return (False, operand.access, None, None, 0, 0)
+    mem = operand.mem
+    return (True, operand.access, insn.reg_name(mem.base) if mem.base else None,
+            insn.reg_name(mem.index) if mem.index else None, mem.scale, mem.disp)
 
 
 def _read_code(space: AddressSpace, address: int) -> bytes:
@@ -86,42 +123,35 @@ def _read_code(space: AddressSpace, address: int) -> bytes:
     return b""
 
 
-def _decoded(insn: capstone.CsInsn, registers: dict[str, int],
-             pc_name: str) -> DecodedInstruction:
-    memory = []
-    next_pc = insn.address + insn.size
-    for operand in insn.operands:
-        if operand.type == x86.X86_OP_MEM:
-            memory.append(_memory_operand(insn, operand, registers, next_pc, pc_name))
-    read, _written = insn.regs_access()
-    implicit = insn.mnemonic.split()[0] in _IMPLICIT_MEMORY or any(
-        insn.mnemonic.startswith(prefix) for prefix in ("rep", "movs", "stos", "lods", "scas",
-                                                        "cmps"))
-    return DecodedInstruction(insn.address, insn.size, insn.mnemonic, insn.op_str,
-                              bytes(insn.bytes), tuple(memory),
-                              tuple(insn.reg_name(r) for r in read), implicit)
+def _decoded(plain: Plain, registers: dict[str, int], pc_name: str) -> DecodedInstruction:
+    address, size, mnemonic, op_str, raw, operands, read = plain
+    memory = [_memory_operand(op_str, len(operands), position, operand, registers,
+                              address + size, pc_name)
+              for position, operand in enumerate(operands) if operand[0]]
+    implicit = mnemonic.split()[0] in _IMPLICIT_MEMORY or any(
+        mnemonic.startswith(prefix) for prefix in ("rep", "movs", "stos", "lods", "scas",
+                                                   "cmps"))
+    return DecodedInstruction(address, size, mnemonic, op_str, raw, tuple(memory),
+                              tuple(read), implicit)
 
 
 _IMPLICIT_MEMORY = frozenset({"push", "pop", "call", "ret", "enter", "leave", "pushf",
                               "popf", "pushfq", "popfq"})
 
 
-def _memory_operand(insn: capstone.CsInsn, operand: x86.X86Op, registers: dict[str, int],
-                    next_pc: int, pc_name: str) -> MemoryOperand:
-    mem = operand.mem
-    base = insn.reg_name(mem.base) if mem.base else None
-    index = insn.reg_name(mem.index) if mem.index else None
-    address: int | None = mem.disp
-    for name, scale in ((base, 1), (index, mem.scale)):
+def _memory_operand(op_str: str, count: int, position: int, operand: Operand,
+                    registers: dict[str, int], next_pc: int, pc_name: str) -> MemoryOperand:
+    _memory, access, base, index, index_scale, disp = operand
+    address: int | None = disp
+    for name, scale in ((base, 1), (index, index_scale)):
         if name is None or address is None:
             continue
         value = next_pc if name == pc_name else register_value(registers, name)
         address = None if value is None else address + value * scale
     if address is not None:
         address &= (1 << 64) - 1
-    text = _operand_text(insn.op_str, len(insn.operands), list(insn.operands).index(operand))
-    return MemoryOperand(text, bool(operand.access & capstone.CS_AC_READ),
-                         bool(operand.access & capstone.CS_AC_WRITE), base, index, address)
+    return MemoryOperand(_operand_text(op_str, count, position), bool(access & CS_AC_READ),
+                         bool(access & CS_AC_WRITE), base, index, address)
 
 
 def _operand_text(op_str: str, count: int, position: int) -> str:

@@ -10,6 +10,9 @@ x86 instructions have variable length, so "the instructions before pc" are
 ambiguous: :func:`around` decodes from the function start when the
 symbolizer knows it, otherwise it tries back-offsets until a decoding lands
 exactly on pc.
+
+capstone is imported on the first decoding that :mod:`coredumpd.symbolize.decoded`
+does not remember: a warm analysis does not import it at all.
 """
 
 from __future__ import annotations
@@ -18,11 +21,10 @@ import dataclasses
 import functools
 from typing import Any
 
-import capstone  # type: ignore[import-untyped]
-
 from coredumpd.arch import Arch
 from coredumpd.errors import CoredumpdError, MemoryReadError
 from coredumpd.image.types import AddressSpace
+from coredumpd.symbolize.decoded import MEMO
 
 MAX_BACK_OFFSET = 64  # how far before pc to look for a decoding that lands on pc
 MAX_FUNCTION_PREFIX = 4096  # decode from the symbol start only when it is this close
@@ -54,15 +56,22 @@ class Instruction:
 @functools.cache
 def engine(capstone_arch: str, capstone_mode: str, detail: bool = False) -> Any:
     """One capstone engine per architecture and mode (``Arch.capstone_arch``/``_mode``)."""
+    import capstone  # type: ignore[import-untyped]  # 20-35 ms: only when needed
+
     cs = capstone.Cs(getattr(capstone, capstone_arch), getattr(capstone, capstone_mode))
     cs.detail = detail
     return cs
 
 
 def _decode_bytes(arch: Arch, code: bytes, address: int, count: int) -> list[Instruction]:
+    key = ("lite", arch.capstone_arch, arch.capstone_mode, address, code, count)
+    decoded = MEMO.get(key)
+    if decoded is None:
+        cs = engine(arch.capstone_arch, arch.capstone_mode)
+        decoded = tuple(cs.disasm_lite(code, address, count))
+        MEMO.put(key, decoded)
     result = []
-    for insn in engine(arch.capstone_arch, arch.capstone_mode).disasm_lite(code, address, count):
-        start, size, mnemonic, op_str = insn
+    for start, size, mnemonic, op_str in decoded:
         offset = start - address
         result.append(Instruction(start, size, mnemonic, op_str, code[offset:offset + size]))
     return result
