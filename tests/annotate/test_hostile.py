@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from coredumpd.annotate.loader_errors import CHUNK, find_loader_errors
+from coredumpd.annotate.loader_errors import BLOCK, CHUNK, PREFILTER, find_loader_errors
 from coredumpd.elf import layouts as L
 from coredumpd.elf.core import Core
 from coredumpd.source import BytesSource
@@ -50,6 +50,16 @@ def test_exception_layout_names_the_object_after_the_message():
 def test_message_across_a_chunk_boundary_is_found_once():
     text = b"/x/p.so: undefined symbol: bar, version FOO_PRIVATE"
     heap = b"\0" * (CHUNK - 20) + text + b"\0" * 100
+    (error,) = _errors(heap)
+    assert (error.symbol, error.version, error.requirer) == ("bar", "FOO_PRIVATE", "/x/p.so")
+
+
+@pytest.mark.parametrize("cut", range(len(PREFILTER) + 1))
+def test_a_message_after_zero_blocks_and_across_a_block_boundary_is_found(cut: int) -> None:
+    # all-zero blocks are skipped: the block holding the message's first bytes is not
+    text = b"/x/p.so: undefined symbol: bar, version FOO_PRIVATE"
+    start = text.index(PREFILTER)
+    heap = b"\0" * (3 * BLOCK - start - cut) + text + b"\0" * (2 * BLOCK)
     (error,) = _errors(heap)
     assert (error.symbol, error.version, error.requirer) == ("bar", "FOO_PRIVATE", "/x/p.so")
 
