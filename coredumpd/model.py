@@ -95,21 +95,25 @@ class Record(metaclass=_RecordType):
     _transient: ClassVar[tuple[str, ...]] = ()  # fields left out of the JSON
 
     def __init__(self, *args: Any, **values: Any) -> None:
-        if len(args) > len(self._fields):
-            raise TypeError(f"{type(self).__name__} takes {len(self._fields)} fields")
-        values.update(zip(self._fields, args))
-        for field in self._fields:
+        fields = self._fields
+        if args:
+            if len(args) > len(fields):
+                raise TypeError(f"{type(self).__name__} takes {len(fields)} fields")
+            values.update(zip(fields, args))
+        defaults = self._defaults
+        setter = object.__setattr__
+        for field in fields:
             value = values.pop(field, _NOTHING)
             if value is _NOTHING:
-                value = self._defaults.get(field, _NOTHING)
+                value = defaults.get(field, _NOTHING)
                 if value is _NOTHING:
                     raise TypeError(f"{type(self).__name__} needs {field}")
-                if isinstance(value, (list, dict)):
+                if isinstance(value, _MUTABLE):
                     value = type(value)(value)  # a fresh copy of a mutable default
-            object.__setattr__(self, field, value)
+            setter(self, field, value)
         if values:
             raise TypeError(f"{type(self).__name__} has no field(s) {', '.join(values)}")
-        object.__setattr__(self, "_extra", {})
+        setter(self, "_extra", {})
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -131,8 +135,14 @@ class Record(metaclass=_RecordType):
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON-able values, keys in field order (then unknown keys kept)."""
-        out = {field: _plain(getattr(self, field)) for field in self._fields
-               if field not in self._transient}
+        out = {}
+        transient = self._transient
+        for field in self._fields:
+            if field in transient:
+                continue
+            value = getattr(self, field)
+            # most values are plain already (a frame's ints and strings): no conversion
+            out[field] = value if type(value) in _SCALARS else _plain(value)
         out.update(self._extra)  # type: ignore[attr-defined]
         return out
 
@@ -154,6 +164,10 @@ class Record(metaclass=_RecordType):
         extra = {key: value for key, value in data.items() if key not in cls._fields}
         record._extra.update(extra)  # type: ignore[attr-defined]
         return record
+
+
+_SCALARS = frozenset({int, str, float, bool, type(None)})  # exactly these types, no subclass
+_MUTABLE = (list, dict)
 
 
 def _plain(value: Any) -> Any:

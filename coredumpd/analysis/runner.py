@@ -290,16 +290,18 @@ def _analyze_core(core: Core, source: ByteSource, facts: Facts | None, exe: str 
 def analyze(source: ByteSource, facts: Facts | None = None, exe: str | None = None,
             root: str = "/", caps: Caps | None = None,
             debuginfod: Debuginfod | None = None,
-            cache: ModuleCache | None = None) -> AnalysisResult:
+            cache: ModuleCache | None = None, core: Core | None = None) -> AnalysisResult:
     """Analyse one core; the result of docs/ARCHITECTURE.md.  Never raises.
 
     ``debuginfod``: a client (image/debuginfod.py) for the files this machine lacks.
     ``cache`` keeps what is derived from each module (symbol tables, answers) across
-    analyses, by build-id (:mod:`coredumpd.store.modcache`); the result is the same."""
+    analyses, by build-id (:mod:`coredumpd.store.modcache`); the result is the same.
+    ``core``: the core of ``source`` when the caller has opened it already."""
     started = time.monotonic()
     result = AnalysisResult()
     try:
-        core = Core.open(source, expected_tid=facts.tid if facts is not None else None)
+        if core is None:
+            core = Core.open(source, expected_tid=facts.tid if facts is not None else None)
         _analyze_core(core, source, facts, exe, root, caps or Caps(), result, debuginfod,
                       cache)
     except Exception as err:  # the contract: a failed state, never a raise

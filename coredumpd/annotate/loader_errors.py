@@ -19,8 +19,7 @@ import dataclasses
 import functools
 import re
 
-from coredumpd.elf import layouts as L
-from coredumpd.elf.core import Core
+from coredumpd.elf.core import PF_W, Core
 
 MAX_SCAN = 256 << 20
 CHUNK = 1 << 20
@@ -67,7 +66,7 @@ def _find(core: Core) -> list[LoaderError]:
     found: dict[str, LoaderError] = {}
     budget = MAX_SCAN
     for segment in core.segments:
-        if not segment.flags & L.PF.W or segment.filesz == 0 or budget <= 0:
+        if not segment.flags & PF_W or segment.filesz == 0 or budget <= 0:
             continue
         size = min(segment.filesz, budget)
         budget -= size

@@ -11,7 +11,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from coredumpd.cli.commands import Context, newest_record, print_show
 from coredumpd.cli.exitcodes import ExitStatus
@@ -20,6 +20,9 @@ from coredumpd.errors import CoredumpdError, StoreError
 from coredumpd.model import CoreState, CrashRecord
 from coredumpd.report.escape import escape
 from coredumpd.source import ByteSource
+
+if TYPE_CHECKING:
+    from coredumpd.elf.core import Core
 
 CHUNK = 1 << 20
 PROGRESS_MIN_SIZE = 32 << 20  # a progress bar only for cores that take a moment
@@ -204,11 +207,12 @@ def _run_debugger(argv: list[str]) -> int:
         raise CoredumpdError(f"cannot run the debugger {argv[0]}: {err.strerror}") from err
 
 
-def core_record(source: ByteSource, path: str) -> CrashRecord:
-    """A crash record from the core's own notes, for a core without an index row."""
+def core_record(source: ByteSource, path: str, core: Core | None = None) -> CrashRecord:
+    """A crash record from the core's own notes, for a core without an index row
+    (``core``: ``source`` opened already)."""
     from coredumpd.elf.core import Core
 
-    core = Core.open(source)
+    core = core if core is not None else Core.open(source)
     record = CrashRecord(pid=None, timestamp_us=None, core_path=os.path.abspath(path),
                          core_size=source.size, analysis_state=None,
                          core_state=CoreState.TRUNCATED if core.truncated else CoreState.PRESENT)
@@ -226,17 +230,19 @@ def core_record(source: ByteSource, path: str) -> CrashRecord:
 
 def cmd_analyze(ctx: Context) -> int:
     from coredumpd.analysis import analyze
+    from coredumpd.elf.core import Core
     from coredumpd.store.modcache import ModuleCache
 
     path = ctx.args.core
     source = open_source(path)
     try:
-        record = core_record(source, path)
+        core = Core.open(source)  # once, for the record and the analysis
+        record = core_record(source, path, core)
         from coredumpd.image.debuginfod import Debuginfod  # DEBUGINFOD_URLS: fetch what lacks
         # the store's module cache, read and filled only by the store's owner
         result = analyze(source, facts=None, exe=ctx.args.exe,
                          debuginfod=Debuginfod.from_env(ctx.env),
-                         cache=ModuleCache(ctx.config.directory))
+                         cache=ModuleCache(ctx.config.directory), core=core)
     finally:
         source.close()
     if ctx.args.exe:

@@ -176,11 +176,6 @@ class ProcessAddressSpace:
 # ---------------------------------------------------------------- mappings
 
 
-def _perms(flags: int) -> str:
-    return "".join(("r" if flags & L.PF.R else "-", "w" if flags & L.PF.W else "-",
-                    "x" if flags & L.PF.X else "-", "p"))
-
-
 def mappings_from_core(core: Core) -> list[Mapping]:
     """One Mapping per PT_LOAD, named by the NT_FILE entry starting there."""
     named = {entry.start: entry for entry in core.files}
@@ -195,7 +190,7 @@ def mappings_from_core(core: Core) -> list[Mapping]:
                 path, deleted = path[:-len(DELETED_SUFFIX)], True
         elif segment.vaddr == vdso:
             path = VDSO
-        mappings.append(Mapping(segment.vaddr, segment.end, _perms(segment.flags), offset,
+        mappings.append(Mapping(segment.vaddr, segment.end, segment.perms, offset,
                                 path, deleted=deleted))
     return mappings
 
