@@ -45,7 +45,7 @@ def stored_core_path(ctx: Context, record: CrashRecord) -> str:
 
 
 def open_source(path: str) -> ByteSource:
-    from coredumpd.store.lz4seek import open_core_source
+    from coredumpd.store.coresource import open_core_source
 
     return open_core_source(path)
 

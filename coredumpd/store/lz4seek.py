@@ -3,7 +3,8 @@
 The file format (one standard LZ4 frame of independent blocks, then a block
 index in a skippable frame) is described in :mod:`coredumpd.store.lz4format`;
 the reader is :class:`coredumpd.store.lz4reader.SeekableLz4Reader`, re-exported
-here with the format's names, so ``coredumpd.store.lz4seek`` stays the one import.
+here with the format's names and :func:`~coredumpd.store.coresource.open_core_source`,
+so ``coredumpd.store.lz4seek`` stays the one import.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Self
 
-from coredumpd.elf.structs import ELFMAG
 from coredumpd.errors import StoreError
 from coredumpd.paths import TEMPORARY_FILE_MODE
-from coredumpd.source import ByteSource, RawFileSource
+from coredumpd.store.coresource import open_core_source  # noqa: F401 (re-exported)
 from coredumpd.store.lz4format import (  # noqa: F401 (re-exported)
     BLOCK_ENTRY,
     BLOCK_ENTRY_V1,
@@ -44,7 +44,7 @@ from coredumpd.store.lz4format import (  # noqa: F401 (re-exported)
     encode_block,
     frame_header,
 )
-from coredumpd.store.lz4reader import SeekableLz4Reader
+from coredumpd.store.lz4reader import SeekableLz4Reader  # noqa: F401 (re-exported)
 
 WORKER_NICE = 10  # workers' extra niceness while a spill file absorbs the stream
 HC_INTERVAL = 16  # at most one block in 16 tries LZ4-HC (see SeekableLz4Writer._want_high)
@@ -417,32 +417,3 @@ class SeekableLz4Writer:
         if buffer is not None and len(self._spare) < 2:
             self._spare.append(buffer)  # written: the buffer can take the next block
 
-
-def open_core_source(path_or_fd: str | int) -> ByteSource:
-    """Open a core whatever holds it: a raw ELF file or our seekable lz4.
-
-    ``path_or_fd``: a path, or an open fd that the source duplicates (the caller
-    keeps and closes its own).  A plain LZ4 frame without our block index (``lz4``
-    CLI, other tools) cannot be read at random; decompress it first (``lz4 -d``).
-    """
-    path = path_or_fd if isinstance(path_or_fd, str) else f"the core (fd {path_or_fd})"
-    try:
-        if isinstance(path_or_fd, int):
-            magic = os.pread(path_or_fd, len(ELFMAG), 0)
-        else:
-            with open(path_or_fd, "rb") as handle:
-                magic = handle.read(len(ELFMAG))
-    except OSError as err:
-        raise StoreError(f"cannot open {path}: {err.strerror}") from err
-    if magic == ELFMAG:
-        if isinstance(path_or_fd, str):
-            return RawFileSource(path_or_fd)
-        return RawFileSource(path, os.dup(path_or_fd))
-    if len(magic) == 4 and FRAME_MAGIC.unpack(magic)[0] == LZ4_FRAME_MAGIC:
-        try:
-            return SeekableLz4Reader(path_or_fd)
-        except StoreError as err:
-            raise StoreError(f"{path}: an LZ4 frame without a usable coredumpd block index "
-                             f"({err}); decompress it with `lz4 -d` first") from err
-    raise StoreError(f"{path}: neither an ELF core nor a seekable lz4 core "
-                     f"(starts with {magic.hex() or 'nothing'})")

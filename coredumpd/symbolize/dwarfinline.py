@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from coredumpd.errors import FormatError
 from coredumpd.symbolize.dwarfline import Reader, abbreviations, read_unit_header
+from coredumpd.symbolize.types import InlinedCall
 
 # Tags (DWARF 5, 7.5.4)
 DW_TAG_class_type, DW_TAG_lexical_block, DW_TAG_structure_type = 0x02, 0x0B, 0x13
@@ -69,15 +70,6 @@ _FIXED = {DW_FORM_data1: 1, DW_FORM_data2: 2, DW_FORM_data4: 4, DW_FORM_data8: 8
           DW_FORM_addrx1: 1, 0x2A: 2, 0x2B: 3, DW_FORM_addrx4: 4}
 _STRX = {DW_FORM_strx, DW_FORM_strx1, 0x26, 0x27, DW_FORM_strx4, 0x1F01}  # GNU_str_index
 _ADDRX = {DW_FORM_addrx, DW_FORM_addrx1, 0x2A, 0x2B, DW_FORM_addrx4, 0x1F01 + 1}
-
-
-@dataclasses.dataclass(frozen=True)
-class InlinedCall:
-    """One inlined call holding the address: the function inlined and where it was called."""
-
-    name: str | None  # linkage name (mangled) when the DWARF has one, else DW_AT_name
-    call_file: str | None
-    call_line: int | None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,7 @@ from coredumpd.elf.elffile import (
 )
 from coredumpd.errors import CoredumpdError, FormatError
 from coredumpd.symbolize import dwarfinline, dwarfline
+from coredumpd.symbolize.types import InlinedCall
 
 MAX_CU_SCAN = 50_000
 TOP_DIE_WINDOW = 1 << 20  # bytes of a unit read to find its top DIE
@@ -123,7 +124,7 @@ class DwarfLines:
             self.error, self.available = f"{self.path}: DWARF unreadable: {err}", False
             return None
 
-    def inlined(self, address: int) -> list[dwarfinline.InlinedCall]:
+    def inlined(self, address: int) -> list[InlinedCall]:
         """The inlined calls holding link-time ``address``, outermost first (never raises:
         [] when there are none or the DWARF cannot say)."""
         if not self.available:

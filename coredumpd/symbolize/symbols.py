@@ -34,7 +34,7 @@ import os
 import re
 import struct
 import sys
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from coredumpd.arch import for_machine
 from coredumpd.elf import layouts as L
@@ -49,9 +49,10 @@ from coredumpd.errors import CoredumpdError, FormatError
 from coredumpd.image import debuginfo
 from coredumpd.image.types import AddressSpace, Module
 from coredumpd.store.modcache import ModuleCache, file_identity
-from coredumpd.symbolize.dwarfinline import InlinedCall
-from coredumpd.symbolize.lines import DwarfLines
-from coredumpd.symbolize.types import Symbol
+from coredumpd.symbolize.types import InlinedCall, Symbol
+
+if TYPE_CHECKING:
+    from coredumpd.symbolize.lines import DwarfLines
 
 SHN_ABS = 0xFFF1
 BINDING_RANK = {1: 0, 2: 1, 0: 2}  # STB_GLOBAL, STB_WEAK, STB_LOCAL
@@ -465,6 +466,8 @@ class Symbolizer:
             path = info.cache_files[1 if info.lines_from == "debug" else 0] \
                 if info.lines_from else None
             if path is not None:
+                from coredumpd.symbolize.lines import DwarfLines  # not for cached answers
+
                 lines = DwarfLines(path[0])
                 if lines.available:
                     info.lines = lines
@@ -642,6 +645,8 @@ class Symbolizer:
     @staticmethod
     def _lines(debug: ElfFile | None, elf: ElfFile | None) -> DwarfLines | None:
         """DWARF lines from the debug file, else from the module itself (files only)."""
+        from coredumpd.symbolize.lines import DwarfLines  # a warm cache needs no DWARF reader
+
         for candidate in (debug, elf):
             if (candidate is None or not os.path.isfile(candidate.name)
                     or candidate.section(".debug_line") is None):

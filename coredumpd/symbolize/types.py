@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from coredumpd.symbolize.dwarfinline import InlinedCall
+
+@dataclasses.dataclass(frozen=True)
+class InlinedCall:
+    """One inlined call holding the address: the function inlined and where it was called
+    (:mod:`coredumpd.symbolize.dwarfinline` reads them)."""
+
+    name: str | None  # linkage name (mangled) when the DWARF has one, else DW_AT_name
+    call_file: str | None
+    call_line: int | None
 
 
 @dataclasses.dataclass(frozen=True)
