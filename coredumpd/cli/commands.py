@@ -21,7 +21,6 @@ from typing import Any, TextIO
 
 from coredumpd.cli.exitcodes import ExitStatus
 from coredumpd.cli.output import Output
-from coredumpd.cli.timespec import parse_time
 from coredumpd.config import Config, parse_size, parse_timespan
 from coredumpd.errors import CoredumpdError, StoreError
 from coredumpd.model import AnalysisResult, CrashRecord
@@ -91,6 +90,8 @@ def _timestamp(record: CrashRecord) -> int:
 def find_records(ctx: Context, matches: list[str]) -> list[CrashRecord]:
     """Matching index rows, oldest first; NoMatch when there are none."""
     args = ctx.args
+    from coredumpd.cli.timespec import parse_time  # datetime and its regexes: list only
+
     since = parse_time(args.since) if getattr(args, "since", None) else None
     until = parse_time(args.until) if getattr(args, "until", None) else None
     index = open_index(ctx.config)

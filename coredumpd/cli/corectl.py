@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 
-from coredumpd.cli import commands, cores, fleet
+from coredumpd.cli import commands, cores
 from coredumpd.cli.commands import Context, NoMatch
 from coredumpd.cli.corectl_spec import CORECTL
 from coredumpd.cli.exitcodes import ExitStatus
@@ -27,10 +27,16 @@ from coredumpd.errors import CoredumpdError
 
 __all__ = ["ExitStatus", "main", "parser"]
 
+def _fleet(ctx: Context) -> int:
+    from coredumpd.cli import fleet  # only `corectl fleet` needs it: start-up of the others
+
+    return fleet.cmd_fleet(ctx)
+
+
 COMMANDS: dict[str, Callable[[Context], int]] = {
     "list": commands.cmd_list, "show": commands.cmd_show, "dump": cores.cmd_dump,
     "debug": cores.cmd_debug, "analyze": cores.cmd_analyze, "delete": commands.cmd_delete,
-    "vacuum": commands.cmd_vacuum, "fleet": fleet.cmd_fleet,
+    "vacuum": commands.cmd_vacuum, "fleet": _fleet,
     "reanalyze": commands.cmd_reanalyze,
 }
 

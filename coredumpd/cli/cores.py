@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
-import tempfile
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from coredumpd.cli.commands import Context, newest_record, print_show
@@ -159,6 +157,8 @@ def cmd_debug(ctx: Context) -> int:
     path = stored_core_path(ctx, record)
     exe = record.exe
     argv = debugger_command(ctx)
+    import tempfile  # with subprocess, for `debug` only (start-up of `analyze`)
+
     # A private directory (mode 0700): the decompressed core is as secret as
     # the process's memory, and nobody may swap it under the debugger.
     workdir = tempfile.mkdtemp(prefix="corectl-", dir=ctx.env.get("TMPDIR") or "/var/tmp")
@@ -200,6 +200,8 @@ def _binaries_for_debugger(record: CrashRecord, workdir: str,
 
 
 def _run_debugger(argv: list[str]) -> int:
+    import subprocess
+
     try:
         with ignoring_sigint():  # Ctrl-C interrupts the debuggee, not corectl
             return subprocess.run(argv, check=False).returncode

@@ -10,9 +10,7 @@ only on a terminal, never when ``NO_COLOR`` is set or ``TERM=dumb``
 from __future__ import annotations
 
 import contextlib
-import shlex
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from typing import TextIO
@@ -51,9 +49,13 @@ class Output:
         pager = self.env.get("COREDUMPD_PAGER", self.env.get("PAGER", "less"))
         if pager.strip() in ("", "cat"):
             return None
+        import shlex  # with subprocess, only on a terminal: start-up when piped
+
         return shlex.split(pager)
 
     def _page(self, command: list[str], text: str) -> None:
+        import subprocess
+
         env = dict(self.env)
         env.setdefault("LESS", "FRSXMK")
         env.setdefault("LESSCHARSET", "utf-8")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 
@@ -128,6 +127,8 @@ class Debuginfod:
 
     def _save(self, response: object, path: str) -> None:
         started = time.monotonic()
+        import tempfile  # only to fetch: not on every analysis's start-up
+
         handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
         try:
             size = 0
