@@ -126,9 +126,9 @@ class Debuginfod:
         return True
 
     def _save(self, response: object, path: str) -> None:
-        started = time.monotonic()
         import tempfile  # only to fetch: not on every analysis's start-up
 
+        started = time.monotonic()
         handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
         try:
             size = 0
