@@ -55,7 +55,7 @@ def capstone_identity() -> list[FileIdentity | None] | None:
     """The identity of the capstone binding's files (found without importing it)."""
     try:
         spec = importlib.util.find_spec("capstone")
-    except (ImportError, ValueError):
+    except (ImportError, ValueError, OSError):  # a sandbox may not see sys.path
         return None
     if spec is None or spec.origin is None:
         return None
