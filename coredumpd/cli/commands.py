@@ -149,7 +149,7 @@ def group_name(gid: Any) -> str | None:
 
 def print_show(ctx: Context, record: CrashRecord, analysis: AnalysisResult | None = None) -> int:
     """``show`` of ``record`` (with ``analysis`` instead of its own, for ``analyze``)."""
-    show = jsonout.show_object(record, analysis)
+    show = jsonout.show_object(record, analysis, with_records=bool(ctx.args.json))
     out = ctx.output()
     if ctx.args.json:
         jsonout.dump(show, out.stream)
