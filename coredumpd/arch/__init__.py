@@ -64,5 +64,5 @@ def dwarf_numbered(arch: Arch, registers: Mapping[str, int]) -> Registers:
 def dwarf_named(arch: Arch, registers: Registers) -> dict[str, int]:
     """DWARF-numbered registers by name (numbers the architecture does not name are dropped)."""
     names = arch.dwarf_registers
-    return {names[number]: value for number, value in registers.items()
-            if 0 <= number < len(names)}
+    count = len(names)  # once, not per register: this runs for every frame kept
+    return {names[number]: value for number, value in registers.items() if 0 <= number < count}

@@ -73,13 +73,16 @@ class Cycle:
     def starting(frames: list[Frame], caps: Caps) -> Cycle | None:
         """A cycle of 2..max_cycle frames that the last frames repeat (at least
         ``collapse_after`` frames and two instances, none of them folded yet)."""
+        checked = 0  # the span whose frames are known to be unfolded
         for period in range(2, caps.max_cycle + 1):
             span = max(caps.collapse_after, 2 * period)
             if len(frames) < span:
                 break
             tail = frames[-span:]
-            if any(frame.repeat > 1 or frame.cycle > 1 for frame in tail):
-                return None
+            if span != checked:  # periods share a span (collapse_after): check it once
+                if any(frame.repeat > 1 or frame.cycle > 1 for frame in tail):
+                    return None
+                checked = span
             template = tail[-period:]
             if len({frame.pc for frame in template}) < period:
                 continue  # a shorter cycle repeats inside it
