@@ -12,7 +12,8 @@ file:line from DWARF, against ``eu-stack -s``.
 Two tables per core, each comparing like with like:
 
 * **as a process** (the median wall time of ``--runs`` runs; what a user waits
-  for, interpreter start and imports included): ``eu-stack`` and ``eu-stack -s``
+  for, interpreter start and imports included; each row also gives the median CPU
+  time, user + system, which a loaded machine inflates less than the wall time): ``eu-stack`` and ``eu-stack -s``
   against ``corectl analyze CORE --exe EXE``, coredumpd's command for a core
   file (the full analysis a user gets: every thread, file:line, annotations,
   the report) without a store, with the store's module cache cold (emptied
@@ -46,6 +47,7 @@ import json
 import pathlib
 import pstats
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -153,28 +155,44 @@ def parse_eu_stack(output: str) -> Trace:
     return result
 
 
-def timed(action: Callable[[], Any], runs: int) -> tuple[float, Any]:
-    durations, result = [], None
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's waited-for children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(action: Callable[[], Any], runs: int) -> tuple[float, Any, float]:
+    """Median wall time of ``action``, its last result, and the median CPU time of the
+    children it ran."""
+    durations, cpu, result = [], [], None
     for _ in range(runs):
+        cpu_before = children_cpu()
         started = time.perf_counter()
         result = action()
         durations.append(time.perf_counter() - started)
-    return statistics.median(durations), result
+        cpu.append(children_cpu() - cpu_before)
+    return statistics.median(durations), result, statistics.median(cpu)
+
+
+def cpu_text(seconds: float) -> str:
+    return f"CPU {seconds * 1000:.1f} ms"
 
 
 def process_wall(argv: list[str], runs: int, check: bool = True,
-                 prepare: Callable[[], Any] | None = None) -> float:
-    """Median wall time of ``argv``; with ``check``, a run that fails stops the bench
-    (eu-stack exits non-zero on cores normally, so it is run unchecked).  ``prepare``
-    runs before each run, off the clock."""
-    durations = []
+                 prepare: Callable[[], Any] | None = None) -> tuple[float, float]:
+    """Median wall and CPU time of ``argv``; with ``check``, a run that fails stops the
+    bench (eu-stack exits non-zero on cores normally, so it is run unchecked).
+    ``prepare`` runs before each run, off the clock."""
+    durations, cpu = [], []
     for _ in range(runs):
         if prepare is not None:
             prepare()
+        cpu_before = children_cpu()
         started = time.perf_counter()
         subprocess.run(argv, capture_output=True, check=check)
         durations.append(time.perf_counter() - started)
-    return statistics.median(durations)
+        cpu.append(children_cpu() - cpu_before)
+    return statistics.median(durations), statistics.median(cpu)
 
 
 def corectl_rows(core: str, exe: str, runs: int, scratch: pathlib.Path) -> list[Row]:
@@ -194,8 +212,8 @@ def corectl_rows(core: str, exe: str, runs: int, scratch: pathlib.Path) -> list[
                 shutil.rmtree(store / "cache", ignore_errors=True)
         elif label.endswith("warm"):
             subprocess.run(argv, capture_output=True, check=True)
-        rows.append((f"corectl analyze CORE --exe EXE ({label})",
-                     process_wall(argv, runs, prepare=prepare), ""))
+        wall, cpu = process_wall(argv, runs, prepare=prepare)
+        rows.append((f"corectl analyze CORE --exe EXE ({label})", wall, cpu_text(cpu)))
     shutil.rmtree(store / "cache", ignore_errors=True)
     return rows
 
@@ -278,19 +296,20 @@ def has_drgn() -> bool:
 
 def process_rows(core: str, exe: str, runs: int) -> tuple[list[Row], Trace]:
     """Whole programs, each started ``runs`` times."""
-    eu_wall, eu_trace = timed(lambda: eu_stack_backtraces(core, exe), runs)
-    eu_lines, _ = timed(lambda: eu_stack_backtraces(core, exe, source=True), runs)
-    rows = [("eu-stack --core (names)", eu_wall, describe(eu_trace, None)),
-            ("eu-stack -s --core (names, file:line)", eu_lines, "")]
+    eu_wall, eu_trace, eu_cpu = timed(lambda: eu_stack_backtraces(core, exe), runs)
+    eu_lines, _, eu_lines_cpu = timed(lambda: eu_stack_backtraces(core, exe, source=True), runs)
+    rows = [("eu-stack --core (names)", eu_wall,
+             f"{cpu_text(eu_cpu)}  {describe(eu_trace, None)}"),
+            ("eu-stack -s --core (names, file:line)", eu_lines, cpu_text(eu_lines_cpu))]
     with tempfile.TemporaryDirectory(prefix="cdbench-") as scratch:
         rows += corectl_rows(core, exe, runs, pathlib.Path(scratch))
     if has_drgn():
-        rows.append(("drgn, a Python script (names)",
-                     process_wall(drgn_process_argv(core, exe), runs), ""))
+        wall, cpu = process_wall(drgn_process_argv(core, exe), runs)
+        rows.append(("drgn, a Python script (names)", wall, cpu_text(cpu)))
     else:
         rows.append(("drgn", float("nan"), "not installed (pip install drgn)"))
-    rows.append(("coredumpd names-only script (not a shipped command)",
-                 process_wall(coredumpd_process_argv(core, exe), runs), ""))
+    wall, cpu = process_wall(coredumpd_process_argv(core, exe), runs)
+    rows.append(("coredumpd names-only script (not a shipped command)", wall, cpu_text(cpu)))
     return rows, eu_trace
 
 
