@@ -234,6 +234,32 @@ def test_concurrent_inserts_from_many_processes(tmp_path):
         (w * 100_000 + n, 1_000_000 + n) for w in range(8) for n in range(40)}
 
 
+def _open_and_insert(path: str, worker: int, barrier) -> None:
+    barrier.wait()
+    with Index(path) as index:
+        index.insert(record(worker, 1_000_000 + worker))
+
+
+def test_a_new_index_opened_by_many_processes_at_once(tmp_path):
+    """Handlers of a storm open a store's new index at the same moment: SQLite does
+    not call the busy handler for the switch to WAL, so all but the first used to
+    fail at once with "database is locked" and their crashes had no row (the storm
+    test's lost row, issue 13).  Forty fresh indexes, six openers each."""
+    context = multiprocessing.get_context("fork")
+    for store in range(40):
+        path = str(tmp_path / f"store{store}" / "index.sqlite")
+        barrier = context.Barrier(6)
+        workers = [context.Process(target=_open_and_insert, args=(path, w, barrier))
+                   for w in range(6)]
+        for process in workers:
+            process.start()
+        for process in workers:
+            process.join(120)
+        assert [process.exitcode for process in workers] == [0] * 6, f"store {store}"
+        with Index(path) as index:
+            assert sorted(r.pid for r in index.find()) == list(range(6))
+
+
 def test_read_only_open(tmp_path):
     path = str(tmp_path / "index.sqlite")
     with pytest.raises(StoreError):
