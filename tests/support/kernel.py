@@ -13,6 +13,8 @@ import atexit
 import contextlib
 import fcntl
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
@@ -82,6 +84,34 @@ def settings_restored() -> Iterator[tuple[str, str]]:
             atexit.unregister(restore)
     finally:
         os.close(lock)  # releases the flock
+
+
+@contextlib.contextmanager
+def crashes_discarded() -> Iterator[str]:
+    """For a block that runs programs which may crash (systemd's coredumpctl aborts on
+    some entries): no crash in it reaches any handler, the machine's included.
+
+    RLIMIT_CORE alone cannot promise that: the kernel ignores it for pipe and
+    socket patterns (a process with RLIMIT_CORE 0 still went to the machine's
+    ``coredumpd serve`` and got a row and a journal entry there).  So the block
+    holds the lock with core_pattern set to a plain file pattern in a fresh
+    private directory: the kernel then honours RLIMIT_CORE, and with the limit 0
+    (:func:`no_core_file`, for the children) writes nothing and starts nothing.
+    A child that raised its limit would leave its core in that directory, which
+    is removed afterwards.  Yields the directory.
+    """
+    directory = tempfile.mkdtemp(prefix="coredumpd-discard-", dir="/tmp")
+    try:
+        with core_pattern(f"{directory}/core.%P"):
+            yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def no_core_file() -> None:
+    """``preexec_fn`` for a child run under :func:`crashes_discarded`: RLIMIT_CORE 0."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def raw_core_pattern(directory: str) -> str:
