@@ -42,7 +42,7 @@ import threading
 import time
 from typing import Any
 
-from tests.support.crash import compile_c, installed, write_config
+from tests.support.crash import compile_c, installed, running_with, wait_for_handlers, write_config
 
 STORM_C = r"""
 #include <stdlib.h>
@@ -262,6 +262,7 @@ def run_storm(workdir: str | os.PathLike[str], count: int = 64, large: int = 4,
             lock_held = time.monotonic() - locked
         pids = [c.pid for c, status in zip(crashers, statuses, strict=True) if status == -11]
         rows = _wait_rows(config_path, set(pids), timeout=600, analysed=wait_analysis)
+        wait_for_handlers(config_path)  # before the config goes (a late one would fall back)
     finally:
         if sampler is not None:
             sampler.stop()
@@ -366,14 +367,21 @@ def _as_dict(record: Any) -> dict[str, Any]:
 
 def _wait_rows(config_path: str, pids: set[int], timeout: float,
                analysed: bool = False) -> list[dict[str, Any]]:
-    """Rows of the storm, once every PID has one (and is analysed, if asked)."""
+    """Rows of the storm, once every PID has one (and is analysed, if asked) — or as
+    they are once no handler or analysis job of the storm runs any more: a row that
+    is missing then will never come, and the test fails now, naming the lost PIDs,
+    instead of waiting out ``timeout`` (a lost row once looked like a hang)."""
     deadline = time.monotonic() + timeout
     rows: list[dict[str, Any]] = []
+    idle = 0
     while time.monotonic() < deadline:
         rows = [row for row in _index_rows(config_path) if row.get("pid") in pids]
         pending = analysed and any(row.get("analysis_state") == "pending" for row in rows)
         if {row["pid"] for row in rows} >= pids and not pending:
             time.sleep(1.0)  # a duplicate row, if a bug wrote one, would come now
+            return [row for row in _index_rows(config_path) if row.get("pid") in pids]
+        idle = 0 if running_with(config_path.encode()) else idle + 1
+        if idle > 10:  # 2 s with nothing of ours running (the rows read after that)
             return [row for row in _index_rows(config_path) if row.get("pid") in pids]
         time.sleep(0.2)
     return rows

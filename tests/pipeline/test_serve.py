@@ -24,7 +24,13 @@ from coredumpd.ingest import coredump_socket
 from coredumpd.pipeline import socket_handler
 from coredumpd.store.lz4seek import SeekableLz4Reader
 from tests.hardening.helpers import kmsg_lines, uptime_us
-from tests.support.crash import HANDLER, compile_c, registered_handler, write_config
+from tests.support.crash import (
+    HANDLER,
+    compile_c,
+    registered_handler,
+    wait_for_handlers,
+    write_config,
+)
 from tests.support.kernel import CORE_PATTERN, core_pattern
 
 pytestmark = pytest.mark.skipif(not coredump_socket.kernel_supports_socket(),
@@ -86,35 +92,9 @@ def supervised(handler, restart_sec: float = 2.0, workers: int | None = None):
 @contextlib.contextmanager
 def serving(tmp_path, restart_sec: float = 2.0, workers: int | None = None, **config):
     """A store and a supervised server for it: (handler, supervisor)."""
-    with registered_handler(tmp_path, **config) as handler:
-        try:
-            with supervised(handler, restart_sec, workers) as supervisor:
-                yield handler, supervisor
-        finally:
-            wait_for_handlers(handler.config_path)
-
-
-def wait_for_handlers(config_path: str, timeout: float = 60) -> None:
-    """Until no process runs with ``config_path`` (pipe handlers, analysis jobs).
-
-    While a test's pattern is registered, any crash on the machine (another
-    test run's too) goes to it; a handler that the kernel started just before
-    the pattern was restored may still be loading its configuration.  The file
-    must outlive it, or the handler falls back to the default store."""
-    needle = config_path.encode()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = False
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                        busy = busy or needle in handle.read()
-                except OSError:
-                    continue
-        if not busy:
-            return
-        time.sleep(0.1)
+    with registered_handler(tmp_path, **config) as handler, \
+            supervised(handler, restart_sec, workers) as supervisor:
+        yield handler, supervisor  # registered_handler waits for the handlers at its end
 
 
 def _crash(exe: str, *args: str) -> int:

@@ -265,13 +265,70 @@ def _status(returncode: int) -> int:
 @contextlib.contextmanager
 def registered_handler(tmp_path: str | os.PathLike[str],
                        **config_overrides: Any) -> Iterator[RegisteredHandler]:
-    """Write a config under a short /tmp directory and yield a RegisteredHandler."""
+    """Write a config under a short /tmp directory and yield a RegisteredHandler.
+
+    The config is removed only once no handler or analysis job of it runs any
+    more (:func:`wait_for_handlers`): one that loaded it late would fall back to
+    the default store, /var/lib/coredumpd, and the default journal."""
     directory = str(config_overrides.pop("directory", pathlib.Path(tmp_path) / "cores"))
     os.makedirs(directory, exist_ok=True)
     short = tempfile.mkdtemp(prefix="cd", dir="/tmp")
+    config_path = os.path.join(short, "c.conf")
     try:
-        config_path = os.path.join(short, "c.conf")
         write_config(config_path, directory, **config_overrides)
         yield RegisteredHandler(config_path, directory, handler_pattern(config_path))
     finally:
-        shutil.rmtree(short, ignore_errors=True)
+        try:
+            wait_for_handlers(config_path)
+        finally:
+            shutil.rmtree(short, ignore_errors=True)
+
+
+def _dumping() -> set[str]:
+    """PIDs of the processes dumping core now (``CoreDumping: 1`` in /proc/PID/status)."""
+    dumping = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status", "rb") as handle:
+                    if b"\nCoreDumping:\t1" in handle.read():
+                        dumping.add(entry)
+            except OSError:
+                continue
+    return dumping
+
+
+def running_with(needle: bytes) -> bool:
+    """Whether some process has ``needle`` in its command line."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if needle in handle.read():
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def wait_for_handlers(config_path: str, timeout: float = 60) -> bool:
+    """Until no handler of ``config_path`` can still start or run; False on timeout.
+
+    Call it after the test's pattern was restored.  While it was registered any
+    crash on the machine (another test run's too) went to it, and the kernel
+    starts the handler some time after it read the pattern: a process that is
+    still dumping core now may yet get one.  So first every process dumping
+    at this moment must have finished (its handler has then started: the dump
+    waits for it), then no process may run with ``config_path`` on its command
+    line (pipe handlers, analysis jobs)."""
+    deadline = time.monotonic() + timeout
+    dumping = _dumping()
+    while dumping and time.monotonic() < deadline:
+        time.sleep(0.02)
+        dumping &= _dumping()
+    needle = config_path.encode()
+    while running_with(needle):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return not dumping
