@@ -38,10 +38,14 @@ def core_limit(crash: CrashState) -> int | None:
 
 
 def core_wanted(crash: CrashState) -> bool:
-    """False when RLIMIT_CORE (``%c``) is below a page: the process asked for no core."""
+    """False when RLIMIT_CORE (``%c``) is below a page: the process asked for no core.
+
+    As systemd-coredump (save_external_coredump(): "Resource limits disable core
+    dumping"): the crash still gets its row and journal entry, without a core."""
     rlimit = crash.args.rlimit_core
     if rlimit is not None and rlimit < os.sysconf("SC_PAGE_SIZE"):
-        crash.skip_core = f"RLIMIT_CORE is {rlimit}, below a page: no core requested"
+        crash.skip_core = (f"resource limits disable core dumping: RLIMIT_CORE is {rlimit},"
+                           " below a page")
         return False
     return True
 
