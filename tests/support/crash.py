@@ -62,13 +62,16 @@ from typing import Any
 from coredumpd.model import CrashRecord
 from coredumpd.pipeline import install
 from tests.support import hostcheck, journald
-from tests.support.kernel import core_pattern
+from tests.support.kernel import core_pattern, last_restore
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HANDLER = str(pathlib.Path(sys.executable).parent / "coredumpd")
 SPECIFIERS = "%P %i %p %u %g %s %t %c %h %d %F"
 PIPE_LIMIT = install.PIPE_LIMIT  # what `coredumpd install` sets
 DEFAULT_FLAGS = ("-g", "-O0", "-fno-omit-frame-pointer")
+# The kernel execs the handler before it writes a byte of the core: a crash that
+# read a test's pattern has its handler running well within this after the restore.
+HANDLER_EXEC_GRACE_S = 0.3
 
 
 def compile_c(source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -284,20 +287,6 @@ def registered_handler(tmp_path: str | os.PathLike[str],
             shutil.rmtree(short, ignore_errors=True)
 
 
-def _dumping() -> set[str]:
-    """PIDs of the processes dumping core now (``CoreDumping: 1`` in /proc/PID/status)."""
-    dumping = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/status", "rb") as handle:
-                    if b"\nCoreDumping:\t1" in handle.read():
-                        dumping.add(entry)
-            except OSError:
-                continue
-    return dumping
-
-
 def running_with(needle: bytes) -> bool:
     """Whether some process has ``needle`` in its command line."""
     for entry in os.listdir("/proc"):
@@ -316,19 +305,16 @@ def wait_for_handlers(config_path: str, timeout: float = 60) -> bool:
 
     Call it after the test's pattern was restored.  While it was registered any
     crash on the machine (another test run's too) went to it, and the kernel
-    starts the handler some time after it read the pattern: a process that is
-    still dumping core now may yet get one.  So first every process dumping
-    at this moment must have finished (its handler has then started: the dump
-    waits for it), then no process may run with ``config_path`` on its command
-    line (pipe handlers, analysis jobs)."""
+    starts the handler a moment after it read the pattern (it formats the
+    pattern, then execs the handler before it writes a byte of the core).  So
+    first :data:`HANDLER_EXEC_GRACE_S` must have passed since the last restore
+    (tests.support.kernel.last_restore), then no process may run with
+    ``config_path`` on its command line (pipe handlers, analysis jobs)."""
     deadline = time.monotonic() + timeout
-    dumping = _dumping()
-    while dumping and time.monotonic() < deadline:
-        time.sleep(0.02)
-        dumping &= _dumping()
+    time.sleep(max(0.0, last_restore() + HANDLER_EXEC_GRACE_S - time.monotonic()))
     needle = config_path.encode()
     while running_with(needle):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
-    return not dumping
+    return True

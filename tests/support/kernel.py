@@ -15,12 +15,14 @@ import fcntl
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 CORE_PIPE_LIMIT = "/proc/sys/kernel/core_pipe_limit"
 LOCK_PATH = "/run/coredumpd-test-core-pattern.lock"
 PATTERN_MAX = 127  # the kernel's CORENAME_MAX_SIZE is 128 including the NUL
+_last_restore = [0.0]  # time.monotonic() when this process last put the values back
 
 
 def _read(path: str) -> str:
@@ -75,6 +77,7 @@ def settings_restored() -> Iterator[tuple[str, str]]:
         def restore() -> None:
             _write(CORE_PATTERN, saved_pattern)
             _write(CORE_PIPE_LIMIT, saved_limit)
+            _last_restore[0] = time.monotonic()
 
         atexit.register(restore)
         try:
@@ -98,10 +101,14 @@ def crashes_discarded() -> Iterator[str]:
     private directory: the kernel then honours RLIMIT_CORE, and with the limit 0
     (:func:`no_core_file`, for the children) writes nothing and starts nothing.
     A child that raised its limit would leave its core in that directory, which
-    is removed afterwards.  Yields the directory.
+    is removed afterwards.  Yields the directory.  Where core_pattern cannot be
+    swapped (not root) the block runs as it is: RLIMIT_CORE 0 is all there is.
     """
     directory = tempfile.mkdtemp(prefix="coredumpd-discard-", dir="/tmp")
     try:
+        if not can_swap_core_pattern():
+            yield directory
+            return
         with core_pattern(f"{directory}/core.%P"):
             yield directory
     finally:
@@ -112,6 +119,15 @@ def no_core_file() -> None:
     """``preexec_fn`` for a child run under :func:`crashes_discarded`: RLIMIT_CORE 0."""
     import resource
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def last_restore() -> float:
+    """``time.monotonic()`` when this process last restored core_pattern (0: never).
+
+    A crash whose dump began before that moment may still be starting the handler
+    of the pattern that was in force (the kernel reads the pattern first, then
+    starts the handler)."""
+    return _last_restore[0]
 
 
 def raw_core_pattern(directory: str) -> str:
