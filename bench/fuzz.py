@@ -29,6 +29,7 @@ replays them.  The last line of output is a JSON summary.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import faulthandler
 import hashlib
@@ -438,7 +439,20 @@ def _limit(memory_max: int) -> None:
     faulthandler.disable()  # a worker's fatal signal is a finding, not a traceback dump
     resource.setrlimit(resource.RLIMIT_AS, (memory_max, memory_max))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # The kernel ignores RLIMIT_CORE for pipe and socket core_patterns: a crashing
+    # worker went to the machine's coredumpd.  Not dumpable (with fs.suid_dumpable 0)
+    # it dumps nowhere; the worker is forked, not exec'd, so the flag stays.
+    _prctl(PR_SET_DUMPABLE, 0)
     signal.signal(signal.SIGALRM, _alarm)
+
+
+PR_SET_DUMPABLE = 4  # include/uapi/linux/prctl.h
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}, {value})")
 
 
 RECYCLE = 2000  # inputs per worker: caches that grow across inputs must not pile up
