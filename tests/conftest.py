@@ -4,8 +4,11 @@ journald fixture, and the end-of-run check that the host is as it was
 
 from __future__ import annotations
 
+import os
 import pathlib
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -20,14 +23,38 @@ from tests.support.kernel import can_swap_core_pattern
 
 HOST_BEFORE = pytest.StashKey[hostcheck.HostState]()
 HOST_REPORT = pytest.StashKey[tuple[list[str], list[str]]]()
+DEFAULT_CONFIG = pytest.StashKey[str]()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[HOST_BEFORE] = hostcheck.snapshot()
+    session.config.stash[DEFAULT_CONFIG] = _private_default_config()
+
+
+def _private_default_config() -> str:
+    """A default configuration of the run's own, for corectl without --config.
+
+    Its default is /etc/coredumpd/coredumpd.conf, else Directory=/var/lib/coredumpd:
+    on a machine where coredumpd is installed, tests that ran ``corectl analyze``
+    on a loose core filled that store's module cache, and ``corectl list`` saw the
+    machine's crashes.  Here the default file names a store that does not exist
+    (as on a fresh machine): in-process through coredumpd.config, in children
+    through COREDUMPD_CONFIG.  Returns the directory, removed at the end."""
+    import coredumpd.config
+    from tests.support.crash import write_config
+    directory = tempfile.mkdtemp(prefix="coredumpd-tests-default-")
+    path = os.path.join(directory, "coredumpd.conf")
+    write_config(path, os.path.join(directory, "store"), journal=False)
+    coredumpd.config.DEFAULT_CONFIG_PATH = path
+    os.environ["COREDUMPD_CONFIG"] = path
+    return directory
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     journald.close_session()
+    default_config = session.config.stash.get(DEFAULT_CONFIG, None)
+    if default_config is not None:
+        shutil.rmtree(default_config, ignore_errors=True)
     before = session.config.stash.get(HOST_BEFORE, None)
     if before is None:
         return

@@ -12,12 +12,18 @@ import sys
 CORE = pathlib.Path(__file__).resolve().parents[2] / "fixtures" / "cores" / "abort" / "core.lz4"
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """PATH and the run's default configuration (tests/conftest.py: no machine store)."""
+    return {"PATH": os.environ["PATH"],
+            "COREDUMPD_CONFIG": os.environ.get("COREDUMPD_CONFIG", ""), **extra}
+
+
 def run_on_terminal(args: list[str], **env: str) -> tuple[int, str]:
     """Run corectl with stdout on a pseudo-terminal; return (status, what it showed)."""
     controller, terminal = pty.openpty()
     child = subprocess.Popen([sys.executable, "-m", "coredumpd.cli.corectl", *args],
                              stdout=terminal, stderr=subprocess.PIPE,
-                             env={"PATH": os.environ["PATH"], "TERM": "xterm", **env})
+                             env=_env(TERM="xterm", **env))
     os.close(terminal)
     chunks = []
     while True:
@@ -50,5 +56,5 @@ def test_no_pager_and_no_color() -> None:
 def test_piped_output_is_plain() -> None:
     result = subprocess.run([sys.executable, "-m", "coredumpd.cli.corectl", "analyze",
                              str(CORE)], capture_output=True, text=True, check=True,
-                            env={"PATH": os.environ["PATH"], "PAGER": "sed s/^/PAGED:/"})
+                            env=_env(PAGER="sed s/^/PAGED:/"))
     assert "PAGED:" not in result.stdout and "\x1b" not in result.stdout
