@@ -53,6 +53,50 @@ def test_another_runs_entries_are_noted_not_counted(tmp_path) -> None:
     assert len(changed) == 4  # ours, and what nobody can be shown to have written
 
 
+def _checkout(path) -> str:
+    """A directory that looks like another coredumpd checkout."""
+    (path / "tests" / "support").mkdir(parents=True)
+    (path / "tests" / "support" / "hostcheck.py").write_text("")
+    return str(path)
+
+
+def test_crashes_in_another_checkout_are_noted_whoever_stored_them(tmp_path) -> None:
+    """The machine's coredumpd (installed from this checkout: its _CMDLINE names us)
+    stored a crash of another checkout's test run: not this run's change."""
+    other = _checkout(tmp_path / "wt-other")
+    server = {"_CMDLINE": f"{hostcheck.REPO}/.venv/bin/python3 -m coredumpd.pipeline.main",
+              "COREDUMP_PID": "10"}
+    by_cwd = {**server, "COREDUMP_CWD": other}
+    by_pwd = {**server, "COREDUMP_CWD": "/", "COREDUMP_ENVIRON": f"HOME=/root\nPWD={other}"}
+    here = {**server, "COREDUMP_CWD": hostcheck.REPO,
+            "COREDUMP_ENVIRON": f"PWD={hostcheck.REPO}"}
+    not_a_checkout = {**server, "COREDUMP_CWD": str(tmp_path)}
+    changed, notes = hostcheck.differences(_state(), _state(
+        {"c1": by_cwd, "c2": by_pwd, "c3": here, "c4": not_a_checkout}))
+    assert len(notes) == 2 and all(other in note for note in notes)
+    assert len(changed) == 2
+
+
+def test_store_rows_of_another_checkout_are_noted(tmp_path) -> None:
+    other = _checkout(tmp_path / "wt-other")
+    before = {"files": ["index.sqlite", "saved-sysctl"], "rows": {"crashes": [["a", 1]]},
+              "others": {}}
+    theirs = {"files": [*before["files"], "core.x.lz4"],
+              "rows": {"crashes": [["a", 1], ["b", 2]]}, "others": {"b": [other, "core.x.lz4"]}}
+    changed, notes = hostcheck.differences(_state(store=before), _state(store=theirs))
+    assert changed == [] and len(notes) == 1 and "new row b (pid 2)" in notes[0]
+    analysed = {**theirs, "files": [*theirs["files"], "cache", "cache/1234.mod"]}
+    assert hostcheck.differences(_state(store=before), _state(store=analysed))[0] == []
+    cache_only = {**before, "files": [*before["files"], "cache", "cache/1234.mod"]}
+    assert len(hostcheck.differences(_state(store=before), _state(store=cache_only))[0]) == 1
+    ours = {**theirs, "rows": {"crashes": [["a", 1], ["b", 2], ["c", 3]]}}
+    stray_file = {**theirs, "files": [*theirs["files"], "core.y.lz4"]}
+    row_gone = {**theirs, "rows": {"crashes": [["b", 2]]}}
+    for after in (ours, stray_file, row_gone):
+        changed, notes = hostcheck.differences(_state(store=before), _state(store=after))
+        assert len(changed) == 1 and changed[0].startswith("/var/lib/coredumpd: was"), after
+
+
 def test_real_host_snapshots_agree() -> None:
     first = hostcheck.snapshot()
     second = hostcheck.snapshot()
