@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 import time
 
 import jsonschema
@@ -42,7 +43,15 @@ def _wait_for_coredumpctl(directory: str, pid: int) -> str:
     while result.returncode != 0 and time.monotonic() < deadline:
         time.sleep(0.2)
         result = systemd_tools.run_coredumpctl("-D", directory, "info", str(pid))
-    assert result.returncode == 0, result.stderr
+    if result.returncode != 0:  # what the journal holds, for the diagnosis (seen 2 in 6 runs)
+        journal = subprocess.run(["journalctl", "-D", directory, "-o", "json",
+                                  f"COREDUMP_PID={pid}"], capture_output=True, text=True,
+                                 check=False)
+        files = sorted(os.listdir(directory)) if os.path.isdir(directory) else "no directory"
+        process = _session_journal().process
+        alive = process is not None and process.poll() is None
+        raise AssertionError(f"{result.stderr}; journalctl -D: {journal.stdout[:2000]!r} "
+                             f"{journal.stderr[:500]!r}; files {files}; journald alive: {alive}")
     return result.stdout
 
 
