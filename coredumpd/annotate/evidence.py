@@ -64,6 +64,11 @@ def registers(ctx: AnalysisContext) -> dict[str, int]:
     return crashed.registers if crashed is not None else {}
 
 
+def register(ctx: AnalysisContext, name: str) -> int | None:
+    """The crashed thread's register ``name`` as an instruction names it (``eax``, ``r8d``)."""
+    return ctx.space.arch.register_value(registers(ctx), name)
+
+
 def pc_of(ctx: AnalysisContext) -> int | None:
     return registers(ctx).get(ctx.space.arch.pc_name)
 

@@ -19,6 +19,8 @@ from collections.abc import Collection, Mapping
 from coredumpd.arch.interface import (
     Arch,
     FrameRecord,
+    MemoryOperand,
+    PlainOperand,
     PltLayout,
     Registers,
     SignalFrame,
@@ -26,7 +28,7 @@ from coredumpd.arch.interface import (
 )
 from coredumpd.errors import FormatError
 
-__all__ = ["Arch", "FrameRecord", "PltLayout", "Registers", "SignalFrame",
+__all__ = ["Arch", "FrameRecord", "MemoryOperand", "PlainOperand", "PltLayout", "Registers", "SignalFrame",
            "WordReader", "dwarf_named", "dwarf_numbered", "for_machine", "for_registers"]
 
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 import dataclasses
 import struct
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 Registers = dict[int, int]  # DWARF register number -> value
 WordReader = Callable[[int], int]  # address -> the word there (raises MemoryReadError)
+# One operand as capstone's detail mode gives it, reduced to plain values (so that it can
+# be remembered, symbolize/decoded.py): (memory operand?, access (CS_AC_* bits), base
+# register, index register, scale, displacement); a machine's plain_operand makes it.
+PlainOperand = tuple[bool, int, str | None, str | None, int, int]
+CS_AC_READ, CS_AC_WRITE = 1, 2  # capstone.h cs_ac_type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +64,27 @@ class SignalFrame:
         return sp + self.ucontext_offset + self.mcontext_offset + self.register_offsets[number]
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryOperand:
+    """One memory operand of an instruction: its text, how it is accessed, its address.
+
+    ``base``/``index`` are register names as the disassembler prints them;
+    ``address`` is None when a register it uses is unknown.
+    """
+
+    text: str
+    reads: bool
+    writes: bool
+    base: str | None
+    index: str | None
+    address: int | None
+
+    @property
+    def access(self) -> str:
+        return "write" if self.writes and not self.reads else (
+            "read-modify-write" if self.writes else "read")
+
+
 class Arch(Protocol):
     """The facts of one machine that the rest of coredumpd reads."""
 
@@ -101,4 +127,24 @@ class Arch(Protocol):
     def caller_of_bad_call(self, registers: Registers, read_word: WordReader) -> \
             Registers | None:
         """The caller's registers right after a call to a bad address (pc 0, NX memory)."""
+        ...
+
+    def plain_operand(self, insn: Any, operand: Any) -> PlainOperand:
+        """One operand of a capstone instruction decoded in detail mode, as plain values."""
+        ...
+
+    def memory_operand(self, operand: PlainOperand, text: str, registers: Mapping[str, int],
+                       next_pc: int) -> MemoryOperand:
+        """A memory operand (``operand[0]`` true) with the address it computes from
+        ``pr_reg``-named ``registers``; ``next_pc`` is the address after the instruction."""
+        ...
+
+    def register_value(self, registers: Mapping[str, int], name: str) -> int | None:
+        """The value of register ``name`` as an instruction names it (a narrower view of a
+        ``pr_reg`` register included), from ``pr_reg``-named ``registers``."""
+        ...
+
+    def touches_memory_implicitly(self, mnemonic: str) -> bool:
+        """Does an instruction with this mnemonic access memory through no operand
+        (the stack, string instructions)?"""
         ...

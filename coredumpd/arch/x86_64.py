@@ -8,7 +8,7 @@ Sources, so each line reads beside them: the kernel's
 ``struct sigcontext``), glibc's ``sysdeps/unix/sysv/linux/x86_64/sys/ucontext.h``
 and ``libc_sigaction.c`` (``__restore_rt``), the System V x86-64 psABI
 (DWARF register numbers, figure 3.36; ``R_X86_64_*``; the PLT) and the Intel
-SDM vol. 2 (``CALL`` encodings).
+SDM vol. 1 (effective addresses, 3.7.5) and vol. 2 (``CALL`` encodings).
 """
 
 from __future__ import annotations
@@ -16,9 +16,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 from coredumpd.arch.interface import (
+    CS_AC_READ,
+    CS_AC_WRITE,
     FrameRecord,
+    MemoryOperand,
+    PlainOperand,
     PltLayout,
     Registers,
     SignalFrame,
@@ -74,6 +79,12 @@ CALL_LENGTHS = (5, 9, 8, 7, 6, 4, 3, 2)  # longest first: keep prefixes (REX, no
 CALL_REL32 = 0xE8
 CALL_INDIRECT = 0xFF  # group 5; /2 is CALL
 MAX_PREFIXES = 2  # REX and notrack before an indirect call's ff
+
+# Memory accessed through no operand: the stack (push, pop, call, ret, enter,
+# leave, pushf, popf) and the string instructions, with or without a rep prefix.
+STACK_MNEMONICS = frozenset({"push", "pop", "call", "ret", "enter", "leave", "pushf",
+                             "popf", "pushfq", "popfq"})
+STRING_MNEMONIC_PREFIXES = ("rep", "movs", "stos", "lods", "scas", "cmps")
 
 
 class X86_64:
@@ -141,6 +152,49 @@ class X86_64:
         caller = dict(registers)
         caller[RIP], caller[RSP] = read_word(sp), sp + self.word_size
         return caller
+
+    def plain_operand(self, insn: Any, operand: Any) -> PlainOperand:
+        """capstone's x86 operand: an ``X86_OP_MEM`` one with its base, index, scale and
+        displacement (register names as capstone prints them)."""
+        # Imported here: whoever decoded ``insn`` loaded capstone already, and the
+        # modules that import this one (the core model) need not pay for it.
+        from capstone import x86  # type: ignore[import-untyped]
+
+        if operand.type != x86.X86_OP_MEM:
+            return (False, operand.access, None, None, 0, 0)
+        mem = operand.mem
+        return (True, operand.access, insn.reg_name(mem.base) if mem.base else None,
+                insn.reg_name(mem.index) if mem.index else None, mem.scale, mem.disp)
+
+    def memory_operand(self, operand: PlainOperand, text: str, registers: Mapping[str, int],
+                       next_pc: int) -> MemoryOperand:
+        """The address is ``base + index * scale + disp`` (SDM vol. 1, 3.7.5), with ``rip``
+        meaning the next instruction, wrapped to 64 bits as the processor does."""
+        _memory, access, base, index, index_scale, disp = operand
+        address: int | None = disp
+        for name, scale in ((base, 1), (index, index_scale)):
+            if name is None or address is None:
+                continue
+            value = next_pc if name == self.pc_name else self.register_value(registers, name)
+            address = None if value is None else address + value * scale
+        if address is not None:
+            address &= (1 << 64) - 1
+        return MemoryOperand(text, bool(access & CS_AC_READ), bool(access & CS_AC_WRITE),
+                             base, index, address)
+
+    def register_value(self, registers: Mapping[str, int], name: str) -> int | None:
+        """A 64-bit register (``rax``) or its low 32 bits (``eax``, ``r8d``)."""
+        if name in registers:
+            return registers[name]
+        if name.startswith("e") and "r" + name[1:] in registers:
+            return registers["r" + name[1:]] & 0xFFFFFFFF
+        if name.startswith("r") and name.endswith("d") and name[:-1] in registers:
+            return registers[name[:-1]] & 0xFFFFFFFF
+        return None
+
+    def touches_memory_implicitly(self, mnemonic: str) -> bool:
+        return mnemonic.split()[0] in STACK_MNEMONICS or \
+            mnemonic.startswith(STRING_MNEMONIC_PREFIXES)
 
 
 ARCH = X86_64()

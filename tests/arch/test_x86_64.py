@@ -146,6 +146,71 @@ def test_registers_name_their_machine() -> None:
     assert for_registers(()) is None
 
 
+def test_register_value_reads_32_bit_views() -> None:
+    registers = {"rax": 0x1122334455667788, "r8": 0xFFFFFFFF00000001}
+    assert ARCH.register_value(registers, "rax") == 0x1122334455667788
+    assert ARCH.register_value(registers, "eax") == 0x55667788
+    assert ARCH.register_value(registers, "r8d") == 1
+    assert ARCH.register_value(registers, "ebx") is None
+    assert ARCH.register_value(registers, "ax") is None  # 16-bit views are not read
+
+
+def _decode(hex_code: str, address: int = 0x1000) -> Any:
+    import capstone
+
+    engine = capstone.Cs(getattr(capstone, ARCH.capstone_arch),
+                         getattr(capstone, ARCH.capstone_mode))
+    engine.detail = True
+    insn = next(engine.disasm(bytes.fromhex(hex_code), address, 1))
+    assert insn.size == len(hex_code) // 2
+    return insn
+
+
+def _memory(hex_code: str, registers: dict[str, int]) -> list[Any]:
+    """The memory operands of one instruction, through plain_operand and memory_operand
+    as annotate/insn.py takes them (capstone joins the operands' texts with ", ")."""
+    insn = _decode(hex_code)
+    plain = [ARCH.plain_operand(insn, operand) for operand in insn.operands]
+    texts = insn.op_str.split(", ")
+    return [ARCH.memory_operand(operand, texts[position], registers, insn.address + insn.size)
+            for position, operand in enumerate(plain) if operand[0]]
+
+
+def test_memory_operands_compute_base_index_scale_displacement() -> None:
+    # mov rax, qword ptr [rbx + rcx*8 + 0x10]
+    (operand,) = _memory("488b44cb10", {"rbx": 0x7000, "rcx": 3})
+    assert (operand.base, operand.index, operand.address) == ("rbx", "rcx", 0x7000 + 24 + 0x10)
+    assert operand.text == "qword ptr [rbx + rcx*8 + 0x10]"
+    assert (operand.reads, operand.writes, operand.access) == (True, False, "read")
+
+
+def test_memory_operands_say_how_they_are_accessed() -> None:
+    registers = {"rax": 0x10, "rdi": 0x20}
+    (written,) = _memory("8908", registers)  # mov dword ptr [rax], ecx
+    assert (written.text, written.address, written.access) == ("dword ptr [rax]", 0x10, "write")
+    (both,) = _memory("0107", registers)  # add dword ptr [rdi], eax
+    assert (both.address, both.access) == (0x20, "read-modify-write")
+    assert _memory("4889c3", registers) == []  # mov rbx, rax
+
+
+def test_memory_operands_rip_relative_unknown_and_wrapping() -> None:
+    # mov rax, qword ptr [rip + 0x10]: rip is the next instruction, 0x1000 + 7
+    (relative,) = _memory("488b0510000000", {})
+    assert relative.address == 0x1007 + 0x10
+    (unknown,) = _memory("8b4208", {})  # mov eax, dword ptr [rdx + 8]
+    assert unknown.base == "rdx" and unknown.address is None
+    # mov eax, dword ptr [rdx - 8] with rdx = 0: wraps as the processor does
+    (wrapped,) = _memory("8b42f8", {"rdx": 0})
+    assert wrapped.address == (1 << 64) - 8
+
+
+def test_memory_touched_through_no_operand() -> None:
+    for code in ("50", "5d", "c3", "e800000000", "c9", "9c", "f3a4", "aa", "48a5"):
+        assert ARCH.touches_memory_implicitly(_decode(code).mnemonic), code
+    for code in ("4889c3", "488b0424", "0f0b"):
+        assert not ARCH.touches_memory_implicitly(_decode(code).mnemonic), code
+
+
 # -- the signal frame on a real core ---------------------------------------------------
 
 

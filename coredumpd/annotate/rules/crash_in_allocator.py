@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from coredumpd.annotate import evidence as E
 from coredumpd.annotate.context import AnalysisContext, Annotation
-from coredumpd.annotate.insn import register_value
 
 RULE_ID = "crash-in-allocator"
 TOP_FRAMES = 4  # the allocator's own call depth (free -> _int_free -> unlink_chunk ...)
@@ -45,7 +44,7 @@ def check(ctx: AnalysisContext) -> list[Annotation]:
     if instruction is not None:
         lines.append(f"faulting instruction: {instruction.describe()}")
         for operand in instruction.memory:
-            value = register_value(E.registers(ctx), operand.base) if operand.base else None
+            value = E.register(ctx, operand.base) if operand.base else None
             if value is not None and operand.base != ctx.space.arch.pc_name:
                 lines.append(f"{operand.text}: {operand.base} = {value:#x}")
     entry = inside[-1].split(" ", 1)[1]

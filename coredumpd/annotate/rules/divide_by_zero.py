@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from coredumpd.annotate import evidence as E
 from coredumpd.annotate.context import AnalysisContext, Annotation
-from coredumpd.annotate.insn import DecodedInstruction, register_value
+from coredumpd.annotate.insn import DecodedInstruction
 from coredumpd.errors import CoredumpdError
 
 RULE_ID = "divide-by-zero"
@@ -64,4 +64,4 @@ def _operand_value(ctx: AnalysisContext, instruction: DecodedInstruction) -> int
             return int.from_bytes(ctx.space.read(operand.address, size), "little")
         except CoredumpdError:
             return None
-    return register_value(E.registers(ctx), instruction.op_str.strip())
+    return E.register(ctx, instruction.op_str.strip())

@@ -13,12 +13,8 @@ from __future__ import annotations
 
 from coredumpd.annotate import evidence as E
 from coredumpd.annotate.context import AnalysisContext, Annotation
-from coredumpd.annotate.insn import (
-    DecodedInstruction,
-    MemoryOperand,
-    is_canonical,
-    register_value,
-)
+from coredumpd.annotate.insn import DecodedInstruction, is_canonical
+from coredumpd.arch import MemoryOperand
 from coredumpd.elf.layouts import SI
 
 RULE_ID = "general-protection"
@@ -58,7 +54,7 @@ def _branch_target(ctx: AnalysisContext, instruction: DecodedInstruction) -> int
     if instruction.memory:
         address = instruction.memory[0].address
         return None if address is None else E.read_word(ctx, address)
-    return register_value(E.registers(ctx), instruction.op_str.strip())
+    return E.register(ctx, instruction.op_str.strip())
 
 
 def _explain(mnemonic: str, operands: tuple[MemoryOperand, ...], lines: list[str],

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from coredumpd.annotate import evidence as E
 from coredumpd.annotate.context import AnalysisContext, Annotation
-from coredumpd.annotate.insn import DecodedInstruction, MemoryOperand, register_value
+from coredumpd.annotate.insn import DecodedInstruction
+from coredumpd.arch import MemoryOperand
 
 RULE_ID = "null-deref"
 NULL_PAGE_LIMIT = 0x10000  # vm.mmap_min_addr default
@@ -63,7 +64,7 @@ def _pointer_register(ctx: AnalysisContext, operand: MemoryOperand) -> str:
     parts = []
     for name in (operand.base, operand.index):
         if name and name != ctx.space.arch.pc_name:  # pc-relative: not a pointer
-            value = register_value(E.registers(ctx), name)
+            value = E.register(ctx, name)
             if value is not None:
                 parts.append(f"{name} = {value:#x}")
     return f" ({', '.join(parts)})" if parts else ""
