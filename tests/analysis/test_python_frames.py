@@ -106,7 +106,10 @@ def test_pystack_warnings_stay_off_stderr_and_are_said_in_problems(tmp_path: pat
     run = subprocess.run([sys.executable, "-m", "coredumpd.cli.corectl", "--json", "analyze",
                           str(core), "--exe", str(fixture.binary_path)],
                          capture_output=True, text=True, check=False,
-                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                              # the run's default configuration (tests/conftest.py): without
+                              # it corectl's module cache went to an installed machine's store
+                              "COREDUMPD_CONFIG": os.environ["COREDUMPD_CONFIG"]})
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""
     problems = [p for p in json.loads(run.stdout)["problems"] if p.startswith("python frames")]
