@@ -10,42 +10,23 @@ process and never another one that got its PID later.
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 from coredumpd.ingest import procfs
+from coredumpd.pipeline import saved
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 STOP_TIMEOUT_SEC = 60.0
 
 
-def _load(saved_path: str) -> dict[str, Any]:
-    try:
-        with open(saved_path, encoding="utf-8") as handle:
-            value = json.load(handle)
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _store(saved_path: str, values: dict[str, Any]) -> None:
-    temp = f"{saved_path}.tmp{os.getpid()}"
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(values, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, saved_path)
-
-
 def running_supervisor(saved_path: str) -> int | None:
     """The PID of the supervisor that install started, if that very process still runs."""
-    record = _load(saved_path).get("supervisor")
+    record = saved.load(saved_path).get("supervisor")
     if not isinstance(record, dict):
         return None
     pid = record.get("pid")
@@ -69,10 +50,10 @@ def start_supervisor(saved_path: str, config_path: str | None, socket_path: str,
         argv += ["--handler", handler]
     process = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
-    values = _load(saved_path)
+    values = saved.load(saved_path)
     values["supervisor"] = {"pid": process.pid,
                             "start_ticks": procfs.start_time_ticks(process.pid)}
-    _store(saved_path, values)
+    saved.write(saved_path, values)
     deadline = time.monotonic() + wait_sec
     wanted = f"@@{os.path.abspath(socket_path)}"
     while time.monotonic() < deadline and process.poll() is None:
@@ -101,8 +82,8 @@ def stop_supervisor(saved_path: str) -> bool:
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     finally:
         os.close(pidfd)
-    values = _load(saved_path)
+    values = saved.load(saved_path)
     values.pop("supervisor", None)
     if values:
-        _store(saved_path, values)
+        saved.write(saved_path, values)
     return True

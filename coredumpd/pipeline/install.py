@@ -25,13 +25,13 @@ a 90 ms tiny-core reap here, against 15 ms for ``python -I -S``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from coredumpd.errors import ConfigError
 from coredumpd.ingest.args import PATTERN_ARGS
-from coredumpd.paths import DEFAULT_SOCKET_PATH, SAVED_SYSCTL_PATH, make_directory
+from coredumpd.paths import DEFAULT_SOCKET_PATH, SAVED_SYSCTL_PATH
+from coredumpd.pipeline import saved
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 CORE_PIPE_LIMIT = "/proc/sys/kernel/core_pipe_limit"
@@ -119,16 +119,6 @@ def _write(path: str, value: str) -> None:
         handle.write(value)
 
 
-def _save(saved_path: str, values: dict[str, str]) -> None:
-    make_directory(os.path.dirname(saved_path))  # the store, with the store's mode
-    temp = f"{saved_path}.tmp{os.getpid()}"
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(values, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, saved_path)
-
-
 def install(config_path: str | None = None, saved_path: str = SAVED_SYSCTL_PATH,
             handler: str | None = None, launcher_dir: str = LAUNCHER_DIR) -> str:
     """Register the handler (by default a fresh launcher in ``launcher_dir``);
@@ -147,7 +137,7 @@ def install(config_path: str | None = None, saved_path: str = SAVED_SYSCTL_PATH,
         current = {"core_pattern": _read(CORE_PATTERN), "core_pipe_limit": _read(CORE_PIPE_LIMIT)}
         ours = current["core_pattern"].startswith((f"|{handler} ", "@@"))
         if not ours or not os.path.exists(saved_path):
-            _save(saved_path, current)  # never save our own pattern as "the previous one"
+            saved.write(saved_path, current)  # never save our own pattern as "the previous one"
         _write(CORE_PIPE_LIMIT, str(PIPE_LIMIT))
         _write(CORE_PATTERN, pattern)
     except OSError as err:
@@ -200,19 +190,17 @@ def uninstall(saved_path: str = SAVED_SYSCTL_PATH,
     from coredumpd.pipeline.daemon import stop_supervisor
     stop_supervisor(saved_path)  # what install started, before the pattern it restores
     try:
-        with open(saved_path, encoding="utf-8") as handle:
-            saved = json.load(handle)
-        saved.pop("supervisor", None)
-        _write(CORE_PATTERN, saved["core_pattern"])
-        _write(CORE_PIPE_LIMIT, saved["core_pipe_limit"])
+        previous = saved.previous_sysctls(saved_path)
+        _write(CORE_PATTERN, previous["core_pattern"])
+        _write(CORE_PIPE_LIMIT, previous["core_pipe_limit"])
         os.unlink(saved_path)
     except FileNotFoundError as err:
         raise ConfigError(f"nothing to restore: {saved_path} does not exist "
                           "(was coredumpd installed?)") from err
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise ConfigError(f"cannot restore from {saved_path}: {err}") from err
-    remove_launcher(launcher_dir, keep_if_used_by=str(saved["core_pattern"]))
-    return {key: str(value) for key, value in saved.items()}
+    remove_launcher(launcher_dir, keep_if_used_by=previous["core_pattern"])
+    return previous
 
 
 def remove_launcher(directory: str = LAUNCHER_DIR, keep_if_used_by: str = "") -> bool:

@@ -164,3 +164,36 @@ def test_launcher_starts_the_handler_without_site(tmp_path):
     flags = subprocess.run([str(probe)], env={}, cwd="/", check=True, capture_output=True,
                            text=True).stdout.strip()
     assert flags == "1 1 False"  # -S and -I from the shebang; the package found anyway
+
+
+def test_saved_values_one_reader_and_writer(tmp_path):
+    """install's values and the daemon's supervisor record share one file, replaced
+    whole; uninstall's reader wants both sysctls as strings, the lenient one gives {}."""
+    from coredumpd.pipeline import saved
+    path = str(tmp_path / "store" / "saved-sysctl")
+    assert saved.load(path) == {}
+    saved.write(path, {"core_pattern": "core", "core_pipe_limit": "0"})
+    values = saved.load(path)
+    values["supervisor"] = {"pid": 1, "start_ticks": 2}
+    saved.write(path, values)
+    assert saved.previous_sysctls(path) == {"core_pattern": "core", "core_pipe_limit": "0"}
+    assert saved.load(path)["supervisor"] == {"pid": 1, "start_ticks": 2}
+    assert os.listdir(tmp_path / "store") == ["saved-sysctl"]  # no temporary file left
+    for text in ('["core"]', '{"core_pattern": "core"}',
+                 '{"core_pattern": "core", "core_pipe_limit": 3}', "{"):
+        pathlib.Path(path).write_text(text)
+        assert saved.load(path) == ({} if not text.startswith('{"') else json.loads(text))
+        with pytest.raises(ValueError):
+            saved.previous_sysctls(path)
+
+
+@pytest.mark.kernel
+def test_uninstall_refuses_saved_values_it_cannot_use_and_changes_nothing(tmp_path):
+    saved = tmp_path / "saved-sysctl"
+    saved.write_text('{"core_pattern": "core"}')
+    with core_pattern("|/bin/false untouched", 5):
+        with pytest.raises(ConfigError, match="cannot restore from .*core_pipe_limit"):
+            install.uninstall(saved_path=str(saved), launcher_dir=str(tmp_path / "none"))
+        assert _read(CORE_PATTERN) == "|/bin/false untouched"
+        assert _read(CORE_PIPE_LIMIT) == "5"
+    assert saved.exists()
