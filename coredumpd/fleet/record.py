@@ -5,7 +5,9 @@ the signature and its frames, the crashed thread's frames, the modules with
 their build-ids and package (the ELF package note, systemd's "Package
 Metadata for Core Files", https://systemd.io/ELF_PACKAGE_METADATA/, else
 dpkg's database: :mod:`coredumpd.fleet.dpkg`), the time of the analysis, and
-who holds the core: machine-id, host name, container id.
+who holds the core: machine-id, host name, container id (the facts' container, as
+:mod:`coredumpd.ingest.container` found it: the same id as the index's
+``container_id`` column and the journal's ``COREDUMP_CONTAINER_ID``).
 
 Never the core's memory: no registers, no disassembly, no annotation evidence,
 titles or advice (evidence quotes bytes read from the process, and some titles
@@ -18,13 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import time
 from typing import Any, ClassVar
 
 from coredumpd.errors import CoredumpdError
 from coredumpd.fleet import dpkg
+from coredumpd.ingest.container import from_cgroup
 from coredumpd.model import CrashRecord, Frame, Module, Record, Versioned
 
 MACHINE_ID_PATH = "/etc/machine-id"
@@ -37,9 +39,6 @@ MAX_PACKAGE_NOTE = 4096
 ROW_FIELDS = ("pid", "tid", "ns_pid", "uid", "gid", "signal", "si_code", "fault_address",
               "comm", "exe", "cmdline", "unit", "cgroup", "core_path", "core_state",
               "core_reason", "core_size", "stored_size", "analysis_state")
-# Container runtimes name their cgroups after the 64-hex container id: docker-ID.scope,
-# /docker/ID, crio-ID.scope, libpod-ID.scope, cri-containerd-ID.scope, /kubepods/.../ID.
-CONTAINER_ID = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?(?:/|$)")
 
 
 class FleetModule(Record):
@@ -84,10 +83,14 @@ def read_machine_id(path: str = MACHINE_ID_PATH) -> str:
         return ""
 
 
-def container_id(cgroup: str) -> str | None:
-    """The container id in a cgroup path, where a runtime put one."""
-    match = CONTAINER_ID.search(cgroup or "")
-    return match.group(1) if match else None
+def container_id(record: CrashRecord) -> str | None:
+    """The id of the container the process ran in: the facts' (64 hex digits of a
+    docker, podman, containerd or CRI-O container; an nspawn machine's name), else,
+    for a row stored before the facts had a container, the same parser over its cgroup."""
+    found = record.container.get("id") or record.container_id
+    if not found and record.cgroup:
+        found = (from_cgroup(record.cgroup) or {}).get("id")
+    return str(found) if found else None
 
 
 def package_note(path: str, build_id: str | None) -> dict[str, str] | None:
@@ -224,7 +227,7 @@ def build_record(record: CrashRecord, host: str = "", machine_id: str | None = N
         crash_id=record.id, machine_id=read_machine_id() if machine_id is None else machine_id,
         analyzed_us=time.time_ns() // 1000 if analyzed_us is None else analyzed_us,
         host=host or default_host(), boot_id=record.boot_id,
-        container_id=container_id(record.cgroup), timestamp_us=record.timestamp_us or 0,
+        container_id=container_id(record), timestamp_us=record.timestamp_us or 0,
         signal_name=_signal_name(record), row={name: columns[name] for name in ROW_FIELDS},
         root_cause=record.root_cause or None, signature=record.signature or None,
         signature_frames=list(analysis.signature_frames) if analysis is not None else [],

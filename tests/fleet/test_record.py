@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import pathlib
 
+import pytest
+
 from coredumpd.fleet.record import (
     FleetRecord,
     build_record,
@@ -13,6 +15,7 @@ from coredumpd.fleet.record import (
     readable_frames,
     record_json,
 )
+from coredumpd.ingest.container import describe
 from coredumpd.model import (
     AnalysisResult,
     Annotation,
@@ -90,12 +93,44 @@ def test_strings_from_the_process_are_made_acceptable_to_jsonb() -> None:
     assert json.loads(text)["row"]["cmdline"] == "a\\x00b \\xff"
 
 
-def test_container_ids_from_the_runtimes_cgroups() -> None:
-    assert container_id(f"0::/system.slice/docker-{DOCKER_ID}.scope") == DOCKER_ID
-    assert container_id(f"0::/docker/{DOCKER_ID}") == DOCKER_ID
-    assert container_id(f"0::/kubepods/besteffort/pod1/cri-containerd-{DOCKER_ID}.scope") \
-        == DOCKER_ID
-    assert container_id("0::/user.slice/user-1000.slice/session-1.scope") is None
+def _facts_of(cgroup: str, pid_namespace_own: bool = True) -> Facts:
+    """The facts the handler writes for a process in ``cgroup``: its container as
+    ingest/container.py describes it (the index's container_id comes from it too)."""
+    proc = {"cgroup": cgroup, "root": "/", "status": {"NSpid": [4242, 1]},
+            "namespaces": {"mnt": {"same_as_init": False},
+                           "pid": {"same_as_init": not pid_namespace_own}},
+            "mountinfo": ["511 480 0:52 / / rw - overlay overlay rw,upperdir=/u,workdir=/w"]}
+    return Facts(proc=proc, container=describe(proc))
+
+
+@pytest.mark.parametrize(("cgroup", "expected"), [
+    (f"0::/system.slice/docker-{DOCKER_ID}.scope", DOCKER_ID),
+    (f"12:pids:/docker/{DOCKER_ID}\n0::/\n", DOCKER_ID),  # hybrid: only v1 names it
+    ("0::/machine.slice/systemd-nspawn@debian.service/payload", "debian"),
+    ("0::/machine.slice/machine-fedora.scope", "fedora"),
+    ("0::/user.slice/user-1000.slice/session-1.scope", None),
+])
+def test_container_id_is_the_facts_container_id(cgroup: str, expected: str | None) -> None:
+    """The id ingest found (docker's 64 hex digits, an nspawn machine's name), the one
+    the index's container_id column and the journal carry; the record's cgroup is the
+    v2 path only (store_crash), so a v1-only id is in the facts alone."""
+    crash = crash_record()
+    crash.facts = _facts_of(cgroup)
+    crash.cgroup = cgroup.rsplit("\n0::", 1)[-1].removeprefix("0::").strip()
+    crash.container_id = crash.container.get("id") or ""  # as store_crash fills the column
+    assert build_record(crash, host="h", machine_id="").container_id == expected
+    crash.container_id = ""  # read from the facts when the column is empty
+    assert build_record(crash, host="h", machine_id="").container_id == expected
+
+
+def test_container_id_of_a_row_stored_before_the_facts_had_a_container() -> None:
+    crash = crash_record()  # facts without "container"; the docker cgroup
+    assert crash.container == {} and not crash.container_id
+    assert container_id(crash) == DOCKER_ID
+    crash.cgroup = "/machine.slice/machine-fedora.scope"
+    assert container_id(crash) == "fedora"  # the ingest's parser, nspawn included
+    crash.cgroup = "/system.slice/nginx.service"
+    assert container_id(crash) is None
 
 
 def test_package_versions_come_from_the_elf_package_note(tmp_path: pathlib.Path) -> None:
