@@ -13,8 +13,10 @@ import contextlib
 import os
 import pathlib
 import resource
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -69,15 +71,27 @@ def pathlib_read(path: str) -> str:
 
 
 @contextlib.contextmanager
+def private_socket_path():
+    """A socket path in a fresh 0700 directory of its own, removed at the end whatever
+    happened: a server or supervisor that a test kills with SIGKILL cannot unlink its
+    socket (such tests left /run/cdtest-PID.sock files behind).  Short, for sun_path
+    (108 bytes) and core_pattern (127)."""
+    directory = tempfile.mkdtemp(prefix="cdtest-", dir="/tmp")
+    try:
+        yield os.path.join(directory, "coredump.sock")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def supervised(handler, restart_sec: float = 2.0, workers: int | None = None):
     """``coredumpd serve --supervise`` for ``handler``'s store, under the pattern lock."""
-    socket_path = f"/run/cdtest-{os.getpid()}.sock"
-    argv = [HANDLER, "serve", "--supervise", "--socket", socket_path,
-            "--config", handler.config_path, "--handler", HANDLER,
-            "--restart-sec", str(restart_sec)]
-    if workers:
-        argv += ["--workers", str(workers)]
-    with core_pattern(handler.pattern, 16):
+    with private_socket_path() as socket_path, core_pattern(handler.pattern, 16):
+        argv = [HANDLER, "serve", "--supervise", "--socket", socket_path,
+                "--config", handler.config_path, "--handler", HANDLER,
+                "--restart-sec", str(restart_sec)]
+        if workers:
+            argv += ["--workers", str(workers)]
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         try:
             supervisor = Supervised(process, socket_path)
@@ -87,6 +101,8 @@ def supervised(handler, restart_sec: float = 2.0, workers: int | None = None):
             process.terminate()
             process.wait(120)
         assert _pattern() == handler.pattern  # the supervisor put the pipe back itself
+        if process.returncode == 0:  # stopped by our SIGTERM (a test may have killed it)
+            assert not os.path.exists(socket_path)  # and removed its socket
 
 
 @contextlib.contextmanager
@@ -296,11 +312,11 @@ def test_stopped_server_serves_its_queue_first(tmp_path):
         path.write_bytes(pathlib.Path(base).read_bytes())
         path.chmod(0o755)
         programs.append(str(path))
-    socket_path = f"/run/cdtest-queue-{os.getpid()}.sock"
 
     def unlimited() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
-    with registered_handler(tmp_path, analysis=False) as handler:
+    with registered_handler(tmp_path, analysis=False) as handler, \
+            private_socket_path() as socket_path:
         ready_r, ready_w = os.pipe()
         server = subprocess.Popen(
             [HANDLER, "serve", "--socket", socket_path, "--config", handler.config_path,
@@ -315,6 +331,7 @@ def test_stopped_server_serves_its_queue_first(tmp_path):
                 _wait_dumping(crashers)  # one being served, the rest queued
             server.terminate()
             assert server.wait(120) == 0
+            assert not os.path.exists(socket_path)  # a server that bound it unlinks it
         finally:
             os.close(ready_r)
             if server.poll() is None:
@@ -333,8 +350,8 @@ def test_install_socket_then_uninstall_stops_what_it_started(tmp_path):
     from coredumpd.pipeline import daemon, install
     exe = compile_c(TINY, tmp_path, name="installed")
     saved = tmp_path / "saved-sysctl"
-    socket_path = f"/run/cdtest-install-{os.getpid()}.sock"
-    with registered_handler(tmp_path, analysis=False) as handler, core_pattern("core", 16):
+    with registered_handler(tmp_path, analysis=False) as handler, \
+            private_socket_path() as socket_path, core_pattern("core", 16):
         pattern = install.install_mode(handler.config_path, "socket", saved_path=str(saved),
                                        handler=HANDLER, socket_path=socket_path)
         supervisor = daemon.running_supervisor(str(saved))
