@@ -20,7 +20,15 @@ process that
 
 The pattern is changed only from the supervisor's own socket pattern to its
 pipe pattern and back: a core_pattern that someone else wrote meanwhile is
-left alone (except at start, where the pipe pattern is registered).
+left alone (except at start, where the pipe pattern is registered).  But that
+someone may later write the socket pattern back (a test restoring what it
+found, an administrator undoing an experiment) while no server accepts — the
+server died while their pattern was in force, and the compare-and-swap to the
+pipe rightly did nothing.  So the supervisor also looks at core_pattern every
+:data:`RECHECK_SEC` while no server is ready (between restarts, and while a
+new one starts) and puts its pipe pattern back over its own socket pattern:
+one read of /proc/sys/kernel/core_pattern a second, where procfs offers no
+notification of a sysctl change.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ DEFAULT_SOCKET = DEFAULT_SOCKET_PATH
 READY_TIMEOUT_SEC = 30.0
 RESTART_MAX_SEC = 30.0
 STOP_TIMEOUT_SEC = 60.0
+RECHECK_SEC = 1.0  # how often core_pattern is looked at while no server accepts
 
 
 def socket_pattern(path: str) -> str:
@@ -116,13 +125,25 @@ class Supervisor:
         self.stopping = True
 
     def _sleep(self, seconds: float) -> None:
-        """Sleep, woken early by SIGTERM/SIGINT."""
+        """Sleep, woken early by SIGTERM/SIGINT; no server accepts meanwhile, so the
+        pipe goes back over the socket pattern whoever wrote it (module docstring)."""
         poller = select.poll()
         poller.register(self.wakeup_r, select.POLLIN)
         deadline = time.monotonic() + seconds
         while not self.stopping and time.monotonic() < deadline:
-            poller.poll(max(1, int((deadline - time.monotonic()) * 1000)))
+            left = min(RECHECK_SEC, deadline - time.monotonic())
+            poller.poll(max(1, int(left * 1000)))
             self._drain_wakeup()
+            self._no_server()
+
+    def _no_server(self) -> None:
+        """No server accepts: our socket pattern, if someone put it back, becomes the pipe."""
+        try:
+            if switch_pattern(self.socket, self.pipe):
+                write_kmsg(service_line(os.getpid(), "core_pattern named the socket while no "
+                                        "capture server accepts; back to the pipe handler"))
+        except OSError:
+            pass  # tried again at the next look
 
     def _drain_wakeup(self) -> None:
         try:
@@ -166,7 +187,7 @@ class Supervisor:
         ready_deadline = time.monotonic() + READY_TIMEOUT_SEC
         ready = False
         while not self.stopping:
-            for fd, _events in poller.poll(1000):
+            for fd, _events in poller.poll(int(RECHECK_SEC * 1000)):
                 if fd == pidfd:
                     return
                 if fd == ready_r and not ready:
@@ -176,8 +197,10 @@ class Supervisor:
                         switch_pattern(self.pipe, self.socket)
                 if fd == self.wakeup_r:
                     self._drain_wakeup()
-            if not ready and time.monotonic() > ready_deadline:
-                return  # never became ready: stopped and restarted
+            if not ready:
+                self._no_server()
+                if time.monotonic() > ready_deadline:
+                    return  # never became ready: stopped and restarted
 
     def _stop_server(self, server: subprocess.Popen[bytes]) -> str:
         if server.poll() is None:

@@ -46,6 +46,12 @@ def _pattern() -> str:
         return handle.read().rstrip("\n")
 
 
+def _write_pattern(pattern: str) -> None:
+    """Only inside a block that holds the pattern lock (tests.support.kernel)."""
+    with open(CORE_PATTERN, "w", encoding="utf-8") as handle:
+        handle.write(pattern)
+
+
 def _wait_pattern(wanted: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while _pattern() != wanted:
@@ -408,4 +414,37 @@ def test_supervisor_killed_the_server_puts_the_pipe_back(tmp_path):
             time.sleep(0.05)
         assert not os.path.exists(f"/proc/{server}")
         row = handler.wait_row(_crash(exe), wait_analysis=False)
+    assert row["facts"]["front_door"] == "pipe" and row["core_state"] == "present"
+
+
+@pytest.mark.kernel
+def test_socket_pattern_put_back_while_no_server_accepts_becomes_the_pipe(tmp_path):
+    """Someone (a test, an administrator) swapped core_pattern; the server died while
+    their pattern was in force, so the supervisor's compare-and-swap to the pipe left it
+    alone; then they put the socket pattern back while the supervisor waits to restart
+    the server.  The supervisor notices (it looks every RECHECK_SEC while no server
+    accepts) and puts the pipe handler back: a crash then is stored, not held."""
+    from coredumpd.pipeline.supervise import RECHECK_SEC
+    exe = compile_c(TINY, tmp_path, name="putback")
+    someone = f"{tmp_path}/elsewhere/core.%P"  # a file pattern: nothing runs for a crash
+    # restart_sec 60: the restart waits 30 s (RESTART_MAX_SEC), far longer than the test
+    with serving(tmp_path, restart_sec=60.0, analysis=False,
+                 rate_limit_burst=1000) as (handler, supervisor):
+        server = supervisor.server_pid()
+        _write_pattern(someone)  # the lock is held: supervised()'s core_pattern()
+        os.kill(server, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while pathlib_read(f"/proc/{supervisor.process.pid}/task/{supervisor.process.pid}"
+                           "/children").split():  # until the supervisor reaped it
+            assert time.monotonic() < deadline, "the supervisor did not reap its server"
+            time.sleep(0.02)
+        assert _pattern() == someone  # theirs: not the supervisor's to replace
+        _write_pattern(supervisor.socket_pattern)  # they put back what they found
+        put_back = time.monotonic()
+        _wait_pattern(handler.pattern, timeout=10)
+        noticed = time.monotonic() - put_back
+        assert not pathlib_read(f"/proc/{supervisor.process.pid}/task/"
+                                f"{supervisor.process.pid}/children").split()  # still down
+        row = handler.wait_row(_crash(exe), wait_analysis=False, timeout=60)
+    assert noticed < RECHECK_SEC + 2, noticed
     assert row["facts"]["front_door"] == "pipe" and row["core_state"] == "present"
