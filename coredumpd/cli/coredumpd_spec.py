@@ -86,7 +86,9 @@ COREDUMPD = Program(
         Command("install", "register the handler in kernel.core_pattern",
                 "Writes |/path/to/coredumpd followed by the specifiers below into "
                 "kernel.core_pattern and sets kernel.core_pipe_limit (see CRASH STORMS), "
-                "remembering the previous values. Fails, changing nothing, when the "
+                "remembering the previous values (once remembered, they are not replaced "
+                "by a pattern of coredumpd's own found in force: a socket pattern, or any "
+                "coredumpd handler's). Fails, changing nothing, when the "
                 "pattern would exceed the kernel's 128-byte limit, or when the "
                 "configuration file has a line or value it cannot read (the message "
                 "names the file, the line and the key). With --socket (the default where "
@@ -104,7 +106,10 @@ COREDUMPD = Program(
                 "Stops the supervised server that install started (it was recorded with "
                 "its PID and start time, so no other process is signalled), then restores "
                 "kernel.core_pattern and kernel.core_pipe_limit as install found them. It "
-                "stops nothing it did not start."),
+                "stops nothing it did not start. A saved core_pattern that would lose every "
+                "crash now (its program is not there, a coredumpd handler's configuration "
+                "file is gone, no socket is at its socket path) is not restored: the "
+                "kernel's default, core, is written instead, and a message says so."),
         Command("serve", "the capture server on the kernel's coredump socket",
                 "Listens on an AF_UNIX stream socket of its own (no socket activation) "
                 "for kernel.core_pattern = @@PATH. Each connection is one crash, and the "

@@ -13,7 +13,14 @@ storm here).  So :data:`PIPE_LIMIT` is high — 1 per 32 MiB of RAM, 64 to 1024
 — and the handlers' memory is bounded by their own back-pressure instead
 (:mod:`coredumpd.pipeline.slots`): a few work, the rest wait at ~3 MiB each,
 so even the limit's worth of waiting handlers stays near a tenth of the RAM.
-The values found are saved (JSON) and restored by ``uninstall``.
+The values found are saved (:mod:`coredumpd.pipeline.saved`) and restored by
+``uninstall``.  Once saved, they are not replaced by a pattern of coredumpd's own —
+a socket pattern, or the pipe handler of any coredumpd (another checkout, another
+configuration, a test's): the file is the machine's one memory of what it had
+before coredumpd, and such a pattern may be in force only for a while.  And
+``uninstall`` restores no pattern that would lose every crash — a pipe program
+that is no longer there, a coredumpd handler whose configuration file is gone, a
+socket path with no socket — but the kernel's default (``core``), and says so.
 
 The registered ``coredumpd`` is a launcher written by ``install``
 (:data:`LAUNCHER_DIR`): the same entry point as the console script, but started
@@ -26,6 +33,7 @@ a 90 ms tiny-core reap here, against 15 ms for ``python -I -S``.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 from coredumpd.errors import ConfigError
@@ -45,6 +53,7 @@ from coredumpd.pipeline.main import main
 sys.exit(main())
 """
 PATTERN_MAX = 127
+KERNEL_DEFAULT_PATTERN = "core"  # fs/coredump.c: core_pattern's initial value
 PIPE_LIMIT_MIN = 64  # a storm of 64 at once (issue 9) loses nothing, even on a small machine
 PIPE_LIMIT_MAX = 1024
 RAM_PER_WAITING_HANDLER = 32 << 20  # one allowed per 32 MiB: ~3 MiB each, under 10% of RAM
@@ -135,14 +144,48 @@ def install(config_path: str | None = None, saved_path: str = SAVED_SYSCTL_PATH,
     pattern = build_pattern(handler, config_path)
     try:
         current = {"core_pattern": _read(CORE_PATTERN), "core_pipe_limit": _read(CORE_PIPE_LIMIT)}
-        ours = current["core_pattern"].startswith((f"|{handler} ", "@@"))
-        if not ours or not os.path.exists(saved_path):
-            saved.write(saved_path, current)  # never save our own pattern as "the previous one"
+        if not (is_coredumpd_pattern(current["core_pattern"]) and os.path.exists(saved_path)):
+            saved.write(saved_path, current)  # never a coredumpd's over the values saved
         _write(CORE_PIPE_LIMIT, str(PIPE_LIMIT))
         _write(CORE_PATTERN, pattern)
     except OSError as err:
         raise ConfigError(f"cannot register the handler: {err}") from err
     return pattern
+
+
+def is_coredumpd_pattern(pattern: str) -> bool:
+    """A socket pattern (``@@PATH``, what ``coredumpd serve`` is switched to), or the pipe
+    pattern of any coredumpd handler: ``|PROGRAM`` and our specifiers, maybe ``--config``."""
+    if pattern.startswith("@@"):
+        return True
+    words, specifiers = pattern.split(), PATTERN_ARGS.split()
+    rest = words[1 + len(specifiers):]
+    return pattern.startswith("|") and words[1:1 + len(specifiers)] == specifiers and \
+        (rest == [] or (len(rest) == 2 and rest[0] == "--config"))
+
+
+def lost_crashes_reason(pattern: str) -> str | None:
+    """Why every crash would be lost with ``pattern`` now, or None: a pipe program that
+    is not an executable file, a coredumpd handler's configuration file that is gone, a
+    socket path where no socket is (nothing can listen there)."""
+    if pattern.startswith("|"):
+        words = pattern[1:].split()
+        program = words[0] if words else ""
+        if program.startswith("/") and not (os.path.isfile(program)
+                                            and os.access(program, os.X_OK)):
+            return f"its program {program} is not there"
+        if is_coredumpd_pattern(pattern) and words[-2:-1] == ["--config"] and \
+                not os.path.isfile(words[-1]):
+            return f"its configuration file {words[-1]} is not there"
+    elif pattern.startswith("@"):
+        path = pattern.lstrip("@")
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                return None
+        except OSError:
+            pass
+        return f"no socket is at {path}"
+    return None
 
 
 def validate_config(config_path: str | None) -> None:
@@ -186,11 +229,17 @@ def install_mode(config_path: str | None = None, mode: str | None = None,
 
 def uninstall(saved_path: str = SAVED_SYSCTL_PATH,
               launcher_dir: str = LAUNCHER_DIR) -> dict[str, str]:
-    """Restore the values saved by :func:`install` and remove the launcher; returns them."""
+    """Restore the values saved by :func:`install` and remove the launcher; returns the
+    values written, with ``not_restored`` and ``reason`` when the saved pattern would have
+    lost every crash and the kernel's default was written instead."""
     from coredumpd.pipeline.daemon import stop_supervisor
     stop_supervisor(saved_path)  # what install started, before the pattern it restores
     try:
         previous = saved.previous_sysctls(saved_path)
+        reason = lost_crashes_reason(previous["core_pattern"])
+        if reason is not None:
+            previous.update(not_restored=previous["core_pattern"], reason=reason,
+                            core_pattern=KERNEL_DEFAULT_PATTERN)
         _write(CORE_PATTERN, previous["core_pattern"])
         _write(CORE_PIPE_LIMIT, previous["core_pipe_limit"])
         os.unlink(saved_path)

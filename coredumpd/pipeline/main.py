@@ -103,6 +103,10 @@ def _admin(argv: list[str]) -> int:
             print(f"kernel.core_pipe_limit = {install.PIPE_LIMIT}")
         else:
             saved = install.uninstall()
+            if "not_restored" in saved:
+                print(f"coredumpd: the saved kernel.core_pattern {saved['not_restored']!r} "
+                      f"would lose every crash ({saved['reason']}): the kernel's default "
+                      "instead", file=sys.stderr)
             print(f"kernel.core_pattern = {saved.get('core_pattern')}")
             print(f"kernel.core_pipe_limit = {saved.get('core_pipe_limit')}")
     except CoredumpdError as err:

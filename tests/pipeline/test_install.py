@@ -197,3 +197,77 @@ def test_uninstall_refuses_saved_values_it_cannot_use_and_changes_nothing(tmp_pa
         assert _read(CORE_PATTERN) == "|/bin/false untouched"
         assert _read(CORE_PIPE_LIMIT) == "5"
     assert saved.exists()
+
+
+def _other_coredumpd(config: str) -> str:
+    """The pipe pattern of another coredumpd (another checkout, a test's configuration)."""
+    from coredumpd.ingest.args import PATTERN_ARGS
+    return f"|/usr/bin/true {PATTERN_ARGS} --config {config}"
+
+
+@pytest.mark.kernel
+def test_a_coredumpd_pattern_in_force_never_replaces_the_saved_values(tmp_path):
+    """`coredumpd install` run while another coredumpd's pattern (a test's) or a socket
+    pattern is in force keeps the values saved before coredumpd; a foreign pattern that
+    an administrator set since is saved as the new previous one."""
+    config = tmp_path / "c.conf"
+    config.write_text("[Coredump]\n")
+    saved = tmp_path / "saved-sysctl"
+    saved.write_text('{"core_pattern": "|/bin/false before", "core_pipe_limit": "3"}')
+    for in_force in (_other_coredumpd("/tmp/cdgone/c.conf"), f"@@{tmp_path}/s.sock"):
+        with core_pattern(in_force, 16):
+            install.install(str(config), saved_path=str(saved), handler="/x/coredumpd")
+        assert json.loads(saved.read_text()) == {"core_pattern": "|/bin/false before",
+                                                 "core_pipe_limit": "3"}
+    with core_pattern("|/bin/true foreign", 7):
+        install.install(str(config), saved_path=str(saved), handler="/x/coredumpd")
+    assert json.loads(saved.read_text()) == {"core_pattern": "|/bin/true foreign",
+                                             "core_pipe_limit": "7"}
+
+
+def test_patterns_that_would_lose_every_crash(tmp_path):
+    import socket
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(tmp_path / "live.sock"))
+    (tmp_path / "plain").write_text("")
+    config = tmp_path / "c.conf"
+    config.write_text("[Coredump]\n")
+    try:
+        reason = install.lost_crashes_reason
+        assert reason("core") is None and reason("/var/crash/core.%P") is None
+        assert reason("|/bin/false before") is None
+        assert reason(_other_coredumpd(str(config))) is None
+        assert reason(f"@@{tmp_path}/live.sock") is None
+        assert reason("|/nonexistent/handler %P") == "its program /nonexistent/handler is not there"
+        assert reason(f"|{tmp_path}/plain %P") == f"its program {tmp_path}/plain is not there"
+        assert reason(_other_coredumpd(f"{tmp_path}/gone.conf")) == \
+            f"its configuration file {tmp_path}/gone.conf is not there"
+        assert reason(f"@@{tmp_path}/none.sock") == f"no socket is at {tmp_path}/none.sock"
+        assert reason(f"@{tmp_path}/plain") == f"no socket is at {tmp_path}/plain"
+    finally:
+        listening.close()
+    assert install.is_coredumpd_pattern(_other_coredumpd("/x.conf"))
+    assert install.is_coredumpd_pattern(_other_coredumpd("/x.conf").split(" --config")[0])
+    assert not install.is_coredumpd_pattern("|/usr/bin/true %P %i")
+    assert not install.is_coredumpd_pattern(_other_coredumpd("/x.conf") + " extra")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("gone", ["program", "config", "socket"])
+def test_uninstall_restores_the_default_rather_than_a_pattern_that_loses_crashes(tmp_path,
+                                                                                  gone):
+    """The values were saved while a test's pattern was in force (its handler's
+    configuration, its socket, removed since) or the program was uninstalled since:
+    restoring it would lose every crash, so uninstall writes the kernel's default and
+    says which pattern it did not restore and why."""
+    pattern = {"program": "|/nonexistent/handler %P",
+               "config": _other_coredumpd(f"{tmp_path}/gone.conf"),
+               "socket": f"@@{tmp_path}/gone.sock"}[gone]
+    saved = tmp_path / "saved-sysctl"
+    saved.write_text(json.dumps({"core_pattern": pattern, "core_pipe_limit": "16"}))
+    with core_pattern("|/bin/false current", 5):
+        restored = install.uninstall(saved_path=str(saved), launcher_dir=str(tmp_path / "none"))
+        assert _read(CORE_PATTERN) == "core" and _read(CORE_PIPE_LIMIT) == "16"
+    assert restored["core_pattern"] == "core" and restored["not_restored"] == pattern
+    assert restored["reason"] == install.lost_crashes_reason(pattern)
+    assert not saved.exists()
