@@ -56,7 +56,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from coredumpd.config import Config
 from coredumpd.model import AnalysisResult, AnalysisState
@@ -64,11 +64,13 @@ from coredumpd.model import AnalysisResult, AnalysisState
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from coredumpd.pipeline.sandbox_cache import Offer
+    from coredumpd.pipeline.sandbox_zygote import Zygote
 
 RESULT_MAX = 32 << 20  # bytes of JSON accepted from the child
 STDERR_TAIL = 2000  # bytes of the child's stderr kept for the error message
 SYSTEM_UID_MAX = 999  # Debian's login.defs SYS_UID_MAX; systemd's SYSTEM_UID_MAX
 CHILD_MODULE = "coredumpd.pipeline.sandbox_child"
+KILLED_WAIT_S = 30.0  # for a SIGKILLed child to be reaped (it cannot refuse)
 HEADER = struct.Struct("<Q")  # length of the request JSON that follows
 assert HEADER.size == 8
 
@@ -119,18 +121,26 @@ def _open_core(core_path: str) -> int:
     return os.open(core_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
 
 
-def _child_argv(config: Config, fd: int, creds: tuple[int, int] | None,
-                read_all: bool, child_command: Sequence[str], python: bool = False) -> list[str]:
+def child_options(config: Config, creds: tuple[int, int] | None, read_all: bool,
+                  python: bool = False) -> dict[str, str]:
+    """What a sandbox child is told before it has read anything (:func:`.sandbox_child.confine`):
+    its limits, its credentials, whether it keeps CAP_DAC_READ_SEARCH, whether pystack
+    is preloaded.  The same options whether it is started or forked by the zygote."""
     cpu = max(1, int(config.analysis_timeout) + 1)
-    argv = [sys.executable, "-I", "-B", *child_command,
-            "--fd", str(fd), "--memory-max", str(config.analysis_memory_max),
-            "--cpu-seconds", str(cpu)]
+    options = {"--memory-max": str(config.analysis_memory_max), "--cpu-seconds": str(cpu)}
     if creds is not None:
-        argv += ["--uid", str(creds[0]), "--gid", str(creds[1])]
+        options |= {"--uid": str(creds[0]), "--gid": str(creds[1])}
     if python:
-        argv += ["--python", "1"]  # preload pystack before the drop
+        options["--python"] = "1"  # preload pystack before the drop
     if read_all:
-        argv.append("--read-all")  # last: the options before it come in pairs
+        options["--read-all"] = "1"
+    return options
+
+
+def _child_argv(fd: int, options: dict[str, str], child_command: Sequence[str]) -> list[str]:
+    argv = [sys.executable, "-I", "-B", *child_command, "--fd", str(fd)]
+    for name, value in options.items():
+        argv += [name, value]
     return argv
 
 
@@ -198,7 +208,7 @@ def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
                  exe: str | None, root: str = "/",
                  child_command: Sequence[str] = ("-m", CHILD_MODULE),
                  debuginfod: dict[str, Any] | None = None,
-                 entries: Offer | None = None) -> dict[str, Any]:
+                 entries: Offer | None = None, zygote: Zygote | None = None) -> dict[str, Any]:
     """Analyse ``core_path`` (raw ELF or our seekable lz4) in the sandbox.
 
     Returns the analysis result dict (docs/ARCHITECTURE.md), or a ``failed``
@@ -209,6 +219,9 @@ def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
     ``entries``: module cache entries passed to the child as read-only fds
     (:mod:`coredumpd.pipeline.sandbox_cache`); the result then holds
     ``module_lookups``, the child's report for :meth:`Offer.remember`.
+    ``zygote``: a drain's pre-imported root process (:mod:`.sandbox_zygote`) that forks
+    the child instead of starting an interpreter (when it runs ``child_command``;
+    a child is started as without one when the zygote cannot fork).
     """
     started = time.monotonic()
     try:
@@ -223,49 +236,90 @@ def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
                                "debuginfod": debuginfod}
     if entries is not None:
         request["module_cache"] = entries.build_ids
+    read_all = creds is not None and not _regular_user(facts)
+    options = child_options(config, creds, read_all, python)
+    if zygote is not None and tuple(zygote.child_command) != tuple(child_command):
+        zygote = None
     try:
-        read_all = creds is not None and not _regular_user(facts)
-        return _supervise(config, [core_fd, *(entries.fds if entries else [])], request, creds,
-                          read_all, child_command, started, python)
+        return _supervise(config, [core_fd, *(entries.fds if entries else [])], request,
+                          options, child_command, started, zygote)
     finally:
         os.close(core_fd)
 
 
+class SandboxChild(Protocol):
+    """A running sandbox child, however it was started."""
+
+    pid: int  # also its process group: it leads its own session
+    stderr_fd: int  # the read end of its stderr
+
+    def wait(self, timeout: float) -> int | None:
+        """Its exit status (negative: killed by that signal), None after ``timeout`` s."""
+
+    def close(self) -> None:
+        """Close our end of its stderr."""
+
+
+class _Started:
+    """A child started as its own interpreter (subprocess)."""
+
+    def __init__(self, child: subprocess.Popen[bytes]) -> None:
+        self.child = child
+        self.pid = child.pid
+        assert child.stderr is not None
+        self.stderr_fd = child.stderr.fileno()
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self) -> None:
+        if self.child.stderr is not None:
+            self.child.stderr.close()
+
+
+def _start(options: dict[str, str], child_command: Sequence[str], fd: int
+           ) -> SandboxChild:
+    return _Started(subprocess.Popen(
+        _child_argv(fd, options, child_command), pass_fds=[fd],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={}, cwd="/", start_new_session=True))
+
+
 def _supervise(config: Config, fds: list[int], request: dict[str, Any],
-               creds: tuple[int, int] | None, read_all: bool,
-               child_command: Sequence[str], started: float,
-               python: bool = False) -> dict[str, Any]:
+               options: dict[str, str], child_command: Sequence[str], started: float,
+               zygote: Zygote | None = None) -> dict[str, Any]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     deadline = started + config.analysis_timeout
     try:
-        child = subprocess.Popen(
-            _child_argv(config, theirs.fileno(), creds, read_all, child_command, python),
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env={}, cwd="/", start_new_session=True)
+        forked = zygote.fork(theirs.fileno(), options, deadline) if zygote else None
+        child = forked if forked is not None else \
+            _start(options, child_command, theirs.fileno())
     except OSError as err:
         ours.close()
         theirs.close()
         return failed(f"cannot start: {err}", started)
     theirs.close()
     try:
-        output, stderr, timed_out = _exchange(ours, child, fds, request, deadline)
+        output, stderr, status = _exchange(ours, child, fds, request, deadline)
     finally:
         ours.close()
-    if timed_out:
+    if status is None:
         _kill_group(child)
         return failed(f"timed out after {config.analysis_timeout:g} s (AnalysisTimeoutSec)",
                       started)
     if len(output) > RESULT_MAX:
         _kill_group(child)
         return failed(f"result larger than {RESULT_MAX} bytes", started)
-    return _verdict(child.returncode, output, stderr, config, started)
+    return _verdict(status, output, stderr, config, started)
 
 
-def _exchange(sock: socket.socket, child: subprocess.Popen[bytes], fds: list[int],
-              request: dict[str, Any], deadline: float) -> tuple[bytes, bytes, bool]:
+def _exchange(sock: socket.socket, child: SandboxChild, fds: list[int],
+              request: dict[str, Any], deadline: float) -> tuple[bytes, bytes, int | None]:
     """Send the request (with the core's fd first), collect result and stderr until both
-    end and the child exits."""
+    end and the child exits; (output, stderr, exit status or None when timed out)."""
     payload = json.dumps(request, default=str).encode()
     try:
         sock.settimeout(max(0.001, deadline - time.monotonic()))
@@ -274,19 +328,16 @@ def _exchange(sock: socket.socket, child: subprocess.Popen[bytes], fds: list[int
         sock.shutdown(socket.SHUT_WR)
     except OSError:
         pass  # the child died or stalled before reading; its exit status says why
-    assert child.stderr is not None
-    output, stderr = _collect(sock, child.stderr.fileno(), deadline)
+    output, stderr = _collect(sock, child.stderr_fd, deadline)
     if output is None:
-        return b"", stderr, True
+        return b"", stderr, None
     if len(output) > RESULT_MAX:
-        return output, stderr, False  # the caller kills the child, still writing
+        return output, stderr, 0  # the caller kills the child, still writing
     try:
-        child.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        return b"", stderr, True
+        status = child.wait(max(0.0, deadline - time.monotonic()))
     finally:
-        child.stderr.close()
-    return output, stderr, False
+        child.close()
+    return (output, stderr, status) if status is not None else (b"", stderr, None)
 
 
 def _collect(sock: socket.socket, err_fd: int, deadline: float) -> tuple[bytes | None, bytes]:
@@ -318,15 +369,14 @@ def _collect(sock: socket.socket, err_fd: int, deadline: float) -> tuple[bytes |
     return b"".join(chunks), stderr
 
 
-def _kill_group(child: subprocess.Popen[bytes]) -> None:
+def _kill_group(child: SandboxChild) -> None:
     """SIGKILL the child's process group (it is a session leader), then reap it."""
     try:
         os.killpg(child.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    child.wait()
-    if child.stderr is not None:
-        child.stderr.close()
+    child.wait(KILLED_WAIT_S)
+    child.close()
 
 
 def _verdict(status: int, output: bytes, stderr: bytes, config: Config,

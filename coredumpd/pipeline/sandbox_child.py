@@ -92,13 +92,27 @@ def _preload(python: bool = False) -> None:
     crash (most analyses never import most rules' helpers, pystack, the
     stdlib list below).
     """
-    import codecs
-    import importlib
+    _lookup_codecs()
+    if not _path_open_to_all(sys.path):
+        _import_everything(python)
 
+
+def preload_all() -> None:
+    """The zygote's imports (:mod:`.sandbox_zygote`): everything the analysis may
+    import, pystack too, whatever the interpreter's directories allow: imported once
+    per drain, not once per crash."""
+    _lookup_codecs()
+    _import_everything(True)
+
+
+def _lookup_codecs() -> None:
+    import codecs
     for name in ("ascii", "latin-1", "utf-8", "utf-16", "utf-32", "idna", "cp437"):
         codecs.lookup(name)
-    if _path_open_to_all(sys.path):
-        return
+
+
+def _import_everything(python: bool) -> None:
+    import importlib
     for name in PRELOAD_STDLIB + THIRD_PARTY + (("pystack",) if python else ()):
         try:
             package = importlib.import_module(name)
@@ -248,14 +262,39 @@ def _analyze_request(request: dict[str, Any], _sock: socket.socket,
 
 def child_main(argv: list[str], work: Work = _analyze_request) -> int:
     """Limits, preload, drop, receive; then ``work(request, socket, core_fd)`` and send
-    its result (None: ``work`` answered on the socket itself)."""
+    its result (None: ``work`` answered on the socket itself).  With ``--zygote 1``:
+    become the zygote of a drain instead (:mod:`.sandbox_zygote`), whose forked
+    children do the same with ``work``."""
     options = dict(zip(argv[0::2], argv[1::2], strict=False))
     sock = socket.socket(fileno=int(options["--fd"]))
-    _set_limits(int(options["--memory-max"]), int(options["--cpu-seconds"]))
+    if "--zygote" in options:
+        from coredumpd.pipeline.sandbox_zygote import zygote_main
+        return zygote_main(sock, work)
+    not_dumpable()
     _preload("--python" in options)  # a Python crash: pystack too (~24 ms)
+    confine(options)
+    return serve(options, sock, work)
+
+
+def not_dumpable() -> None:
+    """RLIMIT_CORE 0 and PR_SET_DUMPABLE 0 before anything else: a crash of this process
+    never reaches a core handler (see :mod:`.sandbox`)."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _prctl(PR_SET_DUMPABLE, 0)
+
+
+def confine(options: dict[str, str]) -> None:
+    """Every protection of the sandbox, in order: the limits, then the drop to
+    ``--uid``/``--gid`` (``--read-all``: CAP_DAC_READ_SEARCH kept).  The one place where
+    a sandbox process (started, or forked by the zygote) gives up root."""
+    _set_limits(int(options["--memory-max"]), int(options["--cpu-seconds"]))
     uid = int(options["--uid"]) if "--uid" in options else None
     gid = int(options["--gid"]) if "--gid" in options else None
-    _drop_privileges(uid, gid, "--read-all" in argv)
+    _drop_privileges(uid, gid, "--read-all" in options)
+
+
+def serve(options: dict[str, str], sock: socket.socket, work: Work) -> int:
+    """Receive the request and the core, run ``work``, send its result (confined)."""
     request, core_fd = _receive(sock)
     try:
         result = work(request, sock, core_fd)

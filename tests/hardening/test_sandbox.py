@@ -16,6 +16,7 @@ import pytest
 
 from coredumpd.config import Config
 from coredumpd.pipeline import sandbox
+from coredumpd.pipeline.sandbox_zygote import Zygote
 from tests.support import sandbox_hooks
 from tests.support.kernel import core_pattern, raw_core_pattern
 
@@ -34,14 +35,39 @@ def core(tmp_path: pathlib.Path) -> str:
     return str(path)
 
 
+@pytest.fixture(params=["started", "forked"], autouse=True)
+def launch(request):
+    """Each test twice: the child started as its own interpreter, and forked by a
+    drain's zygote (coredumpd.pipeline.sandbox_zygote), which must come out alive."""
+    LAUNCH[0] = request.param
+    yield request.param
+    LAUNCH[0] = "started"
+
+
+LAUNCH = ["started"]
+
+
 def run(monkeypatch: pytest.MonkeyPatch, core: str, hook: str | None, facts=USER_FACTS,
         **config) -> dict:
     """The sandbox on ``core``: the real analysis (``hook`` None) or a misbehaving child."""
     settings = {"analysis_timeout": 20.0, "analysis_memory_max": 768 << 20} | config
-    if hook is None:
-        return sandbox.run_analysis(Config(**settings), core, facts, None)
-    return sandbox.run_analysis(Config(**settings), core, facts, None,
-                                child_command=sandbox_hooks.command(hook))
+    command = ("-m", sandbox.CHILD_MODULE) if hook is None else sandbox_hooks.command(hook)
+    if LAUNCH[0] == "started":
+        return sandbox.run_analysis(Config(**settings), core, facts, None,
+                                    child_command=command)
+    zygote = Zygote(command)
+    try:
+        assert zygote.start()
+        result = sandbox.run_analysis(Config(**settings), core, facts, None,
+                                      child_command=command, zygote=zygote)
+        # the child's misbehaviour cost its analysis only: the zygote lives on, in step
+        assert zygote.control is not None and zygote.process.poll() is None
+        assert zygote.starts == 1
+        if "ids" in result:
+            assert result["ids"]["ppid"] == zygote.process.pid  # forked, not started
+        return result
+    finally:
+        zygote.close()
 
 
 def assert_failed(result: dict, reason: str) -> None:

@@ -114,6 +114,7 @@ def _identity(core_fd: int) -> dict[str, Any]:
             "rlimit_core": resource.getrlimit(resource.RLIMIT_CORE),
             "rlimit_cpu": resource.getrlimit(resource.RLIMIT_CPU),
             "pgid_is_pid": os.getpgid(0) == os.getpid(), "cwd": os.getcwd(),
+            "ppid": os.getppid(),
             "environ": dict(os.environ), "fds": sorted(int(n) for n in os.listdir("/proc/self/fd")),
             "status": pathlib.Path("/proc/self/status").read_text(encoding="ascii")}
 

@@ -1,0 +1,251 @@
+"""The sandbox zygote: one pre-imported root process that forks a drain's sandbox children.
+
+Starting the sandbox child (:mod:`.sandbox_child`) costs an interpreter and the
+analysis' imports, ~100-120 ms of CPU, more than a small core's analysis itself.
+A drain (:func:`coredumpd.pipeline.analyze_job.drain`) analyses many crashes one
+after the other, so it starts the sandbox once, as a zygote::
+
+    python -I -B -m coredumpd.pipeline.sandbox_child --zygote 1 --fd N
+
+started like a child (empty environment, cwd /, its own session) that makes
+itself non-dumpable, imports the whole analysis (as root: see
+:func:`.sandbox_child._preload`) and then only waits on its control socket
+(``SOCK_SEQPACKET``, the drain's job holds the other end).  **It never reads
+core data**: per crash it receives the child's end of the request socket and
+the write end of a stderr pipe, the options of :func:`.sandbox.child_options`,
+and forks.  The forked child, before it reads anything of the crash, closes
+everything but stdin/stdout (/dev/null), stderr (the pipe) and the request
+socket (fd 3), starts its own session, then goes through exactly the steps of
+a started child: :func:`.sandbox_child.confine` (limits, a new network
+namespace, the drop to the crash's analysis credentials, no_new_privs,
+non-dumpable) and :func:`.sandbox_child.serve` (receive the core's and the
+module cache entries' fds, analyse, answer).  The job supervises it as it
+would a started child: the same deadline, result cap and process-group kill
+(:func:`.sandbox.run_analysis`).
+
+The zygote reaps each child and reports its exit status and CPU; a child that
+crashes, hangs or answers garbage costs that crash's analysis only.  A child
+cannot reach the zygote: the control socket is closed before the drop, the
+zygote is root (no signal, no ptrace from the analysis user) and reads nothing
+a child writes.  When the zygote cannot fork (it died, or never started), the
+crash's child is started as its own interpreter, as without a zygote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+CONTROL_MAX = 4096  # bytes of one control message
+REQUEST_FD = 3  # where a forked child finds its request socket, as a started one does
+START_TIMEOUT_S = 60.0  # for the zygote's imports (~0.3 s of CPU here)
+STARTS_MAX = 3  # zygotes started by one drain (a zygote that keeps dying is not retried)
+
+
+class Zygote:
+    """The job's side: starts the zygote on the first :meth:`fork`, counts its CPU."""
+
+    def __init__(self, child_command: Sequence[str] = ("-m", "coredumpd.pipeline.sandbox_child")
+                 ) -> None:
+        self.child_command = tuple(child_command)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.control: socket.socket | None = None
+        self.starts = 0
+        self.cpu_ms = 0  # the children's and the zygote's CPU reported, not yet taken
+        self.zygote_cpu_ms = 0  # the zygote's own CPU at its last report
+        self.reaped_ms = 0  # CPU our RUSAGE_CHILDREN got from reaping zygotes (counted already)
+
+    def fork(self, request_fd: int, options: dict[str, str], deadline: float
+             ) -> ForkedChild | None:
+        """A child forked with ``options`` on the request socket ``request_fd``, or None
+        when the zygote could not (the caller starts one)."""
+        if self.control is None and not self.start():
+            return None
+        assert self.control is not None
+        stderr_read, stderr_write = os.pipe()
+        try:
+            self.control.settimeout(max(0.001, deadline - time.monotonic()))
+            socket.send_fds(self.control, [json.dumps(options).encode()],
+                            [request_fd, stderr_write])
+            reply = json.loads(self.control.recv(CONTROL_MAX) or b"null")
+            pid = reply.get("pid") if isinstance(reply, dict) and "status" not in reply else None
+            if not isinstance(pid, int) or pid <= 0:
+                raise OSError(f"the zygote answered {reply!r}")
+        except (OSError, ValueError, KeyError):
+            os.close(stderr_read)
+            self.close()
+            return None
+        finally:
+            os.close(stderr_write)
+        return ForkedChild(self, pid, stderr_read)
+
+    def start(self) -> bool:
+        """Start the zygote and wait until it has imported everything; False when it
+        cannot be had (it is not tried again after :data:`STARTS_MAX` starts)."""
+        if self.control is not None:
+            return True
+        if self.starts >= STARTS_MAX:
+            return False
+        self.starts += 1
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-B", *self.child_command, "--zygote", "1",
+                 "--fd", str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={}, cwd="/", start_new_session=True)
+        except OSError:
+            ours.close()
+            return False
+        finally:
+            theirs.close()
+        self.control = ours
+        self.zygote_cpu_ms = 0
+        try:
+            ours.settimeout(START_TIMEOUT_S)
+            if json.loads(ours.recv(CONTROL_MAX) or b"null") != {"ready": True}:
+                raise OSError("the zygote did not start")
+        except (OSError, ValueError):
+            self.close()
+            return False
+        return True
+
+    def report(self, reply: Any) -> int | None:
+        """The exit status in a zygote's report (counting the CPU it gives), or None."""
+        if not isinstance(reply, dict) or not isinstance(reply.get("status"), int):
+            return None
+        child_ms, zygote_ms = reply.get("cpu_ms"), reply.get("zygote_cpu_ms")
+        if isinstance(child_ms, int) and isinstance(zygote_ms, int):
+            self.cpu_ms += child_ms + max(0, zygote_ms - self.zygote_cpu_ms)
+            self.zygote_cpu_ms = zygote_ms
+        return os.waitstatus_to_exitcode(reply["status"])
+
+    def take_cpu_ms(self) -> int:
+        """The CPU of the children and of the zygote since the last call."""
+        taken, self.cpu_ms = self.cpu_ms, 0
+        return taken
+
+    def close(self) -> None:
+        """End the zygote (it exits when its control socket closes) and reap it."""
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.process is not None:
+            before = _children_cpu_ms()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.reaped_ms += _children_cpu_ms() - before
+            self.process = None
+
+
+def _children_cpu_ms() -> int:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round((usage.ru_utime + usage.ru_stime) * 1000)
+
+
+class ForkedChild:
+    """A sandbox child forked by the zygote (:class:`.sandbox.SandboxChild`)."""
+
+    def __init__(self, zygote: Zygote, pid: int, stderr_fd: int) -> None:
+        self.zygote = zygote
+        self.pid = pid
+        self.stderr_fd = stderr_fd
+        self.status: int | None = None
+
+    def wait(self, timeout: float) -> int | None:
+        """The zygote's report of this child's end; a zygote gone meanwhile: the child's
+        group is killed and counted as killed."""
+        if self.status is not None:
+            return self.status
+        control = self.zygote.control
+        try:
+            if control is None:
+                raise OSError("no zygote")
+            control.settimeout(max(0.001, timeout))
+            reply = json.loads(control.recv(CONTROL_MAX) or b"null")
+            if not isinstance(reply, dict) or reply.get("pid") != self.pid:
+                raise OSError("the zygote ended")
+            self.status = self.zygote.report(reply)
+            if self.status is None:
+                raise OSError("the zygote ended")
+        except TimeoutError:
+            return None
+        except (OSError, ValueError):
+            self.zygote.close()
+            try:
+                os.killpg(self.pid, 9)
+            except ProcessLookupError:
+                pass
+            self.status = -9
+        return self.status
+
+    def close(self) -> None:
+        if self.stderr_fd >= 0:
+            os.close(self.stderr_fd)
+            self.stderr_fd = -1
+
+
+def zygote_main(control: socket.socket, work: Any) -> int:
+    """The zygote: non-dumpable, everything imported, then fork one child per request
+    until the control socket ends."""
+    import gc
+
+    from coredumpd.pipeline import sandbox_child
+    sandbox_child.not_dumpable()
+    sandbox_child.preload_all()
+    gc.freeze()  # the imported objects stay shared with the children (no copy on write)
+    control.send(json.dumps({"ready": True}).encode())
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, CONTROL_MAX, 2)
+        except OSError:
+            return 0
+        if not message or len(fds) != 2:
+            return 0
+        options = json.loads(message)
+        pid = os.fork()
+        if pid == 0:
+            _forked_child(options, fds[0], fds[1], work)
+        for fd in fds:
+            os.close(fd)
+        try:
+            control.send(json.dumps({"pid": pid}).encode())
+            _, status, usage = os.wait4(pid, 0)
+            own = resource.getrusage(resource.RUSAGE_SELF)
+            control.send(json.dumps({
+                "pid": pid, "status": status,
+                "cpu_ms": round((usage.ru_utime + usage.ru_stime) * 1000),
+                "zygote_cpu_ms": round((own.ru_utime + own.ru_stime) * 1000)}).encode())
+        except OSError:
+            return 0
+
+
+def _forked_child(options: dict[str, str], request_fd: int, stderr_fd: int, work: Any) -> None:
+    """In the forked child: the fds and session of a started child, then its steps."""
+    status = 1
+    try:
+        os.setsid()
+        os.dup2(stderr_fd, 2)
+        os.dup2(request_fd, REQUEST_FD)
+        os.closerange(REQUEST_FD + 1, os.sysconf("SC_OPEN_MAX"))  # the control socket too
+        from coredumpd.pipeline import sandbox_child
+        sandbox_child.confine(options)
+        status = sandbox_child.serve(options, socket.socket(fileno=REQUEST_FD), work)
+    except BaseException:  # noqa: BLE001 - said on stderr; the job reads its tail
+        import traceback
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
