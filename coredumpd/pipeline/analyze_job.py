@@ -31,13 +31,14 @@ import os
 import sys
 from collections.abc import Callable
 
-from coredumpd.pipeline import slots
+from coredumpd.pipeline import analysis_queue, slots
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from coredumpd.config import Config
     from coredumpd.image.debuginfod import Debuginfod
     from coredumpd.model import AnalysisResult, CrashRecord
+    from coredumpd.pipeline.sandbox_zygote import Zygote
 
 
 def analyse(config: Config, record: CrashRecord, core_fd: int | None,
@@ -57,10 +58,11 @@ def _nothing_to_keep() -> int:
 
 
 def analyse_and_keep(config: Config, record: CrashRecord, core_fd: int | None,
-                     debuginfod: Debuginfod | None = None
+                     debuginfod: Debuginfod | None = None, zygote: Zygote | None = None
                      ) -> tuple[AnalysisResult, Callable[[], int]]:
     """:func:`analyse`, and a call that derives and writes the module cache entries the
-    analysis lacked (run it once the result is stored: nobody waits for it)."""
+    analysis lacked (run it once the result is stored: nobody waits for it).  ``zygote``:
+    the drain's sandbox zygote (:mod:`.sandbox_zygote`)."""
     from coredumpd.errors import FormatError
     from coredumpd.model import AnalysisResult
     if not config.analysis:
@@ -88,7 +90,7 @@ def analyse_and_keep(config: Config, record: CrashRecord, core_fd: int | None,
     try:
         answer = run_analysis(config, core_path, facts, record.exe,
                               debuginfod=debuginfod.settings() if debuginfod else None,
-                              entries=offer)
+                              entries=offer, zygote=zygote)
     finally:
         if offer is not None:
             offer.close()
@@ -197,40 +199,153 @@ def report(config: Config, record: CrashRecord) -> dict[str, object]:
     return path_taken
 
 
-def run(row_id: str, config_path: str | None, core_fd: int | None) -> int:
-    from coredumpd.config import load_config
-    from coredumpd.model import AnalysisResult
-    from coredumpd.store.index import Index
-    config = load_config(config_path, strict=False)  # the handler's reading of it
-    index = Index(config.index_path)
-    record = index.get(row_id)
-    if record is None:
-        return 1
-    keep = _nothing_to_keep
+class Drain:
+    """One job's analyses: its own crash, then the others of its store still queued
+    (:mod:`.analysis_queue`), with one index, one sandbox zygote and one CPU account."""
+
+    def __init__(self, config_path: str | None) -> None:
+        from coredumpd.config import load_config
+        from coredumpd.store.index import Index
+        self.config_path = config_path
+        self.config = load_config(config_path, strict=False)  # the handler's reading of it
+        self.index = Index(self.config.index_path)
+        self.zygote: Zygote | None = None
+        self.cpu_taken = 0  # of this process and its reaped children, counted in rows
+        self.analysed = 0
+        self.fleet_queued = False
+
+    def analyse_row(self, row_id: str, core_fd: int | None = None,
+                    queue: str | None = None) -> bool:
+        """Analyse crash ``row_id`` and store the result; False when it has no pending
+        row (deleted, or analysed already)."""
+        from coredumpd.model import AnalysisResult, AnalysisState
+        record = self.index.get(row_id)
+        if record is None or record.analysis_state not in (AnalysisState.PENDING, None):
+            return False
+        config = self.config
+        keep = _nothing_to_keep
+        forked = self.zygote.forked if self.zygote is not None else 0
+        try:
+            debuginfod = handler_debuginfod(config)
+            result, keep = analyse_and_keep(config, record, core_fd, debuginfod,
+                                            self._zygote(queue, row_id))
+            fetching: list[str] = []
+            if debuginfod is not None and result.state == "done" \
+                    and fetch_lacking(debuginfod, record, result, fetching,
+                                      config.analysis_timeout):
+                result, keep = analyse_and_keep(config, record, core_fd, debuginfod,
+                                                self._zygote(queue, row_id))
+            result.problems += fetching
+        except Exception as err:  # noqa: BLE001 - a broken analysis must not lose the entry
+            result = AnalysisResult.failed(f"analysis crashed: {type(err).__name__}: {err}")
+        record.set_analysis(result)
+        path_taken = report(config, record)
+        if config.fleet_database:
+            from coredumpd.fleet.publisher import enqueue
+            path_taken["fleet"] = enqueue(config, record)
+            self.fleet_queued = self.fleet_queued or path_taken["fleet"] == "queued"
+        # one update, after the journal: a reader that sees the analysis sees the outcome too
+        path_taken["module_cache"] = _keep_quietly(keep)
+        path_taken["analysis_cpu_ms"] = self._take_cpu_ms(queue)
+        self.analysed += 1  # which job, its how-manieth crash, how its sandbox started
+        path_taken["analysis_job"] = {"pid": os.getpid(), "crash": self.analysed,
+                                      "sandbox": self._sandbox_started(forked)}
+        self.index.update(record.id, **record.analysis_columns(), path_taken=path_taken)
+        return True
+
+    def _sandbox_started(self, forked_before: int) -> str:
+        if self.zygote is not None and self.zygote.forked > forked_before:
+            return "forked by the zygote"
+        return "started"
+
+    def _zygote(self, queue: str | None, current: str) -> Zygote | None:
+        """The drain's sandbox zygote, made at the first analysis that has others queued
+        behind it: its imports cost more than one started sandbox (~330 against ~120 ms of
+        CPU here), each child forked from it ~150-200 ms less."""
+        from coredumpd.pipeline import analysis_queue
+        if self.zygote is None and self.config.analysis and queue is not None and \
+                any(os.path.basename(marker) != current
+                    for marker in analysis_queue.waiting(queue)):
+            from coredumpd.pipeline.sandbox_zygote import Zygote
+            self.zygote = Zygote()
+        return self.zygote
+
+    def _take_cpu_ms(self, queue: str | None) -> int:
+        """This crash's share of the analyses' CPU: this process and its started sandboxes
+        since the previous crash, the zygote and its children for this crash, and the jobs
+        that found nothing left to analyse since (:func:`.analysis_queue.take_waiting_cpu`)."""
+        from coredumpd.pipeline import analysis_queue
+        total = _cpu_ms() - (self.zygote.reaped_ms if self.zygote else 0)
+        share = total - self.cpu_taken
+        self.cpu_taken = total
+        if self.zygote is not None:
+            share += self.zygote.take_cpu_ms()
+        if queue is not None:
+            share += analysis_queue.take_waiting_cpu(queue)
+        return share
+
+    def drain(self, queue: str, skip: str | None = None) -> None:
+        """Claim and analyse the queued crashes of this configuration, oldest first, until
+        a look at the queue finds none that nobody holds (``skip``: a marker not to take)."""
+        from coredumpd.pipeline import analysis_queue
+        while True:
+            claimed = 0
+            for marker in analysis_queue.waiting(queue):
+                if marker != skip:
+                    claimed += self.claim_and_analyse(marker, queue, wait=False)
+            if not claimed:
+                return
+
+    def claim_and_analyse(self, marker: str, queue: str, wait: bool) -> bool:
+        """Analyse the crash of ``marker`` if we can claim it (``wait``: until its holder
+        is done) and it names our configuration; True when we claimed it."""
+        from coredumpd.pipeline import analysis_queue
+        fd = analysis_queue.claim(marker, wait)
+        if fd is None:
+            return False
+        try:
+            if analysis_queue.config_of(fd) != self.config_path:
+                os.close(fd)  # another configuration's crash: its own job takes it
+                return False
+        except OSError:
+            os.close(fd)
+            return False
+        try:
+            self.analyse_row(os.path.basename(marker), queue=queue)
+        finally:
+            analysis_queue.finish(marker, fd)
+        return True
+
+    def close(self) -> None:
+        if self.zygote is not None:
+            self.zygote.close()
+        self.index.close()
+
+
+def run(row_id: str, config_path: str | None, core_fd: int | None,
+        marker: str | None = None) -> int:
+    """Analyse crash ``row_id`` (``marker``: its queue marker, :mod:`.analysis_queue`),
+    then drain the store's queue; 1 when the crash has no row."""
+    from coredumpd.pipeline import analysis_queue
+    drain = Drain(config_path)
+    queue = os.path.dirname(marker) if marker else \
+        analysis_queue.queue_path(drain.config.directory)
     try:
-        debuginfod = handler_debuginfod(config)
-        result, keep = analyse_and_keep(config, record, core_fd, debuginfod)
-        fetching: list[str] = []
-        if debuginfod is not None and result.state == "done" \
-                and fetch_lacking(debuginfod, record, result, fetching,
-                                  config.analysis_timeout):
-            result, keep = analyse_and_keep(config, record, core_fd, debuginfod)
-        result.problems += fetching
-    except Exception as err:  # noqa: BLE001 - a broken analysis must not lose the entry
-        result = AnalysisResult.failed(f"analysis crashed: {type(err).__name__}: {err}")
-    record.set_analysis(result)
-    path_taken = report(config, record)
-    if config.fleet_database:
-        from coredumpd.fleet.publisher import enqueue
-        path_taken["fleet"] = enqueue(config, record)
-    # one update, after the journal: a reader that sees the analysis sees the outcome too
-    path_taken["module_cache"] = _keep_quietly(keep)
-    # this job's CPU and its sandbox's (waited for), for what a storm of analyses costs
-    path_taken["analysis_cpu_ms"] = _cpu_ms()
-    index.update(record.id, **record.analysis_columns(), path_taken=path_taken)
-    if path_taken.get("fleet") == "queued":
+        if marker is None:
+            if not drain.analyse_row(row_id, core_fd, queue) \
+                    and drain.index.get(row_id) is None:
+                return 1
+        elif drain.claim_and_analyse(marker, queue, wait=False):
+            marker = None  # done
+        drain.drain(queue, skip=marker)
+        if marker is not None:
+            # another job held our crash: wait for it, and analyse it if that job died
+            drain.claim_and_analyse(marker, queue, wait=True)
+    finally:
+        drain.close()
+    if drain.fleet_queued:
         slots.release_slot("analysis")  # a database that is down must not hold analyses up
-        publish(config)
+        publish(drain.config)
     return 0
 
 
@@ -265,6 +380,13 @@ def publish(config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     slots.hold_slot("analysis", slots.analysis_slots())
+    arguments = sys.argv[1:] if argv is None else argv
+    marker = _option(arguments, "--queued")
+    if marker is not None and _option(arguments, "--core-fd") is None \
+            and not analysis_queue.exists(marker):
+        # analysed by another job meanwhile: count this process, import nothing more
+        analysis_queue.add_waiting_cpu(os.path.dirname(marker), _cpu_ms())
+        return 0
     import argparse
 
     from coredumpd.errors import CoredumpdError
@@ -273,9 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id", required=True)
     parser.add_argument("--config")
     parser.add_argument("--core-fd", type=int)
-    options = parser.parse_args(argv)
+    parser.add_argument("--queued", help="the crash's marker in the analysis queue")
+    options = parser.parse_args(arguments)
     try:
-        return run(options.id, options.config, options.core_fd)
+        return run(options.id, options.config, options.core_fd, options.queued)
     except CoredumpdError as err:
         journal.write_kmsg(f"analysis job for crash {options.id} failed: {err}")
         return 1
@@ -285,6 +408,14 @@ def main(argv: list[str] | None = None) -> int:
                 os.close(options.core_fd)
             except OSError:
                 pass
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``name VALUE`` in ``argv`` (argparse costs more than a finished job)."""
+    for position, word in enumerate(argv[:-1]):
+        if word == name:
+            return argv[position + 1]
+    return None
 
 
 if __name__ == "__main__":

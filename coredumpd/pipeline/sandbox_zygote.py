@@ -58,6 +58,7 @@ class Zygote:
         self.process: subprocess.Popen[bytes] | None = None
         self.control: socket.socket | None = None
         self.starts = 0
+        self.forked = 0  # children forked
         self.cpu_ms = 0  # the children's and the zygote's CPU reported, not yet taken
         self.zygote_cpu_ms = 0  # the zygote's own CPU at its last report
         self.reaped_ms = 0  # CPU our RUSAGE_CHILDREN got from reaping zygotes (counted already)
@@ -84,6 +85,7 @@ class Zygote:
             return None
         finally:
             os.close(stderr_write)
+        self.forked += 1
         return ForkedChild(self, pid, stderr_read)
 
     def start(self) -> bool:

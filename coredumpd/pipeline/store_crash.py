@@ -281,6 +281,11 @@ def _spawn_analysis(crash: CrashState, index: Index, row_id: Any, record: dict[s
         keep_fd = crash.temp.fd  # unlinked core: the job analyses it through this fd
         os.set_inheritable(keep_fd, True)
         argv += ["--core-fd", str(keep_fd)]
+    else:  # any job of this store may analyse it (analysis_queue.py)
+        from coredumpd.pipeline.analysis_queue import enqueue
+        marker = enqueue(crash.load_config().directory, str(row_id), config_path)
+        if marker is not None:
+            argv += ["--queued", marker]
     child = os.fork()
     if child == 0:
         _detached_exec(argv)

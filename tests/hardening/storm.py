@@ -87,6 +87,7 @@ class StormResult:
     analysis_rss_sum_mib: float | None = None  # peak RSS sum of analysis jobs + sandboxes
     analysis_max_rss_mib: float | None = None
     analysis_alive_max: int = 0  # analysis jobs (waiting or working)
+    zygotes_alive_max: int = 0  # sandbox zygotes of the jobs (coredumpd.pipeline.sandbox_zygote)
     sandboxes_alive_max: int = 0  # their sandbox children (only working jobs start one)
     core_states: dict[str, int] = dataclasses.field(default_factory=dict)
     core_reasons: list[str] = dataclasses.field(default_factory=list)  # of unstored cores
@@ -116,7 +117,7 @@ class MemorySampler(threading.Thread):
         self.stopping = threading.Event()
         self.peaks: dict[str, dict[str, float]] = {
             kind: {"rss_sum": 0.0, "pss_sum": 0.0, "alive": 0, "working": 0, "max_rss": 0.0}
-            for kind in ("handler", "analysis", "sandbox")}
+            for kind in ("handler", "analysis", "sandbox", "zygote")}
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval):
@@ -128,9 +129,11 @@ class MemorySampler(threading.Thread):
 
     def _kinds(self) -> dict[str, str]:
         """PID -> kind of ours; other engineers' handlers and analyses may run too: ours
-        run our launcher, or name our config, or are the sandbox of a job of ours."""
+        run our launcher, or name our config, or are the sandbox (or sandbox zygote) of a
+        job of ours, or a sandbox forked by such a zygote."""
         kinds: dict[str, str] = {}
         sandboxes: dict[str, str] = {}  # pid -> parent pid
+        zygotes: set[str] = set()
         for pid in (name for name in os.listdir("/proc") if name.isdigit()):
             try:
                 words = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -141,10 +144,14 @@ class MemorySampler(threading.Thread):
                 elif any(SANDBOX_CHILD in word for word in words):
                     stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
                     sandboxes[pid] = stat.rsplit(")", 1)[1].split()[1]
+                    if b"--zygote" in words:
+                        zygotes.add(pid)
             except OSError:
                 continue
-        kinds.update({pid: "sandbox" for pid, parent in sandboxes.items()
-                      if kinds.get(parent) == "analysis"})
+        kinds.update({pid: "zygote" for pid in zygotes
+                      if kinds.get(sandboxes[pid]) == "analysis"})
+        kinds.update({pid: "sandbox" for pid, parent in sandboxes.items() if pid not in zygotes
+                      and kinds.get(parent) in ("analysis", "zygote")})
         return kinds
 
     def sample(self) -> None:
@@ -293,16 +300,19 @@ def _add_memory(result: StormResult, sampler: MemorySampler | None) -> None:
     if sampler is None:
         return
     handler, analysis = sampler.peaks["handler"], sampler.peaks["analysis"]
-    sandbox = sampler.peaks["sandbox"]
+    sandbox, zygote = sampler.peaks["sandbox"], sampler.peaks["zygote"]
     result.handler_max_rss_mib = round(handler["max_rss"], 1) or None
     result.handler_rss_sum_mib = round(handler["rss_sum"], 1) or None
     result.handler_pss_sum_mib = round(handler["pss_sum"], 1) or None
     result.handlers_alive_max = int(handler["alive"])
     result.handlers_working_max = int(handler["working"])
-    result.analysis_rss_sum_mib = round(analysis["rss_sum"] + sandbox["rss_sum"], 1) or None
-    result.analysis_max_rss_mib = round(max(analysis["max_rss"], sandbox["max_rss"]), 1) or None
+    result.analysis_rss_sum_mib = round(analysis["rss_sum"] + sandbox["rss_sum"]
+                                        + zygote["rss_sum"], 1) or None
+    result.analysis_max_rss_mib = round(max(analysis["max_rss"], sandbox["max_rss"],
+                                            zygote["max_rss"]), 1) or None
     result.analysis_alive_max = int(analysis["alive"])
     result.sandboxes_alive_max = int(sandbox["alive"])
+    result.zygotes_alive_max = int(zygote["alive"])
 
 
 def _index_rows(config_path: str) -> list[dict[str, Any]]:

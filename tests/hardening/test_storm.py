@@ -48,7 +48,10 @@ def test_storm_of_distinct_programs_loses_nothing(tmp_path):
     assert result.handler_pss_sum_mib < (slots.handler_slots() * WORKING_MIB
                                          + COUNT * WAITING_MIB)
     assert 0 < result.handlers_working_max <= slots.handler_slots()
-    assert 0 < result.sandboxes_alive_max <= slots.analysis_slots()
+    # one sandbox (started, or forked by the job's zygote) per analysis slot at most
+    assert result.sandboxes_alive_max <= slots.analysis_slots()
+    assert result.zygotes_alive_max <= slots.analysis_slots()
+    assert result.sandboxes_alive_max + result.zygotes_alive_max > 0
 
 
 def test_storm_of_one_program_gives_every_row(tmp_path):
