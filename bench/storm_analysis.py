@@ -159,19 +159,22 @@ def run_variant(name: str, work: pathlib.Path, store: pathlib.Path, settings: di
             reaped = time.monotonic()
             pids = {c.pid for c, status in zip(crashers, statuses, strict=True) if status == -11}
             during: list[float] = []
+            tiny_pids: set[int] = set()
             rows: list[dict[str, Any]] = []
             while True:  # tiny crashes while the storm's analyses run
                 pending = [row for row in storm._index_rows(config_path)
                            if row.get("pid") in pids and row.get("analysis_state") == "pending"]
                 if not pending and len(during) > 0:
                     break
-                during.append(crash_tiny(tiny, stamp)[1])
+                tiny_pid, latency = crash_tiny(tiny, stamp)
+                during.append(latency)
+                tiny_pids.add(tiny_pid)
                 time.sleep(0.2)
             rows, done = wait_analysed(config_path, pids)
             wait_for_handlers(config_path)  # the jobs that found their crash analysed too
             watcher.stop()
             tiny_rows = [row for row in storm._index_rows(config_path)
-                         if row.get("pid") not in pids]
+                         if row.get("pid") in tiny_pids]
     finally:
         if barrier_write >= 0:
             os.close(barrier_write)
@@ -347,6 +350,7 @@ def report(options: argparse.Namespace, names: list[str], work: pathlib.Path,
               f"{result['rows_cpu_s']:.2f} s (median {result['cpu_median_ms']:.0f} ms per "
               f"crash) + jobs that found their crash analysed, not yet in a row "
               f"{result['waited_cpu_s']:.2f} s; the {result['tiny_rows']} tiny crashes' rows "
+              f"(during the analyses) "
               f"{result['tiny_cpu_s']:.2f} s besides")
         print(f"  analysed by {result['drainers']} jobs, {result['forked']} sandboxes forked by "
               f"a zygote; at most {result['jobs_max']} jobs, {result['sandboxes_max']} "

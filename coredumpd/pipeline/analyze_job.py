@@ -199,6 +199,10 @@ def report(config: Config, record: CrashRecord) -> dict[str, object]:
     return path_taken
 
 
+LINGER_S = 1.0  # a drain waits this long for another crash before it ends
+LINGER_POLL_S = 0.05  # looking at the queue (a directory listing) this often meanwhile
+
+
 class Drain:
     """One job's analyses: its own crash, then the others of its store still queued
     (:mod:`.analysis_queue`), with one index, one sandbox zygote and one CPU account."""
@@ -259,13 +263,13 @@ class Drain:
         return "started"
 
     def _zygote(self, queue: str | None, current: str) -> Zygote | None:
-        """The drain's sandbox zygote, made at the first analysis that has others queued
-        behind it: its imports cost more than one started sandbox (~330 against ~120 ms of
-        CPU here), each child forked from it ~150-200 ms less."""
+        """The drain's sandbox zygote, made at its second crash or at its first when others
+        are queued behind it: its imports cost more than one started sandbox (~330
+        against ~120 ms of CPU here), each child forked from it ~150-200 ms less."""
         from coredumpd.pipeline import analysis_queue
         if self.zygote is None and self.config.analysis and queue is not None and \
-                any(os.path.basename(marker) != current
-                    for marker in analysis_queue.waiting(queue)):
+                (self.analysed > 0 or any(os.path.basename(marker) != current
+                                          for marker in analysis_queue.waiting(queue))):
             from coredumpd.pipeline.sandbox_zygote import Zygote
             self.zygote = Zygote()
         return self.zygote
@@ -286,15 +290,22 @@ class Drain:
 
     def drain(self, queue: str, skip: str | None = None) -> None:
         """Claim and analyse the queued crashes of this configuration, oldest first, until
-        a look at the queue finds none that nobody holds (``skip``: a marker not to take)."""
+        none that nobody holds has come for :data:`LINGER_S` (``skip``: a marker not
+        to take).  In a storm whose capture is slower than its analyses, the crashes
+        trickle in: the drain that waits a moment for the next keeps its zygote."""
+        import time
+
         from coredumpd.pipeline import analysis_queue
-        while True:
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < LINGER_S:
             claimed = 0
             for marker in analysis_queue.waiting(queue):
                 if marker != skip:
                     claimed += self.claim_and_analyse(marker, queue, wait=False)
-            if not claimed:
-                return
+            if claimed:
+                idle_since = time.monotonic()
+            else:
+                time.sleep(LINGER_POLL_S)
 
     def claim_and_analyse(self, marker: str, queue: str, wait: bool) -> bool:
         """Analyse the crash of ``marker`` if we can claim it (``wait``: until its holder
