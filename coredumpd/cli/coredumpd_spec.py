@@ -53,6 +53,15 @@ STORMS = (
      "before importing the analysis; a job and its sandbox peak near 90 MiB RSS. One CPU "
      "is left to the next crash's capture: niceness alone is not enough (on 2 CPUs, two "
      "busy loops at nice 15 made a tiny core's crash->reap 50% slower, one loop did not)."),
+    ("A job that gets a slot does not stop at its own crash: it analyses, one after the "
+     "other, the crashes of its store still queued (DIR/analysis-queue/ID, one file per "
+     "crash, claimed with flock(2) and removed once the analysis is stored; a job killed "
+     "meanwhile leaves its crash to the next), until none has come for a second; the jobs "
+     "whose crash it analysed exit as soon as they get their slot. From its second crash on "
+     "it forks each sandbox from a zygote, one root process that has imported the analysis "
+     "and reads no core (38 MiB RSS), instead of starting an interpreter per crash: in a "
+     "storm of 64 crashes the analyses' CPU went from 19.0 s to 3.7 s. A crash whose core "
+     "was not kept (Storage=none, rate limited) is analysed by its own job only."),
     ("Measured on 2 CPUs and 24 GiB with the installed settings (core_pipe_limit 753): "
      "64 processes crashing at once, four of them with 192 MiB cores, analysis on: 64 "
      "rows, 64 verified cores, 64 analyses; at most 4 handlers working and 64 alive at "

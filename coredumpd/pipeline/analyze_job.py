@@ -1,6 +1,6 @@
 """The detached analysis job the handler starts after storing a crash.
 
-``python -m coredumpd.pipeline.analyze_job --id ID [--config FILE] [--core-fd N]``
+``python -m coredumpd.pipeline.analyze_job --id ID [--config FILE] [--core-fd N | --queued MARKER]``
 
 Runs niced in its own session, long after the kernel let the crashed process
 go: loads the index row, analyses the core in the sandbox
@@ -21,7 +21,15 @@ vanishes when this job exits.
 
 In a storm, many jobs start at once: each waits for an analysis slot
 (:mod:`coredumpd.pipeline.slots`) before importing anything heavy, so only a
-few analyses (and their sandboxes) hold memory at a time.
+few analyses (and their sandboxes) hold memory at a time.  A job with a slot
+drains (:class:`Drain`): after its own crash (``--queued``: the crash's marker in
+:mod:`.analysis_queue`) it claims and analyses the other queued crashes of its
+store and configuration, oldest first, until none has come for
+:data:`LINGER_S`; a job whose marker is gone when it gets its slot exits at once.
+From the drain's second crash on (or its first, when others wait) its sandboxes
+are forked by one zygote (:mod:`.sandbox_zygote`) instead of each starting an
+interpreter and the analysis' imports.  A job whose own crash another job held
+waits for that claim at the end: if that job died, this one analyses the crash.
 """
 
 from __future__ import annotations

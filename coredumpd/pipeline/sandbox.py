@@ -7,14 +7,19 @@ list).
 So it runs in a child process that
 
 * is started with ``sys.executable -I -B -m coredumpd.pipeline.sandbox_child``, an
-  empty environment, cwd ``/``, in its own session (process group);
-* sets its limits first: ``RLIMIT_AS`` (AnalysisMemoryMax), ``RLIMIT_CPU``,
+  empty environment, cwd ``/``, in its own session (process group) — or, in a
+  drain of queued crashes, forked in the same state by the drain's zygote, a root
+  process that imported the analysis once and reads no core
+  (:mod:`coredumpd.pipeline.sandbox_zygote`);
+* sets its limits (:func:`.sandbox_child.confine`, for started and forked children
+  alike): ``RLIMIT_AS`` (AnalysisMemoryMax), ``RLIMIT_CPU``,
   ``RLIMIT_CORE`` 0 and ``PR_SET_DUMPABLE`` 0 — with a pipe core_pattern the
   kernel ignores RLIMIT_CORE (only the value 1 stops it, fs/coredump.c), so it
   is the non-dumpable flag that keeps a crash of the analysis from ever coming
   back to our own handler (``__get_dumpable() == 0`` makes ``do_coredump``
   return before anything is piped);
-* imports the whole analysis code while still root (the interpreter may live in
+* imports the whole analysis code while still root — a started child after making
+  itself non-dumpable, before the limits; the zygote before it forks (the interpreter may live in
   a directory that only root can traverse, e.g. a pyenv under ``/root``), then
   drops to the crashing uid — or to ``AnalysisUser`` for root, system uids
   (< 1000) and processes that changed credentials (dump mode 2):

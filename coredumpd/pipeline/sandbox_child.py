@@ -1,10 +1,13 @@
 """The analysis process itself: ``python -I -B -m coredumpd.pipeline.sandbox_child``.
 
 Started by :func:`coredumpd.pipeline.sandbox.run_analysis` (see its module for
-the design): sets its limits, imports the analysis while still root, drops its
-privileges, then receives the core fd and the facts over the socket given as
-``--fd``, runs :func:`coredumpd.analysis.analyze` and sends the result back as
-JSON.  :func:`child_main` takes that work as an argument: the tests' misbehaving
+the design): makes itself non-dumpable, imports the analysis while still root,
+sets its limits and drops its privileges (:func:`confine`), then receives the
+core fd and the facts over the socket given as ``--fd``, runs
+:func:`coredumpd.analysis.analyze` and sends the result back as JSON
+(:func:`serve`).  With ``--zygote 1`` it is a drain's zygote instead
+(:mod:`.sandbox_zygote`), whose forked children run :func:`confine` and
+:func:`serve` the same way.  :func:`child_main` takes that work as an argument: the tests' misbehaving
 child (tests/support/sandbox_hooks.py) goes through the same steps.  Nothing from the core is read before the drop.
 """
 

@@ -3,7 +3,9 @@
 Finish the lz4 file, decide whether the core is kept (Storage=, RLIMIT_CORE,
 rate limit per executable), link it under systemd's name with its ACL, write
 the index row, apply MaxUse/KeepFree, tell /dev/kmsg when the crasher is PID 1
-or journald, and start the detached analysis job.  The order follows
+or journald, queue the crash for its analysis (:mod:`.analysis_queue`: any
+analysis job of the store may take it) and start the detached analysis job.  The
+order follows
 systemd-coredump (src/coredump/coredump.c: save_external_coredump(),
 submit_coredump()) minus everything that needs PID 1 or a socket service.
 """

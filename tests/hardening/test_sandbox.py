@@ -322,3 +322,32 @@ def test_memfd_copy_is_the_raw_core_sealed(tmp_path):
             os.pwrite(copy, b"x", 0)
     finally:
         os.close(copy)
+
+
+@fault_case
+def test_a_dead_zygote_costs_no_analysis(tmp_path, launch):
+    """The zygote killed between two crashes: the next crash's sandbox is started as
+    without one, the one after is forked by a new zygote; both analyses done."""
+    import signal
+
+    if launch != "forked":
+        pytest.skip("about the zygote")
+    source = FIXTURES / "abort" / "core.lz4"
+    core = tmp_path / "core.lz4"
+    core.write_bytes(source.read_bytes())
+    core.chmod(0o640)
+    config = Config(analysis_timeout=120.0)
+    zygote = Zygote()
+    try:
+        assert zygote.start()
+        first = zygote.process.pid
+        os.kill(first, signal.SIGKILL)
+        zygote.process.wait()
+        results = [sandbox.run_analysis(config, str(core), None, None, zygote=zygote)
+                   for _ in range(2)]
+        assert [result["state"] for result in results] == ["done", "done"]
+        assert results[0]["threads"] == results[1]["threads"]
+        assert zygote.starts == 2 and zygote.forked == 1  # started once, then forked
+        assert zygote.process.pid != first
+    finally:
+        zygote.close()
