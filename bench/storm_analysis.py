@@ -16,9 +16,16 @@ handler as ``coredumpd install`` registers it, with the default configuration
   this bench from an older checkout with its own venv).
 
 Printed per variant: the time from the crash (the barrier's release) until the last of
-the storm's analyses is stored (the index polled every 50 ms); the CPU its analyses
-spent (the sum of ``path_taken.analysis_cpu_ms``: each job's getrusage, itself and its
-sandbox); the most analysis jobs and sandboxes alive at once and their nice values.
+the storm's analyses is stored (the index polled every 50 ms), and from the start of
+the first analysis (the first sandbox or sandbox zygote of our jobs seen, every 50 ms);
+the CPU of every analysis process: the sum of the storm rows' ``path_taken.analysis_cpu_ms``
+(each row's share: its job's getrusage since the job's previous crash, its started
+sandbox, or the zygote's and the forked child's as the zygote reports them, and the jobs
+that found their crash analysed since) plus what such jobs counted after the last row
+(``DIR/analysis-queue.cpu``, read once every job of the variant has exited); how many jobs
+analysed the storm and how many sandboxes were forked by a zygote; the most analysis
+jobs, sandboxes and zygotes alive at once and their nice values.  The tiny crashes
+below are analysed by the same jobs: their rows' CPU is printed apart.
 
 Then, while that variant's analyses run, tiny-core crashes (bench/reap_crasher.c,
 0 MiB) one after the other, crash -> reap measured as bench/reap_latency.py does
@@ -28,7 +35,7 @@ running, each crash's analysis awaited) is the reference.
 
 Finally the reference of issue 15: ``eu-stack -s`` on the same cores (the ``cold``
 variant's, decompressed; the executable given) run one after the other: wall time
-and CPU.  core_pattern is only changed under tests/support/kernel.py's lock.
+and CPU, and each variant's ratios to it.  core_pattern is only changed under tests/support/kernel.py's lock.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.analysis_warm import PROGRAM as TENTH_C
 from bench.provenance import measured_line, private_journal
 from tests.hardening import storm
 from tests.support.crash import compile_c, installed, wait_for_handlers, write_config
@@ -87,30 +95,18 @@ class AnalysisWatcher(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.wait(0.05):
-            jobs: set[str] = set()
-            sandboxes: dict[str, tuple[str, int, bool]] = {}  # pid -> parent, nice, zygote
-            for pid in (name for name in os.listdir("/proc") if name.isdigit()):
+            kinds = storm.analysis_kinds(self.config_path)
+            counts = {kind: 0 for kind in self.most}
+            for pid, kind in kinds.items():
+                counts[kind] += 1
                 try:
-                    words = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                     stat = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1]
                 except OSError:
                     continue
-                fields = stat.split()
-                if storm.ANALYSIS_JOB in words and self.config_path in words:
-                    jobs.add(pid)
-                    self.nice.add(int(fields[16]))
-                elif any(storm.SANDBOX_CHILD in word for word in words):
-                    sandboxes[pid] = (fields[1], int(fields[16]), b"--zygote" in words)
-            zygotes = {pid for pid, (parent, _, zygote) in sandboxes.items()
-                       if zygote and parent in jobs}
-            children = {pid for pid, (parent, _, zygote) in sandboxes.items()
-                        if not zygote and (parent in jobs or parent in zygotes)}
-            for pid in zygotes | children:
-                self.nice.add(sandboxes[pid][1])
-            if (zygotes or children) and self.first_sandbox is None:
+                self.nice.add(int(stat.split()[16]))
+            if (counts["zygote"] or counts["sandbox"]) and self.first_sandbox is None:
                 self.first_sandbox = time.monotonic()
-            for kind, count in (("analysis", len(jobs)), ("sandbox", len(children)),
-                                ("zygote", len(zygotes))):
+            for kind, count in counts.items():
                 self.most[kind] = max(self.most[kind], count)
 
     def stop(self) -> None:
@@ -247,19 +243,6 @@ def eu_stack(rows: list[dict[str, Any]], work: pathlib.Path) -> dict[str, float]
     return {"wall_s": wall, "cpu_s": cpu, "failures": failures}
 
 
-TENTH_C = r"""
-#include <pthread.h>
-#include <stdlib.h>
-#include <unistd.h>
-static void *idle(void *arg) { (void)arg; pause(); return 0; }
-static void deep(int n) { if (n == 0) abort(); deep(n - 1); }
-int main(void) {
-    pthread_t t[4];
-    for (int i = 0; i < 4; i++) pthread_create(&t[i], 0, idle, 0);
-    usleep(20000);
-    deep(20);
-}
-"""
 TENTH_PROGRAMS = {"C, 5 threads, abort() 20 calls deep": None,
                   "python3 crashing in libc under ctypes":
                       ["/usr/bin/python3", "-c", "import ctypes; ctypes.string_at(0)"]}
@@ -270,7 +253,7 @@ def tenth(crashes: int, work: pathlib.Path, settings: dict[str, Any]) -> None:
     AnalysisCache=no and =yes (a new store each): the first and the last crash's
     analysis, as the row says (the sandbox's duration_ms; the job's CPU)."""
     from tests.support.crash import registered_handler
-    program = compile_c(TENTH_C, work, name="tenth")
+    program = compile_c(TENTH_C, work, name="tenth")  # analysis_warm.py's program
     for label, argv in TENTH_PROGRAMS.items():
         for cache in (False, True):
             store = work / f"tenth-{cache}-{len(label)}"

@@ -24,8 +24,9 @@ In a storm, many jobs start at once: each waits for an analysis slot
 few analyses (and their sandboxes) hold memory at a time.  A job with a slot
 drains (:class:`Drain`): after its own crash (``--queued``: the crash's marker in
 :mod:`.analysis_queue`) it claims and analyses the other queued crashes of its
-store and configuration, oldest first, until none has come for
-:data:`LINGER_S`; a job whose marker is gone when it gets its slot exits at once.
+store and configuration, oldest first, until none is left (after more than one
+crash: none has come for :data:`LINGER_S`); a job whose marker is gone when it
+gets its slot exits at once.
 From the drain's second crash on (or its first, when others wait) its sandboxes
 are forked by one zygote (:mod:`.sandbox_zygote`) instead of each starting an
 interpreter and the analysis' imports.  A job whose own crash another job held
@@ -298,20 +299,21 @@ class Drain:
 
     def drain(self, queue: str, skip: str | None = None) -> None:
         """Claim and analyse the queued crashes of this configuration, oldest first, until
-        none that nobody holds has come for :data:`LINGER_S` (``skip``: a marker not
-        to take).  In a storm whose capture is slower than its analyses, the crashes
-        trickle in: the drain that waits a moment for the next keeps its zygote."""
+        none is left that nobody holds (``skip``: a marker not to take) — and, once it has
+        analysed more than one, none has come for :data:`LINGER_S`: in a storm whose
+        capture is slower than its analyses the crashes trickle in, and the drain that
+        waits a moment for the next keeps its zygote.  A lone crash's job ends at once
+        (its slot is the other crashes' too)."""
         import time
 
         from coredumpd.pipeline import analysis_queue
         idle_since = time.monotonic()
-        while time.monotonic() - idle_since < LINGER_S:
-            claimed = 0
-            for marker in analysis_queue.waiting(queue):
-                if marker != skip:
-                    claimed += self.claim_and_analyse(marker, queue, wait=False)
-            if claimed:
+        while True:
+            if sum(self.claim_and_analyse(marker, queue, wait=False)
+                   for marker in analysis_queue.waiting(queue) if marker != skip):
                 idle_since = time.monotonic()
+            elif self.analysed < 2 or time.monotonic() - idle_since >= LINGER_S:
+                return
             else:
                 time.sleep(LINGER_POLL_S)
 

@@ -105,6 +105,30 @@ SANDBOX_CHILD = b"coredumpd.pipeline.sandbox_child"
 WORKING_RSS_MIB = 12
 
 
+def analysis_kinds(config_path: bytes) -> dict[str, str]:
+    """PID -> "analysis" (a job naming ``config_path``), "zygote" (a job's sandbox zygote)
+    or "sandbox" (a job's started sandbox, or one its zygote forked)."""
+    kinds: dict[str, str] = {}
+    sandboxes: dict[str, str] = {}  # pid -> parent pid
+    zygotes: set[str] = set()
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
+        try:
+            words = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if ANALYSIS_JOB in words and config_path in words:
+                kinds[pid] = "analysis"
+            elif any(SANDBOX_CHILD in word for word in words):
+                stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+                sandboxes[pid] = stat.rsplit(")", 1)[1].split()[1]
+                if b"--zygote" in words:
+                    zygotes.add(pid)
+        except OSError:
+            continue
+    kinds.update({pid: "zygote" for pid in zygotes if kinds.get(sandboxes[pid]) == "analysis"})
+    kinds.update({pid: "sandbox" for pid, parent in sandboxes.items() if pid not in zygotes
+                  and kinds.get(parent) in ("analysis", "zygote")})
+    return kinds
+
+
 class MemorySampler(threading.Thread):
     """Every ``interval`` s: the handlers (command line runs ``launcher``) and the analysis
     processes alive, their RSS and PSS summed; each process's peak RSS (VmHWM)."""
@@ -129,30 +153,16 @@ class MemorySampler(threading.Thread):
 
     def _kinds(self) -> dict[str, str]:
         """PID -> kind of ours; other engineers' handlers and analyses may run too: ours
-        run our launcher, or name our config, or are the sandbox (or sandbox zygote) of a
-        job of ours, or a sandbox forked by such a zygote."""
+        run our launcher, or are analysis processes of our config (:func:`analysis_kinds`)."""
         kinds: dict[str, str] = {}
-        sandboxes: dict[str, str] = {}  # pid -> parent pid
-        zygotes: set[str] = set()
         for pid in (name for name in os.listdir("/proc") if name.isdigit()):
             try:
                 words = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                if self.launcher in words:
-                    kinds[pid] = "handler"
-                elif ANALYSIS_JOB in words and self.config_path in words:
-                    kinds[pid] = "analysis"
-                elif any(SANDBOX_CHILD in word for word in words):
-                    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-                    sandboxes[pid] = stat.rsplit(")", 1)[1].split()[1]
-                    if b"--zygote" in words:
-                        zygotes.add(pid)
             except OSError:
                 continue
-        kinds.update({pid: "zygote" for pid in zygotes
-                      if kinds.get(sandboxes[pid]) == "analysis"})
-        kinds.update({pid: "sandbox" for pid, parent in sandboxes.items() if pid not in zygotes
-                      and kinds.get(parent) in ("analysis", "zygote")})
-        return kinds
+            if self.launcher in words:
+                kinds[pid] = "handler"
+        return kinds | analysis_kinds(self.config_path)
 
     def sample(self) -> None:
         totals = {kind: {"rss_sum": 0.0, "pss_sum": 0.0, "alive": 0, "working": 0}
