@@ -69,7 +69,6 @@ from coredumpd.model import AnalysisResult, AnalysisState
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from coredumpd.pipeline.sandbox_cache import Offer
-    from coredumpd.pipeline.sandbox_zygote import Zygote
 
 RESULT_MAX = 32 << 20  # bytes of JSON accepted from the child
 STDERR_TAIL = 2000  # bytes of the child's stderr kept for the error message
@@ -213,7 +212,7 @@ def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
                  exe: str | None, root: str = "/",
                  child_command: Sequence[str] = ("-m", CHILD_MODULE),
                  debuginfod: dict[str, Any] | None = None,
-                 entries: Offer | None = None, zygote: Zygote | None = None) -> dict[str, Any]:
+                 entries: Offer | None = None, zygote: Forker | None = None) -> dict[str, Any]:
     """Analyse ``core_path`` (raw ELF or our seekable lz4) in the sandbox.
 
     Returns the analysis result dict (docs/ARCHITECTURE.md), or a ``failed``
@@ -250,6 +249,17 @@ def run_analysis(config: Config, core_path: str, facts: dict[str, Any] | None,
                           options, child_command, started, zygote)
     finally:
         os.close(core_fd)
+
+
+class Forker(Protocol):
+    """What forks sandbox children instead of starting them (:class:`.sandbox_zygote.Zygote`;
+    named here, not imported: the zygote's children import this module)."""
+
+    child_command: tuple[str, ...]
+
+    def fork(self, request_fd: int, options: dict[str, str], deadline: float
+             ) -> SandboxChild | None:
+        """A child forked with ``options`` on ``request_fd``, or None: start one."""
 
 
 class SandboxChild(Protocol):
@@ -295,7 +305,7 @@ def _start(options: dict[str, str], child_command: Sequence[str], fd: int
 
 def _supervise(config: Config, fds: list[int], request: dict[str, Any],
                options: dict[str, str], child_command: Sequence[str], started: float,
-               zygote: Zygote | None = None) -> dict[str, Any]:
+               zygote: Forker | None = None) -> dict[str, Any]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     deadline = started + config.analysis_timeout
     try:

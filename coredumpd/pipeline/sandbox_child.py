@@ -24,6 +24,7 @@ from typing import Any
 
 from coredumpd.pipeline.sandbox import HEADER, failed
 from coredumpd.pipeline.sandbox_cache import MAX_PASSED, PassedModuleCache
+from coredumpd.pipeline.sandbox_zygote import CONTROL_MAX
 
 # <linux/prctl.h>
 PR_SET_DUMPABLE = 4
@@ -271,7 +272,6 @@ def child_main(argv: list[str], work: Work = _analyze_request) -> int:
     options = dict(zip(argv[0::2], argv[1::2], strict=False))
     sock = socket.socket(fileno=int(options["--fd"]))
     if "--zygote" in options:
-        from coredumpd.pipeline.sandbox_zygote import zygote_main
         return zygote_main(sock, work)
     not_dumpable()
     _preload("--python" in options)  # a Python crash: pystack too (~24 ms)
@@ -309,6 +309,64 @@ def serve(options: dict[str, str], sock: socket.socket, work: Work) -> int:
         sock.sendall(json.dumps(result, default=str).encode())
     sock.close()
     return 0
+
+
+# The zygote's side of coredumpd.pipeline.sandbox_zygote (the job's side is there).
+REQUEST_FD = 3  # where a forked child finds its request socket, as a started one does
+
+
+def zygote_main(control: socket.socket, work: Work) -> int:
+    """The zygote: non-dumpable, everything imported, then fork one child per request
+    until the control socket ends."""
+    import gc
+
+    not_dumpable()
+    preload_all()
+    gc.freeze()  # the imported objects stay shared with the children (no copy on write)
+    control.send(json.dumps({"ready": True}).encode())
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, CONTROL_MAX, 2)
+        except OSError:
+            return 0
+        if not message or len(fds) != 2:
+            return 0
+        options = json.loads(message)
+        pid = os.fork()
+        if pid == 0:
+            _forked_child(options, fds[0], fds[1], work)
+        for fd in fds:
+            os.close(fd)
+        try:
+            control.send(json.dumps({"pid": pid}).encode())
+            _, status, usage = os.wait4(pid, 0)
+            own = resource.getrusage(resource.RUSAGE_SELF)
+            control.send(json.dumps({
+                "pid": pid, "status": status,
+                "cpu_ms": round((usage.ru_utime + usage.ru_stime) * 1000),
+                "zygote_cpu_ms": round((own.ru_utime + own.ru_stime) * 1000)}).encode())
+        except OSError:
+            return 0
+
+
+def _forked_child(options: dict[str, str], request_fd: int, stderr_fd: int, work: Work) -> None:
+    """In the forked child: the fds and session of a started child, then its steps."""
+    status = 1
+    try:
+        os.setsid()
+        os.dup2(stderr_fd, 2)
+        os.dup2(request_fd, REQUEST_FD)
+        os.closerange(REQUEST_FD + 1, os.sysconf("SC_OPEN_MAX"))  # the control socket too
+        confine(options)
+        status = serve(options, socket.socket(fileno=REQUEST_FD), work)
+    except BaseException:  # noqa: BLE001 - said on stderr; the job reads its tail
+        import traceback
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ module cache entries' fds, analyse, answer).  The job supervises it as it
 would a started child: the same deadline, result cap and process-group kill
 (:func:`.sandbox.run_analysis`).
 
-The zygote reaps each child and reports its exit status and CPU; a child that
+The zygote's side is :func:`.sandbox_child.zygote_main` (one module with the steps
+its children share with started ones); this module is the job's side.  The zygote
+reaps each child and reports its exit status and CPU; a child that
 crashes, hangs or answers garbage costs that crash's analysis only.  A child
 cannot reach the zygote: the control socket is closed before the drop, the
 zygote is root (no signal, no ptrace from the analysis user) and reads nothing
@@ -44,7 +46,6 @@ from collections.abc import Sequence
 from typing import Any
 
 CONTROL_MAX = 4096  # bytes of one control message
-REQUEST_FD = 3  # where a forked child finds its request socket, as a started one does
 START_TIMEOUT_S = 60.0  # for the zygote's imports (~0.3 s of CPU here)
 STARTS_MAX = 3  # zygotes started by one drain (a zygote that keeps dying is not retried)
 
@@ -195,59 +196,3 @@ class ForkedChild:
         if self.stderr_fd >= 0:
             os.close(self.stderr_fd)
             self.stderr_fd = -1
-
-
-def zygote_main(control: socket.socket, work: Any) -> int:
-    """The zygote: non-dumpable, everything imported, then fork one child per request
-    until the control socket ends."""
-    import gc
-
-    from coredumpd.pipeline import sandbox_child
-    sandbox_child.not_dumpable()
-    sandbox_child.preload_all()
-    gc.freeze()  # the imported objects stay shared with the children (no copy on write)
-    control.send(json.dumps({"ready": True}).encode())
-    while True:
-        try:
-            message, fds, _, _ = socket.recv_fds(control, CONTROL_MAX, 2)
-        except OSError:
-            return 0
-        if not message or len(fds) != 2:
-            return 0
-        options = json.loads(message)
-        pid = os.fork()
-        if pid == 0:
-            _forked_child(options, fds[0], fds[1], work)
-        for fd in fds:
-            os.close(fd)
-        try:
-            control.send(json.dumps({"pid": pid}).encode())
-            _, status, usage = os.wait4(pid, 0)
-            own = resource.getrusage(resource.RUSAGE_SELF)
-            control.send(json.dumps({
-                "pid": pid, "status": status,
-                "cpu_ms": round((usage.ru_utime + usage.ru_stime) * 1000),
-                "zygote_cpu_ms": round((own.ru_utime + own.ru_stime) * 1000)}).encode())
-        except OSError:
-            return 0
-
-
-def _forked_child(options: dict[str, str], request_fd: int, stderr_fd: int, work: Any) -> None:
-    """In the forked child: the fds and session of a started child, then its steps."""
-    status = 1
-    try:
-        os.setsid()
-        os.dup2(stderr_fd, 2)
-        os.dup2(request_fd, REQUEST_FD)
-        os.closerange(REQUEST_FD + 1, os.sysconf("SC_OPEN_MAX"))  # the control socket too
-        from coredumpd.pipeline import sandbox_child
-        sandbox_child.confine(options)
-        status = sandbox_child.serve(options, socket.socket(fileno=REQUEST_FD), work)
-    except BaseException:  # noqa: BLE001 - said on stderr; the job reads its tail
-        import traceback
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stderr.flush()
-        finally:
-            os._exit(status)

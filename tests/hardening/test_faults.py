@@ -45,10 +45,11 @@ def store_config(tmp_path: pathlib.Path, directory: str, **settings) -> str:
 
 
 def leftovers(directory: str) -> list[str]:
-    """Files in the store that are neither the index nor a core that verifies."""
+    """Files in the store that are neither the index nor a core that verifies (nor the
+    analysis queue: coredumpd/pipeline/analysis_queue.py)."""
     names = []
     for name in sorted(os.listdir(directory)):
-        if name.startswith("index.sqlite"):
+        if name.startswith(("index.sqlite", "analysis-queue")):
             continue
         names.append(name)
     return names
