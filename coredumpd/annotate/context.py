@@ -8,13 +8,13 @@ model did the checking (see docs/ARCHITECTURE.md).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any, Protocol
 
 from coredumpd.image.types import AddressSpace, Module
 from coredumpd.model import Annotation
 from coredumpd.symbolize.types import Symbol
 from coredumpd.unwind.types import Frame
+from coredumpd.values import Value
 
 __all__ = ["AnalysisContext", "Annotation", "Symbolizer", "ThreadTrace"]
 
@@ -31,8 +31,7 @@ class Symbolizer(Protocol):
         ...
 
 
-@dataclasses.dataclass
-class ThreadTrace:
+class ThreadTrace(Value):
     """One thread, unwound and symbolized.  ``symbols``/``modules`` parallel ``frames``."""
 
     tid: int
@@ -45,8 +44,7 @@ class ThreadTrace:
     stop_reason: str | None = None  # why unwinding stopped early, if it did
 
 
-@dataclasses.dataclass
-class AnalysisContext:
+class AnalysisContext(Value):
     core: Core
     facts: dict[str, Any]  # docs/ARCHITECTURE.md "Facts"; {} for a bare core
     space: AddressSpace

@@ -36,13 +36,13 @@ one pointer to the characters, preceded by the copy-on-write string's
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import struct
 
 from coredumpd.errors import CoredumpdError
 from coredumpd.image.types import AddressSpace
 from coredumpd.symbolize.symbols import demangle
+from coredumpd.values import Frozen
 
 # unwind-cxx.h: __gxx_primary_exception_class / __gxx_dependent_exception_class
 PRIMARY_CLASS = 0x474E5543432B2B00  # "GNUCC++\0", as the uint64 the unwinder compares
@@ -69,8 +69,7 @@ CONSTANT_WHAT = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class ThrownException:
+class ThrownException(Frozen):
     """One C++ exception found in a core (addresses are the process's)."""
 
     unwind_header: int  # &__cxa_exception.unwindHeader

@@ -8,7 +8,6 @@ evidence lines look the same across rules.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -17,13 +16,13 @@ from coredumpd.annotate.insn import DecodedInstruction, decode_one
 from coredumpd.elf import layouts as L
 from coredumpd.errors import CoredumpdError
 from coredumpd.image.types import Mapping, Module
+from coredumpd.values import Frozen
 
 SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV = 4, 5, 6, 7, 8, 11
 TITLE_MAX = 100  # characters of a message quoted in an annotation's title
 
 
-@dataclasses.dataclass(frozen=True)
-class Fault:
+class Fault(Frozen):
     """The fatal signal as NT_SIGINFO (or, lacking it, NT_PRSTATUS) tells it."""
 
     signo: int

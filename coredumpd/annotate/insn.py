@@ -15,21 +15,19 @@ that a warm analysis decodes without importing capstone.
 
 from __future__ import annotations
 
-import dataclasses
-
 from coredumpd.arch import Arch, MemoryOperand, PlainOperand
 from coredumpd.errors import CoredumpdError
 from coredumpd.image.types import AddressSpace
 from coredumpd.symbolize.decoded import MEMO
 from coredumpd.symbolize.disasm import engine
+from coredumpd.values import Frozen
 
 # capstone's detail without its objects: (address, size, mnemonic, op_str, bytes,
 # operands (Arch.plain_operand), names of registers read)
 Plain = tuple[int, int, str, str, bytes, tuple[PlainOperand, ...], tuple[str, ...]]
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodedInstruction:
+class DecodedInstruction(Frozen):
     address: int
     size: int
     mnemonic: str

@@ -15,11 +15,11 @@ segments, bounded by ``MAX_SCAN`` bytes.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 
 from coredumpd.elf.core import PF_W, Core
+from coredumpd.values import Frozen
 
 MAX_SCAN = 256 << 20
 CHUNK = 1 << 20
@@ -43,8 +43,7 @@ PATTERNS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class LoaderError:
+class LoaderError(Frozen):
     """One loader message found in memory; names are those the message gives."""
 
     kind: str

@@ -27,13 +27,13 @@ of the panic frames' stack that point at such a Location or at valid UTF-8 text.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import re
 import struct
 
 from coredumpd.annotate.context import ThreadTrace
 from coredumpd.errors import CoredumpdError
 from coredumpd.image.types import AddressSpace
+from coredumpd.values import Frozen
 
 RUNTIME_CRATES = frozenset({"std", "core", "alloc", "panic_abort", "panic_unwind", "__rustc"})
 # Runtime entry points without a crate path (older rustc) or in the C library
@@ -108,8 +108,7 @@ def kind_of(names: list[str]) -> tuple[str, str] | None:
     return None
 
 
-@dataclasses.dataclass(frozen=True)
-class Location:
+class Location(Frozen):
     file: str
     line: int
     column: int
@@ -119,8 +118,7 @@ class Location:
         return f"{self.file}:{self.line}:{self.column}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Text:
+class Text(Frozen):
     text: str
     address: int  # of the characters
     holder: int  # stack address of the (ptr, len) pair

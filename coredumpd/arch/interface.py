@@ -6,10 +6,11 @@ imports the interface, not the package that dispatches to it.
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
+
+from coredumpd.values import Frozen
 
 Registers = dict[int, int]  # DWARF register number -> value
 WordReader = Callable[[int], int]  # address -> the word there (raises MemoryReadError)
@@ -20,8 +21,7 @@ PlainOperand = tuple[bool, int, str | None, str | None, int, int]
 CS_AC_READ, CS_AC_WRITE = 1, 2  # capstone.h cs_ac_type
 
 
-@dataclasses.dataclass(frozen=True)
-class FrameRecord:
+class FrameRecord(Frozen):
     """Where a frame-pointer chain keeps the caller's frame pointer and return address.
 
     Offsets are from the frame pointer; the caller's stack pointer is
@@ -33,8 +33,7 @@ class FrameRecord:
     caller_sp_offset: int
 
 
-@dataclasses.dataclass(frozen=True)
-class PltLayout:
+class PltLayout(Frozen):
     """How lazy-binding PLT entries map to ``.rela.plt`` relocations."""
 
     jump_slot: int  # r_type of a PLT slot relocation (R_<ARCH>_JUMP_SLOT)
@@ -42,8 +41,7 @@ class PltLayout:
     reserved_entries: int  # entries at the start of .plt that no relocation owns
 
 
-@dataclasses.dataclass(frozen=True)
-class SignalFrame:
+class SignalFrame(Frozen):
     """The frame the kernel pushes to run a signal handler (``struct rt_sigframe``).
 
     A handler returns into the restorer (``trampoline_symbols``), whose code
@@ -64,8 +62,7 @@ class SignalFrame:
         return sp + self.ucontext_offset + self.mcontext_offset + self.register_offsets[number]
 
 
-@dataclasses.dataclass(frozen=True)
-class MemoryOperand:
+class MemoryOperand(Frozen):
     """One memory operand of an instruction: its text, how it is accessed, its address.
 
     ``base``/``index`` are register names as the disassembler prints them;

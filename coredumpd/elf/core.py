@@ -16,7 +16,6 @@ signal (the dumper).
 from __future__ import annotations
 
 import bisect
-import dataclasses
 
 from coredumpd.elf import head as H
 from coredumpd.elf import layouts as L
@@ -30,6 +29,7 @@ from coredumpd.elf.notes import (
 )
 from coredumpd.errors import CoredumpdError, FormatError, MemoryReadError
 from coredumpd.source import ByteSource
+from coredumpd.values import Frozen
 
 __all__ = ["Core", "ElfHeader", "FileMapping", "PrPsInfo", "PrStatus", "Segment", "SigInfo",
            "ThreadState"]
@@ -37,8 +37,7 @@ __all__ = ["Core", "ElfHeader", "FileMapping", "PrPsInfo", "PrStatus", "Segment"
 MAX_READ = 256 << 20  # one read_memory() call
 
 
-@dataclasses.dataclass(frozen=True)
-class ElfHeader:
+class ElfHeader(Frozen):
     """Elf64_Ehdr fields, with ``e_phnum`` already resolved through PN_XNUM."""
 
     e_type: int
@@ -63,8 +62,7 @@ PERMS = tuple("".join(("r" if flags & L.PF.R else "-", "w" if flags & L.PF.W els
 PF_W = int(L.PF.W)
 
 
-@dataclasses.dataclass(frozen=True)
-class Segment:
+class Segment(Frozen):
     """One PT_LOAD: [vaddr, vaddr + memsz) of which filesz bytes are at ``offset``."""
 
     vaddr: int

@@ -13,7 +13,6 @@ References: elf(5), the gABI, and the GNU symbol versioning extensions
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 import struct
@@ -24,6 +23,7 @@ from typing import NamedTuple, Self
 from coredumpd.elf import layouts as L
 from coredumpd.elf import notes as N
 from coredumpd.errors import FormatError, TruncatedError
+from coredumpd.values import Frozen
 
 MAX_SECTIONS = 1 << 16
 MAX_PHDRS = 1 << 16
@@ -42,8 +42,7 @@ STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE, STT_GNU_IFUNC = 0, 1, 2
 Pread = Callable[[int, int], bytes]
 
 
-@dataclasses.dataclass(frozen=True)
-class ProgramHeader:
+class ProgramHeader(Frozen):
     p_type: int
     p_flags: int
     p_offset: int
@@ -53,8 +52,7 @@ class ProgramHeader:
     p_align: int
 
 
-@dataclasses.dataclass(frozen=True)
-class Section:
+class Section(Frozen):
     index: int
     name: str
     sh_type: int

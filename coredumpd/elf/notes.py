@@ -8,12 +8,12 @@ handler (notes arrive before any segment data) and by the core reader.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 from coredumpd.arch import Arch, for_machine
 from coredumpd.elf import layouts as L
 from coredumpd.errors import FormatError, TruncatedError
+from coredumpd.values import Frozen, Value
 
 MAX_NOTE_NAME = 4096
 
@@ -22,8 +22,7 @@ def _align4(value: int) -> int:
     return (value + 3) & ~3
 
 
-@dataclasses.dataclass(frozen=True)
-class Note:
+class Note(Frozen):
     """One note: ``name`` without its NUL, ``type`` as int, ``desc`` bytes.
 
     ``offset`` is where the note header starts, relative to the buffer's
@@ -58,8 +57,7 @@ def iter_notes(data: bytes, base: int = 0) -> Iterator[Note]:
         position = _align4(desc_end)
 
 
-@dataclasses.dataclass(frozen=True)
-class PrStatus:
+class PrStatus(Frozen):
     """NT_PRSTATUS: one thread's signal state and registers."""
 
     si_signo: int
@@ -97,8 +95,7 @@ def decode_prstatus(desc: bytes, offset: int = 0, arch: Arch | None = None) -> P
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class PrPsInfo:
+class PrPsInfo(Frozen):
     """NT_PRPSINFO: process name, arguments and ids."""
 
     pr_state: int
@@ -129,8 +126,7 @@ def decode_prpsinfo(desc: bytes, offset: int = 0) -> PrPsInfo:
                     pgrp, sid, _cstring(fname), _cstring(psargs))
 
 
-@dataclasses.dataclass(frozen=True)
-class SigInfo:
+class SigInfo(Frozen):
     """NT_SIGINFO, in the kernel's field order: si_signo, si_errno, si_code.
 
     ``si_addr`` is set for fault signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE,
@@ -195,8 +191,7 @@ def decode_auxv(desc: bytes, offset: int = 0) -> list[tuple[int, int]]:
     return entries
 
 
-@dataclasses.dataclass(frozen=True)
-class FileMapping:
+class FileMapping(Frozen):
     """One NT_FILE entry: [start, end) maps ``path`` from byte ``file_offset``."""
 
     start: int
@@ -241,8 +236,7 @@ def find_build_id(data: bytes, base: int = 0) -> bytes | None:
     return None
 
 
-@dataclasses.dataclass
-class ThreadState:
+class ThreadState(Value):
     """One thread: its NT_PRSTATUS, registers by name, NT_PRFPREG bytes if present.
 
     ``name`` is not in kernel cores; the analysis may fill it from facts.
@@ -254,11 +248,10 @@ class ThreadState:
     registers: dict[str, int]
     fpregs: bytes | None = None
     name: str | None = None
-    regsets: dict[int, bytes] = dataclasses.field(default_factory=dict)
+    regsets: dict[int, bytes] = {}  # noqa: RUF012 - one per instance (values.py)
 
 
-@dataclasses.dataclass
-class CoreNotes:
+class CoreNotes(Value):
     """The decoded notes of a core (its PT_NOTE segments), first thread = the dumper.
 
     Note order follows the kernel's ``write_note_info()`` (fs/binfmt_elf.c): for
@@ -267,12 +260,12 @@ class CoreNotes:
     A note that cannot be decoded is a line in ``problems``, never an exception.
     """
 
-    threads: list[ThreadState] = dataclasses.field(default_factory=list)
+    threads: list[ThreadState] = []  # noqa: RUF012 - one per instance (values.py)
     prpsinfo: PrPsInfo | None = None
     siginfo: SigInfo | None = None
-    auxv: list[tuple[int, int]] = dataclasses.field(default_factory=list)
-    files: list[FileMapping] = dataclasses.field(default_factory=list)
-    problems: list[str] = dataclasses.field(default_factory=list)
+    auxv: list[tuple[int, int]] = []  # noqa: RUF012 - one per instance (values.py)
+    files: list[FileMapping] = []  # noqa: RUF012 - one per instance (values.py)
+    problems: list[str] = []  # noqa: RUF012 - one per instance (values.py)
 
     def _problem(self, message: str, offset: int) -> None:
         self.problems.append(f"{message} (at offset {offset:#x})")

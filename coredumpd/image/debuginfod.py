@@ -21,11 +21,12 @@ reanalyze`` must find what a server got since.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import time
 from collections.abc import Mapping
+
+from coredumpd.values import Frozen
 
 HEX = re.compile(r"[0-9a-f]{2,128}")
 KINDS = ("debuginfo", "executable")
@@ -52,8 +53,7 @@ def _number(env: Mapping[str, str], key: str) -> float | None:
     return value if value > 0 else None
 
 
-@dataclasses.dataclass(frozen=True)
-class Debuginfod:
+class Debuginfod(Frozen):
     """A client: ``urls`` (none: the cache only), ``cache``, elfutils' limits."""
 
     urls: tuple[str, ...]

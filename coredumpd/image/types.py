@@ -7,15 +7,14 @@ unwinder, the symbolizer and the rules: plain data only.  Addresses are ints;
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
 from coredumpd.arch import Arch
+from coredumpd.values import Frozen, Value
 
 
-@dataclasses.dataclass(frozen=True)
-class Mapping:
+class Mapping(Frozen):
     """One VMA of the crashed process.
 
     From /proc/PID/maps when recorded at dump time, otherwise from the core's
@@ -43,8 +42,7 @@ class Mapping:
         return self.start <= address < self.end
 
 
-@dataclasses.dataclass
-class Module:
+class Module(Value):
     """One mapped ELF object (executable, library, vDSO).
 
     ``build_id`` comes from the ELF header page dumped in the core;
@@ -70,9 +68,9 @@ class Module:
     state: str | None = None  # same|deleted|replaced|modified|other-namespace (CONTRACT.md)
     kept: str | None = None  # the store's copy of the mapped file (store/binaries.py)
     # why the core's relocated pages say the file changed after loading (image/relocated.py)
-    relocation_evidence: list[str] = dataclasses.field(default_factory=list)
+    relocation_evidence: list[str] = []  # noqa: RUF012 - one per instance (values.py)
     symbols_from: str | None = None  # file | kept copy | debug file | debuginfod | core
-    problems: list[str] = dataclasses.field(default_factory=list)
+    problems: list[str] = []  # noqa: RUF012 - one per instance (values.py)
 
     def __contains__(self, address: int) -> bool:
         return self.start <= address < self.end

@@ -9,7 +9,6 @@ The layout follows coredumpctl(1)'s ``list`` and ``info`` where they overlap.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 from collections.abc import Sequence
 from typing import Any
@@ -23,13 +22,13 @@ from coredumpd.model import (
     format_frame,
 )
 from coredumpd.report.escape import escape, escape_cmdline
+from coredumpd.values import Frozen
 
 LIST_COLUMNS = ("TIME", "PID", "UID", "SIG", "COREFILE", "EXE", "SIZE", "ROOT CAUSE")
 _RIGHT_ALIGNED = {"PID", "UID", "SIZE"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Style:
+class Style(Frozen):
     """ANSI colours (console_codes(4)) when ``enabled``; plain text otherwise."""
 
     enabled: bool = False
@@ -48,6 +47,9 @@ class Style:
 
     def dim(self, text: str) -> str:
         return self._sgr("2", text)
+
+
+PLAIN = Style()  # no colours: the default of the renderers
 
 
 def format_size(size: Any) -> str:
@@ -94,7 +96,7 @@ def list_row(entry: dict[str, Any], *, utc: bool = False) -> tuple[str, ...]:
 
 
 def render_list(entries: Sequence[dict[str, Any]], *, legend: bool = True,
-                style: Style = Style(), utc: bool = False) -> str:
+                style: Style = PLAIN, utc: bool = False) -> str:
     """The ``corectl list`` table; ``entries`` are list objects (jsonout)."""
     rows = [list_row(entry, utc=utc) for entry in entries]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(LIST_COLUMNS)]
@@ -263,7 +265,7 @@ def _modules(analysis: AnalysisResult, style: Style) -> list[str]:
 
 
 def render_show(show: dict[str, Any], analysis: AnalysisResult | None = None, *,
-                style: Style = Style(), user: str | None = None,
+                style: Style = PLAIN, user: str | None = None,
                 group: str | None = None) -> str:
     """The ``corectl show`` report: root cause, metadata, threads, disassembly…
 

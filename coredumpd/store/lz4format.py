@@ -26,7 +26,6 @@ Shared by the writer (:mod:`coredumpd.store.lz4seek`) and the reader
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 import struct
@@ -36,6 +35,7 @@ import lz4.block  # type: ignore[import-untyped]
 import lz4.frame  # type: ignore[import-untyped]
 
 from coredumpd.errors import StoreError
+from coredumpd.values import Frozen
 
 LZ4_FRAME_MAGIC = 0x184D2204
 SKIPPABLE_MAGIC = 0x184D2A5C  # any of 0x184D2A50..0x184D2A5F is skipped by lz4 -d
@@ -75,8 +75,7 @@ class BlockKind(enum.IntEnum):
     ZERO = 2  # all zero: compressed, and the reader never decompresses it
 
 
-@dataclasses.dataclass(frozen=True)
-class EncodedBlock:
+class EncodedBlock(Frozen):
     kind: BlockKind
     raw_length: int
     payload: bytes | bytearray

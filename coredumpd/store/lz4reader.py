@@ -9,7 +9,6 @@ blocks a read touches are decompressed, with a small LRU cache.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import os
 import zlib
 from typing import Self
@@ -38,10 +37,10 @@ from coredumpd.store.lz4format import (
     entries_v2,
     frame_header,
 )
+from coredumpd.values import Frozen
 
 
-@dataclasses.dataclass(frozen=True)
-class _Block:
+class _Block(Frozen):
     offset: int  # of the size word
     stored_length: int
     crc: int

@@ -10,7 +10,6 @@ so ``coredumpd.store.lz4seek`` stays the one import.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import os
 import struct
 import threading
@@ -45,13 +44,13 @@ from coredumpd.store.lz4format import (  # noqa: F401 (re-exported)
     frame_header,
 )
 from coredumpd.store.lz4reader import SeekableLz4Reader  # noqa: F401 (re-exported)
+from coredumpd.values import Frozen
 
 WORKER_NICE = 10  # workers' extra niceness while a spill file absorbs the stream
 HC_INTERVAL = 16  # at most one block in 16 tries LZ4-HC (see SeekableLz4Writer._want_high)
 
 
-@dataclasses.dataclass(frozen=True)
-class WriteStats:
+class WriteStats(Frozen):
     """What :meth:`SeekableLz4Writer.finish` wrote."""
 
     original_size: int

@@ -12,10 +12,10 @@ add a path component nor shift the dot-separated fields.  The boot id is the
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 from coredumpd.errors import StoreError
+from coredumpd.values import Frozen
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 SUFFIX = ".lz4"
@@ -75,8 +75,7 @@ def core_filename(comm: str | bytes, uid: int, boot_id: str, pid: int, timestamp
             f".{timestamp_us}{suffix}")
 
 
-@dataclasses.dataclass(frozen=True)
-class CoreName:
+class CoreName(Frozen):
     """The fields of a core file name (as systemd's coredump-vacuum.c reads them)."""
 
     comm: bytes

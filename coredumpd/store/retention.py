@@ -31,7 +31,6 @@ store directory are ever removed.  Removing a core keeps its index row, marked
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import stat
 import time
@@ -45,6 +44,7 @@ from coredumpd.store.binaries import BinaryStore
 from coredumpd.store.index import Index
 from coredumpd.store.modcache import ModuleCache
 from coredumpd.store.naming import parse_core_filename
+from coredumpd.values import Frozen, Value
 
 PAGE_SIZE = 4096
 DEFAULT_MAX_USE_LOWER = 1 << 20
@@ -54,8 +54,7 @@ DEFAULT_KEEP_FREE = 1 << 20  # when the file system size is unknown
 STORED_STATES = tuple(state.value for state in CoreState if state.stored)
 
 
-@dataclasses.dataclass(frozen=True)
-class StoredCore:
+class StoredCore(Frozen):
     """A core file in the store directory, with its index row when it has one."""
 
     name: str
@@ -66,11 +65,10 @@ class StoredCore:
     kept: tuple[str, ...] = ()  # kept copies of its mapped files (store/binaries.py)
 
 
-@dataclasses.dataclass
-class VacuumResult:
+class VacuumResult(Value):
     """What :func:`vacuum` removed and where the limits stand."""
 
-    removed: list[StoredCore] = dataclasses.field(default_factory=list)
+    removed: list[StoredCore] = []  # noqa: RUF012 - one per instance (values.py)
     freed_bytes: int = 0
     used_bytes: int = 0  # by cores and kept binaries, after vacuuming
     max_use: int = 0

@@ -17,7 +17,6 @@ does not remember: a warm analysis does not import it at all.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -25,13 +24,13 @@ from coredumpd.arch import Arch
 from coredumpd.errors import CoredumpdError, MemoryReadError
 from coredumpd.image.types import AddressSpace
 from coredumpd.symbolize.decoded import MEMO
+from coredumpd.values import Frozen
 
 MAX_BACK_OFFSET = 64  # how far before pc to look for a decoding that lands on pc
 MAX_FUNCTION_PREFIX = 4096  # decode from the symbol start only when it is this close
 
 
-@dataclasses.dataclass(frozen=True)
-class Instruction:
+class Instruction(Frozen):
     address: int
     size: int
     mnemonic: str

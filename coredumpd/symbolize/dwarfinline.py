@@ -18,12 +18,12 @@ raises :class:`~coredumpd.errors.FormatError`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from coredumpd.errors import FormatError
 from coredumpd.symbolize.dwarfline import Reader, abbreviations, read_unit_header
 from coredumpd.symbolize.types import InlinedCall
+from coredumpd.values import Frozen, Value
 
 # Tags (DWARF 5, 7.5.4)
 DW_TAG_class_type, DW_TAG_lexical_block, DW_TAG_structure_type = 0x02, 0x0B, 0x13
@@ -72,8 +72,7 @@ _STRX = {DW_FORM_strx, DW_FORM_strx1, 0x26, 0x27, DW_FORM_strx4, 0x1F01}  # GNU_
 _ADDRX = {DW_FORM_addrx, DW_FORM_addrx1, 0x2A, 0x2B, DW_FORM_addrx4, 0x1F01 + 1}
 
 
-@dataclasses.dataclass(frozen=True)
-class Sections:
+class Sections(Frozen):
     """The other sections a unit's DIEs point into (empty when the file has none)."""
 
     abbrev: bytes
@@ -85,8 +84,7 @@ class Sections:
     addresses: bytes  # .debug_addr
 
 
-@dataclasses.dataclass
-class _Die:
+class _Die(Value):
     offset: int  # in the unit's bytes
     tag: int
     children: bool

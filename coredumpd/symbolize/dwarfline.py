@@ -14,12 +14,12 @@ Every read is bounds-checked; malformed data raises :class:`FormatError`.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import os
 import struct
 from collections.abc import Iterator
 
 from coredumpd.errors import FormatError
+from coredumpd.values import Frozen, Value
 
 DW_AT_name, DW_AT_stmt_list, DW_AT_low_pc, DW_AT_high_pc = 0x03, 0x10, 0x11, 0x12
 DW_FORM_addr, DW_FORM_data2, DW_FORM_data4, DW_FORM_data8 = 0x01, 0x05, 0x06, 0x07
@@ -135,8 +135,7 @@ def parse_aranges(data: bytes) -> tuple[list[int], list[tuple[int, int]]]:
     return [r[0] for r in ranges], [(r[1], r[2]) for r in ranges]
 
 
-@dataclasses.dataclass(frozen=True)
-class UnitTop:
+class UnitTop(Frozen):
     """What the line lookup needs from a CU: its line program and pc range."""
 
     stmt_list: int | None
@@ -243,16 +242,14 @@ def read_unit_top(info: bytes, abbrev: bytes, offset: int) -> UnitTop:
     return UnitTop(values.get(DW_AT_stmt_list, (0, None))[1], low, high)
 
 
-@dataclasses.dataclass(frozen=True)
-class LineRow:
+class LineRow(Frozen):
     address: int
     file: str | None
     line: int
     is_stmt: bool
 
 
-@dataclasses.dataclass
-class _Header:
+class _Header(Value):
     version: int
     min_length: int
     default_is_stmt: bool

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import array
 import bisect
-import dataclasses
 import functools
 import os
 import re
@@ -50,6 +49,7 @@ from coredumpd.image import debuginfo
 from coredumpd.image.types import AddressSpace, Module
 from coredumpd.store.modcache import ModuleCache, file_identity
 from coredumpd.symbolize.types import InlinedCall, Symbol
+from coredumpd.values import Value
 
 if TYPE_CHECKING:
     from coredumpd.symbolize.lines import DwarfLines
@@ -402,16 +402,15 @@ Answer = tuple[int | None, str | None, str | None, str | None, int | None,
                tuple[tuple[str | None, str | None, int | None], ...]]
 
 
-@dataclasses.dataclass
-class _ModuleInfo:
+class _ModuleInfo(Value):
     table: SymbolTable
     lines: DwarfLines | None
     problems: list[str]
     lines_from: str | None = None  # "debug" or "module": the file DWARF lines are read from
     lines_opened: bool = True  # False: ``lines`` is opened on the first answer not cached
-    answers: dict[tuple[int, bool], Answer] = dataclasses.field(default_factory=dict)
+    answers: dict[tuple[int, bool], Answer] = {}  # noqa: RUF012 - one per instance (values.py)
     cache_key: bytes | None = None  # the module file's build-id, when its answers are kept
-    cache_files: list[Any] = dataclasses.field(default_factory=list)
+    cache_files: list[Any] = []  # noqa: RUF012 - one per instance (values.py)
     debuglink: tuple[str, int] | None = None
     changed: bool = False  # answers or tables the cache does not hold yet
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
+from coredumpd.values import Frozen
 
 
-@dataclasses.dataclass(frozen=True)
-class InlinedCall:
+class InlinedCall(Frozen):
     """One inlined call holding the address: the function inlined and where it was called
     (:mod:`coredumpd.symbolize.dwarfinline` reads them)."""
 
@@ -15,8 +14,7 @@ class InlinedCall:
     call_line: int | None
 
 
-@dataclasses.dataclass(frozen=True)
-class Symbol:
+class Symbol(Frozen):
     """What the symbolizer knows about an address."""
 
     name: str | None  # plain name: "abort", not "__GI_abort" or "abort@@GLIBC_2.2.5"

@@ -8,7 +8,6 @@ The program never assumes a machine: the CFA register before any
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import struct
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from coredumpd.errors import FormatError
 from coredumpd.unwind.cfi import Bases, Cie, Fde, read_encoded
 from coredumpd.unwind.dwarf_expr import MASK, read_sleb128, read_uleb128
+from coredumpd.values import Frozen, Value, replace
 
 MAX_STATE_STACK = 64  # nested DW_CFA_remember_state
 
@@ -32,25 +32,23 @@ class Rule(enum.Enum):
     VAL_EXPRESSION = "val_expression"  # value is what the expression computes
 
 
-@dataclasses.dataclass(frozen=True)
-class RegisterRule:
+class RegisterRule(Frozen):
     rule: Rule
     value: int = 0  # offset or register number
     expression: bytes = b""
 
 
-@dataclasses.dataclass
-class RuleRow:
+class RuleRow(Value):
     """The CFA rule and register rules in effect at one pc."""
 
     cfa_register: int  # DWARF number (the stack pointer until a CIE says otherwise)
     cfa_offset: int = 0
     cfa_expression: bytes | None = None
-    registers: dict[int, RegisterRule] = dataclasses.field(default_factory=dict)
+    registers: dict[int, RegisterRule] = {}  # noqa: RUF012 - one per instance (values.py)
     args_size: int = 0
 
     def copy(self) -> RuleRow:
-        return dataclasses.replace(self, registers=dict(self.registers))
+        return replace(self, registers=dict(self.registers))
 
 
 # Operands of the non-primary DW_CFA_* instructions (DWARF 5, 6.4.2; GNU extensions from

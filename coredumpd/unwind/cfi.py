@@ -15,12 +15,12 @@ problems raise :class:`~coredumpd.errors.FormatError`.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import struct
 from collections.abc import Callable
 
 from coredumpd.errors import FormatError
 from coredumpd.unwind.dwarf_expr import MASK, read_sleb128, read_uleb128
+from coredumpd.values import Frozen, replace
 
 MemoryReader = Callable[[int, int], bytes]
 
@@ -45,8 +45,7 @@ DW_EH_PE_uleb128 = 0x01
 DW_EH_PE_sleb128 = 0x09
 
 
-@dataclasses.dataclass(frozen=True)
-class Cie:
+class Cie(Frozen):
     address: int
     version: int
     augmentation: str
@@ -59,8 +58,7 @@ class Cie:
     instructions: bytes
 
 
-@dataclasses.dataclass(frozen=True)
-class Fde:
+class Fde(Frozen):
     address: int
     cie: Cie
     pc_begin: int
@@ -73,8 +71,7 @@ class Fde:
 
 # --- pointers -----------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class Bases:
+class Bases(Frozen):
     """Base addresses for the relative pointer encodings."""
 
     data: int = 0  # DW_EH_PE_datarel: .eh_frame_hdr start (in the hdr), GOT otherwise
@@ -356,7 +353,7 @@ class SectionIndex:
     def fde(self, address: int) -> Fde:
         fde = parse_fde(self.read, address, self.cies, self.eh_frame, self.base)
         if self.bias:
-            fde = dataclasses.replace(fde, pc_begin=(fde.pc_begin + self.bias) & MASK,
+            fde = replace(fde, pc_begin=(fde.pc_begin + self.bias) & MASK,
                                       pc_end=(fde.pc_end + self.bias) & MASK)
         return fde
 

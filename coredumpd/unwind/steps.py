@@ -9,7 +9,6 @@ record keeps the return address, the signal frame) comes from the space's
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from coredumpd.arch import Registers
@@ -20,10 +19,10 @@ from coredumpd.unwind.dwarf_expr import MASK, evaluate
 from coredumpd.unwind.memory import PAGE, CachedMemory
 from coredumpd.unwind.module_cfi import CfiCache, ModuleCfi
 from coredumpd.unwind.types import Caps, Trust
+from coredumpd.values import Value
 
 
-@dataclasses.dataclass
-class Step:
+class Step(Value):
     """The caller's registers and how they were found."""
 
     registers: Registers

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
+
+from coredumpd.values import Frozen, Value
 
 
 class Trust(str, enum.Enum):
@@ -15,8 +16,7 @@ class Trust(str, enum.Enum):
     SCAN = "scan"
 
 
-@dataclasses.dataclass
-class Frame:
+class Frame(Value):
     """One unwound frame.  ``pc`` is the real return address (or exact pc).
 
     ``lookup_pc`` is what symbolization uses: ``pc`` for frame 0 and for the
@@ -29,7 +29,7 @@ class Frame:
     cfa: int | None
     trust: Trust
     signal_frame: bool = False  # this frame is a signal trampoline (__restore_rt)
-    registers: dict[str, int] = dataclasses.field(default_factory=dict)
+    registers: dict[str, int] = {}  # noqa: RUF012 - one per instance (values.py)
     repeat: int = 1  # >1: a collapsed run of identical recursive frames
     # >1: this frame is one of a run of ``cycle`` frames (mutual recursion, A->B->A->B)
     # that repeated ``repeat`` times as a whole
@@ -44,8 +44,7 @@ class Frame:
         return self.pc if self.exact else self.pc - 1
 
 
-@dataclasses.dataclass(frozen=True)
-class Caps:
+class Caps(Frozen):
     """Bounds on unwinding work (hostile or cyclic stacks)."""
 
     max_frames: int = 256

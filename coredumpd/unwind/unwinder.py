@@ -40,7 +40,6 @@ and beyond the frame cap the bottom of the stack is still kept.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Self
@@ -52,16 +51,16 @@ from coredumpd.unwind.frames import FrameList
 from coredumpd.unwind.module_cfi import CfiCache
 from coredumpd.unwind.steps import Step, StepFinder
 from coredumpd.unwind.types import Caps, Frame, Trust
+from coredumpd.values import Value
 
 STEPS_PER_FRAME = 2048  # raw unwind steps allowed per emitted frame (collapsed recursion)
 MAX_SCANNED_RUN = 32  # consecutive frames found by stack scanning before giving up (garbage)
 
 
-@dataclasses.dataclass
-class UnwindResult:
+class UnwindResult(Value):
     frames: list[Frame]
     stop_reason: str | None  # why unwinding stopped before the end of the stack; None: normal
-    problems: list[str] = dataclasses.field(default_factory=list)  # recovered-from errors
+    problems: list[str] = []  # recovered-from errors  # noqa: RUF012 - one per instance (values.py)
 
 
 class Unwinder:
