@@ -16,11 +16,11 @@ default (``[]``, ``{}``) is copied for each instance, as
 ``field(default_factory=list)`` would make a new one.  mypy reads these classes
 as dataclasses (PEP 681 ``dataclass_transform``).
 
-What it costs: one pass of a metaclass per class at import; ``==`` and ``repr``
-are shared methods; ``__init__`` is written and compiled as dataclasses writes
-it, but when the class makes its first instance (~40 µs), so that a class a
-process never instantiates costs nothing and the thousands of frames and
-symbols of an analysis are made as fast as dataclasses make them.
+What it costs: ``==`` and ``repr`` are shared methods; ``__init__`` alone is
+written and compiled, as dataclasses writes it (so that the thousands of frames
+and symbols of an analysis are made as fast), about 40 µs a class.  It is
+compiled with the class rather than on its first instance: a process that
+forks analyses (the sandbox zygote, the analysis worker) compiles it once.
 """
 
 from __future__ import annotations
@@ -33,13 +33,6 @@ _NEW: Any = object()  # the default of a field whose default is mutable: copy it
 _MUTABLE = (list, dict, set)
 
 V = TypeVar("V", bound="_Fields")
-
-
-def _first_init(self: _Fields, *args: Any, **values: Any) -> None:
-    """The ``__init__`` of a class until its first instance: writes the real one."""
-    cls = type(self)
-    cls.__init__ = _make_init(cls)  # type: ignore[method-assign]
-    cls.__init__(self, *args, **values)
 
 
 class _ValueType(type):
@@ -67,9 +60,13 @@ class _ValueType(type):
             raise TypeError(f"{name}: a field without a default follows one with a default")
         if any(field.endswith("__") or field == "self" for field in fields):
             raise TypeError(f"{name}: a field's name is reserved (self, names ending in __)")
-        namespace.setdefault("__init__", _first_init)  # each class its own: not a base's
         namespace["_fields"] = tuple(fields)
         namespace["_defaults"] = defaults
+        if "__init__" not in namespace and fields:
+            frozen = namespace.get("_frozen") or any(getattr(base, "_frozen", False)
+                                                       for base in bases)
+            namespace["__init__"] = _make_init(namespace["__qualname__"], tuple(fields),
+                                               defaults, bool(frozen))
         return super().__new__(mcs, name, bases, namespace)
 
 
@@ -100,6 +97,8 @@ class Value(_Fields):
 class Frozen(_Fields):
     """An immutable value: as :class:`Value`, and hashable; assignment raises."""
 
+    _frozen: ClassVar[bool] = True
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"cannot assign to field {name!r} of a frozen "
                              f"{type(self).__qualname__}")
@@ -112,12 +111,10 @@ class Frozen(_Fields):
         return hash(astuple(self))
 
 
-def _make_init(cls: type[_Fields]) -> Callable[..., None]:
-    """The ``__init__`` of ``cls``, as ``dataclasses`` writes it (one assignment a field,
-    defaults as the function's defaults, a mutable one copied), compiled on the first
-    instance: classes never instantiated in a process cost nothing."""
-    fields, defaults = cls._fields, cls._defaults
-    frozen = issubclass(cls, Frozen)
+def _make_init(qualname: str, fields: tuple[str, ...], defaults: dict[str, Any],
+               frozen: bool) -> Callable[..., None]:
+    """The ``__init__`` of ``cls``, as ``dataclasses`` writes it: one assignment a field,
+    defaults as the function's defaults, a mutable one copied."""
     body = ["    fields__ = self.__dict__"] if frozen else []
     for field in fields:
         if isinstance(defaults.get(field), _MUTABLE):
@@ -130,7 +127,7 @@ def _make_init(cls: type[_Fields]) -> Callable[..., None]:
     trailing = [defaults[field] for field in fields if field in defaults]
     init.__defaults__ = tuple(_NEW if isinstance(value, _MUTABLE) else value
                               for value in trailing) or None
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__qualname__ = f"{qualname}.__init__"
     return init
 
 
