@@ -1,8 +1,11 @@
 """Run every root-cause rule over one analysed crash.
 
-Rules are the modules of :mod:`coredumpd.annotate.rules`, discovered with
-:func:`pkgutil.iter_modules`; each exposes ``RULE_ID`` and
-``check(ctx) -> list[Annotation]``.  A rule that raises never costs the
+Rules are the modules of :mod:`coredumpd.annotate.rules`, one per id of
+``SPECIFICITY`` (rule ``null-deref`` is ``rules/null_deref.py``); each exposes
+``RULE_ID`` and ``check(ctx) -> list[Annotation]``.  The list is written here
+rather than found by listing the package (tests/annotate/test_engine.py checks
+that every module of the package is in it): each analysis, one per process in
+the sandbox, would otherwise import pkgutil and read the directory.  A rule that raises never costs the
 analysis: its failure becomes a line in ``problems`` (the analysis result's
 ``problems``, docs/ARCHITECTURE.md) and the other rules still run — the
 "degrade, never lose" rule of STYLE.md.
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import pkgutil
 from collections.abc import Callable, Iterable
 from types import ModuleType
 
@@ -29,7 +31,8 @@ log = logging.getLogger(__name__)
 
 Check = Callable[[AnalysisContext], list[Annotation]]
 
-# Most specific first.  Ids not listed sort after these, alphabetically.
+# Every rule, most specific first.  Ids not listed (annotations of a caller's own rules)
+# sort after these, alphabetically.
 SPECIFICITY = (
     "abort-hlt",
     "symbol-version-miss",
@@ -57,20 +60,19 @@ SPECIFICITY = (
 
 def discover() -> list[tuple[str, Check]]:
     """``(RULE_ID, check)`` of every rule module, in specificity order."""
-    found = []
-    for info in pkgutil.iter_modules(rules_package.__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{rules_package.__name__}.{info.name}")
-        found.append(_rule_of(module))
-    return sorted(found, key=lambda rule: _rank(rule[0]))
+    return [_rule_of(importlib.import_module(module_name(rule_id)), rule_id)
+            for rule_id in SPECIFICITY]
 
 
-def _rule_of(module: ModuleType) -> tuple[str, Check]:
-    rule_id = getattr(module, "RULE_ID", None)
+def module_name(rule_id: str) -> str:
+    """The module of a rule: ``coredumpd.annotate.rules.null_deref`` for ``null-deref``."""
+    return f"{rules_package.__name__}.{rule_id.replace('-', '_')}"
+
+
+def _rule_of(module: ModuleType, rule_id: str) -> tuple[str, Check]:
     check = getattr(module, "check", None)
-    if not isinstance(rule_id, str) or not callable(check):
-        raise TypeError(f"{module.__name__} lacks RULE_ID or check()")
+    if getattr(module, "RULE_ID", None) != rule_id or not callable(check):
+        raise TypeError(f"{module.__name__} lacks RULE_ID {rule_id!r} or check()")
     return rule_id, check
 
 

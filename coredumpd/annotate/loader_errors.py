@@ -32,14 +32,15 @@ ZERO_BLOCK = bytes(BLOCK)
 _NAME = rb"[A-Za-z0-9_.$@+-]{1,256}"
 _PATH = rb"[^\x00\s()]{1,1024}"
 PREFILTER = b"version "
+# compiled (re's cache) when a block holds PREFILTER: most cores have no such block
 PATTERNS = (
-    ("undefined", re.compile(rb"undefined symbol: (?P<symbol>" + _NAME + rb"), version "
-                             rb"(?P<version>" + _NAME + rb")")),
-    ("not-defined", re.compile(rb"symbol (?P<symbol>" + _NAME + rb") version (?P<version>"
-                               + _NAME + rb") not defined in file (?P<provider>" + _PATH
-                               + rb") with link time reference")),
-    ("version-not-found", re.compile(rb"version `(?P<version>" + _NAME + rb")' not found "
-                                     rb"\(required by (?P<requirer>" + _PATH + rb")\)")),
+    ("undefined", rb"undefined symbol: (?P<symbol>" + _NAME + rb"), version "
+                  rb"(?P<version>" + _NAME + rb")"),
+    ("not-defined", rb"symbol (?P<symbol>" + _NAME + rb") version (?P<version>"
+                    + _NAME + rb") not defined in file (?P<provider>" + _PATH
+                    + rb") with link time reference"),
+    ("version-not-found", rb"version `(?P<version>" + _NAME + rb")' not found "
+                          rb"\(required by (?P<requirer>" + _PATH + rb")\)"),
 )
 
 
@@ -87,7 +88,7 @@ def _scan(core: Core, start: int, size: int) -> list[LoaderError]:
             position += CHUNK
             continue
         for kind, pattern in PATTERNS:
-            for match in pattern.finditer(data):
+            for match in re.finditer(pattern, data):
                 if match.start() < CHUNK or position + CHUNK >= size:
                     errors.append(_error(kind, match, data, start + position))
         position += CHUNK

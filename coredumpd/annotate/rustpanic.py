@@ -40,32 +40,36 @@ RUNTIME_CRATES = frozenset({"std", "core", "alloc", "panic_abort", "panic_unwind
 RUNTIME_NAMES = frozenset({"rust_begin_unwind", "rust_panic", "__rust_start_panic",
                            "__rust_abort", "abort", "raise", "__pthread_kill_implementation"})
 # A frame of these starts or runs a panic (std::panicking, core::panicking; both crates)
-PANICKING = re.compile(r"^(std|core)::panicking::|^(__rustc::)?rust_begin_unwind$")
-CRATE = re.compile(r"^(?:&(?:mut )?|\*(?:const|mut) )?(?P<crate>[A-Za-z_][A-Za-z0-9_]*)::")
+# (The patterns are compiled, through re's cache, when first used: most crashes are not
+# Rust panics and never use them.)
+PANICKING = r"^(std|core)::panicking::|^(__rustc::)?rust_begin_unwind$"
+PANICKING_STARTS = ("std::panicking::", "core::panicking::", "__rustc::rust_begin_unwind",
+                    "rust_begin_unwind")  # what every name PANICKING matches starts with
+CRATE = r"^(?:&(?:mut )?|\*(?:const|mut) )?(?P<crate>[A-Za-z_][A-Za-z0-9_]*)::"
 
 # (pattern on the function that started the panic, kind) — first match wins
 KINDS = (
-    (re.compile(r"^core::option::expect_failed$"), "Option::expect() on a None value"),
-    (re.compile(r"^core::option::unwrap_failed$"), "Option::unwrap() on a None value"),
-    (re.compile(r"^core::result::unwrap_failed$"),
+    (r"^core::option::expect_failed$", "Option::expect() on a None value"),
+    (r"^core::option::unwrap_failed$", "Option::unwrap() on a None value"),
+    (r"^core::result::unwrap_failed$",
      "Result::unwrap() or Result::expect() on an Err value"),
-    (re.compile(r"^core::panicking::panic_bounds_check$"), "index out of bounds"),
-    (re.compile(r"^core::(slice::index::slice_\w+_fail|str::slice_error_fail\w*)"),
+    (r"^core::panicking::panic_bounds_check$", "index out of bounds"),
+    (r"^core::(slice::index::slice_\w+_fail|str::slice_error_fail\w*)",
      "slice or string range out of bounds"),
-    (re.compile(r"^core::panicking::assert_failed"), "assert_eq!/assert_ne! failed"),
-    (re.compile(r"^core::panicking::panic_const::panic_const_(div|rem)_by_zero$"),
+    (r"^core::panicking::assert_failed", "assert_eq!/assert_ne! failed"),
+    (r"^core::panicking::panic_const::panic_const_(div|rem)_by_zero$",
      "division by zero"),
-    (re.compile(r"^core::panicking::panic_const::panic_const_\w+_overflow$"),
+    (r"^core::panicking::panic_const::panic_const_\w+_overflow$",
      "arithmetic overflow"),
-    (re.compile(r"^core::panicking::panic_cannot_unwind$"),
+    (r"^core::panicking::panic_cannot_unwind$",
      "panic in a function that cannot unwind (extern \"C\" or nounwind)"),
-    (re.compile(r"^core::panicking::panic_in_cleanup$"),
+    (r"^core::panicking::panic_in_cleanup$",
      "panic while cleaning up after another panic (in a drop)"),
-    (re.compile(r"^core::cell::panic_already_(mutably_)?borrowed$"),
+    (r"^core::cell::panic_already_(mutably_)?borrowed$",
      "RefCell already borrowed"),
-    (re.compile(r"^std::(panicking|rt)::begin_panic\b"), "explicit panic!()"),
-    (re.compile(r"^core::panicking::(panic_fmt|panic|panic_str\w*|panic_display\w*|"
-                r"panic_explicit|unreachable_display\w*)$|^core::panicking::panic_display<"),
+    (r"^std::(panicking|rt)::begin_panic\b", "explicit panic!()"),
+    ((r"^core::panicking::(panic_fmt|panic|panic_str\w*|panic_display\w*|"
+      r"panic_explicit|unreachable_display\w*)$|^core::panicking::panic_display<"),
      "explicit panic!() (or assert!/unreachable!)"),
 )
 
@@ -76,6 +80,12 @@ MAX_MESSAGE = 4096
 MAX_STACK_WORDS = 8192
 
 
+def is_panicking(name: str | None) -> bool:
+    """A frame that starts or runs a panic (PANICKING)."""
+    return name is not None and name.startswith(PANICKING_STARTS) and \
+        re.search(PANICKING, name) is not None
+
+
 def crate_of(name: str | None) -> str | None:
     """``std`` for ``std::process::abort``; for a trait impl ``<TYPE as TRAIT>::f`` the
     crate of TYPE, or of TRAIT when TYPE is a primitive (``<usize as core::…>``)."""
@@ -83,11 +93,11 @@ def crate_of(name: str | None) -> str | None:
         return None
     if name.startswith("<"):
         implementer, separator, trait = name[1:].partition(" as ")
-        match = CRATE.match(implementer)
+        match = re.match(CRATE, implementer)
         if match is None and separator:
-            match = CRATE.match(trait)
+            match = re.match(CRATE, trait)
         return match.group("crate") if match else None
-    match = CRATE.match(name)
+    match = re.match(CRATE, name)
     return match.group("crate") if match else None
 
 
@@ -103,7 +113,7 @@ def kind_of(names: list[str]) -> tuple[str, str] | None:
     first."""
     for name in names:
         for pattern, kind in KINDS:
-            if pattern.search(name):
+            if re.search(pattern, name):
                 return kind, name
     return None
 

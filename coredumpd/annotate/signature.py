@@ -38,8 +38,9 @@ from coredumpd.annotate.context import AnalysisContext, ThreadTrace
 from coredumpd.annotate.evidence import fault
 
 TOP_FRAMES = 3
-# GCC's clones of one function: foo.cold, foo.isra.0, foo.part.1, foo.constprop.0
-CLONE_SUFFIX = re.compile(r"(\.(cold|isra|part|constprop|lto_priv|localalias)(\.\d+)?)+$")
+# GCC's clones of one function: foo.cold, foo.isra.0, foo.part.1, foo.constprop.0.  The
+# patterns are compiled (re's cache) when a name could match: most crashes never need them.
+CLONE_SUFFIX = r"(\.(cold|isra|part|constprop|lto_priv|localalias)(\.\d+)?)+$"
 
 # Frames that belong to the crash machinery, never to the bug (satyr's
 # normalize.c lists and Sentry's "-group" libc rules, for glibc 2.36 names).
@@ -59,7 +60,7 @@ SKIPPED = frozenset({
     "__libc_start_main", "__libc_start_call_main", "_start", "start_thread", "clone",
     "clone3",
 })
-RUNTIME_MACHINERY = re.compile(r"""^(?:
+RUNTIME_MACHINERY = r"""^(?:
     std::terminate\(\) | std::__terminate\(\) | __cxxabiv1::__terminate\(.*\)
   | __gnu_cxx::__verbose_terminate_handler\(\)
   | __cxa_(?:throw|rethrow|call_terminate|call_unexpected|begin_catch|end_catch)
@@ -71,7 +72,10 @@ RUNTIME_MACHINERY = re.compile(r"""^(?:
   | core::option::(?:expect_failed|unwrap_failed) | core::result::unwrap_failed
   | core::cell::panic_already_\w+ | core::slice::index::slice_\w+_fail | core::str::slice_error_fail\w*
   | std::rt::lang_start(?:_internal)?(?:::.*)? | core::ops::function::FnOnce::call_once.*
-)$""", re.VERBOSE)
+)$"""
+# What every name RUNTIME_MACHINERY matches starts with
+MACHINERY_STARTS = ("std::", "core::", "__cxxabiv1::", "__gnu_cxx::", "__cxa_", "__gxx_personality_v0",
+                    "_Unwind_", "__rustc::", "rust_", "__rust_", "panic_abort::", "panic_unwind::")
 SYSTEM_LIBRARIES = ("libc.so", "ld-linux", "libpthread.so", "libstdc++.so", "libgcc_s.so")
 SKIPPED_PREFIXES = ("__strcpy_chk", "__memcpy_chk", "__memset_chk", "__sprintf_chk",
                     "__snprintf_chk", "__vsnprintf_chk", "__read_chk", "__strcat_chk")
@@ -100,7 +104,7 @@ def signature_of(ctx: AnalysisContext) -> tuple[str, list[str]]:
 def normalized_frames(thread: ThreadTrace, count: int = TOP_FRAMES) -> list[str]:
     """The top ``count`` frames worth grouping on (all frames if every one is skipped)."""
     names = [_frame_name(thread, index) for index in range(len(thread.frames))]
-    panicked = any(rustpanic.PANICKING.search(symbol.name or "") for symbol in thread.symbols)
+    panicked = any(rustpanic.is_panicking(symbol.name) for symbol in thread.symbols)
     kept = [name for index, name in enumerate(names) if not _skipped(thread, index, panicked)]
     chosen = kept or names
     unique: list[str] = []
@@ -117,14 +121,20 @@ def _skipped(thread: ThreadTrace, index: int, panicked: bool = False) -> bool:
     name = _base_name(thread.symbols[index].name) if index < len(thread.symbols) else None
     if name is not None:
         return (name in SKIPPED or name.startswith(SKIPPED_PREFIXES)
-                or RUNTIME_MACHINERY.match(name) is not None
+                or is_runtime_machinery(name)
                 or (panicked and rustpanic.is_runtime(name)))
     module = thread.modules[index] if index < len(thread.modules) else None
     return module is not None and module.name.startswith(SYSTEM_LIBRARIES)
 
 
+def is_runtime_machinery(name: str) -> bool:
+    """Exception or panic machinery of C++ or Rust (RUNTIME_MACHINERY)."""
+    return name.startswith(MACHINERY_STARTS) and \
+        re.match(RUNTIME_MACHINERY, name, re.VERBOSE) is not None
+
+
 def _base_name(name: str | None) -> str | None:
-    return CLONE_SUFFIX.sub("", name) if name else name
+    return re.sub(CLONE_SUFFIX, "", name) if name and "." in name else name
 
 
 def _frame_name(thread: ThreadTrace, index: int) -> str:

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 from coredumpd.values import Frozen
 
-HEX = re.compile(r"[0-9a-f]{2,128}")
+HEX = r"[0-9a-f]{2,128}"  # compiled (re's cache) when a file is looked up
 KINDS = ("debuginfo", "executable")
 DEFAULT_TIMEOUT = 90.0
 CHUNK = 1 << 16
@@ -84,7 +84,7 @@ class Debuginfod(Frozen):
         return path if path is not None and os.path.isfile(path) else None
 
     def _path(self, build_id: str, kind: str) -> str | None:
-        if not HEX.fullmatch(build_id) or kind not in KINDS:
+        if not re.fullmatch(HEX, build_id) or kind not in KINDS:
             return None
         return os.path.join(self.cache, build_id, kind)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 
-from coredumpd.annotate import engine
+from coredumpd.annotate import engine, rules
 from coredumpd.annotate.context import Annotation
 
 # CONTRACT.md "Annotation ids"
@@ -25,6 +27,19 @@ def test_every_contract_id_has_a_rule_and_a_rank():
     assert set(ids) <= set(engine.SPECIFICITY)  # every rule's place is explicit
     for rule_id in ids:
         assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", rule_id)
+
+
+def test_every_rule_module_is_discovered():
+    """discover() imports the rules SPECIFICITY lists: a module of the package that it
+    does not list would never run."""
+    modules = {f"{rules.__name__}.{info.name}" for info in pkgutil.iter_modules(rules.__path__)
+               if not info.name.startswith("_")}
+    assert len(modules) >= len(CONTRACT_IDS)
+    discovered = engine.discover()
+    assert {engine.module_name(rule_id) for rule_id, _check in discovered} == modules
+    for rule_id, check in discovered:
+        module = importlib.import_module(engine.module_name(rule_id))
+        assert module.RULE_ID == rule_id and module.check is check
 
 
 def test_order_most_specific_first_and_dedupe():

@@ -64,7 +64,7 @@ def _panic_frames(thread: ThreadTrace) -> tuple[int, int] | None:
     if runtime.stop == len(thread.frames):
         return None  # no site: unwinding stopped in the runtime
     panicking = next((position for position in runtime
-                      if rustpanic.PANICKING.search(thread.symbols[position].name or "")), None)
+                      if rustpanic.is_panicking(thread.symbols[position].name)), None)
     return (panicking, runtime.stop) if panicking is not None else None
 
 
