@@ -19,13 +19,13 @@ the key.  Two ways to load it:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Callable
 
 from coredumpd.errors import ConfigError
 from coredumpd.paths import DEFAULT_CONFIG_PATH, DEFAULT_DIRECTORY, index_path
+from coredumpd.values import Frozen
 
 SECTION = "Coredump"
 FLEET_SECTION = "Fleet"  # publishing to a fleet database (docs/FLEET.md)
@@ -46,8 +46,7 @@ class ConfigFileError(ConfigError):
         self.problems = problems
 
 
-@dataclasses.dataclass(frozen=True)
-class ConfigProblem:
+class ConfigProblem(Frozen):
     """One line of the file that cannot be used, and why."""
 
     path: str
@@ -139,8 +138,7 @@ def parse_user(text: str) -> str:
     return text
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Frozen):
     """Settings for the handler, the analysis and corectl."""
 
     path: str | None = None
@@ -174,8 +172,7 @@ class Config:
         return index_path(self.directory)
 
 
-@dataclasses.dataclass(frozen=True)
-class Key:
+class Key(Frozen):
     """One configuration key: where it is, which Config field it sets, how it is read."""
 
     section: str
@@ -207,7 +204,7 @@ KEYS: tuple[Key, ...] = (
     Key(FLEET_SECTION, "Host", "fleet_host", str),
 )
 _BY_NAME = {(key.section, key.name): key for key in KEYS}
-_FIELDS = {field.name for field in dataclasses.fields(Config)}
+_FIELDS = set(Config._fields)
 assert all(key.field in _FIELDS for key in KEYS), "every key sets a Config field"
 
 
@@ -226,8 +223,7 @@ def default_value(field: str) -> object:
     return getattr(Config(), field)
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
+class Entry(Frozen):
     """One ``KEY=VALUE`` line: its section, key, value (comment removed) and line number."""
 
     section: str | None

@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 
 from coredumpd.elf import layouts as L
 from coredumpd.elf.elffile import ElfFile
 from coredumpd.errors import CoredumpdError
 from coredumpd.model import CrashRecord
+from coredumpd.values import Frozen
 
 CHANGED = ("deleted", "replaced", "other-namespace", "modified")
 
 
-@dataclass(frozen=True)
-class RanFile:
+class RanFile(Frozen):
     """One mapped file: its path in the process, the file holding it here, its verdict."""
 
     path: str

@@ -11,7 +11,6 @@ entry without COREDUMP_UID).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import grp
 import os
 import pwd
@@ -37,15 +36,17 @@ class NoMatch(CoredumpdError):
         super().__init__(NO_MATCH_MESSAGE)
 
 
-@dataclasses.dataclass
 class Context:
-    """What every command needs: configuration, environment, who is asking."""
+    """What every command needs: configuration, environment, who is asking; the streams
+    are sys.stdout and sys.stderr as they are when the context is made, unless given."""
 
-    config: Config
-    env: Mapping[str, str]
-    args: argparse.Namespace
-    stdout: TextIO = dataclasses.field(default_factory=lambda: sys.stdout)
-    stderr: TextIO = dataclasses.field(default_factory=lambda: sys.stderr)
+    def __init__(self, config: Config, env: Mapping[str, str], args: argparse.Namespace,
+                 stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+        self.config = config
+        self.env = env
+        self.args = args
+        self.stdout: TextIO = stdout if stdout is not None else sys.stdout
+        self.stderr: TextIO = stderr if stderr is not None else sys.stderr
 
     @property
     def uid_filter(self) -> int | None:

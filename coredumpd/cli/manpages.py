@@ -10,7 +10,6 @@ and setup.sh can install them); tests/cli/test_manpages.py fails on drift.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from collections.abc import Iterable
@@ -19,6 +18,7 @@ from coredumpd import __version__
 from coredumpd.cli.corectl_spec import CORECTL
 from coredumpd.cli.coredumpd_spec import CONF, COREDUMPD
 from coredumpd.cli.spec import Command, Option, Program, Section
+from coredumpd.values import replace
 
 
 def root_causes_section() -> Section:
@@ -50,7 +50,7 @@ def root_causes_section() -> Section:
 
 
 PROGRAMS = (
-    dataclasses.replace(CORECTL, extra_sections=(root_causes_section(),
+    replace(CORECTL, extra_sections=(root_causes_section(),
                                                  *CORECTL.extra_sections)),
     COREDUMPD,
     CONF,

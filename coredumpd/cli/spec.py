@@ -10,13 +10,13 @@ global options, commands and the prose sections of a man page;
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from coredumpd.values import Frozen
 
-@dataclasses.dataclass(frozen=True)
-class Option:
+
+class Option(Frozen):
     """One argparse argument: ``flags`` are ``("-o", "--output")`` or ``("match",)``."""
 
     flags: tuple[str, ...]
@@ -47,8 +47,7 @@ class Option:
         return out
 
 
-@dataclasses.dataclass(frozen=True)
-class Command:
+class Command(Frozen):
     """A subcommand (``corectl list``), its aliases and its own options."""
 
     name: str
@@ -58,8 +57,7 @@ class Command:
     aliases: tuple[str, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
-class Section:
+class Section(Frozen):
     """A prose man-page section: paragraphs, or tagged items (``term``, text)."""
 
     title: str
@@ -67,8 +65,7 @@ class Section:
     items: tuple[tuple[str, str], ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
-class Program:
+class Program(Frozen):
     """Everything about one command-line program or file format page."""
 
     name: str

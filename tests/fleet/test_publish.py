@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import os
 import pathlib
@@ -27,6 +26,7 @@ from coredumpd.fleet.schema import (
     current_version,
     ensure_schema,
 )
+from coredumpd.values import replace
 from tests.fleet.test_record import crash_record
 from tests.support.postgres import PostgresServer
 
@@ -229,7 +229,7 @@ def test_a_refusing_database_loses_nothing(tmp_path: pathlib.Path, fleet_dsn: st
     assert (result.sent, result.waiting) == (0, 2) and "permission denied" in str(result.error)
     with Outbox(config.directory) as outbox:
         assert outbox.counts() == (2, 0)
-    assert drain(dataclasses.replace(config, fleet_database=fleet_dsn)).sent == 2
+    assert drain(replace(config, fleet_database=fleet_dsn)).sent == 2
 
 
 def test_a_record_the_database_cannot_take_is_kept_aside(tmp_path: pathlib.Path,

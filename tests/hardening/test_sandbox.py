@@ -7,7 +7,6 @@ in the interpreter, a real busy loop, a real allocation up to RLIMIT_AS.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import time
@@ -17,6 +16,7 @@ import pytest
 from coredumpd.config import Config
 from coredumpd.pipeline import sandbox
 from coredumpd.pipeline.sandbox_zygote import Zygote
+from coredumpd.values import replace
 from tests.support import sandbox_hooks
 from tests.support.kernel import core_pattern, raw_core_pattern
 
@@ -208,7 +208,7 @@ def test_credentials_rule():
     assert sandbox.analysis_credentials(config, {"args": {"uid": 5000}}) == (5000, 5000)
     assert sandbox.analysis_credentials(config, {"args": {"uid": 999}}) == (65534, 65534)
     assert sandbox.analysis_credentials(config, {"args": {"uid": "0"}}) == (65534, 65534)
-    root_user = dataclasses.replace(config, analysis_user="root")
+    root_user = replace(config, analysis_user="root")
     with pytest.raises(LookupError):
         sandbox.analysis_credentials(root_user, {"args": {"uid": 0}})
 
