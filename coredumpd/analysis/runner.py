@@ -287,6 +287,35 @@ def _analyze_core(core: Core, source: ByteSource, facts: Facts | None, exe: str 
         decoded.keep(cache)
 
 
+# What analyze() imports only when it needs it, so that a process that runs no
+# analysis, or a small one, does not pay for them; prepare() imports them all.
+LAZY_MODULES = ("coredumpd.arch.x86_64", "coredumpd.image.space", "coredumpd.symbolize.symbols",
+                "coredumpd.annotate.engine", "coredumpd.annotate.signature",
+                "coredumpd.symbolize.lines", "coredumpd.symbolize.disasm")
+OPTIONAL_MODULES = ("pystack._pystack", "pystack.errors", "capstone")  # Python frames, decoding
+
+
+def prepare() -> None:
+    """Do now what the first analysis in a process does and the next ones do not: import
+    the modules analyze() imports when it needs them (the rules, the signature, the
+    DWARF readers, pystack and capstone when installed), compile the patterns they
+    declare (:mod:`coredumpd.patterns`), load the demanglers.  For a process that forks
+    a child per analysis (the sandbox zygote, corectl's analysis worker): done once
+    there, no child does it again.  A process that analyses once gains nothing."""
+    from coredumpd import patterns
+
+    for name in LAZY_MODULES:
+        importlib.import_module(name)
+    for name in OPTIONAL_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+    importlib.import_module("coredumpd.annotate.engine").discover()
+    importlib.import_module("coredumpd.symbolize.symbols").demangle("_Z1fv")
+    patterns.compile_all()
+
+
 def analyze(source: ByteSource, facts: Facts | None = None, exe: str | None = None,
             root: str = "/", caps: Caps | None = None,
             debuginfod: Debuginfod | None = None,

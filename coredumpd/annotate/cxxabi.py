@@ -36,11 +36,11 @@ one pointer to the characters, preceded by the copy-on-write string's
 
 from __future__ import annotations
 
-import re
 import struct
 
 from coredumpd.errors import CoredumpdError
 from coredumpd.image.types import AddressSpace
+from coredumpd.patterns import Pattern
 from coredumpd.symbolize.symbols import demangle
 from coredumpd.values import Frozen
 
@@ -56,7 +56,7 @@ assert COW_REP.size == 20
 MAX_NAME = 1024
 MAX_MESSAGE = 4096
 MAX_BASES = 16
-TYPE_NAME = rb"^\*?[A-Za-z0-9_$.]+$"  # a mangled type (gcc puts '*' on local ones)
+TYPE_NAME = Pattern(rb"^\*?[A-Za-z0-9_$.]+$")  # a mangled type (gcc puts '*' on local ones)
 SI_CLASS_VTABLE = "_ZTVN10__cxxabiv120__si_class_type_infoE"
 MESSAGE_BASES = ("St13runtime_error", "St11logic_error")  # their _M_msg is what() returns
 # what() of the standard exceptions that hold no message (libsupc++, libstdc++ sources;
@@ -137,7 +137,7 @@ def _type_name(space: AddressSpace, address: int) -> str | None:
             except CoredumpdError:
                 continue
     name = data.split(b"\0", 1)[0]
-    if b"\0" not in data or not re.match(TYPE_NAME, name):
+    if b"\0" not in data or not TYPE_NAME.match(name):
         return None
     return name.decode("ascii")
 

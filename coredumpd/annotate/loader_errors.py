@@ -19,6 +19,7 @@ import functools
 import re
 
 from coredumpd.elf.core import PF_W, Core
+from coredumpd.patterns import Pattern
 from coredumpd.values import Frozen
 
 MAX_SCAN = 256 << 20
@@ -32,15 +33,15 @@ ZERO_BLOCK = bytes(BLOCK)
 _NAME = rb"[A-Za-z0-9_.$@+-]{1,256}"
 _PATH = rb"[^\x00\s()]{1,1024}"
 PREFILTER = b"version "
-# compiled (re's cache) when a block holds PREFILTER: most cores have no such block
+# compiled when a block holds PREFILTER: most cores have no such block
 PATTERNS = (
-    ("undefined", rb"undefined symbol: (?P<symbol>" + _NAME + rb"), version "
-                  rb"(?P<version>" + _NAME + rb")"),
-    ("not-defined", rb"symbol (?P<symbol>" + _NAME + rb") version (?P<version>"
-                    + _NAME + rb") not defined in file (?P<provider>" + _PATH
-                    + rb") with link time reference"),
-    ("version-not-found", rb"version `(?P<version>" + _NAME + rb")' not found "
-                          rb"\(required by (?P<requirer>" + _PATH + rb")\)"),
+    ("undefined", Pattern(rb"undefined symbol: (?P<symbol>" + _NAME + rb"), version "
+                          rb"(?P<version>" + _NAME + rb")")),
+    ("not-defined", Pattern(rb"symbol (?P<symbol>" + _NAME + rb") version (?P<version>"
+                            + _NAME + rb") not defined in file (?P<provider>" + _PATH
+                            + rb") with link time reference")),
+    ("version-not-found", Pattern(rb"version `(?P<version>" + _NAME + rb")' not found "
+                                  rb"\(required by (?P<requirer>" + _PATH + rb")\)")),
 )
 
 
@@ -88,7 +89,7 @@ def _scan(core: Core, start: int, size: int) -> list[LoaderError]:
             position += CHUNK
             continue
         for kind, pattern in PATTERNS:
-            for match in re.finditer(pattern, data):
+            for match in pattern.finditer(data):
                 if match.start() < CHUNK or position + CHUNK >= size:
                     errors.append(_error(kind, match, data, start + position))
         position += CHUNK

@@ -27,12 +27,12 @@ of the panic frames' stack that point at such a Location or at valid UTF-8 text.
 from __future__ import annotations
 
 import collections
-import re
 import struct
 
 from coredumpd.annotate.context import ThreadTrace
 from coredumpd.errors import CoredumpdError
 from coredumpd.image.types import AddressSpace
+from coredumpd.patterns import Pattern
 from coredumpd.values import Frozen
 
 RUNTIME_CRATES = frozenset({"std", "core", "alloc", "panic_abort", "panic_unwind", "__rustc"})
@@ -40,36 +40,35 @@ RUNTIME_CRATES = frozenset({"std", "core", "alloc", "panic_abort", "panic_unwind
 RUNTIME_NAMES = frozenset({"rust_begin_unwind", "rust_panic", "__rust_start_panic",
                            "__rust_abort", "abort", "raise", "__pthread_kill_implementation"})
 # A frame of these starts or runs a panic (std::panicking, core::panicking; both crates)
-# (The patterns are compiled, through re's cache, when first used: most crashes are not
-# Rust panics and never use them.)
-PANICKING = r"^(std|core)::panicking::|^(__rustc::)?rust_begin_unwind$"
+# (Patterns compiled when first used: most crashes are not Rust panics and never use them.)
+PANICKING = Pattern(r"^(std|core)::panicking::|^(__rustc::)?rust_begin_unwind$")
 PANICKING_STARTS = ("std::panicking::", "core::panicking::", "__rustc::rust_begin_unwind",
                     "rust_begin_unwind")  # what every name PANICKING matches starts with
-CRATE = r"^(?:&(?:mut )?|\*(?:const|mut) )?(?P<crate>[A-Za-z_][A-Za-z0-9_]*)::"
+CRATE = Pattern(r"^(?:&(?:mut )?|\*(?:const|mut) )?(?P<crate>[A-Za-z_][A-Za-z0-9_]*)::")
 
 # (pattern on the function that started the panic, kind) — first match wins
 KINDS = (
-    (r"^core::option::expect_failed$", "Option::expect() on a None value"),
-    (r"^core::option::unwrap_failed$", "Option::unwrap() on a None value"),
-    (r"^core::result::unwrap_failed$",
+    (Pattern(r"^core::option::expect_failed$"), "Option::expect() on a None value"),
+    (Pattern(r"^core::option::unwrap_failed$"), "Option::unwrap() on a None value"),
+    (Pattern(r"^core::result::unwrap_failed$"),
      "Result::unwrap() or Result::expect() on an Err value"),
-    (r"^core::panicking::panic_bounds_check$", "index out of bounds"),
-    (r"^core::(slice::index::slice_\w+_fail|str::slice_error_fail\w*)",
+    (Pattern(r"^core::panicking::panic_bounds_check$"), "index out of bounds"),
+    (Pattern(r"^core::(slice::index::slice_\w+_fail|str::slice_error_fail\w*)"),
      "slice or string range out of bounds"),
-    (r"^core::panicking::assert_failed", "assert_eq!/assert_ne! failed"),
-    (r"^core::panicking::panic_const::panic_const_(div|rem)_by_zero$",
+    (Pattern(r"^core::panicking::assert_failed"), "assert_eq!/assert_ne! failed"),
+    (Pattern(r"^core::panicking::panic_const::panic_const_(div|rem)_by_zero$"),
      "division by zero"),
-    (r"^core::panicking::panic_const::panic_const_\w+_overflow$",
+    (Pattern(r"^core::panicking::panic_const::panic_const_\w+_overflow$"),
      "arithmetic overflow"),
-    (r"^core::panicking::panic_cannot_unwind$",
+    (Pattern(r"^core::panicking::panic_cannot_unwind$"),
      "panic in a function that cannot unwind (extern \"C\" or nounwind)"),
-    (r"^core::panicking::panic_in_cleanup$",
+    (Pattern(r"^core::panicking::panic_in_cleanup$"),
      "panic while cleaning up after another panic (in a drop)"),
-    (r"^core::cell::panic_already_(mutably_)?borrowed$",
+    (Pattern(r"^core::cell::panic_already_(mutably_)?borrowed$"),
      "RefCell already borrowed"),
-    (r"^std::(panicking|rt)::begin_panic\b", "explicit panic!()"),
-    ((r"^core::panicking::(panic_fmt|panic|panic_str\w*|panic_display\w*|"
-      r"panic_explicit|unreachable_display\w*)$|^core::panicking::panic_display<"),
+    (Pattern(r"^std::(panicking|rt)::begin_panic\b"), "explicit panic!()"),
+    (Pattern(r"^core::panicking::(panic_fmt|panic|panic_str\w*|panic_display\w*|"
+             r"panic_explicit|unreachable_display\w*)$|^core::panicking::panic_display<"),
      "explicit panic!() (or assert!/unreachable!)"),
 )
 
@@ -83,7 +82,7 @@ MAX_STACK_WORDS = 8192
 def is_panicking(name: str | None) -> bool:
     """A frame that starts or runs a panic (PANICKING)."""
     return name is not None and name.startswith(PANICKING_STARTS) and \
-        re.search(PANICKING, name) is not None
+        PANICKING.search(name) is not None
 
 
 def crate_of(name: str | None) -> str | None:
@@ -93,11 +92,11 @@ def crate_of(name: str | None) -> str | None:
         return None
     if name.startswith("<"):
         implementer, separator, trait = name[1:].partition(" as ")
-        match = re.match(CRATE, implementer)
+        match = CRATE.match(implementer)
         if match is None and separator:
-            match = re.match(CRATE, trait)
+            match = CRATE.match(trait)
         return match.group("crate") if match else None
-    match = re.match(CRATE, name)
+    match = CRATE.match(name)
     return match.group("crate") if match else None
 
 
@@ -113,7 +112,7 @@ def kind_of(names: list[str]) -> tuple[str, str] | None:
     first."""
     for name in names:
         for pattern, kind in KINDS:
-            if re.search(pattern, name):
+            if pattern.search(name):
                 return kind, name
     return None
 

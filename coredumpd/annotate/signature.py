@@ -36,11 +36,12 @@ import re
 from coredumpd.annotate import rustpanic
 from coredumpd.annotate.context import AnalysisContext, ThreadTrace
 from coredumpd.annotate.evidence import fault
+from coredumpd.patterns import Pattern
 
 TOP_FRAMES = 3
-# GCC's clones of one function: foo.cold, foo.isra.0, foo.part.1, foo.constprop.0.  The
-# patterns are compiled (re's cache) when a name could match: most crashes never need them.
-CLONE_SUFFIX = r"(\.(cold|isra|part|constprop|lto_priv|localalias)(\.\d+)?)+$"
+# GCC's clones of one function: foo.cold, foo.isra.0, foo.part.1, foo.constprop.0.  (The
+# patterns are tried only on names that could match: most crashes never compile them.)
+CLONE_SUFFIX = Pattern(r"(\.(cold|isra|part|constprop|lto_priv|localalias)(\.\d+)?)+$")
 
 # Frames that belong to the crash machinery, never to the bug (satyr's
 # normalize.c lists and Sentry's "-group" libc rules, for glibc 2.36 names).
@@ -60,7 +61,7 @@ SKIPPED = frozenset({
     "__libc_start_main", "__libc_start_call_main", "_start", "start_thread", "clone",
     "clone3",
 })
-RUNTIME_MACHINERY = r"""^(?:
+RUNTIME_MACHINERY = Pattern(r"""^(?:
     std::terminate\(\) | std::__terminate\(\) | __cxxabiv1::__terminate\(.*\)
   | __gnu_cxx::__verbose_terminate_handler\(\)
   | __cxa_(?:throw|rethrow|call_terminate|call_unexpected|begin_catch|end_catch)
@@ -72,7 +73,7 @@ RUNTIME_MACHINERY = r"""^(?:
   | core::option::(?:expect_failed|unwrap_failed) | core::result::unwrap_failed
   | core::cell::panic_already_\w+ | core::slice::index::slice_\w+_fail | core::str::slice_error_fail\w*
   | std::rt::lang_start(?:_internal)?(?:::.*)? | core::ops::function::FnOnce::call_once.*
-)$"""
+)$""", re.VERBOSE)
 # What every name RUNTIME_MACHINERY matches starts with
 MACHINERY_STARTS = ("std::", "core::", "__cxxabiv1::", "__gnu_cxx::", "__cxa_", "__gxx_personality_v0",
                     "_Unwind_", "__rustc::", "rust_", "__rust_", "panic_abort::", "panic_unwind::")
@@ -129,12 +130,11 @@ def _skipped(thread: ThreadTrace, index: int, panicked: bool = False) -> bool:
 
 def is_runtime_machinery(name: str) -> bool:
     """Exception or panic machinery of C++ or Rust (RUNTIME_MACHINERY)."""
-    return name.startswith(MACHINERY_STARTS) and \
-        re.match(RUNTIME_MACHINERY, name, re.VERBOSE) is not None
+    return name.startswith(MACHINERY_STARTS) and RUNTIME_MACHINERY.match(name) is not None
 
 
 def _base_name(name: str | None) -> str | None:
-    return re.sub(CLONE_SUFFIX, "", name) if name and "." in name else name
+    return CLONE_SUFFIX.sub("", name) if name and "." in name else name
 
 
 def _frame_name(thread: ThreadTrace, index: int) -> str:

@@ -22,13 +22,13 @@ reanalyze`` must find what a server got since.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Mapping
 
+from coredumpd.patterns import Pattern
 from coredumpd.values import Frozen
 
-HEX = r"[0-9a-f]{2,128}"  # compiled (re's cache) when a file is looked up
+HEX = Pattern(r"[0-9a-f]{2,128}")
 KINDS = ("debuginfo", "executable")
 DEFAULT_TIMEOUT = 90.0
 CHUNK = 1 << 16
@@ -84,7 +84,7 @@ class Debuginfod(Frozen):
         return path if path is not None and os.path.isfile(path) else None
 
     def _path(self, build_id: str, kind: str) -> str | None:
-        if not re.fullmatch(HEX, build_id) or kind not in KINDS:
+        if not HEX.fullmatch(build_id) or kind not in KINDS:
             return None
         return os.path.join(self.cache, build_id, kind)
 

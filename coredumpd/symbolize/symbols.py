@@ -30,7 +30,6 @@ import array
 import bisect
 import functools
 import os
-import re
 import struct
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -47,6 +46,7 @@ from coredumpd.elf.elffile import (
 from coredumpd.errors import CoredumpdError, FormatError
 from coredumpd.image import debuginfo
 from coredumpd.image.types import AddressSpace, Module
+from coredumpd.patterns import Pattern
 from coredumpd.store.modcache import ModuleCache, file_identity
 from coredumpd.symbolize.types import InlinedCall, Symbol
 from coredumpd.values import Value
@@ -68,7 +68,7 @@ LIBBFD_GLOBS = ("/usr/lib/x86_64-linux-gnu/libbfd*.so*", "/usr/lib64/libbfd*.so*
                 "/usr/lib/libbfd*.so*")
 DMGL_PARAMS, DMGL_ANSI, DMGL_VERBOSE = 1, 2, 8  # include/demangle.h
 # libiberty rust-demangle.c: a legacy Rust path ends with "17h" and 16 hex digits, then "E"
-RUST_LEGACY = r"^_ZN.*17h[0-9a-f]{16}E$"  # compiled (re's cache) on the first mangled name
+RUST_LEGACY = Pattern(r"^_ZN.*17h[0-9a-f]{16}E$")
 
 
 @functools.cache
@@ -142,7 +142,7 @@ def demangle(name: str) -> str:
     mangled): ``panic::lookup`` for ``_ZN5panic6lookup17h06e10958f83e97f8E``."""
     if not name.startswith(("_Z", "_R")) or len(name) > MAX_DEMANGLE:
         return name
-    rust = name.startswith("_R") or re.match(RUST_LEGACY, name) is not None
+    rust = name.startswith("_R") or RUST_LEGACY.match(name) is not None
     raw = name.encode("utf-8", "surrogateescape")
     for kind, function in _demanglers():
         result = _call_demangler(kind, function, raw, rust)

@@ -18,6 +18,7 @@ import struct
 from coredumpd.annotate import evidence as E
 from coredumpd.annotate.context import AnalysisContext, Annotation
 from coredumpd.errors import CoredumpdError
+from coredumpd.patterns import Pattern
 
 RULE_ID = "abort-message"
 ABORT_MSG_SYMBOL = "__abort_msg"
@@ -26,29 +27,30 @@ assert ABORT_MSG_S.size == 4
 MAX_MESSAGE = 4096
 CHUNK = 256
 
-# (kind, title, advice, pattern): first match wins.  The patterns are compiled (re's cache)
-# when a message is found: most crashes have none.
+# (kind, title, advice, pattern): first match wins.  The patterns are compiled when a
+# message is found: most crashes have none.
 KINDS = (
     ("assertion", "An assertion failed",
      "Fix the condition the assertion checks; the message gives the file, line and function.",
-     r"(?s)Assertion `.*' failed|Assertion .* failed"),
+     Pattern(r"Assertion `.*' failed|Assertion .* failed", re.DOTALL)),
     ("stack-smashing", "The stack protector found a corrupted stack frame",
      ("A buffer on the stack was overrun in the function that returned (the frame under "
      "__stack_chk_fail); rebuild with -fsanitize=address to find the write."),
-     r"stack smashing detected"),
+     Pattern(r"stack smashing detected")),
     ("fortify", "A _FORTIFY_SOURCE check found a buffer overflow",
      ("A string or memory function was called with a length larger than its destination "
      "(the frame under __chk_fail names the *_chk function); fix the size passed."),
-     (r"buffer overflow detected|longjmp causes uninitialized stack frame|"
-      r"invalid fd|fortify_fail")),
+     Pattern(r"buffer overflow detected|longjmp causes uninitialized stack frame|"
+             r"invalid fd|fortify_fail")),
     ("heap-corruption", "malloc detected heap corruption",
      ("The heap was corrupted earlier (double free, use after free, buffer overrun on the "
      "heap); the frames here are where it was detected, not where it happened. Run under "
      "valgrind or rebuild with -fsanitize=address."),
-     (r"(?m)^(free|malloc|realloc|calloc|munmap_chunk|malloc_consolidate|_int_\w+|"
-      r"tcache_\w+|memalign|corrupted|double free|pvalloc|mremap_chunk|"
-      r"malloc\(\)|free\(\))|double free|corrupted (size|double-linked|top)|"
-      r"unaligned (tcache|fastbin) chunk|invalid (pointer|size|next size)")),
+     Pattern(r"^(free|malloc|realloc|calloc|munmap_chunk|malloc_consolidate|_int_\w+|"
+             r"tcache_\w+|memalign|corrupted|double free|pvalloc|mremap_chunk|"
+             r"malloc\(\)|free\(\))|double free|corrupted (size|double-linked|top)|"
+             r"unaligned (tcache|fastbin) chunk|invalid (pointer|size|next size)",
+             re.MULTILINE)),
 )
 OTHER = ("fatal-error", "glibc stopped the process with a fatal error message",
          "Read the message: it names the failed check.")
@@ -94,17 +96,17 @@ def read_abort_message(ctx: AnalysisContext, pointer: int) -> str | None:
 
 def classify(message: str) -> tuple[str, str, str]:
     for kind, title, advice, pattern in KINDS:
-        if re.search(pattern, message):
+        if pattern.search(message):
             return kind, title, advice
     return OTHER
 
 
-ASSERTION = r"(?s)Assertion `(?P<expression>.*)' failed"
+ASSERTION = Pattern(r"Assertion `(?P<expression>.*)' failed", re.DOTALL)
 
 
 def _summary(message: str) -> str:
     """The assertion's expression, or the message, cut to E.TITLE_MAX characters."""
-    match = re.search(ASSERTION, message)
+    match = ASSERTION.search(message)
     return E.shortened(E.one_line(match.group("expression") if match else message))
 
 
