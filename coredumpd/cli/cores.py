@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from coredumpd.cli.commands import Context, newest_record, print_show
@@ -157,6 +156,7 @@ def cmd_debug(ctx: Context) -> int:
     path = stored_core_path(ctx, record)
     exe = record.exe
     argv = debugger_command(ctx)
+    import shutil  # it imports bz2 and lzma: ~8 ms of the start-up of `analyze`
     import tempfile  # with subprocess, for `debug` only (start-up of `analyze`)
 
     # A private directory (mode 0700): the decompressed core is as secret as
