@@ -104,9 +104,13 @@ def _preload(python: bool = False) -> None:
 def preload_all() -> None:
     """The zygote's imports (:mod:`.sandbox_zygote`): everything the analysis may
     import, pystack too, whatever the interpreter's directories allow: imported once
-    per drain, not once per crash."""
+    per drain, not once per crash; then the first analysis's other work (the patterns
+    compiled on first use, the demanglers: :func:`coredumpd.analysis.prepare`)."""
     _lookup_codecs()
     _import_everything(True)
+    from coredumpd.analysis import prepare
+
+    prepare()
 
 
 def _lookup_codecs() -> None:
