@@ -9,6 +9,16 @@ on the host's ``/run``, where the handler the kernel starts (in the initial
 namespaces) reaches it through ``JournalNamespace=NAMESPACE``.  Nothing
 reaches the host's journal files or its journald.
 
+A namespace's journald exits after 30 s without a datagram, a stream or a
+varlink client (systemd's journald-server.c: ``server_is_idle()``,
+``IDLE_TIMEOUT_USEC``).  Under systemd that costs nothing: the socket belongs to
+``systemd-journald@NAMESPACE.socket`` (PID 1), whose queue outlives the daemon
+and starts it again.  Here journald made its socket itself, so an idle exit
+would refuse every later entry (ECONNREFUSED) and drop, unread, those that
+reach its queue while it exits (their ``send`` said "sent").  So each
+PrivateJournal holds one idle stdout-stream connection to its journald for as
+long as it runs: a connected stream keeps it from being idle; it writes nothing.
+
 - :class:`PrivateJournal` — one such journald: ``start()``, ``stop()``,
   ``close()``; ``entries(*matches)`` and ``wait_entry(...)`` read it back with
   ``journalctl -D``; ``directory`` is what ``coredumpctl -D`` reads.
@@ -45,6 +55,7 @@ from typing import Any, Self
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 JOURNALD = "/lib/systemd/systemd-journald"
 RUNTIME = "/run/systemd/journal.{namespace}"
+STDOUT = "stdout"  # the stream socket beside the native one in RUNTIME
 PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
 # In the private mount namespace: the temporary directory's log/ and run/ over
 # /var/log and /run/log (where they exist), then the namespaced journald itself.
@@ -130,6 +141,7 @@ class PrivateJournal:
         os.makedirs(os.path.join(self.root, "log", "journal"))
         os.makedirs(os.path.join(self.root, "run"))
         self.process: subprocess.Popen[bytes] | None = None
+        self._keepalive: socket.socket | None = None
 
     @property
     def socket_path(self) -> str:
@@ -160,15 +172,33 @@ class PrivateJournal:
                 preexec_fn=_die_with_parent)  # noqa: PLW1509
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and self.process.poll() is None:
-            if listening(self.socket_path):
+            if listening(self.socket_path) and self._hold_stream():
                 return self
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"private journald {self.namespace} did not start: "
                            f"{self.log_text()[-500:]}")
 
+    def _hold_stream(self) -> bool:
+        """Connect the stream that keeps the journald from exiting idle (module docstring)."""
+        stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            stream.connect(os.path.join(self.runtime_directory, STDOUT))
+        except OSError:
+            stream.close()
+            return False
+        self._keepalive = stream
+        return True
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the journald (its socket file stays, refusing connections, as after a crash)."""
+        if self._keepalive is not None:
+            self._keepalive.close()
+            self._keepalive = None
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -254,7 +284,15 @@ _session: list[PrivateJournal | None] = []
 
 def session_journal() -> PrivateJournal | None:
     """The run's shared private journald, started on first use; None where none can run
-    (not root, no systemd-journald): then configurations say Journal=no."""
+    (not root, no systemd-journald): then configurations say Journal=no.
+
+    Raises RuntimeError once it has exited: the entries of every later crash would be
+    refused and go to /dev/kmsg, which no test checks."""
+    if _session and _session[0] is not None and not _session[0].alive:
+        dead = _session[0]
+        raise RuntimeError(f"the run's private journald {dead.namespace} exited "
+                           f"(status {dead.process.returncode if dead.process else None}): "
+                           f"{dead.log_text()[-500:]}")
     if not _session:
         journal = None
         if can_run_private():
