@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         # analysed by another job meanwhile: count this process, import nothing more
         analysis_queue.add_waiting_cpu(os.path.dirname(marker), _cpu_ms())
         return 0
+    not_dumpable()
     import argparse
 
     from coredumpd.errors import CoredumpdError
@@ -429,6 +430,20 @@ def main(argv: list[str] | None = None) -> int:
                 os.close(options.core_fd)
             except OSError:
                 pass
+
+
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+
+
+def not_dumpable() -> None:
+    """A crash of this job must not come back to our own handler: under the handler's pipe
+    the kernel gave us RLIMIT_CORE 1, but a job of ``coredumpd serve`` was exec'd by a
+    capture worker, so dumpable, and its crash would go to our own socket (and its
+    crash's marker would stay queued, oldest first, for the next drain)."""
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0)")
 
 
 def _option(argv: list[str], name: str) -> str | None:
