@@ -19,7 +19,7 @@ import os
 import resource
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from coredumpd.pipeline.sandbox import HEADER, failed
@@ -183,21 +183,24 @@ def _keep_only_read_search() -> None:
         raise OSError(ctypes.get_errno(), "capset")
 
 
-def _drop_privileges(uid: int | None, gid: int | None, read_all: bool) -> None:
-    """Drop to uid/gid; ``read_all`` keeps CAP_DAC_READ_SEARCH alone.
+def drop_privileges(uid: int | None, gid: int | None, read_all: bool,
+                    groups: Sequence[int] = ()) -> None:
+    """Drop to uid/gid with the supplementary ``groups``; ``read_all`` keeps
+    CAP_DAC_READ_SEARCH alone.  The one function that gives up root: the sandbox's
+    children and the analysis worker's (coredumpd.cli.worker) both call it.
 
-    That is for crashes whose analysis only root will see (root, system uids,
+    ``read_all`` is for crashes whose analysis only root will see (root, system uids,
     changed credentials): the modules of a root-only program can then still be
     read and symbolized, while writing, signalling, ptrace and the network
     stay out of reach.  A regular user's crash gets no capability at all.
     """
     if uid is not None and gid is not None:
-        os.setgroups([])
+        os.setgroups(list(groups))
         os.setresgid(gid, gid, gid)
         if read_all:
             _prctl(PR_SET_KEEPCAPS, 1)
         os.setresuid(uid, uid, uid)
-        if os.getresuid() != (uid, uid, uid) or os.getgroups():
+        if os.getresuid() != (uid, uid, uid) or set(os.getgroups()) != set(groups):
             raise OSError("privileges were not dropped")
         if read_all:
             _keep_only_read_search()
@@ -297,7 +300,7 @@ def confine(options: dict[str, str]) -> None:
     _set_limits(int(options["--memory-max"]), int(options["--cpu-seconds"]))
     uid = int(options["--uid"]) if "--uid" in options else None
     gid = int(options["--gid"]) if "--gid" in options else None
-    _drop_privileges(uid, gid, "--read-all" in options)
+    drop_privileges(uid, gid, "--read-all" in options)
 
 
 def serve(options: dict[str, str], sock: socket.socket, work: Work) -> int:
