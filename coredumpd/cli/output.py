@@ -5,6 +5,10 @@ through ``$PAGER`` (default ``less`` with ``LESS=FRSXMK``: quit if one
 screen, raw colour codes, no init) unless ``--no-pager``; colours are used
 only on a terminal, never when ``NO_COLOR`` is set or ``TERM=dumb``
 (https://no-color.org).
+
+A corectl run by the analysis worker of ``coredumpd serve`` (coredumpd.cli.worker)
+has the user's terminal as its stdout but no controlling terminal: it hands
+the text to the ``corectl`` client, which pages it (:data:`handoff`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TextIO
 
 from coredumpd.report.text import Style
@@ -43,7 +47,10 @@ class Output:
             self.stream.write(text)
             self.stream.flush()
             return
-        self._page(command, text)
+        if handoff is not None:
+            handoff(command, text)
+            return
+        page(command, text, self.env, self.stream)
 
     def _pager_command(self) -> list[str] | None:
         pager = self.env.get("COREDUMPD_PAGER", self.env.get("PAGER", "less"))
@@ -53,28 +60,34 @@ class Output:
 
         return shlex.split(pager)
 
-    def _page(self, command: list[str], text: str) -> None:
-        import subprocess
 
-        env = dict(self.env)
-        env.setdefault("LESS", "FRSXMK")
-        env.setdefault("LESSCHARSET", "utf-8")
-        self.stream.flush()
-        try:
-            pager = subprocess.Popen(command, stdin=subprocess.PIPE, env=env,
-                                     stdout=self.stream.fileno())
-        except OSError:
-            self.stream.write(text)  # no pager installed: print directly
-            self.stream.flush()
-            return
-        assert pager.stdin is not None
-        try:
-            pager.stdin.write(text.encode("utf-8", "surrogateescape"))
-            pager.stdin.close()
-        except BrokenPipeError:
-            pass  # the user quit the pager early
-        with ignoring_sigint():  # Ctrl-C belongs to the pager (less)
-            pager.wait()
+# Set in a corectl run by the analysis worker: who pages instead of this process.
+handoff: Callable[[list[str], str], None] | None = None
+
+
+def page(command: list[str], text: str, env: Mapping[str, str], stream: TextIO) -> None:
+    """Show ``text`` through the pager ``command`` (environment ``env``) on ``stream``."""
+    import subprocess
+
+    pager_env = dict(env)
+    pager_env.setdefault("LESS", "FRSXMK")
+    pager_env.setdefault("LESSCHARSET", "utf-8")
+    stream.flush()
+    try:
+        pager = subprocess.Popen(command, stdin=subprocess.PIPE, env=pager_env,
+                                 stdout=stream.fileno())
+    except OSError:
+        stream.write(text)  # no pager installed: print directly
+        stream.flush()
+        return
+    assert pager.stdin is not None
+    try:
+        pager.stdin.write(text.encode("utf-8", "surrogateescape"))
+        pager.stdin.close()
+    except BrokenPipeError:
+        pass  # the user quit the pager early
+    with ignoring_sigint():  # Ctrl-C belongs to the pager (less)
+        pager.wait()
 
 
 @contextlib.contextmanager
