@@ -33,6 +33,9 @@ SAVED_SYSCTL_PATH = os.path.join(DEFAULT_DIRECTORY, "saved-sysctl")  # `coredump
 FLEET_OUTBOX_NAME = "fleet-outbox.sqlite"
 FLEET_LOCK_NAME = "fleet-outbox.lock"
 DEFAULT_SOCKET_PATH = "/run/coredumpd/coredump.socket"  # `coredumpd serve`
+# its analysis worker, for `corectl analyze` (coredumpd.cli.client has its own copy: the
+# client imports nothing it can avoid)
+DEFAULT_ANALYZE_SOCKET = "/run/coredumpd/analyze.socket"
 
 DIRECTORY_MODE = 0o751
 FILE_MODE = 0o640

@@ -91,7 +91,16 @@ ANALYZE = Command(
     "Runs the whole analysis (unwinding, symbols, root-cause rules) on CORE, a raw "
     "ELF core or a core stored by coredumpd (seekable lz4), and prints it like show. "
     "Useful for cores from other machines. With DEBUGINFOD_URLS set, debug files and "
-    "executables this machine lacks are fetched by build-id, as reanalyze does.",
+    "executables this machine lacks are fetched by build-id, as reanalyze does. Where "
+    "coredumpd serve runs, the corectl command hands analyze to its analysis worker "
+    "($COREDUMPD_ANALYZE_SOCKET, default /run/coredumpd/analyze.socket), which has "
+    "the analysis imported already: a child of the worker becomes the calling user "
+    "(its uid, gids, resource limits, working directory, environment and standard "
+    "streams) and runs the command there, so the output, the exit status and what may "
+    "be read are those of corectl run by the user; on a terminal the pager still runs "
+    "in corectl. Without a worker, when the worker refuses (another mount namespace or "
+    "root directory, too many at once, another installation), or for options spelled "
+    "other than as listed here, corectl analyses in its own process.",
     (
         Option(("core",), "the core file (raw ELF or coredumpd's .lz4)", metavar="CORE"),
         Option(("--exe",), "the executable that crashed (default: from the core)",
@@ -217,6 +226,9 @@ CORECTL = Program(
         Section("ENVIRONMENT", items=(
             ("COREDUMPD_CONFIG", "configuration file, as --config."),
             ("COREDUMPD_DEBUGGER", "debugger command for debug (default gdb)."),
+            ("COREDUMPD_ANALYZE_SOCKET", ("the socket of the analysis worker of coredumpd "
+             "serve that runs analyze (default /run/coredumpd/analyze.socket); empty: "
+             "analyze always runs in corectl's own process.")),
             ("PAGER", "pager for terminal output (default less with LESS=FRSXMK)."),
             ("NO_COLOR", "when set, no colours even on a terminal."),
             ("TMPDIR", "where debug decompresses the core."),

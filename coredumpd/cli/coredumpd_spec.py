@@ -143,7 +143,21 @@ COREDUMPD = Program(
                 "dumpable: the kernel ignores RLIMIT_CORE for socket patterns, and a "
                 "server dumping into its own socket would wait for itself. Without "
                 "--supervise the server does not touch kernel.core_pattern. SIGTERM stops "
-                "accepting, serves the queue and exits.",
+                "accepting, serves the queue and exits. Once its workers wait, the server "
+                "also starts the analysis worker for corectl analyze (see corectl(1)): a "
+                "process of its own, with its own socket (--analyze-socket, mode 0666), "
+                "that has imported corectl and the analysis once and forks a child per "
+                "request. The child takes the client's credentials from the connection "
+                "(SO_PEERCRED, SO_PEERGROUPS), its resource limits (never above the "
+                "client's), nice value, working directory, environment, umask and "
+                "standard streams, sets PR_SET_NO_NEW_PRIVS and is not dumpable, and runs "
+                "the command there; clients in another mount namespace or with another "
+                "root directory are refused (corectl then runs the command itself), as "
+                "are clients beyond the number of CPUs (at least 2) running at once, and "
+                "clients of another installation. A client that exits or is interrupted "
+                "ends its child. The analysis worker is restarted when it ends (after a "
+                "pause that doubles, up to 30 s, while it ends within a minute), when "
+                "coredumpd's files change on disk, and stops with the server.",
                 (Option(("--config",), "the configuration file", metavar="FILE"),
                  Option(("--supervise",), (
                      "run a supervisor that holds the listening socket, starts the server, "
@@ -165,6 +179,11 @@ COREDUMPD = Program(
                                              "server that ended, doubled after each quick "
                                              "failure up to 30 (default 1)"),
                         metavar="SECONDS"),
+                 Option(("--analyze-socket",), ("where the analysis worker for corectl "
+                                                "analyze listens (default "
+                                                "/run/coredumpd/analyze.socket with the "
+                                                "default --socket, else none; empty: none)"),
+                        metavar="PATH"),
                  Option(("--listen-fd",), ("serve on this inherited listening socket (how "
                                            "the supervisor starts the server)"), metavar="FD"),
                  Option(("--ready-fd",), ("write one byte to this file descriptor once "
@@ -201,6 +220,7 @@ COREDUMPD = Program(
              "to the fleet database (publish).")),
             ("/proc/sys/kernel/core_pattern", "where install registers the handler."),
             ("/run/coredumpd/coredump.socket", "the socket coredumpd serve listens on."),
+            ("/run/coredumpd/analyze.socket", "the socket of its analysis worker."),
             ("coredumpd.service", ("the systemd unit (systemd/ in the source tree): "
              "coredumpd serve --supervise with Restart=always, and ExecStopPost= "
              "coredumpd install --pipe so that the pipe handler is registered whenever "

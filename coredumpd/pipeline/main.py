@@ -67,6 +67,10 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
                             "does not accept (default: the launcher install writes)")
     serve.add_argument("--restart-sec", metavar="SECONDS", type=float, default=1.0,
                        help="with --supervise: wait before restarting a server that ended")
+    serve.add_argument("--analyze-socket", metavar="PATH", default=None,
+                       help="where the analysis worker for corectl analyze listens (default "
+                            "/run/coredumpd/analyze.socket with the default --socket, else "
+                            "none; empty: none)")
     serve.add_argument("--listen-fd", metavar="FD", type=int,
                        help="serve on this inherited listening socket (the supervisor's)")
     serve.add_argument("--ready-fd", metavar="FD", type=int,
@@ -76,16 +80,23 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
 
 
 def _serve(options: argparse.Namespace) -> int:
+    import os
+
+    from coredumpd.paths import DEFAULT_ANALYZE_SOCKET, DEFAULT_SOCKET_PATH
     from coredumpd.pipeline import serve, supervise
     workers = options.workers or serve.DEFAULT_WORKERS
     socket_path = options.socket or supervise.DEFAULT_SOCKET
+    analyze = options.analyze_socket
     if options.supervise:
         return supervise.supervise(socket_path, options.config, options.handler, workers,
-                                   options.restart_sec)
+                                   options.restart_sec, analyze)
+    if analyze is None and os.path.abspath(socket_path) == DEFAULT_SOCKET_PATH:
+        analyze = DEFAULT_ANALYZE_SOCKET
     if options.listen_fd is not None:
         return serve.serve(options.socket, options.config, workers, options.listen_fd,
-                           options.ready_fd, options.fallback)
-    return serve.serve(socket_path, options.config, workers, ready_fd=options.ready_fd)
+                           options.ready_fd, options.fallback, analyze or None)
+    return serve.serve(socket_path, options.config, workers, ready_fd=options.ready_fd,
+                       analyze_socket=analyze or None)
 
 
 def _admin(argv: list[str]) -> int:

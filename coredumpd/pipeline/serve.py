@@ -42,6 +42,13 @@ pipe first, so nothing new arrives) and exit, the server forking more while
 connections wait; then it exits.  If the server dies, the stop pipe closes
 too: the workers serve one queued crash each and exit, and the rest stays in
 the supervisor's socket for the next server.
+
+Beside the capture workers, once they wait, the server starts the analysis
+worker (:class:`AnalysisWorker`, ``python -m coredumpd.cli.worker``): the
+process that runs ``corectl analyze`` for the ``corectl`` client with its
+imports done.  It is a process of its own, with its own socket and poll: a
+crash never waits for it.  It is restarted when it ends and stopped with the
+server.
 """
 
 from __future__ import annotations
@@ -77,6 +84,7 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 SOCKET_MODE = 0o600  # the kernel connects with its own credentials; nobody else may
 WORKER_UNUSABLE = 3  # a worker's exit status: failed before it had a connection
 UNUSABLE_PAUSE_SEC = 0.5
+ANALYSIS_RESTART_MAX_SEC = 30.0
 
 
 class _Stop(Exception):
@@ -144,11 +152,57 @@ class ConfigCache:
         return self.loaded
 
 
+class AnalysisWorker:
+    """The analysis worker's process on ``path`` (:mod:`coredumpd.cli.worker`): restarted
+    when it ends, after a pause that doubles while it keeps ending within a minute."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pid: int | None = None
+        self.started = 0.0
+        self.delay = 0.0
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "coredumpd.cli.worker", "--socket", self.path,
+                "--delay", f"{self.delay:g}"]
+        try:  # stdin /dev/null, stdout and stderr ours; no signal blocked
+            self.pid = os.posix_spawn(sys.executable, argv, os.environ, setsigmask=(),
+                                      file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull,
+                                                     os.O_RDONLY, 0)])
+        except OSError as err:
+            write_kmsg(service_line(os.getpid(), f"analysis worker not started: {err}"))
+            return
+        self.started = time.monotonic()
+
+    def ended(self, status: int, restart: bool) -> None:
+        self.pid = None
+        if not restart:
+            return
+        quick = time.monotonic() - self.started < 60
+        self.delay = min(ANALYSIS_RESTART_MAX_SEC, max(0.5, 2 * self.delay)) if quick else 0.0
+        if status != 0:  # 0: it left for new code (coredumpd.cli.worker)
+            write_kmsg(service_line(os.getpid(), (
+                f"analysis worker ended ({_describe_status(status)}); restarting in "
+                f"{self.delay:g}s")))
+        self.start()
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
 class Server:
     """``workers`` pre-forked workers, one crash each (module docstring)."""
 
     def __init__(self, listener: socket.socket, config_path: str | None,
-                 workers: int = DEFAULT_WORKERS) -> None:
+                 workers: int = DEFAULT_WORKERS, analyze_socket: str | None = None) -> None:
         self.listener = listener
         self.config_path = config_path
         self.workers = max(1, workers)
@@ -156,6 +210,8 @@ class Server:
         self.forked = 0
         self.config = ConfigCache(config_path)
         self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
+        self.analysis = AnalysisWorker(analyze_socket) if analyze_socket else None
+        self.stopping = False
 
     def run(self, ready_fd: int | None = None) -> int:
         """Serve until SIGTERM/SIGINT; then serve the queue, wait for the workers, return 0."""
@@ -168,6 +224,8 @@ class Server:
             self._fill()
             _notify_ready(ready_fd)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            if self.analysis is not None:
+                self.analysis.start()
             while True:
                 self._reap(block=True)
                 self._fill()
@@ -175,9 +233,12 @@ class Server:
             pass
         for signo in STOP_SIGNALS:
             signal.signal(signo, signal.SIG_IGN)
+        self.stopping = True
         os.close(self.stop_w)  # the workers serve the queue and exit
         self.stop_w = -1
-        while self.children:
+        if self.analysis is not None:
+            self.analysis.stop()
+        while self.children or self._analysing():
             self._reap(block=True)
             if _queued(self.listener):
                 self._fill()
@@ -194,15 +255,25 @@ class Server:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
+    def _analysing(self) -> bool:
+        return self.analysis is not None and self.analysis.pid is not None
+
     def _reap(self, block: bool) -> None:
-        while self.children:
+        while self.children or self._analysing():
             try:
                 pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
+                if self.analysis is not None:
+                    self.analysis.pid = None
                 return
             if pid == 0:
                 return
+            if self.analysis is not None and pid == self.analysis.pid:
+                self.analysis.ended(status, restart=not self.stopping)
+                if block:
+                    return
+                continue
             self.children.discard(pid)
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_UNUSABLE:
                 time.sleep(UNUSABLE_PAUSE_SEC)  # it said why on kmsg; do not fork in a loop
@@ -339,14 +410,15 @@ def _notify_ready(ready_fd: int | None) -> None:
 
 def serve(socket_path: str | None, config_path: str | None, workers: int,
           listen_fd: int | None = None, ready_fd: int | None = None,
-          fallback: str | None = None) -> int:
+          fallback: str | None = None, analyze_socket: str | None = None) -> int:
     """``coredumpd serve``: the server on ``socket_path``, or on an inherited ``listen_fd``
     bound there (by the supervisor).
 
     ``fallback``: the pipe pattern to put back if the supervisor (our parent) dies
     before us — it would not be there to do it when we end.  We get SIGTERM then
     (PR_SET_PDEATHSIG), serve the queue, and switch core_pattern from our socket
-    back to ``fallback`` on the way out."""
+    back to ``fallback`` on the way out.  ``analyze_socket``: where the analysis worker
+    listens (None: no analysis worker)."""
     make_undumpable()
     # Held until Server.run has its handlers: a SIGTERM now is served, not fatal.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -362,7 +434,7 @@ def serve(socket_path: str | None, config_path: str | None, workers: int,
     else:
         raise ValueError("a socket path or a listening fd is needed")
     preload()
-    server = Server(listener, config_path, workers)
+    server = Server(listener, config_path, workers, analyze_socket)
     try:
         return server.run(ready_fd)
     finally:

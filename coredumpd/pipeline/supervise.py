@@ -83,13 +83,15 @@ class Supervisor:
     """Runs the server, keeping core_pattern on the pipe whenever it does not accept."""
 
     def __init__(self, socket_path: str, config_path: str | None, pipe: str,
-                 workers: int, restart_sec: float = 1.0) -> None:
+                 workers: int, restart_sec: float = 1.0,
+                 analyze_socket: str | None = None) -> None:
         self.socket_path = os.path.abspath(socket_path)
         self.config_path = config_path
         self.pipe = pipe
         self.socket = socket_pattern(self.socket_path)
         self.workers = workers
         self.restart_sec = restart_sec
+        self.analyze_socket = analyze_socket  # None: the server's default
         self.stopping = False
         self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -159,6 +161,8 @@ class Supervisor:
                 "--workers", str(self.workers), "--fallback", self.pipe]
         if self.config_path:
             argv += ["--config", self.config_path]
+        if self.analyze_socket is not None:
+            argv += ["--analyze-socket", self.analyze_socket]
         return argv
 
     def _run_server(self, listen_fd: int) -> str:
@@ -215,7 +219,7 @@ class Supervisor:
 
 
 def supervise(socket_path: str, config_path: str | None, handler: str | None,
-              workers: int, restart_sec: float = 1.0) -> int:
+              workers: int, restart_sec: float = 1.0, analyze_socket: str | None = None) -> int:
     """``coredumpd serve --supervise``; ``handler`` is the pipe handler to fall back on
     (default: the launcher ``coredumpd install`` writes, written now if missing)."""
     if handler is None:
@@ -223,4 +227,5 @@ def supervise(socket_path: str, config_path: str | None, handler: str | None,
         if not os.access(handler, os.X_OK):
             handler = install.write_launcher()
     pipe = install.build_pattern(handler, config_path)
-    return Supervisor(socket_path, config_path, pipe, workers, restart_sec).run()
+    return Supervisor(socket_path, config_path, pipe, workers, restart_sec,
+                      analyze_socket).run()

@@ -1,0 +1,494 @@
+"""The analysis worker of ``coredumpd serve``: ``corectl analyze`` without the start-up.
+
+``python -m coredumpd.cli.worker --socket PATH``, started (and restarted) by
+the capture server (:mod:`coredumpd.pipeline.serve`) as a process of its own:
+it shares neither the capture workers' epoll nor their processes.  It imports
+corectl and the whole analysis once, then listens on ``PATH`` (mode 0666: any
+local user may connect) for the ``corectl`` client (:mod:`coredumpd.cli.client`,
+which describes the frames).  Per connection, as root:
+
+* the peer's credentials from the kernel: ``SO_PEERCRED`` (pid, uid, gid),
+  ``SO_PEERGROUPS``, ``SO_PEERPIDFD``; refused (the client then runs the command
+  itself) when it is in another mount namespace or has another root directory
+  (its paths would not name our files), when :data:`MAX_CHILDREN` commands run
+  already, or when our code changed on disk since we imported it (we then
+  exit once idle, and the server starts a worker with the new code);
+* its resource limits (/proc/PID/limits; in the child never above our own hard
+  limits either) and nice value, read while the pidfd proves the pid still names it;
+* fork a child that, before it reads a byte of the request: takes those limits,
+  drops to the peer's uid, gid and groups with the sandbox's own
+  :func:`coredumpd.pipeline.sandbox_child.drop_privileges` (``PR_SET_NO_NEW_PRIVS``,
+  not dumpable), and asks for SIGKILL should we die.  Only then it reads the
+  request: fds 0, 1, 2 and the working directory, argv, environment, umask and
+  how the client's standard streams encode; and it runs ``corectl.main(argv, env)``
+  there, for ``analyze`` only, handing text meant for a pager back to the client.
+
+The worker itself waits in ``poll`` for connections, its children's pidfds
+(reaped: the exit status goes to the client) and the clients' hang-ups: a
+client that is interrupted (Ctrl-C) or dies closes its connection, and its
+child is killed.  SIGTERM (the server stopping) kills the running children and
+ends the worker; the server's death does too (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import io
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from coredumpd.cli import client
+from coredumpd.pipeline.sandbox_child import _prctl, drop_privileges
+
+MAX_CHILDREN = max(2, os.cpu_count() or 1)
+SOCKET_MODE = 0o666  # any local user; each gets its own credentials (module docstring)
+BACKLOG = 64
+SO_PEERGROUPS = 59  # <asm-generic/socket.h>
+SO_PEERPIDFD = 77
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PR_SET_DUMPABLE = 4
+GROUPS_BUFFER = 1024  # bytes: CPython's getsockopt limit, 256 groups
+LIMITS_COUNT = 16  # RLIM_NLIMITS, <asm-generic/resource.h>
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PRELOAD_NICENESS = 10
+
+
+class _Stop(Exception):
+    pass
+
+
+class Refused(Exception):
+    """Why a client is not served here (it then runs the command itself)."""
+
+
+@dataclasses.dataclass
+class Peer:
+    """Who connected, from the kernel."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: list[int]
+    limits: dict[int, tuple[int, int]]
+    nice: int
+
+
+def _same_file(first: str, second: str) -> bool:
+    one, other = os.stat(first), os.stat(second)
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
+
+
+def read_peer(conn: socket.socket) -> Peer:
+    """The peer of ``conn`` and what it may have; Refused when it cannot be served here."""
+    pid, uid, gid = (int.from_bytes(chunk, sys.byteorder, signed=True) for chunk in (
+        conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)[i:i + 4] for i in (0, 4, 8)))
+    try:
+        raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, GROUPS_BUFFER)
+        pidfd = conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError as err:
+        raise Refused(f"pid {pid}: its groups or pidfd: {err.strerror}") from err
+    try:
+        groups = [int.from_bytes(raw[i:i + 4], sys.byteorder) for i in range(0, len(raw), 4)]
+        proc = f"/proc/{pid}"
+        if not _same_file(f"{proc}/ns/mnt", "/proc/self/ns/mnt"):
+            raise Refused(f"pid {pid}: another mount namespace")
+        if not _same_file(f"{proc}/root", "/proc/self/root"):
+            raise Refused(f"pid {pid}: another root directory")
+        limits = read_limits(pid)
+        nice = os.getpriority(os.PRIO_PROCESS, pid)
+        if select.select([pidfd], [], [], 0)[0]:  # it exited: the pid may be another's
+            raise Refused(f"pid {pid}: gone")
+    except OSError as err:
+        raise Refused(f"pid {pid}: {err.strerror or err}") from err
+    finally:
+        os.close(pidfd)
+    return Peer(pid, uid, gid, groups, limits, nice)
+
+
+def _limit_value(text: str) -> int:
+    return resource.RLIM_INFINITY if text == "unlimited" else int(text)
+
+
+def read_limits(pid: int) -> dict[int, tuple[int, int]]:
+    """The resource limits of ``pid``, from /proc/PID/limits: one line per limit in
+    the order of their numbers, soft and hard in fixed columns (fs/proc/base.c
+    proc_pid_limits).  Not prlimit(2): another user's process takes CAP_SYS_RESOURCE."""
+    with open(f"/proc/{pid}/limits", encoding="ascii") as handle:
+        lines = handle.read().splitlines()[1:]
+    if len(lines) != LIMITS_COUNT:
+        raise OSError(f"/proc/{pid}/limits has {len(lines)} limits")
+    return {number: (_limit_value(line[25:45].strip()), _limit_value(line[45:65].strip()))
+            for number, line in enumerate(lines)}
+
+
+def code_files() -> dict[str, tuple[int, int]]:
+    """(mtime, size) of the files of every coredumpd module imported."""
+    files = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if (name == "coredumpd" or name.startswith("coredumpd.")) and isinstance(path, str):
+            with contextlib.suppress(OSError):
+                status = os.stat(path)
+                files[path] = (status.st_mtime_ns, status.st_size)
+    return files
+
+
+def code_changed(files: dict[str, tuple[int, int]]) -> bool:
+    for path, seen in files.items():
+        try:
+            status = os.stat(path)
+        except OSError:
+            return True
+        if (status.st_mtime_ns, status.st_size) != seen:
+            return True
+    return False
+
+
+@dataclasses.dataclass
+class Running:
+    """A child running one client's command."""
+
+    pid: int
+    pidfd: int
+    conn: socket.socket
+    client_gone: bool = False
+
+
+class Worker:
+    """Accepts clients and runs one forked child per command (module docstring)."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.files = code_files()
+        self.identity = client.identity()
+        self.running: dict[int, Running] = {}  # by pidfd
+        self.by_conn: dict[int, Running] = {}  # by the connection's fd
+        self.poller = select.poll()
+        self.stale = False
+        self.retired: set[int] = set()  # fds closed during this round of events
+
+    def serve(self) -> int:
+        """Until SIGTERM/SIGINT, or idle once the code changed."""
+        for signo in STOP_SIGNALS:
+            signal.signal(signo, _raise_stop)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        self.listener.setblocking(False)
+        self.poller.register(self.listener, select.POLLIN)
+        try:
+            while not (self.stale and not self.running):
+                self.retired.clear()
+                for fd, _events in self.poller.poll():
+                    if fd not in self.retired:  # else its number may be a new file's
+                        self._event(fd)
+        except _Stop:
+            pass
+        finally:
+            self._stop()
+        return 0
+
+    def _event(self, fd: int) -> None:
+        if fd == self.listener.fileno():
+            self._accept()
+        elif fd in self.running:
+            self._reap(self.running[fd])
+        elif fd in self.by_conn:
+            self._hang_up(self.by_conn[fd])
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        try:
+            conn.setblocking(True)
+            peer = self._admit(conn)
+            pid = os.fork()
+        except Refused as err:
+            _refuse(conn, str(err))
+            return
+        except OSError as err:
+            _refuse(conn, f"cannot fork: {err.strerror}")
+            return
+        if pid == 0:
+            self._child(conn, peer)
+        self._started(pid, conn)
+
+    def _admit(self, conn: socket.socket) -> Peer:
+        if self.stale or code_changed(self.files):
+            self._go_stale()
+            raise Refused("coredumpd's code changed since the worker started")
+        if len(self.running) >= MAX_CHILDREN:
+            raise Refused(f"busy: {MAX_CHILDREN} commands running")
+        return read_peer(conn)
+
+    def _go_stale(self) -> None:
+        if not self.stale:
+            self.stale = True
+            self.poller.unregister(self.listener)
+
+    def _started(self, pid: int, conn: socket.socket) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # cannot watch it: it must not run unwatched
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            conn.close()
+            return
+        running = Running(pid, pidfd, conn)
+        self.running[pidfd] = running
+        self.by_conn[conn.fileno()] = running
+        self.poller.register(pidfd, select.POLLIN)
+        self.poller.register(conn, select.POLLRDHUP)
+
+    def _hang_up(self, running: Running) -> None:
+        """The client closed (Ctrl-C, exit, death): its command is killed."""
+        self.poller.unregister(running.conn)
+        del self.by_conn[running.conn.fileno()]
+        self.retired.add(running.conn.fileno())
+        running.client_gone = True
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(running.pidfd, signal.SIGKILL)
+
+    def _reap(self, running: Running) -> None:
+        _, status = os.waitpid(running.pid, 0)
+        self.poller.unregister(running.pidfd)
+        os.close(running.pidfd)
+        del self.running[running.pidfd]
+        self.retired.update((running.pidfd, running.conn.fileno()))
+        if not running.client_gone:
+            self.poller.unregister(running.conn)
+            del self.by_conn[running.conn.fileno()]
+            frame = (client.KILLED, os.WTERMSIG(status)) if os.WIFSIGNALED(status) \
+                else (client.EXIT, os.WEXITSTATUS(status))
+            with contextlib.suppress(OSError):  # the client reads: a full buffer is its end
+                running.conn.send(client.encode(frame), socket.MSG_DONTWAIT)
+        running.conn.close()
+
+    def _stop(self) -> None:
+        for running in list(self.running.values()):
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(running.pidfd, signal.SIGKILL)
+        for running in list(self.running.values()):
+            running.client_gone = True
+            self._reap(running)
+
+    def _child(self, conn: socket.socket, peer: Peer) -> NoReturn:
+        """In the forked child: become the peer, then run its command (never returns)."""
+        status = client.ERROR_STATUS
+        started = False
+        try:
+            self._close_ours()
+            become(peer, self_pid=os.getppid())
+            request, fds = receive(conn)
+            check_request(request, self.identity)
+            adopt(request, fds)
+            conn.sendall(client.encode((client.STARTED,)))
+            started = True
+            status = run_command(request[3], _handoff_to(conn))
+        except Refused as err:
+            _refuse(conn, str(err), log=False)
+        except BaseException as err:  # noqa: BLE001 - the child says why, then exits
+            if not started:
+                _refuse(conn, f"{type(err).__name__}: {err}", log=False)
+        finally:
+            os._exit(status)
+
+    def _close_ours(self) -> None:
+        """The worker's descriptors that the child must not keep (the others' too)."""
+        self.listener.close()
+        for running in self.running.values():
+            os.close(running.pidfd)
+            running.conn.close()
+        for signo in STOP_SIGNALS:
+            signal.signal(signo, signal.SIG_DFL)
+
+
+def _raise_stop(signo: int, frame: object) -> None:
+    raise _Stop()
+
+
+def _refuse(conn: socket.socket, reason: str, log: bool = True) -> None:
+    if log:
+        sys.stderr.write(f"coredumpd analysis worker: refused: {reason}\n")
+        sys.stderr.flush()
+    with contextlib.suppress(OSError):
+        conn.send(client.encode((client.REFUSED, reason)), socket.MSG_DONTWAIT)
+    conn.close()
+
+
+def become(peer: Peer, self_pid: int) -> None:
+    """The peer's limits, nice value, credentials; SIGKILL when the worker dies."""
+    for limit, (soft, hard) in peer.limits.items():
+        _soft, our_hard = resource.getrlimit(limit)  # raising it would need CAP_SYS_RESOURCE
+        resource.setrlimit(limit, (_at_most(soft, our_hard), _at_most(hard, our_hard)))
+    os.setpriority(os.PRIO_PROCESS, 0, peer.nice)
+    drop_privileges(peer.uid, peer.gid, read_all=False, groups=peer.groups)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the drop, which clears it
+    if os.getppid() != self_pid:
+        raise Refused("the worker ended")
+
+
+def _at_most(value: int, limit: int) -> int:
+    if limit == resource.RLIM_INFINITY:
+        return value
+    return limit if value == resource.RLIM_INFINITY else min(value, limit)
+
+
+def receive(conn: socket.socket) -> tuple[tuple[Any, ...], list[int]]:
+    """The client's request frame and the four fds that came with it."""
+    header, fds, _flags, _address = socket.recv_fds(conn, 4, 8)
+    if not header:
+        raise Refused("no request")
+    if len(header) < 4:
+        header += client.read_exactly(conn, 4 - len(header)) or b""
+    size = int.from_bytes(header, "little")
+    if size > client.FRAME_MAX:
+        raise Refused("request too large")
+    import marshal
+
+    request = marshal.loads(client.read_exactly(conn, size) or b"")
+    if len(fds) != 4:
+        raise Refused(f"{len(fds)} descriptors instead of 4")
+    return request, fds
+
+
+def check_request(request: Any, identity: tuple[str, str]) -> None:
+    """The request is a well-formed ``analyze`` of a client of our own code."""
+    if not (isinstance(request, tuple) and len(request) == 7 and request[0] == client.REQUEST
+            and request[1] == client.PROTOCOL):
+        raise Refused("not a request of this protocol")
+    if request[2] != identity:
+        raise Refused(f"another coredumpd: {request[2]!r}, this worker runs {identity!r}")
+    argv, env = request[3], request[4]
+    if not (isinstance(argv, list) and all(isinstance(arg, str) for arg in argv)
+            and client.is_analyze(argv)):
+        raise Refused("not an analyze command")
+    if not (isinstance(env, dict) and all(isinstance(key, str) and isinstance(value, str)
+                                          for key, value in env.items())):
+        raise Refused("bad environment")
+
+
+def adopt(request: tuple[Any, ...], fds: list[int]) -> None:
+    """The client's working directory, umask, standard streams and environment."""
+    os.fchdir(fds[3])
+    os.close(fds[3])
+    os.umask(int(request[5]) & 0o777)
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+        os.close(fd)
+    specs = request[6]
+    sys.stdin = _stream(0, "r", specs[0])
+    sys.stdout = _stream(1, "w", specs[1])
+    sys.stderr = _stream(2, "w", specs[2])
+    os.environ.clear()
+    os.environ.update(request[4])
+    time.tzset()
+    import tempfile
+
+    tempfile.tempdir = None  # chosen again from the client's TMPDIR
+
+
+def _stream(fd: int, mode: str, spec: Any) -> io.TextIOWrapper:
+    """A standard stream on ``fd`` made as the client's Python made its own
+    (Python/pylifecycle.c create_stdio: newline "\\n" on POSIX)."""
+    encoding, errors, line_buffering, write_through = spec
+    buffer = open(fd, mode + "b", closefd=False)  # noqa: SIM115 - the stream owns it
+    return io.TextIOWrapper(buffer, encoding=str(encoding), errors=str(errors), newline="\n",
+                            line_buffering=bool(line_buffering),
+                            write_through=bool(write_through))
+
+
+def _handoff_to(conn: socket.socket) -> Callable[[list[str], str], None]:
+    def handoff(command: list[str], text: str) -> None:
+        sys.stdout.flush()
+        conn.sendall(client.encode((client.PAGE, command, text)))
+    return handoff
+
+
+def run_command(argv: list[str], handoff: Callable[[list[str], str], None]) -> int:
+    """``corectl.main(argv)`` with our (the client's) streams; its exit status."""
+    from coredumpd.cli import corectl, output
+
+    output.handoff = handoff
+    status = corectl.main(argv, os.environ)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            status = 120  # what Python's exit does when the final flush fails
+    return status
+
+
+def preload() -> None:
+    """Import what ``corectl analyze`` may import, once (the point of this process)."""
+    import codecs
+    import importlib
+    import pkgutil
+
+    import coredumpd
+
+    for name in ("ascii", "latin-1", "utf-8", "utf-16", "utf-32", "idna"):
+        codecs.lookup(name)
+    for module in pkgutil.walk_packages(coredumpd.__path__, "coredumpd."):
+        if module.name.endswith("__main__"):
+            continue
+        with contextlib.suppress(Exception):  # a broken module shows when it is used
+            importlib.import_module(module.name)
+    for name in ("capstone", "lz4.block", "lz4.frame", "pystack", "pystack.engine",
+                 "subprocess", "shlex", "tempfile", "marshal", "array"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def bind(path: str) -> socket.socket:
+    """A listening socket at ``path`` (a stale one replaced), mode 0666."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    temp = f"{path}.{os.getpid()}.new"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+    listener.bind(temp)
+    os.chmod(temp, SOCKET_MODE)
+    listener.listen(BACKLOG)
+    os.replace(temp, path)
+    return listener
+
+
+def main(argv: list[str]) -> int:
+    """``python -m coredumpd.cli.worker --socket PATH [--delay SECONDS]``."""
+    options = dict(zip(argv[0::2], argv[1::2], strict=False))
+    server = os.getppid()
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _prctl(PR_SET_DUMPABLE, 0)  # as the server: our crash must not go to its socket
+    if os.getppid() != server:
+        return 1
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # until serve() handles them
+    time.sleep(float(options.get("--delay", "0")))  # the server's back-off after a failure
+    priority = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, min(19, priority + PRELOAD_NICENESS))
+    preload()  # a second of CPU, niced: crashes being captured go first
+    with contextlib.suppress(PermissionError):  # lowering it again takes CAP_SYS_NICE
+        os.setpriority(os.PRIO_PROCESS, 0, priority)
+    path = options["--socket"]
+    listener = bind(path)
+    bound = os.stat(path).st_ino
+    gc.freeze()  # the imported objects stay out of the children's collections
+    try:
+        return Worker(listener).serve()
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == bound:  # not a successor's socket
+                os.unlink(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
