@@ -12,6 +12,7 @@ signal module docs).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import traceback
@@ -41,7 +42,10 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
 }
 
 
+@functools.cache
 def parser() -> argparse.ArgumentParser:
+    """corectl's parser, built once: the analysis worker (coredumpd.cli.worker) builds it
+    before it forks, so that no request pays the ~5 ms of building it again."""
     return build_parser(CORECTL)
 
 

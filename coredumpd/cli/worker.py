@@ -444,9 +444,12 @@ def preload() -> None:
         with contextlib.suppress(Exception):  # a broken module shows when it is used
             importlib.import_module(module.name)
     for name in ("capstone", "lz4.block", "lz4.frame", "pystack", "pystack.engine",
-                 "subprocess", "shlex", "tempfile", "marshal", "array"):
+                 "subprocess", "shlex", "tempfile", "marshal"):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    from coredumpd.cli import corectl
+
+    corectl.parser()  # built once, for every child
 
 
 def bind(path: str) -> socket.socket:
