@@ -17,8 +17,13 @@ Two tables per core, each comparing like with like:
   against ``corectl analyze CORE --exe EXE``, coredumpd's command for a core
   file (the full analysis a user gets: every thread, file:line, annotations,
   the report) without a store, with the store's module cache cold (emptied
-  before each run) and warm (filled by one run before the clock), and drgn as
-  a Python script; plus, labelled as such, a script
+  before each run) and warm (filled by one run before the clock), each both in
+  corectl's own process (``COREDUMPD_ANALYZE_SOCKET=``) and through the analysis
+  worker of a private ``coredumpd serve`` started by the bench on a socket of its
+  own (as root; ``kernel.core_pattern`` untouched): there the CPU is the client's
+  plus the worker's child's (the mean, from the worker's cutime/cstime in clock
+  ticks), and each corectl row gives its ratio to ``eu-stack -s`` of the same
+  run; and drgn as a Python script; plus, labelled as such, a script
   doing only coredumpd's names-only backtraces (no shipped command does only
   that);
 * **in-process** (the median time of the call inside a fresh process per run,
@@ -42,8 +47,10 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import cProfile
 import json
+import os
 import pathlib
 import pstats
 import re
@@ -54,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -179,7 +186,8 @@ def cpu_text(seconds: float) -> str:
 
 
 def process_wall(argv: list[str], runs: int, check: bool = True,
-                 prepare: Callable[[], Any] | None = None) -> tuple[float, float]:
+                 prepare: Callable[[], Any] | None = None,
+                 env: dict[str, str] | None = None) -> tuple[float, float]:
     """Median wall and CPU time of ``argv``; with ``check``, a run that fails stops the
     bench (eu-stack exits non-zero on cores normally, so it is run unchecked).
     ``prepare`` runs before each run, off the clock."""
@@ -189,32 +197,109 @@ def process_wall(argv: list[str], runs: int, check: bool = True,
             prepare()
         cpu_before = children_cpu()
         started = time.perf_counter()
-        subprocess.run(argv, capture_output=True, check=check)
+        subprocess.run(argv, capture_output=True, check=check, env=env)
         durations.append(time.perf_counter() - started)
         cpu.append(children_cpu() - cpu_before)
     return statistics.median(durations), statistics.median(cpu)
 
 
-def corectl_rows(core: str, exe: str, runs: int, scratch: pathlib.Path) -> list[Row]:
+class AnalysisWorker:
+    """A private ``coredumpd serve`` (its capture socket unused: core_pattern is never
+    pointed at it) whose analysis worker serves the bench's corectl runs."""
+
+    def __init__(self, scratch: pathlib.Path, config: pathlib.Path) -> None:
+        self.socket = str(scratch / "analyze.socket")
+        self.server = subprocess.Popen(
+            [COREDUMPD, "serve", "--socket", str(scratch / "coredump.socket"),
+             "--analyze-socket", self.socket, "--workers", "1", "--config", str(config)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self.pid = self._wait()
+
+    def _wait(self) -> int:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            children = pathlib.Path(f"/proc/{self.server.pid}/task/{self.server.pid}/children")
+            for child in children.read_text().split():
+                cmdline = pathlib.Path(f"/proc/{child}/cmdline").read_bytes()
+                if b"coredumpd.cli.worker" in cmdline and os.path.exists(self.socket):
+                    return int(child)
+            time.sleep(0.1)
+        raise TimeoutError("the analysis worker did not start")
+
+    def children_cpu(self) -> float:
+        """CPU seconds of the worker's reaped children (cutime + cstime, in ticks)."""
+        fields = pathlib.Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.server.terminate()
+        self.server.wait(60)
+
+
+@contextlib.contextmanager
+def analysis_worker(scratch: pathlib.Path, config: pathlib.Path) -> Iterator[AnalysisWorker | None]:
+    """The bench's own analysis worker (root only: it becomes its clients), or None."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    worker = AnalysisWorker(scratch, config)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def corectl_rows(core: str, exe: str, runs: int, scratch: pathlib.Path,
+                 reference: float) -> list[Row]:
     """``corectl analyze`` without a store (no module cache), then with a store whose
-    module cache is empty before each run (cold) and filled by a first run (warm)."""
+    module cache is empty before each run (cold) and filled by a first run (warm): in
+    its own process, then through the analysis worker."""
     store = scratch / "store"
     store.mkdir(exist_ok=True)
+    config = scratch / "coredumpd.conf"
     rows = []
+    own = dict(os.environ, COREDUMPD_ANALYZE_SOCKET="")
     for label, directory in (("no store, no module cache", scratch / "missing"),
                              ("module cache cold", store), ("module cache warm", store)):
-        config = scratch / "coredumpd.conf"
         config.write_text(f"[Coredump]\nDirectory={directory}\n")
         argv = [CORECTL, "--config", str(config), "analyze", core, "--exe", exe]
-        prepare = None
-        if label.endswith("cold"):
-            def prepare() -> None:
-                shutil.rmtree(store / "cache", ignore_errors=True)
-        elif label.endswith("warm"):
-            subprocess.run(argv, capture_output=True, check=True)
-        wall, cpu = process_wall(argv, runs, prepare=prepare)
-        rows.append((f"corectl analyze CORE --exe EXE ({label})", wall, cpu_text(cpu)))
+        prepare = _prepare(label, argv, store, own)
+        wall, cpu = process_wall(argv, runs, prepare=prepare, env=own)
+        rows.append((f"corectl analyze CORE --exe EXE ({label})", wall,
+                     f"{cpu_text(cpu)}  {wall / reference:.2f}x eu-stack -s"))
+    with analysis_worker(scratch, config) as worker:
+        rows += worker_rows(worker, core, exe, runs, store, config, reference)
     shutil.rmtree(store / "cache", ignore_errors=True)
+    return rows
+
+
+def _prepare(label: str, argv: list[str], store: pathlib.Path,
+             env: dict[str, str]) -> Callable[[], Any] | None:
+    """Before each run: the module cache emptied (cold); once, before all: filled (warm)."""
+    if label.endswith("cold"):
+        return lambda: shutil.rmtree(store / "cache", ignore_errors=True)
+    if label.endswith("warm"):
+        subprocess.run(argv, capture_output=True, check=True, env=env)
+    return None
+
+
+def worker_rows(worker: AnalysisWorker | None, core: str, exe: str, runs: int,
+                store: pathlib.Path, config: pathlib.Path, reference: float) -> list[Row]:
+    if worker is None:
+        return [("corectl analyze through the analysis worker", float("nan"),
+                 "not measured: the worker needs root")]
+    env = dict(os.environ, COREDUMPD_ANALYZE_SOCKET=worker.socket)
+    config.write_text(f"[Coredump]\nDirectory={store}\n")
+    argv = [CORECTL, "--config", str(config), "analyze", core, "--exe", exe]
+    rows = []
+    for label in ("module cache cold", "module cache warm"):
+        prepare = _prepare(label, argv, store, env)
+        before = worker.children_cpu()
+        wall, cpu = process_wall(argv, runs, prepare=prepare, env=env)
+        child = (worker.children_cpu() - before) / runs
+        rows.append((f"corectl analyze via coredumpd serve's worker ({label})", wall,
+                     (f"CPU {cpu * 1000:.1f} ms client + {child * 1000:.0f} ms worker's child"
+                     f" (mean)  {wall / reference:.2f}x eu-stack -s")))
     return rows
 
 
@@ -283,6 +368,7 @@ def describe(trace: Trace, reference: Trace | None) -> str:
 
 
 CORECTL = str(pathlib.Path(sys.executable).parent / "corectl")
+COREDUMPD = str(pathlib.Path(sys.executable).parent / "coredumpd")
 Row = tuple[str, float, str]
 
 
@@ -302,7 +388,7 @@ def process_rows(core: str, exe: str, runs: int) -> tuple[list[Row], Trace]:
              f"{cpu_text(eu_cpu)}  {describe(eu_trace, None)}"),
             ("eu-stack -s --core (names, file:line)", eu_lines, cpu_text(eu_lines_cpu))]
     with tempfile.TemporaryDirectory(prefix="cdbench-") as scratch:
-        rows += corectl_rows(core, exe, runs, pathlib.Path(scratch))
+        rows += corectl_rows(core, exe, runs, pathlib.Path(scratch), eu_lines)
     if has_drgn():
         wall, cpu = process_wall(drgn_process_argv(core, exe), runs)
         rows.append(("drgn, a Python script (names)", wall, cpu_text(cpu)))
