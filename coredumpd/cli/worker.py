@@ -62,10 +62,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PRELOAD_NICENESS = 10
 
 
-class _Stop(Exception):
-    pass
-
-
 class Refused(Exception):
     """Why a client is not served here (it then runs the command itself)."""
 
@@ -175,28 +171,44 @@ class Worker:
         self.poller = select.poll()
         self.stale = False
         self.retired: set[int] = set()  # fds closed during this round of events
+        self.stopping = False
+        self.wakeup_r = self.wakeup_w = -1
 
     def serve(self) -> int:
-        """Until SIGTERM/SIGINT, or idle once the code changed."""
+        """Until SIGTERM/SIGINT, or idle once the code changed.
+
+        The signals set a flag and wake ``poll`` through the wakeup fd: an exception
+        raised by a handler would be lost where it lands in code whose exceptions
+        Python ignores (fork's at-fork hooks, finalizers), and the worker would
+        outlive a server that stopped."""
+        self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wakeup_w)
         for signo in STOP_SIGNALS:
-            signal.signal(signo, _raise_stop)
+            signal.signal(signo, self._on_stop)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         self.listener.setblocking(False)
         self.poller.register(self.listener, select.POLLIN)
+        self.poller.register(self.wakeup_r, select.POLLIN)
         try:
-            while not (self.stale and not self.running):
+            while not self.stopping and not (self.stale and not self.running):
                 self.retired.clear()
                 for fd, _events in self.poller.poll():
                     if fd not in self.retired:  # else its number may be a new file's
                         self._event(fd)
-        except _Stop:
-            pass
         finally:
             self._stop()
         return 0
 
+    def _on_stop(self, signo: int, frame: object) -> None:
+        self.stopping = True
+
     def _event(self, fd: int) -> None:
-        if fd == self.listener.fileno():
+        if fd == self.wakeup_r:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.wakeup_r, 64)
+        elif self.stopping:
+            return
+        elif fd == self.listener.fileno():
             self._accept()
         elif fd in self.running:
             self._reap(self.running[fd])
@@ -304,16 +316,15 @@ class Worker:
 
     def _close_ours(self) -> None:
         """The worker's descriptors that the child must not keep (the others' too)."""
+        for signo in STOP_SIGNALS:
+            signal.signal(signo, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        os.close(self.wakeup_r)
+        os.close(self.wakeup_w)
         self.listener.close()
         for running in self.running.values():
             os.close(running.pidfd)
             running.conn.close()
-        for signo in STOP_SIGNALS:
-            signal.signal(signo, signal.SIG_DFL)
-
-
-def _raise_stop(signo: int, frame: object) -> None:
-    raise _Stop()
 
 
 def _refuse(conn: socket.socket, reason: str, log: bool = True) -> None:
@@ -468,6 +479,10 @@ def bind(path: str) -> socket.socket:
 def main(argv: list[str]) -> int:
     """``python -m coredumpd.cli.worker --socket PATH [--delay SECONDS]``."""
     options = dict(zip(argv[0::2], argv[1::2], strict=False))
+    # Nothing of the server's but stdin, stdout and stderr: a descriptor it let us
+    # inherit (the supervisor's listening socket, --listen-fd) would reach the
+    # children that run as our clients.
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     server = os.getppid()
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     _prctl(PR_SET_DUMPABLE, 0)  # as the server: our crash must not go to its socket

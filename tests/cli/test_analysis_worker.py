@@ -108,9 +108,18 @@ class Server:
         return [int(child) for child in _read(f"/proc/{pid}/task/{pid}/children").split()]
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
+        """SIGTERM, which the server passes on to its worker; both must end."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        worker = self.worker_pid()
+        self.process.terminate()
+        try:
             self.process.wait(60)
+        finally:
+            if worker is not None and os.path.exists(f"/proc/{worker}"):
+                os.kill(worker, signal.SIGKILL)  # a failure, but no process left behind
+            self.process.kill()
+            self.process.wait()
 
 
 def _read(path: str) -> str:
@@ -304,6 +313,9 @@ def test_interrupted_client_kills_its_child_and_children_are_bounded(
             assert how == "in-process" and busy.returncode == 0
             assert "busy" in server.log.read_text()
         children = server.running_children()
+        for pid in children:  # the client's (root's) credentials, confined
+            status = _read(f"/proc/{pid}/status")
+            assert "NoNewPrivs:\t1" in status and "Uid:\t0\t0\t0\t0" in status, status
         for process in waiting:
             process.send_signal(signal.SIGINT)
             _out, err = process.communicate(timeout=30)
@@ -376,3 +388,35 @@ def test_the_console_script_is_the_client() -> None:
     if not script.exists():
         pytest.skip("no corectl console script beside this interpreter")
     assert "from coredumpd.cli.client import main" in script.read_text()
+
+
+def test_the_worker_keeps_no_descriptor_of_the_server(tmp_path: pathlib.Path) -> None:
+    """A server started as the supervisor starts it, on an inherited listening socket:
+    the worker (and so the children that run as its clients) does not hold it."""
+    if os.geteuid() != 0:
+        pytest.skip("the analysis worker runs as root")
+    import socket as socket_module
+
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="cdaw-", dir="/tmp"))
+    capture = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+    capture.bind(str(directory / "coredump.socket"))
+    capture.listen(8)
+    own = Server(directory)
+    write_config(own.config, str(directory / "store"), journal=False)
+    try:
+        with open(own.log, "wb") as log:
+            own.process = subprocess.Popen(
+                [HANDLER, "serve", "--listen-fd", str(capture.fileno()),
+                 "--socket", str(directory / "coredump.socket"), "--analyze-socket",
+                 own.socket, "--workers", "1", "--config", own.config],
+                pass_fds=[capture.fileno()], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        pid = own.wait_worker()
+        inode = os.fstat(capture.fileno()).st_ino
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert f"socket:[{inode}]" not in held
+        assert f"socket:[{inode}]" in {os.readlink(f"/proc/{own.process.pid}/fd/{fd}")
+                                       for fd in os.listdir(f"/proc/{own.process.pid}/fd")}
+    finally:
+        own.stop()
+        capture.close()
+        shutil.rmtree(directory, ignore_errors=True)
