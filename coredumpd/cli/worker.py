@@ -60,6 +60,7 @@ GROUPS_BUFFER = 1024  # bytes: CPython's getsockopt limit, 256 groups
 LIMITS_COUNT = 16  # RLIM_NLIMITS, <asm-generic/resource.h>
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PRELOAD_NICENESS = 10
+RECEIVE_TIMEOUT_SEC = 10.0
 
 
 class Refused(Exception):
@@ -355,7 +356,9 @@ def _at_most(value: int, limit: int) -> int:
 
 
 def receive(conn: socket.socket) -> tuple[tuple[Any, ...], list[int]]:
-    """The client's request frame and the four fds that came with it."""
+    """The client's request frame and the four fds that came with it, within
+    :data:`RECEIVE_TIMEOUT_SEC` (a client that sends nothing does not keep a slot)."""
+    conn.settimeout(RECEIVE_TIMEOUT_SEC)
     header, fds, _flags, _address = socket.recv_fds(conn, 4, 8)
     if not header:
         raise Refused("no request")
@@ -369,6 +372,7 @@ def receive(conn: socket.socket) -> tuple[tuple[Any, ...], list[int]]:
     request = marshal.loads(client.read_exactly(conn, size) or b"")
     if len(fds) != 4:
         raise Refused(f"{len(fds)} descriptors instead of 4")
+    conn.settimeout(None)
     return request, fds
 
 

@@ -132,10 +132,12 @@ def test_nothing_is_written_to_the_crashers_cwd_or_tmpdir(tmp_path):
         assert list(home.iterdir()) == []
         assert list(scratch.iterdir()) == []
         # /tmp itself is shared with other test runs: look for what would be ours
-        # (not tests/cli's "corectl-programs-*" directories of a concurrent run).
+        # (not tests/cli's "corectl-programs-*" directories nor tests/conftest.py's
+        # "coredumpd-tests-default-*" of a concurrent run).
         new = [name for name in set(os.listdir("/tmp")) - before
                if str(pid) in name or "cwdcrash" in name
-               or ("core" in name.lower() and not name.startswith("corectl-programs-"))]
+               or ("core" in name.lower() and not name.startswith(
+                   ("corectl-programs-", "coredumpd-tests-default-")))]
         assert new == []
     finally:
         for path in (home, scratch, binaries):
