@@ -462,8 +462,11 @@ def preload() -> None:
                  "subprocess", "shlex", "tempfile", "marshal"):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    from coredumpd.analysis import prepare
     from coredumpd.cli import corectl
 
+    with contextlib.suppress(Exception):  # without it the children do that work themselves
+        prepare()  # the first analysis's lazy work: patterns, rules, demanglers
     corectl.parser()  # built once, for every child
 
 
