@@ -9,12 +9,17 @@ which describes the frames).  Per connection, as root:
 
 * the peer's credentials from the kernel: ``SO_PEERCRED`` (pid, uid, gid),
   ``SO_PEERGROUPS``, ``SO_PEERPIDFD``; refused (the client then runs the command
-  itself) when it is in another mount namespace or has another root directory
-  (its paths would not name our files), when :data:`MAX_CHILDREN` commands run
-  already, or when our code changed on disk since we imported it (we then
-  exit once idle, and the server starts a worker with the new code);
+  itself) when :data:`MAX_CHILDREN` commands run already, when our code changed
+  on disk since we imported it (we then exit once idle, and the server starts a
+  worker with the new code), or when the child would be less confined than the
+  client (:func:`check_confinement`): another namespace of any kind or another
+  root directory (its paths would not name our files, its network is not
+  ours), a seccomp filter, another LSM label, or other capabilities than the
+  child's (a root client that gave some up would get all of ours back);
 * its resource limits (/proc/PID/limits; in the child never above our own hard
-  limits either) and nice value, read while the pidfd proves the pid still names it;
+  limits either), nice value and OOM score (the server's, OOMScoreAdjust=-500,
+  must not shield a user's analysis), read while the pidfd proves the pid still
+  names it;
 * fork a child that, before it reads a byte of the request: takes those limits,
   drops to the peer's uid, gid and groups with the sandbox's own
   :func:`coredumpd.pipeline.sandbox_child.drop_privileges` (``PR_SET_NO_NEW_PRIVS``,
@@ -61,6 +66,8 @@ LIMITS_COUNT = 16  # RLIM_NLIMITS, <asm-generic/resource.h>
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PRELOAD_NICENESS = 10
 RECEIVE_TIMEOUT_SEC = 10.0
+# /proc/PID/ns entries (a kernel without one of them: skipped)
+NAMESPACES = ("mnt", "net", "ipc", "uts", "pid", "user", "cgroup", "time")
 
 
 class Refused(Exception):
@@ -77,11 +84,7 @@ class Peer:
     groups: list[int]
     limits: dict[int, tuple[int, int]]
     nice: int
-
-
-def _same_file(first: str, second: str) -> bool:
-    one, other = os.stat(first), os.stat(second)
-    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
+    oom_score_adj: int
 
 
 def read_peer(conn: socket.socket) -> Peer:
@@ -95,20 +98,60 @@ def read_peer(conn: socket.socket) -> Peer:
         raise Refused(f"pid {pid}: its groups or pidfd: {err.strerror}") from err
     try:
         groups = [int.from_bytes(raw[i:i + 4], sys.byteorder) for i in range(0, len(raw), 4)]
-        proc = f"/proc/{pid}"
-        if not _same_file(f"{proc}/ns/mnt", "/proc/self/ns/mnt"):
-            raise Refused(f"pid {pid}: another mount namespace")
-        if not _same_file(f"{proc}/root", "/proc/self/root"):
-            raise Refused(f"pid {pid}: another root directory")
+        check_confinement(pid, uid)
         limits = read_limits(pid)
         nice = os.getpriority(os.PRIO_PROCESS, pid)
+        with open(f"/proc/{pid}/oom_score_adj", encoding="ascii") as handle:
+            oom_score_adj = int(handle.read())
         if select.select([pidfd], [], [], 0)[0]:  # it exited: the pid may be another's
             raise Refused(f"pid {pid}: gone")
     except OSError as err:
         raise Refused(f"pid {pid}: {err.strerror or err}") from err
     finally:
         os.close(pidfd)
-    return Peer(pid, uid, gid, groups, limits, nice)
+    return Peer(pid, uid, gid, groups, limits, nice, oom_score_adj)
+
+
+def check_confinement(pid: int, uid: int) -> None:
+    """Refused unless the child, which runs in our namespaces, with our root directory,
+    no seccomp filter, our LSM label and (uid 0) all our capabilities or (any other uid)
+    none, would be confined as ``pid`` is.  Namespaces and root by path, never by stat(2)
+    of the client's root (a FUSE root directory would hang us)."""
+    proc = f"/proc/{pid}"
+    for name in NAMESPACES:
+        try:
+            same = os.readlink(f"{proc}/ns/{name}") == os.readlink(f"/proc/self/ns/{name}")
+        except FileNotFoundError:
+            if os.path.exists(proc):
+                continue  # this kernel has no such namespace
+            raise
+        if not same:
+            raise Refused(f"pid {pid}: another {'mount' if name == 'mnt' else name} namespace")
+    if os.readlink(f"{proc}/root") != os.readlink("/proc/self/root"):
+        raise Refused(f"pid {pid}: another root directory")
+    theirs, ours = _status(pid), _status("self")
+    if theirs.get("Seccomp", "0") != "0":
+        raise Refused(f"pid {pid}: under a seccomp filter")
+    wanted = {name: ours.get(name) for name in ("CapEff", "CapPrm", "CapBnd")} if uid == 0 \
+        else {"CapEff": "0" * len(ours.get("CapEff", ""))}
+    if any(theirs.get(name) != value for name, value in wanted.items()):
+        raise Refused(f"pid {pid}: other capabilities than its analysis would have")
+    if _lsm_label(str(pid)) != _lsm_label("self"):
+        raise Refused(f"pid {pid}: another security label")
+
+
+def _status(pid: str | int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as handle:
+        fields = (line.partition(":") for line in handle.read().splitlines())
+        return {name: value.strip() for name, _colon, value in fields}
+
+
+def _lsm_label(pid: str) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/attr/current", "rb") as handle:
+            return handle.read()
+    except OSError:  # EINVAL: no LSM with labels
+        return None
 
 
 def _limit_value(text: str) -> int:
@@ -343,6 +386,8 @@ def become(peer: Peer, self_pid: int) -> None:
         _soft, our_hard = resource.getrlimit(limit)  # raising it would need CAP_SYS_RESOURCE
         resource.setrlimit(limit, (_at_most(soft, our_hard), _at_most(hard, our_hard)))
     os.setpriority(os.PRIO_PROCESS, 0, peer.nice)
+    with open("/proc/self/oom_score_adj", "w", encoding="ascii") as handle:
+        handle.write(str(peer.oom_score_adj))  # not the server's (OOMScoreAdjust=)
     drop_privileges(peer.uid, peer.gid, read_all=False, groups=peer.groups)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the drop, which clears it
     if os.getppid() != self_pid:
