@@ -193,11 +193,18 @@ def _send_request(sock: Any, argv: Sequence[str]) -> None:
         os.close(cwd)
 
 
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+
+
 def _die_by(signo: int) -> int:
-    """The command died by ``signo`` in the worker's child: so do we, as it would have here."""
+    """The command died by ``signo`` in the worker's child: so do we, as it would have here
+    — but without a core: ours would show a kill(2) of ourselves, a crash that never
+    happened here, and go to our own handler (the child, not dumpable, left none)."""
+    import ctypes
     import signal
 
     sys.stdout.flush()
+    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     signal.signal(signo, signal.SIG_DFL)
     os.kill(os.getpid(), signo)
     return 128 + signo  # a signal that does not kill (ignored by our parent: not reset)

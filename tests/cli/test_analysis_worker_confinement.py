@@ -205,6 +205,20 @@ print(client.read_frame(sock))
         result.stdout, result.stdout
 
 
+def _opening_fifo(server: Server, directory: pathlib.Path) -> int | None:
+    """The worker's child that runs a command from ``directory`` and waits in openat(2)
+    (x86_64: 257) of a FIFO there; None while there is none (another child may be the
+    fixture's probe connection, ending)."""
+    for pid in server.running_children():
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if cwd == str(directory) and _read(f"/proc/{pid}/syscall").startswith("257 "):
+            return pid
+    return None
+
+
 def _oom_score_adj(pid: int) -> int:
     return int(_read(f"/proc/{pid}/oom_score_adj") or "nan")
 
@@ -238,13 +252,50 @@ def test_the_child_has_its_clients_oom_score_not_the_servers(
     worker = server.wait_worker()
     with oom_score_adj_of(worker, 500):
         user = subprocess.Popen([*AS_NOBODY, sys.executable, "-c", code, "analyze", str(fifo)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                cwd=str(fifo.parent))
         try:
-            assert _wait(lambda: len(server.running_children()) == 1)
-            (child,) = server.running_children()
-            assert _wait(lambda: "Uid:\t65534" in _read(f"/proc/{child}/status"))
+            assert _wait(lambda: _opening_fifo(server, fifo.parent) is not None)
+            child = _opening_fifo(server, fifo.parent)
+            assert child is not None and "Uid:\t65534" in _read(f"/proc/{child}/status")
             assert _oom_score_adj(child) == _oom_score_adj(user.pid) != 500
         finally:
             user.send_signal(signal.SIGINT)
             user.wait(30)
-    assert _wait(lambda: not server.running_children())
+    assert _wait(lambda: _opening_fifo(server, fifo.parent) is None)
+
+
+def test_a_child_killed_by_a_core_signal_dumps_no_core_nor_does_its_client(
+        server: Server, private_core: pathlib.Path) -> None:
+    """The child is not dumpable; the client dies by the child's signal (its exit status
+    must say so), but a core of the client would be a crash that never happened there
+    (kill(2) of itself), sent to our own handler: it must not dump either."""
+    from tests.support import kernel
+
+    if not kernel.can_swap_core_pattern():
+        pytest.skip("core_pattern cannot be set here")
+    fifo = private_core.parent / "fifo"
+    os.mkfifo(fifo)
+    cores = pathlib.Path(tempfile.mkdtemp(prefix="cdawc-cores-", dir="/tmp"))
+    env = {"PATH": os.environ["PATH"], "COREDUMPD_CONFIG": server.config,
+           client.SOCKET_ENV: server.socket}
+    code = f"import resource, sys; sys.path.insert(0, {str(REPO)!r});" \
+           " resource.setrlimit(resource.RLIMIT_CORE, (-1, -1));" \
+           " from coredumpd.cli import client; sys.exit(client.main())"
+    try:
+        with kernel.core_pattern(f"{cores}/core.%P"):
+            user = subprocess.Popen([sys.executable, "-c", code, "analyze", str(fifo)],
+                                    env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, cwd=str(cores))
+            try:
+                assert _wait(lambda: _opening_fifo(server, cores) is not None)
+                child = _opening_fifo(server, cores)
+                assert child is not None
+                os.kill(child, signal.SIGSEGV)
+                assert user.wait(30) == -signal.SIGSEGV
+            finally:
+                user.kill()
+                user.wait()
+        assert sorted(os.listdir(cores)) == [], f"client {user.pid}, child {child}"
+    finally:
+        shutil.rmtree(cores, ignore_errors=True)
