@@ -66,6 +66,10 @@ LIMITS_COUNT = 16  # RLIM_NLIMITS, <asm-generic/resource.h>
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PRELOAD_NICENESS = 10
 RECEIVE_TIMEOUT_SEC = 10.0
+# Refusals said on stderr (the server's log, the journal) per window, the rest counted:
+# any local user may connect in a loop, and the service's log is not theirs to fill.
+REFUSAL_LOG_BURST = 10
+REFUSAL_LOG_WINDOW_SEC = 60.0
 # /proc/PID/ns entries (a kernel without one of them: skipped)
 NAMESPACES = ("mnt", "net", "ipc", "uts", "pid", "user", "cgroup", "time")
 
@@ -217,6 +221,9 @@ class Worker:
         self.retired: set[int] = set()  # fds closed during this round of events
         self.stopping = False
         self.wakeup_r = self.wakeup_w = -1
+        self.refusals_logged = 0  # in the window that started at refusal_window
+        self.refusal_window = -REFUSAL_LOG_WINDOW_SEC
+        self.refusals_unlogged = 0
 
     def serve(self) -> int:
         """Until SIGTERM/SIGINT, or idle once the code changed.
@@ -269,14 +276,31 @@ class Worker:
             peer = self._admit(conn)
             pid = os.fork()
         except Refused as err:
-            _refuse(conn, str(err))
+            self._refuse(conn, str(err))
             return
         except OSError as err:
-            _refuse(conn, f"cannot fork: {err.strerror}")
+            self._refuse(conn, f"cannot fork: {err.strerror}")
             return
         if pid == 0:
             self._child(conn, peer)
         self._started(pid, conn)
+
+    def _refuse(self, conn: socket.socket, reason: str) -> None:
+        """Tell the client; log it unless :data:`REFUSAL_LOG_BURST` lines were logged in
+        this window already (the next line logged says how many were not)."""
+        _refuse(conn, reason)
+        now = time.monotonic()
+        if now - self.refusal_window >= REFUSAL_LOG_WINDOW_SEC:
+            self.refusal_window, self.refusals_logged = now, 0
+        if self.refusals_logged >= REFUSAL_LOG_BURST:
+            self.refusals_unlogged += 1
+            return
+        self.refusals_logged += 1
+        unlogged = f" ({self.refusals_unlogged} more refused, not logged)" \
+            if self.refusals_unlogged else ""
+        self.refusals_unlogged = 0
+        sys.stderr.write(f"coredumpd analysis worker: refused: {reason}{unlogged}\n")
+        sys.stderr.flush()
 
     def _admit(self, conn: socket.socket) -> Peer:
         if self.stale or code_changed(self.files):
@@ -351,10 +375,10 @@ class Worker:
             started = True
             status = run_command(request[3], _handoff_to(conn))
         except Refused as err:
-            _refuse(conn, str(err), log=False)
+            _refuse(conn, str(err))
         except BaseException as err:  # noqa: BLE001 - the child says why, then exits
             if not started:
-                _refuse(conn, f"{type(err).__name__}: {err}", log=False)
+                _refuse(conn, f"{type(err).__name__}: {err}")
         finally:
             os._exit(status)
 
@@ -371,10 +395,8 @@ class Worker:
             running.conn.close()
 
 
-def _refuse(conn: socket.socket, reason: str, log: bool = True) -> None:
-    if log:
-        sys.stderr.write(f"coredumpd analysis worker: refused: {reason}\n")
-        sys.stderr.flush()
+def _refuse(conn: socket.socket, reason: str) -> None:
+    """Tell the client why (it then runs the command itself) and close."""
     with contextlib.suppress(OSError):
         conn.send(client.encode((client.REFUSED, reason)), socket.MSG_DONTWAIT)
     conn.close()

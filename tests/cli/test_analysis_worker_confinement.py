@@ -299,3 +299,37 @@ def test_a_child_killed_by_a_core_signal_dumps_no_core_nor_does_its_client(
         assert sorted(os.listdir(cores)) == [], f"client {user.pid}, child {child}"
     finally:
         shutil.rmtree(cores, ignore_errors=True)
+
+
+def test_refusals_in_a_loop_do_not_fill_the_servers_log() -> None:
+    """Any local user may connect; one refused in a loop (here: from another mount
+    namespace) gets its answer each time, and the server's log a bounded number of
+    lines (the next line logged in a later window says how many were not)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1)")
+    from coredumpd.cli import worker
+
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="cdawc-", dir="/tmp"))
+    os.chmod(directory, 0o755)
+    own = Server(directory)
+    count = 3 * worker.REFUSAL_LOG_BURST
+    code = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from coredumpd.cli import client
+for _ in range({count}):
+    sock = client._connect({str(own.socket)!r})
+    assert client.read_frame(sock)[0] == client.REFUSED
+    sock.close()
+"""
+    try:
+        own.start()
+        before = own.log.read_text().count("refused")
+        result = subprocess.run(["unshare", "-m", sys.executable, "-c", code],
+                                capture_output=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        lines = own.log.read_text().count("refused") - before
+        assert 1 <= lines <= worker.REFUSAL_LOG_BURST, lines
+    finally:
+        own.stop()
+        shutil.rmtree(directory, ignore_errors=True)
