@@ -55,6 +55,9 @@ from coredumpd.cli import client
 from coredumpd.pipeline.sandbox_child import _prctl, drop_privileges
 
 MAX_CHILDREN = max(2, os.cpu_count() or 1)
+# Commands of one user (but root) at a time: a user whose commands never end (a CORE
+# that is a FIFO, a pipe nobody reads) must not take every slot from the others.
+USER_CHILDREN_MAX = max(1, MAX_CHILDREN // 2)
 SOCKET_MODE = 0o666  # any local user; each gets its own credentials (module docstring)
 BACKLOG = 64
 SO_PEERGROUPS = 59  # <asm-generic/socket.h>
@@ -204,6 +207,7 @@ class Running:
     pid: int
     pidfd: int
     conn: socket.socket
+    uid: int
     client_gone: bool = False
 
 
@@ -283,7 +287,7 @@ class Worker:
             return
         if pid == 0:
             self._child(conn, peer)
-        self._started(pid, conn)
+        self._started(pid, conn, peer.uid)
 
     def _refuse(self, conn: socket.socket, reason: str) -> None:
         """Tell the client; log it unless :data:`REFUSAL_LOG_BURST` lines were logged in
@@ -308,14 +312,18 @@ class Worker:
             raise Refused("coredumpd's code changed since the worker started")
         if len(self.running) >= MAX_CHILDREN:
             raise Refused(f"busy: {MAX_CHILDREN} commands running")
-        return read_peer(conn)
+        peer = read_peer(conn)
+        if peer.uid != 0 and sum(running.uid == peer.uid for running in self.running.values()) \
+                >= USER_CHILDREN_MAX:
+            raise Refused(f"busy: {USER_CHILDREN_MAX} commands of uid {peer.uid} running")
+        return peer
 
     def _go_stale(self) -> None:
         if not self.stale:
             self.stale = True
             self.poller.unregister(self.listener)
 
-    def _started(self, pid: int, conn: socket.socket) -> None:
+    def _started(self, pid: int, conn: socket.socket, uid: int) -> None:
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:  # cannot watch it: it must not run unwatched
@@ -323,7 +331,7 @@ class Worker:
             os.waitpid(pid, 0)
             conn.close()
             return
-        running = Running(pid, pidfd, conn)
+        running = Running(pid, pidfd, conn, uid)
         self.running[pidfd] = running
         self.by_conn[conn.fileno()] = running
         self.poller.register(pidfd, select.POLLIN)

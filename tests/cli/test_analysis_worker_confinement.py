@@ -333,3 +333,39 @@ for _ in range({count}):
     finally:
         own.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_one_user_cannot_take_every_slot(server: Server, private_core: pathlib.Path) -> None:
+    """A user's commands that never end (CORE a FIFO nobody writes) hold at most
+    USER_CHILDREN_MAX of the worker's children: another user is still served."""
+    if not _as_nobody_possible():
+        pytest.skip("this interpreter cannot be run by an unprivileged user here")
+    from coredumpd.cli import worker
+
+    fifo = private_core.parent / "fifo"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)
+    env = {"PATH": os.environ["PATH"], "COREDUMPD_CONFIG": server.config,
+           client.SOCKET_ENV: server.socket}
+    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from coredumpd.cli import client;" \
+           " sys.exit(client.main())"
+    users = []
+    try:
+        for _ in range(worker.MAX_CHILDREN):
+            users.append(subprocess.Popen(
+                [*AS_NOBODY, sys.executable, "-c", code, "analyze", str(fifo)], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(fifo.parent)))
+            # waiting: in openat(2) of the FIFO itself (refused), or in recvfrom(2) for
+            # the worker's answer (served); x86_64 numbers
+            assert _wait(lambda: _read(f"/proc/{users[-1].pid}/syscall").startswith(
+                ("257 ", "45 ")))
+        assert sum(f"Uid:\t{NOBODY}\t" in _read(f"/proc/{pid}/status")
+                   for pid in server.running_children()) <= worker.USER_CHILDREN_MAX
+        served, how = run(server, ["--json", "analyze", str(CORES / "abort" / "core.lz4")])
+        assert how == "served" and served.returncode == 0, served.stderr
+        assert f"commands of uid {NOBODY} running" in server.log.read_text()
+    finally:
+        for user in users:
+            user.kill()
+            user.wait()
+    assert _wait(lambda: _opening_fifo(server, fifo.parent) is None)
