@@ -17,7 +17,6 @@ import json
 import os
 import pathlib
 import pty
-import select
 import shutil
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from coredumpd.cli import client
 from coredumpd.cli.corectl_spec import CORECTL
 from coredumpd.paths import DEFAULT_ANALYZE_SOCKET
 from tests.support.crash import HANDLER, write_config
+from tests.support.terminal import read_all as terminal_output
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CORES = REPO / "fixtures" / "cores"
@@ -39,6 +39,9 @@ NOBODY = 65534
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 # Runs the console script's main() and notes, in the file named by argv[1], the exit
 # status and whether the in-process corectl was imported (the fallback).
+# corectl's console script, from this checkout (python -c CLIENT ARGS...)
+CLIENT = f"import sys; sys.path.insert(0, {str(REPO)!r}); from coredumpd.cli import client;" \
+         " sys.exit(client.main())"
 WRAPPER = """
 import sys
 sys.path.insert(0, {repo!r})
@@ -136,11 +139,12 @@ def _read_bytes(path: str) -> bytes:
         return b""
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
+def running_server(prefix: str) -> Iterator[Server]:
+    """A private server with its analysis worker, in a new /tmp directory ``prefix``*
+    (the body of the modules' ``server`` fixtures)."""
     if os.geteuid() != 0:
         pytest.skip("the analysis worker becomes its clients: it runs as root")
-    directory = pathlib.Path(tempfile.mkdtemp(prefix="cdaw-", dir="/tmp"))
+    directory = pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     os.chmod(directory, 0o755)  # the clients of other users reach the socket
     running = Server(directory)
     try:
@@ -149,6 +153,11 @@ def server() -> Iterator[Server]:
     finally:
         running.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    yield from running_server("cdaw-")
 
 
 def corectl(server: Server, *args: str, prefix: tuple[str, ...] = (), use_server: bool = True,
@@ -244,6 +253,12 @@ def test_another_mount_namespace_is_refused_and_runs_in_process(server: Server) 
     assert "another mount namespace" in server.log.read_text()
 
 
+def client_env(server: Server) -> dict[str, str]:
+    """The environment of a corectl client of ``server``'s analysis worker."""
+    return {"PATH": os.environ["PATH"], "COREDUMPD_CONFIG": server.config,
+            client.SOCKET_ENV: server.socket}
+
+
 def run_on_terminal(server: Server, args: list[str], use_server: bool) -> tuple[int, bytes, str]:
     """The wrapper with stdout on a pseudo-terminal: (status, what it showed, how)."""
     controller, terminal = pty.openpty()
@@ -253,20 +268,11 @@ def run_on_terminal(server: Server, args: list[str], use_server: bool) -> tuple[
     child = subprocess.Popen([sys.executable, "-c", WRAPPER.format(repo=str(REPO)), note, *args],
                              stdout=terminal, stderr=subprocess.PIPE, env=env)
     os.close(terminal)
-    chunks = []
-    while select.select([controller], [], [], 60)[0]:
-        try:
-            data = os.read(controller, 65536)
-        except OSError:  # EIO: the child side closed
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(controller)
+    shown = terminal_output(controller)
     status = child.wait(60)
     how = pathlib.Path(note).read_text().strip()
     os.unlink(note)
-    return status, b"".join(chunks), how
+    return status, shown, how
 
 
 def test_on_a_terminal_the_pager_and_colours_are_the_clients(server: Server) -> None:
@@ -295,10 +301,7 @@ def test_interrupted_client_kills_its_child_and_children_are_bounded(
     (SIGINT to the client) ends the client as in-process (status 130) and its child."""
     fifo = str(tmp_path / "fifo")
     os.mkfifo(fifo)
-    env = {"PATH": os.environ["PATH"], "COREDUMPD_CONFIG": server.config,
-           client.SOCKET_ENV: server.socket}
-    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from coredumpd.cli import client;" \
-           " sys.exit(client.main())"
+    env, code = client_env(server), CLIENT
     from coredumpd.cli import worker
 
     waiting = []

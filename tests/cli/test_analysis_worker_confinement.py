@@ -33,6 +33,7 @@ import pytest
 from coredumpd.cli import client
 from tests.cli.test_analysis_worker import (
     AS_NOBODY,
+    CLIENT,
     CORES,
     REPO,
     WRAPPER,
@@ -40,6 +41,8 @@ from tests.cli.test_analysis_worker import (
     _as_nobody_possible,
     _read,
     _wait,
+    client_env,
+    running_server,
 )
 
 NOBODY = 65534
@@ -66,17 +69,7 @@ assert libc.prctl(22, 2, ctypes.byref(Prog(6, insns)), 0, 0) == 0
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    if os.geteuid() != 0:
-        pytest.skip("the analysis worker becomes its clients: it runs as root")
-    directory = pathlib.Path(tempfile.mkdtemp(prefix="cdawc-", dir="/tmp"))
-    os.chmod(directory, 0o755)
-    running = Server(directory)
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    yield from running_server("cdawc-")
 
 
 def run(server: Server, args: list[str], prefix: tuple[str, ...] = (), use_server: bool = True,
@@ -245,10 +238,7 @@ def test_the_child_has_its_clients_oom_score_not_the_servers(
     fifo = private_core.parent / "fifo"  # a user's analysis waits in its open(2)
     os.mkfifo(fifo)
     os.chmod(fifo, 0o666)
-    env = {"PATH": os.environ["PATH"], "COREDUMPD_CONFIG": server.config,
-           client.SOCKET_ENV: server.socket}
-    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from coredumpd.cli import client;" \
-           " sys.exit(client.main())"
+    env, code = client_env(server), CLIENT
     worker = server.wait_worker()
     with oom_score_adj_of(worker, 500):
         user = subprocess.Popen([*AS_NOBODY, sys.executable, "-c", code, "analyze", str(fifo)],
@@ -277,8 +267,7 @@ def test_a_child_killed_by_a_core_signal_dumps_no_core_nor_does_its_client(
     fifo = private_core.parent / "fifo"
     os.mkfifo(fifo)
     cores = pathlib.Path(tempfile.mkdtemp(prefix="cdawc-cores-", dir="/tmp"))
-    env = {"PATH": os.environ["PATH"], "COREDUMPD_CONFIG": server.config,
-           client.SOCKET_ENV: server.socket}
+    env = client_env(server)
     code = f"import resource, sys; sys.path.insert(0, {str(REPO)!r});" \
            " resource.setrlimit(resource.RLIMIT_CORE, (-1, -1));" \
            " from coredumpd.cli import client; sys.exit(client.main())"
@@ -345,10 +334,7 @@ def test_one_user_cannot_take_every_slot(server: Server, private_core: pathlib.P
     fifo = private_core.parent / "fifo"
     os.mkfifo(fifo)
     os.chmod(fifo, 0o666)
-    env = {"PATH": os.environ["PATH"], "COREDUMPD_CONFIG": server.config,
-           client.SOCKET_ENV: server.socket}
-    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from coredumpd.cli import client;" \
-           " sys.exit(client.main())"
+    env, code = client_env(server), CLIENT
     users = []
     try:
         for _ in range(worker.MAX_CHILDREN):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import pathlib
 import pty
-import select
 import subprocess
 import sys
+
+from tests.support.terminal import read_all as terminal_output
 
 CORE = pathlib.Path(__file__).resolve().parents[2] / "fixtures" / "cores" / "abort" / "core.lz4"
 
@@ -25,21 +26,9 @@ def run_on_terminal(args: list[str], **env: str) -> tuple[int, str]:
                              stdout=terminal, stderr=subprocess.PIPE,
                              env=_env(TERM="xterm", **env))
     os.close(terminal)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([controller], [], [], 60)
-        if not ready:
-            break
-        try:
-            data = os.read(controller, 65536)
-        except OSError:  # EIO: the child side closed
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(controller)
+    shown = terminal_output(controller)
     assert child.wait(60) == 0, child.stderr.read() if child.stderr else ""
-    return child.returncode, b"".join(chunks).decode("utf-8", "replace")
+    return child.returncode, shown.decode("utf-8", "replace")
 
 
 def test_terminal_gets_colours_and_the_pager() -> None:
