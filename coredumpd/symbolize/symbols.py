@@ -60,8 +60,10 @@ MAX_DEMANGLE = 4096
 CODE_TYPES = frozenset({STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE})
 NAMED_TYPES = frozenset({STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE, STT_OBJECT})
 RELA = struct.Struct("<QQq")  # Elf64_Rela
-FORMAT = 1  # of SymbolTable.columns() and of a module's cached answers
+FORMAT = 2  # of SymbolTable.columns() and of a module's cached answers
 ST_NAME = struct.Struct("<I")
+NATIVE_WORD = struct.Struct("=I")  # array("I") of this host
+MAX_NAME_SEARCHES = 32  # address_of: more places naming the name are scanned in one pass
 
 
 LIBBFD_GLOBS = ("/usr/lib/x86_64-linux-gnu/libbfd*.so*", "/usr/lib64/libbfd*.so*",
@@ -180,7 +182,7 @@ def _rank(alias: _Alias) -> tuple[bool, int, int, int, str]:
 
 
 class SymbolTable:
-    """Code symbols of one module by link-time address; all names, lazily, for address_of.
+    """Code symbols of one module by link-time address; names, as asked, for address_of.
 
     An Elf64_Sym is three little-endian 8-byte words (st_name|st_info|st_other|
     st_shndx, st_value, st_size), so a table is read as three columns by
@@ -198,7 +200,8 @@ class SymbolTable:
         self._table_of: list[int] = []
         self._order: list[int] = []  # entry numbers sorted by address
         self._chosen: dict[int, tuple[int, _Alias | None] | None] = {}  # start -> (size, alias)
-        self._names: dict[str, int] | None = None
+        self._named: dict[str, int | None] = {}  # address_of's answers
+        self._st_names: dict[int, bytes] = {}  # table -> its st_name column
         self.starts: list[int] = []  # addresses of self._order, for bisect
 
     def add_table(self, data: bytes, strings: bytes) -> None:
@@ -237,28 +240,30 @@ class SymbolTable:
 
     def columns(self) -> tuple[Any, ...]:
         """Everything the table holds as bytes: its columns as arrays of 8-byte words,
-        which load at C speed (:mod:`coredumpd.store.modcache`); names are indexed first."""
-        self.address_of("")
+        which load at C speed (:mod:`coredumpd.store.modcache`).  No index of names:
+        :meth:`address_of` searches the tables' bytes, which the entry holds."""
         columns = [array.array("Q", column).tobytes() for column in (
             self._heads, self._values, self._sizes, self._table_of, self._order)]
-        return (FORMAT, self._tables, columns, self._names)
+        return (FORMAT, self._tables, columns)
 
     @classmethod
     def from_columns(cls, columns: Any) -> SymbolTable | None:
         """The table :meth:`columns` gave, or None when ``columns`` is not one."""
-        if not isinstance(columns, tuple) or len(columns) != 4 or columns[0] != FORMAT \
-                or not isinstance(columns[2], list) or len(columns[2]) != 5 \
-                or not isinstance(columns[3], dict):
+        if not isinstance(columns, tuple) or len(columns) != 3 or columns[0] != FORMAT \
+                or not isinstance(columns[1], list) or not isinstance(columns[2], list) \
+                or len(columns[2]) != 5:
             return None
         table = cls()
         table._tables = [tuple(entry) for entry in columns[1]]
+        if not all(len(entry) == 3 and isinstance(entry[0], bytes)
+                   and isinstance(entry[1], bytes) for entry in table._tables):
+            return None
         lists = []
         for raw in columns[2]:
             words = array.array("Q")
             words.frombytes(raw)
             lists.append(words.tolist())
         table._heads, table._values, table._sizes, table._table_of, table._order = lists
-        table._names = columns[3]
         count = len(table._heads)
         if any(len(column) != count for column in lists) or (count and (
                 max(table._table_of) >= len(table._tables) or max(table._order) >= count)):
@@ -328,20 +333,37 @@ class SymbolTable:
         return None
 
     def address_of(self, name: str) -> int | None:
-        """Link-time address of a function or object named ``name`` (first table wins)."""
-        if self._names is None:
-            self._names = {}
-            for data, strings, plt in self._tables:
-                if not plt:
-                    self._index_names(data, strings, self._names)
-        return self._names.get(name)
+        """Link-time address of a function or object named ``name`` (the first table
+        defining it wins, and in it the first entry).
 
-    @staticmethod
-    def _index_names(data: bytes, strings: bytes, names: dict[str, int]) -> None:
-        for st_name, info, _other, shndx, value, _size in L.SYM.iter_unpack(
-                data[:len(data) - len(data) % L.SYM.size]):
-            if (info & 0xF) in NAMED_TYPES and value and shndx not in (L.SHN_UNDEF, SHN_ABS):
-                names.setdefault(_cstring(strings, st_name).partition("@")[0], value)
+        The name's bytes are searched in each table's strings, then their offsets
+        among the table's st_name words (C speed both): indexing every name of libc
+        instead cost ~20 ms, most of a cold analysis's rules.  A name followed by
+        ``@`` in the strings is that name with a version, as everywhere here."""
+        if name not in self._named:
+            self._named[name] = self._find_name(name)
+        return self._named[name]
+
+    def _find_name(self, name: str) -> int | None:
+        try:
+            wanted = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # not a name any table's bytes decode to
+            return None
+        if not wanted or b"\0" in wanted or b"@" in wanted:
+            return None  # no table's name is empty or holds these (partition("@"))
+        for number, (data, strings, plt) in enumerate(self._tables):
+            if plt:
+                continue
+            offsets = _name_offsets(strings, wanted)
+            if not offsets:
+                continue
+            st_names = self._st_names.get(number)
+            if st_names is None:
+                st_names = self._st_names[number] = _st_name_column(data)
+            entry = _first_named(data, st_names, offsets)
+            if entry is not None:
+                return entry
+        return None
 
     def __len__(self) -> int:
         """Code symbols in the tables."""
@@ -353,6 +375,66 @@ def _debuglink(elf: ElfFile) -> tuple[str, int] | None:
         return elf.debuglink
     except CoredumpdError:
         return None
+
+
+def _name_offsets(strings: bytes, wanted: bytes) -> set[int]:
+    """Offsets in a string table where the name ``wanted`` starts: ``wanted`` then
+    NUL, ``@`` or the table's end (a string may be the tail of a longer one)."""
+    offsets: set[int] = set()
+    position = strings.find(wanted)
+    while position >= 0:
+        after = position + len(wanted)
+        if after == len(strings) or strings[after] in b"\0@":
+            offsets.add(position)
+        position = strings.find(wanted, position + 1)
+    return offsets
+
+
+def _st_name_column(data: bytes) -> bytes:
+    """Every entry's st_name (the first 4-byte word of each 24-byte Elf64_Sym), as
+    native 4-byte words: searched with bytes.find, which runs at memchr speed."""
+    words = array.array("I")
+    words.frombytes(data[:len(data) - len(data) % L.SYM.size])
+    if sys.byteorder != "little":
+        words.byteswap()
+    return words[0::L.SYM.size // words.itemsize].tobytes()
+
+
+def _first_named(data: bytes, st_names: bytes, offsets: set[int]) -> int | None:
+    """st_value of the first entry named at one of ``offsets`` that defines a function
+    or an object (not undefined, not absolute, not at 0)."""
+    if len(offsets) > MAX_NAME_SEARCHES:  # one pass over the column instead
+        return _first_named_scanning(data, st_names, offsets)
+    first: tuple[int, int] | None = None  # (entry, st_value)
+    for offset in offsets:
+        index = _index(st_names, offset, 0)
+        while index is not None and (first is None or index < first[0]):
+            _, info, _, shndx, value, _ = L.SYM.unpack_from(data, index * L.SYM.size)
+            if (info & 0xF) in NAMED_TYPES and value and shndx not in (L.SHN_UNDEF, SHN_ABS):
+                first = (index, value)
+                break
+            index = _index(st_names, offset, index + 1)
+    return first[1] if first is not None else None
+
+
+def _first_named_scanning(data: bytes, st_names: bytes, offsets: set[int]) -> int | None:
+    """:func:`_first_named` in one pass (a table naming one string very often: the
+    searches would be quadratic)."""
+    for index, (st_name,) in enumerate(NATIVE_WORD.iter_unpack(st_names)):
+        if st_name in offsets:
+            _, info, _, shndx, value, _ = L.SYM.unpack_from(data, index * L.SYM.size)
+            if (info & 0xF) in NAMED_TYPES and value and shndx not in (L.SHN_UNDEF, SHN_ABS):
+                return int(value)
+    return None
+
+
+def _index(words: bytes, value: int, start: int) -> int | None:
+    """The first word at or after word ``start`` that equals ``value``."""
+    needle = NATIVE_WORD.pack(value)
+    position = words.find(needle, start * NATIVE_WORD.size)
+    while position >= 0 and position % NATIVE_WORD.size:
+        position = words.find(needle, position + 1)
+    return position // NATIVE_WORD.size if position >= 0 else None
 
 
 def _cstring(table: bytes, offset: int) -> str:

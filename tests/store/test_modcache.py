@@ -178,3 +178,29 @@ def test_vacuum_counts_fetched_debug_files_and_removes_them_before_any_core(
         assert outside.read_bytes() == b"not ours"
     finally:
         index.close()
+
+
+def test_entries_of_another_symbol_format_are_misses(store: str, parsed: list[str]) -> None:
+    """An entry in the format before the names index was dropped (symbols as four items,
+    a names dict), or whose tables are not bytes, is read again from the files."""
+    cache = ModuleCache(store)
+    plain = _analysis("abort", cache)
+    libc = [name for name in os.listdir(cache.path)
+            if (entry := _entry(cache, name)) is not None and any(
+                str(path[0]).endswith("libc.so.6") for path in entry["files"] if path)]
+    assert libc
+    for name in libc:
+        entry = _entry(cache, name)
+        assert entry is not None
+        version, tables, columns = entry["symbols"]
+        for symbols_field in ((1, tables, columns, {"abort": 1}),
+                              (version, [(1, 2, False)], columns)):
+            cache.store(bytes.fromhex(name.removesuffix(".mod")),
+                        dict(entry, symbols=symbols_field))
+            parsed.clear()
+            assert _analysis("abort", cache) == plain
+            assert any(path.endswith("libc.so.6") for path in parsed)
+
+
+def _entry(cache: ModuleCache, name: str) -> dict[str, object] | None:
+    return cache.load(bytes.fromhex(name.removesuffix(".mod")))

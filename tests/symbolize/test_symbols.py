@@ -329,3 +329,68 @@ def test_rust_names_are_demangled_like_gdb_without_hashes(tmp_path):
     assert demangle("_ZN5panic6lookup17h06e10958f83e97f8E") == "panic::lookup"
     assert demangle("_RNvNtNtNtCsjrHSEGnQ3l9_3std3sys3pal4unix14abort_internal") == \
         "std::sys::pal::unix::abort_internal"
+
+
+def _every_name(tables):
+    """What address_of answered before it searched the bytes: an index of every name
+    (first table, then first entry wins; a version suffix dropped)."""
+    import struct
+
+    from coredumpd.symbolize.symbols import NAMED_TYPES
+
+    names = {}
+    for data, strings in tables:
+        for st_name, info, _other, shndx, value, _size in struct.iter_unpack(
+                "<IBBHQQ", data[:len(data) - len(data) % 24]):
+            if (info & 0xF) in NAMED_TYPES and value and shndx not in (0, 0xFFF1):
+                end = strings.find(b"\0", st_name)
+                raw = strings[st_name:end if end >= 0 else len(strings)]
+                names.setdefault(raw.decode("utf-8", "surrogateescape").partition("@")[0], value)
+    return names
+
+
+@pytest.mark.parametrize("path", [LIBC, LIBSTDCXX, "libc-debug"])
+def test_address_of_agrees_with_an_index_of_every_name(path):
+    """address_of searches the name's bytes instead of indexing every name: the same
+    address for every name the tables hold (aliases, versioned names, tails of other
+    strings), None for names they do not define."""
+    from coredumpd.symbolize.symbols import SymbolTable
+
+    if path == "libc-debug":
+        with ElfFile.open(LIBC) as elf:
+            path = build_id_path(elf.build_id)
+    with ElfFile.open(path) as elf:
+        tables = [raw for raw in (elf.raw_symbols(".symtab"), elf.raw_symbols(".dynsym"))
+                  if raw is not None]
+    table = SymbolTable()
+    for data, strings in tables:
+        table.add_table(data, strings)
+    table.finish()
+    expected = _every_name(tables)
+    assert len(expected) > 1000
+    for name, value in expected.items():
+        assert table.address_of(name) == (value if name else None), name
+    for name in ("no_such_symbol_anywhere", "abort@GLIBC_2.2.5", "abor", "", "a\0b"):
+        assert table.address_of(name) is None
+
+
+def test_address_of_a_name_written_many_times_scans_once():
+    """A table naming one string more often than MAX_NAME_SEARCHES (hostile, or merged
+    tails) is scanned in one pass: the first defining entry wins, undefined ones and
+    those at 0 are skipped."""
+    import struct
+
+    from coredumpd.symbolize.symbols import MAX_NAME_SEARCHES, SymbolTable
+
+    count = MAX_NAME_SEARCHES * 4
+    strings = b"\0" + b"".join(b"__abort_msg\0" for _ in range(count)) + b"x__abort_msg@V1\0"
+    entries = [struct.pack("<IBBHQQ", 1 + 12 * number, 0x11, 0, 0, 0x1000 + number, 8)
+               for number in range(count)]  # undefined (st_shndx 0): skipped
+    entries.append(struct.pack("<IBBHQQ", 1 + 12 * 7, 0x11, 0, 5, 0, 8))  # at 0: skipped
+    entries.append(struct.pack("<IBBHQQ", len(strings) - 15, 0x11, 0, 5, 0x5000, 8))
+    entries.append(struct.pack("<IBBHQQ", 1 + 12 * 3, 0x11, 0, 5, 0x6000, 8))
+    table = SymbolTable()
+    table.add_table(b"".join(entries), strings)
+    table.finish()
+    assert table.address_of("__abort_msg") == 0x5000
+    assert table.address_of("x__abort_msg") is None  # "x__abort_msg@V1" starts at its x
