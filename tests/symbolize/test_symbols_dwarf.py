@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 
 import hypothesis.strategies as st
 from hypothesis import given, settings
@@ -81,3 +82,51 @@ def section_window(name, cache={}):  # noqa: B006 - one window per session is th
         debug = ElfFile.open(build_id_path(build_id))
         cache[name] = SectionWindow(debug, debug.section(name))
     return cache[name]
+
+
+def _damaged_copy(tmp_path, change):
+    """A copy of libc's debug file with ``change(bytearray, .debug_info section)`` applied."""
+    with ElfFile.open(LIBC) as elf:
+        build_id = elf.build_id
+    data = bytearray(pathlib.Path(build_id_path(build_id)).read_bytes())
+    with ElfFile.open(build_id_path(build_id)) as debug:
+        change(data, debug.section(".debug_info"))
+    path = tmp_path / "damaged.debug"
+    path.write_bytes(bytes(data))
+    return ElfFile.open(str(path))
+
+
+def test_section_window_on_a_corrupt_stream_raises_only_format_error(tmp_path):
+    """Garbage in the middle of the compressed bytes: what comes before it reads as
+    before, a read past it is a FormatError (or reads short), never another error."""
+    def corrupt(data, section):
+        middle = section.sh_offset + section.sh_size // 2
+        data[middle:middle + 4096] = bytes(range(256)) * 16
+
+    debug = _damaged_copy(tmp_path, corrupt)
+    try:
+        window = SectionWindow(debug, debug.section(".debug_info"))
+        assert window.read(1000, 500) == SECTIONS[".debug_info"][1000:1500]
+        try:
+            assert window.read(window.size - 100, 100) != SECTIONS[".debug_info"][-100:]
+        except FormatError:
+            pass
+    finally:
+        debug.close()
+
+
+def test_section_window_inflates_no_further_than_declared(tmp_path):
+    """An Elf64_Chdr that declares less than the stream holds (a bomb would): reads stop
+    at the declared size, and no more is inflated."""
+    def declare_less(data, section):
+        data[section.sh_offset + 8:section.sh_offset + 16] = (100_000).to_bytes(8, "little")
+
+    debug = _damaged_copy(tmp_path, declare_less)
+    try:
+        window = SectionWindow(debug, debug.section(".debug_info"))
+        assert window.size == 100_000
+        assert window.read(99_000, 5000) == SECTIONS[".debug_info"][99_000:100_000]
+        assert window.read(200_000, 10) == b""
+        assert len(window._inflated) <= 100_000
+    finally:
+        debug.close()
