@@ -56,32 +56,49 @@ class Reader:
         return chunk
 
     def unsigned(self, size: int) -> int:
+        if size == 1 and 0 <= self.position < self.end:  # most reads: no slice or from_bytes
+            self.position += 1
+            return self.data[self.position - 1]
         return int.from_bytes(self.take(size), "little")
 
     def signed8(self) -> int:
         return struct.unpack("<b", self.take(1))[0]  # type: ignore[no-any-return]
 
     def uleb(self) -> int:
+        """An unsigned LEB128, read in place (abbreviation tables and DIEs are mostly
+        LEB128s: the reads through :meth:`take` were most of a unit's parse)."""
+        data, position, end = self.data, self.position, self.end
         result = shift = 0
-        while True:
-            byte = self.unsigned(1)
+        while 0 <= position < end:
+            byte = data[position]
+            position += 1
             result |= (byte & 0x7F) << shift
             shift += 7
             if byte < 0x80:
+                self.position = position
                 return result
             if shift > 70:
-                raise FormatError("LEB128 too long", self.position)
+                self.position = position
+                raise FormatError("LEB128 too long", position)
+        self.position = position
+        raise FormatError("DWARF data ends before 1 more bytes", position)
 
     def sleb(self) -> int:
+        data, position, end = self.data, self.position, self.end
         result = shift = 0
-        while True:
-            byte = self.unsigned(1)
+        while 0 <= position < end:
+            byte = data[position]
+            position += 1
             result |= (byte & 0x7F) << shift
             shift += 7
             if byte < 0x80:
+                self.position = position
                 return result - (1 << shift) if byte & 0x40 else result
             if shift > 70:
-                raise FormatError("LEB128 too long", self.position)
+                self.position = position
+                raise FormatError("LEB128 too long", position)
+        self.position = position
+        raise FormatError("DWARF data ends before 1 more bytes", position)
 
     def cstring(self) -> bytes:
         end = self.data.find(b"\0", self.position, self.end)

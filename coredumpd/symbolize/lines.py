@@ -24,6 +24,7 @@ from coredumpd.symbolize.types import InlinedCall
 
 MAX_CU_SCAN = 50_000
 TOP_DIE_WINDOW = 1 << 20  # bytes of a unit read to find its top DIE
+ABBREV_REACH = 16 << 10  # bytes of an abbreviation table read first (libc's: ~1-3 KiB)
 INFLATE_SLACK = 16 << 10  # compressed bytes fed beyond the estimate
 
 
@@ -168,14 +169,15 @@ class DwarfLines:
             info = info[offset:offset + length + (4 if offset_size == 4 else 12)]
         else:
             info = self._unit_bytes(".debug_info", offset, MAX_SECTION_READ)
-        top = dwarfline.read_unit_top(info, self._section(".debug_abbrev"), 0)
+        abbrev = self._abbrev_table(info, 0)
+        top = dwarfline.read_unit_top(info, abbrev, 0)
         strings = (self._section(".debug_line_str"), self._section(".debug_str"))
         files: dict[int, str] = {}
         if top.stmt_list is not None:
             files = dwarfline.read_line_files(
                 self._unit_bytes(".debug_line", top.stmt_list, MAX_SECTION_READ), 0, strings)
         sections = dwarfinline.Sections(
-            abbrev=self._section(".debug_abbrev"), strings=strings[1], line_strings=strings[0],
+            abbrev=abbrev, strings=strings[1], line_strings=strings[0],
             ranges=self._section(".debug_ranges"), rnglists=self._section(".debug_rnglists"),
             str_offsets=self._section(".debug_str_offsets"),
             addresses=self._section(".debug_addr"))
@@ -219,6 +221,26 @@ class DwarfLines:
             self._windows[name] = SectionWindow(self._elf, section)
         return self._windows[name]
 
+    def _abbrev_table(self, info: bytes, at: int) -> bytes:
+        """``.debug_abbrev`` as far as the abbreviation table of the unit at ``at`` of
+        ``info`` reaches: the parsers read only that table, and libc's compressed
+        section inflates to ~1 MB, most of it other units' tables."""
+        if ".debug_abbrev" in self._sections or self._elf is None \
+                or self._elf.section(".debug_abbrev") is None:
+            return self._section(".debug_abbrev")
+        table = dwarfline.read_unit_header(dwarfline.Reader(info, at))[3]
+        window, reach = self._window(".debug_abbrev"), ABBREV_REACH
+        while True:
+            data = window.read(0, table + reach)
+            if len(data) < table + reach:
+                return data  # the whole section
+            try:
+                for _entry in dwarfline.abbreviations(data, table):
+                    pass
+                return data
+            except FormatError:  # cut short here, or bad: read further (bad stays bad)
+                reach *= 4
+
     def _unit_bytes(self, name: str, offset: int, cap: int) -> bytes:
         """The unit at ``offset`` of section ``name`` (its initial length says how long)."""
         window = self._window(name)
@@ -230,7 +252,7 @@ class DwarfLines:
             info, at = self._sections[".debug_info"], offset
         else:
             info, at = self._unit_bytes(".debug_info", offset, TOP_DIE_WINDOW), 0
-        top = dwarfline.read_unit_top(info, self._section(".debug_abbrev"), at)
+        top = dwarfline.read_unit_top(info, self._abbrev_table(info, at), at)
         if top.stmt_list is None:
             return None
         strings = (self._section(".debug_line_str"), self._section(".debug_str"))

@@ -130,3 +130,23 @@ def test_section_window_inflates_no_further_than_declared(tmp_path):
         assert len(window._inflated) <= 100_000
     finally:
         debug.close()
+
+
+def test_abbreviation_tables_read_from_a_prefix_are_the_whole_sections():
+    """DwarfLines inflates .debug_abbrev only as far as a unit's table reaches: every
+    sampled unit's table parses the same as from the whole section."""
+    from coredumpd.symbolize.dwarfinline import parse_abbrevs
+    from coredumpd.symbolize.lines import DwarfLines
+
+    with ElfFile.open(LIBC) as elf:
+        lines = DwarfLines(build_id_path(elf.build_id))
+    try:
+        _starts, rest = dwarfline.parse_aranges(SECTIONS[".debug_aranges"])
+        info, whole = SECTIONS[".debug_info"], SECTIONS[".debug_abbrev"]
+        for offset in sorted({offset for _end, offset in rest})[::-40]:  # the last first
+            table = dwarfline.read_unit_header(dwarfline.Reader(info, offset))[3]
+            prefix = lines._abbrev_table(info, offset)
+            assert len(prefix) < len(whole) or table > len(whole) // 2
+            assert parse_abbrevs(prefix, table) == parse_abbrevs(whole, table)
+    finally:
+        lines.close()
