@@ -2,8 +2,9 @@
 
 The tenth crash that maps libc should not read libc's symbol tables and DWARF
 again: :class:`~coredumpd.symbolize.symbols.Symbolizer` keeps, per module, its
-symbol table columns (with the tables' bytes, where names are looked up) and the answers it gave (name, file:line,
-inlined calls per link-time address) in ``DIRECTORY/cache/<build-id>``.
+symbol table columns (with the tables' bytes, in which names are looked up) and
+the answers it gave (name, file:line, inlined calls per link-time address) in
+``DIRECTORY/cache/<build-id>``.
 
 Trust: an entry is written only by a process that may write the store (the
 directory is the owner's, mode 0700, entries 0600), never by the sandboxed
