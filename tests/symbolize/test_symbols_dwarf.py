@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import pathlib
+import zlib
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import given, settings
 
 from coredumpd.elf.elffile import ElfFile
@@ -96,7 +98,31 @@ def _damaged_copy(tmp_path, change):
     return ElfFile.open(str(path))
 
 
-def test_section_window_on_a_corrupt_stream_raises_only_format_error(tmp_path):
+@pytest.fixture(params=["isal", "zlib"])
+def inflater(request, monkeypatch):
+    """SectionWindow with ISA-L's inflate (when installed) and with zlib's fallback."""
+    from coredumpd.symbolize import lines
+
+    if request.param == "zlib":
+        monkeypatch.setattr(lines, "INFLATE", zlib)
+        monkeypatch.setattr(lines, "INFLATE_ERRORS", (zlib.error,))
+    elif lines.INFLATE is zlib:
+        pytest.skip("isal is not installed")
+    return request.param
+
+
+def test_section_window_reads_the_same_with_either_inflater(inflater):
+    with ElfFile.open(LIBC) as elf:
+        build_id = elf.build_id
+    with ElfFile.open(build_id_path(build_id)) as debug:
+        window = SectionWindow(debug, debug.section(".debug_info"))
+        whole = SECTIONS[".debug_info"]
+        for offset, size in ((10_000, 300), (2_828_568, 59), (1_000_000, 70_000),
+                             (len(whole) - 10, 100)):
+            assert window.read(offset, size) == whole[offset:offset + size]
+
+
+def test_section_window_on_a_corrupt_stream_raises_only_format_error(tmp_path, inflater):
     """Garbage in the middle of the compressed bytes: what comes before it reads as
     before, a read past it is a FormatError (or reads short), never another error."""
     def corrupt(data, section):
@@ -115,7 +141,7 @@ def test_section_window_on_a_corrupt_stream_raises_only_format_error(tmp_path):
         debug.close()
 
 
-def test_section_window_inflates_no_further_than_declared(tmp_path):
+def test_section_window_inflates_no_further_than_declared(tmp_path, inflater):
     """An Elf64_Chdr that declares less than the stream holds (a bomb would): reads stop
     at the declared size, and no more is inflated."""
     def declare_less(data, section):
