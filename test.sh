@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 # The fleet tests run a real PostgreSQL server (initdb/pg_ctl) through psycopg:
-# a venv made before they existed still needs both.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import coredumpd, pytest, psycopg' 2>/dev/null \
+# a venv made before they existed still needs both (and isal, the DWARF readers' inflate).
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import coredumpd, pytest, psycopg, isal' 2>/dev/null \
         || ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     ./setup.sh --deps-only
 fi
