@@ -253,8 +253,9 @@ class DwarfLines:
         """``.debug_abbrev`` as far as the abbreviation table of the unit at ``at`` of
         ``info`` reaches: the parsers read only that table, and libc's compressed
         section inflates to ~1 MB, most of it other units' tables."""
-        if ".debug_abbrev" in self._sections or self._elf is None \
-                or self._elf.section(".debug_abbrev") is None:
+        section = self._elf.section(".debug_abbrev") if self._elf is not None else None
+        if ".debug_abbrev" in self._sections or section is None \
+                or section.sh_type == SHT.NOBITS:
             return self._section(".debug_abbrev")
         table = dwarfline.read_unit_header(dwarfline.Reader(info, at))[3]
         window, reach = self._window(".debug_abbrev"), ABBREV_REACH

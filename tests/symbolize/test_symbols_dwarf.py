@@ -176,3 +176,26 @@ def test_abbreviation_tables_read_from_a_prefix_are_the_whole_sections():
             assert parse_abbrevs(prefix, table) == parse_abbrevs(whole, table)
     finally:
         lines.close()
+
+
+def test_an_abbreviation_offset_past_the_tables_reads_at_most_the_section():
+    """A unit header naming an abbreviation offset near or past the section's end (a
+    table cut by the end, or none): the whole section, read once, and the lookup
+    stays a FormatError's business, never a loop or another error."""
+    import struct
+
+    from coredumpd.symbolize.lines import DwarfLines
+
+    with ElfFile.open(LIBC) as elf:
+        lines = DwarfLines(build_id_path(elf.build_id))
+    whole = SECTIONS[".debug_abbrev"]
+    try:
+        for table in (len(whole) - 3, len(whole), len(whole) + 10_000, 1 << 31):
+            header = struct.pack("<IHBBI", 8, 5, 1, 8, table)  # DWARF 5 compile unit
+            assert lines._abbrev_table(header, 0) == whole
+            try:
+                dwarfline.read_unit_top(header + b"\x01", whole, 0)
+            except FormatError:
+                pass
+    finally:
+        lines.close()
