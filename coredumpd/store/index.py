@@ -30,7 +30,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from coredumpd.errors import FormatError, StoreError
 from coredumpd.model import COLUMNS, AnalysisResult, AnalysisState, CoreState, CrashRecord, Facts
@@ -86,6 +86,20 @@ def crash_id(boot_id: str, pid: int, timestamp_us: int, attempt: int = 0) -> str
     seed = f"{boot_id}:{pid}:{timestamp_us}:{attempt}" if attempt else \
         f"{boot_id}:{pid}:{timestamp_us}"
     return hashlib.sha256(seed.encode()).hexdigest()[:ID_LENGTH]
+
+
+class CoreRow(NamedTuple):
+    """What retention reads of a crash whose core is stored (:meth:`Index.core_rows`)."""
+
+    id: str
+    uid: int | None
+    timestamp_us: int
+    core_path: str
+    kept: tuple[str, ...]  # the kept copies of its mapped files (facts.mapped_objects[].kept)
+
+
+# facts.mapped_objects as JSON text, without reading the rest of the row's JSON
+_MAPPED_OBJECTS = "CASE WHEN json_valid(facts) THEN json_extract(facts, '$.mapped_objects') END"
 
 
 class Index:
@@ -173,6 +187,24 @@ class Index:
                 params.append(value)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         return self._query(f"{self._select}{where} ORDER BY timestamp_us, rowid", params)
+
+    def core_rows(self, core_states: Sequence[str]) -> list[CoreRow]:
+        """The crashes whose ``core_state`` is one of ``core_states`` and that name a core
+        path, oldest first: only the columns retention needs.  The handler vacuums twice
+        at each crash; reading every row's facts and analysis for it (:meth:`find`) cost
+        0.17 ms of CPU a row of the abort fixture's (more for a longer analysis), against
+        under 0.01 ms: 10.7 against 0.1 ms for 64 rows, every crash of a storm reading
+        all those before it."""
+        marks = ", ".join("?" for _ in core_states)
+        try:
+            rows = self._db.execute(
+                f"SELECT id, uid, timestamp_us, core_path, {_MAPPED_OBJECTS} FROM crashes "
+                f"WHERE core_state IN ({marks}) AND core_path IS NOT NULL AND core_path != '' "
+                f"ORDER BY timestamp_us, rowid", list(core_states)).fetchall()
+        except sqlite3.Error as err:
+            raise StoreError(f"index {self.path}: {err}") from err
+        return [CoreRow(str(crash), uid, timestamp_us or 0, str(path), _kept_copies(mapped))
+                for crash, uid, timestamp_us, path, mapped in rows]
 
     @property
     def _select(self) -> str:
@@ -333,6 +365,18 @@ def _json_column(value: Any, name: str, problems: list[str]) -> Any:
     except FormatError as err:
         problems.append(f"index column {name}: {err}")
         return None
+
+
+def _kept_copies(mapped_objects: Any) -> tuple[str, ...]:
+    """The ``kept`` paths of facts.mapped_objects (JSON text); none when unreadable."""
+    try:
+        objects = json.loads(mapped_objects) if isinstance(mapped_objects, str) else None
+    except ValueError:
+        return ()
+    if not isinstance(objects, dict):
+        return ()
+    return tuple(entry["kept"] for entry in objects.values()
+                 if isinstance(entry, dict) and isinstance(entry.get("kept"), str))
 
 
 def record_from_row(row: Mapping[str, Any]) -> CrashRecord:

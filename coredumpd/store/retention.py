@@ -147,11 +147,11 @@ class StoreDirectory:
             raise StoreError(f"cannot list {self.path}: {err.strerror}") from err
 
 
-def _core_name(directory: str, record: CrashRecord) -> str | None:
-    """The file name of ``record``'s core when it lies directly in ``directory``."""
-    if not record.core_path:
+def _core_name(directory: str, core_path: str | None) -> str | None:
+    """The file name of the core at ``core_path`` when it lies directly in ``directory``."""
+    if not core_path:
         return None
-    parent, name = os.path.split(record.core_path)
+    parent, name = os.path.split(core_path)
     if os.path.normpath(parent) != os.path.normpath(directory):
         return None
     return name
@@ -160,12 +160,12 @@ def _core_name(directory: str, record: CrashRecord) -> str | None:
 def stored_cores(index: Index, store: StoreDirectory) -> list[StoredCore]:
     """Every regular core file in the store: indexed ones and orphans named like cores."""
     cores: dict[str, StoredCore] = {}
-    for record in index.find([f"core_state={state}" for state in STORED_STATES]):
-        name = _core_name(store.path, record)
+    for row in index.core_rows(STORED_STATES):
+        name = _core_name(store.path, row.core_path)
         info = store.stat_core(name) if name else None
         if name and info:
-            cores[name] = StoredCore(name, record.uid, record.timestamp_us or 0,
-                                     info.st_blocks * 512, record.id, _kept(record))
+            cores[name] = StoredCore(name, row.uid, row.timestamp_us, info.st_blocks * 512,
+                                     row.id, row.kept)
     for name in store.names():
         parsed = parse_core_filename(name)
         if name in cores or parsed is None:
@@ -175,13 +175,6 @@ def stored_cores(index: Index, store: StoreDirectory) -> list[StoredCore]:
             cores[name] = StoredCore(name, parsed.uid, info.st_mtime_ns // 1000,
                                      info.st_blocks * 512, None)
     return sorted(cores.values(), key=lambda core: (core.timestamp_us, core.name))
-
-
-def _kept(record: CrashRecord) -> tuple[str, ...]:
-    """The kept copies a crash refers to (``facts.mapped_objects[path].kept``)."""
-    objects = record.facts.mapped_objects if record.facts is not None else {}
-    return tuple(entry["kept"] for entry in (objects or {}).values()
-                 if isinstance(entry, dict) and isinstance(entry.get("kept"), str))
 
 
 def _pick_victim(cores: list[StoredCore], exclude: str | None) -> StoredCore | None:
@@ -331,7 +324,7 @@ def delete(index: Index, ids: Iterable[str], reason: str = "deleted by corectl d
     directory = StoreDirectory(os.path.dirname(os.path.abspath(index.path)))
     try:
         for crash, record in _present(records):
-            name = _core_name(directory.path, record)
+            name = _core_name(directory.path, record.core_path)
             if name and directory.stat_core(name):
                 directory.unlink(name)
             if forget:
