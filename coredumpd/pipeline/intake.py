@@ -50,8 +50,9 @@ def core_wanted(crash: CrashState) -> bool:
     return True
 
 
-def prepare_store(crash: CrashState) -> None:
-    """Configuration, storage directory, unnamed file and lz4 writer."""
+def prepare_store(crash: CrashState, threads: int = COMPRESS_THREADS) -> None:
+    """Configuration, storage directory, unnamed file and lz4 writer (``threads``: its
+    compression workers; 0: inline)."""
     config = crash.load_config()
     if config.storage == "none":
         crash.skip_core = "Storage=none"  # still written (unnamed) for the analysis
@@ -61,7 +62,7 @@ def prepare_store(crash: CrashState) -> None:
             crash.dir_fd = open_directory(config.directory)
         crash.temp = TempCore(crash.dir_fd)
         from coredumpd.store.lz4seek import SeekableLz4Writer
-        crash.writer = SeekableLz4Writer(crash.temp.fd, BLOCK_SIZE, threads=COMPRESS_THREADS)
+        crash.writer = SeekableLz4Writer(crash.temp.fd, BLOCK_SIZE, threads=threads)
     except (CoredumpdError, OSError) as err:
         crash.core_failure = f"cannot create the core file: {err}"
 
@@ -112,5 +113,5 @@ def store_buffered(crash: CrashState) -> None:
             crash.problems.append(str(err))
             return
     if crash.writer is None and crash.core_failure is None and core_wanted(crash):
-        prepare_store(crash)
+        prepare_store(crash, threads=0)  # read from a file, the process gone: no overlap to win
         drain(crash)

@@ -30,13 +30,15 @@ import errno
 import fcntl
 import os
 import select
-import socket
 import struct
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coredumpd.model import AnalysisResult, CoreState, CrashRecord, FrameStyle, format_frame
+
+if TYPE_CHECKING:  # socket (with selectors and math) is imported by send(): the handler,
+    import socket  # which only writes /dev/kmsg lines, imports this module too
 
 MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
 PRIORITY_CRIT = 2
@@ -186,6 +188,7 @@ def _wait_writable(sock: socket.socket, timeout: float) -> bool:
 
 def _send_memfd(sock: socket.socket, payload: bytes) -> None:
     """Too large for a datagram: a sealed memfd passed with SCM_RIGHTS (journald accepts it)."""
+    import socket
     fd = os.memfd_create("journal-entry", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.write(fd, payload)
@@ -201,6 +204,7 @@ def _send_memfd(sock: socket.socket, payload: bytes) -> None:
 def send(fields: Mapping[str, str], timeout: float = 0.5, path: str | None = None) -> str:
     """Send one entry; never blocks longer than ``timeout``.  Returns the outcome:
     ``sent``, ``timeout`` or ``unreachable: REASON``."""
+    import socket
     path = path or journal_socket_path()
     payload = encode_entry(fields)
     try:

@@ -14,8 +14,7 @@ import os
 import struct
 import threading
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from coredumpd.errors import StoreError
 from coredumpd.paths import TEMPORARY_FILE_MODE
@@ -46,6 +45,9 @@ from coredumpd.store.lz4format import (  # noqa: F401 (re-exported)
 from coredumpd.store.lz4reader import SeekableLz4Reader  # noqa: F401 (re-exported)
 from coredumpd.values import Frozen
 
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
 WORKER_NICE = 10  # workers' extra niceness while a spill file absorbs the stream
 HC_INTERVAL = 16  # at most one block in 16 tries LZ4-HC (see SeekableLz4Writer._want_high)
 
@@ -57,6 +59,14 @@ class WriteStats(Frozen):
     stored_size: int
     blocks: int
     zero_blocks: int
+
+
+def _executor(threads: int, nice_increment: int) -> ThreadPoolExecutor:
+    """The compression workers (concurrent.futures, with logging and threading behind it,
+    is imported only for them: ~7 ms of a small core's handler, which compresses inline)."""
+    from concurrent.futures import ThreadPoolExecutor
+    return ThreadPoolExecutor(threads, "lz4seek", initializer=_lower_priority,
+                              initargs=(nice_increment,))
 
 
 def _lower_priority(increment: int) -> None:
@@ -164,9 +174,8 @@ class SeekableLz4Writer:
         self._acceleration = acceleration
         # With a spill file the workers only need the CPU left over by the drain:
         # Linux applies nice per thread (setpriority(2) on a TID, "NOTES" in sched(7)).
-        self._executor = ThreadPoolExecutor(
-            threads, "lz4seek", initializer=_lower_priority,
-            initargs=(WORKER_NICE if spill_dir is not None else 0,)) if threads > 0 else None
+        self._executor = _executor(threads, WORKER_NICE if spill_dir is not None else 0) \
+            if threads > 0 else None
         self._max_inflight = threads + 2
         self._inflight: collections.deque[
             tuple[Future[EncodedBlock] | EncodedBlock, bytearray | None]] = collections.deque()
@@ -387,7 +396,7 @@ class SeekableLz4Writer:
         """Write the finished blocks at the head of the queue; never waits."""
         while self._inflight:
             item = self._inflight[0][0]
-            if isinstance(item, Future) and not item.done():
+            if not isinstance(item, EncodedBlock) and not item.done():
                 break
             self._emit(*self._inflight.popleft())
         self._promote_spilled()
@@ -406,7 +415,7 @@ class SeekableLz4Writer:
             self._spill.reset()
 
     def _emit(self, item: Future[EncodedBlock] | EncodedBlock, buffer: bytearray | None) -> None:
-        encoded = item.result() if isinstance(item, Future) else item
+        encoded = item if isinstance(item, EncodedBlock) else item.result()
         word = len(encoded.payload) | (RAW_BLOCK_FLAG if encoded.kind is BlockKind.RAW else 0)
         self._entries.append(BLOCK_ENTRY.pack(
             word | (ZERO_BLOCK_FLAG if encoded.kind is BlockKind.ZERO else 0), encoded.crc))

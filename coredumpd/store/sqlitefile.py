@@ -15,7 +15,6 @@ import os
 import sqlite3
 import stat
 import time
-import urllib.parse
 
 from coredumpd.errors import StoreError
 
@@ -52,6 +51,13 @@ def ensure_file(path: str, mode: int, what: str) -> None:
         os.close(fd)
 
 
+def _read_only_uri(path: str) -> str:
+    """SQLite's URI for ``path``, read-only (urllib.parse imported here: a writer such
+    as the handler does not need it)."""
+    import urllib.parse
+    return f"file:{urllib.parse.quote(path)}?mode=ro"
+
+
 def open_database(path: str, mode: int, what: str, busy_timeout_ms: int,
                   create: bool = True) -> sqlite3.Connection:
     """A connection in autocommit mode (each write its own ``BEGIN IMMEDIATE``).
@@ -61,7 +67,7 @@ def open_database(path: str, mode: int, what: str, busy_timeout_ms: int,
     if create:
         ensure_file(path, mode, what)
     try:
-        target = path if create else f"file:{urllib.parse.quote(path)}?mode=ro"
+        target = path if create else _read_only_uri(path)
         db = sqlite3.connect(target, timeout=busy_timeout_ms / 1000, uri=not create,
                              isolation_level=None, check_same_thread=False)
         db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
