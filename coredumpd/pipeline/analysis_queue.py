@@ -1,23 +1,35 @@
 """The crashes of a store still waiting for their analysis: one marker file each.
 
 ``DIR/analysis-queue/ID`` (root's, 0700) is made by the handler once the index row
-of crash ``ID`` exists, just before it starts the crash's analysis job; it holds
-the path of the configuration file the handler read (empty: the default).  It is
-removed once the crash's analysis is stored, never before.  So:
+of crash ``ID`` exists, before it decides whether to start an analysis job; it holds
+the path of the configuration file the handler read (empty: the default), then,
+once a job tried, ``\\0ATTEMPTS\\0LAST ERROR``.  It is removed once the crash's
+analysis is stored, or once it failed :data:`ATTEMPTS_MAX` times, never before.  So:
 
 * **A claim is an exclusive flock(2) on the marker** (:func:`claim`): whoever holds
   it analyses the crash; the kernel drops it whatever way that process ends, so a
   killed analysis leaves the marker, unclaimed, for the next one.  After the lock,
   a marker whose link count is 0 was finished by the previous holder between our
-  open and our lock: nothing left to do.
-* **A drainer** (:func:`coredumpd.pipeline.analyze_job.drain`) lists the markers
+  open and our lock: nothing left to do.  Each claim counts an attempt in the marker
+  before the analysis (:func:`begin_attempt`): a crash whose analysis fails, or kills
+  its job, again and again is marked failed instead of blocking the queue.
+* **A drainer** (:class:`coredumpd.pipeline.analyze_job.Drain`) lists the markers
   and claims, one after the other, those nobody holds, instead of one process
-  (and one sandbox) per crash.  The job of a crash whose marker is gone when it
-  gets its analysis slot exits at once, having imported nothing but this module.
+  (and one sandbox) per crash.
+* **A drainer holds a drain lock** (:func:`take_drain_lock`), an exclusive flock(2) on
+  one of ``DIR/analysis-queue.drainers/KEY.N`` (``KEY``: the configuration's, ``N`` <
+  the analysis slots): whoever holds one drains the crashes of that configuration after
+  any moment it held it.  The handler queues the marker first, then takes a free drain
+  lock for the job it starts; when every one is held it starts no job at all (a storm
+  costs one job, not one interpreter per crash).  A holder that lets go lists the queue
+  again and takes a lock back if something it can claim is left (:func:`claimable`):
+  a marker queued before the release is seen by that listing, one queued after it
+  finds the lock free.
 * A crash whose core lives only in its job's inherited descriptor (Storage=none,
   rate limited) gets no marker: nobody else can read its core.
 
-The CPU of a job that found its crash analysed already is added to
+The CPU of a job that found nothing to analyse (and of the waiting process of one that
+did: :func:`coredumpd.pipeline.analyze_job.main`) is added to
 ``DIR/analysis-queue.cpu`` (:func:`add_waiting_cpu`), which the next stored
 analysis takes into its ``analysis_cpu_ms`` (:func:`take_waiting_cpu`): what a storm's
 analyses cost counts every process they started.
@@ -31,8 +43,11 @@ import fcntl
 import os
 
 QUEUE_DIRECTORY = "analysis-queue"
+DRAINERS_SUFFIX = ".drainers"  # DIR/analysis-queue.drainers: the drain locks
 
-CONFIG_MAX = 4096  # bytes of a marker read back (a path)
+MARKER_MAX = 8192  # bytes of a marker read back (a path, a count, an error)
+ERROR_MAX = 1000  # characters of the last error kept in a marker
+ATTEMPTS_MAX = 3  # analyses of one crash that failed (or ended their job) before it is given up
 
 
 def queue_path(directory: str) -> str:
@@ -104,8 +119,88 @@ def exists(path: str) -> bool:
 
 def config_of(fd: int) -> str | None:
     """The configuration path a claimed marker names (None: the default)."""
-    text = os.pread(fd, CONFIG_MAX, 0)
-    return os.fsdecode(text) or None
+    return read_marker(fd)[0]
+
+
+def read_marker(fd: int) -> tuple[str | None, int, str]:
+    """What a claimed marker says: configuration path (None: the default), attempts made,
+    the last attempt's error ("" when none was recorded)."""
+    config, _, rest = os.pread(fd, MARKER_MAX, 0).partition(b"\0")
+    attempts, _, error = rest.partition(b"\0")
+    return (os.fsdecode(config) or None, int(attempts) if attempts.isdigit() else 0,
+            error.decode("utf-8", "replace"))
+
+
+def begin_attempt(fd: int) -> tuple[int, str]:
+    """Count one more attempt in a claimed marker, before the analysis (a job killed during
+    it has counted it too, with no error); the attempts made before and the last one's
+    error (empty: its job ended during it)."""
+    config, attempts, error = read_marker(fd)
+    _write_marker(fd, config, attempts + 1, "")
+    return attempts, error
+
+
+def record_error(fd: int, error: str) -> None:
+    """Keep why the attempt that holds the claimed marker failed."""
+    config, attempts, _ = read_marker(fd)
+    _write_marker(fd, config, attempts, error[:ERROR_MAX])
+
+
+def _write_marker(fd: int, config: str | None, attempts: int, error: str) -> None:
+    text = os.fsencode(config or "") + b"\0%d\0" % attempts + error.encode("utf-8", "replace")
+    os.pwrite(fd, text, 0)
+    os.ftruncate(fd, len(text))
+
+
+def drain_key(config_path: str | None) -> str:
+    """The drain locks' name for a configuration: FNV-1a (64 bits) of its path, in hex
+    (the path itself may be longer than a file name; hashlib would cost the handler's
+    job start more than the analysis queue's whole import)."""
+    value = 0xCBF29CE484222325
+    for byte in os.fsencode(config_path or ""):
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{value:016x}"
+
+
+def take_drain_lock(queue: str, config_path: str | None, count: int) -> int | None:
+    """The descriptor of a free drain lock of ``config_path`` (one of ``count``), now held;
+    None when all are held (their holders will drain what is queued now).  OSError when
+    there are none to be had (no drainer can be told apart then: start a job anyway)."""
+    directory = queue + DRAINERS_SUFFIX
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    key = drain_key(config_path)
+    for number in range(max(1, count)):
+        fd = os.open(os.path.join(directory, f"{key}.{number}"),
+                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+    return None
+
+
+def claimable(queue: str, config_path: str | None) -> bool:
+    """Some marker of ``config_path`` is queued that nobody holds (a drainer would take it)."""
+    for marker in waiting(queue):
+        fd = claim(marker)
+        if fd is None:
+            continue
+        try:
+            if config_of(fd) == config_path:
+                return True
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return False
 
 
 def finish(path: str, fd: int) -> None:

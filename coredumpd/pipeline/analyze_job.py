@@ -1,6 +1,6 @@
 """The detached analysis job the handler starts after storing a crash.
 
-``python -m coredumpd.pipeline.analyze_job --id ID [--config FILE] [--core-fd N | --queued MARKER]``
+``python -m coredumpd.pipeline.analyze_job --id ID [--config FILE] [--core-fd N | --queued MARKER [--drain-fd N]]``
 
 Runs niced in its own session, long after the kernel let the crashed process
 go: loads the index row, analyses the core in the sandbox
@@ -13,24 +13,29 @@ take it.  ``path_taken`` in the row records what happened.  With
 again when something came (:func:`handler_debuginfod`); after the row it writes
 the module cache entries the analysis lacked (:mod:`.sandbox_cache`).  With a fleet
 database configured it queues the crash's fleet record in the outbox and
-drains the outbox (:mod:`coredumpd.fleet.publisher`).
+drains the outbox (:mod:`coredumpd.fleet.publisher`) from a forked process that holds
+neither the analysis slot nor the drain lock (:func:`publish_detached`).
 
 ``--core-fd`` is an inherited descriptor of a core that was not kept
 (Storage=none, rate limit): it is analysed through ``/proc/self/fd/N`` and
 vanishes when this job exits.
 
-In a storm, many jobs start at once: each waits for an analysis slot
-(:mod:`coredumpd.pipeline.slots`) before importing anything heavy, so only a
-few analyses (and their sandboxes) hold memory at a time.  A job with a slot
-drains (:class:`Drain`): after its own crash (``--queued``: the crash's marker in
-:mod:`.analysis_queue`) it claims and analyses the other queued crashes of its
-store and configuration, oldest first, until none is left (after more than one
-crash: none has come for :data:`LINGER_S`); a job whose marker is gone when it
-gets its slot exits at once.
+In a storm, one job analyses the crashes of its store: the handler queues each crash
+(``--queued``: its marker in :mod:`.analysis_queue`) and starts a job only when it can
+hand it a free drain lock (``--drain-fd``); while a job holds every lock, crashes are
+only queued.  The job keeps the lock in a small process (:func:`watch_drains`: os,
+fcntl and the queue imported) that waits for an analysis slot (:mod:`.slots`) and forks
+the drain: it claims and analyses its own crash, then the other queued crashes of its
+store and configuration (:class:`Drain`), oldest first, until none is left (after more
+than one crash: none has come for :data:`LINGER_S`).  A drain that was killed is
+forked again; each claim counts an attempt in the marker, and a crash whose analysis
+failed :data:`.analysis_queue.ATTEMPTS_MAX` times is marked failed.  Once nothing
+claimable is left the lock is let go and the queue looked at once more.
 From the drain's second crash on (or its first, when others wait) its sandboxes
 are forked by one zygote (:mod:`.sandbox_zygote`) instead of each starting an
-interpreter and the analysis' imports.  A job whose own crash another job held
+interpreter and the analysis' imports.  A drain whose own crash another job held
 waits for that claim at the end: if that job died, this one analyses the crash.
+A crash with ``--core-fd`` is analysed alone (nobody else can read its core).
 """
 
 from __future__ import annotations
@@ -319,7 +324,13 @@ class Drain:
 
     def claim_and_analyse(self, marker: str, queue: str, wait: bool) -> bool:
         """Analyse the crash of ``marker`` if we can claim it (``wait``: until its holder
-        is done) and it names our configuration; True when we claimed it."""
+        is done) and it names our configuration; True when we claimed it.
+
+        The attempt is counted in the marker first (:func:`.analysis_queue.begin_attempt`).
+        An analysis that raised leaves the marker with its error, for the next pass (the
+        others are not held up: a pass takes each marker once); one that failed
+        :data:`.analysis_queue.ATTEMPTS_MAX` times, or ended its job as often, is given up
+        (:meth:`give_up`) and its marker removed."""
         from coredumpd.pipeline import analysis_queue
         fd = analysis_queue.claim(marker, wait)
         if fd is None:
@@ -328,14 +339,40 @@ class Drain:
             if analysis_queue.config_of(fd) != self.config_path:
                 os.close(fd)  # another configuration's crash: its own job takes it
                 return False
+            attempts, error = analysis_queue.begin_attempt(fd)
         except OSError:
             os.close(fd)
             return False
-        try:
-            self.analyse_row(os.path.basename(marker), queue=queue)
-        finally:
-            analysis_queue.finish(marker, fd)
+        row_id = os.path.basename(marker)
+        if attempts >= analysis_queue.ATTEMPTS_MAX:
+            self.give_up(row_id, attempts, error)
+        else:
+            try:
+                self.analyse_row(row_id, queue=queue)
+            except Exception as err:  # noqa: BLE001 - kept for a later attempt, never lost
+                try:
+                    analysis_queue.record_error(fd, f"{type(err).__name__}: {err}")
+                finally:
+                    os.close(fd)
+                return True
+        analysis_queue.finish(marker, fd)
         return True
+
+    def give_up(self, row_id: str, attempts: int, error: str) -> None:
+        """Mark crash ``row_id`` analysis failed, saying why (``corectl`` shows it): its
+        analysis failed ``attempts`` times, the last with ``error`` (empty: its job ended
+        during it, killed).  When even that cannot be stored, /dev/kmsg says so: the
+        row stays pending (``corectl reanalyze`` can take it), the queue goes on."""
+        from coredumpd.model import AnalysisState
+        last = error or "the analysis job ended during the analysis (killed?)"
+        message = f"analysis given up after {attempts} attempts; the last: {last}"
+        try:
+            self.index.update(row_id, analysis_state=AnalysisState.FAILED,
+                              analysis_error=message)
+        except Exception as err:  # noqa: BLE001 - nothing left to try: say it, go on
+            from coredumpd.report import journal
+            journal.write_kmsg(f"crash {row_id}: {message}; not stored either: "
+                               f"{type(err).__name__}: {err}")
 
     def close(self) -> None:
         if self.zygote is not None:
@@ -345,18 +382,18 @@ class Drain:
 
 def run(row_id: str, config_path: str | None, core_fd: int | None,
         marker: str | None = None) -> int:
-    """Analyse crash ``row_id`` (``marker``: its queue marker, :mod:`.analysis_queue`),
-    then drain the store's queue; 1 when the crash has no row."""
-    from coredumpd.pipeline import analysis_queue
+    """Analyse crash ``row_id``; with ``marker`` (its queue marker, :mod:`.analysis_queue`)
+    claim it, then drain the store's queue.  A crash without a marker is analysed alone:
+    no drain lock and no watching parent stand behind this process, so a claim it took
+    and died with would wait for the store's next crash.  1 when the crash has no row."""
     drain = Drain(config_path)
-    queue = os.path.dirname(marker) if marker else \
-        analysis_queue.queue_path(drain.config.directory)
     try:
         if marker is None:
-            if not drain.analyse_row(row_id, core_fd, queue) \
-                    and drain.index.get(row_id) is None:
+            if not drain.analyse_row(row_id, core_fd) and drain.index.get(row_id) is None:
                 return 1
-        elif drain.claim_and_analyse(marker, queue, wait=False):
+            return 0
+        queue = os.path.dirname(marker)
+        if drain.claim_and_analyse(marker, queue, wait=False):
             marker = None  # done
         drain.drain(queue, skip=marker)
         if marker is not None:
@@ -365,9 +402,29 @@ def run(row_id: str, config_path: str | None, core_fd: int | None,
     finally:
         drain.close()
     if drain.fleet_queued:
-        slots.release_slot("analysis")  # a database that is down must not hold analyses up
-        publish(drain.config)
+        publish_detached(drain.config)
     return 0
+
+
+def publish_detached(config: Config) -> None:
+    """:func:`publish` in a forked process of its own, which holds nothing of this one:
+    a database that is down must not hold up the analyses (the analysis slot) nor the
+    next crash's job (the drain lock, held by the job until this drain has ended)."""
+    try:
+        if os.fork() != 0:
+            return
+    except OSError:  # no process to be had: here, the slot given back first
+        slots.release_slot("analysis")
+        publish(config)
+        return
+    status = 1
+    try:
+        slots.release_slot("analysis")
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the core fd, the claims, the index
+        publish(config)
+        status = 0
+    finally:
+        os._exit(status)
 
 
 def _keep_quietly(keep: Callable[[], int]) -> str:
@@ -379,10 +436,11 @@ def _keep_quietly(keep: Callable[[], int]) -> str:
         return f"not written: {type(err).__name__}: {err}"
 
 
-def _cpu_ms() -> int:
+def _cpu_ms(children: bool = True) -> int:
+    """CPU ms of this process (and of its reaped children)."""
     import resource
     total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)[:2 if children else 1]:
         usage = resource.getrusage(who)
         total += usage.ru_utime + usage.ru_stime
     return round(total * 1000)
@@ -399,15 +457,106 @@ def publish(config: Config) -> None:
         journal.write_kmsg(f"fleet publishing failed, records wait in the outbox: {err}")
 
 
+DRAINS_IN_VAIN_MAX = analysis_queue.ATTEMPTS_MAX + 1  # drains in a row that ended badly
+
+
 def main(argv: list[str] | None = None) -> int:
-    slots.hold_slot("analysis", slots.analysis_slots())
     arguments = sys.argv[1:] if argv is None else argv
     marker = _option(arguments, "--queued")
-    if marker is not None and _option(arguments, "--core-fd") is None \
-            and not analysis_queue.exists(marker):
-        # analysed by another job meanwhile: count this process, import nothing more
-        analysis_queue.add_waiting_cpu(os.path.dirname(marker), _cpu_ms())
-        return 0
+    if marker is None or _option(arguments, "--core-fd") is not None:
+        slots.hold_slot("analysis", slots.analysis_slots())
+        return analyse_crash(arguments)  # a crash only this job can read: alone
+    config_path = _option(arguments, "--config")
+    queue = os.path.dirname(marker)
+    lock = _drain_lock(queue, config_path, _option(arguments, "--drain-fd"))
+    if lock is not None:
+        watch_drains(queue, config_path, lock, arguments)
+    # this process's own CPU (its drains' went into their rows): into the next row
+    analysis_queue.add_waiting_cpu(queue, _cpu_ms(children=False))
+    return 0
+
+
+def _drain_lock(queue: str, config_path: str | None, inherited: str | None) -> int | None:
+    """The drain lock the handler passed (``--drain-fd``), or one taken now (a job started
+    by hand, or by an older handler); None when all are held: their holders drain our
+    crash (:mod:`.analysis_queue`).  -1 when no lock can be had: drain anyway."""
+    if inherited is not None:
+        return int(inherited)
+    try:
+        return analysis_queue.take_drain_lock(queue, config_path, slots.analysis_slots())
+    except OSError:
+        return -1
+
+
+def watch_drains(queue: str, config_path: str | None, lock: int, arguments: list[str]) -> None:
+    """Hold drain lock ``lock`` (-1: none) while a forked child analyses the queue
+    (:func:`analyse_crash`); then let the lock go and take it back while something
+    claimable is left.  This small process (os, fcntl, the slots and the queue imported)
+    outlives its drains: a drain that was killed (SIGKILL, the OOM killer) leaves its
+    crashes queued with no job of theirs, so the next one is forked at once.  The
+    attempts counted in the markers bound a crash that kills every drain; this loop
+    stops after :data:`DRAINS_IN_VAIN_MAX` drains in a row that ended badly or finished
+    no crash."""
+    in_vain = 0
+    while in_vain < DRAINS_IN_VAIN_MAX:
+        if not analysis_queue.claimable(queue, config_path):
+            if lock < 0:
+                return
+            os.close(lock)  # then look again: a crash queued before this is seen now
+            again = _lock_again(queue, config_path)
+            if again is None:
+                return
+            lock = again
+            continue
+        before = set(analysis_queue.waiting(queue))
+        slots.hold_slot("analysis", slots.analysis_slots())
+        not_dumpable()
+        status = _drain_in_child(arguments, lock)
+        finished = before - set(analysis_queue.waiting(queue))
+        in_vain = 0 if status == 0 and finished else in_vain + 1
+    if lock >= 0:
+        os.close(lock)
+    from coredumpd.report import journal
+    journal.write_kmsg(f"analysis queue {queue}: {in_vain} drains in a row ended badly; "
+                       "what is queued waits for the next crash")
+
+
+def _lock_again(queue: str, config_path: str | None) -> int | None:
+    """After letting the drain lock go: a lock again if something claimable is queued."""
+    if not analysis_queue.claimable(queue, config_path):
+        return None
+    try:
+        return analysis_queue.take_drain_lock(queue, config_path, slots.analysis_slots())
+    except OSError:
+        return None
+
+
+def _drain_in_child(arguments: list[str], lock: int) -> int:
+    """Run :func:`analyse_crash` in a forked child holding the analysis slot (this process
+    lets its copy go); its exit code, negative: the signal that ended it."""
+    try:
+        pid = os.fork()
+    except OSError:  # no process to be had: drain here, the lock held meanwhile
+        return analyse_crash(arguments)
+    if pid == 0:
+        status = 70  # EX_SOFTWARE
+        try:
+            if lock >= 0:
+                os.close(lock)  # the lock is this process's: a killed child must let it go
+            status = analyse_crash(arguments)
+        except BaseException:  # noqa: BLE001 - reported, then the exit status says it
+            import traceback
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    slots.release_slot("analysis")  # held by the child's copy for as long as it runs
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def analyse_crash(arguments: list[str]) -> int:
+    """Analyse the crash the arguments name (and, queued, drain the queue): :func:`run`."""
     not_dumpable()
     import argparse
 
@@ -418,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config")
     parser.add_argument("--core-fd", type=int)
     parser.add_argument("--queued", help="the crash's marker in the analysis queue")
+    parser.add_argument("--drain-fd", type=int, help="the drain lock the handler took")
     options = parser.parse_args(arguments)
     try:
         return run(options.id, options.config, options.core_fd, options.queued)

@@ -13,8 +13,10 @@ alone costs more than the rest of phase 1).
 
 Phase 2, the process gone: finish the lz4 index, fsync, link under systemd's
 name, ACL, index row, retention, a /dev/kmsg line when the crasher is PID 1 or
-journald, and a detached, niced child (:mod:`coredumpd.pipeline.analyze_job`)
-for the analysis and the journal entry.  Nothing here needs PID 1 or journald.
+journald, and the crash queued for its analysis and journal entry: a detached, niced
+job (:mod:`coredumpd.pipeline.analyze_job`) is started unless one of the store holds
+every drain lock (:mod:`coredumpd.pipeline.analysis_queue`).  Nothing here needs PID 1
+or journald.
 
 The kernel starts us with fds 1 and 2 closed, an empty environment, cwd /
 and RLIMIT_CORE 1 (FACTS.md).  Before phase 1 the handler holds one of a few

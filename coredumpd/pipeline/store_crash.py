@@ -4,8 +4,8 @@ Finish the lz4 file, decide whether the core is kept (Storage=, RLIMIT_CORE,
 rate limit per executable), link it under systemd's name with its ACL, write
 the index row, apply MaxUse/KeepFree, tell /dev/kmsg when the crasher is PID 1
 or journald, queue the crash for its analysis (:mod:`.analysis_queue`: any
-analysis job of the store may take it) and start the detached analysis job.  The
-order follows
+analysis job of the store may take it) and start the detached analysis job, unless a job
+of the store holds every drain lock (it will analyse this crash).  The order follows
 systemd-coredump (src/coredump/coredump.c: save_external_coredump(),
 submit_coredump()) minus everything that needs PID 1 or a socket service.
 """
@@ -21,6 +21,7 @@ from typing import Any
 
 from coredumpd.errors import CoredumpdError
 from coredumpd.model import AnalysisState, CoreState, CrashRecord, Facts
+from coredumpd.pipeline.slots import analysis_slots
 from coredumpd.pipeline.state import CrashState
 from coredumpd.report.journal import kmsg_line, write_kmsg
 from coredumpd.store.index import Index
@@ -272,26 +273,56 @@ def _enforce_retention(crash: CrashState, index: Index, row_id: Any,
 
 
 def _spawn_analysis(crash: CrashState, index: Index, row_id: Any, record: dict[str, Any]) -> None:
-    """Double fork: a niced session leader-less grandchild the kernel never waits for."""
+    """Queue the crash, and start its analysis job unless a drainer of the store has it.
+
+    The marker first, then a free drain lock (:mod:`.analysis_queue`): when all are
+    held, their holders will analyse this crash and no job is started (in a storm,
+    one drainer instead of an interpreter per crash, ~18 ms of CPU and ~10 MiB each,
+    competing with the capture); else the job gets the lock with its arguments.
+    The job is a double fork: a niced session leader-less grandchild the kernel never
+    waits for."""
+    from coredumpd.pipeline import analysis_queue
     argv = [sys.executable, "-m", ANALYZE_JOB_MODULE, "--id", str(row_id)]
     config_path = crash.load_config().path
     if config_path:
         argv += ["--config", config_path]
-    keep_fd = -1
+    core_fd = drain_fd = -1  # descriptors the job inherits
     if crash.temp is not None and crash.temp.fd >= 0 and record["core_path"] is None \
             and crash.stream.size > 0:
-        keep_fd = crash.temp.fd  # unlinked core: the job analyses it through this fd
-        os.set_inheritable(keep_fd, True)
-        argv += ["--core-fd", str(keep_fd)]
+        core_fd = crash.temp.fd  # unlinked core: the job analyses it through this fd
+        argv += ["--core-fd", str(core_fd)]
     else:  # any job of this store may analyse it (analysis_queue.py)
-        from coredumpd.pipeline.analysis_queue import enqueue
-        marker = enqueue(crash.load_config().directory, str(row_id), config_path)
+        directory = crash.load_config().directory
+        marker = analysis_queue.enqueue(directory, str(row_id), config_path)
         if marker is not None:
             argv += ["--queued", marker]
-    child = os.fork()
-    if child == 0:
-        _detached_exec(argv)
-    os.waitpid(child, 0)
+            lock = _drain_lock(analysis_queue.queue_path(directory), config_path)
+            if lock is None:
+                return  # a drainer holds every lock: it will analyse this crash
+            drain_fd = lock
+            if drain_fd >= 0:
+                argv += ["--drain-fd", str(drain_fd)]
+    for fd in (core_fd, drain_fd):
+        if fd >= 0:
+            os.set_inheritable(fd, True)
+    try:
+        child = os.fork()
+        if child == 0:
+            _detached_exec(argv)
+        os.waitpid(child, 0)
+    finally:
+        if drain_fd >= 0:
+            os.close(drain_fd)  # the job's now: it holds the lock
+
+
+def _drain_lock(queue: str, config_path: str | None) -> int | None:
+    """A free drain lock for the job, None when all are held, -1 when there are none to
+    be had (the job then drains without one, as before the locks)."""
+    from coredumpd.pipeline import analysis_queue
+    try:
+        return analysis_queue.take_drain_lock(queue, config_path, analysis_slots())
+    except OSError:
+        return -1
 
 
 def _detached_exec(argv: list[str]) -> None:
