@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import tempfile
 import time
 
 from coredumpd.errors import StoreError
@@ -112,6 +111,7 @@ def _mtime(path: str) -> float:
 
 def _copy_to(fd: int, target: str, info: os.stat_result) -> None:
     """Copy ``fd`` into a temporary file beside ``target``, then rename it there."""
+    import tempfile  # here: the handler imports this module for retention, which never copies
     handle, temporary = tempfile.mkstemp(prefix=".kept-", dir=os.path.dirname(target))
     try:
         offset = 0
