@@ -161,14 +161,15 @@ def server() -> Iterator[Server]:
 
 
 def corectl(server: Server, *args: str, prefix: tuple[str, ...] = (), use_server: bool = True,
+            env: dict[str, str] | None = None, wrapper: str = WRAPPER,
             **popen: object) -> tuple[subprocess.CompletedProcess[bytes], str]:
-    """The console script's main() as a process: (result, "served" or "in-process")."""
+    """The console script's main() as a process (in ``wrapper``, which notes how it ran),
+    with ``env`` added to :func:`client_env`: (result, "served" or "in-process")."""
     note = server.note()
-    env = {"PATH": os.environ["PATH"], "COREDUMPD_CONFIG": server.config,
-           client.SOCKET_ENV: server.socket if use_server else ""}
-    result = subprocess.run([*prefix, sys.executable, "-c", WRAPPER.format(repo=str(REPO)),
-                             note, *args], capture_output=True, env=env, timeout=120,
-                            check=False, **popen)  # type: ignore[call-overload]
+    environment = client_env(server) | {client.SOCKET_ENV: server.socket if use_server else ""}
+    result = subprocess.run([*prefix, sys.executable, "-c", wrapper.format(repo=str(REPO)),
+                             note, *args], capture_output=True, env=environment | (env or {}),
+                            timeout=120, check=False, **popen)  # type: ignore[call-overload]
     how = pathlib.Path(note).read_text().strip()
     os.unlink(note)
     return result, how

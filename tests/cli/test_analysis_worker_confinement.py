@@ -30,7 +30,6 @@ from typing import ClassVar
 
 import pytest
 
-from coredumpd.cli import client
 from tests.cli.test_analysis_worker import (
     AS_NOBODY,
     CLIENT,
@@ -42,6 +41,7 @@ from tests.cli.test_analysis_worker import (
     _read,
     _wait,
     client_env,
+    corectl,
     running_server,
 )
 
@@ -72,21 +72,6 @@ def server() -> Iterator[Server]:
     yield from running_server("cdawc-")
 
 
-def run(server: Server, args: list[str], prefix: tuple[str, ...] = (), use_server: bool = True,
-        env: dict[str, str] | None = None, wrapper: str = WRAPPER
-        ) -> tuple[subprocess.CompletedProcess[bytes], str]:
-    """The console script's main() as a process: (result, "served" or "in-process")."""
-    note = server.note()
-    environment = {"PATH": os.environ["PATH"], "COREDUMPD_CONFIG": server.config,
-                   client.SOCKET_ENV: server.socket if use_server else "", **(env or {})}
-    result = subprocess.run([*prefix, sys.executable, "-c", wrapper.format(repo=str(REPO)),
-                             note, *args], capture_output=True, env=environment, timeout=120,
-                            check=False)
-    how = pathlib.Path(note).read_text().strip()
-    os.unlink(note)
-    return result, how
-
-
 @pytest.fixture
 def private_core() -> Iterator[pathlib.Path]:
     """A copy of a fixture core that only nobody may read (mode 0600, nobody's)."""
@@ -106,11 +91,11 @@ def test_a_root_client_without_capabilities_gets_none_from_the_worker(
         server: Server, private_core: pathlib.Path) -> None:
     """A root that gave up its capabilities cannot read another user's 0600 file; the
     worker's child, root with all of the worker's capabilities, could."""
-    local, local_how = run(server, ["--json", "analyze", str(private_core)],
-                           prefix=CAPLESS_ROOT, use_server=False)
+    local, local_how = corectl(server, "--json", "analyze", str(private_core),
+                               prefix=CAPLESS_ROOT, use_server=False)
     assert local_how == "in-process"
     assert local.returncode == 3 and b"Permission denied" in local.stderr, local.stderr
-    served, how = run(server, ["--json", "analyze", str(private_core)], prefix=CAPLESS_ROOT)
+    served, how = corectl(server, "--json", "analyze", str(private_core), prefix=CAPLESS_ROOT)
     assert served.returncode == 3 and served.stdout == b"", served.stdout[:200]
     assert how == "in-process" and served.stderr == local.stderr
     assert "capabilities" in server.log.read_text()
@@ -152,10 +137,10 @@ def test_a_client_in_its_own_network_namespace_reaches_no_other_network(
         pytest.skip("no unshare(1)")
     env, hits = debuginfod
     core = str(CORES / "abort" / "core.lz4")
-    in_host, _ = run(server, ["--json", "analyze", core], use_server=False, env=env)
+    in_host, _ = corectl(server, "--json", "analyze", core, use_server=False, env=env)
     assert in_host.returncode == 0 and hits, "the analysis asks debuginfod: else no test"
     hits.clear()
-    served, how = run(server, ["--json", "analyze", core], prefix=("unshare", "-n"), env=env)
+    served, how = corectl(server, "--json", "analyze", core, prefix=("unshare", "-n"), env=env)
     assert served.returncode == 0, served.stderr
     assert hits == [], "the client's analysis asked a server outside its network namespace"
     assert how == "in-process"
@@ -167,11 +152,11 @@ def test_a_client_under_a_seccomp_filter_is_not_served_without_it(
     """The filter refuses IPv4 sockets: the analysis' debuginfod requests must fail."""
     env, hits = debuginfod
     core = str(CORES / "abort" / "core.lz4")
-    local, local_how = run(server, ["--json", "analyze", core], use_server=False, env=env,
-                           wrapper=SECCOMP_WRAPPER)
+    local, local_how = corectl(server, "--json", "analyze", core, use_server=False, env=env,
+                               wrapper=SECCOMP_WRAPPER)
     assert local_how == "in-process" and local.returncode == 0, local.stderr
     assert hits == []
-    served, how = run(server, ["--json", "analyze", core], env=env, wrapper=SECCOMP_WRAPPER)
+    served, how = corectl(server, "--json", "analyze", core, env=env, wrapper=SECCOMP_WRAPPER)
     assert served.returncode == 0, served.stderr
     assert hits == [], "the client's analysis escaped its seccomp filter"
     assert how == "in-process"
@@ -347,7 +332,7 @@ def test_one_user_cannot_take_every_slot(server: Server, private_core: pathlib.P
                 ("257 ", "45 ")))
         assert sum(f"Uid:\t{NOBODY}\t" in _read(f"/proc/{pid}/status")
                    for pid in server.running_children()) <= worker.USER_CHILDREN_MAX
-        served, how = run(server, ["--json", "analyze", str(CORES / "abort" / "core.lz4")])
+        served, how = corectl(server, "--json", "analyze", str(CORES / "abort" / "core.lz4"))
         assert how == "served" and served.returncode == 0, served.stderr
         assert f"commands of uid {NOBODY} running" in server.log.read_text()
     finally:
