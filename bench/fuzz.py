@@ -6,6 +6,7 @@ real kernel pipe; tests.support.kernel.core_pattern locks and restores)::
 
     .venv/bin/python bench/fuzz.py --target reader --count 100000
     .venv/bin/python bench/fuzz.py --target analysis --count 2000 --time-limit 10
+    .venv/bin/python bench/fuzz.py --target cache --count 1000 --time-limit 10
     .venv/bin/python bench/fuzz.py --target args --count 20000 --save
 
 Seeds: the cores in ``fixtures/cores/*/`` (any file named ``core*``, raw or

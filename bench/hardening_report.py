@@ -51,7 +51,7 @@ import fuzz
 from bench.provenance import commit
 
 FUZZ_COUNTS = {"reader": 100_000, "stream": 20_000, "lz4": 20_000, "unwind": 5_000,
-               "analysis": 1_000,
+               "analysis": 1_000, "cache": 500,
                "args": 50_000, "procfs": 2_000}
 FAULT_TESTS = ["tests/hardening/test_faults.py", "tests/hardening/test_security.py",
                "tests/hardening/test_sandbox.py"]
@@ -111,7 +111,7 @@ def run_fault_cases() -> dict[str, Any]:
 def run_fuzz(counts: dict[str, int], save: bool) -> dict[str, Any]:
     results = {}
     for target, count in counts.items():
-        time_limit = 10.0 if target in ("analysis", "unwind") else 2.0
+        time_limit = 10.0 if target in ("analysis", "cache", "unwind") else 2.0
         summary = fuzz.fuzz(target, count, run_seed=int(time.strftime("%Y%m%d")),
                             time_limit=time_limit, save=save)
         summary.pop("seeds", None)

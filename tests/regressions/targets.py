@@ -18,6 +18,11 @@ Targets:
 ``unwind``   the reader, then address space, unwinder and disassembly of the
              crashed thread (needs coredumpd.image.space).
 ``analysis`` :func:`coredumpd.analysis.analyze` (reader, unwinder, symbolizer, rules).
+``cache``    the same analysis without and then with a module cache
+             (:mod:`coredumpd.store.modcache`) that this process's earlier inputs
+             filled: the two results must be the same (the cache is only a
+             speed-up; issue 15: same frames and annotations, byte for byte), so a
+             core whose entries would change a later core's answers is a finding.
 ``args``     :func:`coredumpd.ingest.args.parse_args` on a NUL-separated argv.
 ``procfs``   the /proc capture on a fake procfs tree (input: a JSON file tree),
              needs coredumpd.ingest.procfs.
@@ -42,6 +47,7 @@ OWNERS = {
     "lz4": "coredumpd/store/lz4seek.py",
     "unwind": "coredumpd/image/space.py, coredumpd/unwind/ (unwinder.py, cfi.py), coredumpd/symbolize/disasm.py",
     "analysis": "coredumpd/analysis/, coredumpd/annotate/",
+    "cache": "coredumpd/store/modcache.py, coredumpd/symbolize/ (symbols.py, decoded.py)",
     "args": "coredumpd/ingest/args.py",
     "procfs": "coredumpd/ingest/procfs.py",
 }
@@ -126,7 +132,7 @@ def run_unwind(data: bytes) -> Any:
 
 
 class _SwallowedErrors(logging.Handler):
-    """Collects the exceptions analyze_json() catches and logs (its stages never raise)."""
+    """Collects the exceptions analyze() catches and logs (its stages never raise)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -138,21 +144,25 @@ class _SwallowedErrors(logging.Handler):
 
 
 def run_analysis(data: bytes) -> Any:
-    """analyze_json() never raises by contract, so its stages' caught exceptions count too.
+    """analyze() never raises by contract, so its stages' caught exceptions count too.
 
     A stage that failed with one of our errors is the design working; one that
     failed with TypeError, IndexError... is a bug the isolation hid: it is
     re-raised here with its original traceback.
     """
+    return _analysis_checked(data, None)
+
+
+def _analysis_checked(data: bytes, cache: Any) -> dict[str, Any]:
+    from coredumpd.analysis import analyze
     from coredumpd.source import BytesSource
-    from tests.support.analysis import analyze_json
 
     logger = logging.getLogger("coredumpd")
     catcher = _SwallowedErrors()
     logger.addHandler(catcher)
     saved_level, logger.level = logger.level, logging.DEBUG
     try:
-        result = analyze_json(BytesSource(data), None, None, "/")
+        result: dict[str, Any] = analyze(BytesSource(data), cache=cache).to_json()
     finally:
         logger.removeHandler(catcher)
         logger.setLevel(saved_level)
@@ -163,6 +173,43 @@ def run_analysis(data: bytes) -> Any:
     if result.get("state") not in ("done", "failed"):
         raise AssertionError(f"analysis state {result.get('state')!r}")
     return result
+
+
+class CacheMismatch(AssertionError):
+    """The analysis with the module cache differs from the one without."""
+
+
+_CACHE_DIRECTORY: list[str] = []  # this process's store directory for the cache target
+
+
+def _cache_store() -> str:
+    """A store directory of this process (root's, so its cache is writable and trusted),
+    removed when the process exits (a fuzz worker ends through multiprocessing)."""
+    if not _CACHE_DIRECTORY or not os.path.isdir(_CACHE_DIRECTORY[0]):
+        import multiprocessing.util
+
+        directory = tempfile.mkdtemp(prefix="fuzz-modcache-", dir="/tmp")
+        multiprocessing.util.Finalize(None, shutil.rmtree, args=(directory, True),
+                                      exitpriority=0)
+        _CACHE_DIRECTORY[:] = [directory]
+    return _CACHE_DIRECTORY[0]
+
+
+def run_cache(data: bytes) -> Any:
+    """The analysis of ``data`` without a cache, then with this process's module cache
+    (filled by the inputs before, and by this one); the results must be equal."""
+    from coredumpd.store.modcache import ModuleCache
+
+    plain = _analysis_checked(data, None)
+    cached = _analysis_checked(data, ModuleCache(_cache_store()))
+    for result in (plain, cached):
+        result.pop("duration_ms", None)
+    if plain != cached:
+        difference = next(key for key in plain if plain.get(key) != cached.get(key)) \
+            if set(plain) == set(cached) else "keys"
+        raise CacheMismatch(f"{difference}: {plain.get(difference)!r:.600} without the "
+                            f"cache, {cached.get(difference)!r:.600} with it")
+    return cached
 
 
 def run_lz4(data: bytes) -> Any:
@@ -237,13 +284,14 @@ def _write_tree(root: pathlib.Path, tree: dict[str, Any]) -> None:
 
 TARGETS: dict[str, Callable[[bytes], Any]] = {
     "reader": run_reader, "stream": run_stream, "lz4": run_lz4, "unwind": run_unwind,
-    "analysis": run_analysis, "args": run_args, "procfs": run_procfs,
+    "analysis": run_analysis, "cache": run_cache, "args": run_args, "procfs": run_procfs,
 }
 
 
 def available(target: str) -> str | None:
     """None when ``target`` can run here, else why not (its module has not landed)."""
     modules = {"unwind": "coredumpd.image.space", "analysis": "coredumpd.analysis",
+               "cache": "coredumpd.store.modcache",
                "procfs": "coredumpd.ingest.procfs"}
     try:
         module = __import__(modules.get(target, "coredumpd"), fromlist=["_"])
