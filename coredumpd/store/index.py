@@ -212,7 +212,7 @@ class Index:
                 f"ORDER BY timestamp_us, rowid", list(core_states)).fetchall()
         except sqlite3.Error as err:
             raise StoreError(f"index {self.path}: {err}") from err
-        return [CoreRow(str(crash), uid, timestamp_us or 0, str(path), _kept_copies(mapped))
+        return [CoreRow(str(crash), uid, timestamp_us or 0, _text(path), _kept_copies(mapped))
                 for crash, uid, timestamp_us, path, mapped in rows]
 
     @property
@@ -232,7 +232,8 @@ class Index:
 
     def _uid_of(self, crash: str) -> int | None:
         try:
-            row = self._db.execute("SELECT uid FROM crashes WHERE id = ?", [crash]).fetchone()
+            row = self._db.execute("SELECT uid FROM crashes WHERE id = ?",
+                                   _sql_values([crash])).fetchone()
         except sqlite3.Error:
             return None
         return int(row[0]) if row and row[0] is not None else None
@@ -257,7 +258,7 @@ class Index:
         try:
             row = self._db.execute(
                 "SELECT COUNT(*) FROM crashes WHERE exe = ? AND timestamp_us >= ?",
-                [exe, since_us]).fetchone()
+                _sql_values([exe, since_us])).fetchone()
         except sqlite3.Error as err:
             raise StoreError(f"index {self.path}: {err}") from err
         return int(row[0])
@@ -293,7 +294,7 @@ class Index:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                changed = self._db.execute(sql, params).rowcount
+                changed = self._db.execute(sql, _sql_values(params)).rowcount
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -306,7 +307,7 @@ class Index:
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[CrashRecord]:
         try:
-            cursor = self._db.execute(sql, params)
+            cursor = self._db.execute(sql, _sql_values(params))
             names = [d[0] for d in cursor.description]
             return [record_from_row(dict(zip(names, row))) for row in cursor.fetchall()]
         except sqlite3.Error as err:
@@ -388,6 +389,36 @@ def _kept_copies(mapped_objects: Any) -> tuple[str, ...]:
                  if isinstance(entry, dict) and isinstance(entry.get("kept"), str))
 
 
+def _sql_values(params: Sequence[Any]) -> list[Any]:
+    """``params`` as SQLite takes them: a str that is not UTF-8 becomes its bytes (a BLOB).
+
+    What the crashed process named itself (comm, its path, its command line) is decoded
+    with surrogateescape (:mod:`coredumpd.ingest.procfs`): a name with a byte that is not
+    UTF-8 holds a surrogate, which sqlite3 cannot encode — the handler died on the
+    insert and the crash was lost.  Stored as the bytes the process had, read back by
+    :func:`record_from_row` as the same str, matched (``=``, ``IN``) byte for byte."""
+    values = list(params)
+    for number, value in enumerate(values):
+        if type(value) is str and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                values[number] = value.encode("utf-8", "surrogateescape" if _escaped(value)
+                                              else "backslashreplace")
+    return values
+
+
+def _text(value: Any) -> str:
+    """A text column's value as :func:`_sql_values` stored it (bytes: not UTF-8)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def _escaped(text: str) -> bool:
+    """Every surrogate of ``text`` is one that surrogateescape makes (U+DC80..U+DCFF)."""
+    return all(not 0xD800 <= ord(char) <= 0xDFFF or 0xDC80 <= ord(char) <= 0xDCFF
+               for char in text)
+
+
 def record_from_row(row: Mapping[str, Any]) -> CrashRecord:
     """The record of one row of the crashes table (column name -> SQLite value)."""
     values: dict[str, Any] = {}
@@ -400,6 +431,8 @@ def record_from_row(row: Mapping[str, Any]) -> CrashRecord:
             value += 2**64
         elif value is None and _SQL_TYPES[name] == "TEXT":
             value = ""
+        elif isinstance(value, bytes):  # text that was not UTF-8 (_sql_values)
+            value = _text(value)
         values[name] = value
     for name, states in (("core_state", CoreState), ("analysis_state", AnalysisState)):
         try:

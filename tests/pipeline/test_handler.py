@@ -314,3 +314,31 @@ def test_storage_none_keeps_metadata_and_analysis(tmp_path):
     assert [n for n in os.listdir(handler.directory) if n.startswith("core.")] == []
     assert row["analysis_state"] == "done", row["analysis_error"]
     assert row["analysis"]["threads"]  # analysed through the unlinked file's fd
+
+
+NOT_UTF8_NAME = r"""
+#include <sys/prctl.h>
+int main(void){ prctl(PR_SET_NAME, "bad\xff\xfename", 0, 0, 0); *(volatile int *)0 = 1; return 0; }
+"""
+
+
+@pytest.mark.kernel
+def test_a_process_whose_name_and_path_are_not_utf8_is_not_lost(tmp_path, private_journal):
+    """A process chooses its name (prctl(PR_SET_NAME)) and its file's name: bytes that are
+    not UTF-8 reach us decoded with surrogateescape, and the index refused them (the
+    handler died on the insert: no row, no core, no journal entry, no kmsg line).  Any
+    local user could make a crash vanish so."""
+    program = compile_c(NOT_UTF8_NAME, tmp_path, name="prog")
+    directory = os.fsencode(tmp_path) + b"/dir\xff"
+    os.mkdir(directory)
+    os.link(program, directory + b"/prog")
+    exe = os.fsdecode(directory + b"/prog")
+    with registered_handler(tmp_path, journal_namespace=private_journal.namespace) as handler:
+        row = handler.crash([exe])
+        assert [found.id for found in handler.index.find(["bad\udcff\udcfename"])] == [row["id"]]
+    assert (row["comm"], row["exe"]) == ("bad\udcff\udcfename", exe)
+    assert row["core_state"] == "present" and os.path.exists(row["core_path"])
+    assert row["analysis_state"] == "done", row["analysis_error"]
+    entry = private_journal.wait_entry(f"COREDUMP_ID={row['id']}")
+    assert bytes(entry["COREDUMP_COMM"]) == b"bad\xff\xfename"  # journalctl: not UTF-8, bytes
+    assert bytes(entry["COREDUMP_EXE"]) == directory + b"/prog"

@@ -395,3 +395,35 @@ def test_a_writer_migrates_schema_1_to_2(tmp_path):
     db.close()
     with Index(path) as again:  # migrated once
         assert len(again.find()) == len(ids) + 1
+
+
+def test_names_that_are_not_utf8_are_kept_byte_for_byte(index):
+    """comm, exe and cmdline are the process's bytes, decoded with surrogateescape: a name
+    with a byte that is not UTF-8 (prctl(PR_SET_NAME), a file name) holds a surrogate,
+    which sqlite3 refused (UnicodeEncodeError: the handler died and the crash was lost).
+    Kept as those bytes, read back as the same text, matched as coredumpctl matches."""
+    from coredumpd.paths import view_path
+
+    comm, exe = "bad\udcff\udcfename", "/tmp/dir\udcff/prog"
+    core = "/var/lib/st\udcffre/core.lz4"  # a Directory= that is not UTF-8
+    row_id = index.insert(record(10, 1000, comm=comm, exe=exe, cmdline=f"{exe} \udc80",
+                                 core_path=core, core_state=CoreState.PRESENT))
+    index.update(row_id, analysis_error="failed at \udcff", signature="sig\udcfe",
+                 root_cause="null-deref")
+    [back] = index.find([])
+    assert (back.comm, back.exe, back.cmdline) == (comm, exe, f"{exe} \udc80")
+    assert (back.analysis_error, back.signature) == ("failed at \udcff", "sig\udcfe")
+    for match in (comm, exe, f"COREDUMP_COMM={comm}", f"COREDUMP_EXE={exe}", row_id):
+        assert [found.id for found in index.find([match])] == [row_id], match
+    assert index.find(["bad"]) == [] and index.find(["bad\ufffd\ufffdname"]) == []
+    assert index.count_recent(exe, 0) == 1
+    assert [row.core_path for row in index.core_rows(["present"])] == [core]  # retention
+    with Index(view_path(index.path, 1000), create=False) as view:  # what the user reads
+        assert [(found.comm, found.exe) for found in view.find([comm])] == [(comm, exe)]
+
+
+def test_a_lone_surrogate_that_no_bytes_make_is_stored_escaped(index):
+    """A surrogate that surrogateescape does not make (from JSON, "\\ud800") has no bytes:
+    it is kept as its backslash escape rather than refused."""
+    row_id = index.insert(record(11, 1000, cmdline="x\ud800y"))
+    assert index.get(row_id).cmdline == "x\\ud800y"
