@@ -7,6 +7,7 @@ real kernel pipe; tests.support.kernel.core_pattern locks and restores)::
     .venv/bin/python bench/fuzz.py --target reader --count 100000
     .venv/bin/python bench/fuzz.py --target analysis --count 2000 --time-limit 10
     .venv/bin/python bench/fuzz.py --target cache --count 1000 --time-limit 10
+    .venv/bin/python bench/fuzz.py --target answer --count 20000
     .venv/bin/python bench/fuzz.py --target args --count 20000 --save
 
 Seeds: the cores in ``fixtures/cores/*/`` (any file named ``core*``, raw or
@@ -220,6 +221,53 @@ def mutate_text(seeds: list[bytes], rng: random.Random, separator: bytes) -> byt
     return separator.join(parts)
 
 
+ANSWER_VALUES = (None, True, False, 0, -1, 1, 1 << 63, 1 << 64, -(1 << 63) - 1, 10 ** 40, 0.5,
+                 float("inf"), float("nan"), "", "x", "\x1b[31m", "\udcff", "\0", "a" * 5000,
+                 [], {}, [None], [1], ["x"], [[]], [{}], {"x": 1}, {"tid": 1, "frames": [1]})
+
+
+def mutate_answer(seeds: list[Any], rng: random.Random) -> bytes:
+    """A sandbox answer (the JSON an analysis child sends) with values of other types and
+    sizes, keys dropped, list items dropped or doubled, subtrees moved: what a child that
+    a core took over could send (its JSON is well-formed: the parent's json.loads and
+    its size cap come first)."""
+    answer = json.loads(json.dumps(rng.choice(seeds)))
+    for _ in range(rng.choice((1, 1, 2, 3))):
+        nodes = list(_json_nodes(answer))
+        parent, key = rng.choice(nodes)
+        operation = rng.randrange(10)
+        if operation < 5:
+            parent[key] = rng.choice(ANSWER_VALUES)
+        elif operation < 7:
+            other_parent, other_key = rng.choice(nodes)
+            parent[key] = json.loads(json.dumps(other_parent[other_key]))
+        elif isinstance(parent, dict):
+            del parent[key]
+        elif operation < 9:
+            parent.insert(key, parent[key])
+        else:
+            del parent[key]
+    return json.dumps(answer).encode()
+
+
+def _json_nodes(tree: Any) -> Any:
+    """(container, key) of every value under ``tree``."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) \
+        if isinstance(tree, list) else ()
+    for key, value in items:
+        yield tree, key
+        yield from _json_nodes(value)
+
+
+def answer_seeds(core_seeds: list[bytes]) -> list[Any]:
+    """The analysis results (JSON) of the seed cores, as a sandbox child sends them
+    (duration 0, so that an input stays a function of the run's seed)."""
+    from coredumpd.analysis import analyze
+    from coredumpd.source import BytesSource
+
+    return [analyze(BytesSource(seed)).to_json() | {"duration_ms": 0} for seed in core_seeds]
+
+
 LZ4_TRAILER = struct.Struct("<8sHHIQIIQI")  # store/lz4seek.py TRAILER (crc last)
 LZ4_ENTRY = 20  # store/lz4seek.py BLOCK_ENTRY "<QIII"
 
@@ -377,6 +425,7 @@ class Generator:
         self.run_seed = run_seed
         self.cores = [(seed, core_layout(seed)) for seed in core_seeds]
         self.stored = stored_seeds() if target == "lz4" else []
+        self.answers = answer_seeds(core_seeds) if target == "answer" else []
 
     def input(self, index: int) -> bytes:
         rng = random.Random(f"{self.run_seed}:{index}")
@@ -386,6 +435,8 @@ class Generator:
             return procfs_mutate(procfs_seed(), rng)
         if self.target == "lz4":
             return mutate_lz4(self.stored, rng)
+        if self.target == "answer":
+            return mutate_answer(self.answers, rng)
         return mutate_core(self.cores, rng)
 
 
@@ -556,7 +607,7 @@ def _minimize_in_child(target: str, data: bytes, signature: str, time_limit: flo
     while step >= 16 and tries < 80:
         tries += 1
         candidate = best[:len(best) - step]
-        if target not in ("args", "procfs", "lz4") and _reproduces(target, candidate, signature,
+        if target not in ("args", "procfs", "lz4", "answer") and _reproduces(target, candidate, signature,
                                                             time_limit):
             best = candidate
         else:

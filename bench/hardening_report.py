@@ -51,7 +51,7 @@ import fuzz
 from bench.provenance import commit
 
 FUZZ_COUNTS = {"reader": 100_000, "stream": 20_000, "lz4": 20_000, "unwind": 5_000,
-               "analysis": 1_000, "cache": 500,
+               "analysis": 1_000, "cache": 500, "answer": 5_000,
                "args": 50_000, "procfs": 2_000}
 FAULT_TESTS = ["tests/hardening/test_faults.py", "tests/hardening/test_security.py",
                "tests/hardening/test_sandbox.py"]

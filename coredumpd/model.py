@@ -28,6 +28,9 @@ from __future__ import annotations
 # (Record.__init__), which ruff cannot see.
 # ruff: noqa: RUF012
 import enum
+import functools
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -166,6 +169,17 @@ class Record(metaclass=_RecordType):
         return record
 
 
+
+    def check(self) -> None:
+        """FormatError unless every field holds a value of its annotated type, down the
+        whole tree.  For records read from JSON that nobody vouches for: ``from_json``
+        takes any JSON value for a field, and the sandbox's answer is written by a child
+        that a hostile core may have taken over (a string where a list of frames belongs
+        broke the journal entry and the index update in the job, outside the sandbox)."""
+        name = type(self).__name__
+        for field, hint in _field_hints(type(self)).items():
+            _check(getattr(self, field), hint, f"{name}.{field}")
+
 _SCALARS = frozenset({int, str, float, bool, type(None)})  # exactly these types, no subclass
 _MUTABLE = (list, dict)
 
@@ -194,6 +208,53 @@ def _read(reader: Any, value: Any) -> Any:
         return reader(value)
     except (ValueError, TypeError) as err:
         raise FormatError(f"invalid value {value!r}: {err}") from err
+
+
+@functools.cache
+def _field_hints(cls: type[Record]) -> dict[str, Any]:
+    """The annotated type of each field of ``cls`` (resolved once, when first checked)."""
+    hints = typing.get_type_hints(cls)
+    return {field: hints[field] for field in cls._fields}
+
+
+def _check(value: Any, hint: Any, where: str) -> None:
+    """FormatError unless ``value`` is of type ``hint`` (the hints records use: scalars,
+    enums, records, ``X | None``, ``list[X]``, ``tuple[X, ...]``, ``dict[K, V]``, Any);
+    an int is no bool and a bool no int, as in the JSON they come from."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return
+    if origin in (types.UnionType, typing.Union):
+        if not any(_conforms(value, arm, where) for arm in arguments):
+            raise FormatError(f"{where}: {_kind(value)} is not {hint}")
+        return
+    if origin in (list, tuple) and isinstance(value, origin):
+        for number, item in enumerate(value):
+            _check(item, arguments[0], f"{where}[{number}]")
+        return
+    if origin is dict and isinstance(value, dict):
+        for key, item in value.items():
+            _check(key, arguments[0], f"{where} key")
+            _check(item, arguments[1], f"{where}[{key!r:.40}]")
+        return
+    if origin is None and isinstance(hint, type) and (
+            type(value) is hint if hint in (int, bool) else isinstance(value, hint)):
+        if isinstance(value, Record):
+            value.check()
+        return
+    raise FormatError(f"{where}: {_kind(value)} is not {hint}")
+
+
+def _conforms(value: Any, hint: Any, where: str) -> bool:
+    try:
+        _check(value, hint, where)
+    except FormatError:
+        return False
+    return True
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {value!r:.60}"
 
 
 class Versioned(Record):

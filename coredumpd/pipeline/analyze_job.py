@@ -49,6 +49,8 @@ from coredumpd.pipeline import analysis_queue, slots
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    from typing import Any
+
     from coredumpd.config import Config
     from coredumpd.image.debuginfod import Debuginfod
     from coredumpd.model import AnalysisResult, CrashRecord
@@ -77,7 +79,6 @@ def analyse_and_keep(config: Config, record: CrashRecord, core_fd: int | None,
     """:func:`analyse`, and a call that derives and writes the module cache entries the
     analysis lacked (run it once the result is stored: nobody waits for it).  ``zygote``:
     the drain's sandbox zygote (:mod:`.sandbox_zygote`)."""
-    from coredumpd.errors import FormatError
     from coredumpd.model import AnalysisResult
     if not config.analysis:
         return AnalysisResult.failed("disabled by Analysis=no"), _nothing_to_keep
@@ -110,10 +111,21 @@ def analyse_and_keep(config: Config, record: CrashRecord, core_fd: int | None,
             offer.close()
     lookups = answer.pop("module_lookups", None)
     keep = functools.partial(offer.remember, lookups) if offer is not None else _nothing_to_keep
-    try:  # the sandbox answers in JSON: read it once, here
-        return AnalysisResult.from_json(answer), keep
+    return read_answer(answer), keep
+
+
+def read_answer(answer: dict[str, Any]) -> AnalysisResult:
+    """The result the sandbox answered (JSON, read once, here), or a ``failed`` one when
+    it is not a result: a child that a hostile core took over answers what it likes, and
+    a value of the wrong type would break the journal entry or the index update after."""
+    from coredumpd.errors import FormatError
+    from coredumpd.model import AnalysisResult
+    try:
+        result = AnalysisResult.from_json(answer)
+        result.check()
     except FormatError as err:
-        return AnalysisResult.failed(f"analysis failed: unreadable result: {err}"), keep
+        return AnalysisResult.failed(f"analysis failed: unreadable result: {err}")
+    return result
 
 
 def prefetch(debuginfod: Debuginfod, record: CrashRecord) -> list[str]:

@@ -134,7 +134,7 @@ def test_mutations_reach_the_note_headers():
 @pytest.mark.slow
 @pytest.mark.parametrize("target,count", [("reader", 1500), ("stream", 800), ("args", 3000),
                                           ("procfs", 150), ("unwind", 300), ("analysis", 40),
-                                          ("cache", 20)])
+                                          ("cache", 20), ("answer", 100)])
 def test_short_campaign_finds_nothing(target, count):
     if T.available(target) is not None:
         pytest.skip(T.available(target))

@@ -23,6 +23,11 @@ Targets:
              filled: the two results must be the same (the cache is only a
              speed-up; issue 15: same frames and annotations, byte for byte), so a
              core whose entries would change a later core's answers is a finding.
+``answer``   what the analysis job does with a sandbox's answer (JSON that a child
+             a core took over writes as it likes): read it
+             (:func:`coredumpd.pipeline.analyze_job.read_answer`), store it in an
+             index and read the row back, the journal entry, ``corectl show``'s
+             text and JSON; none of it may raise.
 ``args``     :func:`coredumpd.ingest.args.parse_args` on a NUL-separated argv.
 ``procfs``   the /proc capture on a fake procfs tree (input: a JSON file tree),
              needs coredumpd.ingest.procfs.
@@ -48,6 +53,8 @@ OWNERS = {
     "unwind": "coredumpd/image/space.py, coredumpd/unwind/ (unwinder.py, cfi.py), coredumpd/symbolize/disasm.py",
     "analysis": "coredumpd/analysis/, coredumpd/annotate/",
     "cache": "coredumpd/store/modcache.py, coredumpd/symbolize/ (symbols.py, decoded.py)",
+    "answer": "coredumpd/pipeline/analyze_job.py (read_answer), coredumpd/model.py, "
+              "coredumpd/report/, coredumpd/store/index.py",
     "args": "coredumpd/ingest/args.py",
     "procfs": "coredumpd/ingest/procfs.py",
 }
@@ -179,20 +186,20 @@ class CacheMismatch(AssertionError):
     """The analysis with the module cache differs from the one without."""
 
 
-_CACHE_DIRECTORY: list[str] = []  # this process's store directory for the cache target
+_STORE_DIRECTORY: list[str] = []  # this process's store directory (cache, answer)
 
 
-def _cache_store() -> str:
+def _process_store() -> str:
     """A store directory of this process (root's, so its cache is writable and trusted),
     removed when the process exits (a fuzz worker ends through multiprocessing)."""
-    if not _CACHE_DIRECTORY or not os.path.isdir(_CACHE_DIRECTORY[0]):
+    if not _STORE_DIRECTORY or not os.path.isdir(_STORE_DIRECTORY[0]):
         import multiprocessing.util
 
-        directory = tempfile.mkdtemp(prefix="fuzz-modcache-", dir="/tmp")
+        directory = tempfile.mkdtemp(prefix="fuzz-store-", dir="/tmp")
         multiprocessing.util.Finalize(None, shutil.rmtree, args=(directory, True),
                                       exitpriority=0)
-        _CACHE_DIRECTORY[:] = [directory]
-    return _CACHE_DIRECTORY[0]
+        _STORE_DIRECTORY[:] = [directory]
+    return _STORE_DIRECTORY[0]
 
 
 def run_cache(data: bytes) -> Any:
@@ -201,7 +208,7 @@ def run_cache(data: bytes) -> Any:
     from coredumpd.store.modcache import ModuleCache
 
     plain = _analysis_checked(data, None)
-    cached = _analysis_checked(data, ModuleCache(_cache_store()))
+    cached = _analysis_checked(data, ModuleCache(_process_store()))
     for result in (plain, cached):
         result.pop("duration_ms", None)
     if plain != cached:
@@ -210,6 +217,39 @@ def run_cache(data: bytes) -> Any:
         raise CacheMismatch(f"{difference}: {plain.get(difference)!r:.600} without the "
                             f"cache, {cached.get(difference)!r:.600} with it")
     return cached
+
+
+def run_answer(data: bytes) -> Any:
+    """The analysis job's side of a sandbox answer, ``data`` (see the module docstring)."""
+    import time
+
+    from coredumpd.model import CoreState, CrashRecord
+    from coredumpd.pipeline.analyze_job import read_answer
+    from coredumpd.pipeline.sandbox import _verdict
+    from coredumpd.pipeline.sandbox_cache import _valid_report
+    from coredumpd.report import journal, jsonout, text
+    from coredumpd.store.index import Index
+
+    answer = _verdict(0, data, b"", None, time.monotonic())  # type: ignore[arg-type]
+    _valid_report(answer.pop("module_lookups", None), {"/usr/lib/libc.so.6": b"\x01"})
+    result = read_answer(answer)
+    record = CrashRecord(pid=4242, timestamp_us=1_700_000_000_000_000, uid=1000, gid=1000,
+                         signal=11, comm="fuzz", exe="/usr/bin/fuzz", core_path="/x.lz4",
+                         core_state=CoreState.PRESENT)
+    index = Index(os.path.join(_process_store(), "index.sqlite"))
+    try:
+        index.insert(record)
+        record.set_analysis(result)
+        entry = journal.encode_entry(journal.journal_fields(record))
+        index.update(record.id, **record.analysis_columns(), path_taken={"journal": "sent"})
+        back = index.get(record.id)
+        assert back is not None
+        index.delete(record.id)  # the index stays small over a campaign
+    finally:
+        index.close()
+    show = jsonout.show_object(back)
+    return entry, json.dumps(show), text.render_show(jsonout.show_object(back, None, False),
+                                                     back.analysis)
 
 
 def run_lz4(data: bytes) -> Any:
@@ -284,14 +324,15 @@ def _write_tree(root: pathlib.Path, tree: dict[str, Any]) -> None:
 
 TARGETS: dict[str, Callable[[bytes], Any]] = {
     "reader": run_reader, "stream": run_stream, "lz4": run_lz4, "unwind": run_unwind,
-    "analysis": run_analysis, "cache": run_cache, "args": run_args, "procfs": run_procfs,
+    "analysis": run_analysis, "cache": run_cache, "answer": run_answer, "args": run_args,
+    "procfs": run_procfs,
 }
 
 
 def available(target: str) -> str | None:
     """None when ``target`` can run here, else why not (its module has not landed)."""
     modules = {"unwind": "coredumpd.image.space", "analysis": "coredumpd.analysis",
-               "cache": "coredumpd.store.modcache",
+               "cache": "coredumpd.store.modcache", "answer": "coredumpd.pipeline.sandbox",
                "procfs": "coredumpd.ingest.procfs"}
     try:
         module = __import__(modules.get(target, "coredumpd"), fromlist=["_"])

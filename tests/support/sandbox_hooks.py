@@ -6,8 +6,9 @@ it goes through the product child's own steps
 (:func:`coredumpd.pipeline.sandbox_child.child_main`: limits, preload, privilege
 drop, request), then misbehaves for real: ``crash`` (SIGSEGV in the
 interpreter), ``hang``, ``sleep``, ``orphan:N`` (a grandchild ``sleep N``, then
-sleep), ``oom``, ``exit``, ``garbage``, ``big-result``, or ``ids`` (report
-what the sandbox looks like from inside).
+sleep), ``oom``, ``exit``, ``garbage``, ``big-result``, ``lie`` and ``answer``
+(module lookups, or a whole answer, of the test's making: what a child a core
+took over could send), or ``ids`` (report what the sandbox looks like from inside).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def run_hook(hook: str, sock: socket.socket, core_fd: int,
     """Misbehave on purpose."""
     if hook == "lie":  # a child taken over by its core: a report of its own making
         return {"state": "done", "module_lookups": ((request or {}).get("facts") or {})["lies"]}
+    if hook == "answer":  # the same: an answer of its own making, whole
+        answer: dict[str, Any] = ((request or {}).get("facts") or {})["answer"]
+        return answer
     if hook == "entries":
         return {"state": "done", "entries": {name: _try_entry(fd) for name, fd in
                                              ((request or {}).get("entry_fds") or {}).items()}}
