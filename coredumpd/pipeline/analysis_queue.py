@@ -3,7 +3,8 @@
 ``DIR/analysis-queue/ID`` (root's, 0700) is made by the handler once the index row
 of crash ``ID`` exists, before it decides whether to start an analysis job; it holds
 the path of the configuration file the handler read (empty: the default), then,
-once a job tried, ``\\0ATTEMPTS\\0LAST ERROR``.  It is removed once the crash's
+once a job tried, ``\\0ATTEMPTS\\0LAST ERROR`` (``ATTEMPTSj`` once an attempt sent the
+crash's journal entry: :func:`mark_journaled`).  It is removed once the crash's
 analysis is stored, or once it failed :data:`ATTEMPTS_MAX` times, never before.  So:
 
 * **A claim is an exclusive flock(2) on the marker** (:func:`claim`): whoever holds
@@ -122,32 +123,57 @@ def config_of(fd: int) -> str | None:
     return read_marker(fd)[0]
 
 
+JOURNALED = b"j"  # after a marker's attempts: an attempt sent the crash's journal entry
+
+
 def read_marker(fd: int) -> tuple[str | None, int, str]:
     """What a claimed marker says: configuration path (None: the default), attempts made,
     the last attempt's error ("" when none was recorded)."""
+    config, attempts, _journaled, error = _fields(fd)
+    return config, attempts, error
+
+
+def _fields(fd: int) -> tuple[str | None, int, bool, str]:
     config, _, rest = os.pread(fd, MARKER_MAX, 0).partition(b"\0")
     attempts, _, error = rest.partition(b"\0")
+    journaled = attempts.endswith(JOURNALED)
+    attempts = attempts.removesuffix(JOURNALED)
     return (os.fsdecode(config) or None, int(attempts) if attempts.isdigit() else 0,
-            error.decode("utf-8", "replace"))
+            journaled, error.decode("utf-8", "replace"))
+
+
+def journaled(fd: int) -> bool:
+    """An earlier attempt at the claimed marker's crash sent its journal entry (or its
+    kmsg line): a crash has one entry, however many attempts its analysis took."""
+    return _fields(fd)[2]
+
+
+def mark_journaled(fd: int) -> None:
+    """Note in the claimed marker that the crash's journal entry went out (before the
+    result is stored: an attempt that fails or is killed after it must not send another)."""
+    config, attempts, _, error = _fields(fd)
+    _write_marker(fd, config, attempts, error, journaled=True)
 
 
 def begin_attempt(fd: int) -> tuple[int, str]:
     """Count one more attempt in a claimed marker, before the analysis (a job killed during
     it has counted it too, with no error); the attempts made before and the last one's
     error (empty: its job ended during it)."""
-    config, attempts, error = read_marker(fd)
-    _write_marker(fd, config, attempts + 1, "")
+    config, attempts, sent, error = _fields(fd)
+    _write_marker(fd, config, attempts + 1, "", sent)
     return attempts, error
 
 
 def record_error(fd: int, error: str) -> None:
     """Keep why the attempt that holds the claimed marker failed."""
-    config, attempts, _ = read_marker(fd)
-    _write_marker(fd, config, attempts, error[:ERROR_MAX])
+    config, attempts, sent, _ = _fields(fd)
+    _write_marker(fd, config, attempts, error[:ERROR_MAX], sent)
 
 
-def _write_marker(fd: int, config: str | None, attempts: int, error: str) -> None:
-    text = os.fsencode(config or "") + b"\0%d\0" % attempts + error.encode("utf-8", "replace")
+def _write_marker(fd: int, config: str | None, attempts: int, error: str,
+                  journaled: bool = False) -> None:
+    text = os.fsencode(config or "") + b"\0%d%s\0" % (attempts, JOURNALED if journaled else b"") \
+        + error.encode("utf-8", "replace")
     os.pwrite(fd, text, 0)
     os.ftruncate(fd, len(text))
 

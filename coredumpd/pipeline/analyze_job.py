@@ -245,9 +245,10 @@ class Drain:
         self.fleet_queued = False
 
     def analyse_row(self, row_id: str, core_fd: int | None = None,
-                    queue: str | None = None) -> bool:
+                    queue: str | None = None, marker_fd: int | None = None) -> bool:
         """Analyse crash ``row_id`` and store the result; False when it has no pending
-        row (deleted, or analysed already)."""
+        row (deleted, or analysed already).  ``marker_fd``: its claimed marker, which
+        says whether an earlier attempt sent the journal entry (:meth:`_report_once`)."""
         from coredumpd.model import AnalysisResult, AnalysisState
         record = self.index.get(row_id)
         if record is None or record.analysis_state not in (AnalysisState.PENDING, None):
@@ -269,7 +270,7 @@ class Drain:
         except Exception as err:  # noqa: BLE001 - a broken analysis must not lose the entry
             result = AnalysisResult.failed(f"analysis crashed: {type(err).__name__}: {err}")
         record.set_analysis(result)
-        path_taken = report(config, record)
+        path_taken = self._report_once(record, marker_fd)
         if config.fleet_database:
             from coredumpd.fleet.publisher import enqueue
             path_taken["fleet"] = enqueue(config, record)
@@ -357,10 +358,10 @@ class Drain:
             return False
         row_id = os.path.basename(marker)
         if attempts >= analysis_queue.ATTEMPTS_MAX:
-            self.give_up(row_id, attempts, error)
+            self.give_up(row_id, attempts, error, fd)
         else:
             try:
-                self.analyse_row(row_id, queue=queue)
+                self.analyse_row(row_id, queue=queue, marker_fd=fd)
             except Exception as err:  # noqa: BLE001 - kept for a later attempt, never lost
                 try:
                     analysis_queue.record_error(fd, f"{type(err).__name__}: {err}")
@@ -370,17 +371,39 @@ class Drain:
         analysis_queue.finish(marker, fd)
         return True
 
-    def give_up(self, row_id: str, attempts: int, error: str) -> None:
+    def _report_once(self, record: CrashRecord, marker_fd: int | None) -> dict[str, object]:
+        """:func:`report` (the journal entry), unless an earlier attempt at this crash sent
+        it (its marker says so): an attempt whose result the index refused, or that was
+        killed after the entry went out, would otherwise send another each time."""
+        from coredumpd.pipeline import analysis_queue
+        if marker_fd is not None and analysis_queue.journaled(marker_fd):
+            path_taken = dict(record.path_taken or {})
+            path_taken["journal"] = "sent"  # by an earlier attempt, with its result
+            path_taken["analysis"] = record.analysis.state.value if record.analysis else None
+            return path_taken
+        path_taken = report(self.config, record)
+        if marker_fd is not None:
+            analysis_queue.mark_journaled(marker_fd)
+        return path_taken
+
+    def give_up(self, row_id: str, attempts: int, error: str,
+                marker_fd: int | None = None) -> None:
         """Mark crash ``row_id`` analysis failed, saying why (``corectl`` shows it): its
         analysis failed ``attempts`` times, the last with ``error`` (empty: its job ended
-        during it, killed).  When even that cannot be stored, /dev/kmsg says so: the
-        row stays pending (``corectl reanalyze`` can take it), the queue goes on."""
-        from coredumpd.model import AnalysisState
+        during it, killed); and send its journal entry unless an attempt did (only the
+        analysis job sends it: a crash whose every attempt was killed before would be
+        missing from the journal).  When even that cannot be stored, /dev/kmsg says so:
+        the row stays pending (``corectl reanalyze`` can take it), the queue goes on."""
+        from coredumpd.model import AnalysisResult, AnalysisState
         last = error or "the analysis job ended during the analysis (killed?)"
         message = f"analysis given up after {attempts} attempts; the last: {last}"
         try:
-            self.index.update(row_id, analysis_state=AnalysisState.FAILED,
-                              analysis_error=message)
+            record = self.index.get(row_id)
+            if record is None or record.analysis_state not in (AnalysisState.PENDING, None):
+                return  # deleted, or analysed meanwhile (corectl reanalyze)
+            record.set_analysis(AnalysisResult.failed(message))
+            path_taken = self._report_once(record, marker_fd)
+            self.index.update(row_id, **record.analysis_columns(), path_taken=path_taken)
         except Exception as err:  # noqa: BLE001 - nothing left to try: say it, go on
             from coredumpd.report import journal
             journal.write_kmsg(f"crash {row_id}: {message}; not stored either: "

@@ -87,6 +87,9 @@ def test_a_crash_that_ends_every_drain_is_given_up_and_the_queue_goes_on(store_o
         f"analysis given up after {analysis_queue.ATTEMPTS_MAX} attempts; the last: the "
         "analysis job ended during the analysis (killed?)")
     assert analysis_queue.waiting(str(store.directory / "analysis-queue")) == []
+    # its one journal entry (only the analysis job sends it) is not lost with the analysis
+    assert len(_journal_entries(first)) == 1
+    assert first["path_taken"]["journal"] == "sent"
 
 
 def test_a_result_the_index_refuses_is_retried_then_given_up_with_its_error(store_of):
@@ -111,6 +114,24 @@ def test_a_result_the_index_refuses_is_retried_then_given_up_with_its_error(stor
     with contextlib.redirect_stdout(printed):
         assert corectl(["--config", store.config_path, "--json", "show", store.ids[0]], {}) == 0
     assert json.loads(printed.getvalue())["analysis"] == {"state": "failed", "error": error}
+    # each attempt sent the crash's journal entry before the index refused the result:
+    # one entry per crash, however many attempts
+    assert [len(_journal_entries(row)) for row in rows] == [1, 1, 1]
+
+
+def _journal_entries(row: dict[str, object]) -> list[dict[str, object]]:
+    """The entries of the crash of index ``row`` in the run's private journal (the
+    store's), by its core file (crash IDs repeat across tests: the same pids and times)."""
+    from tests.support import journald
+
+    journal = journald.session_journal()
+    assert journal is not None, "the store journals into the run's private journald"
+    deadline = time.monotonic() + 10
+    match = f"COREDUMP_FILENAME={row['core_path']}"
+    while not journal.entries(match) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # journald writes what it received in order: the last came with the first
+    return journal.entries(match)
 
 
 def test_marker_attempts_and_errors(tmp_path):
@@ -124,6 +145,12 @@ def test_marker_attempts_and_errors(tmp_path):
     analysis_queue.record_error(fd, "StoreError: " + "x" * 5000)
     assert analysis_queue.begin_attempt(fd) == (1, "StoreError: " + "x" * 988)
     assert analysis_queue.read_marker(fd) == ("/etc/x.conf", 2, "")  # ended: no error yet
+    assert not analysis_queue.journaled(fd)
+    analysis_queue.mark_journaled(fd)  # the entry went out: kept through what follows
+    analysis_queue.record_error(fd, "StoreError: no")
+    assert analysis_queue.begin_attempt(fd) == (2, "StoreError: no")
+    assert analysis_queue.journaled(fd)
+    assert analysis_queue.read_marker(fd) == ("/etc/x.conf", 3, "")
     assert analysis_queue.config_of(fd) == "/etc/x.conf"
     analysis_queue.finish(marker, fd)
     assert analysis_queue.waiting(queue) == []
