@@ -31,6 +31,7 @@ replays them.  The last line of output is a JSON summary.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import dataclasses
 import faulthandler
@@ -236,8 +237,8 @@ def mutate_answer(seeds: list[Any], rng: random.Random) -> bytes:
         nodes = list(_json_nodes(answer))
         parent, key = rng.choice(nodes)
         operation = rng.randrange(10)
-        if operation < 5:
-            parent[key] = rng.choice(ANSWER_VALUES)
+        if operation < 5:  # a copy: a shared value mutated later would loop into itself
+            parent[key] = copy.deepcopy(rng.choice(ANSWER_VALUES))
         elif operation < 7:
             other_parent, other_key = rng.choice(nodes)
             parent[key] = json.loads(json.dumps(other_parent[other_key]))
