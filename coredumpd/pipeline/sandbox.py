@@ -11,6 +11,11 @@ So it runs in a child process that
   drain of queued crashes, forked in the same state by the drain's zygote, a root
   process that imported the analysis once and reads no core
   (:mod:`coredumpd.pipeline.sandbox_zygote`);
+* goes on in a PID namespace of its own (:func:`.sandbox_child.enter_pid_namespace`):
+  the process we started or the zygote forked waits there, the namespace's init
+  waits under it, and the analysis is the init's child; whatever the analysis
+  forks, in whatever session, is killed by the kernel when the init exits at the
+  analysis' end, so nothing outlives the sandbox as its uid;
 * sets its limits (:func:`.sandbox_child.confine`, for started and forked children
   alike): ``RLIMIT_AS`` (AnalysisMemoryMax), ``RLIMIT_CPU``,
   ``RLIMIT_CORE`` 0 and ``PR_SET_DUMPABLE`` 0 — with a pipe core_pattern the
@@ -37,7 +42,8 @@ what it lacked from the files alone (:mod:`coredumpd.pipeline.sandbox_cache`).
 
 The parent reads the result (JSON, at most :data:`RESULT_MAX` bytes) from the
 same socket, with a wall-clock deadline (AnalysisTimeoutSec) after which the
-child's whole process group is killed.  Whatever goes wrong — crash, hang,
+child's whole process group is killed (its namespace's init with it, and so
+everything in the namespace).  Whatever goes wrong — crash, hang,
 memory cap, garbage output — :func:`run_analysis` returns
 ``{"state": "failed", "error": "analysis failed: <reason>"}``; it never raises
 for a bad core, so the caller keeps the stored core and its index row.

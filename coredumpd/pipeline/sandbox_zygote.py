@@ -16,8 +16,8 @@ the write end of a stderr pipe, the options of :func:`.sandbox.child_options`,
 and forks.  The forked child, before it reads anything of the crash, closes
 everything but stdin/stdout (/dev/null), stderr (the pipe) and the request
 socket (fd 3), starts its own session, then goes through exactly the steps of
-a started child: :func:`.sandbox_child.confine` (limits, a new network
-namespace, the drop to the crash's analysis credentials, no_new_privs,
+a started child: :func:`.sandbox_child.confine` (a PID namespace of its own,
+limits, a new network namespace, the drop to the crash's analysis credentials, no_new_privs,
 non-dumpable) and :func:`.sandbox_child.serve` (receive the core's and the
 module cache entries' fds, analyse, answer).  The job supervises it as it
 would a started child: the same deadline, result cap and process-group kill

@@ -6,9 +6,11 @@ it goes through the product child's own steps
 (:func:`coredumpd.pipeline.sandbox_child.child_main`: limits, preload, privilege
 drop, request), then misbehaves for real: ``crash`` (SIGSEGV in the
 interpreter), ``hang``, ``sleep``, ``orphan:N`` (a grandchild ``sleep N``, then
-sleep), ``oom``, ``exit``, ``garbage``, ``big-result``, ``lie`` and ``answer``
-(module lookups, or a whole answer, of the test's making: what a child a core
-took over could send), or ``ids`` (report what the sandbox looks like from inside).
+sleep), ``escape:N`` (a grandchild that leaves our session and descriptors behind
+and runs ``sleep N``, while we answer), ``oom``, ``exit``, ``garbage``,
+``big-result``, ``lie`` and ``answer`` (module lookups, or a whole answer, of the
+test's making: what a child a core took over could send), or ``ids`` (report what
+the sandbox looks like from inside).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def run_hook(hook: str, sock: socket.socket, core_fd: int,
     if hook == "entries":
         return {"state": "done", "entries": {name: _try_entry(fd) for name, fd in
                                              ((request or {}).get("entry_fds") or {}).items()}}
+    if hook.startswith("escape:"):  # a compromised analysis leaving a process behind
+        return {"state": "done", "escaped": _escape(hook.partition(":")[2])}
     if hook.startswith("orphan:"):  # a grandchild that outlives us, then hang
         if os.fork() == 0:
             os.execv("/bin/sleep", ["sleep", hook.partition(":")[2]])
@@ -72,6 +76,23 @@ def run_hook(hook: str, sock: socket.socket, core_fd: int,
     elif hook == "ids":
         return {"state": "done", "ids": _identity(core_fd)}
     raise ValueError(f"unknown hook {hook!r}")
+
+
+def _escape(marker: str) -> int:
+    """Fork a grandchild that starts its own session, closes every descriptor (nothing
+    ties it to the sandbox any more) and execs ``sleep MARKER``; its pid as we see it."""
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        os.closerange(0, ready_write)
+        os.closerange(ready_write + 1, 1 << 16)
+        os.set_inheritable(ready_write, False)
+        os.execv("/bin/sleep", ["sleep", marker])  # the exec closes the pipe: ready
+    os.close(ready_write)
+    os.read(ready_read, 1)
+    os.close(ready_read)
+    return pid
 
 
 def _errno(action: Any) -> str:
@@ -118,6 +139,7 @@ def _identity(core_fd: int) -> dict[str, Any]:
             "rlimit_core": resource.getrlimit(resource.RLIMIT_CORE),
             "rlimit_cpu": resource.getrlimit(resource.RLIMIT_CPU),
             "pgid_is_pid": os.getpgid(0) == os.getpid(), "cwd": os.getcwd(),
+            "pid": os.getpid(), "pid_namespace": os.readlink("/proc/self/ns/pid"),
             "ppid": os.getppid(),
             "environ": dict(os.environ), "fds": sorted(int(n) for n in os.listdir("/proc/self/fd")),
             "status": pathlib.Path("/proc/self/status").read_text(encoding="ascii")}
