@@ -19,6 +19,10 @@ import os
 
 from coredumpd.errors import StoreError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    import socket
+
 DEFAULT_CONFIG_PATH = "/etc/coredumpd/coredumpd.conf"
 DEFAULT_DIRECTORY = "/var/lib/coredumpd"
 INDEX_NAME = "index.sqlite"
@@ -80,3 +84,40 @@ def make_directory(path: str, mode: int = DIRECTORY_MODE) -> bool:
     except OSError as err:
         raise StoreError(f"cannot set the mode of {path}: {err.strerror}") from err
     return True
+
+
+def listen_unix(path: str, mode: int, backlog: int) -> socket.socket:
+    """A listening ``AF_UNIX`` stream socket at ``path`` (a file there is replaced)
+    with ``mode``, nothing done by path to the socket once it exists.
+
+    bind(2) creates the socket file with ``0777 & ~umask`` (net/unix/af_unix.c
+    unix_bind), so the umask gives it ``mode`` from the start: no chmod(2) by path,
+    which in a directory others may write follows whatever was put at that name
+    meanwhile (a symlink to /etc/shadow).  It is bound in a new directory of ours
+    (0700, beside ``path``), where nobody else can put anything, then renamed over
+    ``path``: a client connecting meanwhile finds the old socket or the new one,
+    never none.  The umask is the process's: call it before any thread is started.
+    """
+    import socket as socket_module
+
+    private = os.path.join(os.path.dirname(path) or ".", f".{os.urandom(6).hex()}")
+    os.mkdir(private, 0o700)
+    temp = os.path.join(private, "s")
+    listener = socket_module.socket(socket_module.AF_UNIX,
+                                    socket_module.SOCK_STREAM | socket_module.SOCK_CLOEXEC)
+    try:
+        old_umask = os.umask(0o777 & ~mode)
+        try:
+            listener.bind(temp)
+        finally:
+            os.umask(old_umask)
+        listener.listen(backlog)
+        os.replace(temp, path)
+    except BaseException:
+        listener.close()
+        if os.path.lexists(temp):
+            os.unlink(temp)
+        raise
+    finally:
+        os.rmdir(private)
+    return listener

@@ -16,11 +16,13 @@ which describes the frames).  Per connection, as root:
   root directory (its paths would not name our files, its network is not
   ours), a seccomp filter, another LSM label, or other capabilities than the
   child's (a root client that gave some up would get all of ours back);
-* its resource limits (/proc/PID/limits; in the child never above our own hard
-  limits either), nice value and OOM score (the server's, OOMScoreAdjust=-500,
-  must not shield a user's analysis), read while the pidfd proves the pid still
-  names it;
-* fork a child that, before it reads a byte of the request: takes those limits,
+* its cgroups (/proc/PID/cgroup), resource limits (/proc/PID/limits; in the child
+  never above our own hard limits either), nice value and OOM score (the server's,
+  OOMScoreAdjust=-500, must not shield a user's analysis), read while the pidfd
+  proves the pid still names it;
+* fork a child that, before it reads a byte of the request: moves into the client's
+  cgroups (:mod:`coredumpd.cli.cgroups`: the limits of the client's slice are the
+  command's, not the service's; refused when it cannot), takes those limits,
   drops to the peer's uid, gid and groups with the sandbox's own
   :func:`coredumpd.pipeline.sandbox_child.drop_privileges` (``PR_SET_NO_NEW_PRIVS``,
   not dumpable), and asks for SIGKILL should we die.  Only then it reads the
@@ -28,7 +30,9 @@ which describes the frames).  Per connection, as root:
   how the client's standard streams encode; and it runs ``corectl.main(argv, env)``
   there, for ``analyze`` only, handing text meant for a pager back to the client.
 
-The worker itself waits in ``poll`` for connections, its children's pidfds
+The worker itself runs at nice 0 (or the server's nice value, when higher), not at
+the server's ``Nice=-5``: what it does for a client is the client's work, and each
+child takes its client's nice value anyway.  It waits in ``poll`` for connections, its children's pidfds
 (reaped: the exit status goes to the client) and the clients' hang-ups: a
 client that is interrupted (Ctrl-C) or dies closes its connection, and its
 child is killed.  SIGTERM (the server stopping) kills the running children and
@@ -51,7 +55,8 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from coredumpd.cli import client
+from coredumpd.cli import cgroups, client
+from coredumpd.paths import listen_unix
 from coredumpd.pipeline.sandbox_child import _prctl, drop_privileges
 
 MAX_CHILDREN = max(2, os.cpu_count() or 1)
@@ -89,6 +94,7 @@ class Peer:
     uid: int
     gid: int
     groups: list[int]
+    memberships: list[cgroups.Membership]
     limits: dict[int, tuple[int, int]]
     nice: int
     oom_score_adj: int
@@ -106,6 +112,7 @@ def read_peer(conn: socket.socket) -> Peer:
     try:
         groups = [int.from_bytes(raw[i:i + 4], sys.byteorder) for i in range(0, len(raw), 4)]
         check_confinement(pid, uid)
+        memberships = cgroups.read_memberships(pid)
         limits = read_limits(pid)
         nice = os.getpriority(os.PRIO_PROCESS, pid)
         with open(f"/proc/{pid}/oom_score_adj", encoding="ascii") as handle:
@@ -116,7 +123,7 @@ def read_peer(conn: socket.socket) -> Peer:
         raise Refused(f"pid {pid}: {err.strerror or err}") from err
     finally:
         os.close(pidfd)
-    return Peer(pid, uid, gid, groups, limits, nice, oom_score_adj)
+    return Peer(pid, uid, gid, groups, memberships, limits, nice, oom_score_adj)
 
 
 def check_confinement(pid: int, uid: int) -> None:
@@ -411,7 +418,11 @@ def _refuse(conn: socket.socket, reason: str) -> None:
 
 
 def become(peer: Peer, self_pid: int) -> None:
-    """The peer's limits, nice value, credentials; SIGKILL when the worker dies."""
+    """The peer's cgroups, limits, nice value, credentials; SIGKILL when the worker dies."""
+    try:
+        cgroups.join(peer.memberships, cgroups.cgroup_mounts())
+    except OSError as err:
+        raise Refused(f"cannot join the cgroups of pid {peer.pid}: {err}") from err
     for limit, (soft, hard) in peer.limits.items():
         _soft, our_hard = resource.getrlimit(limit)  # raising it would need CAP_SYS_RESOURCE
         resource.setrlimit(limit, (_at_most(soft, our_hard), _at_most(hard, our_hard)))
@@ -546,16 +557,9 @@ def preload() -> None:
 
 
 def bind(path: str) -> socket.socket:
-    """A listening socket at ``path`` (a stale one replaced), mode 0666."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    temp = f"{path}.{os.getpid()}.new"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temp)
-    listener.bind(temp)
-    os.chmod(temp, SOCKET_MODE)
-    listener.listen(BACKLOG)
-    os.replace(temp, path)
-    return listener
+    """A listening socket at ``path`` (a stale one replaced), mode 0666, race-free
+    (:func:`coredumpd.paths.listen_unix`: no chmod by path)."""
+    return listen_unix(path, SOCKET_MODE, BACKLOG)
 
 
 def main(argv: list[str]) -> int:
@@ -576,7 +580,7 @@ def main(argv: list[str]) -> int:
     os.setpriority(os.PRIO_PROCESS, 0, min(19, priority + PRELOAD_NICENESS))
     preload()  # a second of CPU, niced: crashes being captured go first
     with contextlib.suppress(PermissionError):  # lowering it again takes CAP_SYS_NICE
-        os.setpriority(os.PRIO_PROCESS, 0, priority)
+        os.setpriority(os.PRIO_PROCESS, 0, max(0, priority))  # not the server's Nice=-5
     path = options["--socket"]
     listener = bind(path)
     bound = os.stat(path).st_ino

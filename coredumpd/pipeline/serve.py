@@ -63,7 +63,7 @@ import socket
 import sys
 import time
 
-from coredumpd.paths import DEFAULT_CONFIG_PATH
+from coredumpd.paths import DEFAULT_CONFIG_PATH, listen_unix
 from coredumpd.pipeline.socket_handler import (
     Loaded,
     Ready,
@@ -103,25 +103,12 @@ def make_undumpable() -> None:
 
 
 def bind_listener(path: str) -> socket.socket:
-    """A listening socket at ``path`` (a stale file there is replaced), mode 0600."""
+    """A listening socket at ``path`` (a stale file there is replaced), mode 0600,
+    race-free (:func:`coredumpd.paths.listen_unix`)."""
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, mode=0o755, exist_ok=True)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    temp = f"{path}.{os.getpid()}.new"
-    try:
-        os.unlink(temp)
-    except FileNotFoundError:
-        pass
-    old_umask = os.umask(0o177)
-    try:
-        listener.bind(temp)
-    finally:
-        os.umask(old_umask)
-    os.chmod(temp, SOCKET_MODE)
-    listener.listen(BACKLOG)
-    os.replace(temp, path)  # atomically: a kernel connecting never finds no file
-    return listener
+    return listen_unix(path, SOCKET_MODE, BACKLOG)
 
 
 def preload() -> None:

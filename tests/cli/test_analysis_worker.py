@@ -60,7 +60,8 @@ sys.exit(status)
 class Server:
     """A private ``coredumpd serve`` with its analysis worker."""
 
-    def __init__(self, directory: pathlib.Path) -> None:
+    def __init__(self, directory: pathlib.Path, prefix: tuple[str, ...] = ()) -> None:
+        self.prefix = prefix  # what runs the server (e.g. nice -n -5)
         self.directory = directory
         self.socket = str(directory / "analyze.socket")
         self.config = str(directory / "coredumpd.conf")
@@ -79,7 +80,7 @@ class Server:
         os.chmod(self.config, 0o644)
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [HANDLER, "serve", "--socket", str(self.directory / "coredump.socket"),
+                [*self.prefix, HANDLER, "serve", "--socket", str(self.directory / "coredump.socket"),
                  "--analyze-socket", self.socket, "--workers", "1", "--config", self.config],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self.wait_worker()
@@ -139,14 +140,14 @@ def _read_bytes(path: str) -> bytes:
         return b""
 
 
-def running_server(prefix: str) -> Iterator[Server]:
+def running_server(prefix: str, command: tuple[str, ...] = ()) -> Iterator[Server]:
     """A private server with its analysis worker, in a new /tmp directory ``prefix``*
-    (the body of the modules' ``server`` fixtures)."""
+    (the body of the modules' ``server`` fixtures), run by ``command`` (e.g. nice)."""
     if os.geteuid() != 0:
         pytest.skip("the analysis worker becomes its clients: it runs as root")
     directory = pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     os.chmod(directory, 0o755)  # the clients of other users reach the socket
-    running = Server(directory)
+    running = Server(directory, command)
     try:
         running.start()
         yield running
