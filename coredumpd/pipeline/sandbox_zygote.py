@@ -31,6 +31,10 @@ cannot reach the zygote: the control socket is closed before the drop, the
 zygote is root (no signal, no ptrace from the analysis user) and reads nothing
 a child writes.  When the zygote cannot fork (it died, or never started), the
 crash's child is started as its own interpreter, as without a zygote.
+
+Forked children share their zygote's address space layout and hash secret, so a
+zygote forks the children of one set of analysis credentials only, and at most
+:data:`FORKS_MAX` of them; then a new one is started (:class:`Zygote`).
 """
 
 from __future__ import annotations
@@ -47,19 +51,48 @@ from typing import Any
 
 CONTROL_MAX = 4096  # bytes of one control message
 START_TIMEOUT_S = 60.0  # for the zygote's imports (~0.3 s of CPU here)
-STARTS_MAX = 3  # zygotes started by one drain (a zygote that keeps dying is not retried)
+FAILURES_MAX = 3  # zygotes of one drain that failed to start or died (then: no more)
+# Children forked by one zygote before the next child gets a new one (a new
+# interpreter: new address space layout, new hash secret).  A zygote start costs
+# about two started sandboxes' CPU, a fork saves most of one: 32 keeps nearly all
+# of the saving (measured: commit message).
+FORKS_MAX = 32
+
+Credentials = tuple[str | None, str | None, bool]  # --uid, --gid, --read-all
+
+
+def credentials(options: dict[str, str]) -> Credentials:
+    """Who a child with ``options`` (:func:`.sandbox.child_options`) runs as."""
+    return options.get("--uid"), options.get("--gid"), "--read-all" in options
 
 
 class Zygote:
-    """The job's side: starts the zygote on the first :meth:`fork`, counts its CPU."""
+    """The job's side: starts a zygote for the credentials of the child asked for, counts
+    their CPU.
 
-    def __init__(self, child_command: Sequence[str] = ("-m", "coredumpd.pipeline.sandbox_child")
-                 ) -> None:
+    One zygote at a time, serving one set of analysis credentials: its children share
+    its address space layout and hash secret (fork(2) copies them), so one that a core
+    took over learns those of the next children of the same zygote, and they must be
+    children of the same uid only (which could not attack each other: not dumpable,
+    the same limits).  A child of other credentials than the zygote's is started (its
+    own interpreter) the first time, and gets a zygote of its own (the old one ends)
+    when the next crash has those credentials too: crashes of alternating users cost
+    what they cost without a zygote, a run of one user's crashes forks.  After
+    :data:`FORKS_MAX` children a zygote is replaced by a new one, so that a layout
+    learnt is good for that many analyses at most."""
+
+    def __init__(self, child_command: Sequence[str] = ("-m", "coredumpd.pipeline.sandbox_child"),
+                 forks_max: int = FORKS_MAX) -> None:
         self.child_command = tuple(child_command)
+        self.forks_max = forks_max
         self.process: subprocess.Popen[bytes] | None = None
         self.control: socket.socket | None = None
+        self.key: Credentials | None = None  # whose children the zygote forks
+        self.last_key: Credentials | None = None  # the credentials asked for last
         self.starts = 0
-        self.forked = 0  # children forked
+        self.failures = 0  # zygotes that did not start or died
+        self.forked = 0  # children forked, by all zygotes
+        self.forked_here = 0  # children forked by the zygote running
         self.cpu_ms = 0  # the children's and the zygote's CPU reported, not yet taken
         self.zygote_cpu_ms = 0  # the zygote's own CPU at its last report
         self.reaped_ms = 0  # CPU our RUSAGE_CHILDREN got from reaping zygotes (counted already)
@@ -67,8 +100,8 @@ class Zygote:
     def fork(self, request_fd: int, options: dict[str, str], deadline: float
              ) -> ForkedChild | None:
         """A child forked with ``options`` on the request socket ``request_fd``, or None
-        when the zygote could not (the caller starts one)."""
-        if self.control is None and not self.start():
+        when no zygote of its credentials forks it (the caller starts one)."""
+        if not self._zygote_for(credentials(options)):
             return None
         assert self.control is not None
         stderr_read, stderr_write = os.pipe()
@@ -82,21 +115,33 @@ class Zygote:
                 raise OSError(f"the zygote answered {reply!r}")
         except (OSError, ValueError, KeyError):
             os.close(stderr_read)
-            self.close()
+            self.close(failed=True)
             return None
         finally:
             os.close(stderr_write)
         self.forked += 1
+        self.forked_here += 1
         return ForkedChild(self, pid, stderr_read)
+
+    def _zygote_for(self, key: Credentials) -> bool:
+        """A running zygote for ``key`` (see the class), or False."""
+        previous, self.last_key = self.last_key, key
+        if self.control is not None and self.key != key and previous != key:
+            return False  # the first of other credentials: started, the zygote kept
+        if self.control is not None and (self.key != key or self.forked_here >= self.forks_max):
+            self.close()
+        self.key = key
+        return self.start()
 
     def start(self) -> bool:
         """Start the zygote and wait until it has imported everything; False when it
-        cannot be had (it is not tried again after :data:`STARTS_MAX` starts)."""
+        cannot be had (none is started after :data:`FAILURES_MAX` failures)."""
         if self.control is not None:
             return True
-        if self.starts >= STARTS_MAX:
+        if self.failures >= FAILURES_MAX:
             return False
         self.starts += 1
+        self.forked_here = 0
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.process = subprocess.Popen(
@@ -106,6 +151,7 @@ class Zygote:
                 env={}, cwd="/", start_new_session=True)
         except OSError:
             ours.close()
+            self.failures += 1
             return False
         finally:
             theirs.close()
@@ -116,7 +162,7 @@ class Zygote:
             if json.loads(ours.recv(CONTROL_MAX) or b"null") != {"ready": True}:
                 raise OSError("the zygote did not start")
         except (OSError, ValueError):
-            self.close()
+            self.close(failed=True)
             return False
         return True
 
@@ -135,8 +181,11 @@ class Zygote:
         taken, self.cpu_ms = self.cpu_ms, 0
         return taken
 
-    def close(self) -> None:
-        """End the zygote (it exits when its control socket closes) and reap it."""
+    def close(self, failed: bool = False) -> None:
+        """End the zygote (it exits when its control socket closes) and reap it;
+        ``failed``: it did not start or died (counted against :data:`FAILURES_MAX`)."""
+        if failed:
+            self.failures += 1
         if self.control is not None:
             self.control.close()
             self.control = None
@@ -184,7 +233,7 @@ class ForkedChild:
         except TimeoutError:
             return None
         except (OSError, ValueError):
-            self.zygote.close()
+            self.zygote.close(failed=True)
             try:
                 os.killpg(self.pid, 9)
             except ProcessLookupError:

@@ -57,14 +57,15 @@ def run(monkeypatch: pytest.MonkeyPatch, core: str, hook: str | None, facts=USER
                                     child_command=command)
     zygote = Zygote(command)
     try:
-        assert zygote.start()
         result = sandbox.run_analysis(Config(**settings), core, facts, None,
                                       child_command=command, zygote=zygote)
+        if "cannot start" in (result.get("error") or ""):
+            assert zygote.starts == 0
+            return result
         # the child's misbehaviour cost its analysis only: the zygote lives on, in step
         assert zygote.control is not None and zygote.process.poll() is None
-        assert zygote.starts == 1
-        if "cannot start" not in (result.get("error") or ""):
-            assert zygote.forked == 1  # forked, not started
+        assert zygote.starts == 1 and zygote.failures == 0
+        assert zygote.forked == 1  # forked, not started
         return result
     finally:
         zygote.close()
@@ -365,15 +366,57 @@ def test_a_dead_zygote_costs_no_analysis(tmp_path, launch):
     config = Config(analysis_timeout=120.0)
     zygote = Zygote()
     try:
-        assert zygote.start()
+        results = [sandbox.run_analysis(config, str(core), None, None, zygote=zygote)]
         first = zygote.process.pid
         os.kill(first, signal.SIGKILL)
         zygote.process.wait()
-        results = [sandbox.run_analysis(config, str(core), None, None, zygote=zygote)
-                   for _ in range(2)]
-        assert [result["state"] for result in results] == ["done", "done"]
-        assert results[0]["threads"] == results[1]["threads"]
-        assert zygote.starts == 2 and zygote.forked == 1  # started once, then forked
+        results += [sandbox.run_analysis(config, str(core), None, None, zygote=zygote)
+                    for _ in range(2)]
+        assert [result["state"] for result in results] == ["done", "done", "done"]
+        assert results[0]["threads"] == results[1]["threads"] == results[2]["threads"]
+        # forked, started (the zygote was dead), forked by a new zygote
+        assert zygote.starts == 2 and zygote.forked == 2 and zygote.failures == 1
         assert zygote.process.pid != first
     finally:
         zygote.close()
+
+
+ROOT_FACTS = {"args": {"uid": 0, "gid": 0, "dump_mode": 1}}  # analysed as AnalysisUser
+
+
+@fault_case
+@needs_root
+def test_zygote_children_share_a_layout_only_with_their_own_credentials(core, launch):
+    """Forked children see their zygote's address space layout and hash secret: a
+    child a core took over would learn those of the zygote's next children.  Children
+    of other credentials (here: a user's crash, then root's, analysed as AnalysisUser)
+    never come from the same zygote, and a zygote is replaced after ``forks_max``."""
+    if launch != "forked":
+        pytest.skip("about the zygote")
+    command = sandbox_hooks.command("ids")
+    config = Config(analysis_timeout=20.0)
+    zygote = Zygote(command, forks_max=3)
+
+    def layout(facts):
+        forked = zygote.forked
+        ids = sandbox.run_analysis(config, core, facts, None, child_command=command,
+                                   zygote=zygote)["ids"]
+        return ids["layout"], zygote.forked > forked, ids["resuid"][0]
+
+    try:
+        runs = [layout(facts) for facts in [USER_FACTS] * 3 + [ROOT_FACTS] * 3 +
+                [USER_FACTS] * 5]
+    finally:
+        zygote.close()
+    assert [uid for _, _, uid in runs] == [1000] * 3 + [65534] * 3 + [1000] * 5
+    # forked, but for the first crash of other credentials (started)
+    assert [forked for _, forked, _ in runs] == [True] * 3 + [False] + [True] * 2 + \
+        [False] + [True] * 4
+    user, root = runs[0][0], runs[4][0]
+    assert runs[1][0] == runs[2][0] == user  # one zygote: one layout (what it shares)
+    assert runs[5][0] == root
+    assert all(user[name] != root[name] for name in user), (user, root)
+    # the user's crashes again: a new zygote, forked 3 times, then another one
+    assert runs[7][0] == runs[8][0] == runs[9][0] != runs[10][0]
+    assert all(runs[7][0][name] != user[name] for name in user)
+    assert zygote.starts == 4 and zygote.failures == 0

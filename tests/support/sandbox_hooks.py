@@ -95,6 +95,15 @@ def _escape(marker: str) -> int:
     return pid
 
 
+def _layout() -> dict[str, int]:
+    """What a child taken over would learn of its address space and hash secret: where
+    libc is, and a str's hash.  (Not the interpreter's own image: Debian's python3 is
+    not a PIE, at the same address in every process.)"""
+    libc = ctypes.CDLL(None)
+    return {"libc": ctypes.cast(libc.getpid, ctypes.c_void_p).value or 0,
+            "hash": hash("coredumpd")}
+
+
 def _errno(action: Any) -> str:
     try:
         action()
@@ -140,6 +149,7 @@ def _identity(core_fd: int) -> dict[str, Any]:
             "rlimit_cpu": resource.getrlimit(resource.RLIMIT_CPU),
             "pgid_is_pid": os.getpgid(0) == os.getpid(), "cwd": os.getcwd(),
             "pid": os.getpid(), "pid_namespace": os.readlink("/proc/self/ns/pid"),
+            "layout": _layout(),
             "ppid": os.getppid(),
             "environ": dict(os.environ), "fds": sorted(int(n) for n in os.listdir("/proc/self/fd")),
             "status": pathlib.Path("/proc/self/status").read_text(encoding="ascii")}
