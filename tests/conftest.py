@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -27,8 +28,22 @@ DEFAULT_CONFIG = pytest.StashKey[str]()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    _default_interrupt_signals()
     session.config.stash[HOST_BEFORE] = hostcheck.snapshot()
     session.config.stash[DEFAULT_CONFIG] = _private_default_config()
+
+
+def _default_interrupt_signals() -> None:
+    """SIGINT and SIGQUIT as in a terminal, for the run and every process it starts.
+
+    A shell without job control starts a command run with ``&`` with both ignored, and
+    an ignored signal stays ignored across fork and exec: the programs the tests send
+    them to (a corectl client interrupted, a program that sends itself SIGQUIT) would
+    not react, and those tests failed only when ./test.sh ran in the background."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def _private_default_config() -> str:
