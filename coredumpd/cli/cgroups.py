@@ -11,14 +11,14 @@ v1 ones whose controllers hold the limits.
 
 from __future__ import annotations
 
-import dataclasses
 import os
+
+from coredumpd.values import Frozen
 
 PROC_ROOT = "/proc"
 
 
-@dataclasses.dataclass(frozen=True)
-class Membership:
+class Membership(Frozen):
     """One line of /proc/PID/cgroup: ``hierarchy-ID:controller-list:cgroup-path``."""
 
     controllers: frozenset[str]  # empty: the unified (v2) hierarchy
@@ -44,8 +44,7 @@ def read_memberships(pid: int | str) -> list[Membership]:
     return memberships
 
 
-@dataclasses.dataclass(frozen=True)
-class Mount:
+class Mount(Frozen):
     """A cgroup file system mounted here, from /proc/self/mountinfo (proc(5))."""
 
     root: str  # the cgroup at its mount point

@@ -42,7 +42,6 @@ ends the worker; the server's death does too (``PR_SET_PDEATHSIG``).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import io
 import os
@@ -58,6 +57,7 @@ from typing import Any, NoReturn
 from coredumpd.cli import cgroups, client
 from coredumpd.paths import listen_unix
 from coredumpd.pipeline.sandbox_child import _prctl, drop_privileges
+from coredumpd.values import Value
 
 MAX_CHILDREN = max(2, os.cpu_count() or 1)
 # Commands of one user (but root) at a time: a user whose commands never end (a CORE
@@ -86,8 +86,7 @@ class Refused(Exception):
     """Why a client is not served here (it then runs the command itself)."""
 
 
-@dataclasses.dataclass
-class Peer:
+class Peer(Value):
     """Who connected, from the kernel."""
 
     pid: int
@@ -207,8 +206,7 @@ def code_changed(files: dict[str, tuple[int, int]]) -> bool:
     return False
 
 
-@dataclasses.dataclass
-class Running:
+class Running(Value):
     """A child running one client's command."""
 
     pid: int
